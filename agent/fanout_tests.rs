@@ -1,0 +1,108 @@
+//! Tests of the fan-out: delivery, filtering, and exact loss accounting.
+
+use super::*;
+
+fn exec(pid: i32) -> Item {
+    Item::Exec(Arc::new(Process {
+        pid,
+        tgid: pid,
+        ..Default::default()
+    }))
+}
+
+fn exit(pid: i32) -> Item {
+    Item::Exit(Arc::new(Exit {
+        pid,
+        tgid: pid,
+        ..Default::default()
+    }))
+}
+
+fn pid_of(item: &Item) -> i32 {
+    match item {
+        Item::Exec(p) => p.pid,
+        Item::Exit(e) => e.pid,
+        Item::DetectorLost { .. } => -1,
+    }
+}
+
+#[test]
+fn every_subscriber_gets_what_it_asked_for() {
+    let fanout = Fanout::new(8, Arc::default());
+    let mut execs_only = fanout.subscribe(false);
+    let mut with_exits = fanout.subscribe(true);
+    fanout.publish(exec(1));
+    fanout.publish(exit(1));
+    fanout.publish(exec(2));
+    let got: Vec<i32> = std::iter::from_fn(|| execs_only.rx.try_recv().ok())
+        .map(|i| pid_of(&i))
+        .collect();
+    assert_eq!(got, vec![1, 2]);
+    let got: Vec<_> = std::iter::from_fn(|| with_exits.rx.try_recv().ok()).collect();
+    assert_eq!(got.len(), 3);
+    assert!(matches!(got[1], Item::Exit(_)));
+}
+
+#[test]
+fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
+    let stats = Arc::new(Stats::default());
+    let fanout = Fanout::new(2, stats.clone());
+    let mut slow = fanout.subscribe(false);
+    let mut fast = fanout.subscribe(false);
+    for pid in 1..=5 {
+        fanout.publish(exec(pid));
+        // The fast one keeps up.
+        assert_eq!(pid_of(&fast.rx.try_recv().unwrap()), pid);
+    }
+    // Queue of 2: pids 1 and 2 fit, 3 overflowed, 4 and 5 were never offered.
+    assert!(Fanout::overflowed(&slow.overflow));
+    assert_eq!(pid_of(&slow.rx.try_recv().unwrap()), 1);
+    assert_eq!(pid_of(&slow.rx.try_recv().unwrap()), 2);
+    assert!(matches!(
+        slow.rx.try_recv(),
+        Err(mpsc::error::TryRecvError::Disconnected)
+    ));
+    let (mut again, missed) = fanout.resubscribe(&slow.overflow, false);
+    assert_eq!(missed, 3);
+    assert!(!Fanout::overflowed(&slow.overflow));
+    fanout.publish(exec(6));
+    assert_eq!(pid_of(&again.rx.try_recv().unwrap()), 6);
+    assert_eq!(stats.snapshot().subscriber_overflows, 1);
+    assert_eq!(stats.snapshot().subscribers, 2);
+}
+
+#[test]
+fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
+    let fanout = Fanout::new(1, Arc::default());
+    let slow = fanout.subscribe(false);
+    fanout.publish(exec(1));
+    fanout.publish(exec(2)); // overflow
+    fanout.publish(exit(1));
+    fanout.publish(exit(2));
+    fanout.publish(exec(3));
+    let (_again, missed) = fanout.resubscribe(&slow.overflow, false);
+    assert_eq!(missed, 2, "exec 2 and exec 3");
+}
+
+#[test]
+fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
+    let stats = Arc::new(Stats::default());
+    let fanout = Fanout::new(4, stats.clone());
+    let mut a = fanout.subscribe(false);
+    let b = fanout.subscribe(true);
+    drop(b);
+    fanout.publish(Item::DetectorLost {
+        kernel: true,
+        reason: "test".into(),
+    });
+    assert!(matches!(
+        a.rx.try_recv().unwrap(),
+        Item::DetectorLost { kernel: true, .. }
+    ));
+    assert_eq!(stats.snapshot().subscribers, 1);
+    assert_eq!(
+        fanout.resubscribe(&a.overflow, false).1,
+        0,
+        "never overflowed"
+    );
+}

@@ -1,0 +1,140 @@
+//! The execwatch agent: the privileged half. It watches the kernel for
+//! process launches and serves them as a gRPC stream on a Unix socket. It
+//! holds no rules and no Kubernetes credentials, and listens on no network.
+
+mod cli;
+mod clock;
+mod cn_proc;
+mod fanout;
+mod health_check;
+mod netlink;
+mod netlink_detector;
+mod poll;
+mod procfs;
+mod server;
+mod service;
+mod stat_line;
+mod stats;
+mod subscription;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::cli::{Cli, Command, Detector, LogFormat, RunArgs};
+use crate::fanout::Fanout;
+use crate::procfs::ProcReader;
+use crate::stats::Stats;
+use crate::subscription::Shared;
+
+fn main() -> anyhow::Result<()> {
+    // The netlink detector confirms its subscription by executing this binary
+    // once; that run must do nothing at all.
+    if std::env::var_os(netlink_detector::PROBE_ENV).is_some() {
+        return Ok(());
+    }
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Some(Command::HealthCheck { timeout }) => {
+            let healthy = runtime.block_on(health_check::probe(&cli.socket, timeout))?;
+            let serving = healthy == ServingStatus::Serving;
+            println!("{}", healthy.as_str_name());
+            std::process::exit(if serving { 0 } else { 1 });
+        }
+        None => runtime.block_on(run(cli.socket, cli.run)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
+    let stats = Arc::new(Stats::default());
+    let fanout = Arc::new(Fanout::new(args.queue_len as usize, stats.clone()));
+    let max_argv = args.max_argv_bytes as usize;
+    let reader = ProcReader::open(&args.proc_root, max_argv)?;
+
+    // The detector starts before the socket exists: a client that can
+    // connect is a client that will see events.
+    match args.detector {
+        Detector::Netlink => {
+            let detector = netlink_detector::NetlinkDetector::start(args.receive_buffer)
+                .context("the netlink detector could not start (try --detector=poll)")?;
+            let mode = detector.mode().name();
+            stats.set_detector("netlink", mode, detector.receive_buffer() as u64);
+            tracing::info!(
+                mode,
+                receive_buffer_bytes = detector.receive_buffer(),
+                "netlink detector subscribed and confirmed by a probe exec"
+            );
+            let (fanout, stats) = (fanout.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("netlink".into())
+                .spawn(move || {
+                    let err = detector.run(reader, fanout, stats);
+                    tracing::error!("netlink detector stopped: {err}");
+                    std::process::exit(1);
+                })
+                .context("cannot start the detector thread")?;
+        }
+        Detector::Poll => {
+            stats.set_detector("poll", "", 0);
+            tracing::info!(interval = ?args.poll_interval, "poll detector scanning /proc");
+            let (fanout, stats, interval) = (fanout.clone(), stats.clone(), args.poll_interval);
+            std::thread::Builder::new()
+                .name("poll".into())
+                .spawn(move || {
+                    let err = poll::run(reader, interval, fanout, stats);
+                    tracing::error!("poll detector stopped: {err}");
+                    std::process::exit(1);
+                })
+                .context("cannot start the detector thread")?;
+        }
+    }
+
+    let listener = server::bind(&socket, args.socket_mode)?;
+    tracing::info!(socket = %socket.display(), mode = format!("{:o}", args.socket_mode), allow_uid = ?args.allow_uid, "serving");
+    let peers = service::PeerCheck::new(&args.allow_uid, stats.clone());
+    let shared = Arc::new(Shared {
+        fanout,
+        stats,
+        proc_root: args.proc_root,
+        max_argv_bytes: max_argv,
+        queue_len: args.queue_len as usize,
+    });
+    server::serve(listener, &socket, shared, peers, shutdown_signal()).await?;
+    tracing::info!("stopped; socket removed");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

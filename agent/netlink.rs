@@ -1,0 +1,253 @@
+//! The kernel side of the netlink detector: a `NETLINK_CONNECTOR` socket
+//! joined to the proc connector's multicast group.
+//!
+//! Linux only; on other systems [`NetlinkSocket::open`] fails with a clear
+//! message and the agent points at `--detector=poll`.
+
+use std::io;
+use std::time::Duration;
+
+/// Why the proc connector could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// socket(2) failed.
+    #[error("cannot create a NETLINK_CONNECTOR socket: {0}")]
+    Socket(#[source] io::Error),
+    /// bind(2) to the proc connector's multicast group failed.
+    #[error("cannot join the proc connector multicast group: {0}")]
+    Bind(#[source] io::Error),
+    /// The subscribe request could not be sent.
+    #[error("cannot send the proc connector subscription: {source}{hint}")]
+    Subscribe {
+        /// What send(2) said.
+        #[source]
+        source: io::Error,
+        /// What that usually means here.
+        hint: &'static str,
+    },
+    /// recv(2) failed for a reason other than overflow.
+    #[error("reading the proc connector failed: {0}")]
+    Recv(#[source] io::Error),
+    /// This build has no netlink support.
+    #[error("the netlink detector needs Linux; use --detector=poll")]
+    Unsupported,
+}
+
+/// What one receive produced.
+#[derive(Debug)]
+pub enum Received {
+    /// A datagram of this many bytes is in the buffer.
+    Datagram(usize),
+    /// The receive buffer overflowed (ENOBUFS): events were dropped.
+    Overrun,
+    /// Nothing arrived within the timeout.
+    Timeout,
+}
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::Duration;
+
+    use super::{NetlinkError, Received};
+    use crate::cn_proc::{self, McastOp};
+
+    /// A bound proc connector socket.
+    #[derive(Debug)]
+    pub struct NetlinkSocket {
+        fd: OwnedFd,
+    }
+
+    impl NetlinkSocket {
+        /// Opens the socket, joins the proc group and asks for a receive
+        /// buffer of `rcvbuf` bytes. Returns the socket and the size granted.
+        pub fn open(rcvbuf: usize) -> Result<(Self, usize), NetlinkError> {
+            // SAFETY: plain syscall; the fd is owned right after.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                    libc::NETLINK_CONNECTOR,
+                )
+            };
+            if fd < 0 {
+                return Err(NetlinkError::Socket(io::Error::last_os_error()));
+            }
+            // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+            let sock = Self {
+                fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            };
+            // SAFETY: sockaddr_nl is plain data; zero is a valid value.
+            let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+            addr.nl_family = libc::AF_NETLINK as u16;
+            addr.nl_groups = cn_proc::CN_IDX_PROC;
+            // SAFETY: addr is a valid sockaddr_nl of the given length.
+            let rc = unsafe {
+                libc::bind(
+                    sock.fd.as_raw_fd(),
+                    &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_nl>() as u32,
+                )
+            };
+            if rc < 0 {
+                return Err(NetlinkError::Bind(io::Error::last_os_error()));
+            }
+            let granted = sock.set_rcvbuf(rcvbuf);
+            Ok((sock, granted))
+        }
+
+        /// Raises the receive buffer: SO_RCVBUFFORCE passes the system limit
+        /// but needs CAP_NET_ADMIN; SO_RCVBUF is capped at net.core.rmem_max.
+        fn set_rcvbuf(&self, bytes: usize) -> usize {
+            let val = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+            for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+                if self.setsockopt(opt, val).is_ok() {
+                    break;
+                }
+            }
+            self.getsockopt(libc::SO_RCVBUF).unwrap_or(0) as usize
+        }
+
+        fn setsockopt(&self, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
+            // SAFETY: val is a c_int that lives across the call.
+            let rc = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &val as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+
+        fn getsockopt(&self, opt: libc::c_int) -> io::Result<libc::c_int> {
+            let mut val: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: val and len are valid for writes of their sizes.
+            let rc = unsafe {
+                libc::getsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &mut val as *mut libc::c_int as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(val)
+        }
+
+        /// Sends LISTEN (or IGNORE). `filter` is the kernel-side event mask
+        /// (kernels >= 6.6); `None` sends the legacy form that gets all events.
+        pub fn subscribe(&self, op: McastOp, filter: Option<u32>) -> Result<(), NetlinkError> {
+            let msg = cn_proc::subscribe_message(op, filter, 0, std::process::id());
+            // SAFETY: msg is a live buffer of msg.len() bytes.
+            let rc = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    msg.as_ptr() as *const libc::c_void,
+                    msg.len(),
+                    0,
+                )
+            };
+            if rc < 0 {
+                let source = io::Error::last_os_error();
+                let hint = match source.raw_os_error() {
+                    Some(libc::ECONNREFUSED) => {
+                        " (the proc connector only exists in the initial network namespace: run with hostNetwork)"
+                    }
+                    Some(libc::EPERM) => " (kernels before 6.6 need CAP_NET_ADMIN to subscribe)",
+                    _ => "",
+                };
+                return Err(NetlinkError::Subscribe { source, hint });
+            }
+            Ok(())
+        }
+
+        /// Receives one datagram into `buf`, waiting at most `timeout`
+        /// (forever if `None`).
+        pub fn recv(
+            &self,
+            buf: &mut [u8],
+            timeout: Option<Duration>,
+        ) -> Result<Received, NetlinkError> {
+            if let Some(t) = timeout {
+                let mut pfd = libc::pollfd {
+                    fd: self.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: pfd is one valid pollfd.
+                let rc =
+                    unsafe { libc::poll(&mut pfd, 1, t.as_millis().min(i32::MAX as u128) as i32) };
+                if rc == 0 {
+                    return Ok(Received::Timeout);
+                }
+            }
+            loop {
+                // SAFETY: buf is valid for writes of buf.len() bytes.
+                let n = unsafe {
+                    libc::recv(
+                        self.fd.as_raw_fd(),
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        buf.len(),
+                        0,
+                    )
+                };
+                if n >= 0 {
+                    return Ok(Received::Datagram(n as usize));
+                }
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => return Ok(Received::Overrun),
+                    _ => return Err(NetlinkError::Recv(err)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod imp {
+    use std::time::Duration;
+
+    use super::{NetlinkError, Received};
+    use crate::cn_proc::McastOp;
+
+    /// Stand-in for systems without the proc connector.
+    #[derive(Debug)]
+    pub struct NetlinkSocket;
+
+    impl NetlinkSocket {
+        /// Always fails: there is no proc connector here.
+        pub fn open(_rcvbuf: usize) -> Result<(Self, usize), NetlinkError> {
+            Err(NetlinkError::Unsupported)
+        }
+        /// Unreachable: no socket can be opened.
+        pub fn subscribe(&self, _op: McastOp, _filter: Option<u32>) -> Result<(), NetlinkError> {
+            Err(NetlinkError::Unsupported)
+        }
+        /// Unreachable: no socket can be opened.
+        pub fn recv(
+            &self,
+            _buf: &mut [u8],
+            _t: Option<Duration>,
+        ) -> Result<Received, NetlinkError> {
+            Err(NetlinkError::Unsupported)
+        }
+    }
+}
+
+pub use imp::NetlinkSocket;
+
+/// How long the start-up probe waits to see its own exec.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,0 +1,265 @@
+//! Reading one process's record from `/proc`, quickly and without guessing.
+//!
+//! Called right after the kernel reports an exec, so it must be cheap: one
+//! `openat` of `/proc/<pid>` relative to a held `/proc` directory fd, then
+//! `stat`, `status`, `cmdline`, `cgroup` and two `readlinkat`s relative to that
+//! directory, into one reused buffer. Holding the directory fd also pins the
+//! process: if it exits and its pid is reused mid-read, the remaining reads
+//! fail instead of describing the newcomer.
+//!
+//! A field that cannot be read is left empty and named in `unavailable` with
+//! the reason; a process that is gone yields a record with only what the
+//! caller already knew and `exited_before_inspection` set.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use execwatch::cgroup;
+use execwatch::proto::{Credentials, Process, Source, Unavailable};
+use nix::errno::Errno;
+use nix::fcntl::{openat, readlinkat, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::clock;
+use crate::stat_line::StatLine;
+
+/// Kernel threads carry this flag in field 9 of `/proc/<pid>/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Reads process records from one `/proc` mount.
+pub struct ProcReader {
+    proc_dir: OwnedFd,
+    buf: Vec<u8>,
+    max_argv_bytes: usize,
+}
+
+/// The `/proc` mount could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open {path}: {source}")]
+pub struct OpenError {
+    path: String,
+    #[source]
+    source: Errno,
+}
+
+impl ProcReader {
+    /// Opens the `/proc` mount at `root` (normally `/proc`).
+    ///
+    /// `max_argv_bytes` caps how much of a command line is read; longer ones
+    /// are cut and flagged `argv_truncated`.
+    pub fn open(root: &str, max_argv_bytes: usize) -> Result<Self, OpenError> {
+        let proc_dir = nix::fcntl::open(
+            root,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| OpenError {
+            path: root.to_string(),
+            source,
+        })?;
+        Ok(Self {
+            proc_dir,
+            buf: Vec::with_capacity(4096),
+            max_argv_bytes,
+        })
+    }
+
+    /// The pids currently listed in `/proc` (thread-group leaders only).
+    pub fn pids(&self) -> std::io::Result<Vec<i32>> {
+        let dir = std::fs::read_dir(fd_path(&self.proc_dir))?;
+        Ok(dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect())
+    }
+
+    /// The start time of `pid` from one read of its `stat`; `None` if it is
+    /// gone or a kernel thread.
+    pub fn start_ticks(&mut self, pid: i32) -> Option<u64> {
+        let path = format!("{pid}/stat");
+        read_at(&self.proc_dir, &path, &mut self.buf, 4096).ok()?;
+        let stat = StatLine::parse(&self.buf)?;
+        (stat.flags & PF_KTHREAD == 0).then_some(stat.start_ticks)
+    }
+
+    /// Reads the record of `pid`. Returns `None` for kernel threads, which
+    /// never exec and are not processes a user launches.
+    pub fn read(&mut self, pid: i32, tgid: i32, source: Source) -> Option<Process> {
+        let mut p = Process {
+            pid,
+            tgid,
+            source: source as i32,
+            observed_unix_ns: clock::unix_ns(),
+            ..Default::default()
+        };
+        let dir = match openat(
+            &self.proc_dir,
+            pid.to_string().as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(dir) => dir,
+            Err(e) => {
+                gone(&mut p, "all", e);
+                return Some(p);
+            }
+        };
+
+        match read_at(&dir, "stat", &mut self.buf, 4096).map(|_| StatLine::parse(&self.buf)) {
+            Ok(Some(stat)) => {
+                if stat.flags & PF_KTHREAD != 0 {
+                    return None;
+                }
+                p.comm = String::from_utf8_lossy(stat.comm).into_owned();
+                p.ppid = stat.ppid;
+                p.start_ticks = stat.start_ticks;
+            }
+            Ok(None) => unavailable(&mut p, "comm", "unparsable /proc/<pid>/stat".into()),
+            Err(e) => {
+                gone(&mut p, "all", e);
+                return Some(p);
+            }
+        }
+
+        match read_at(&dir, "status", &mut self.buf, 8192) {
+            Ok(_) => p.credentials = parse_credentials(&self.buf),
+            Err(e) => missing(&mut p, "credentials", e),
+        }
+
+        let limit = self.max_argv_bytes;
+        match read_at(&dir, "cmdline", &mut self.buf, limit + 1) {
+            Ok(_) => set_argv(&mut p, &self.buf, limit),
+            Err(e) => missing(&mut p, "argv", e),
+        }
+
+        match read_at(&dir, "cgroup", &mut self.buf, 8192) {
+            Ok(_) => p.cgroup = Some(cgroup::classify(&String::from_utf8_lossy(&self.buf))),
+            Err(e) => missing(&mut p, "cgroup", e),
+        }
+
+        match readlinkat(&dir, "exe") {
+            Ok(path) => p.exe = Some(path.to_string_lossy().into_owned()),
+            Err(e) => missing(&mut p, "exe", e),
+        }
+        match readlinkat(&dir, "cwd") {
+            Ok(path) => p.cwd = Some(path.to_string_lossy().into_owned()),
+            Err(e) => missing(&mut p, "cwd", e),
+        }
+        Some(p)
+    }
+}
+
+/// `/proc/self/fd/<n>`: a path naming an open directory fd.
+fn fd_path(fd: &impl AsFd) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
+}
+
+/// Reads at most `limit` bytes of `name` under `dir` into `buf`.
+fn read_at(dir: &OwnedFd, name: &str, buf: &mut Vec<u8>, limit: usize) -> Result<usize, Errno> {
+    buf.clear();
+    let fd = openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let file = std::fs::File::from(fd);
+    file.take(limit as u64)
+        .read_to_end(buf)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
+
+/// Parses the `Uid:` and `Gid:` lines of `/proc/<pid>/status`.
+fn parse_credentials(status: &[u8]) -> Option<Credentials> {
+    let (mut uids, mut gids) = (None, None);
+    for line in status.split(|&b| b == b'\n') {
+        if let Some(rest) = line.strip_prefix(b"Uid:") {
+            uids = real_and_effective(rest);
+        } else if let Some(rest) = line.strip_prefix(b"Gid:") {
+            gids = real_and_effective(rest);
+        }
+    }
+    let ((uid, euid), (gid, egid)) = (uids?, gids?);
+    Some(Credentials {
+        uid,
+        euid,
+        gid,
+        egid,
+    })
+}
+
+/// The first two numbers of a `Uid:`/`Gid:` line (real, effective).
+fn real_and_effective(rest: &[u8]) -> Option<(u32, u32)> {
+    let mut ids = std::str::from_utf8(rest).ok()?.split_whitespace();
+    Some((ids.next()?.parse().ok()?, ids.next()?.parse().ok()?))
+}
+
+/// Fills argv from the NUL-separated `cmdline` bytes.
+fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
+    let mut bytes = cmdline;
+    if bytes.len() > limit {
+        bytes = &bytes[..limit];
+        p.argv_truncated = true;
+    }
+    // The kernel ends every argument with NUL; drop the last one only.
+    let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
+    if bytes.is_empty() {
+        return;
+    }
+    for arg in bytes.split(|&b| b == 0) {
+        match std::str::from_utf8(arg) {
+            Ok(s) => p.argv.push(s.to_string()),
+            Err(_) => {
+                p.argv_lossy = true;
+                p.argv
+                    .push(OsStr::from_bytes(arg).to_string_lossy().into_owned());
+            }
+        }
+    }
+    if p.argv_lossy {
+        p.argv_raw = bytes.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
+    }
+}
+
+/// Records that the process vanished before it could be read.
+fn gone(p: &mut Process, field: &str, e: Errno) {
+    if matches!(e, Errno::ENOENT | Errno::ESRCH) {
+        p.exited_before_inspection = true;
+        unavailable(
+            p,
+            field,
+            "process exited before it could be inspected".into(),
+        );
+    } else {
+        unavailable(p, field, reason(e));
+    }
+}
+
+/// Records one unreadable field, noticing an exit in the middle of reading.
+fn missing(p: &mut Process, field: &str, e: Errno) {
+    if matches!(e, Errno::ESRCH) {
+        p.exited_before_inspection = true;
+    }
+    unavailable(p, field, reason(e));
+}
+
+fn unavailable(p: &mut Process, field: &str, reason: String) {
+    p.unavailable.push(Unavailable {
+        field: field.to_string(),
+        reason,
+    });
+}
+
+/// A reason an operator can act on.
+fn reason(e: Errno) -> String {
+    match e {
+        Errno::EACCES | Errno::EPERM => {
+            "permission denied (another user's process: needs CAP_SYS_PTRACE)".into()
+        }
+        Errno::ENOENT => "not present (kernel thread, zombie or exited process)".into(),
+        Errno::ESRCH => "process exited while it was being inspected".into(),
+        other => format!("read failed: {}", other.desc()),
+    }
+}
+
+#[cfg(test)]
+#[path = "procfs_tests.rs"]
+mod tests;

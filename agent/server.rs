@@ -1,0 +1,150 @@
+//! The Unix socket and everything served on it: `ExecEvents`, gRPC health
+//! and reflection (v1 and v1alpha, so grpcurl 1.8 works), all behind the
+//! peer check.
+
+use std::fs;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use execwatch::proto::{exec_events_server::ExecEventsServer, FILE_DESCRIPTOR_SET};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::{Request, Status};
+
+use crate::service::{ExecEventsService, PeerCheck};
+use crate::subscription::Shared;
+
+/// Why the socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket's directory could not be created.
+    #[error("cannot create the socket directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Something that is not a socket sits at the socket path.
+    #[error("{0} exists and is not a socket; refusing to remove it")]
+    NotASocket(PathBuf),
+    /// The stale socket could not be removed.
+    #[error("cannot remove the stale socket {path}: {source}")]
+    RemoveStale {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// bind(2) failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// chmod failed.
+    #[error("cannot set mode {mode:o} on {path}: {source}")]
+    Chmod {
+        /// The socket.
+        path: PathBuf,
+        /// The mode asked for.
+        mode: u32,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Reflection could not be built from the embedded descriptors.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds `path` with file mode `mode`, replacing a stale socket.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir {
+            path: dir.into(),
+            source,
+        })?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            fs::remove_file(path).map_err(|source| ServeError::RemoveStale {
+                path: path.into(),
+                source,
+            })?
+        }
+        Ok(_) => return Err(ServeError::NotASocket(path.into())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ServeError::Bind {
+        path: path.into(),
+        source,
+    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        ServeError::Chmod {
+            path: path.into(),
+            mode,
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Serves every service on `listener` until `shutdown` completes, then
+/// removes the socket file.
+pub async fn serve(
+    listener: UnixListener,
+    path: &Path,
+    shared: Arc<Shared>,
+    peers: PeerCheck,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ExecEventsServer<ExecEventsService>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let result = Server::builder()
+        .add_service(guarded(
+            ExecEventsServer::new(ExecEventsService::new(shared)),
+            &peers,
+        ))
+        .add_service(guarded(health_service, &peers))
+        .add_service(guarded(reflection_v1, &peers))
+        .add_service(guarded(reflection_v1alpha, &peers))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = fs::remove_file(path);
+    result.map_err(ServeError::from)
+}
+
+/// Wraps `svc` so every request passes the peer check first.
+fn guarded<S>(
+    svc: S,
+    peers: &PeerCheck,
+) -> InterceptedService<S, impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone> {
+    let peers = peers.clone();
+    InterceptedService::new(svc, move |req| peers.check(req))
+}

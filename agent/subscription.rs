@@ -1,0 +1,186 @@
+//! One subscriber's stream: a snapshot of running processes, then live
+//! events, and after any loss a `lost` marker followed by a fresh snapshot.
+//!
+//! Each subscriber gets its own task. It hooks into the [`Fanout`] *before*
+//! scanning `/proc`, so live events that happen during the scan wait in its
+//! queue: a process started mid-snapshot is seen at least once. The task may
+//! wait on its own client (HTTP/2 flow control); the detector never does.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use execwatch::proto::{
+    watch_event::Kind, LossSite, Lost, SnapshotCause, SnapshotComplete, Source, WatchEvent,
+    WatchRequest,
+};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::clock;
+use crate::fanout::{Fanout, Item};
+use crate::procfs::ProcReader;
+use crate::stats::Stats;
+
+/// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
+const MAX_OVERFLOWS: usize = 3;
+/// The window over which overflows are counted.
+const OVERFLOW_WINDOW: Duration = Duration::from_secs(60);
+
+/// What every subscription task needs.
+pub struct Shared {
+    /// Where detectors publish.
+    pub fanout: Arc<Fanout>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// The `/proc` mount snapshots read.
+    pub proc_root: String,
+    /// Command-line read limit for snapshot entries.
+    pub max_argv_bytes: usize,
+    /// Queue length, quoted in `lost` markers.
+    pub queue_len: usize,
+}
+
+/// The client went away; the task ends quietly.
+struct Gone;
+
+/// Numbers and sends items on one stream.
+struct Emitter {
+    seq: u64,
+    out: mpsc::Sender<Result<WatchEvent, Status>>,
+}
+
+impl Emitter {
+    async fn emit(&mut self, kind: Kind) -> Result<(), Gone> {
+        self.seq += 1;
+        let event = WatchEvent {
+            seq: self.seq,
+            kind: Some(kind),
+        };
+        self.out.send(Ok(event)).await.map_err(|_| Gone)
+    }
+}
+
+/// Starts the task serving `req`; its items arrive on `out`.
+pub fn spawn(
+    shared: Arc<Shared>,
+    req: WatchRequest,
+    out: mpsc::Sender<Result<WatchEvent, Status>>,
+) {
+    shared.stats.add_subscribers_total(1);
+    tokio::spawn(async move {
+        let _ = run(&shared, req, Emitter { seq: 0, out }).await;
+        shared.fanout.prune();
+    });
+}
+
+async fn run(shared: &Shared, req: WatchRequest, mut em: Emitter) -> Result<(), Gone> {
+    let mut sub = shared.fanout.subscribe(req.include_exits);
+    if !req.skip_snapshot {
+        snapshot(shared, &mut em, SnapshotCause::Subscribe).await?;
+    }
+    let mut overflows = VecDeque::new();
+    loop {
+        let item = tokio::select! {
+            item = sub.rx.recv() => item,
+            _ = em.out.closed() => return Err(Gone),
+        };
+        match item {
+            Some(Item::Exec(p)) => em.emit(Kind::Exec((*p).clone())).await?,
+            Some(Item::Exit(e)) => em.emit(Kind::Exit((*e).clone())).await?,
+            Some(Item::DetectorLost { kernel, reason }) => {
+                let site = if kernel {
+                    LossSite::Kernel
+                } else {
+                    LossSite::Detector
+                };
+                em.emit(lost(site, reason, None)).await?;
+                snapshot(shared, &mut em, SnapshotCause::Resync).await?;
+            }
+            // The fan-out let go of us: either we fell behind or it shut down.
+            None if !Fanout::overflowed(&sub.overflow) => return Ok(()),
+            None => {
+                let now = Instant::now();
+                overflows.push_back(now);
+                while overflows
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > OVERFLOW_WINDOW)
+                {
+                    overflows.pop_front();
+                }
+                if overflows.len() > MAX_OVERFLOWS {
+                    shared.stats.add_subscribers_cut_off(1);
+                    let msg = format!(
+                        "subscriber cut off: its queue of {} events overflowed {} times within {}s; read faster or reconnect",
+                        shared.queue_len, overflows.len(), OVERFLOW_WINDOW.as_secs()
+                    );
+                    tracing::warn!("{msg}");
+                    let _ = em.out.send(Err(Status::resource_exhausted(msg))).await;
+                    return Ok(());
+                }
+                let (next, missed) = shared.fanout.resubscribe(&sub.overflow, req.include_exits);
+                sub = next;
+                let reason = format!(
+                    "this subscriber did not keep up and its queue of {} events filled",
+                    shared.queue_len
+                );
+                em.emit(lost(LossSite::SubscriberQueue, reason, Some(missed)))
+                    .await?;
+                snapshot(shared, &mut em, SnapshotCause::Resync).await?;
+            }
+        }
+    }
+}
+
+fn lost(site: LossSite, reason: String, count: Option<u64>) -> Kind {
+    Kind::Lost(Lost {
+        site: site as i32,
+        reason,
+        count: count.unwrap_or(0),
+        count_known: count.is_some(),
+        detected_unix_ns: clock::unix_ns(),
+    })
+}
+
+/// Sends every running process as `existing`, then `snapshot_complete`.
+async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Result<(), Gone> {
+    shared.stats.add_snapshots(1);
+    // /proc reads block; a blocking thread scans and hands records over.
+    let (tx, mut rx) = mpsc::channel(256);
+    let (root, max_argv) = (shared.proc_root.clone(), shared.max_argv_bytes);
+    let scan = tokio::task::spawn_blocking(move || {
+        let mut reader = match ProcReader::open(&root, max_argv) {
+            Ok(r) => r,
+            Err(e) => return Err(e.to_string()),
+        };
+        let pids = reader
+            .pids()
+            .map_err(|e| format!("cannot list {root}: {e}"))?;
+        for pid in pids {
+            if let Some(p) = reader.read(pid, pid, Source::Snapshot) {
+                if p.exited_before_inspection {
+                    continue;
+                }
+                if tx.blocking_send(p).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    });
+    let mut count = 0;
+    while let Some(p) = rx.recv().await {
+        count += 1;
+        em.emit(Kind::Existing(p)).await?;
+    }
+    match scan.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("snapshot incomplete: {e}"),
+        Err(e) => tracing::error!("snapshot task failed: {e}"),
+    }
+    em.emit(Kind::SnapshotComplete(SnapshotComplete {
+        processes: count,
+        cause: cause as i32,
+    }))
+    .await
+}
