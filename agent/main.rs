@@ -4,7 +4,6 @@
 
 mod cli;
 mod clock;
-mod cn_proc;
 mod fanout;
 mod health_check;
 mod netlink;

@@ -29,6 +29,7 @@ pub enum NetlinkError {
     #[error("reading the proc connector failed: {0}")]
     Recv(#[source] io::Error),
     /// This build has no netlink support.
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
     #[error("the netlink detector needs Linux; use --detector=poll")]
     Unsupported,
 }
@@ -51,7 +52,7 @@ mod imp {
     use std::time::Duration;
 
     use super::{NetlinkError, Received};
-    use crate::cn_proc::{self, McastOp};
+    use execwatch::cn_proc::{self, McastOp};
 
     /// A bound proc connector socket.
     #[derive(Debug)]
@@ -221,7 +222,7 @@ mod imp {
     use std::time::Duration;
 
     use super::{NetlinkError, Received};
-    use crate::cn_proc::McastOp;
+    use execwatch::cn_proc::McastOp;
 
     /// Stand-in for systems without the proc connector.
     #[derive(Debug)]

@@ -4,63 +4,79 @@ use std::process::Command;
 
 use super::*;
 
+/// Waits until `pid` has finished executing `comm`. spawn returns before
+/// the exec, and mid-exec the new comm shows before the new command line.
+fn wait_for_comm(pid: u32, comm: &str) {
+    for _ in 0..500 {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if now.trim_end() == comm && !cmdline.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    panic!("pid {pid} never became {comm}");
+}
+
 fn reader() -> ProcReader {
     ProcReader::open("/proc", 64 * 1024).expect("open /proc")
+}
+
+/// A shell that stays alive (the trailing `:` stops it from exec'ing sleep)
+/// with `args` as its positional parameters.
+fn shell_with(args: &[&OsStr]) -> std::process::Child {
+    let child = Command::new("sh")
+        .args(["-c", "sleep 30; :", "sh"])
+        .args(args)
+        .spawn()
+        .expect("spawn sh");
+    wait_for_comm(child.id(), "sh");
+    child
 }
 
 #[test]
 fn reads_a_live_child_with_odd_arguments() {
     use std::os::unix::ffi::OsStrExt;
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg("exec sleep 30")
-        .arg(OsStr::from_bytes(b"\xffnot-utf8"))
-        .arg("")
-        .spawn()
-        .expect("spawn sh");
+    let mut child = shell_with(&[OsStr::from_bytes(b"\xffnot-utf8"), OsStr::new("")]);
     let pid = child.id() as i32;
-    // sh execs sleep with its own argv; read the record while sh still is sh
-    // or already sleep: either way the fields must be consistent.
     let p = reader()
         .read(pid, pid, Source::Poll)
         .expect("not a kernel thread");
     child.kill().ok();
     child.wait().ok();
     assert_eq!(p.pid, pid);
+    assert_eq!(p.comm, "sh");
     assert_eq!(p.ppid as u32, std::process::id());
     assert!(!p.exited_before_inspection, "{p:?}");
     assert!(p.start_ticks > 0);
     let me = nix::unistd::Uid::current().as_raw();
     assert_eq!(p.credentials.unwrap().uid, me);
     assert!(p.exe.is_some(), "{:?}", p.unavailable);
+    assert!(p.cwd.is_some(), "{:?}", p.unavailable);
     assert!(p.cgroup.is_some());
-    if p.comm == "sh" || p.comm == "dash" || p.comm == "bash" {
-        assert_eq!(p.argv.len(), 5);
-        assert!(p.argv_lossy);
-        assert_eq!(p.argv_raw[3], b"\xffnot-utf8");
-        assert_eq!(p.argv[3], "\u{fffd}not-utf8");
-        assert_eq!(p.argv[4], "");
-    } else {
-        assert_eq!(p.comm, "sleep");
-        assert_eq!(p.argv, vec!["sleep", "30"]);
-    }
+    assert_eq!(p.argv.len(), 6, "{:?}", p.argv);
+    assert_eq!(&p.argv[..4], ["sh", "-c", "sleep 30; :", "sh"]);
+    assert!(p.argv_lossy);
+    assert!(!p.argv_truncated);
+    assert_eq!(p.argv_raw[4], b"\xffnot-utf8");
+    assert_eq!(p.argv[4], "\u{fffd}not-utf8");
+    assert_eq!(p.argv[5], "");
 }
 
 #[test]
 fn long_command_lines_are_cut_and_flagged() {
     let long = "x".repeat(10_000);
-    let mut child = Command::new("sleep")
-        .arg("30")
-        .arg(&long)
-        .spawn()
-        .expect("spawn");
+    let mut child = shell_with(&[OsStr::new(&long)]);
     let pid = child.id() as i32;
     let mut small = ProcReader::open("/proc", 100).unwrap();
     let p = small.read(pid, pid, Source::Poll).unwrap();
     child.kill().ok();
     child.wait().ok();
-    assert!(p.argv_truncated);
-    assert_eq!(p.argv.iter().map(|a| a.len() + 1).sum::<usize>(), 100);
+    assert!(p.argv_truncated, "{p:?}");
+    assert!(!p.argv_lossy);
+    // 100 bytes kept: "sh\0-c\0sleep 30; :\0sh\0" is 21, the rest is x's.
+    assert_eq!(p.argv.iter().map(|a| a.len() + 1).sum::<usize>(), 101);
+    assert_eq!(p.argv[4], "x".repeat(79));
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod client;
+pub mod cn_proc;
 
 /// The generated `execwatch.v1` contract (messages, client and server).
 pub mod proto {
