@@ -185,6 +185,9 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
+# Turn INT/TERM into a normal exit so the EXIT trap (cleanup) runs.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 SECONDS=0
 # The build runs in GOPATH mode, so the source must live at

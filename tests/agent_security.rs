@@ -1,0 +1,106 @@
+//! Who may use the agent's socket, and how it treats what is already there.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::process::Command;
+
+use support::*;
+
+#[test]
+fn socket_mode_defaults_to_0660() {
+    let agent = Agent::start(&[]);
+    let meta = std::fs::metadata(&agent.socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+}
+
+#[test]
+fn a_peer_outside_the_allow_list_gets_permission_denied() {
+    let agent = Agent::start(&["--allow-uid=4242", "--socket-mode=0666"]);
+    let denied = health_check_as(&agent.socket, 65534);
+    assert!(!denied.status.success());
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("PermissionDenied") || err.contains("permission denied"),
+        "{err}"
+    );
+    // The agent's own uid (root here) is always admitted, for its probe.
+    assert!(health_check_as(&agent.socket, 0).status.success());
+    assert!(agent.logs().contains("refused a peer"));
+}
+
+#[test]
+fn a_listed_peer_is_admitted() {
+    let agent = Agent::start(&["--allow-uid=4242,65534", "--socket-mode=0666"]);
+    let ok = health_check_as(&agent.socket, 65534);
+    assert!(ok.status.success(), "{ok:?}");
+}
+
+#[test]
+fn the_socket_mode_keeps_other_users_out() {
+    let agent = Agent::start(&[]);
+    // 0660 root:root: nobody cannot even connect.
+    let out = health_check_as(&agent.socket, 65534);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ermission denied"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_stale_socket_is_replaced_but_a_regular_file_is_not() {
+    let dir = world_readable_tempdir();
+    let path = dir.path().join("agent.sock");
+    let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(stale);
+    let agent = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("--socket")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while health_check_as(&path, 0).status.code() != Some(0) {
+        assert!(
+            start.elapsed().as_secs() < 15,
+            "agent never served on the stale path"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop(agent);
+
+    let file = dir.path().join("file.sock");
+    std::fs::write(&file, b"not a socket").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("--socket")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a socket"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a socket");
+}
+
+#[test]
+fn bad_flags_are_refused_with_a_clear_message() {
+    for (flag, expect) in [
+        ("--detector=kprobe", "kprobe"),
+        ("--poll-interval=0s", "greater than zero"),
+        ("--socket-mode=999", "octal"),
+        ("--queue-len=0", "queue-len"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg(flag)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{flag}: {err}");
+    }
+}

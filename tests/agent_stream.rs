@@ -1,0 +1,236 @@
+//! The real agent binary over a real Unix socket with real kernel events:
+//! live execs, the snapshot, exits, the poll detector, stats and shutdown.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use execwatch::proto::{watch_event::Kind, SnapshotCause, Source, StatsRequest, WatchRequest};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_launch_arrives_with_its_identity() {
+    let agent = Agent::start(&[]);
+    let mut stream = agent.watch(WatchRequest::default()).await;
+    let snap = snapshot(&mut stream).await;
+    assert!(!snap.is_empty(), "the snapshot lists running processes");
+    assert_contiguous(&snap, 1);
+
+    let prog = UniqueProgram::new("ewid");
+    // Run it as nobody so the uid fields are not trivially 0.
+    let child = std::process::Command::new(&prog.path)
+        .args(["30", "0.5"])
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (ev, _) = until(&mut stream, WAIT, |ev| is_process(ev, pid, false)).await;
+    stop(child);
+    let Some(Kind::Exec(p)) = ev.kind else {
+        unreachable!()
+    };
+    assert_eq!(p.pid, pid as i32);
+    assert_eq!(p.tgid, pid as i32);
+    assert_eq!(p.ppid as u32, std::process::id());
+    assert_eq!(p.comm, prog.name);
+    assert_eq!(p.argv, vec![prog.path.to_str().unwrap(), "30", "0.5"]);
+    assert_eq!(p.exe.as_deref(), Some(prog.path.to_str().unwrap()));
+    let creds = p.credentials.unwrap();
+    assert_eq!(
+        (creds.uid, creds.euid, creds.gid, creds.egid),
+        (65534, 65534, 65534, 65534)
+    );
+    assert_eq!(p.source(), Source::Netlink);
+    assert!(p.kernel_timestamp_ns > 0);
+    assert!(p.observed_unix_ns > 0);
+    assert!(p.start_ticks > 0);
+    assert!(!p.exited_before_inspection);
+    assert!(!p.cgroup.unwrap().path.is_empty());
+}
+
+#[tokio::test]
+async fn a_process_started_before_subscribing_is_in_the_snapshot() {
+    let agent = Agent::start(&[]);
+    let prog = UniqueProgram::new("ewsnap");
+    let child = prog.spawn(30, &[]);
+    // Give it time to exec, so the snapshot sees the program, not the fork.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut stream = agent.watch(WatchRequest::default()).await;
+    let first = next(&mut stream, WAIT).await;
+    assert_eq!(first.seq, 1);
+    let mut snap = vec![first];
+    snap.extend(snapshot(&mut stream).await);
+    let entry = snap.iter().find(|ev| is_process(ev, child.id(), true));
+    stop(child);
+    let Some(Kind::Existing(p)) = &entry.expect("snapshot lists the running program").kind else {
+        unreachable!()
+    };
+    assert_eq!(p.comm, prog.name);
+    assert_eq!(p.source(), Source::Snapshot);
+    assert_eq!(p.kernel_timestamp_ns, 0);
+}
+
+#[tokio::test]
+async fn snapshot_complete_counts_entries_and_says_why() {
+    let agent = Agent::start(&[]);
+    let mut stream = agent.watch(WatchRequest::default()).await;
+    let (done, before) = until(&mut stream, WAIT, |ev| {
+        matches!(ev.kind, Some(Kind::SnapshotComplete(_)))
+    })
+    .await;
+    let Some(Kind::SnapshotComplete(c)) = done.kind else {
+        unreachable!()
+    };
+    assert_eq!(c.processes, before.len() as u64);
+    assert_eq!(c.cause(), SnapshotCause::Subscribe);
+    assert!(before
+        .iter()
+        .all(|ev| matches!(ev.kind, Some(Kind::Existing(_)))));
+}
+
+#[tokio::test]
+async fn exits_are_streamed_only_on_request() {
+    let agent = Agent::start(&[]);
+    let mut with_exits = agent
+        .watch(WatchRequest {
+            include_exits: true,
+            skip_snapshot: true,
+        })
+        .await;
+    let mut without = agent
+        .watch(WatchRequest {
+            include_exits: false,
+            skip_snapshot: true,
+        })
+        .await;
+    let prog = UniqueProgram::new("ewexit");
+    let child = prog.spawn(30, &[]);
+    let pid = child.id() as i32;
+    until(&mut with_exits, WAIT, |ev| {
+        is_process(ev, pid as u32, false)
+    })
+    .await;
+    stop(child);
+    let (ev, _) = until(
+        &mut with_exits,
+        WAIT,
+        |ev| matches!(&ev.kind, Some(Kind::Exit(e)) if e.pid == pid),
+    )
+    .await;
+    let Some(Kind::Exit(e)) = ev.kind else {
+        unreachable!()
+    };
+    assert_eq!(e.tgid, pid);
+    assert_eq!(e.exit_code, 9, "killed by SIGKILL: wait status 9");
+    assert_eq!(e.source(), Source::Netlink);
+
+    // The exec-only stream saw the exec, and after it no exit at all.
+    let (_, _) = until(&mut without, WAIT, |ev| is_process(ev, pid as u32, false)).await;
+    let marker = prog.spawn(30, &[]);
+    let (_, between) = until(&mut without, WAIT, |ev| is_process(ev, marker.id(), false)).await;
+    stop(marker);
+    assert!(between
+        .iter()
+        .all(|ev| !matches!(ev.kind, Some(Kind::Exit(_)))));
+}
+
+#[tokio::test]
+async fn the_poll_detector_delivers_the_same_process() {
+    let agent = Agent::start(&["--detector=poll", "--poll-interval=50ms"]);
+    let mut stream = agent
+        .watch(WatchRequest {
+            include_exits: true,
+            skip_snapshot: true,
+        })
+        .await;
+    let prog = UniqueProgram::new("ewpoll");
+    let child = prog.spawn(30, &["0.25"]);
+    let pid = child.id();
+    let (ev, _) = until(&mut stream, WAIT, |ev| is_process(ev, pid, false)).await;
+    stop(child);
+    let Some(Kind::Exec(p)) = ev.kind else {
+        unreachable!()
+    };
+    assert_eq!(p.comm, prog.name);
+    assert_eq!(p.argv[1..], ["30", "0.25"]);
+    assert_eq!(p.source(), Source::Poll);
+    let (ev, _) = until(
+        &mut stream,
+        WAIT,
+        |ev| matches!(&ev.kind, Some(Kind::Exit(e)) if e.pid == pid as i32),
+    )
+    .await;
+    let Some(Kind::Exit(e)) = ev.kind else {
+        unreachable!()
+    };
+    assert_eq!(e.source(), Source::Poll);
+}
+
+#[tokio::test]
+async fn stats_report_the_detector_and_counts() {
+    let agent = Agent::start(&[]);
+    let mut stream = agent
+        .watch(WatchRequest {
+            include_exits: false,
+            skip_snapshot: true,
+        })
+        .await;
+    let prog = UniqueProgram::new("ewstat");
+    let child = prog.spawn(30, &[]);
+    until(&mut stream, WAIT, |ev| is_process(ev, child.id(), false)).await;
+    stop(child);
+    let stats = agent
+        .client()
+        .await
+        .get_stats(StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.detector, "netlink");
+    assert_eq!(
+        stats.subscription_mode, "kernel-filtered",
+        "this kernel is >= 6.6"
+    );
+    assert!(stats.execs >= 1);
+    assert!(stats.subscribers >= 1);
+    assert!(stats.subscribers_total >= 1);
+    assert!(
+        stats.receive_buffer_bytes >= 1 << 20,
+        "asked for 8 MiB as root: {stats:?}"
+    );
+    assert_eq!(stats.kernel_overruns, 0);
+    assert!(
+        agent.logs().contains("kernel-filtered"),
+        "the log says which mode is active"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_removes_the_socket() {
+    let mut agent = Agent::start(&[]);
+    assert!(agent.socket.exists());
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}:\n{}", agent.logs());
+    assert!(!agent.socket.exists(), "socket left behind");
+}
+
+#[test]
+fn health_check_reports_serving_and_fails_without_an_agent() {
+    let agent = Agent::start(&[]);
+    let ok = health_check_as(&agent.socket, 0);
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "SERVING");
+    let missing = agent.dir.path().join("nope.sock");
+    let bad = health_check_as(&missing, 0);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("nope.sock"),
+        "{bad:?}"
+    );
+}

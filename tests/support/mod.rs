@@ -1,0 +1,278 @@
+//! Test fixtures shared by the integration tests: the real agent binary on a
+//! real Unix socket, uniquely named processes to spawn, and stream helpers.
+//!
+//! These tests need Linux; the kernel ones need the proc connector, which this
+//! kernel (>= 6.6) offers to any user in the initial network namespace. They
+//! never skip: if the kernel refuses, they fail with the agent's own error.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use execwatch::proto::exec_events_client::ExecEventsClient;
+use execwatch::proto::{watch_event::Kind, WatchEvent, WatchRequest};
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+/// A running agent on its own socket in its own directory.
+pub struct Agent {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `args` and waits until its socket answers.
+    pub fn start(args: &[&str]) -> Agent {
+        let dir = world_readable_tempdir();
+        let socket = dir.path().join("agent.sock");
+        let log = dir.path().join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start agent");
+        let mut agent = Agent {
+            child,
+            dir,
+            socket,
+            log,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "agent exited with {status} before serving:\n{}",
+                    self.logs()
+                );
+            }
+            if self.socket.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "agent did not create its socket within 15s:\n{}",
+            self.logs()
+        );
+    }
+
+    /// What the agent logged so far.
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// A typed client on the agent's socket.
+    pub async fn client(&self) -> ExecEventsClient<Channel> {
+        execwatch::client::exec_events(&self.socket)
+            .await
+            .expect("connect to agent")
+    }
+
+    /// Opens a Watch stream.
+    pub async fn watch(&self, req: WatchRequest) -> Streaming<WatchEvent> {
+        self.client()
+            .await
+            .watch(req)
+            .await
+            .expect("watch")
+            .into_inner()
+    }
+
+    /// Sends a signal to the agent.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory other users can enter (for tests that run a peer
+/// as another uid).
+pub fn world_readable_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A copy of `sleep` under a unique name (at most 15 bytes, so it is also the
+/// kernel's comm): every field of its exec event is recognisable.
+pub struct UniqueProgram {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub name: String,
+}
+
+impl UniqueProgram {
+    pub fn new(prefix: &str) -> Self {
+        let dir = world_readable_tempdir();
+        let n: u32 = rand_u32() % 100_000;
+        let name = format!("{prefix}{n:05}");
+        assert!(name.len() <= 15, "comm is at most 15 bytes: {name}");
+        let path = dir.path().join(&name);
+        fs::copy(which("sleep"), &path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        UniqueProgram { dir, path, name }
+    }
+
+    /// Starts it sleeping for `secs` with extra arguments.
+    pub fn spawn(&self, secs: u32, extra: &[&str]) -> Child {
+        // sleep accepts several durations and sleeps for their sum.
+        let mut cmd = Command::new(&self.path);
+        cmd.arg(secs.to_string()).args(extra);
+        // A child forked by another test thread may still hold the copy's
+        // write descriptor until it execs: ETXTBSY is transient.
+        for _ in 0..100 {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                other => return other.expect("spawn unique program"),
+            }
+        }
+        panic!("{} stayed busy (ETXTBSY)", self.path.display())
+    }
+}
+
+/// Path of a program found on PATH.
+pub fn which(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("{name} not found on PATH"))
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    t.subsec_nanos() ^ std::process::id().rotate_left(16)
+}
+
+/// Receives the next event, failing the test after `timeout`.
+pub async fn next(stream: &mut Streaming<WatchEvent>, timeout: Duration) -> WatchEvent {
+    match tokio::time::timeout(timeout, stream.message()).await {
+        Ok(Ok(Some(ev))) => ev,
+        Ok(Ok(None)) => panic!("stream ended"),
+        Ok(Err(status)) => panic!("stream failed: {status}"),
+        Err(_) => panic!("no event within {timeout:?}"),
+    }
+}
+
+/// Reads until an event satisfies `pred`; returns it and everything before.
+pub async fn until(
+    stream: &mut Streaming<WatchEvent>,
+    timeout: Duration,
+    mut pred: impl FnMut(&WatchEvent) -> bool,
+) -> (WatchEvent, Vec<WatchEvent>) {
+    let deadline = Instant::now() + timeout;
+    let mut before = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            panic!(
+                "no matching event within {timeout:?}; saw {} others",
+                before.len()
+            );
+        }
+        let ev = next(stream, left).await;
+        if pred(&ev) {
+            return (ev, before);
+        }
+        before.push(ev);
+    }
+}
+
+/// Reads the initial snapshot; returns its `existing` entries.
+pub async fn snapshot(stream: &mut Streaming<WatchEvent>) -> Vec<WatchEvent> {
+    let (_, before) = until(stream, Duration::from_secs(20), |ev| {
+        matches!(ev.kind, Some(Kind::SnapshotComplete(_)))
+    })
+    .await;
+    before
+}
+
+/// Whether `ev` is an exec (or snapshot entry, with `existing`) of `pid`.
+pub fn is_process(ev: &WatchEvent, pid: u32, existing: bool) -> bool {
+    match &ev.kind {
+        Some(Kind::Exec(p)) if !existing => p.pid == pid as i32,
+        Some(Kind::Existing(p)) if existing => p.pid == pid as i32,
+        _ => false,
+    }
+}
+
+/// Kills and reaps a child.
+pub fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Asserts the stream's sequence numbers are 1, 2, 3, ... without holes.
+pub fn assert_contiguous(events: &[WatchEvent], first: u64) {
+    for (i, ev) in events.iter().enumerate() {
+        assert_eq!(ev.seq, first + i as u64, "hole in sequence numbers");
+    }
+}
+
+/// Runs `program` as the agent's health check against `socket` as `uid`.
+pub fn health_check_as(socket: &Path, uid: u32) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args(["health-check", "--socket"])
+        .arg(socket)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("run health-check")
+}
+
+/// A Watch stream whose client grants only a 64 KiB HTTP/2 window, so a
+/// subscriber that stops reading backs up into the agent quickly.
+pub async fn watch_small_window(socket: &Path, req: WatchRequest) -> Streaming<WatchEvent> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect");
+    ExecEventsClient::new(channel)
+        .watch(req)
+        .await
+        .expect("watch")
+        .into_inner()
+}
