@@ -465,7 +465,14 @@ impl Rules {
             }
         }
 
-        if let Some(pattern) = self.commands.get(comm_prefix(&p.comm)) {
+        // The agent's comm is at most 15 bytes before its lossy UTF-8
+        // conversion (which may lengthen it); only another producer's longer
+        // name needs cutting.
+        let command = self
+            .commands
+            .get(p.comm.as_str())
+            .or_else(|| self.commands.get(comm_prefix(&p.comm)?));
+        if let Some(pattern) = command {
             return Some(Match {
                 pattern: pattern.clone(),
                 matcher: MatcherKind::Command,
@@ -606,17 +613,18 @@ fn comm_key(command: &str) -> String {
     String::from_utf8_lossy(kept).into_owned()
 }
 
-/// A reported command name cut to 15 bytes (at a character boundary). The
-/// agent never sends more; this keeps other producers comparable.
-fn comm_prefix(comm: &str) -> &str {
+/// A reported command name longer than 15 bytes cut to 15 (at a character
+/// boundary), for producers that send the whole name; `None` if it is not
+/// longer.
+fn comm_prefix(comm: &str) -> Option<&str> {
     if comm.len() <= COMM_MAX_BYTES {
-        return comm;
+        return None;
     }
     let mut end = COMM_MAX_BYTES;
     while !comm.is_char_boundary(end) {
         end -= 1;
     }
-    &comm[..end]
+    Some(&comm[..end])
 }
 
 /// The top-level key whose value holds byte `offset`: the last line at or

