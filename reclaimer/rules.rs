@@ -399,10 +399,7 @@ impl Rules {
         };
 
         for (command, _) in patterns(toml, "match_commands", doc.match_commands)? {
-            rules
-                .commands
-                .entry(comm_key(&command))
-                .or_insert(command);
+            rules.commands.entry(comm_key(&command)).or_insert(command);
         }
 
         for (substring, _) in patterns(toml, "match_argv_substrings", doc.match_argv_substrings)? {
@@ -503,7 +500,11 @@ impl Rules {
     /// The first argv substring (in document order) found in `argv` joined
     /// with single spaces.
     fn find_in_argv(&self, argv: &[String]) -> Option<&String> {
-        let find = |line: &str| self.argv_substrings.iter().find(|s| line.contains(s.as_str()));
+        let find = |line: &str| {
+            self.argv_substrings
+                .iter()
+                .find(|s| line.contains(s.as_str()))
+        };
         match argv {
             [] => None,
             [only] => find(only),

@@ -561,7 +561,11 @@ fn error_cases() -> Vec<ErrorCase> {
             "wrong type: number in a list, on a later line of a multi-line array",
             "match_commands = [\n  \"java\",\n  \"idea\",\n  42,\n]\n",
             4,
-            &["line 4, column 3", "`match_commands`", "invalid type: integer `42`"],
+            &[
+                "line 4, column 3",
+                "`match_commands`",
+                "invalid type: integer `42`",
+            ],
             parse,
         ),
         case(
@@ -582,14 +586,23 @@ fn error_cases() -> Vec<ErrorCase> {
             "negative poll_interval_ms",
             "match_commands = [\"java\"]\npoll_interval_ms = -1",
             2,
-            &["line 2, column 20", "`poll_interval_ms` is -1", "non-negative"],
+            &[
+                "line 2, column 20",
+                "`poll_interval_ms` is -1",
+                "non-negative",
+            ],
             |e| matches!(e, RulesError::NegativePollInterval { value: -1, .. }),
         ),
         case(
             "unknown scope",
             "scope = \"pods\"",
             1,
-            &["line 1", "`scope`", "unknown variant `pods`", "`host` or `all`"],
+            &[
+                "line 1",
+                "`scope`",
+                "unknown variant `pods`",
+                "`host` or `all`",
+            ],
             parse,
         ),
         case(
@@ -734,10 +747,18 @@ fn errors_table() {
             Err(e) => e,
         };
         let text = err.to_string();
-        assert!((case.variant)(&err), "{}: wrong variant: {err:?}", case.name);
+        assert!(
+            (case.variant)(&err),
+            "{}: wrong variant: {err:?}",
+            case.name
+        );
         assert_eq!(err.line(), Some(case.line), "{}: {text}", case.name);
         for says in case.says {
-            assert!(text.contains(says), "{}: {text:?} lacks {says:?}", case.name);
+            assert!(
+                text.contains(says),
+                "{}: {text:?} lacks {says:?}",
+                case.name
+            );
         }
         assert!(!text.contains('\n'), "{}: multi-line: {text:?}", case.name);
     }

@@ -168,15 +168,18 @@ fi
 
 # Leftovers of builds that were killed hard (no EXIT trap) - we hold the lock,
 # so nobody else is using them.
-rm -rf "${DEST_DIR}"/.build-* "${DEST_DIR}"/.kube-apiserver.tmp.*
+rm -rf "${DEST_DIR}/.build" "${DEST_DIR}"/.kube-apiserver.tmp.*
 
 ensure_pkgs "${BUILD_PKGS[@]}"
 ensure_deb_src
 apt_update_once
 
 # Scratch tree inside the cache dir: same filesystem as the destination, so the
-# final `mv` is an atomic rename.
-WORK="$(mktemp -d "${DEST_DIR}/.build-XXXXXX")"
+# final `mv` is an atomic rename. Its path is fixed (we hold the lock) because
+# Go's build cache is keyed on source paths: a retried build after an
+# interruption then reuses the packages compiled the first time.
+WORK="${DEST_DIR}/.build"
+mkdir -p "${WORK}"
 cleanup() {
     if [[ "${EXECWATCH_KEEP_BUILD_DIR:-0}" == 1 ]]; then
         log "keeping build tree ${WORK}"
@@ -279,7 +282,7 @@ for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version \
 done
 
 log "building cmd/kube-apiserver with $(go version) (takes a few minutes)"
-go build -o "${WORK}/kube-apiserver" -ldflags "${LDFLAGS}" k8s.io/kubernetes/cmd/kube-apiserver
+go build -trimpath -o "${WORK}/kube-apiserver" -ldflags "${LDFLAGS}" k8s.io/kubernetes/cmd/kube-apiserver
 
 binary_ok "${WORK}/kube-apiserver" || die "built binary does not report v${KUBE_VERSION}"
 
