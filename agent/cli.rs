@@ -33,7 +33,7 @@ pub enum Command {
     /// (for exec probes).
     HealthCheck {
         /// Give up after this long (e.g. 500ms, 2s).
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        #[arg(long, default_value = "2s", value_parser = execwatch::duration::parse)]
         timeout: Duration,
     },
 }
@@ -47,7 +47,7 @@ pub struct RunArgs {
     pub detector: Detector,
 
     /// Scan interval of the poll detector (e.g. 250ms, 1s).
-    #[arg(long, env = "EXECWATCH_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, env = "EXECWATCH_POLL_INTERVAL", default_value = "250ms", value_parser = execwatch::duration::parse)]
     pub poll_interval: Duration,
 
     /// Socket file mode, in octal.
@@ -106,26 +106,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `250ms`, `2s`, `1m` or a bare number of milliseconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 250ms or 2s"))?;
-    let d = match unit {
-        "" | "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s or m")),
-    };
-    if d.is_zero() {
-        return Err("the duration must be greater than zero".into());
-    }
-    Ok(d)
-}
-
 /// Parses an octal file mode such as `0660`.
 fn parse_mode(s: &str) -> Result<u32, String> {
     let mode = u32::from_str_radix(s.trim_start_matches("0o"), 8)
@@ -139,17 +119,6 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("40"), Ok(Duration::from_millis(40)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3h").is_err());
-    }
 
     #[test]
     fn modes() {

@@ -3,7 +3,6 @@
 //! holds no rules and no Kubernetes credentials, and listens on no network.
 
 mod cli;
-mod clock;
 mod fanout;
 mod health_check;
 mod netlink;

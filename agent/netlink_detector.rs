@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use execwatch::proto::{Exit, Source};
 
-use crate::clock;
+use execwatch::clock;
 use crate::fanout::{Fanout, Item};
 use crate::netlink::{NetlinkError, NetlinkSocket, Received, PROBE_TIMEOUT};
 use crate::procfs::ProcReader;

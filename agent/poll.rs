@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use execwatch::proto::{Exit, Source};
 
-use crate::clock;
+use execwatch::clock;
 use crate::fanout::{Fanout, Item};
 use crate::procfs::ProcReader;
 use crate::stats::Stats;

@@ -22,7 +22,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::Mode;
 
-use crate::clock;
+use execwatch::clock;
 use crate::stat_line::StatLine;
 
 /// Kernel threads carry this flag in field 9 of `/proc/<pid>/stat`.

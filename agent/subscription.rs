@@ -17,7 +17,7 @@ use execwatch::proto::{
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::clock;
+use execwatch::clock;
 use crate::fanout::{Fanout, Item};
 use crate::procfs::ProcReader;
 use crate::stats::Stats;

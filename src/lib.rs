@@ -6,7 +6,9 @@
 
 pub mod cgroup;
 pub mod client;
+pub mod clock;
 pub mod cn_proc;
+pub mod duration;
 
 /// The generated `execwatch.v1` contract (messages, client and server).
 pub mod proto {

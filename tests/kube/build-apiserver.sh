@@ -96,8 +96,10 @@ ensure_pkgs() {
 # existing binary ("deb") entry by copying it verbatim with the type changed:
 # copying keeps URIs and, importantly, Signed-By identical - apt refuses to
 # work at all if two entries for the same repository disagree on Signed-By.
+# shellcheck disable=SC2016 # $(FIELD) in the --format strings is for apt, not bash
 ensure_deb_src() {
     local codename entry file idx out
+    # shellcheck disable=SC1091
     codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
     [[ -n "${codename}" ]] || die "cannot determine the Debian codename from /etc/os-release"
 

@@ -41,8 +41,9 @@
 #                                  before SIGKILL (default 5)
 set -euo pipefail
 
-readonly SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-readonly SELF="${SCRIPT_DIR}/$(basename "${BASH_SOURCE[0]}")"
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SELF="${SCRIPT_DIR}/$(basename "${BASH_SOURCE[0]}")"
+readonly SCRIPT_DIR SELF
 readonly READY_TIMEOUT="${EXECWATCH_KUBE_READY_TIMEOUT:-120}"
 # Only used for ClusterIP allocation inside the API server; nothing is ever
 # routed to it.
@@ -353,10 +354,12 @@ start_apiserver() {
 start_watchdog() {
     local owner="${EXECWATCH_KUBE_OWNER_PID:-}"
     [[ -n "${owner}" ]] || return 0
-    [[ "${owner}" =~ ^[0-9]+$ ]] && kill -0 "${owner}" 2>/dev/null ||
+    if ! [[ "${owner}" =~ ^[0-9]+$ ]] || ! kill -0 "${owner}" 2>/dev/null; then
         die "EXECWATCH_KUBE_OWNER_PID=${owner} is not a running process"
+    fi
     # "${DIR}/" is on the command line so live_pid recognises the watchdog.
     # It also exits quietly once etcd is stopped normally.
+    # shellcheck disable=SC2016 # the script is expanded by the inner bash
     spawn "${DIR}/watchdog.pid" "${DIR}/watchdog.log" bash -c '
         owner="$1"; dir="$2"; self="$3"
         owner_alive() { [[ -d "/proc/${owner}" ]] && ! grep -qs "^State:[[:space:]]*Z" "/proc/${owner}/status"; }
@@ -420,6 +423,11 @@ start)
         # long first build does not run with an idle etcd in the background.
         KUBE_APISERVER_BIN="$(apiserver_bin)"
         export KUBE_APISERVER_BIN
+        # Check the owner now rather than after a cluster was started for nothing.
+        if [[ -n "${EXECWATCH_KUBE_OWNER_PID:-}" ]] &&
+            { ! [[ "${EXECWATCH_KUBE_OWNER_PID}" =~ ^[0-9]+$ ]] || ! kill -0 "${EXECWATCH_KUBE_OWNER_PID}" 2>/dev/null; }; then
+            die "EXECWATCH_KUBE_OWNER_PID=${EXECWATCH_KUBE_OWNER_PID} is not a running process"
+        fi
         # If anything below fails, do not leave half a cluster running.
         trap 'rc=$?; if ((rc != 0)); then stop_apiserver; stop_pidfile "${DIR}/etcd.pid"; stop_pidfile "${DIR}/watchdog.pid"; fi' EXIT
         start_etcd

@@ -1,4 +1,4 @@
-//! Wall-clock time as the wire contract expresses it.
+//! Wall-clock time as the wire contract expresses it (Unix epoch nanoseconds).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,283 @@
+//! The reclaimer's one owner task: it holds the rules, the running processes
+//! and the state of the request on the Node, and decides when to write.
+//!
+//! ```text
+//!            match                      patched
+//!   Idle ─────────────▶ Writing ─────────────────▶ Requested
+//!    ▲                     │ refused (e.g. host-id)    │ controller cleared the
+//!    │                     ▼                           │ annotations (seen by a
+//!    └──── retry after ── Blocked                      │ periodic GET) → Idle,
+//!          the interval                                │ and a still-running
+//!    ◀─────────────────────────────────────────────────┘ match fires again
+//! ```
+//!
+//! Node I/O runs in spawned jobs that report back on a channel, so the loop
+//! never stops reading the agent's stream. In `--dry-run` there is no Node:
+//! a request counts as outstanding until no matching process runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use execwatch::proto::{watch_event::Kind, Process};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::agent_link::LinkEvent;
+use crate::metrics::Metrics;
+use crate::node::{self, NodeClient, NodeError, Outcome};
+use crate::process_table::ProcessTable;
+use crate::rules::{Match, Rules};
+
+/// Where decisions go.
+pub enum Target {
+    /// Log what would be patched; touch no API.
+    DryRun {
+        /// The Node name used in the log line.
+        node: String,
+    },
+    /// Write to this Node.
+    Node(NodeClient),
+}
+
+/// Settings of the loop.
+pub struct Settings {
+    /// How often the Node is re-read while a request is outstanding (and how
+    /// long a refused write waits before it is tried again).
+    pub recheck: Duration,
+    /// Put argv in logs (off by default: arguments may hold secrets).
+    pub log_argv: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Writing,
+    Requested,
+    Blocked { until: Instant },
+}
+
+enum JobResult {
+    Written(Result<Outcome, NodeError>),
+    Checked(Result<bool, NodeError>),
+}
+
+/// The decision loop's state.
+pub struct Decider {
+    rules: Rules,
+    table: ProcessTable,
+    state: State,
+    checking: bool,
+    target: Target,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    jobs_tx: mpsc::Sender<JobResult>,
+    jobs_rx: mpsc::Receiver<JobResult>,
+}
+
+impl Decider {
+    /// A decider that starts inert until the first rules arrive.
+    pub fn new(target: Target, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let (jobs_tx, jobs_rx) = mpsc::channel(4);
+        // With a real Node, start by finding out whether a request is already
+        // there (e.g. written before a restart): treat it as outstanding
+        // until the first check says otherwise.
+        let state = match target {
+            Target::Node(_) => State::Requested,
+            Target::DryRun { .. } => State::Idle,
+        };
+        Self {
+            rules: Rules::inert(),
+            table: ProcessTable::default(),
+            state,
+            checking: false,
+            target,
+            settings,
+            metrics,
+            jobs_tx,
+            jobs_rx,
+        }
+    }
+
+    /// Runs until `shutdown` completes or the inputs close.
+    pub async fn run(
+        mut self,
+        mut link: mpsc::Receiver<LinkEvent>,
+        mut rules: mpsc::Receiver<Rules>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.settings.recheck);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = link.recv() => match ev {
+                    Some(ev) => self.on_link(ev),
+                    None => return,
+                },
+                r = rules.recv() => match r {
+                    Some(r) => {
+                        tracing::debug!(scope = %r.scope(), "applying new rules to {} running processes", self.table.len());
+                        self.rules = r;
+                        self.evaluate_table();
+                    }
+                    None => return,
+                },
+                Some(job) = self.jobs_rx.recv() => self.on_job(job),
+                _ = tick.tick() => self.on_tick(),
+                _ = &mut shutdown => {
+                    if self.state == State::Writing {
+                        tracing::info!("waiting up to 5s for the Node write in progress");
+                        if let Ok(Some(job)) = tokio::time::timeout(Duration::from_secs(5), self.jobs_rx.recv()).await {
+                            self.on_job(job);
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Connected => self.table.snapshot_begin(),
+            LinkEvent::Disconnected => {}
+            LinkEvent::Event(ev) => {
+                self.metrics.events.inc();
+                match ev.kind {
+                    Some(Kind::Exec(p)) => {
+                        self.consider(&p);
+                        self.table.exec(p);
+                    }
+                    Some(Kind::Existing(p)) => {
+                        self.consider(&p);
+                        self.table.existing(p);
+                    }
+                    Some(Kind::SnapshotComplete(c)) => {
+                        self.table.snapshot_complete();
+                        tracing::debug!(listed = c.processes, running = self.table.len(), "snapshot complete");
+                        self.dry_run_release();
+                    }
+                    Some(Kind::Lost(lost)) => {
+                        self.metrics.lost_markers.inc();
+                        tracing::warn!(reason = %lost.reason, count = lost.count, count_known = lost.count_known, "the agent lost events; resyncing from its snapshot");
+                        self.table.snapshot_begin();
+                    }
+                    Some(Kind::Exit(e)) => {
+                        self.table.exit(e.pid);
+                        self.dry_run_release();
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// A process was seen: fire if it matches and nothing is outstanding.
+    fn consider(&mut self, p: &Process) {
+        if self.state != State::Idle {
+            return;
+        }
+        if let Some(m) = self.rules.matches(p) {
+            self.fire(p, m);
+        }
+    }
+
+    /// New rules, or the way is clear again: does anything running match?
+    fn evaluate_table(&mut self) {
+        if self.state != State::Idle {
+            return;
+        }
+        if let Some((p, m)) = self.table.first_match(&self.rules) {
+            let p = p.clone();
+            self.fire(&p, m);
+        }
+    }
+
+    fn fire(&mut self, p: &Process, m: Match) {
+        self.metrics.matches.inc();
+        let reason = m.reason();
+        let at = node::rfc3339_now();
+        let argv = if self.settings.log_argv { p.argv.join(" ") } else { "<hidden: --log-argv>".into() };
+        tracing::info!(comm = %p.comm, pid = p.pid, pattern = %m.pattern, matcher = %m.matcher, %argv, "process matched: requesting reclaim");
+        // Latency is measured from when the agent observed the process.
+        let age = execwatch::clock::unix_ns().saturating_sub(p.observed_unix_ns);
+        let observed = Instant::now()
+            .checked_sub(Duration::from_nanos(age.min(3_600_000_000_000)))
+            .unwrap_or_else(Instant::now);
+        match &self.target {
+            Target::DryRun { node } => {
+                let patch = json!({"metadata": {"annotations": {
+                    node::REQUESTED: "true", node::REASON: reason, node::REQUESTED_AT: at,
+                }}});
+                tracing::info!(%patch, "dry-run: would merge-PATCH Node {node} with field manager {}", node::FIELD_MANAGER);
+                self.state = State::Requested;
+            }
+            Target::Node(client) => {
+                let req = node::Request { reason, at, comm: p.comm.clone(), pid: p.pid, observed };
+                let (client, tx) = (client.clone(), self.jobs_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(JobResult::Written(client.request(&req).await)).await;
+                });
+                self.state = State::Writing;
+            }
+        }
+    }
+
+    fn on_job(&mut self, job: JobResult) {
+        match job {
+            JobResult::Written(Ok(Outcome::Written)) => {
+                tracing::info!("reclaim requested: Node annotated");
+                self.state = State::Requested;
+            }
+            JobResult::Written(Ok(Outcome::AlreadyRequested)) => {
+                tracing::info!("a reclaim request is already on the Node; leaving it as it is");
+                self.state = State::Requested;
+            }
+            JobResult::Written(Err(e)) => {
+                tracing::error!("{e}");
+                self.state = State::Blocked { until: Instant::now() + self.settings.recheck };
+            }
+            JobResult::Checked(result) => {
+                self.checking = false;
+                match result {
+                    Ok(true) => {}
+                    Ok(false) if self.state == State::Requested => {
+                        tracing::info!("no reclaim request on the Node (cleared by the controller, or none yet); armed");
+                        self.state = State::Idle;
+                        self.evaluate_table();
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("cannot re-read the Node: {e}"),
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        match (self.state, &self.target) {
+            (State::Blocked { until }, _) if Instant::now() >= until => {
+                self.state = State::Idle;
+                self.evaluate_table();
+            }
+            (State::Requested, Target::Node(client)) if !self.checking => {
+                self.checking = true;
+                let (client, tx) = (client.clone(), self.jobs_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(JobResult::Checked(client.reclaim_requested().await)).await;
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// In dry-run the "request" is over once no matching process runs.
+    fn dry_run_release(&mut self) {
+        if matches!(self.target, Target::DryRun { .. })
+            && self.state == State::Requested
+            && self.table.first_match(&self.rules).is_none()
+        {
+            tracing::info!("dry-run: no matching process runs any more; armed again");
+            self.state = State::Idle;
+        }
+    }
+}

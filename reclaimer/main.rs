@@ -1,0 +1,133 @@
+//! The execwatch reclaimer: the unprivileged half. It reads the agent's
+//! stream, holds the rules and the Kubernetes credentials, and asks the
+//! 5-Spot controller to reclaim this node by annotating its Node.
+
+mod agent_link;
+mod backoff;
+mod cli;
+mod decision;
+mod metrics;
+mod node;
+mod process_table;
+mod rules;
+mod rules_source;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tokio::sync::mpsc;
+
+use crate::cli::{Cli, LogFormat};
+use crate::decision::{Decider, Settings, Target};
+use crate::node::{HostId, NodeClient};
+use crate::rules_source::RulesSource;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(cli))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (target, source) = if cli.dry_run {
+        tracing::info!("dry-run: decisions are logged, the Kubernetes API is never contacted");
+        let node = cli.node_name.clone().unwrap_or_else(|| "<this node>".into());
+        let source = match &cli.rules_file {
+            Some(path) => RulesSource::File(path.clone()),
+            None => RulesSource::Embedded,
+        };
+        (Target::DryRun { node }, source)
+    } else {
+        let Some(node) = cli.node_name.clone() else {
+            bail!("--node-name (or NODE_NAME) is required unless --dry-run");
+        };
+        let host = if cli.skip_host_id_check {
+            tracing::warn!("--skip-host-id-check is ON: the Node's machine-id is NOT compared with this host's; only for sandboxes");
+            HostId::Skip
+        } else {
+            let path = cli.machine_id_file.display().to_string();
+            let id = std::fs::read_to_string(&cli.machine_id_file)
+                .with_context(|| format!("cannot read the host machine-id from {path} (set --machine-id-file, or --skip-host-id-check in a sandbox)"))?
+                .trim()
+                .to_string();
+            if id.is_empty() {
+                bail!("the host machine-id file {path} is empty");
+            }
+            HostId::MachineId { id, path }
+        };
+        let client = kube_client().await?;
+        let source = match &cli.rules_file {
+            Some(path) => RulesSource::File(path.clone()),
+            None => RulesSource::ConfigMap {
+                client: client.clone(),
+                namespace: cli.namespace.clone(),
+                name: cli.configmap.clone().unwrap_or_else(|| format!("reclaim-agent-{node}")),
+            },
+        };
+        let nodes = NodeClient::new(client, node, cli.namespace.clone(), host, metrics.clone());
+        (Target::Node(nodes), source)
+    };
+    if let RulesSource::File(path) = &source {
+        // A bad file at start is a configuration error; later edits are
+        // ridden out with the last good rules.
+        rules_source::load_file(path)?;
+    }
+    if let Some(addr) = cli.metrics_addr {
+        let m = metrics.clone();
+        let listener_err = tokio::spawn(async move { metrics::serve(addr, m).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if listener_err.is_finished() {
+            let err = listener_err.await?.err().map(|e| e.to_string()).unwrap_or_default();
+            bail!("cannot serve metrics on {addr}: {err}");
+        }
+    }
+
+    let (link_tx, link_rx) = mpsc::channel(1024);
+    let (rules_tx, rules_rx) = mpsc::channel(4);
+    tokio::spawn(agent_link::run(cli.socket.clone(), link_tx, metrics.clone()));
+    tokio::spawn(rules_source::run(source, rules_tx, metrics.clone()));
+    let settings = Settings { recheck: cli.recheck_interval, log_argv: cli.log_argv };
+    Decider::new(target, settings, metrics).run(link_rx, rules_rx, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A Kubernetes client from the in-cluster service account or KUBECONFIG,
+/// with timeouts short enough that a hung API server is retried, not waited on.
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(15));
+    config.write_timeout = Some(Duration::from_secs(15));
+    kube::Client::try_from(config).context("cannot build the Kubernetes client")
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the reclaimer with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

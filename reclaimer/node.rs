@@ -1,0 +1,319 @@
+//! Writing the reclaim request on the reclaimer's own Node, and nothing else.
+//!
+//! One request is: GET the Node → check the host's identity → if
+//! `reclaim-requested` is already `"true"`, stop (the first reason and time
+//! stand) → merge-PATCH the three annotations with the Node's
+//! `resourceVersion` as a precondition (a concurrent change by the controller
+//! is a 409, answered by reading again) → record an Event. Transient failures
+//! (connection errors, timeouts, 429 with its Retry-After, 5xx) are retried
+//! until the write lands; it lands once.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::client::Body;
+use serde_json::json;
+
+use crate::backoff::Backoff;
+use crate::metrics::Metrics;
+
+/// The annotation the 5-Spot controller acts on.
+pub const REQUESTED: &str = "5spot.finos.org/reclaim-requested";
+/// Why: `process-match: <pattern>`.
+pub const REASON: &str = "5spot.finos.org/reclaim-reason";
+/// When (RFC 3339, UTC).
+pub const REQUESTED_AT: &str = "5spot.finos.org/reclaim-requested-at";
+/// The field manager on every write.
+pub const FIELD_MANAGER: &str = "execwatch-reclaimer";
+
+/// Why a request could not be written. Transient failures never surface
+/// here: they are retried.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The Node is not this host.
+    #[error("refusing to write: host machine-id {host:?} (from {path}) does not match Node {node}'s status.nodeInfo.machineID {found:?}")]
+    HostMismatch {
+        /// This Node's name.
+        node: String,
+        /// The host's machine-id.
+        host: String,
+        /// Where it was read.
+        path: String,
+        /// What the Node says (empty if unset).
+        found: String,
+    },
+    /// The API server refused for a reason retrying will not fix.
+    #[error("{step} Node {node}: HTTP {status}: {message}")]
+    Refused {
+        /// What was being done.
+        step: &'static str,
+        /// This Node's name.
+        node: String,
+        /// The HTTP status.
+        status: u16,
+        /// The API server's message.
+        message: String,
+    },
+    /// A request could not be built (a bug).
+    #[error("cannot build the {0} request: {1}")]
+    Build(&'static str, String),
+}
+
+/// What a request achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The annotations were written by this request.
+    Written,
+    /// `reclaim-requested` was already `"true"`; nothing was written.
+    AlreadyRequested,
+}
+
+/// The host's identity, checked before every write.
+#[derive(Debug, Clone)]
+pub enum HostId {
+    /// Compare with this machine-id, read from `path`.
+    MachineId {
+        /// The host's machine-id, trimmed.
+        id: String,
+        /// Where it came from (for errors).
+        path: String,
+    },
+    /// `--skip-host-id-check`.
+    Skip,
+}
+
+/// One reclaim request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `process-match: <pattern>`.
+    pub reason: String,
+    /// RFC 3339 UTC timestamp for `reclaim-requested-at`.
+    pub at: String,
+    /// The process that matched, for the Event message.
+    pub comm: String,
+    /// Its pid.
+    pub pid: i32,
+    /// When the process was observed, for the latency metric.
+    pub observed: Instant,
+}
+
+/// Reads and writes one Node.
+#[derive(Clone)]
+pub struct NodeClient {
+    client: kube::Client,
+    node: String,
+    events_namespace: String,
+    host: HostId,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+/// A response, whole.
+struct Reply {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: bytes::Bytes,
+}
+
+impl NodeClient {
+    /// A client for Node `node`, recording Events in `events_namespace`.
+    pub fn new(
+        client: kube::Client,
+        node: String,
+        events_namespace: String,
+        host: HostId,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
+        Self { client, node, events_namespace, host, metrics }
+    }
+
+    /// Whether `reclaim-requested` is `"true"` on the Node now.
+    pub async fn reclaim_requested(&self) -> Result<bool, NodeError> {
+        Ok(is_requested(&self.get().await?))
+    }
+
+    /// Writes `req` unless a request is already on the Node. Retries
+    /// transient failures until done.
+    pub async fn request(&self, req: &Request) -> Result<Outcome, NodeError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            let node = self.get().await?;
+            self.check_host(&node)?;
+            if is_requested(&node) {
+                return Ok(Outcome::AlreadyRequested);
+            }
+            let rv = node.metadata.resource_version.clone().unwrap_or_default();
+            let patch = json!({"metadata": {"resourceVersion": rv, "annotations": {
+                REQUESTED: "true", REASON: req.reason, REQUESTED_AT: req.at,
+            }}});
+            let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            let http_req = kube::core::Request::new("/api/v1/nodes")
+                .patch(&self.node, &pp, &Patch::Merge(&patch))
+                .map_err(|e| NodeError::Build("patch", e.to_string()))?;
+            match self.send(http_req).await {
+                Ok(r) if r.status.is_success() => {
+                    self.metrics.patches.inc();
+                    self.metrics.patch_latency.observe(req.observed.elapsed());
+                    self.spawn_event(req, node.metadata.uid.unwrap_or_default());
+                    return Ok(Outcome::Written);
+                }
+                // Changed under us (the controller?): read again and decide again.
+                Ok(r) if r.status == StatusCode::CONFLICT => {
+                    self.metrics.patch_errors.inc();
+                    tracing::info!(node = %self.node, "Node changed while patching (409); reading it again");
+                }
+                Ok(r) if transient(r.status) => {
+                    self.metrics.patch_errors.inc();
+                    let wait = r.retry_after.unwrap_or_else(|| backoff.next_delay());
+                    tracing::warn!(node = %self.node, status = r.status.as_u16(), ?wait, "patch refused for now; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(r) => {
+                    self.metrics.patch_errors.inc();
+                    return Err(self.refused("patching", &r));
+                }
+                Err(e) => {
+                    self.metrics.patch_errors.inc();
+                    let wait = backoff.next_delay();
+                    tracing::warn!(node = %self.node, ?wait, "patch failed ({e}); retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    fn check_host(&self, node: &Node) -> Result<(), NodeError> {
+        let HostId::MachineId { id, path } = &self.host else { return Ok(()) };
+        let found = node
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.machine_id.trim().to_string())
+            .unwrap_or_default();
+        if found.is_empty() || &found != id {
+            return Err(NodeError::HostMismatch {
+                node: self.node.clone(),
+                host: id.clone(),
+                path: path.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// GETs the Node, retrying transient failures.
+    async fn get(&self) -> Result<Node, NodeError> {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            let req = kube::core::Request::new("/api/v1/nodes")
+                .get(&self.node, &Default::default())
+                .map_err(|e| NodeError::Build("get", e.to_string()))?;
+            match self.send(req).await {
+                Ok(r) if r.status.is_success() => {
+                    return serde_json::from_slice(&r.body).map_err(|e| NodeError::Refused {
+                        step: "reading",
+                        node: self.node.clone(),
+                        status: r.status.as_u16(),
+                        message: format!("unparsable Node: {e}"),
+                    })
+                }
+                Ok(r) if transient(r.status) => {
+                    let wait = r.retry_after.unwrap_or_else(|| backoff.next_delay());
+                    tracing::warn!(node = %self.node, status = r.status.as_u16(), ?wait, "GET Node refused for now; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(r) => return Err(self.refused("reading", &r)),
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(node = %self.node, ?wait, "GET Node failed ({e}); retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Records the Event in the background, retrying until it exists. Its
+    /// name is fixed per request, so a retry after a lost reply finds it
+    /// already there (409) instead of writing a second one.
+    fn spawn_event(&self, req: &Request, node_uid: String) {
+        let this = self.clone();
+        let name = format!("{}.reclaim.{:x}", self.node, execwatch::clock::unix_ns());
+        let message = format!("{} (pid {}) matched: {}", req.comm, req.pid, req.reason);
+        let at = req.at.clone();
+        tokio::spawn(async move {
+            let body = json!({
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": name, "namespace": this.events_namespace},
+                "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": this.node, "uid": node_uid},
+                "reason": "ReclaimRequested", "message": message, "type": "Normal",
+                "source": {"component": FIELD_MANAGER, "host": this.node},
+                "reportingComponent": FIELD_MANAGER, "reportingInstance": this.node,
+                "firstTimestamp": at, "lastTimestamp": at, "count": 1,
+            });
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+            let url = format!("/api/v1/namespaces/{}/events", this.events_namespace);
+            loop {
+                let req = match kube::core::Request::new(&url).create(&Default::default(), body.to_string().into_bytes()) {
+                    Ok(r) => r,
+                    Err(e) => return tracing::error!("cannot build the Event request: {e}"),
+                };
+                match this.send(req).await {
+                    Ok(r) if r.status.is_success() || r.status == StatusCode::CONFLICT => return,
+                    Ok(r) if transient(r.status) => {
+                        tokio::time::sleep(r.retry_after.unwrap_or_else(|| backoff.next_delay())).await
+                    }
+                    Ok(r) => return tracing::error!("{}", this.refused("recording an Event for", &r)),
+                    Err(e) => {
+                        tracing::warn!("recording the Event failed ({e}); retrying");
+                        tokio::time::sleep(backoff.next_delay()).await
+                    }
+                }
+            }
+        });
+    }
+
+    async fn send(&self, req: http::Request<Vec<u8>>) -> Result<Reply, kube::Error> {
+        let res = self.client.send(req.map(Body::from)).await?;
+        let status = res.status();
+        let retry_after = res
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            // Never wait longer than a minute on the server's say-so.
+            .map(|s| Duration::from_secs(s.min(60)));
+        let body = res.into_body().collect_bytes().await?;
+        Ok(Reply { status, retry_after, body })
+    }
+
+    fn refused(&self, step: &'static str, r: &Reply) -> NodeError {
+        let message = serde_json::from_slice::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+        NodeError::Refused { step, node: self.node.clone(), status: r.status.as_u16(), message }
+    }
+}
+
+/// Whether a status means "try again".
+fn transient(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error()
+}
+
+/// Whether the Node carries an outstanding request.
+pub fn is_requested(node: &Node) -> bool {
+    node.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REQUESTED))
+        .is_some_and(|v| v == "true")
+}
+
+/// Now, as `reclaim-requested-at` spells it: RFC 3339 UTC, whole seconds.
+pub fn rfc3339_now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
+}

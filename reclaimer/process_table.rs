@@ -1,0 +1,99 @@
+//! The processes running now, as the agent's stream describes them.
+//!
+//! Kept whole (not only matching ones) so that new rules — a ConfigMap armed
+//! while a JVM already runs — can be applied to what is running at once.
+//! A snapshot (at connect or after `lost`) is a mark-and-sweep: entries it
+//! does not list are gone.
+
+use std::collections::{HashMap, HashSet};
+
+use execwatch::proto::Process;
+
+use crate::rules::{Match, Rules};
+
+/// pid → latest record.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    procs: HashMap<i32, Process>,
+    /// Pids listed by the snapshot in progress, if one is.
+    resync: Option<HashSet<i32>>,
+}
+
+impl ProcessTable {
+    /// A process executed (replaces whatever ran under that pid).
+    pub fn exec(&mut self, p: Process) {
+        self.procs.insert(p.pid, p);
+    }
+
+    /// A snapshot entry.
+    pub fn existing(&mut self, p: Process) {
+        if let Some(seen) = &mut self.resync {
+            seen.insert(p.pid);
+        }
+        self.procs.insert(p.pid, p);
+    }
+
+    /// A process exited.
+    pub fn exit(&mut self, pid: i32) -> Option<Process> {
+        self.procs.remove(&pid)
+    }
+
+    /// A snapshot starts: from now until [`ProcessTable::snapshot_complete`],
+    /// entries are collected.
+    pub fn snapshot_begin(&mut self) {
+        self.resync = Some(HashSet::new());
+    }
+
+    /// The snapshot is over: forget every process it did not list.
+    pub fn snapshot_complete(&mut self) {
+        if let Some(seen) = self.resync.take() {
+            self.procs.retain(|pid, _| seen.contains(pid));
+        }
+    }
+
+    /// How many processes are known.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// The earliest-started running process the rules match, if any.
+    pub fn first_match(&self, rules: &Rules) -> Option<(&Process, Match)> {
+        if rules.is_inert() {
+            return None;
+        }
+        self.procs
+            .values()
+            .filter_map(|p| rules.matches(p).map(|m| (p, m)))
+            .min_by_key(|(p, _)| (p.start_ticks, p.pid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(pid: i32, comm: &str, start: u64) -> Process {
+        Process { pid, tgid: pid, comm: comm.into(), start_ticks: start, ..Default::default() }
+    }
+
+    #[test]
+    fn exec_exit_and_sweep() {
+        let rules = Rules::parse(r#"match_commands = ["java"]"#).unwrap();
+        let mut t = ProcessTable::default();
+        t.exec(proc(10, "java", 5));
+        t.exec(proc(11, "bash", 6));
+        assert_eq!(t.first_match(&rules).unwrap().0.pid, 10);
+        t.exit(10);
+        assert!(t.first_match(&rules).is_none());
+
+        // A resync that no longer lists 11 but lists a new java.
+        t.snapshot_begin();
+        t.existing(proc(12, "java", 9));
+        t.existing(proc(13, "java", 7));
+        t.snapshot_complete();
+        assert_eq!(t.len(), 2);
+        let (p, m) = t.first_match(&rules).unwrap();
+        assert_eq!((p.pid, m.pattern.as_str()), (13, "java"), "earliest start wins");
+        assert!(t.first_match(&Rules::inert()).is_none());
+    }
+}
