@@ -312,8 +312,7 @@ pub fn is_requested(node: &Node) -> bool {
 
 /// Now, as `reclaim-requested-at` spells it: RFC 3339 UTC, whole seconds.
 pub fn rfc3339_now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
+    // Truncate, never round: the time must not lie in the future.
+    let now = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string()
 }

@@ -19,14 +19,12 @@ use crate::proto;
 
 /// Classifies the contents of `/proc/<pid>/cgroup`.
 ///
-/// Takes the cgroup v2 line (`0::<path>`) if there is one, else the first v1
-/// line that names a path.
+/// Every hierarchy is looked at: on a hybrid or v1 host the kubelet's pod
+/// cgroups may show only in the v1 lines while the v2 line (`0::`) names a
+/// systemd unit. The first line that reveals a pod wins; otherwise the v2
+/// line, otherwise the first v1 line that names a path.
 pub fn classify(contents: &str) -> proto::Cgroup {
-    classify_path(pick_path(contents))
-}
-
-/// The path this module classifies, from the whole file.
-fn pick_path(contents: &str) -> &str {
+    let mut unified = None;
     let mut first = None;
     for line in contents.lines() {
         let mut parts = line.splitn(3, ':');
@@ -34,14 +32,17 @@ fn pick_path(contents: &str) -> &str {
         else {
             continue;
         };
-        if id == "0" {
-            return path;
+        let class = classify_path(path);
+        if class.in_kubernetes_pod {
+            return class;
         }
-        if first.is_none() && !path.is_empty() {
-            first = Some(path);
+        if id == "0" {
+            unified.get_or_insert(class);
+        } else if !path.is_empty() {
+            first.get_or_insert(class);
         }
     }
-    first.unwrap_or("")
+    unified.or(first).unwrap_or_else(|| classify_path(""))
 }
 
 /// Classifies one cgroup path.
@@ -153,6 +154,17 @@ mod tests {
         ));
         assert!(c.in_kubernetes_pod);
         assert_eq!(c.container_id, CID);
+    }
+
+    #[test]
+    fn hybrid_host_finds_the_pod_in_a_v1_line() {
+        let c = classify(&format!(
+            "9:name=systemd:/system.slice/containerd.service\n8:pids:/kubepods/besteffort/pod1b4e2f3a-0c1d-4e5f-8a9b-0c1d2e3f4a5b/{CID}\n0::/system.slice/containerd.service\n"
+        ));
+        assert!(c.in_kubernetes_pod);
+        assert_eq!(c.container_id, CID);
+        let host = classify("9:name=systemd:/user.slice\n8:pids:/user.slice\n0::/user.slice/session-1.scope\n");
+        assert_eq!(host.path, "/user.slice/session-1.scope", "the v2 line when no pod shows");
     }
 
     #[test]

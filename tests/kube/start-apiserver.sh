@@ -73,9 +73,10 @@ live_pid() {
     echo "${pid}"
 }
 
-# True while process $1 exists and is not a zombie (exited, not yet reaped).
+# True while process $1 exists and has not exited (Z = zombie, not yet reaped;
+# X = being reaped right now).
 running() {
-    [[ -d "/proc/$1" ]] && ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"
+    [[ -d "/proc/$1" ]] && ! grep -qs '^State:[[:space:]]*[ZX]' "/proc/$1/status"
 }
 
 # Stop the process recorded in pid file $1: SIGTERM, wait up to $2 seconds
@@ -362,7 +363,7 @@ start_watchdog() {
     # shellcheck disable=SC2016 # the script is expanded by the inner bash
     spawn "${DIR}/watchdog.pid" "${DIR}/watchdog.log" bash -c '
         owner="$1"; dir="$2"; self="$3"
-        owner_alive() { [[ -d "/proc/${owner}" ]] && ! grep -qs "^State:[[:space:]]*Z" "/proc/${owner}/status"; }
+        owner_alive() { [[ -d "/proc/${owner}" ]] && ! grep -qs "^State:[[:space:]]*[ZX]" "/proc/${owner}/status"; }
         while owner_alive && [[ -e "${dir}/etcd.pid" ]]; do sleep 1; done
         if [[ -e "${dir}/etcd.pid" ]]; then
             echo "owner ${owner} is gone, stopping the test cluster"
