@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use execwatch::proto::{Exit, Source};
 
-use execwatch::clock;
 use crate::fanout::{Fanout, Item};
 use crate::netlink::{NetlinkError, NetlinkSocket, Received, PROBE_TIMEOUT};
 use crate::procfs::ProcReader;
 use crate::stats::Stats;
+use execwatch::clock;
 use execwatch::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message, ProcEvent};
 
 /// Environment variable that turns an agent start into the probe's no-op.

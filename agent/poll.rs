@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use execwatch::proto::{Exit, Source};
 
-use execwatch::clock;
 use crate::fanout::{Fanout, Item};
 use crate::procfs::ProcReader;
 use crate::stats::Stats;
+use execwatch::clock;
 
 /// Scans forever on the calling thread.
 pub fn run(

@@ -22,8 +22,8 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::Mode;
 
-use execwatch::clock;
 use crate::stat_line::StatLine;
+use execwatch::clock;
 
 /// Kernel threads carry this flag in field 9 of `/proc/<pid>/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;

@@ -17,10 +17,10 @@ use execwatch::proto::{
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use execwatch::clock;
 use crate::fanout::{Fanout, Item};
 use crate::procfs::ProcReader;
 use crate::stats::Stats;
+use execwatch::clock;
 
 /// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
 const MAX_OVERFLOWS: usize = 3;

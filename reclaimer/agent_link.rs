@@ -47,7 +47,11 @@ pub async fn run(socket: PathBuf, tx: mpsc::Sender<LinkEvent>, metrics: std::syn
                             if ev.seq != expected {
                                 // The agent never leaves holes; if it did, do
                                 // not trust this stream.
-                                break format!("sequence jumped from {} to {}", expected - 1, ev.seq);
+                                break format!(
+                                    "sequence jumped from {} to {}",
+                                    expected - 1,
+                                    ev.seq
+                                );
                             }
                             expected += 1;
                             if tx.send(LinkEvent::Event(ev)).await.is_err() {
@@ -79,7 +83,16 @@ pub async fn run(socket: PathBuf, tx: mpsc::Sender<LinkEvent>, metrics: std::syn
 }
 
 async fn connect(socket: &std::path::Path) -> Result<tonic::Streaming<WatchEvent>, String> {
-    let mut client = execwatch::client::exec_events(socket).await.map_err(|e| e.to_string())?;
-    let req = WatchRequest { include_exits: true, skip_snapshot: false };
-    Ok(client.watch(req).await.map_err(|s| s.to_string())?.into_inner())
+    let mut client = execwatch::client::exec_events(socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = WatchRequest {
+        include_exits: true,
+        skip_snapshot: false,
+    };
+    Ok(client
+        .watch(req)
+        .await
+        .map_err(|s| s.to_string())?
+        .into_inner())
 }

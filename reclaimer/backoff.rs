@@ -21,7 +21,12 @@ impl Backoff {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
             ^ u64::from(std::process::id());
-        Self { initial, cap, next: initial.min(cap), seed: seed | 1 }
+        Self {
+            initial,
+            cap,
+            next: initial.min(cap),
+            seed: seed | 1,
+        }
     }
 
     /// The delay to wait now; the following one is twice as long (capped).

@@ -40,7 +40,11 @@ pub struct Cli {
 
     /// The host's machine-id, compared with the Node's
     /// status.nodeInfo.machineID before every write.
-    #[arg(long, env = "EXECWATCH_MACHINE_ID_FILE", default_value = "/etc/machine-id")]
+    #[arg(
+        long,
+        env = "EXECWATCH_MACHINE_ID_FILE",
+        default_value = "/etc/machine-id"
+    )]
     pub machine_id_file: PathBuf,
 
     /// Do not compare machine-ids (sandboxes only: the reclaimer could then

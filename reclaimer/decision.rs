@@ -154,7 +154,11 @@ impl Decider {
                     }
                     Some(Kind::SnapshotComplete(c)) => {
                         self.table.snapshot_complete();
-                        tracing::debug!(listed = c.processes, running = self.table.len(), "snapshot complete");
+                        tracing::debug!(
+                            listed = c.processes,
+                            running = self.table.len(),
+                            "snapshot complete"
+                        );
                         self.dry_run_release();
                     }
                     Some(Kind::Lost(lost)) => {
@@ -197,7 +201,11 @@ impl Decider {
         self.metrics.matches.inc();
         let reason = m.reason();
         let at = node::rfc3339_now();
-        let argv = if self.settings.log_argv { p.argv.join(" ") } else { "<hidden: --log-argv>".into() };
+        let argv = if self.settings.log_argv {
+            p.argv.join(" ")
+        } else {
+            "<hidden: --log-argv>".into()
+        };
         tracing::info!(comm = %p.comm, pid = p.pid, pattern = %m.pattern, matcher = %m.matcher, %argv, "process matched: requesting reclaim");
         // Latency is measured from when the agent observed the process.
         let age = execwatch::clock::unix_ns().saturating_sub(p.observed_unix_ns);
@@ -213,10 +221,18 @@ impl Decider {
                 self.state = State::Requested;
             }
             Target::Node(client) => {
-                let req = node::Request { reason, at, comm: p.comm.clone(), pid: p.pid, observed };
+                let req = node::Request {
+                    reason,
+                    at,
+                    comm: p.comm.clone(),
+                    pid: p.pid,
+                    observed,
+                };
                 let (client, tx) = (client.clone(), self.jobs_tx.clone());
                 tokio::spawn(async move {
-                    let _ = tx.send(JobResult::Written(client.request(&req).await)).await;
+                    let _ = tx
+                        .send(JobResult::Written(client.request(&req).await))
+                        .await;
                 });
                 self.state = State::Writing;
             }
@@ -235,7 +251,9 @@ impl Decider {
             }
             JobResult::Written(Err(e)) => {
                 tracing::error!("{e}");
-                self.state = State::Blocked { until: Instant::now() + self.settings.recheck };
+                self.state = State::Blocked {
+                    until: Instant::now() + self.settings.recheck,
+                };
             }
             JobResult::Checked(result) => {
                 self.checking = false;
@@ -263,7 +281,9 @@ impl Decider {
                 self.checking = true;
                 let (client, tx) = (client.clone(), self.jobs_tx.clone());
                 tokio::spawn(async move {
-                    let _ = tx.send(JobResult::Checked(client.reclaim_requested().await)).await;
+                    let _ = tx
+                        .send(JobResult::Checked(client.reclaim_requested().await))
+                        .await;
                 });
             }
             _ => {}

@@ -37,7 +37,9 @@ fn main() -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -48,7 +50,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let (target, source) = if cli.dry_run {
         tracing::info!("dry-run: decisions are logged, the Kubernetes API is never contacted");
-        let node = cli.node_name.clone().unwrap_or_else(|| "<this node>".into());
+        let node = cli
+            .node_name
+            .clone()
+            .unwrap_or_else(|| "<this node>".into());
         let source = match &cli.rules_file {
             Some(path) => RulesSource::File(path.clone()),
             None => RulesSource::Embedded,
@@ -78,7 +83,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None => RulesSource::ConfigMap {
                 client: client.clone(),
                 namespace: cli.namespace.clone(),
-                name: cli.configmap.clone().unwrap_or_else(|| format!("reclaim-agent-{node}")),
+                name: cli
+                    .configmap
+                    .clone()
+                    .unwrap_or_else(|| format!("reclaim-agent-{node}")),
             },
         };
         let nodes = NodeClient::new(client, node, cli.namespace.clone(), host, metrics.clone());
@@ -94,17 +102,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let listener_err = tokio::spawn(async move { metrics::serve(addr, m).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         if listener_err.is_finished() {
-            let err = listener_err.await?.err().map(|e| e.to_string()).unwrap_or_default();
+            let err = listener_err
+                .await?
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             bail!("cannot serve metrics on {addr}: {err}");
         }
     }
 
     let (link_tx, link_rx) = mpsc::channel(1024);
     let (rules_tx, rules_rx) = mpsc::channel(4);
-    tokio::spawn(agent_link::run(cli.socket.clone(), link_tx, metrics.clone()));
+    tokio::spawn(agent_link::run(
+        cli.socket.clone(),
+        link_tx,
+        metrics.clone(),
+    ));
     tokio::spawn(rules_source::run(source, rules_tx, metrics.clone()));
-    let settings = Settings { recheck: cli.recheck_interval, log_argv: cli.log_argv };
-    Decider::new(target, settings, metrics).run(link_rx, rules_rx, shutdown_signal()).await;
+    let settings = Settings {
+        recheck: cli.recheck_interval,
+        log_argv: cli.log_argv,
+    };
+    Decider::new(target, settings, metrics)
+        .run(link_rx, rules_rx, shutdown_signal())
+        .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -112,7 +133,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// A Kubernetes client from the in-cluster service account or KUBECONFIG,
 /// with timeouts short enough that a hung API server is retried, not waited on.
 async fn kube_client() -> anyhow::Result<kube::Client> {
-    let mut config = kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let mut config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(15));
     config.write_timeout = Some(Duration::from_secs(15));
@@ -122,7 +145,10 @@ async fn kube_client() -> anyhow::Result<kube::Client> {
 /// Completes on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the reclaimer with SIGKILL");
         return std::future::pending().await;
     };

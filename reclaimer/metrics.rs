@@ -81,35 +81,90 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters: [(&str, &str, &Counter); 9] = [
-            ("events_total", "Stream items received from the agent.", &self.events),
-            ("matches_total", "Processes matched by the rules.", &self.matches),
-            ("patches_total", "Reclaim annotations written to the Node.", &self.patches),
-            ("patch_errors_total", "Failed Node patch attempts.", &self.patch_errors),
-            ("reconnects_total", "Agent stream reconnects.", &self.reconnects),
-            ("lost_markers_total", "Lost markers received from the agent.", &self.lost_markers),
-            ("rule_reloads_total", "Rule sets loaded.", &self.rule_reloads),
-            ("rule_errors_total", "Rule documents rejected.", &self.rule_errors),
-            ("up", "Always 1 while the reclaimer runs.", &Counter(AtomicU64::new(1))),
+            (
+                "events_total",
+                "Stream items received from the agent.",
+                &self.events,
+            ),
+            (
+                "matches_total",
+                "Processes matched by the rules.",
+                &self.matches,
+            ),
+            (
+                "patches_total",
+                "Reclaim annotations written to the Node.",
+                &self.patches,
+            ),
+            (
+                "patch_errors_total",
+                "Failed Node patch attempts.",
+                &self.patch_errors,
+            ),
+            (
+                "reconnects_total",
+                "Agent stream reconnects.",
+                &self.reconnects,
+            ),
+            (
+                "lost_markers_total",
+                "Lost markers received from the agent.",
+                &self.lost_markers,
+            ),
+            (
+                "rule_reloads_total",
+                "Rule sets loaded.",
+                &self.rule_reloads,
+            ),
+            (
+                "rule_errors_total",
+                "Rule documents rejected.",
+                &self.rule_errors,
+            ),
+            (
+                "up",
+                "Always 1 while the reclaimer runs.",
+                &Counter(AtomicU64::new(1)),
+            ),
         ];
         for (name, help, c) in counters {
             let kind = if name == "up" { "gauge" } else { "counter" };
             let _ = writeln!(out, "# HELP execwatch_reclaimer_{name} {help}\n# TYPE execwatch_reclaimer_{name} {kind}\nexecwatch_reclaimer_{name} {}", c.get());
         }
         for (name, help, g) in [
-            ("rules_invalid", "1 while the current rules document is invalid.", &self.rules_invalid),
-            ("rules_inert", "1 while the rules never fire.", &self.rules_inert),
+            (
+                "rules_invalid",
+                "1 while the current rules document is invalid.",
+                &self.rules_invalid,
+            ),
+            (
+                "rules_inert",
+                "1 while the rules never fire.",
+                &self.rules_inert,
+            ),
         ] {
             let _ = writeln!(out, "# HELP execwatch_reclaimer_{name} {help}\n# TYPE execwatch_reclaimer_{name} gauge\nexecwatch_reclaimer_{name} {}", g.load(Relaxed));
         }
         let h = &self.patch_latency;
         let name = "execwatch_reclaimer_patch_latency_seconds";
-        let _ = writeln!(out, "# HELP {name} From process observed to Node patch accepted.\n# TYPE {name} histogram");
+        let _ = writeln!(
+            out,
+            "# HELP {name} From process observed to Node patch accepted.\n# TYPE {name} histogram"
+        );
         for (bound, bucket) in BUCKETS.iter().zip(&h.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", bucket.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Relaxed)
+            );
         }
         let count = h.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", h.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            h.sum_micros.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {count}");
         out
     }
@@ -125,7 +180,8 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
         tokio::spawn(async move {
             // One small request per connection; the body is never read.
             let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await;
             let body = metrics.render();
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -125,7 +125,13 @@ impl NodeClient {
         host: HostId,
         metrics: std::sync::Arc<Metrics>,
     ) -> Self {
-        Self { client, node, events_namespace, host, metrics }
+        Self {
+            client,
+            node,
+            events_namespace,
+            host,
+            metrics,
+        }
     }
 
     /// Whether `reclaim-requested` is `"true"` on the Node now.
@@ -147,7 +153,10 @@ impl NodeClient {
             let patch = json!({"metadata": {"resourceVersion": rv, "annotations": {
                 REQUESTED: "true", REASON: req.reason, REQUESTED_AT: req.at,
             }}});
-            let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
             let http_req = kube::core::Request::new("/api/v1/nodes")
                 .patch(&self.node, &pp, &Patch::Merge(&patch))
                 .map_err(|e| NodeError::Build("patch", e.to_string()))?;
@@ -184,7 +193,9 @@ impl NodeClient {
     }
 
     fn check_host(&self, node: &Node) -> Result<(), NodeError> {
-        let HostId::MachineId { id, path } = &self.host else { return Ok(()) };
+        let HostId::MachineId { id, path } = &self.host else {
+            return Ok(());
+        };
         let found = node
             .status
             .as_ref()
@@ -254,16 +265,21 @@ impl NodeClient {
             let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
             let url = format!("/api/v1/namespaces/{}/events", this.events_namespace);
             loop {
-                let req = match kube::core::Request::new(&url).create(&Default::default(), body.to_string().into_bytes()) {
+                let req = match kube::core::Request::new(&url)
+                    .create(&Default::default(), body.to_string().into_bytes())
+                {
                     Ok(r) => r,
                     Err(e) => return tracing::error!("cannot build the Event request: {e}"),
                 };
                 match this.send(req).await {
                     Ok(r) if r.status.is_success() || r.status == StatusCode::CONFLICT => return,
                     Ok(r) if transient(r.status) => {
-                        tokio::time::sleep(r.retry_after.unwrap_or_else(|| backoff.next_delay())).await
+                        tokio::time::sleep(r.retry_after.unwrap_or_else(|| backoff.next_delay()))
+                            .await
                     }
-                    Ok(r) => return tracing::error!("{}", this.refused("recording an Event for", &r)),
+                    Ok(r) => {
+                        return tracing::error!("{}", this.refused("recording an Event for", &r))
+                    }
                     Err(e) => {
                         tracing::warn!("recording the Event failed ({e}); retrying");
                         tokio::time::sleep(backoff.next_delay()).await
@@ -284,21 +300,36 @@ impl NodeClient {
             // Never wait longer than a minute on the server's say-so.
             .map(|s| Duration::from_secs(s.min(60)));
         let body = res.into_body().collect_bytes().await?;
-        Ok(Reply { status, retry_after, body })
+        Ok(Reply {
+            status,
+            retry_after,
+            body,
+        })
     }
 
     fn refused(&self, step: &'static str, r: &Reply) -> NodeError {
         let message = serde_json::from_slice::<serde_json::Value>(&r.body)
             .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
-        NodeError::Refused { step, node: self.node.clone(), status: r.status.as_u16(), message }
+        NodeError::Refused {
+            step,
+            node: self.node.clone(),
+            status: r.status.as_u16(),
+            message,
+        }
     }
 }
 
 /// Whether a status means "try again".
 fn transient(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT || status.is_server_error()
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status.is_server_error()
 }
 
 /// Whether the Node carries an outstanding request.
@@ -314,5 +345,7 @@ pub fn is_requested(node: &Node) -> bool {
 pub fn rfc3339_now() -> String {
     // Truncate, never round: the time must not lie in the future.
     let now = jiff::Timestamp::now();
-    jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string()
+    jiff::Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
 }

@@ -73,7 +73,13 @@ mod tests {
     use super::*;
 
     fn proc(pid: i32, comm: &str, start: u64) -> Process {
-        Process { pid, tgid: pid, comm: comm.into(), start_ticks: start, ..Default::default() }
+        Process {
+            pid,
+            tgid: pid,
+            comm: comm.into(),
+            start_ticks: start,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -93,7 +99,11 @@ mod tests {
         t.snapshot_complete();
         assert_eq!(t.len(), 2);
         let (p, m) = t.first_match(&rules).unwrap();
-        assert_eq!((p.pid, m.pattern.as_str()), (13, "java"), "earliest start wins");
+        assert_eq!(
+            (p.pid, m.pattern.as_str()),
+            (13, "java"),
+            "earliest start wins"
+        );
         assert!(t.first_match(&Rules::inert()).is_none());
     }
 }

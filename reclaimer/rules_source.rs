@@ -66,8 +66,14 @@ pub enum SourceError {
 /// Loads the rules file once, strictly (used at start-up, where a bad file
 /// is a configuration error, not something to ride out).
 pub fn load_file(path: &std::path::Path) -> Result<Rules, SourceError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read { path: path.into(), source })?;
-    Rules::parse(&text).map_err(|source| SourceError::Parse { path: path.into(), source })
+    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read {
+        path: path.into(),
+        source,
+    })?;
+    Rules::parse(&text).map_err(|source| SourceError::Parse {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Sends every new rule set on `tx`, forever.
@@ -80,7 +86,11 @@ pub async fn run(source: RulesSource, tx: mpsc::Sender<Rules>, metrics: Arc<Metr
             std::future::pending::<()>().await;
         }
         RulesSource::File(path) => watch_file(path, feed).await,
-        RulesSource::ConfigMap { client, namespace, name } => {
+        RulesSource::ConfigMap {
+            client,
+            namespace,
+            name,
+        } => {
             let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
             let what = format!("ConfigMap {namespace}/{name}");
@@ -91,16 +101,22 @@ pub async fn run(source: RulesSource, tx: mpsc::Sender<Rules>, metrics: Arc<Metr
                     Ok(watcher::Event::Init) => seen_in_init = false,
                     Ok(watcher::Event::InitApply(cm)) => {
                         seen_in_init = true;
-                        feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY))).await;
+                        feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY)))
+                            .await;
                     }
                     Ok(watcher::Event::InitDone) if !seen_in_init => {
-                        feed.good(&format!("{what} is absent"), Rules::inert()).await
+                        feed.good(&format!("{what} is absent"), Rules::inert())
+                            .await
                     }
                     Ok(watcher::Event::InitDone) => {}
                     Ok(watcher::Event::Apply(cm)) => {
-                        feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY))).await
+                        feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY)))
+                            .await
                     }
-                    Ok(watcher::Event::Delete(_)) => feed.good(&format!("{what} was deleted"), Rules::inert()).await,
+                    Ok(watcher::Event::Delete(_)) => {
+                        feed.good(&format!("{what} was deleted"), Rules::inert())
+                            .await
+                    }
                     Err(e) => tracing::warn!("watching {what}: {e}; retrying"),
                 }
             }
@@ -117,7 +133,10 @@ impl Feed {
     /// A document (or its absence) from `what`.
     async fn document(&mut self, what: &str, text: Option<&String>) {
         match text {
-            None => self.good(&format!("{what} has no {DATA_KEY} key"), Rules::inert()).await,
+            None => {
+                self.good(&format!("{what} has no {DATA_KEY} key"), Rules::inert())
+                    .await
+            }
             Some(text) => match Rules::parse(text) {
                 Ok(rules) => self.good(what, rules).await,
                 Err(e) => self.bad(what, &e),
@@ -128,7 +147,9 @@ impl Feed {
     async fn good(&mut self, what: &str, rules: Rules) {
         self.metrics.rule_reloads.inc();
         self.metrics.rules_invalid.store(0, Relaxed);
-        self.metrics.rules_inert.store(u64::from(rules.is_inert()), Relaxed);
+        self.metrics
+            .rules_inert
+            .store(u64::from(rules.is_inert()), Relaxed);
         tracing::info!(rules = %rules.summary(), "rules loaded from {what}");
         let _ = self.tx.send(rules).await;
     }
@@ -136,7 +157,10 @@ impl Feed {
     fn bad(&mut self, what: &str, e: &crate::rules::RulesError) {
         self.metrics.rule_errors.inc();
         self.metrics.rules_invalid.store(1, Relaxed);
-        tracing::error!(line = e.line(), "rules in {what} rejected, keeping the last good rules: {e}");
+        tracing::error!(
+            line = e.line(),
+            "rules in {what} rejected, keeping the last good rules: {e}"
+        );
     }
 }
 
@@ -151,7 +175,9 @@ async fn watch_file(path: PathBuf, mut feed: Feed) {
                     last = Some(stamp);
                     match std::fs::read_to_string(&path) {
                         Ok(text) => feed.document(&what, Some(&text)).await,
-                        Err(e) => tracing::error!("cannot read {what}: {e}; keeping the last good rules"),
+                        Err(e) => {
+                            tracing::error!("cannot read {what}: {e}; keeping the last good rules")
+                        }
                     }
                 }
             }

@@ -163,8 +163,13 @@ mod tests {
         ));
         assert!(c.in_kubernetes_pod);
         assert_eq!(c.container_id, CID);
-        let host = classify("9:name=systemd:/user.slice\n8:pids:/user.slice\n0::/user.slice/session-1.scope\n");
-        assert_eq!(host.path, "/user.slice/session-1.scope", "the v2 line when no pod shows");
+        let host = classify(
+            "9:name=systemd:/user.slice\n8:pids:/user.slice\n0::/user.slice/session-1.scope\n",
+        );
+        assert_eq!(
+            host.path, "/user.slice/session-1.scope",
+            "the v2 line when no pod shows"
+        );
     }
 
     #[test]

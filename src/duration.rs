@@ -9,7 +9,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 250ms or 2s"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 250ms or 2s"))?;
     let d = match unit {
         "" | "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),

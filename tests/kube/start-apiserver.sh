@@ -73,10 +73,13 @@ live_pid() {
     echo "${pid}"
 }
 
-# True while process $1 exists and has not exited (Z = zombie, not yet reaped;
-# X = being reaped right now).
+# True while process $1 exists and has not exited. Its state letter is read
+# in one go; gone, Z (zombie, not yet reaped) and X (being reaped) all count
+# as exited.
 running() {
-    [[ -d "/proc/$1" ]] && ! grep -qs '^State:[[:space:]]*[ZX]' "/proc/$1/status"
+    local state
+    state="$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null)" || return 1
+    [[ -n "${state}" && "${state}" != [ZX] ]]
 }
 
 # Stop the process recorded in pid file $1: SIGTERM, wait up to $2 seconds
@@ -363,7 +366,11 @@ start_watchdog() {
     # shellcheck disable=SC2016 # the script is expanded by the inner bash
     spawn "${DIR}/watchdog.pid" "${DIR}/watchdog.log" bash -c '
         owner="$1"; dir="$2"; self="$3"
-        owner_alive() { [[ -d "/proc/${owner}" ]] && ! grep -qs "^State:[[:space:]]*[ZX]" "/proc/${owner}/status"; }
+        owner_alive() {
+            local state
+            state="$(sed -n "s/^State:[[:space:]]*\(.\).*/\1/p" "/proc/${owner}/status" 2>/dev/null)" || return 1
+            [[ -n "${state}" && "${state}" != [ZX] ]]
+        }
         while owner_alive && [[ -e "${dir}/etcd.pid" ]]; do sleep 1; done
         if [[ -e "${dir}/etcd.pid" ]]; then
             echo "owner ${owner} is gone, stopping the test cluster"

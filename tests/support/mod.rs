@@ -129,9 +129,14 @@ pub struct UniqueProgram {
 
 impl UniqueProgram {
     pub fn new(prefix: &str) -> Self {
-        let dir = world_readable_tempdir();
         let n: u32 = rand_u32() % 100_000;
-        let name = format!("{prefix}{n:05}");
+        Self::named(&format!("{prefix}{n:05}"))
+    }
+
+    /// A copy of `sleep` called exactly `name`.
+    pub fn named(name: &str) -> Self {
+        let dir = world_readable_tempdir();
+        let name = name.to_string();
         assert!(name.len() <= 15, "comm is at most 15 bytes: {name}");
         let path = dir.path().join(&name);
         fs::copy(which("sleep"), &path).unwrap();
@@ -275,4 +280,74 @@ pub async fn watch_small_window(socket: &Path, req: WatchRequest) -> Streaming<W
         .await
         .expect("watch")
         .into_inner()
+}
+
+/// A running reclaimer whose log (stderr) goes to a file the test reads.
+pub struct Reclaimer {
+    pub child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Reclaimer {
+    /// Starts the reclaimer with `args` and `env`.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Reclaimer {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("reclaimer.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info,reclaimer=debug")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start reclaimer");
+        Reclaimer {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` `times` times; returns the log.
+    pub fn wait_log(&self, needle: &str, times: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if logs.matches(needle).count() >= times {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {times}x {needle:?} in the reclaimer's log within {timeout:?}:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Reclaimer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `text` to a fresh file in `dir` and returns its path as a string.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
 }

@@ -1,0 +1,234 @@
+//! The reclaimer against the real agent, without a cluster: rules from a
+//! file (and the built-in demo rules), decisions in `--dry-run` logs.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+const DECISION: &str = "dry-run: would merge-PATCH";
+
+#[test]
+fn the_demo_rules_fire_on_the_readme_demo() {
+    let agent = Agent::start(&[]);
+    let socket = agent.socket.to_str().unwrap();
+    let reclaimer = Reclaimer::start(&["--dry-run", "--socket", socket], &[]);
+    reclaimer.wait_log("connected to the agent", 1, WAIT);
+    reclaimer.wait_log("rules loaded from embedded demo rules", 1, WAIT);
+    let status = Command::new("bash")
+        .args(["-c", "exec -a execwatch-demo sleep 1"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let logs = reclaimer.wait_log(DECISION, 1, WAIT);
+    assert!(
+        logs.contains(r#""5spot.finos.org/reclaim-reason":"process-match: execwatch-demo""#),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(r#""5spot.finos.org/reclaim-requested":"true""#),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("<hidden: --log-argv>"),
+        "argv stays out of logs by default"
+    );
+    // Once the demo is gone the reclaimer is armed again.
+    reclaimer.wait_log("armed again", 1, WAIT);
+    assert!(reclaimer.terminate().success());
+}
+
+#[test]
+fn a_real_jvm_launch_fires_and_a_running_one_fires_after_a_restart() {
+    let agent = Agent::start(&[]);
+    let socket = agent.socket.to_str().unwrap();
+    let dir = world_readable_tempdir();
+    let rules = write_file(dir.path(), "rules.toml", "match_commands = [\"java\"]\n");
+    let reclaimer = Reclaimer::start(
+        &[
+            "--dry-run",
+            "--socket",
+            socket,
+            "--rules-file",
+            &rules,
+            "--log-argv",
+        ],
+        &[],
+    );
+    reclaimer.wait_log("connected to the agent", 1, WAIT);
+    let java = Command::new("java")
+        .args([
+            "-Xshare:auto",
+            "-XX:TieredStopAtLevel=1",
+            "-cp",
+            "/nonexistent",
+            "ExecwatchNoSuchMain",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let logs = reclaimer.wait_log(DECISION, 1, WAIT);
+    assert!(logs.contains("process-match: java"), "{logs}");
+    assert!(
+        logs.contains("ExecwatchNoSuchMain"),
+        "--log-argv puts argv in the log"
+    );
+    stop(java);
+    drop(reclaimer);
+
+    // A JVM that is already running when the reclaimer starts still counts.
+    let prog = UniqueProgram::new("java");
+    // comm is the file name: a copy of sleep named java12345 is not "java",
+    // so name the rule after the copy.
+    let rules = write_file(
+        dir.path(),
+        "rules2.toml",
+        &format!("match_commands = [\"{}\"]\n", prog.name),
+    );
+    let running = prog.spawn(30, &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let reclaimer = Reclaimer::start(
+        &["--dry-run", "--socket", socket, "--rules-file", &rules],
+        &[],
+    );
+    let logs = reclaimer.wait_log(DECISION, 1, WAIT);
+    assert!(
+        logs.contains(&format!("process-match: {}", prog.name)),
+        "{logs}"
+    );
+    stop(running);
+}
+
+#[test]
+fn editing_the_rules_file_arms_and_disarms_and_bad_edits_keep_the_last_good_rules() {
+    let agent = Agent::start(&[]);
+    let socket = agent.socket.to_str().unwrap();
+    let dir = world_readable_tempdir();
+    let rules = write_file(dir.path(), "rules.toml", "# inert: nothing configured\n");
+    let prog = UniqueProgram::new("ewarm");
+    let running = prog.spawn(30, &[]);
+    let reclaimer = Reclaimer::start(
+        &["--dry-run", "--socket", socket, "--rules-file", &rules],
+        &[],
+    );
+    reclaimer.wait_log("connected to the agent", 1, WAIT);
+    reclaimer.wait_log("inert", 1, WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !reclaimer.logs().contains(DECISION),
+        "inert rules never fire"
+    );
+
+    // Arm: the already-running program matches at once.
+    std::fs::write(&rules, format!("match_commands = [\"{}\"]\n", prog.name)).unwrap();
+    reclaimer.wait_log(DECISION, 1, WAIT);
+
+    // A malformed edit is rejected with its line; the last good rules stay.
+    std::fs::write(
+        &rules,
+        "match_commands = [\"x\"]\nmatch_comands = [\"typo\"]\n",
+    )
+    .unwrap();
+    let logs = reclaimer.wait_log("rejected, keeping the last good rules", 1, WAIT);
+    assert!(logs.contains("line=2") || logs.contains("line 2"), "{logs}");
+    assert!(logs.contains("match_comands"), "{logs}");
+    stop(running);
+    reclaimer.wait_log("armed again", 1, WAIT);
+    let again = prog.spawn(30, &[]);
+    reclaimer.wait_log(DECISION, 2, WAIT);
+    stop(again);
+}
+
+#[test]
+fn bad_configuration_is_refused_at_start_with_the_input_named() {
+    let dir = world_readable_tempdir();
+    let bad = write_file(dir.path(), "bad.toml", "match_commands = \"java\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
+        .args(["--dry-run", "--rules-file", &bad])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("line 1"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--node-name"),
+        "{out:?}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
+        .args([
+            "--node-name",
+            "n1",
+            "--machine-id-file",
+            "/nonexistent/machine-id",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/machine-id"),
+        "{out:?}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
+        .args(["--recheck-interval", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_reclaimer_waits_for_the_agent_and_survives_its_restart() {
+    let dir = world_readable_tempdir();
+    let socket = dir.path().join("agent.sock");
+    let rules = write_file(
+        dir.path(),
+        "rules.toml",
+        "match_commands = [\"ewrestart\"]\n",
+    );
+    let reclaimer = Reclaimer::start(
+        &[
+            "--dry-run",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--rules-file",
+            &rules,
+        ],
+        &[],
+    );
+    reclaimer.wait_log("cannot reach the agent", 1, WAIT);
+
+    // An agent appears on that socket: the reclaimer connects by itself.
+    let agent = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    reclaimer.wait_log("connected to the agent", 1, WAIT);
+    stop(agent);
+    reclaimer.wait_log("lost the agent stream", 1, WAIT);
+
+    // The program starts while no agent runs; the next agent's snapshot has it.
+    let running = UniqueProgram::named("ewrestart").spawn(30, &[]);
+    let agent = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let logs = reclaimer.wait_log(DECISION, 1, WAIT);
+    assert!(logs.contains("process-match: ewrestart"), "{logs}");
+    stop(running);
+    stop(agent);
+}
