@@ -22,7 +22,7 @@ pub enum LinkEvent {
     /// A new stream is open; a snapshot follows.
     Connected,
     /// One stream item, in order.
-    Event(WatchEvent),
+    Event(Box<WatchEvent>),
     /// The stream is gone; what ran before is unknown until the next snapshot.
     Disconnected,
 }
@@ -54,7 +54,7 @@ pub async fn run(socket: PathBuf, tx: mpsc::Sender<LinkEvent>, metrics: std::syn
                                 );
                             }
                             expected += 1;
-                            if tx.send(LinkEvent::Event(ev)).await.is_err() {
+                            if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
                                 return;
                             }
                         }
