@@ -232,3 +232,68 @@ fn the_reclaimer_waits_for_the_agent_and_survives_its_restart() {
     stop(running);
     stop(agent);
 }
+
+#[test]
+fn pod_processes_do_not_count_unless_the_scope_is_all() {
+    let agent = Agent::start(&[]);
+    let socket = agent.socket.to_str().unwrap();
+    let dir = world_readable_tempdir();
+    let prog = UniqueProgram::new("ewpod");
+    let host_only = write_file(
+        dir.path(),
+        "host.toml",
+        &format!("match_commands = [\"{}\"]\n", prog.name),
+    );
+    let all = write_file(
+        dir.path(),
+        "all.toml",
+        &format!("match_commands = [\"{}\"]\nscope = \"all\"\n", prog.name),
+    );
+    let cgroup = PodCgroup::create();
+
+    // The agent sees the process as a pod's.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut stream = rt.block_on(async {
+        agent
+            .watch(execwatch::proto::WatchRequest {
+                include_exits: false,
+                skip_snapshot: true,
+            })
+            .await
+    });
+    let scoped = Reclaimer::start(
+        &["--dry-run", "--socket", socket, "--rules-file", &host_only],
+        &[],
+    );
+    let everything = Reclaimer::start(
+        &["--dry-run", "--socket", socket, "--rules-file", &all],
+        &[],
+    );
+    scoped.wait_log("connected to the agent", 1, WAIT);
+    everything.wait_log("connected to the agent", 1, WAIT);
+    let in_pod = cgroup.spawn(&prog.path, "30");
+    let ev = rt.block_on(async {
+        until(&mut stream, WAIT, |ev| matches!(&ev.kind, Some(execwatch::proto::watch_event::Kind::Exec(p)) if p.comm == prog.name)).await.0
+    });
+    let Some(execwatch::proto::watch_event::Kind::Exec(p)) = ev.kind else {
+        unreachable!()
+    };
+    let cg = p.cgroup.unwrap();
+    assert!(cg.in_kubernetes_pod, "{cg:?}");
+    assert_eq!(cg.pod_uid, cgroup.pod_uid);
+    assert_eq!(cg.container_id, TEST_CONTAINER_ID);
+
+    everything.wait_log(DECISION, 1, WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !scoped.logs().contains(DECISION),
+        "scope host ignores pod processes:\n{}",
+        scoped.logs()
+    );
+    stop(in_pod);
+
+    // The same program outside the pod fires the host-scoped reclaimer.
+    let outside = prog.spawn(30, &[]);
+    scoped.wait_log(DECISION, 1, WAIT);
+    stop(outside);
+}

@@ -351,3 +351,66 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
     fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_string()
 }
+
+/// A cgroup shaped like a Kubernetes pod's container
+/// (`kubepods/pod<uid>/<container id>`), to run "pod" processes on a host
+/// that has no kubelet. Uses the v1 `pids` hierarchy or the v2 root,
+/// whichever the host has; removed on drop.
+pub struct PodCgroup {
+    pub dir: PathBuf,
+    top: PathBuf,
+    pub pod_uid: String,
+}
+
+pub const TEST_CONTAINER_ID: &str =
+    "4f1c2a7e9d0b3c5a6e8f1d2c3b4a5968778695a4b3c2d1e0f9e8d7c6b5a49382";
+
+impl PodCgroup {
+    pub fn create() -> PodCgroup {
+        let root = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists())
+            .expect("no writable cgroup hierarchy (v1 pids or v2) under /sys/fs/cgroup");
+        let pod_uid = format!("1b4e2f3a-0c1d-4e5f-8a9b-{:012x}", rand_u32());
+        let top = root.join(format!("kubepods-test-{}", std::process::id()));
+        let dir = top
+            .join("kubepods")
+            .join(format!("pod{pod_uid}"))
+            .join(TEST_CONTAINER_ID);
+        fs::create_dir_all(&dir).expect("create the test pod cgroup (needs root)");
+        PodCgroup { dir, top, pod_uid }
+    }
+
+    /// Runs `program args` inside the pod cgroup: a shell moves itself in,
+    /// then execs the program, so the exec event already sees the cgroup.
+    pub fn spawn(&self, program: &Path, args: &str) -> Child {
+        let procs = self.dir.join("cgroup.procs");
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec {} {args}",
+                procs.display(),
+                program.display()
+            ))
+            .spawn()
+            .expect("spawn in pod cgroup")
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        // Directories can only go once their processes are gone; innermost first.
+        let mut dir = self.dir.clone();
+        for _ in 0..50 {
+            if fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                if dir == self.top {
+                    return;
+                }
+                dir.pop();
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
