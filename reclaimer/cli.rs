@@ -21,9 +21,14 @@ pub struct Cli {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
-    /// Namespace of the rules ConfigMap and of the Events.
+    /// Namespace of the rules ConfigMap.
     #[arg(long, env = "EXECWATCH_NAMESPACE", default_value = "5spot-system")]
     pub namespace: String,
+
+    /// Namespace of the Events recorded on the Node. The API server files
+    /// events about cluster-scoped objects such as Nodes under `default`.
+    #[arg(long, env = "EXECWATCH_EVENTS_NAMESPACE", default_value = "default")]
+    pub events_namespace: String,
 
     /// Rules ConfigMap name (default: reclaim-agent-<node-name>).
     #[arg(long, env = "EXECWATCH_CONFIGMAP")]

@@ -89,7 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_else(|| format!("reclaim-agent-{node}")),
             },
         };
-        let nodes = NodeClient::new(client, node, cli.namespace.clone(), host, metrics.clone());
+        let nodes = NodeClient::new(client, node, cli.events_namespace.clone(), host, metrics.clone());
         (Target::Node(nodes), source)
     };
     if let RulesSource::File(path) = &source {
