@@ -78,19 +78,20 @@ async fn main() {
         .unwrap()
         .into_inner();
 
-    // pid -> (received at, kernel timestamp)
-    let seen: Arc<Mutex<HashMap<i32, (u64, u64)>>> = Arc::default();
+    // pid -> (received at, kernel timestamp, agent read start -> received, wall clock)
+    let seen: Arc<Mutex<HashMap<i32, (u64, u64, u64)>>> = Arc::default();
     let events = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader = {
         let (seen, events) = (seen.clone(), events.clone());
         tokio::spawn(async move {
             while let Ok(Some(ev)) = stream.message().await {
                 let now = monotonic_ns();
+                let wall = execwatch::clock::unix_ns();
                 if let Some(Kind::Exec(p)) = ev.kind {
                     events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    seen.lock()
-                        .unwrap()
-                        .insert(p.pid, (now, p.kernel_timestamp_ns));
+                    let from_read = wall.saturating_sub(p.observed_unix_ns);
+                    let mut seen = seen.lock().unwrap();
+                    seen.insert(p.pid, (now, p.kernel_timestamp_ns, from_read));
                 }
             }
         })
@@ -120,15 +121,17 @@ async fn main() {
     let agent_events = events.load(std::sync::atomic::Ordering::Relaxed) - events_before;
 
     let seen = seen.lock().unwrap();
-    let (mut total, mut to_kernel, mut from_kernel) = (vec![], vec![], vec![]);
+    let (mut total, mut to_kernel, mut from_kernel, mut from_read) =
+        (vec![], vec![], vec![], vec![]);
     for (pid, t0) in &spawned {
-        if let Some((at, kts)) = seen.get(pid) {
+        if let Some((at, kts, read)) = seen.get(pid) {
             total.push(at.saturating_sub(*t0));
             to_kernel.push(kts.saturating_sub(*t0));
             from_kernel.push(at.saturating_sub(*kts));
+            from_read.push(*read);
         }
     }
-    for v in [&mut total, &mut to_kernel, &mut from_kernel] {
+    for v in [&mut total, &mut to_kernel, &mut from_kernel, &mut from_read] {
         v.sort_unstable();
     }
     let us = |ns: u64| ns as f64 / 1000.0;
@@ -144,6 +147,7 @@ async fn main() {
         ("spawn -> subscriber", &total),
         ("spawn -> kernel event", &to_kernel),
         ("kernel event -> subscriber", &from_kernel),
+        ("agent /proc read -> subscr.", &from_read),
     ] {
         println!(
             "{:<28} {:>10.1} {:>10.1} {:>10.1}",
