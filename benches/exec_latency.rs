@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use execwatch::proto::{watch_event::Kind, WatchRequest};
 
+/// Per pid: received at (monotonic), kernel timestamp, and the time from the
+/// agent starting its /proc read to reception (wall clock).
+type Seen = (u64, u64, u64);
+
 fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
@@ -78,8 +82,7 @@ async fn main() {
         .unwrap()
         .into_inner();
 
-    // pid -> (received at, kernel timestamp, agent read start -> received, wall clock)
-    let seen: Arc<Mutex<HashMap<i32, (u64, u64, u64)>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<i32, Seen>>> = Arc::default();
     let events = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader = {
         let (seen, events) = (seen.clone(), events.clone());
