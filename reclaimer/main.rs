@@ -77,11 +77,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             HostId::MachineId { id, path }
         };
-        let client = kube_client().await?;
+        let client = kube_client(NODE_READ_TIMEOUT).await?;
         let source = match &cli.rules_file {
             Some(path) => RulesSource::File(path.clone()),
             None => RulesSource::ConfigMap {
-                client: client.clone(),
+                client: kube_client(WATCH_READ_TIMEOUT).await?,
                 namespace: cli.namespace.clone(),
                 name: cli
                     .configmap
@@ -89,7 +89,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_else(|| format!("reclaim-agent-{node}")),
             },
         };
-        let nodes = NodeClient::new(client, node, cli.events_namespace.clone(), host, metrics.clone());
+        let nodes = NodeClient::new(
+            client,
+            node,
+            cli.events_namespace.clone(),
+            host,
+            metrics.clone(),
+        );
         (Target::Node(nodes), source)
     };
     if let RulesSource::File(path) = &source {
@@ -130,14 +136,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A Kubernetes client from the in-cluster service account or KUBECONFIG,
-/// with timeouts short enough that a hung API server is retried, not waited on.
-async fn kube_client() -> anyhow::Result<kube::Client> {
+/// Read timeout of the Node requests: short, so that a hung API server is
+/// retried, not waited on.
+const NODE_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Read timeout of the ConfigMap watch. A quiet watch sends nothing until
+/// the server ends it (the watcher asks for 290 s), so a short timeout would
+/// break it over and over, each time with a re-list and a growing backoff
+/// that delays edits by up to 30 s. kube's own default; the watcher has its
+/// own idle timeout for a hung stream.
+const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(295);
+
+/// A Kubernetes client from the in-cluster service account or KUBECONFIG.
+async fn kube_client(read_timeout: Duration) -> anyhow::Result<kube::Client> {
     let mut config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(15));
+    config.read_timeout = Some(read_timeout);
     config.write_timeout = Some(Duration::from_secs(15));
     kube::Client::try_from(config).context("cannot build the Kubernetes client")
 }
