@@ -1,0 +1,266 @@
+//! The rendered kustomizations keep the privilege split: the agent has host
+//! PID and network but no token and no capability (the pre-6.6 overlay adds
+//! exactly NET_ADMIN), the reclaimer is non-root with no capability and is
+//! the only one with a token, both share the socket volume, and RBAC grants
+//! exactly the verbs the reclaimer needs.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const SA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// `kubectl kustomize <dir>` as JSON values, one per object.
+fn render(dir: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize", dir])
+        .output()
+        .expect("kubectl is needed to render deploy/ (the machine image has it)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect()
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn container<'a>(ds: &'a Value, name: &str) -> &'a Value {
+    ds["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn mounts(c: &Value) -> Vec<(&str, &str)> {
+    c["volumeMounts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap(),
+                        m["mountPath"].as_str().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn base_keeps_the_privilege_split() {
+    let objs = render("deploy/base");
+    let ds = find(&objs, "DaemonSet", "execwatch");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(ds["metadata"]["namespace"], "5spot-system");
+    assert_eq!(pod["hostPID"], true);
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(
+        pod["nodeSelector"]["5spot.finos.org/reclaim-agent"],
+        "enabled"
+    );
+    assert_eq!(pod["tolerations"][0]["operator"], "Exists");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+
+    let agent = container(ds, "agent");
+    let sc = &agent["securityContext"];
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert!(
+        sc["capabilities"].get("add").is_none(),
+        "base agent adds no capability"
+    );
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert!(
+        mounts(agent)
+            .iter()
+            .all(|(_, path)| !path.starts_with(SA_PATH)),
+        "the agent has no token"
+    );
+    assert!(
+        agent.get("env").is_none(),
+        "no API server env for the agent"
+    );
+    assert!(agent.get("ports").is_none(), "the agent opens no port");
+
+    let reclaimer = container(ds, "reclaimer");
+    let sc = &reclaimer["securityContext"];
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert!(sc["capabilities"].get("add").is_none());
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert!(reclaimer.get("ports").is_none());
+    let token = mounts(reclaimer)
+        .into_iter()
+        .find(|(_, p)| *p == SA_PATH)
+        .expect("reclaimer token mount");
+    let volumes = pod["volumes"].as_array().unwrap();
+    let vol = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap();
+    let sources = vol(token.0)["projected"]["sources"].as_array().unwrap();
+    assert!(sources
+        .iter()
+        .any(|s| s.get("serviceAccountToken").is_some()));
+    assert!(sources
+        .iter()
+        .any(|s| s["configMap"]["name"] == "kube-root-ca.crt"));
+    assert!(sources.iter().any(|s| s.get("downwardAPI").is_some()));
+    let node_name = reclaimer["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "NODE_NAME")
+        .unwrap();
+    assert_eq!(
+        node_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let machine_id = mounts(reclaimer)
+        .into_iter()
+        .find(|(n, _)| *n == "machine-id")
+        .unwrap();
+    assert_eq!(vol(machine_id.0)["hostPath"]["path"], "/etc/machine-id");
+
+    // One socket volume, memory-backed, mounted by both.
+    fn socket_of(c: &Value) -> Option<&str> {
+        mounts(c)
+            .into_iter()
+            .find(|(_, p)| *p == "/run/execwatch")
+            .map(|(n, _)| n)
+    }
+    let shared = socket_of(agent).expect("agent mounts the socket dir");
+    assert_eq!(socket_of(reclaimer), Some(shared));
+    assert_eq!(vol(shared)["emptyDir"]["medium"], "Memory");
+    assert!(strings(&agent["args"]).contains(&"--socket=/run/execwatch/agent.sock"));
+    assert!(strings(&reclaimer["args"]).contains(&"--socket=/run/execwatch/agent.sock"));
+
+    // Exec probes through each binary's own health check.
+    assert_eq!(
+        strings(&agent["livenessProbe"]["exec"]["command"])[..2],
+        ["/agent", "health-check"]
+    );
+    assert_eq!(
+        strings(&reclaimer["livenessProbe"]["exec"]["command"])[..2],
+        ["/reclaimer", "health-check"]
+    );
+}
+
+#[test]
+fn rbac_grants_exactly_the_reclaimers_verbs() {
+    let objs = render("deploy/base");
+    let rules = |kind: &str, name: &str| -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+        find(&objs, kind, name)["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let s = |k: &str| {
+                    strings(&r[k])
+                        .into_iter()
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                };
+                (s("apiGroups"), s("resources"), s("verbs"))
+            })
+            .collect()
+    };
+    let core = vec![String::new()];
+    let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rules("ClusterRole", "execwatch-reclaimer"),
+        [(core.clone(), v(&["nodes"]), v(&["get", "patch"]))]
+    );
+    assert_eq!(
+        rules("Role", "execwatch-reclaimer-rules"),
+        [(
+            core.clone(),
+            v(&["configmaps"]),
+            v(&["get", "list", "watch"])
+        )]
+    );
+    assert_eq!(
+        rules("Role", "execwatch-reclaimer-events"),
+        [(core, v(&["events"]), v(&["create"]))]
+    );
+    assert_eq!(
+        find(&objs, "Role", "execwatch-reclaimer-rules")["metadata"]["namespace"],
+        "5spot-system"
+    );
+    assert_eq!(
+        find(&objs, "Role", "execwatch-reclaimer-events")["metadata"]["namespace"],
+        "default"
+    );
+    let kinds: Vec<&str> = objs.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| k.contains("Role") && !k.contains("Binding"))
+            .count(),
+        3,
+        "{kinds:?}"
+    );
+    for (kind, name) in [
+        ("ClusterRoleBinding", "execwatch-reclaimer"),
+        ("RoleBinding", "execwatch-reclaimer-rules"),
+        ("RoleBinding", "execwatch-reclaimer-events"),
+    ] {
+        let subjects = find(&objs, kind, name)["subjects"].as_array().unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0]["kind"], "ServiceAccount");
+        assert_eq!(subjects[0]["name"], "execwatch-reclaimer");
+        assert_eq!(subjects[0]["namespace"], "5spot-system");
+    }
+    assert_eq!(
+        find(&objs, "ServiceAccount", "execwatch-reclaimer")["automountServiceAccountToken"],
+        false
+    );
+}
+
+#[test]
+fn only_the_pre_6_6_overlay_adds_net_admin_and_nothing_else_changes() {
+    let base = render("deploy/base");
+    let overlay = render("deploy/overlays/kernel-pre-6.6");
+    assert_eq!(base.len(), overlay.len());
+    for (b, o) in base.iter().zip(&overlay) {
+        if b["kind"] != "DaemonSet" {
+            assert_eq!(b, o, "the overlay changes only the DaemonSet");
+        }
+    }
+    let ds = find(&overlay, "DaemonSet", "execwatch");
+    let sc = &container(ds, "agent")["securityContext"];
+    assert_eq!(strings(&sc["capabilities"]["add"]), ["NET_ADMIN"]);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(
+        sc["runAsUser"], 0,
+        "capabilities are effective only for uid 0"
+    );
+    assert_eq!(
+        container(ds, "reclaimer"),
+        container(find(&base, "DaemonSet", "execwatch"), "reclaimer")
+    );
+}
