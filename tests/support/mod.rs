@@ -1,5 +1,6 @@
 //! Test fixtures shared by the integration tests: the real agent binary on a
-//! real Unix socket, uniquely named processes to spawn, and stream helpers.
+//! real Unix socket, uniquely named processes to spawn, and stream helpers;
+//! [`apiserver`] adds a real kube-apiserver for the reclaimer's tests.
 //!
 //! These tests need Linux; the kernel ones need the proc connector, which this
 //! kernel (>= 6.6) offers to any user in the initial network namespace. They
@@ -7,7 +8,10 @@
 
 #![allow(dead_code)]
 
+pub mod apiserver;
+
 use std::fs;
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -412,5 +416,22 @@ impl Drop for PodCgroup {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+/// Polls `check` every 50 ms until it yields a value; panics after `timeout`
+/// naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
