@@ -12,6 +12,15 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "reclaimer", version, about)]
 pub struct Cli {
+    /// What to do (default: run the reclaimer).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// While running, rewrite this file every 5 s (the liveness probe's
+    /// evidence that the decision loop runs).
+    #[arg(long, env = "EXECWATCH_STATUS_FILE", global = true)]
+    pub status_file: Option<PathBuf>,
+
     /// The agent's Unix socket.
     #[arg(long, env = "EXECWATCH_SOCKET", default_value = execwatch::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -73,6 +82,18 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "EXECWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Exit 0 if the running reclaimer updated --status-file recently (for
+    /// exec probes: the pod has no port to probe).
+    HealthCheck {
+        /// The oldest acceptable update.
+        #[arg(long, default_value = "30s", value_parser = execwatch::duration::parse)]
+        max_age: Duration,
+    },
 }
 
 /// Log output format.

@@ -46,6 +46,8 @@ pub struct Settings {
     pub recheck: Duration,
     /// Put argv in logs (off by default: arguments may hold secrets).
     pub log_argv: bool,
+    /// The liveness file to rewrite every few seconds, if any.
+    pub status_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,7 @@ pub struct Decider {
     table: ProcessTable,
     state: State,
     checking: bool,
+    agent_connected: bool,
     target: Target,
     settings: Settings,
     metrics: Arc<Metrics>,
@@ -90,6 +93,7 @@ impl Decider {
             table: ProcessTable::default(),
             state,
             checking: false,
+            agent_connected: false,
             target,
             settings,
             metrics,
@@ -108,6 +112,7 @@ impl Decider {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(self.settings.recheck);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status_tick = tokio::time::interval(crate::status::PERIOD);
         loop {
             tokio::select! {
                 ev = link.recv() => match ev {
@@ -124,6 +129,7 @@ impl Decider {
                 },
                 Some(job) = self.jobs_rx.recv() => self.on_job(job),
                 _ = tick.tick() => self.on_tick(),
+                _ = status_tick.tick() => self.write_status(),
                 _ = &mut shutdown => {
                     if self.state == State::Writing {
                         tracing::info!("waiting up to 5s for the Node write in progress");
@@ -139,8 +145,11 @@ impl Decider {
 
     fn on_link(&mut self, ev: LinkEvent) {
         match ev {
-            LinkEvent::Connected => self.table.snapshot_begin(),
-            LinkEvent::Disconnected => {}
+            LinkEvent::Connected => {
+                self.agent_connected = true;
+                self.table.snapshot_begin();
+            }
+            LinkEvent::Disconnected => self.agent_connected = false,
             LinkEvent::Event(ev) => {
                 self.metrics.events.inc();
                 match ev.kind {
@@ -287,6 +296,17 @@ impl Decider {
                 });
             }
             _ => {}
+        }
+    }
+
+    /// Rewrites the liveness file; written from this loop so that a stuck
+    /// loop shows as a stale file.
+    fn write_status(&self) {
+        if let Some(path) = &self.settings.status_file {
+            if let Err(e) = crate::status::write(path, self.agent_connected, &self.rules.summary())
+            {
+                tracing::warn!("cannot write the status file {}: {e}", path.display());
+            }
         }
     }
 

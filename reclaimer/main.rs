@@ -11,6 +11,7 @@ mod node;
 mod process_table;
 mod rules;
 mod rules_source;
+mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +20,20 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::sync::mpsc;
 
-use crate::cli::{Cli, LogFormat};
+use crate::cli::{Cli, Command, LogFormat};
 use crate::decision::{Decider, Settings, Target};
 use crate::node::{HostId, NodeClient};
 use crate::rules_source::RulesSource;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::HealthCheck { max_age }) = cli.command {
+        let Some(path) = &cli.status_file else {
+            bail!("health-check needs --status-file (or EXECWATCH_STATUS_FILE)");
+        };
+        println!("{}", status::check(path, max_age)?);
+        return Ok(());
+    }
     init_logging(cli.log_format);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -130,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     tokio::spawn(rules_source::run(source, rules_tx, metrics.clone()));
     let settings = Settings {
+        status_file: cli.status_file.clone(),
         recheck: cli.recheck_interval,
         log_argv: cli.log_argv,
     };

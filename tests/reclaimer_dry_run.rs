@@ -297,3 +297,59 @@ fn pod_processes_do_not_count_unless_the_scope_is_all() {
     scoped.wait_log(DECISION, 1, WAIT);
     stop(outside);
 }
+
+#[test]
+fn health_check_follows_the_status_file() {
+    let dir = world_readable_tempdir();
+    let status = dir.path().join("reclaimer.status");
+    let status_arg = status.to_str().unwrap();
+    let health = |max_age: &str| {
+        Command::new(env!("CARGO_BIN_EXE_reclaimer"))
+            .args([
+                "health-check",
+                "--status-file",
+                status_arg,
+                "--max-age",
+                max_age,
+            ])
+            .output()
+            .unwrap()
+    };
+    let missing = health("30s");
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("reclaimer.status"),
+        "{missing:?}"
+    );
+
+    let reclaimer = Reclaimer::start(
+        &[
+            "--dry-run",
+            "--socket",
+            "/nonexistent/agent.sock",
+            "--status-file",
+            status_arg,
+        ],
+        &[],
+    );
+    let start = std::time::Instant::now();
+    while !status.exists() {
+        assert!(start.elapsed() < WAIT, "no status file written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ok = health("30s");
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("agent_connected=false"),
+        "{ok:?}"
+    );
+    drop(reclaimer);
+    // Once the loop is gone the file ages past any limit.
+    std::thread::sleep(Duration::from_millis(2100));
+    let stale = health("1s");
+    assert!(!stale.status.success());
+    assert!(
+        String::from_utf8_lossy(&stale.stderr).contains("not running"),
+        "{stale:?}"
+    );
+}
