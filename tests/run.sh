@@ -32,5 +32,11 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
+# The reclaimer's Kubernetes tests run a real kube-apiserver 1.20.2, built
+# from Debian's source package once (4-5 minutes) and cached; build it here,
+# outside the tests' own timeouts.
+log "kube-apiserver for the Kubernetes tests (tests/kube/build-apiserver.sh)"
+tests/kube/build-apiserver.sh >&2
+
 log "cargo test"
 cargo test --all-targets 2>&1
