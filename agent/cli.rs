@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+pub use execwatch::runtime::LogFormat;
 
 /// execwatch agent: streams the node's process launches over gRPC on a Unix socket.
 #[derive(Debug, Parser)]
@@ -95,15 +96,6 @@ impl Default for Detector {
             Detector::Poll
         }
     }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Parses an octal file mode such as `0660`.

@@ -21,7 +21,7 @@ use anyhow::Context;
 use clap::Parser;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::cli::{Cli, Command, Detector, LogFormat, RunArgs};
+use crate::cli::{Cli, Command, Detector, RunArgs};
 use crate::fanout::Fanout;
 use crate::procfs::ProcReader;
 use crate::stats::Stats;
@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    execwatch::runtime::init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -47,18 +47,6 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(if serving { 0 } else { 1 });
         }
         None => runtime.block_on(run(cli.socket, cli.run)),
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -116,23 +104,14 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
         max_argv_bytes: max_argv,
         queue_len: args.queue_len as usize,
     });
-    server::serve(listener, &socket, shared, peers, shutdown_signal()).await?;
+    server::serve(
+        listener,
+        &socket,
+        shared,
+        peers,
+        execwatch::runtime::shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped; socket removed");
     Ok(())
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
 }

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+pub use execwatch::runtime::LogFormat;
 
 /// execwatch reclaimer: asks 5-Spot to give the node back when a declared
 /// program starts on it.
@@ -94,15 +95,6 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = execwatch::duration::parse)]
         max_age: Duration,
     },
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::sync::mpsc;
 
-use crate::cli::{Cli, Command, LogFormat};
+use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings, Target};
 use crate::node::{HostId, NodeClient};
 use crate::rules_source::RulesSource;
@@ -34,28 +34,12 @@ fn main() -> anyhow::Result<()> {
         println!("{}", status::check(path, max_age)?);
         return Ok(());
     }
-    init_logging(cli.log_format);
+    execwatch::runtime::init_logging(cli.log_format);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
         .block_on(run(cli))
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: a pod's log is a file, read by people
-    // with grep and by collectors that keep the escape codes.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -143,7 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         log_argv: cli.log_argv,
     };
     Decider::new(target, settings, metrics)
-        .run(link_rx, rules_rx, shutdown_signal())
+        .run(link_rx, rules_rx, execwatch::runtime::shutdown_signal())
         .await;
     tracing::info!("stopped");
     Ok(())
@@ -168,20 +152,4 @@ async fn kube_client(read_timeout: Duration) -> anyhow::Result<kube::Client> {
     config.read_timeout = Some(read_timeout);
     config.write_timeout = Some(Duration::from_secs(15));
     kube::Client::try_from(config).context("cannot build the Kubernetes client")
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the reclaimer with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
 }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod clock;
 pub mod cn_proc;
 pub mod duration;
+pub mod runtime;
 
 /// The generated `execwatch.v1` contract (messages, client and server).
 pub mod proto {
