@@ -1,0 +1,65 @@
+//! The rendered manifests are valid for a real API server: server-side
+//! dry-run of the base and of the pre-6.6 overlay against kube-apiserver
+//! 1.20.2 (admission and schema validation included), and the base as
+//! applied creates the DaemonSet the way it was written.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use kube::Api;
+use support::apiserver::{cluster, NAMESPACE};
+
+fn kubectl(args: &[&str]) -> std::process::Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster().kubeconfig())
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+#[test]
+fn base_and_overlay_pass_server_side_dry_run() {
+    for dir in ["deploy/base", "deploy/overlays/kernel-pre-6.6"] {
+        let out = kubectl(&["apply", "--dry-run=server", "-k", dir]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{dir}: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("daemonset.apps/execwatch"), "{dir}: {text}");
+        assert!(text.contains("server dry run"), "{dir}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn the_applied_daemonset_is_stored_as_written() {
+    // cluster() applies deploy/base for real on first use.
+    let client = cluster().client().await;
+    let ds = Api::<DaemonSet>::namespaced(client, NAMESPACE)
+        .get("execwatch")
+        .await
+        .unwrap();
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.host_pid, Some(true));
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let agent = pod.containers.iter().find(|c| c.name == "agent").unwrap();
+    let caps = agent
+        .security_context
+        .as_ref()
+        .unwrap()
+        .capabilities
+        .as_ref()
+        .unwrap();
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert!(caps.add.is_none());
+}
