@@ -353,3 +353,72 @@ fn health_check_follows_the_status_file() {
         "{stale:?}"
     );
 }
+
+#[test]
+fn metrics_count_events_matches_and_rule_errors() {
+    let agent = Agent::start(&[]);
+    let socket = agent.socket.to_str().unwrap();
+    let dir = world_readable_tempdir();
+    let prog = UniqueProgram::new("ewmet");
+    let rules = write_file(
+        dir.path(),
+        "rules.toml",
+        &format!("match_commands = [\"{}\"]\n", prog.name),
+    );
+    // A free loopback port, released just before the reclaimer takes it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let reclaimer = Reclaimer::start(
+        &[
+            "--dry-run",
+            "--socket",
+            socket,
+            "--rules-file",
+            &rules,
+            "--metrics-addr",
+            &addr,
+        ],
+        &[],
+    );
+    reclaimer.wait_log("connected to the agent", 1, WAIT);
+    let child = prog.spawn(30, &[]);
+    reclaimer.wait_log(DECISION, 1, WAIT);
+    std::fs::write(dir.path().join("rules.toml"), "bogus = 1\n").unwrap();
+    reclaimer.wait_log("rejected, keeping the last good rules", 1, WAIT);
+    stop(child);
+
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    };
+    let text = scrape();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("execwatch_reclaimer_events_total") >= 1.0);
+    assert_eq!(value("execwatch_reclaimer_matches_total"), 1.0);
+    assert_eq!(value("execwatch_reclaimer_rule_reloads_total"), 1.0);
+    assert_eq!(value("execwatch_reclaimer_rule_errors_total"), 1.0);
+    assert_eq!(value("execwatch_reclaimer_rules_invalid"), 1.0);
+    assert_eq!(value("execwatch_reclaimer_rules_inert"), 0.0);
+    assert_eq!(
+        value("execwatch_reclaimer_patches_total"),
+        0.0,
+        "dry-run writes nothing"
+    );
+    assert!(text.contains("# TYPE execwatch_reclaimer_patch_latency_seconds histogram"));
+}
