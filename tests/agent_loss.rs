@@ -80,20 +80,8 @@ async fn kernel_overflow_yields_lost_then_a_resync_with_the_survivor() {
 async fn a_stalled_subscriber_does_not_delay_another_and_learns_what_it_missed() {
     let agent = Agent::start(&["--queue-len=256"]);
     // The stalled one subscribes and then does not read at all for a while.
-    let mut stalled = watch_small_window(
-        &agent.socket,
-        WatchRequest {
-            include_exits: false,
-            skip_snapshot: true,
-        },
-    )
-    .await;
-    let mut reader = agent
-        .watch(WatchRequest {
-            include_exits: false,
-            skip_snapshot: true,
-        })
-        .await;
+    let mut stalled = watch_small_window(&agent.socket, live(false)).await;
+    let mut reader = agent.watch(live(false)).await;
 
     // Enough execs to fill the stalled one's queue and HTTP/2 windows.
     let reader_task = tokio::spawn(async move {

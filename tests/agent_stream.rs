@@ -96,18 +96,8 @@ async fn snapshot_complete_counts_entries_and_says_why() {
 #[tokio::test]
 async fn exits_are_streamed_only_on_request() {
     let agent = Agent::start(&[]);
-    let mut with_exits = agent
-        .watch(WatchRequest {
-            include_exits: true,
-            skip_snapshot: true,
-        })
-        .await;
-    let mut without = agent
-        .watch(WatchRequest {
-            include_exits: false,
-            skip_snapshot: true,
-        })
-        .await;
+    let mut with_exits = agent.watch(live(true)).await;
+    let mut without = agent.watch(live(false)).await;
     let prog = UniqueProgram::new("ewexit");
     let child = prog.spawn(30, &[]);
     let pid = child.id() as i32;
@@ -142,12 +132,7 @@ async fn exits_are_streamed_only_on_request() {
 #[tokio::test]
 async fn the_poll_detector_delivers_the_same_process() {
     let agent = Agent::start(&["--detector=poll", "--poll-interval=50ms"]);
-    let mut stream = agent
-        .watch(WatchRequest {
-            include_exits: true,
-            skip_snapshot: true,
-        })
-        .await;
+    let mut stream = agent.watch(live(true)).await;
     let prog = UniqueProgram::new("ewpoll");
     let child = prog.spawn(30, &["0.25"]);
     let pid = child.id();
@@ -174,12 +159,7 @@ async fn the_poll_detector_delivers_the_same_process() {
 #[tokio::test]
 async fn stats_report_the_detector_and_counts() {
     let agent = Agent::start(&[]);
-    let mut stream = agent
-        .watch(WatchRequest {
-            include_exits: false,
-            skip_snapshot: true,
-        })
-        .await;
+    let mut stream = agent.watch(live(false)).await;
     let prog = UniqueProgram::new("ewstat");
     let child = prog.spawn(30, &[]);
     until(&mut stream, WAIT, |ev| is_process(ev, child.id(), false)).await;

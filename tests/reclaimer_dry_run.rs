@@ -253,14 +253,7 @@ fn pod_processes_do_not_count_unless_the_scope_is_all() {
 
     // The agent sees the process as a pod's.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut stream = rt.block_on(async {
-        agent
-            .watch(execwatch::proto::WatchRequest {
-                include_exits: false,
-                skip_snapshot: true,
-            })
-            .await
-    });
+    let mut stream = rt.block_on(async { agent.watch(live(false)).await });
     let scoped = Reclaimer::start(
         &["--dry-run", "--socket", socket, "--rules-file", &host_only],
         &[],

@@ -185,6 +185,14 @@ fn rand_u32() -> u32 {
     t.subsec_nanos() ^ std::process::id().rotate_left(16)
 }
 
+/// A request for live events only (no snapshot), with or without exits.
+pub fn live(include_exits: bool) -> WatchRequest {
+    WatchRequest {
+        include_exits,
+        skip_snapshot: true,
+    }
+}
+
 /// Receives the next event, failing the test after `timeout`.
 pub async fn next(stream: &mut Streaming<WatchEvent>, timeout: Duration) -> WatchEvent {
     match tokio::time::timeout(timeout, stream.message()).await {
