@@ -58,8 +58,8 @@ async fn a_process_started_before_subscribing_is_in_the_snapshot() {
     let agent = Agent::start(&[]);
     let prog = UniqueProgram::new("ewsnap");
     let child = prog.spawn(30, &[]);
-    // Give it time to exec, so the snapshot sees the program, not the fork.
-    std::thread::sleep(Duration::from_millis(200));
+    // The snapshot must see the program, not the fork before its exec.
+    wait_exec(child.id(), &prog.name);
     let mut stream = agent.watch(WatchRequest::default()).await;
     let first = next(&mut stream, WAIT).await;
     assert_eq!(first.seq, 1);

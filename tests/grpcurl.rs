@@ -99,24 +99,56 @@ fn grpcurl_tails_a_launch() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // grpcurl prints each event as it arrives: read its output on a thread
+    // and stop it once the launch shows up.
+    let mut tail = tail;
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let prog = UniqueProgram::new("ewcurl");
-    let child = prog.spawn(0, &["0.1"]);
+    let mut child = prog.spawn(0, &["0.2"]);
     let pid = child.id();
-    stop(child);
-    // Let the event through, then end grpcurl.
-    std::thread::sleep(Duration::from_millis(500));
+    // Lines of grpcurl's output; done once our event's last field is in.
+    let mut lines: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ours = format!("\"pid\": {pid},");
+    loop {
+        if let Some(at) = lines.iter().position(|l| l.contains(&ours)) {
+            if lines[at..].iter().any(|l| l.contains("\"source\"")) {
+                break;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!(
+                "grpcurl printed no event for pid {pid}:\n{}",
+                lines.join("\n")
+            ),
+        }
+    }
+    let at = lines.iter().position(|l| l.contains(&ours)).unwrap();
+    let text = lines[at..].join("\n");
+    child.wait().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(tail.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let out = tail.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let _ = tail.wait();
     assert!(
         text.contains(&format!("\"comm\": \"{}\"", prog.name)),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{text}"
     );
-    assert!(text.contains(&format!("\"pid\": {pid}")), "{text}");
     assert!(text.contains("\"source\": \"SOURCE_NETLINK\""), "{text}");
 }

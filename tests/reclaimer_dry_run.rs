@@ -90,7 +90,7 @@ fn a_real_jvm_launch_fires_and_a_running_one_fires_after_a_restart() {
         &format!("match_commands = [\"{}\"]\n", prog.name),
     );
     let running = prog.spawn(30, &[]);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_exec(running.id(), &prog.name);
     let reclaimer = Reclaimer::start(
         &["--dry-run", "--socket", socket, "--rules-file", &rules],
         &[],

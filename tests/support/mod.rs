@@ -167,6 +167,25 @@ impl UniqueProgram {
     }
 }
 
+/// Waits until `pid` has finished executing `comm`: spawn returns before
+/// the exec is complete, and mid-exec the new comm shows before the new
+/// command line.
+pub fn wait_exec(pid: u32, comm: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if now.trim_end() == comm && !cmdline.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never finished executing {comm}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Path of a program found on PATH.
 pub fn which(name: &str) -> PathBuf {
     std::env::var_os("PATH")
