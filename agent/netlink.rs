@@ -14,8 +14,14 @@ pub enum NetlinkError {
     #[error("cannot create a NETLINK_CONNECTOR socket: {0}")]
     Socket(#[source] io::Error),
     /// bind(2) to the proc connector's multicast group failed.
-    #[error("cannot join the proc connector multicast group: {0}")]
-    Bind(#[source] io::Error),
+    #[error("cannot join the proc connector multicast group: {source}{hint}")]
+    Bind {
+        /// What bind(2) said.
+        #[source]
+        source: io::Error,
+        /// What that usually means here.
+        hint: &'static str,
+    },
     /// The subscribe request could not be sent.
     #[error("cannot send the proc connector subscription: {source}{hint}")]
     Subscribe {
@@ -92,7 +98,14 @@ mod imp {
                 )
             };
             if rc < 0 {
-                return Err(NetlinkError::Bind(io::Error::last_os_error()));
+                let source = io::Error::last_os_error();
+                let hint = match source.raw_os_error() {
+                    Some(libc::EPERM) => {
+                        " (kernels before 6.6 let only CAP_NET_ADMIN join: see deploy/overlays/kernel-pre-6.6)"
+                    }
+                    _ => "",
+                };
+                return Err(NetlinkError::Bind { source, hint });
             }
             let granted = sock.set_rcvbuf(rcvbuf);
             Ok((sock, granted))

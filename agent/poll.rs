@@ -1,9 +1,12 @@
 //! The poll detector (rung 1): scan `/proc` every interval and report
-//! processes not seen before, by pid and start time.
+//! processes not seen before, by pid and start time, and processes whose
+//! command name changed since the last scan (an `execve` keeps pid and start
+//! time: `bash -c '…; exec java …'`).
 //!
 //! It needs no netlink and no host network, but it costs a read of every
 //! `/proc/<pid>/stat` per scan and misses processes that live shorter than
-//! one interval. Pids that vanish between scans are reported as exits.
+//! one interval (and an exec that keeps the comm, such as a program
+//! re-executing itself). Pids that vanish between scans are reported as exits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use execwatch::proto::{Exit, Source};
 
 use crate::fanout::{Fanout, Item};
-use crate::procfs::ProcReader;
+use crate::procfs::{Identity, ProcReader};
 use crate::stats::Stats;
 use execwatch::clock;
 
@@ -23,8 +26,8 @@ pub fn run(
     fanout: Arc<Fanout>,
     stats: Arc<Stats>,
 ) -> std::io::Error {
-    // pid -> start time of the process last seen under that pid.
-    let mut known: HashMap<i32, u64> = HashMap::new();
+    // pid -> identity of the process last seen under that pid.
+    let mut known: HashMap<i32, Identity> = HashMap::new();
     let mut first = true;
     loop {
         let pids = match reader.pids() {
@@ -33,21 +36,21 @@ pub fn run(
         };
         let mut alive = HashMap::with_capacity(pids.len());
         for pid in pids {
-            let Some(start) = reader.start_ticks(pid) else {
+            let Some(id) = reader.identity(pid) else {
                 continue;
             };
-            alive.insert(pid, start);
+            alive.insert(pid, id);
             let previous = known.get(&pid).copied();
-            if previous == Some(start) || first {
+            if previous == Some(id) || first {
                 continue;
             }
-            if previous.is_some() {
+            if previous.is_some_and(|p| p.start_ticks != id.start_ticks) {
                 // The pid was reused: the process we knew under it is gone.
                 publish_exit(&fanout, &stats, pid);
             }
-            // New pid, or a reused one: either way a process we have not seen.
+            // New pid, reused pid, or a new program in a known process.
             if let Some(p) = reader.read(pid, pid, Source::Poll) {
-                if p.start_ticks != start && p.start_ticks != 0 {
+                if p.start_ticks != id.start_ticks && p.start_ticks != 0 {
                     // Reused again between the two reads; the next scan has it.
                     alive.remove(&pid);
                     continue;

@@ -28,6 +28,16 @@ use execwatch::clock;
 /// Kernel threads carry this flag in field 9 of `/proc/<pid>/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
+/// A process's identity as a scan sees it: pid reuse changes the start
+/// time; an `execve` changes the comm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Start time in clock ticks since boot.
+    pub start_ticks: u64,
+    /// The kernel's command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
 /// Reads process records from one `/proc` mount.
 pub struct ProcReader {
     proc_dir: OwnedFd,
@@ -75,13 +85,22 @@ impl ProcReader {
             .collect())
     }
 
-    /// The start time of `pid` from one read of its `stat`; `None` if it is
-    /// gone or a kernel thread.
-    pub fn start_ticks(&mut self, pid: i32) -> Option<u64> {
+    /// What one read of `pid`'s `stat` says about its identity: start time
+    /// and comm. `None` if it is gone or a kernel thread.
+    pub fn identity(&mut self, pid: i32) -> Option<Identity> {
         let path = format!("{pid}/stat");
         read_at(&self.proc_dir, &path, &mut self.buf, 4096).ok()?;
         let stat = StatLine::parse(&self.buf)?;
-        (stat.flags & PF_KTHREAD == 0).then_some(stat.start_ticks)
+        if stat.flags & PF_KTHREAD != 0 {
+            return None;
+        }
+        let mut comm = [0u8; 16];
+        let n = stat.comm.len().min(comm.len());
+        comm[..n].copy_from_slice(&stat.comm[..n]);
+        Some(Identity {
+            start_ticks: stat.start_ticks,
+            comm,
+        })
     }
 
     /// Reads the record of `pid`. Returns `None` for kernel threads, which

@@ -214,3 +214,30 @@ fn health_check_reports_serving_and_fails_without_an_agent() {
         "{bad:?}"
     );
 }
+
+#[tokio::test]
+async fn the_poll_detector_sees_an_exec_inside_a_process_it_knows() {
+    let agent = Agent::start(&["--detector=poll", "--poll-interval=50ms"]);
+    let mut stream = agent.watch(live(false)).await;
+    let prog = UniqueProgram::new("ewpexec");
+    // A wrapper that lives past a few scans, then execs the real program:
+    // pid and start time stay, only the command changes.
+    let script = format!("sleep 0.4; exec {} 30", prog.path.display());
+    let child = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (ev, _) = until(
+        &mut stream,
+        WAIT,
+        |ev| matches!(&ev.kind, Some(Kind::Exec(p)) if p.pid == pid as i32 && p.comm == prog.name),
+    )
+    .await;
+    stop(child);
+    let Some(Kind::Exec(p)) = ev.kind else {
+        unreachable!()
+    };
+    assert_eq!(p.source(), Source::Poll);
+    assert_eq!(p.argv[1..], ["30"]);
+}
