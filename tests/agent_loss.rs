@@ -140,3 +140,45 @@ async fn a_stalled_subscriber_does_not_delay_another_and_learns_what_it_missed()
         .into_inner();
     assert!(stats.subscriber_overflows >= 1);
 }
+
+#[tokio::test]
+async fn a_subscriber_that_keeps_falling_behind_is_cut_off_with_a_clear_status() {
+    let agent = Agent::start(&["--queue-len=8"]);
+    let mut stalled = watch_small_window(&agent.socket, live(false)).await;
+    for round in 1..=4 {
+        // Stall through a storm, then catch up: each round is one overflow.
+        tokio::task::spawn_blocking(|| storm(400)).await.unwrap();
+        let outcome = loop {
+            match tokio::time::timeout(WAIT, stalled.message())
+                .await
+                .expect("stream went quiet")
+            {
+                Ok(Some(ev)) => {
+                    if let Some(Kind::SnapshotComplete(c)) = ev.kind {
+                        assert_eq!(c.cause(), SnapshotCause::Resync);
+                        break Ok(());
+                    }
+                }
+                Ok(None) => panic!("stream ended without a status"),
+                Err(status) => break Err(status),
+            }
+        };
+        match (round, outcome) {
+            (1..=3, Ok(())) => {}
+            (4, Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+                assert!(status.message().contains("cut off"), "{}", status.message());
+            }
+            (round, outcome) => panic!("round {round}: {outcome:?}"),
+        }
+    }
+    let stats = agent
+        .client()
+        .await
+        .get_stats(StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.subscribers_cut_off, 1);
+    assert!(stats.subscriber_overflows >= 4);
+}
