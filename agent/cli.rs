@@ -9,7 +9,7 @@ pub use execwatch::runtime::LogFormat;
 
 /// execwatch agent: streams the node's process launches over gRPC on a Unix socket.
 #[derive(Debug, Parser)]
-#[command(name = "agent", version, about)]
+#[command(name = "agent", version)]
 pub struct Cli {
     /// Unix socket to serve on.
     #[arg(long, env = "EXECWATCH_SOCKET", default_value = execwatch::DEFAULT_SOCKET, global = true)]

@@ -84,7 +84,8 @@ impl PeerCheck {
             Some(uid) if allowed.contains(&uid) => Ok(req),
             _ => {
                 self.stats.add_peers_denied(1);
-                tracing::warn!(peer_uid = ?uid, "refused a peer not in --allow-uid");
+                let peer = uid.map_or("unknown".to_string(), |u| u.to_string());
+                tracing::warn!(peer_uid = %peer, "refused a peer not in --allow-uid");
                 Err(Status::permission_denied("permission denied"))
             }
         }

@@ -11,7 +11,7 @@ pub use execwatch::runtime::LogFormat;
 /// execwatch reclaimer: asks 5-Spot to give the node back when a declared
 /// program starts on it.
 #[derive(Debug, Parser)]
-#[command(name = "reclaimer", version, about)]
+#[command(name = "reclaimer", version)]
 pub struct Cli {
     /// What to do (default: run the reclaimer).
     #[command(subcommand)]

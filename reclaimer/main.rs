@@ -44,6 +44,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
+    // Inert until the first rules arrive.
+    metrics
+        .rules_inert
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let (target, source) = if cli.dry_run {
         tracing::info!("dry-run: decisions are logged, the Kubernetes API is never contacted");
         let node = cli

@@ -17,14 +17,34 @@ use crate::proto::exec_events_client::ExecEventsClient;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The HTTP/2 connection over the socket could not be set up.
-    #[error("cannot connect to the agent at {path}: {source}")]
+    #[error("cannot connect to the agent at {path}: {}", chain(error))]
     Connect {
         /// The socket path that was dialled.
         path: PathBuf,
-        /// What the transport said.
-        #[source]
-        source: tonic::transport::Error,
+        /// What the transport said (its causes are in the message, so it
+        /// is not chained again as a source).
+        error: tonic::transport::Error,
     },
+}
+
+/// The error and its causes on one line: tonic's transport error alone says
+/// only "transport error", the cause (no such file, permission denied) is
+/// what an operator needs.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut last = text.clone();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        // Wrappers often repeat their cause's message; say it once.
+        let this = c.to_string();
+        if this != last {
+            text.push_str(": ");
+            text.push_str(&this);
+        }
+        last = this;
+        cause = c.source();
+    }
+    text
 }
 
 /// Opens a gRPC channel to the agent listening on the Unix socket `path`.
@@ -40,7 +60,7 @@ pub async fn connect(path: impl AsRef<Path>) -> Result<Channel, ConnectError> {
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(dial).await?)) }
         }))
         .await
-        .map_err(|source| ConnectError::Connect { path, source })
+        .map_err(|error| ConnectError::Connect { path, error })
 }
 
 /// Shorthand for a typed `ExecEvents` client on the socket `path`.
