@@ -9,6 +9,7 @@ pub mod client;
 pub mod clock;
 pub mod cn_proc;
 pub mod duration;
+#[cfg(feature = "bin")]
 pub mod runtime;
 
 /// The generated `execwatch.v1` contract (messages, client and server).

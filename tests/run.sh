@@ -37,6 +37,8 @@ cargo fmt --all -- --check
 
 log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
+# The library alone, as a policy engine uses it (no Kubernetes, no clap).
+cargo clippy --lib --no-default-features -- -D warnings
 
 # The reclaimer's Kubernetes tests run a real kube-apiserver 1.20.2, built
 # from Debian's source package once (4-5 minutes) and cached; build it here,
