@@ -81,12 +81,14 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
         }
         Detector::Poll => {
             stats.set_detector("poll", "", 0);
+            let poller = poll::Poller::start(reader, args.poll_interval)
+                .with_context(|| format!("cannot scan {}", args.proc_root))?;
             tracing::info!(interval = ?args.poll_interval, "poll detector scanning /proc");
-            let (fanout, stats, interval) = (fanout.clone(), stats.clone(), args.poll_interval);
+            let (fanout, stats) = (fanout.clone(), stats.clone());
             std::thread::Builder::new()
                 .name("poll".into())
                 .spawn(move || {
-                    let err = poll::run(reader, interval, fanout, stats);
+                    let err = poller.run(fanout, stats);
                     tracing::error!("poll detector stopped: {err}");
                     std::process::exit(1);
                 })
@@ -94,6 +96,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
+    let shutdown = execwatch::runtime::shutdown_signal();
     let listener = server::bind(&socket, args.socket_mode)?;
     tracing::info!(socket = %socket.display(), mode = format!("{:o}", args.socket_mode), allow_uid = ?args.allow_uid, "serving");
     let peers = service::PeerCheck::new(&args.allow_uid, stats.clone());
@@ -104,14 +107,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
         max_argv_bytes: max_argv,
         queue_len: args.queue_len as usize,
     });
-    server::serve(
-        listener,
-        &socket,
-        shared,
-        peers,
-        execwatch::runtime::shutdown_signal(),
-    )
-    .await?;
+    server::serve(listener, &socket, shared, peers, shutdown).await?;
     tracing::info!("stopped; socket removed");
     Ok(())
 }

@@ -19,34 +19,60 @@ use crate::procfs::{Identity, ProcReader};
 use crate::stats::Stats;
 use execwatch::clock;
 
-/// Scans forever on the calling thread.
-pub fn run(
-    mut reader: ProcReader,
+/// A poll detector that has taken its first inventory.
+pub struct Poller {
+    reader: ProcReader,
     interval: Duration,
-    fanout: Arc<Fanout>,
-    stats: Arc<Stats>,
-) -> std::io::Error {
-    // pid -> identity of the process last seen under that pid.
-    let mut known: HashMap<i32, Identity> = HashMap::new();
-    let mut first = true;
-    loop {
-        let pids = match reader.pids() {
-            Ok(pids) => pids,
-            Err(e) => return e,
-        };
+    /// pid -> identity of the process last seen under that pid.
+    known: HashMap<i32, Identity>,
+}
+
+impl Poller {
+    /// Scans once to learn what already runs (nothing is published for it:
+    /// subscribers get running processes from their own snapshot). Done
+    /// before the socket exists, so a launch after a client connects is
+    /// never mistaken for part of the inventory.
+    pub fn start(mut reader: ProcReader, interval: Duration) -> std::io::Result<Self> {
+        let mut known = HashMap::new();
+        for pid in reader.pids()? {
+            if let Some(id) = reader.identity(pid) {
+                known.insert(pid, id);
+            }
+        }
+        Ok(Self {
+            reader,
+            interval,
+            known,
+        })
+    }
+
+    /// Scans forever on the calling thread; returns only if `/proc` cannot
+    /// be listed.
+    pub fn run(mut self, fanout: Arc<Fanout>, stats: Arc<Stats>) -> std::io::Error {
+        loop {
+            std::thread::sleep(self.interval);
+            if let Err(e) = self.scan(&fanout, &stats) {
+                return e;
+            }
+        }
+    }
+
+    fn scan(&mut self, fanout: &Fanout, stats: &Stats) -> std::io::Result<()> {
+        let reader = &mut self.reader;
+        let pids = reader.pids()?;
         let mut alive = HashMap::with_capacity(pids.len());
         for pid in pids {
             let Some(id) = reader.identity(pid) else {
                 continue;
             };
             alive.insert(pid, id);
-            let previous = known.get(&pid).copied();
-            if previous == Some(id) || first {
+            let previous = self.known.get(&pid).copied();
+            if previous == Some(id) {
                 continue;
             }
             if previous.is_some_and(|p| p.start_ticks != id.start_ticks) {
                 // The pid was reused: the process we knew under it is gone.
-                publish_exit(&fanout, &stats, pid);
+                publish_exit(fanout, stats, pid);
             }
             // New pid, reused pid, or a new program in a known process.
             if let Some(p) = reader.read(pid, pid, Source::Poll) {
@@ -59,14 +85,11 @@ pub fn run(
                 fanout.publish(Item::Exec(Arc::new(p)));
             }
         }
-        if !first {
-            for pid in known.keys().filter(|pid| !alive.contains_key(pid)) {
-                publish_exit(&fanout, &stats, *pid);
-            }
+        for pid in self.known.keys().filter(|pid| !alive.contains_key(pid)) {
+            publish_exit(fanout, stats, *pid);
         }
-        known = alive;
-        first = false;
-        std::thread::sleep(interval);
+        self.known = alive;
+        Ok(())
     }
 }
 

@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shutdown = execwatch::runtime::shutdown_signal();
     let metrics = Arc::new(metrics::Metrics::default());
     // Inert until the first rules arrive.
     metrics
@@ -131,7 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         log_argv: cli.log_argv,
     };
     Decider::new(target, settings, metrics)
-        .run(link_rx, rules_rx, execwatch::runtime::shutdown_signal())
+        .run(link_rx, rules_rx, shutdown)
         .await;
     tracing::info!("stopped");
     Ok(())
