@@ -21,8 +21,8 @@ use crate::stats::Stats;
 pub enum Item {
     /// A process was executed.
     Exec(Arc<Process>),
-    /// A thread-group leader exited.
-    Exit(Arc<Exit>),
+    /// A thread-group leader exited (small and `Copy`: no sharing needed).
+    Exit(Exit),
     /// The detector lost events it cannot name; every subscriber must resync.
     DetectorLost {
         /// Whether the kernel or the detector itself lost them.

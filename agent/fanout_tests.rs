@@ -11,11 +11,11 @@ fn exec(pid: i32) -> Item {
 }
 
 fn exit(pid: i32) -> Item {
-    Item::Exit(Arc::new(Exit {
+    Item::Exit(Exit {
         pid,
         tgid: pid,
         ..Default::default()
-    }))
+    })
 }
 
 fn pid_of(item: &Item) -> i32 {

@@ -175,7 +175,7 @@ fn handle(ev: ProcEvent, reader: &mut ProcReader, fanout: &Fanout, stats: &Stats
             ..
         } if pid == tgid => {
             stats.add_exits(1);
-            fanout.publish(Item::Exit(Arc::new(Exit {
+            fanout.publish(Item::Exit(Exit {
                 pid,
                 tgid,
                 exit_code,
@@ -183,7 +183,7 @@ fn handle(ev: ProcEvent, reader: &mut ProcReader, fanout: &Fanout, stats: &Stats
                 kernel_timestamp_ns: ev.timestamp_ns,
                 observed_unix_ns: clock::unix_ns(),
                 source: Source::Netlink as i32,
-            })));
+            }));
         }
         _ => stats.add_ignored_kernel_events(1),
     }

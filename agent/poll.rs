@@ -96,11 +96,11 @@ impl Poller {
 /// Reports that the process last seen under `pid` is gone.
 fn publish_exit(fanout: &Fanout, stats: &Stats, pid: i32) {
     stats.add_exits(1);
-    fanout.publish(Item::Exit(Arc::new(Exit {
+    fanout.publish(Item::Exit(Exit {
         pid,
         tgid: pid,
         observed_unix_ns: clock::unix_ns(),
         source: Source::Poll as i32,
         ..Default::default()
-    })));
+    }));
 }

@@ -87,7 +87,7 @@ async fn run(shared: &Shared, req: WatchRequest, mut em: Emitter) -> Result<(), 
         };
         match item {
             Some(Item::Exec(p)) => em.emit(Kind::Exec((*p).clone())).await?,
-            Some(Item::Exit(e)) => em.emit(Kind::Exit(*e)).await?,
+            Some(Item::Exit(e)) => em.emit(Kind::Exit(e)).await?,
             Some(Item::DetectorLost { kernel, reason }) => {
                 let site = if kernel {
                     LossSite::Kernel
