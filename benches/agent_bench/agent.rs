@@ -1,0 +1,87 @@
+//! The real `agent` binary, as built by this `cargo bench` (release profile).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use execwatch::proto::{Stats, StatsRequest};
+
+use crate::children::{self, Guarded};
+use crate::procstat;
+
+/// A running agent with its socket and log file; stopped on drop.
+pub struct Agent {
+    child: Guarded,
+    /// Its Unix socket.
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with default flags (plus `--detector=poll` when
+    /// `detector` is "poll"), its log (default level and format) in a file in
+    /// `dir`, and waits until its socket exists: the detector is subscribed
+    /// by then.
+    pub fn start(dir: &std::path::Path, detector: &str) -> Self {
+        let socket = dir.join(format!("agent-{detector}.sock"));
+        let log = dir.join(format!("agent-{detector}.log"));
+        let _ = std::fs::remove_file(&socket);
+        let file = std::fs::File::create(&log).expect("create the agent log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
+        cmd.arg("--socket").arg(&socket);
+        if detector != "netlink" {
+            cmd.arg(format!("--detector={detector}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
+        let child = Guarded::spawn(&mut cmd).expect("start the agent");
+        let mut agent = Self { child, socket, log };
+        let start = std::time::Instant::now();
+        while !agent.socket.exists() {
+            if let Some(status) = agent.child.exited() {
+                panic!(
+                    "the agent exited ({status}) before serving:\n{}",
+                    agent.log_tail()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the agent did not create its socket within 20 s:\n{}",
+                agent.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        agent
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Counters now.
+    pub fn sample(&self) -> procstat::Sample {
+        procstat::Sample::take(self.pid())
+    }
+
+    /// Peak RSS so far, KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        procstat::peak_rss_kib(self.pid())
+    }
+
+    /// The agent's own counters (GetStats).
+    pub async fn stats(&self) -> Stats {
+        let mut client = execwatch::client::exec_events(&self.socket)
+            .await
+            .expect("connect for GetStats");
+        client
+            .get_stats(StatsRequest {})
+            .await
+            .expect("GetStats")
+            .into_inner()
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        children::tail(&self.log, 20)
+    }
+}

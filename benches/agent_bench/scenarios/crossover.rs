@@ -1,0 +1,232 @@
+//! Crossover: the poll detector's CPU as the number of processes grows,
+//! against the netlink detector's CPU as the exec rate grows; the data
+//! behind the detector trade-off plot.
+//!
+//! Poll: the agent at its default 250 ms interval, with `--sleepers` more
+//! `sleep 600` processes added step by step (after each step the agent's
+//! first report of the newcomers is allowed to drain before measuring).
+//! Netlink: the agent on default flags while rate-limited spawners run
+//! `/bin/true` at each of `--rates` (two threads above 1,000/s); plotted is
+//! the exec rate the agent handled (its GetStats `execs` over the window):
+//! ours plus whatever else ran on this shared machine. Each point is
+//! `--crossover-seconds` of utime + stime, as a percentage of one CPU.
+//!
+//! Per unit: netlink CPU per exec; poll CPU per process per scan, with the
+//! scan rate derived from the CPU share `c` (a scan takes about its CPU time,
+//! then the detector sleeps 250 ms, so scans per second = 4 × (1 − c)). Writes `crossover.csv` and
+//! `detectors.svg` (and `detectors.png` if `rsvg-convert` is installed).
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::children::Sleepers;
+use crate::report::Report;
+use crate::spawner::Load;
+use crate::svg::{self, Panel};
+use crate::timing::round1;
+use crate::{agent::Agent, subscriber::Subscriber, Bench};
+
+/// One measured point.
+struct Point {
+    detector: &'static str,
+    /// Sleepers added (poll) or the rate asked for (netlink).
+    asked: f64,
+    /// Processes in /proc (poll) or execs per second our spawners achieved (netlink).
+    achieved: f64,
+    /// Processes in /proc (poll) or exec events per second the agent handled,
+    /// ours and everyone else's (netlink): the x of the plot.
+    x: f64,
+    cpu_ms: f64,
+    cpu_percent: f64,
+}
+
+impl Point {
+    /// Poll: CPU per process per scan; netlink: CPU per exec; in µs.
+    fn per_unit_us(&self) -> f64 {
+        let c = self.cpu_percent / 100.0;
+        match self.detector {
+            "poll" => c * 1e6 / (4.0 * (1.0 - c).max(0.01)) / self.x,
+            _ => c * 1e6 / self.x,
+        }
+    }
+}
+
+/// Runs both sweeps, writes the CSV and the plot.
+pub fn run(b: &Bench) -> Report {
+    let secs = Duration::from_secs(b.opts.crossover_seconds);
+    let mut points = poll_sweep(b, secs);
+    points.extend(netlink_sweep(b, secs));
+
+    let mut r = Report::new("crossover");
+    r.row(
+        format!("{:<8}", "detector"),
+        format!(
+            "{:>16} {:>28} {:>8} {:>7} {:>12}",
+            "load asked", "achieved (agent saw)", "CPU ms", "CPU %", "µs per unit"
+        ),
+    );
+    let mut csv = String::from(
+        "detector,asked,achieved,x,x_unit,seconds,agent_cpu_ms,agent_cpu_percent,cpu_us_per_unit\n",
+    );
+    let mut json = Vec::new();
+    for p in &points {
+        let (load, unit, got) = match p.detector {
+            "poll" => (
+                format!("+{} sleepers", p.asked),
+                "processes",
+                format!("{:.0} processes", p.x),
+            ),
+            _ => (
+                format!("{} execs/s", p.asked),
+                "execs_per_s",
+                format!("{:.0}/s ({:.0}/s)", p.achieved, p.x),
+            ),
+        };
+        let per = p.per_unit_us();
+        r.row(
+            format!("{:<8}", p.detector),
+            format!(
+                "{load:>16} {got:>28} {:>8.0} {:>7.2} {per:>12.1}",
+                p.cpu_ms, p.cpu_percent
+            ),
+        );
+        let _ = writeln!(
+            csv,
+            "{},{},{:.1},{:.1},{unit},{},{:.1},{:.3},{per:.2}",
+            p.detector,
+            p.asked,
+            p.achieved,
+            p.x,
+            secs.as_secs(),
+            p.cpu_ms,
+            p.cpu_percent
+        );
+        json.push(serde_json::json!({
+            "detector": p.detector, "asked": p.asked, "achieved": round1(p.achieved), "x": round1(p.x),
+            "x_unit": unit, "cpu_ms": round1(p.cpu_ms), "cpu_percent": round3(p.cpu_percent),
+            "cpu_us_per_unit": round1(per),
+        }));
+    }
+    r.row(
+        "per unit",
+        "poll: µs per process per scan; netlink: µs per exec the agent handled",
+    );
+    r.json("seconds_per_point", secs.as_secs());
+    r.json("points", json);
+    let (csv_path, svg_path) = (b.out.join("crossover.csv"), b.out.join("detectors.svg"));
+    std::fs::write(&csv_path, csv).expect("write crossover.csv");
+    std::fs::write(&svg_path, plot(&points)).expect("write detectors.svg");
+    r.row(
+        "written",
+        format!("{} and {}", csv_path.display(), svg_path.display()),
+    );
+    let png = b.out.join("detectors.png");
+    let converted = std::process::Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(&png)
+        .arg(&svg_path)
+        .status();
+    if converted.is_ok_and(|s| s.success()) {
+        r.row("rendered", png.display().to_string());
+    }
+    r
+}
+
+/// The poll agent with more and more sleepers.
+fn poll_sweep(b: &Bench, secs: Duration) -> Vec<Point> {
+    let agent = Agent::start(b.dir.path(), "poll");
+    let sub = Subscriber::start(&b.rt, &agent.socket, &["sleep", "0.6"]);
+    let mut sleepers = Vec::new();
+    let mut points = Vec::new();
+    let mut added = 0;
+    for &target in &b.opts.sleepers {
+        sleepers.push(Sleepers::spawn(target.saturating_sub(added)).expect("start sleepers"));
+        added = added.max(target);
+        // The newcomers are reported once each; measure the steady state after.
+        sub.settle(Duration::from_millis(1000), Duration::from_secs(60));
+        let s0 = agent.sample();
+        std::thread::sleep(secs);
+        let d = agent.sample().since(&s0);
+        let procs = process_count() as f64;
+        points.push(Point {
+            detector: "poll",
+            asked: target as f64,
+            achieved: procs,
+            x: procs,
+            cpu_ms: d.stat_ns as f64 / 1e6,
+            cpu_percent: d.cpu_percent(),
+        });
+    }
+    points
+}
+
+/// The netlink agent at each exec rate.
+fn netlink_sweep(b: &Bench, secs: Duration) -> Vec<Point> {
+    let agent = Agent::start(b.dir.path(), "netlink");
+    let _sub = Subscriber::start(&b.rt, &agent.socket, &["/bin/true"]);
+    let mut points = Vec::new();
+    for &rate in &b.opts.rates {
+        let threads = if rate > 1000 { 2 } else { 1 };
+        let execs0 = b.rt.block_on(agent.stats()).execs;
+        let s0 = agent.sample();
+        let load = Load::start(threads, Some(rate as f64 / threads as f64));
+        std::thread::sleep(secs);
+        let (spawns, elapsed) = load.stop();
+        let d = agent.sample().since(&s0);
+        let execs = b.rt.block_on(agent.stats()).execs - execs0;
+        points.push(Point {
+            detector: "netlink",
+            asked: rate as f64,
+            achieved: spawns.len() as f64 / elapsed,
+            x: execs as f64 / (d.at_ns as f64 / 1e9),
+            cpu_ms: d.stat_ns as f64 / 1e6,
+            cpu_percent: d.cpu_percent(),
+        });
+    }
+    points
+}
+
+/// The two-panel SVG.
+fn plot(points: &[Point]) -> String {
+    let series = |d: &str| {
+        points
+            .iter()
+            .filter(|p| p.detector == d)
+            .map(|p| (p.x, p.cpu_percent))
+            .collect()
+    };
+    svg::render(
+        "execwatch agent CPU: poll vs netlink detector",
+        &[
+            Panel {
+                title: "poll (250 ms interval)".into(),
+                x_label: "processes running".into(),
+                y_label: "agent CPU, % of one core".into(),
+                points: series("poll"),
+                color: "#d62728",
+            },
+            Panel {
+                title: "netlink (kernel-filtered)".into(),
+                x_label: "exec events per second (all on the machine)".into(),
+                y_label: "agent CPU, % of one core".into(),
+                points: series("netlink"),
+                color: "#1f77b4",
+            },
+        ],
+    )
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Processes (thread-group leaders, kernel threads included) in /proc now.
+fn process_count() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,7 @@
+//! One module per scenario; each `run` returns its report.
+
+pub mod crossover;
+pub mod enrichment;
+pub mod idle;
+pub mod latency;
+pub mod storm;

@@ -1,0 +1,158 @@
+//! Storm: two spawners fork+exec+wait `/bin/true` flat out for `--seconds`
+//! (the most this machine can do), with the agent on default flags, one
+//! gRPC subscriber, the dry-run reclaimer and the raw listener all watching.
+//!
+//! Delivery is matched by pid against what was spawned (a sighting counts
+//! only if it comes after the spawn). CPU is the kernel's utime + stime of
+//! the whole process (all threads) across the storm and its drain, divided
+//! by the exec events the agent itself counted (its GetStats `execs`, which
+//! includes anything else that executed meanwhile). The raw listener's CPU
+//! is its thread's exact CPU clock over its whole life, per exec it saw.
+
+use std::time::Duration;
+
+use crate::raw_listener::RawListener;
+use crate::report::Report;
+use crate::spawner::Load;
+use crate::timing::round1;
+use crate::{agent::Agent, reclaimer::Reclaimer, subscriber::Subscriber, Bench};
+
+/// Runs the storm.
+pub fn run(b: &Bench) -> Report {
+    let agent = Agent::start(b.dir.path(), "netlink");
+    let sub = Subscriber::start(&b.rt, &agent.socket, &["/bin/true"]);
+    // Rules that match nothing in the storm: the reclaimer only tracks.
+    let mut reclaimer = Reclaimer::start(
+        b.dir.path(),
+        &agent.socket,
+        "ewb-probe",
+        &b.out.join("reclaimer-storm.log"),
+    );
+    reclaimer.wait_connected();
+    let raw = RawListener::start().expect("start the raw netlink listener");
+    std::thread::sleep(Duration::from_millis(200));
+
+    let stats0 = b.rt.block_on(agent.stats());
+    let (a0, r0) = (agent.sample(), reclaimer.sample());
+    let r_events0 = reclaimer.metric("events_total");
+    let r_lost0 = reclaimer.metric("lost_markers_total");
+    let lost0 = sub
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .lost_markers;
+
+    let load = Load::start(2, None);
+    std::thread::sleep(Duration::from_secs(b.opts.seconds));
+    let (spawns, seconds) = load.stop();
+    sub.settle(Duration::from_millis(500), Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (a1, r1) = (agent.sample(), reclaimer.sample());
+    let stats1 = b.rt.block_on(agent.stats());
+    let r_events = reclaimer.metric("events_total") - r_events0;
+    let r_lost = reclaimer.metric("lost_markers_total") - r_lost0;
+    let raw = raw.stop();
+    let (agent_rss, reclaimer_rss) = (agent.peak_rss_kib(), reclaimer.peak_rss_kib());
+
+    let seen = sub.seen.lock().unwrap_or_else(|e| e.into_inner());
+    let spawned = spawns.len();
+    let delivered = seen.arrivals.latencies(&spawns).len();
+    let raw_delivered = raw.arrivals.latencies(&spawns).len();
+    let lost_markers = seen.lost_markers - lost0;
+    let (da, dr) = (a1.since(&a0), r1.since(&r0));
+    let agent_execs = stats1.execs - stats0.execs;
+    let agent_us = da.stat_ns as f64 / 1e3 / agent_execs.max(1) as f64;
+    let raw_us = raw.cpu_ns as f64 / 1e3 / raw.execs.max(1) as f64;
+    let reclaimer_us = dr.stat_ns as f64 / 1e3 / r_events.max(1) as f64;
+    let overruns = stats1.kernel_overruns - stats0.kernel_overruns;
+    let overflows = stats1.subscriber_overflows - stats0.subscriber_overflows;
+    let gone = stats1.exited_before_inspection - stats0.exited_before_inspection;
+
+    let mut r = Report::new("storm");
+    r.row(
+        "spawned",
+        format!(
+            "{spawned} in {seconds:.1} s by 2 threads ({:.0}/s)",
+            spawned as f64 / seconds
+        ),
+    );
+    r.row(
+        "delivered to subscriber",
+        format!(
+            "{delivered} ({} missing), {lost_markers} lost markers",
+            spawned - delivered
+        ),
+    );
+    r.row(
+        "delivered to raw listener",
+        format!(
+            "{raw_delivered} ({} missing), {} ENOBUFS",
+            spawned - raw_delivered,
+            raw.overruns
+        ),
+    );
+    r.row("agent counters", format!("execs {agent_execs}, kernel overruns {overruns}, subscriber overflows {overflows}, exited before inspection {gone}"));
+    r.row(
+        "agent CPU",
+        format!(
+            "{:.0} ms = {agent_us:.1} µs per exec ({:.1}× the raw listener's {raw_us:.1} µs)",
+            da.stat_ns as f64 / 1e6,
+            agent_us / raw_us.max(1e-9)
+        ),
+    );
+    r.row("reclaimer CPU", format!("{:.0} ms = {reclaimer_us:.1} µs per stream item ({r_events} items: execs, exits, snapshot), {r_lost} lost markers", dr.stat_ns as f64 / 1e6));
+    r.row(
+        "peak RSS (VmHWM)",
+        format!(
+            "agent {:.1} MiB, reclaimer {:.1} MiB",
+            agent_rss as f64 / 1024.0,
+            reclaimer_rss as f64 / 1024.0
+        ),
+    );
+    r.json("spawned", spawned);
+    r.json("seconds", round1(seconds));
+    r.json("spawn_rate_per_s", round1(spawned as f64 / seconds));
+    r.json("delivered", delivered);
+    r.json("raw_delivered", raw_delivered);
+    r.json("lost_markers", lost_markers);
+    r.json("raw_enobufs", raw.overruns);
+    r.json("agent_execs", agent_execs);
+    r.json("agent_kernel_overruns", overruns);
+    r.json("agent_subscriber_overflows", overflows);
+    r.json("agent_exited_before_inspection", gone);
+    r.json("agent_cpu_ms", round1(da.stat_ns as f64 / 1e6));
+    r.json("agent_cpu_us_per_exec", round1(agent_us));
+    r.json("raw_cpu_us_per_exec", round1(raw_us));
+    r.json("agent_cpu_over_raw", round1(agent_us / raw_us.max(1e-9)));
+    r.json("reclaimer_cpu_ms", round1(dr.stat_ns as f64 / 1e6));
+    r.json("reclaimer_items", r_events);
+    r.json("reclaimer_cpu_us_per_item", round1(reclaimer_us));
+    r.json("reclaimer_lost_markers", r_lost);
+    r.json("agent_peak_rss_kib", agent_rss);
+    r.json("reclaimer_peak_rss_kib", reclaimer_rss);
+    r.target(
+        "events lost (spawned − delivered)",
+        (spawned - delivered) as f64,
+        true,
+        0.0,
+        "",
+    );
+    r.target("lost markers", lost_markers as f64, true, 0.0, "");
+    r.target("agent CPU per exec", round1(agent_us), true, 20.0, "µs");
+    r.target(
+        "agent peak RSS",
+        round1(agent_rss as f64 / 1024.0),
+        true,
+        10.0,
+        "MiB",
+    );
+    r.target(
+        "reclaimer peak RSS",
+        round1(reclaimer_rss as f64 / 1024.0),
+        true,
+        40.0,
+        "MiB",
+    );
+    r
+}
