@@ -29,6 +29,11 @@ use tonic::Streaming;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Held by the tests that reap processes the agent has not read yet and by
+/// the one that rewinds the kernel's pid cursor: a rewind would hand a reaped
+/// pid to a newcomer, which the agent would then (rightly) describe instead.
+static PID_CURSOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The agent's default `--max-argv-bytes`.
 const MAX_ARGV_BYTES: usize = 32 * 1024;
 
@@ -310,6 +315,7 @@ fn assert_delivered_gone(p: &Process) {
 
 #[tokio::test]
 async fn processes_that_exit_before_inspection_are_still_delivered() {
+    let _cursor = PID_CURSOR.lock().await;
     let agent = Agent::start(&[]);
     let mut stream = agent.watch(live(false)).await;
 
@@ -413,6 +419,7 @@ async fn a_pid_reused_after_the_snapshot_is_a_new_process() {
     // may write it in the initial pid namespace): set it to the old pid - 1
     // right after the old process is reaped and the next fork gets the old
     // pid, unless another process on the machine forks in between: retry.
+    let _cursor = PID_CURSOR.lock().await;
     let agent = Agent::start(&[]);
     let old_prog = UniqueProgram::new("ewold");
     let old = old_prog.spawn(30, &[]);
