@@ -115,25 +115,32 @@ fn panel(s: &mut String, p: &Panel, x0: f64, y_max: f64) {
         p.color
     );
     for &(x, y) in &p.points {
+        // Label up and to the right, or to the left near the right edge.
+        let (lx, anchor) = if px(x) < right - 40.0 {
+            (px(x) + 7.0, "start")
+        } else {
+            (px(x) - 7.0, "end")
+        };
         let _ = writeln!(
             s,
-            r#"<circle cx="{0:.1}" cy="{1:.1}" r="4" fill="{2}"/><text x="{0:.1}" y="{3:.1}" text-anchor="middle" fill="{2}">{4}</text>"#,
+            r#"<circle cx="{0:.1}" cy="{1:.1}" r="4" fill="{2}"/><text x="{lx:.1}" y="{3:.1}" text-anchor="{anchor}" fill="{2}">{4}</text>"#,
             px(x),
             py(y),
             p.color,
-            py(y) - 9.0,
+            py(y) - 7.0,
             tick(y)
         );
     }
 }
 
-/// The smallest 1, 2, 2.5 or 5 × 10^k at or above `v` (1 for nothing).
+/// The smallest "round" number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 × 10^k)
+/// at or above `v`, so that fifths of it make readable ticks (1 for nothing).
 fn nice_max(v: f64) -> f64 {
     if v.is_nan() || v <= 0.0 {
         return 1.0;
     }
     let mag = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
+    [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .iter()
         .map(|m| m * mag)
         .find(|&c| c >= v)
