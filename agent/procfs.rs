@@ -218,11 +218,13 @@ fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
         bytes = &bytes[..limit];
         p.argv_truncated = true;
     }
-    // The kernel ends every argument with NUL; drop the last one only.
-    let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
+    // Nothing at all: a zombie or a kernel thread. A lone NUL, by contrast,
+    // is one empty argument (argv = [""]), which is a real command line.
     if bytes.is_empty() {
         return;
     }
+    // The kernel ends every argument with NUL; drop the last one only.
+    let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
     for arg in bytes.split(|&b| b == 0) {
         match std::str::from_utf8(arg) {
             Ok(s) => p.argv.push(s.to_string()),

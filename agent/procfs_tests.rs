@@ -115,3 +115,16 @@ fn credentials_parse_real_and_effective() {
     );
     assert_eq!(parse_credentials(b"Uid:\t1\n"), None);
 }
+
+#[test]
+fn argv_of_one_empty_argument_is_kept() {
+    let mut p = Process::default();
+    set_argv(&mut p, b"\0", 100);
+    assert_eq!(p.argv, [""]);
+    let mut p = Process::default();
+    set_argv(&mut p, b"", 100);
+    assert!(p.argv.is_empty(), "no command line at all (zombie)");
+    let mut p = Process::default();
+    set_argv(&mut p, b"a\0\0b\0", 100);
+    assert_eq!(p.argv, ["a", "", "b"]);
+}
