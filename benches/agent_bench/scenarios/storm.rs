@@ -101,6 +101,17 @@ pub fn run(b: &Bench) -> Report {
             agent_us / raw_us.max(1e-9)
         ),
     );
+    let per = |n: u64, d: u64| n as f64 / d.max(1) as f64;
+    r.row(
+        "wake-ups (context switches)",
+        format!(
+            "agent {} = {:.2} per exec; reclaimer {} = {:.2} per item",
+            da.switches,
+            per(da.switches, agent_execs),
+            dr.switches,
+            per(dr.switches, r_events)
+        ),
+    );
     r.row("reclaimer CPU", format!("{:.0} ms = {reclaimer_us:.1} µs per stream item ({r_events} items: execs, exits, snapshot), {r_lost} lost markers", dr.stat_ns as f64 / 1e6));
     r.row(
         "peak RSS (VmHWM)",
@@ -125,6 +136,15 @@ pub fn run(b: &Bench) -> Report {
     r.json("agent_cpu_us_per_exec", round1(agent_us));
     r.json("raw_cpu_us_per_exec", round1(raw_us));
     r.json("agent_cpu_over_raw", round1(agent_us / raw_us.max(1e-9)));
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    r.json(
+        "agent_wakeups_per_exec",
+        round2(per(da.switches, agent_execs)),
+    );
+    r.json(
+        "reclaimer_wakeups_per_item",
+        round2(per(dr.switches, r_events)),
+    );
     r.json("reclaimer_cpu_ms", round1(dr.stat_ns as f64 / 1e6));
     r.json("reclaimer_items", r_events);
     r.json("reclaimer_cpu_us_per_item", round1(reclaimer_us));
