@@ -7,7 +7,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use execwatch::proto::{watch_event::Kind, LossSite, SnapshotCause, StatsRequest, WatchRequest};
+use execwatch::proto::{watch_event::Kind, LossSite, SnapshotCause, WatchRequest};
 use nix::sys::signal::Signal;
 use support::*;
 
@@ -65,13 +65,7 @@ async fn kernel_overflow_yields_lost_then_a_resync_with_the_survivor() {
         "the resync lists the process started during the stall"
     );
 
-    let stats = agent
-        .client()
-        .await
-        .get_stats(StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = agent.stats().await;
     assert!(stats.kernel_overruns >= 1);
     assert!(stats.snapshots >= 2);
 }
@@ -131,13 +125,7 @@ async fn a_stalled_subscriber_does_not_delay_another_and_learns_what_it_missed()
     assert_eq!(c.cause(), SnapshotCause::Resync);
     assert!(resync.iter().any(|ev| is_process(ev, last.id(), true)));
     stop(last);
-    let stats = agent
-        .client()
-        .await
-        .get_stats(StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = agent.stats().await;
     assert!(stats.subscriber_overflows >= 1);
 }
 
@@ -172,13 +160,7 @@ async fn a_subscriber_that_keeps_falling_behind_is_cut_off_with_a_clear_status()
             (round, outcome) => panic!("round {round}: {outcome:?}"),
         }
     }
-    let stats = agent
-        .client()
-        .await
-        .get_stats(StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = agent.stats().await;
     assert_eq!(stats.subscribers_cut_off, 1);
     assert!(stats.subscriber_overflows >= 4);
 }

@@ -7,7 +7,7 @@ mod support;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use execwatch::proto::{watch_event::Kind, SnapshotCause, Source, StatsRequest, WatchRequest};
+use execwatch::proto::{watch_event::Kind, SnapshotCause, Source, WatchRequest};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -164,13 +164,7 @@ async fn stats_report_the_detector_and_counts() {
     let child = prog.spawn(30, &[]);
     until(&mut stream, WAIT, |ev| is_process(ev, child.id(), false)).await;
     stop(child);
-    let stats = agent
-        .client()
-        .await
-        .get_stats(StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = agent.stats().await;
     assert_eq!(stats.detector, "netlink");
     assert_eq!(
         stats.subscription_mode, "kernel-filtered",

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use execwatch::proto::{watch_event::Kind, Process, StatsRequest, WatchEvent, WatchRequest};
+use execwatch::proto::{watch_event::Kind, Process, WatchEvent, WatchRequest};
 use support::*;
 use tonic::Streaming;
 
@@ -352,13 +352,7 @@ async fn processes_that_exit_before_inspection_are_still_delivered() {
         );
         assert!(p.comm.is_empty() && p.argv.is_empty());
     }
-    let stats = agent
-        .client()
-        .await
-        .get_stats(StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = agent.stats().await;
     assert!(
         stats.exited_before_inspection >= 100 + gone.len() as u64,
         "{stats:?}"

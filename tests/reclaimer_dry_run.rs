@@ -84,11 +84,7 @@ fn a_real_jvm_launch_fires_and_a_running_one_fires_after_a_restart() {
     let prog = UniqueProgram::new("java");
     // comm is the file name: a copy of sleep named java12345 is not "java",
     // so name the rule after the copy.
-    let rules = write_file(
-        dir.path(),
-        "rules2.toml",
-        &format!("match_commands = [\"{}\"]\n", prog.name),
-    );
+    let rules = rules_for(dir.path(), "rules2.toml", &prog, "");
     let running = prog.spawn(30, &[]);
     wait_exec(running.id(), &prog.name);
     let reclaimer = Reclaimer::start(
@@ -239,16 +235,8 @@ fn pod_processes_do_not_count_unless_the_scope_is_all() {
     let socket = agent.socket.to_str().unwrap();
     let dir = world_readable_tempdir();
     let prog = UniqueProgram::new("ewpod");
-    let host_only = write_file(
-        dir.path(),
-        "host.toml",
-        &format!("match_commands = [\"{}\"]\n", prog.name),
-    );
-    let all = write_file(
-        dir.path(),
-        "all.toml",
-        &format!("match_commands = [\"{}\"]\nscope = \"all\"\n", prog.name),
-    );
+    let host_only = rules_for(dir.path(), "host.toml", &prog, "");
+    let all = rules_for(dir.path(), "all.toml", &prog, "scope = \"all\"\n");
     let cgroup = PodCgroup::create();
 
     // The agent sees the process as a pod's.
@@ -353,11 +341,7 @@ fn metrics_count_events_matches_and_rule_errors() {
     let socket = agent.socket.to_str().unwrap();
     let dir = world_readable_tempdir();
     let prog = UniqueProgram::new("ewmet");
-    let rules = write_file(
-        dir.path(),
-        "rules.toml",
-        &format!("match_commands = [\"{}\"]\n", prog.name),
-    );
+    let rules = rules_for(dir.path(), "rules.toml", &prog, "");
     // A free loopback port, released just before the reclaimer takes it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -102,6 +102,16 @@ impl Agent {
             .into_inner()
     }
 
+    /// The agent's counters.
+    pub async fn stats(&self) -> execwatch::proto::Stats {
+        self.client()
+            .await
+            .get_stats(execwatch::proto::StatsRequest {})
+            .await
+            .expect("GetStats")
+            .into_inner()
+    }
+
     /// Sends a signal to the agent.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
@@ -374,6 +384,16 @@ impl Drop for Reclaimer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes rules matching `prog`'s comm (plus `extra` TOML lines) to `name`
+/// in `dir`; returns the path.
+pub fn rules_for(dir: &Path, name: &str, prog: &UniqueProgram, extra: &str) -> String {
+    write_file(
+        dir,
+        name,
+        &format!("match_commands = [\"{}\"]\n{extra}", prog.name),
+    )
 }
 
 /// Writes `text` to a fresh file in `dir` and returns its path as a string.
