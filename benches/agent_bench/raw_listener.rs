@@ -28,6 +28,9 @@ pub struct RawResult {
     pub kernel: Arrivals,
     /// Exec events received.
     pub execs: u64,
+    /// Receive time of every event of any kind (with [`RawListener::start_with`]
+    /// a wider mask than exec), to tell when the kernel was quiet.
+    pub all: Vec<u64>,
     /// Times `recv` said ENOBUFS (events lost before the listener saw them).
     pub overruns: u64,
     /// CPU time of the listener thread, ns (exact).
@@ -41,10 +44,15 @@ pub struct RawListener {
 }
 
 impl RawListener {
-    /// Subscribes (before returning: every exec after this call is
+    /// Subscribes to execs (before returning: every exec after this call is
     /// delivered) and starts the reading thread.
     pub fn start() -> io::Result<Self> {
-        let sock = open()?;
+        Self::start_with(event_mask::EXEC)
+    }
+
+    /// The same with the kernel filter `mask` (bits of [`event_mask`]).
+    pub fn start_with(mask: u32) -> io::Result<Self> {
+        let sock = open(mask)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -71,7 +79,7 @@ impl Drop for RawListener {
 }
 
 /// Socket, bind, receive buffer, receive timeout, subscription.
-fn open() -> io::Result<OwnedFd> {
+fn open(mask: u32) -> io::Result<OwnedFd> {
     let check = |rc: libc::c_int| {
         if rc < 0 {
             Err(io::Error::last_os_error())
@@ -116,7 +124,7 @@ fn open() -> io::Result<OwnedFd> {
             &timeout as *const _ as *const _,
             tv_len,
         ))?;
-        let msg = subscribe_message(McastOp::Listen, Some(event_mask::EXEC), 1, 0);
+        let msg = subscribe_message(McastOp::Listen, Some(mask), 1, 0);
         if libc::send(fd, msg.as_ptr() as *const libc::c_void, msg.len(), 0) < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -150,6 +158,7 @@ fn run(sock: OwnedFd, stop: &AtomicBool) -> RawResult {
         }
         for message in parse_datagram(&buf[..n as usize]).flatten() {
             if let Message::Event(ev) = message {
+                out.all.push(at);
                 if let EventKind::Exec { tgid, .. } = ev.kind {
                     out.execs += 1;
                     out.arrivals.record(tgid, at);
