@@ -1,11 +1,12 @@
 //! The processes the benchmark starts, and their reliable end.
 //!
-//! Three layers make sure nothing outlives a run: each child is owned by a
+//! Four layers make sure nothing outlives a run: each child is owned by a
 //! guard whose `Drop` kills and reaps it; every pid (and the sleepers'
 //! process group) is also in a registry that a panic hook kills, in case a
-//! panic aborts instead of unwinding; and the agent and reclaimer get
-//! `PR_SET_PDEATHSIG(SIGKILL)`, so even a `kill -9` of the benchmark ends them.
-//! Sleepers are `sleep 600`: at worst they end on their own.
+//! panic aborts instead of unwinding, and that Ctrl-C or SIGTERM kill before
+//! the benchmark exits; and the agent and reclaimer get
+//! `PR_SET_PDEATHSIG(SIGKILL)`, so even a `kill -9` of the benchmark ends
+//! them. Sleepers are `sleep 600`: after a `kill -9` they end on their own.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -22,13 +23,35 @@ pub fn kill_all_on_panic() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
-        if let Ok(live) = LIVE.lock() {
-            for &id in live.iter() {
-                // SAFETY: kill has no memory effects; a stale id fails harmlessly.
-                unsafe { libc::kill(id, libc::SIGKILL) };
-            }
-        }
+        kill_registered();
     }));
+}
+
+/// On SIGINT or SIGTERM, kills everything in the registry and exits 130.
+pub fn kill_all_on_signal(rt: &tokio::runtime::Runtime) {
+    use tokio::signal::unix::{signal, SignalKind};
+    rt.spawn(async {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            eprintln!("agent_bench: cannot handle SIGINT/SIGTERM; an interrupted run may leave sleepers behind");
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        kill_registered();
+        eprintln!("agent_bench: interrupted; every child killed");
+        std::process::exit(130);
+    });
+}
+
+fn kill_registered() {
+    if let Ok(live) = LIVE.lock() {
+        for &id in live.iter() {
+            // SAFETY: kill has no memory effects; a stale id fails harmlessly.
+            unsafe { libc::kill(id, libc::SIGKILL) };
+        }
+    }
 }
 
 fn register(id: i32) {

@@ -130,6 +130,7 @@ fn main() {
         out,
     };
 
+    children::kill_all_on_signal(&bench.rt);
     let load_before = loadavg();
     let started = std::time::Instant::now();
     println!(
