@@ -72,6 +72,10 @@ pub struct Options {
     /// Where the CSV and SVG go (default: <target dir>/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Only render `detectors.svg` again from this `crossover.csv` (into
+    /// --out), running nothing.
+    #[arg(long, value_name = "CSV")]
+    pub replot: Option<PathBuf>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -91,6 +95,19 @@ pub struct Bench {
 
 fn main() {
     let opts = Options::parse();
+    let out = opts.out.clone().unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+        target.join("bench")
+    });
+    std::fs::create_dir_all(&out).expect("create the output directory");
+    if let Some(csv) = &opts.replot {
+        for file in scenarios::crossover::replot(csv, &out) {
+            println!("written {}", file.display());
+        }
+        return;
+    }
     // SAFETY: geteuid has no memory effects.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("agent_bench must run as root (the agent reads every process's /proc, the raw listener forces its receive buffer)");
@@ -112,13 +129,6 @@ fn main() {
             .collect()
     };
     children::kill_all_on_panic();
-    let out = opts.out.clone().unwrap_or_else(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-        target.join("bench")
-    });
-    std::fs::create_dir_all(&out).expect("create the output directory");
     let bench = Bench {
         opts,
         rt: tokio::runtime::Builder::new_multi_thread()

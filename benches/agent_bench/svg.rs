@@ -114,16 +114,18 @@ fn panel(s: &mut String, p: &Panel, x0: f64, y_max: f64) {
         pts.join(" "),
         p.color
     );
-    for &(x, y) in &p.points {
-        // Label up and to the right, or to the left near the right edge.
-        let (lx, anchor) = if px(x) < right - 40.0 {
+    for (i, &(x, y)) in p.points.iter().enumerate() {
+        // The first label right of its point, clear of the y axis; the
+        // others left of theirs, above the segment that comes from the left.
+        // A white halo keeps a label readable where the line crosses it.
+        let (lx, anchor) = if i == 0 {
             (px(x) + 7.0, "start")
         } else {
             (px(x) - 7.0, "end")
         };
         let _ = writeln!(
             s,
-            r#"<circle cx="{0:.1}" cy="{1:.1}" r="4" fill="{2}"/><text x="{lx:.1}" y="{3:.1}" text-anchor="{anchor}" fill="{2}">{4}</text>"#,
+            r#"<circle cx="{0:.1}" cy="{1:.1}" r="4" fill="{2}"/><text x="{lx:.1}" y="{3:.1}" text-anchor="{anchor}" fill="{2}" stroke="white" stroke-width="4" paint-order="stroke">{4}</text>"#,
             px(x),
             py(y),
             p.color,

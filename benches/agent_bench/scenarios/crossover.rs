@@ -17,6 +17,7 @@
 //! `detectors.svg` (and `detectors.png` if `rsvg-convert` is installed).
 
 use std::fmt::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::children::Sleepers;
@@ -113,23 +114,58 @@ pub fn run(b: &Bench) -> Report {
     );
     r.json("seconds_per_point", secs.as_secs());
     r.json("points", json);
-    let (csv_path, svg_path) = (b.out.join("crossover.csv"), b.out.join("detectors.svg"));
+    let csv_path = b.out.join("crossover.csv");
     std::fs::write(&csv_path, csv).expect("write crossover.csv");
-    std::fs::write(&svg_path, plot(&points)).expect("write detectors.svg");
-    r.row(
-        "written",
-        format!("{} and {}", csv_path.display(), svg_path.display()),
-    );
-    let png = b.out.join("detectors.png");
+    r.row("written", csv_path.display().to_string());
+    for file in write_plot(&points, &b.out) {
+        r.row("written", file.display().to_string());
+    }
+    r
+}
+
+/// Renders `crossover.csv` of an earlier run again (`--replot FILE`) into
+/// `detectors.svg` (and `.png`) in `out`; returns the files written.
+pub fn replot(csv: &Path, out: &Path) -> Vec<PathBuf> {
+    let text =
+        std::fs::read_to_string(csv).unwrap_or_else(|e| panic!("read {}: {e}", csv.display()));
+    let points: Vec<Point> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+            Some(Point {
+                detector: match *f.first()? {
+                    "poll" => "poll",
+                    "netlink" => "netlink",
+                    _ => return None,
+                },
+                asked: num(1)?,
+                achieved: num(2)?,
+                x: num(3)?,
+                cpu_ms: num(6)?,
+                cpu_percent: num(7)?,
+            })
+        })
+        .collect();
+    write_plot(&points, out)
+}
+
+/// Writes `detectors.svg`, and `detectors.png` when `rsvg-convert` is there.
+fn write_plot(points: &[Point], out: &Path) -> Vec<PathBuf> {
+    let svg_path = out.join("detectors.svg");
+    std::fs::write(&svg_path, plot(points)).expect("write detectors.svg");
+    let png = out.join("detectors.png");
     let converted = std::process::Command::new("rsvg-convert")
         .arg("-o")
         .arg(&png)
         .arg(&svg_path)
         .status();
+    let mut files = vec![svg_path];
     if converted.is_ok_and(|s| s.success()) {
-        r.row("rendered", png.display().to_string());
+        files.push(png);
     }
-    r
+    files
 }
 
 /// The poll agent with more and more sleepers.
