@@ -63,7 +63,8 @@ pub struct Options {
     /// Crossover: measuring time per point, s.
     #[arg(long, default_value_t = 10)]
     pub crossover_seconds: u64,
-    /// Crossover: sleeping processes to add for the poll detector.
+    /// Crossover: sleeping processes for each poll detector point (cumulative:
+    /// each step adds what the previous one lacks).
     #[arg(long, value_delimiter = ',', default_value = "100,2000,10000")]
     pub sleepers: Vec<usize>,
     /// Crossover: exec rates (per second) for the netlink detector.
