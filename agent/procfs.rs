@@ -91,7 +91,8 @@ impl ProcReader {
         let path = format!("{pid}/stat");
         read_at(&self.proc_dir, &path, &mut self.buf, 4096).ok()?;
         let stat = StatLine::parse(&self.buf)?;
-        if stat.flags & PF_KTHREAD != 0 {
+        // A zombie is gone as far as a scan is concerned: its exit happened.
+        if stat.flags & PF_KTHREAD != 0 || stat.exited() {
             return None;
         }
         let mut comm = [0u8; 16];
@@ -134,6 +135,18 @@ impl ProcReader {
                 p.comm = String::from_utf8_lossy(stat.comm).into_owned();
                 p.ppid = stat.ppid;
                 p.start_ticks = stat.start_ticks;
+                if stat.exited() {
+                    // Reaping pending: the exit already happened, and a
+                    // snapshot must not list it as running (its exit event
+                    // may have gone by before the subscriber joined).
+                    p.exited_before_inspection = true;
+                    unavailable(
+                        &mut p,
+                        "argv",
+                        "process exited (zombie) before it could be inspected".into(),
+                    );
+                    return Some(p);
+                }
             }
             Ok(None) => unavailable(&mut p, "comm", "unparsable /proc/<pid>/stat".into()),
             Err(e) => {

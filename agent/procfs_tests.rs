@@ -128,3 +128,26 @@ fn argv_of_one_empty_argument_is_kept() {
     set_argv(&mut p, b"a\0\0b\0", 100);
     assert_eq!(p.argv, ["a", "", "b"]);
 }
+
+#[test]
+fn a_zombie_counts_as_exited() {
+    // A child that exits and is not reaped stays a zombie until wait().
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id() as i32;
+    let mut r = reader();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let p = loop {
+        let p = r.read(pid, pid, Source::Snapshot).unwrap();
+        if p.exited_before_inspection {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never became a zombie"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(p.comm, "true", "what could be read is kept");
+    assert!(r.identity(pid).is_none(), "a scan treats a zombie as gone");
+    child.wait().unwrap();
+}

@@ -14,6 +14,8 @@
 pub struct StatLine<'a> {
     /// The kernel's command name (up to 15 bytes, any bytes but NUL).
     pub comm: &'a [u8],
+    /// Scheduler state (field 3): `R`, `S`, `D`, … ; `Z` for a zombie.
+    pub state: u8,
     /// Parent's pid (field 4).
     pub ppid: i32,
     /// Kernel `PF_*` flags (field 9).
@@ -23,6 +25,12 @@ pub struct StatLine<'a> {
 }
 
 impl<'a> StatLine<'a> {
+    /// Whether the process has exited and only waits to be reaped (zombie,
+    /// or dead): it runs no program any more.
+    pub fn exited(&self) -> bool {
+        matches!(self.state, b'Z' | b'X' | b'x')
+    }
+
     /// Parses the file's contents; `None` if it is not the kernel's format.
     pub fn parse(line: &'a [u8]) -> Option<Self> {
         let open = line.iter().position(|&b| b == b'(')?;
@@ -36,6 +44,7 @@ impl<'a> StatLine<'a> {
         let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect();
         Some(Self {
             comm,
+            state: fields.first()?.bytes().next()?,
             ppid: fields.get(4 - 3)?.parse().ok()?,
             flags: fields.get(9 - 3)?.parse().ok()?,
             start_ticks: fields.get(22 - 3)?.parse().ok()?,
@@ -55,11 +64,17 @@ mod tests {
             stat,
             StatLine {
                 comm: b"java",
+                state: b'S',
                 ppid: 1,
                 flags: 4194560,
                 start_ticks: 987654
             }
         );
+        assert!(!stat.exited());
+        let zombie =
+            StatLine::parse(b"5 (defunct) Z 1 5 5 0 -1 4194316 0 0 0 0 0 0 0 0 20 0 1 0 77 0 0\n")
+                .unwrap();
+        assert!(zombie.exited());
     }
 
     #[test]
