@@ -5,6 +5,7 @@ mod support;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
@@ -103,4 +104,81 @@ fn bad_flags_are_refused_with_a_clear_message() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expect), "{flag}: {err}");
     }
+}
+
+/// The deployment runs the agent as uid 65534 with no capabilities: on this
+/// kernel (>= 6.6) that is enough to subscribe and to read other users'
+/// comm, cmdline, status and cgroup; exe and cwd of other users' processes
+/// are reported unavailable with the reason.
+#[tokio::test]
+async fn the_agent_works_as_an_unprivileged_user() {
+    use std::os::unix::process::CommandExt;
+    let dir = world_readable_tempdir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = dir.path().join("agent.sock");
+    let log = dir.path().join("agent.log");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_agent"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--socket-mode=0666")
+        .uid(65534)
+        .gid(65534)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !socket.exists() {
+        if let Ok(Some(status)) = agent.try_wait() {
+            panic!(
+                "unprivileged agent exited: {status}\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        assert!(start.elapsed().as_secs() < 15, "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(field("Uid:").contains("65534"), "{}", field("Uid:"));
+    assert_eq!(
+        field("CapEff:").split_whitespace().nth(1),
+        Some("0000000000000000")
+    );
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("kernel-filtered"));
+
+    let mut client = execwatch::client::exec_events(&socket).await.unwrap();
+    let mut stream = client.watch(live(false)).await.unwrap().into_inner();
+    // A root-owned program: its exec arrives with comm, argv and uid; exe
+    // needs CAP_SYS_PTRACE and says so.
+    let prog = UniqueProgram::new("ewunpriv");
+    let child = prog.spawn(30, &["0.1"]);
+    let (ev, _) = until(&mut stream, Duration::from_secs(10), |ev| {
+        is_process(ev, child.id(), false)
+    })
+    .await;
+    stop(child);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let Some(execwatch::proto::watch_event::Kind::Exec(p)) = ev.kind else {
+        unreachable!()
+    };
+    assert_eq!(p.comm, prog.name);
+    assert_eq!(p.argv[1..], ["30", "0.1"]);
+    assert_eq!(p.credentials.unwrap().uid, 0);
+    assert!(p.cgroup.is_some());
+    assert_eq!(p.exe, None);
+    let why = p
+        .unavailable
+        .iter()
+        .find(|u| u.field == "exe")
+        .expect("exe marked unavailable");
+    assert!(why.reason.contains("CAP_SYS_PTRACE"), "{}", why.reason);
 }
