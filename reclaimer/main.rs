@@ -156,5 +156,10 @@ async fn kube_client(read_timeout: Duration) -> anyhow::Result<kube::Client> {
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(read_timeout);
     config.write_timeout = Some(Duration::from_secs(15));
+    // node.rs retries 429/5xx itself: logged, counted in patch_errors, and
+    // Retry-After capped at a minute. kube's own retry layer would answer
+    // them first, silently and without the cap. The watcher has its own
+    // backoff.
+    config.default_retry = false;
     kube::Client::try_from(config).context("cannot build the Kubernetes client")
 }

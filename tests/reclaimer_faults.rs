@@ -412,13 +412,10 @@ async fn failing_reads_are_retried_then_the_node_is_written_once() {
 
 /// docs/operating.md promises, for 429 and 5xx: `patch refused for now;
 /// retrying` in the log, each attempt counted in `patch_errors_total`, and
-/// the server's Retry-After honoured up to 60 s. kube-client 5's default
-/// retry layer (Config::default_retry, on unless turned off) answers 429,
-/// 503 and 504 itself before node.rs sees them: nothing is logged or
-/// counted, and its Retry-After has no cap. Un-ignore once the reclaimer's
-/// client is built with `default_retry = false`.
+/// the server's Retry-After honoured up to 60 s. (kube-client 5's own retry
+/// layer would answer 429, 503 and 504 before node.rs sees them, silently
+/// and uncapped: the reclaimer turns it off.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: kube-client's retry layer hides 429/503/504 from node.rs (no log, no metric, no Retry-After cap)"]
 async fn throttling_is_logged_and_counted_as_documented() {
     let w = World::new(
         "429log",
@@ -450,10 +447,9 @@ async fn throttling_is_logged_and_counted_as_documented() {
 }
 
 /// docs/operating.md: the server's Retry-After is honoured "at most 60 s".
-/// kube-client's retry layer honours any Retry-After, so a 429 asking for
-/// 120 s holds the reclaim back 120 s. Slow by nature (a minute when fixed).
+/// A 429 asking for 120 s holds the reclaim back a minute, not two.
+/// Slow by nature: it waits out the minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: kube-client's retry layer does not cap Retry-After at 60 s; slow (>= 60 s)"]
 async fn a_retry_after_beyond_a_minute_is_capped_at_a_minute() {
     let w = World::new(
         "429cap",
