@@ -316,11 +316,9 @@ async fn throttled_patches_wait_the_retry_after_then_write_once() {
         [(429, true), (429, true), (200, false)],
         "{requests:#?}"
     );
-    // After each 429 the reclaimer's next request for its Node comes no
-    // sooner than Retry-After: 1 s after the 429's request arrived (it could
-    // only start waiting once that request was answered). (kube-client's own
-    // retry layer resends the PATCH; node.rs's loop would re-read first.
-    // Either is fine: the resourceVersion precondition guards the write.)
+    // After each 429 the reclaimer's next request for its Node is a fresh
+    // read, no sooner than Retry-After: 1 s after the 429's request arrived
+    // (it could only start waiting once that request was answered).
     for (i, e) in requests.iter().enumerate() {
         if !e.injected {
             continue;
@@ -329,7 +327,9 @@ async fn throttled_patches_wait_the_retry_after_then_write_once() {
         let gap = next.t0 - e.t0;
         eprintln!("429 -> next {} after {gap:.3} s", next.method);
         assert!(gap >= 1.0, "retried after {gap:.3} s: {requests:#?}");
+        assert_eq!(next.method, "GET", "re-read before retrying: {requests:#?}");
     }
+    w.wait_log("patch refused for now; retrying", 2);
     w.one_event_posted();
     stop(running);
 }
@@ -406,6 +406,7 @@ async fn failing_reads_are_retried_then_the_node_is_written_once() {
     // Only the rechecks' reads follow the one write.
     assert_eq!(patches(&requests).len(), 1, "{requests:#?}");
     assert!(ours[4..].iter().all(|e| e.method == "GET"), "{requests:#?}");
+    w.wait_log("GET Node refused for now; retrying", 2);
     w.one_event_posted();
     stop(running);
 }
