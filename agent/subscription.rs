@@ -24,6 +24,8 @@ use execwatch::clock;
 
 /// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
 const MAX_OVERFLOWS: usize = 3;
+/// Processes read per blocking-pool task during a snapshot.
+const SNAPSHOT_CHUNK: usize = 64;
 /// The window over which overflows are counted.
 const OVERFLOW_WINDOW: Duration = Duration::from_secs(60);
 
@@ -145,38 +147,51 @@ fn lost(site: LossSite, reason: String, count: Option<u64>) -> Kind {
 /// Sends every running process as `existing`, then `snapshot_complete`.
 async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Result<(), Gone> {
     shared.stats.add_snapshots(1);
-    // /proc reads block; a blocking thread scans and hands records over.
-    let (tx, mut rx) = mpsc::channel(256);
+    // /proc reads block, so they run on the blocking pool, but in short
+    // chunks that never wait for the client: a subscriber that stops
+    // reading holds this task (one per subscriber), never a pool thread,
+    // and at most one chunk of records.
     let (root, max_argv) = (shared.proc_root.clone(), shared.max_argv_bytes);
-    let scan = tokio::task::spawn_blocking(move || {
-        let mut reader = match ProcReader::open(&root, max_argv) {
-            Ok(r) => r,
-            Err(e) => return Err(e.to_string()),
-        };
-        let pids = reader
-            .pids()
-            .map_err(|e| format!("cannot list {root}: {e}"))?;
-        for pid in pids {
-            if let Some(p) = reader.read(pid, pid, Source::Snapshot) {
-                if p.exited_before_inspection {
-                    continue;
-                }
-                if tx.blocking_send(p).is_err() {
-                    break;
-                }
-            }
+    let listed = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = ProcReader::open(&root, max_argv).map_err(|e| e.to_string())?;
+            reader
+                .pids()
+                .map_err(|e| format!("cannot list {root}: {e}"))
+        })
+        .await
+    };
+    let pids = match listed {
+        Ok(Ok(pids)) => pids,
+        Ok(Err(e)) => {
+            tracing::error!("snapshot incomplete: {e}");
+            Vec::new()
         }
-        Ok(())
-    });
+        Err(e) => {
+            tracing::error!("snapshot task failed: {e}");
+            Vec::new()
+        }
+    };
     let mut count = 0;
-    while let Some(p) = rx.recv().await {
-        count += 1;
-        em.emit(Kind::Existing(p)).await?;
-    }
-    match scan.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("snapshot incomplete: {e}"),
-        Err(e) => tracing::error!("snapshot task failed: {e}"),
+    for chunk in pids.chunks(SNAPSHOT_CHUNK) {
+        let (chunk, root) = (chunk.to_vec(), root.clone());
+        let records = tokio::task::spawn_blocking(move || {
+            let Ok(mut reader) = ProcReader::open(&root, max_argv) else {
+                return Vec::new();
+            };
+            chunk
+                .into_iter()
+                .filter_map(|pid| reader.read(pid, pid, Source::Snapshot))
+                .filter(|p| !p.exited_before_inspection)
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for p in records {
+            count += 1;
+            em.emit(Kind::Existing(p)).await?;
+        }
     }
     em.emit(Kind::SnapshotComplete(SnapshotComplete {
         processes: count,
