@@ -143,44 +143,41 @@ fn editing_the_rules_file_arms_and_disarms_and_bad_edits_keep_the_last_good_rule
 fn bad_configuration_is_refused_at_start_with_the_input_named() {
     let dir = world_readable_tempdir();
     let bad = write_file(dir.path(), "bad.toml", "match_commands = \"java\"\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
-        .args(["--dry-run", "--rules-file", &bad])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("line 1"), "{err}");
-
-    let out = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
-        .env_remove("NODE_NAME")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--node-name"),
-        "{out:?}"
-    );
-
-    let out = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
-        .args([
-            "--node-name",
-            "n1",
-            "--machine-id-file",
-            "/nonexistent/machine-id",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/machine-id"),
-        "{out:?}"
-    );
-
-    let out = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
-        .args(["--recheck-interval", "soon"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    // (arguments, words the error must contain, exit code if it matters)
+    let cases: [(&[&str], &[&str], Option<i32>); 4] = [
+        (
+            &["--dry-run", "--rules-file", &bad],
+            &["bad.toml", "line 1"],
+            None,
+        ),
+        (&[], &["--node-name"], None),
+        (
+            &[
+                "--node-name",
+                "n1",
+                "--machine-id-file",
+                "/nonexistent/machine-id",
+            ],
+            &["/nonexistent/machine-id"],
+            None,
+        ),
+        (&["--recheck-interval", "soon"], &["soon"], Some(2)),
+    ];
+    for (args, words, code) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
+            .args(args)
+            .env_remove("NODE_NAME")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for word in words {
+            assert!(err.contains(word), "{args:?}: no {word:?} in {err}");
+        }
+        if let Some(code) = code {
+            assert_eq!(out.status.code(), Some(code), "{args:?}");
+        }
+    }
 }
 
 #[test]
