@@ -12,7 +12,6 @@
 //! caller already knew and `exited_before_inspection` set.
 
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -24,6 +23,9 @@ use nix::sys::stat::Mode;
 
 use crate::stat_line::StatLine;
 use execwatch::clock;
+
+/// First read size: every file read here but a long command line fits.
+const READ_CHUNK: usize = 4096;
 
 /// Kernel threads carry this flag in field 9 of `/proc/<pid>/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -190,13 +192,35 @@ fn fd_path(fd: &impl AsFd) -> String {
 }
 
 /// Reads at most `limit` bytes of `name` under `dir` into `buf`.
+///
+/// procfs hands these files over whole on the first read (`stat`, `status`
+/// and `cgroup` are single-record seq files, and `cmdline` copies as much of
+/// the argument area as is asked for), so a read that leaves room in the
+/// buffer has reached the end: no second read just to see end-of-file.
 fn read_at(dir: &OwnedFd, name: &str, buf: &mut Vec<u8>, limit: usize) -> Result<usize, Errno> {
     buf.clear();
     let fd = openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
-    let file = std::fs::File::from(fd);
-    file.take(limit as u64)
-        .read_to_end(buf)
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    let (mut filled, mut chunk) = (0, READ_CHUNK);
+    loop {
+        let end = (filled + chunk).min(limit);
+        buf.resize(end, 0);
+        match nix::unistd::read(&fd, &mut buf[filled..end]) {
+            Ok(n) => {
+                filled += n;
+                if n == 0 || filled < end || filled == limit {
+                    break;
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                buf.clear();
+                return Err(e);
+            }
+        }
+        chunk *= 2;
+    }
+    buf.truncate(filled);
+    Ok(filled)
 }
 
 /// Parses the `Uid:` and `Gid:` lines of `/proc/<pid>/status`.

@@ -80,6 +80,23 @@ fn long_command_lines_are_cut_and_flagged() {
 }
 
 #[test]
+fn command_lines_longer_than_one_read_are_read_whole() {
+    // 3 arguments of 5,000 bytes: several reads of growing size, and the
+    // limit (32 KiB) is far away, so nothing may be cut.
+    let args: Vec<String> = (b'a'..=b'c')
+        .map(|c| (c as char).to_string().repeat(5_000))
+        .collect();
+    let os: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let mut child = shell_with(&os);
+    let pid = child.id() as i32;
+    let p = reader().read(pid, pid, Source::Poll).unwrap();
+    child.kill().ok();
+    child.wait().ok();
+    assert!(!p.argv_truncated, "{p:?}");
+    assert_eq!(p.argv[4..], args[..], "every byte of every argument");
+}
+
+#[test]
 fn a_vanished_pid_is_flagged_not_dropped() {
     let mut child = Command::new("true").spawn().expect("spawn true");
     let pid = child.id() as i32;
