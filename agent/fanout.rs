@@ -1,4 +1,4 @@
-//! Fan-out from the one detector thread to every subscriber, without ever
+//! Fan-out from the one detector to every subscriber, without ever
 //! waiting on a subscriber.
 //!
 //! The detector calls [`Fanout::publish`]; each subscriber has its own bounded

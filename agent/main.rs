@@ -7,6 +7,7 @@ mod fanout;
 mod health_check;
 mod netlink;
 mod netlink_detector;
+mod netlink_reader;
 mod poll;
 mod procfs;
 mod server;
@@ -70,14 +71,11 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
                 "netlink detector subscribed and confirmed by a probe exec"
             );
             let (fanout, stats) = (fanout.clone(), stats.clone());
-            std::thread::Builder::new()
-                .name("netlink".into())
-                .spawn(move || {
-                    let err = detector.run(reader, fanout, stats);
-                    tracing::error!("netlink detector stopped: {err}");
-                    std::process::exit(1);
-                })
-                .context("cannot start the detector thread")?;
+            tokio::spawn(async move {
+                let err = netlink_reader::run(detector, reader, fanout, stats).await;
+                tracing::error!("netlink detector stopped: {err}");
+                std::process::exit(1);
+            });
         }
         Detector::Poll => {
             stats.set_detector("poll", "", 0);

@@ -47,7 +47,8 @@ pub enum Received {
     Datagram(usize),
     /// The receive buffer overflowed (ENOBUFS): events were dropped.
     Overrun,
-    /// Nothing arrived within the timeout.
+    /// Nothing arrived within the timeout (or, for
+    /// [`NetlinkSocket::try_recv`], nothing is queued).
     Timeout,
 }
 
@@ -64,6 +65,12 @@ mod imp {
     #[derive(Debug)]
     pub struct NetlinkSocket {
         fd: OwnedFd,
+    }
+
+    impl AsRawFd for NetlinkSocket {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.fd.as_raw_fd()
+        }
     }
 
     impl NetlinkSocket {
@@ -206,6 +213,16 @@ mod imp {
                     return Ok(Received::Timeout);
                 }
             }
+            self.recv_flags(buf, 0)
+        }
+
+        /// Receives one datagram if one is queued, without waiting:
+        /// `Timeout` if none is.
+        pub fn try_recv(&self, buf: &mut [u8]) -> Result<Received, NetlinkError> {
+            self.recv_flags(buf, libc::MSG_DONTWAIT)
+        }
+
+        fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> Result<Received, NetlinkError> {
             loop {
                 // SAFETY: buf is valid for writes of buf.len() bytes.
                 let n = unsafe {
@@ -213,7 +230,7 @@ mod imp {
                         self.fd.as_raw_fd(),
                         buf.as_mut_ptr() as *mut libc::c_void,
                         buf.len(),
-                        0,
+                        flags,
                     )
                 };
                 if n >= 0 {
@@ -223,6 +240,7 @@ mod imp {
                 match err.raw_os_error() {
                     Some(libc::EINTR) => continue,
                     Some(libc::ENOBUFS) => return Ok(Received::Overrun),
+                    Some(libc::EAGAIN) => return Ok(Received::Timeout),
                     _ => return Err(NetlinkError::Recv(err)),
                 }
             }
@@ -241,6 +259,12 @@ mod imp {
     #[derive(Debug)]
     pub struct NetlinkSocket;
 
+    impl std::os::fd::AsRawFd for NetlinkSocket {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            -1
+        }
+    }
+
     impl NetlinkSocket {
         /// Always fails: there is no proc connector here.
         pub fn open(_rcvbuf: usize) -> Result<(Self, usize), NetlinkError> {
@@ -248,6 +272,10 @@ mod imp {
         }
         /// Unreachable: no socket can be opened.
         pub fn subscribe(&self, _op: McastOp, _filter: Option<u32>) -> Result<(), NetlinkError> {
+            Err(NetlinkError::Unsupported)
+        }
+        /// Unreachable: no socket can be opened.
+        pub fn try_recv(&self, _buf: &mut [u8]) -> Result<Received, NetlinkError> {
             Err(NetlinkError::Unsupported)
         }
         /// Unreachable: no socket can be opened.

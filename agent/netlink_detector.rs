@@ -1,23 +1,21 @@
-//! The netlink detector: subscribes to exec (and exit) events, confirms the
-//! subscription works, then reads the socket on its own thread forever.
+//! The netlink detector's start: subscribe to exec and exit events and
+//! prove the subscription works before anything is served.
 //!
-//! A kernel-filtered subscription (>= 6.6) gets no ack, so the only proof it
-//! works is an event: the agent executes itself once as a probe and waits for
-//! that exec. If it does not arrive, it retries with the legacy unfiltered
-//! subscription (older kernels ignore the 8-byte form) and filters here.
+//! On kernels >= 6.6 the kernel filters per socket, so the agent opens two:
+//! one for exec events, which must reach subscribers at once, and one for
+//! exit events, which may wait a few milliseconds and be read in batches (see
+//! [`crate::netlink_reader`]). A kernel-filtered subscription gets no ack, so
+//! the only proof it works is an event: the agent executes itself once as a
+//! probe and waits for that exec on the first socket and that exit on the
+//! second. If they do not arrive, it falls back to one socket with the legacy
+//! unfiltered subscription (older kernels ignore the 8-byte form) and filters
+//! here.
 
-use std::process::Command;
-use std::sync::Arc;
+use std::process::{Child, Command};
 use std::time::Instant;
 
-use execwatch::proto::{Exit, Source};
-
-use crate::fanout::{Fanout, Item};
 use crate::netlink::{NetlinkError, NetlinkSocket, Received, PROBE_TIMEOUT};
-use crate::procfs::ProcReader;
-use crate::stats::Stats;
-use execwatch::clock;
-use execwatch::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message, ProcEvent};
+use execwatch::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message};
 
 /// Environment variable that turns an agent start into the probe's no-op.
 pub const PROBE_ENV: &str = "EXECWATCH_PROBE";
@@ -68,30 +66,48 @@ impl Mode {
     }
 }
 
-/// A subscribed, confirmed socket, ready to be read.
+/// Subscribed, confirmed sockets, ready to be read.
 pub struct NetlinkDetector {
-    sock: NetlinkSocket,
+    /// Exec events; in [`Mode::UserspaceFiltered`], every event.
+    pub(crate) execs: NetlinkSocket,
+    /// Exit events, in [`Mode::KernelFiltered`] only.
+    pub(crate) exits: Option<NetlinkSocket>,
     mode: Mode,
     rcvbuf: usize,
 }
 
 impl NetlinkDetector {
-    /// Opens, subscribes and confirms. Blocks for at most two probe timeouts.
+    /// Opens, subscribes and confirms. Blocks for at most four probe timeouts.
     pub fn start(receive_buffer: usize) -> Result<Self, StartError> {
-        let (sock, rcvbuf) = NetlinkSocket::open(receive_buffer)?;
-        sock.subscribe(McastOp::Listen, Some(event_mask::EXEC | event_mask::EXIT))?;
-        if probe(&sock)? {
+        let (execs, rcvbuf) = NetlinkSocket::open(receive_buffer)?;
+        execs.subscribe(McastOp::Listen, Some(event_mask::EXEC))?;
+        let (exits, _) = NetlinkSocket::open(receive_buffer)?;
+        exits.subscribe(McastOp::Listen, Some(event_mask::EXIT))?;
+        let mut child = spawn_probe()?;
+        let target = child.id() as i32;
+        let exec_seen = wait_for(&execs, &mut child, target, Wanted::Exec)?;
+        let _ = child.wait();
+        if exec_seen && wait_for(&exits, &mut child, target, Wanted::Exit)? {
             return Ok(Self {
-                sock,
+                execs,
+                exits: Some(exits),
                 mode: Mode::KernelFiltered,
                 rcvbuf,
             });
         }
+        // A socket without a filter gets every event of the group: the
+        // exit socket must go before the exec socket drops its filter.
+        drop(exits);
         tracing::info!("kernel-filtered subscription produced no event (kernel older than 6.6?); retrying unfiltered");
-        sock.subscribe(McastOp::Listen, None)?;
-        if probe(&sock)? {
+        execs.subscribe(McastOp::Listen, None)?;
+        let mut child = spawn_probe()?;
+        let target = child.id() as i32;
+        let seen = wait_for(&execs, &mut child, target, Wanted::Exec)?;
+        let _ = child.wait();
+        if seen {
             return Ok(Self {
-                sock,
+                execs,
+                exits: None,
                 mode: Mode::UserspaceFiltered,
                 rcvbuf,
             });
@@ -104,106 +120,41 @@ impl NetlinkDetector {
         self.mode
     }
 
-    /// The receive buffer the kernel granted, in bytes.
+    /// The receive buffer the kernel granted each socket, in bytes.
     pub fn receive_buffer(&self) -> usize {
         self.rcvbuf
     }
-
-    /// Reads events until the socket fails, publishing each. Runs on its own
-    /// thread: it never waits on anything but the kernel.
-    pub fn run(
-        self,
-        mut reader: ProcReader,
-        fanout: Arc<Fanout>,
-        stats: Arc<Stats>,
-    ) -> NetlinkError {
-        let mut buf = vec![0u8; DATAGRAM_BUF];
-        loop {
-            let n = match self.sock.recv(&mut buf, None) {
-                Ok(Received::Datagram(n)) => n,
-                Ok(Received::Timeout) => continue,
-                Ok(Received::Overrun) => {
-                    stats.add_kernel_overruns(1);
-                    let reason = format!(
-                        "the kernel dropped events: the agent's netlink receive buffer ({} bytes) overflowed (ENOBUFS)",
-                        self.rcvbuf
-                    );
-                    tracing::warn!("{reason}; subscribers will resync");
-                    fanout.publish(Item::DetectorLost {
-                        kernel: true,
-                        reason,
-                    });
-                    continue;
-                }
-                Err(e) => return e,
-            };
-            for message in parse_datagram(&buf[..n]) {
-                match message {
-                    Ok(Message::Event(ev)) => handle(ev, &mut reader, &fanout, &stats),
-                    Ok(_) => stats.add_ignored_kernel_events(1),
-                    Err(e) => {
-                        stats.add_parse_errors(1);
-                        tracing::warn!("skipping malformed proc connector message: {e}");
-                    }
-                }
-            }
-        }
-    }
 }
 
-/// Turns one kernel event into a published item.
-fn handle(ev: ProcEvent, reader: &mut ProcReader, fanout: &Fanout, stats: &Stats) {
-    match ev.kind {
-        EventKind::Exec { pid, tgid } => {
-            let Some(mut p) = reader.read(pid, tgid, Source::Netlink) else {
-                stats.add_ignored_kernel_events(1);
-                return;
-            };
-            p.kernel_timestamp_ns = ev.timestamp_ns;
-            if p.exited_before_inspection {
-                stats.add_exited_before_inspection(1);
-            }
-            stats.add_execs(1);
-            fanout.publish(Item::Exec(Arc::new(p)));
-        }
-        // Thread exits are noise: only a leader's exit ends a process.
-        EventKind::Exit {
-            pid,
-            tgid,
-            exit_code,
-            exit_signal,
-            ..
-        } if pid == tgid => {
-            stats.add_exits(1);
-            fanout.publish(Item::Exit(Exit {
-                pid,
-                tgid,
-                exit_code,
-                exit_signal,
-                kernel_timestamp_ns: ev.timestamp_ns,
-                observed_unix_ns: clock::unix_ns(),
-                source: Source::Netlink as i32,
-            }));
-        }
-        _ => stats.add_ignored_kernel_events(1),
-    }
+/// Which of the probe's events a socket must show.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Exec,
+    Exit,
 }
 
-/// Executes the agent's own binary as a no-op and waits for its exec event.
-/// `Ok(false)` if it never came.
-fn probe(sock: &NetlinkSocket) -> Result<bool, StartError> {
+/// Executes the agent's own binary as a no-op.
+fn spawn_probe() -> Result<Child, StartError> {
     let exe = "/proc/self/exe";
-    let mut child = Command::new(exe)
+    Command::new(exe)
         .env(PROBE_ENV, "1")
         .spawn()
         .map_err(|source| StartError::Probe {
             exe: exe.into(),
             source,
-        })?;
-    let target = child.id() as i32;
+        })
+}
+
+/// Waits for the probe's exec or exit event on `sock`. `Ok(false)` if it
+/// never came; an error ack from the kernel is a refusal.
+fn wait_for(
+    sock: &NetlinkSocket,
+    child: &mut Child,
+    target: i32,
+    wanted: Wanted,
+) -> Result<bool, StartError> {
     let deadline = Instant::now() + PROBE_TIMEOUT;
     let mut buf = vec![0u8; DATAGRAM_BUF];
-    let mut seen = false;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         let n = match sock.recv(&mut buf, Some(left))? {
             Received::Datagram(n) => n,
@@ -211,26 +162,28 @@ fn probe(sock: &NetlinkSocket) -> Result<bool, StartError> {
             Received::Timeout => break,
         };
         for message in parse_datagram(&buf[..n]).flatten() {
-            if let Message::Event(ev) = message {
-                match ev.kind {
-                    EventKind::Ack { err } if err != 0 => {
-                        let _ = child.wait();
-                        let hint = if err == libc::EPERM as u32 {
-                            " (kernels before 6.6 need CAP_NET_ADMIN: see deploy/overlays/kernel-pre-6.6)"
-                        } else {
-                            ""
-                        };
-                        return Err(StartError::Refused(err, hint));
-                    }
-                    EventKind::Exec { tgid, .. } if tgid == target => seen = true,
-                    _ => {}
+            let Message::Event(ev) = message else {
+                continue;
+            };
+            match ev.kind {
+                EventKind::Ack { err } if err != 0 => {
+                    let _ = child.wait();
+                    let hint = if err == libc::EPERM as u32 {
+                        " (kernels before 6.6 need CAP_NET_ADMIN: see deploy/overlays/kernel-pre-6.6)"
+                    } else {
+                        ""
+                    };
+                    return Err(StartError::Refused(err, hint));
                 }
+                EventKind::Exec { tgid, .. } if tgid == target && wanted == Wanted::Exec => {
+                    return Ok(true)
+                }
+                EventKind::Exit { pid, .. } if pid == target && wanted == Wanted::Exit => {
+                    return Ok(true)
+                }
+                _ => {}
             }
         }
-        if seen {
-            break;
-        }
     }
-    let _ = child.wait();
-    Ok(seen)
+    Ok(false)
 }

@@ -129,6 +129,41 @@ async fn exits_are_streamed_only_on_request() {
         .all(|ev| !matches!(ev.kind, Some(Kind::Exit(_)))));
 }
 
+/// Exit events are read in batches, merged with exec events by the kernel's
+/// timestamp: however they are batched, every process's exec comes before
+/// its exit, and none is missing.
+#[tokio::test]
+async fn each_exec_comes_before_its_exit_in_a_burst() {
+    let agent = Agent::start(&[]);
+    let mut stream = agent.watch(live(true)).await;
+    let pids: Vec<i32> = (0..300)
+        .map(|_| {
+            let mut child = std::process::Command::new("true")
+                .spawn()
+                .expect("spawn true");
+            child.wait().expect("wait true");
+            child.id() as i32
+        })
+        .collect();
+    let mut execs = std::collections::HashSet::new();
+    let mut exits = 0;
+    while exits < pids.len() {
+        let ev = next(&mut stream, WAIT).await;
+        match ev.kind {
+            Some(Kind::Exec(p)) if pids.contains(&p.pid) => {
+                assert!(execs.insert(p.pid), "pid {} executed twice", p.pid);
+            }
+            Some(Kind::Exit(e)) if pids.contains(&e.pid) => {
+                assert!(execs.contains(&e.pid), "exit of {} before its exec", e.pid);
+                exits += 1;
+            }
+            Some(Kind::Lost(l)) => panic!("lost events in a 300-process burst: {l:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(execs.len(), pids.len());
+}
+
 #[tokio::test]
 async fn the_poll_detector_delivers_the_same_process() {
     let agent = Agent::start(&["--detector=poll", "--poll-interval=50ms"]);
