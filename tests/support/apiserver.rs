@@ -18,12 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
+
+use super::{eventually, Reclaimer};
 
 /// Namespace of the rules ConfigMaps and of the reclaimer's ServiceAccount.
 pub const NAMESPACE: &str = "5spot-system";
@@ -331,4 +334,113 @@ pub async fn reclaim_events(client: &kube::Client, node: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), "default");
     let list = api.list(&ListParams::default().fields(&about)).await;
     list.expect("list Events").items
+}
+
+/// What the reclaimer logs when it finds no request on its Node.
+pub const ARMED: &str = "); armed";
+/// The reclaimer's `--recheck-interval` under [`HostNode`].
+pub const RECHECK: &str = "500ms";
+/// How long a [`HostNode`] is watched for a second write: three recheck
+/// intervals, each of which re-reads the Node.
+pub const QUIET: Duration = Duration::from_millis(1500);
+/// Deadline for what a [`HostNode`] waits for.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One test's Node that is this host: its `status.nodeInfo.machineID` is a
+/// fresh id that a machine-id file gives the reclaimer too. Comes with its
+/// rules ConfigMap and a kubeconfig holding the reclaimer's ServiceAccount
+/// token, so reclaimers started on it run with the project's RBAC.
+pub struct HostNode {
+    pub admin: kube::Client,
+    pub name: String,
+    machine_id_file: PathBuf,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HostNode {
+    /// Creates the Node (named after `tag`) and its ConfigMap with `rules`.
+    /// Needs a multi-thread runtime: the first caller starts the cluster.
+    pub async fn create(tag: &str, rules: &str) -> HostNode {
+        let cluster = tokio::task::block_in_place(cluster);
+        let admin = cluster.client().await;
+        let nanos = std::time::UNIX_EPOCH.elapsed().unwrap_or_default();
+        let id = format!("{:016x}{:016x}", std::process::id(), nanos.as_nanos());
+        let node = create_node(&admin, tag, Some(&id)).await;
+        let name = node.metadata.name.expect("a named Node");
+        put_rules(&admin, &name, rules).await;
+        let dir = tempfile::tempdir().unwrap();
+        let machine_id_file = dir.path().join("machine-id");
+        fs::write(&machine_id_file, format!("{id}\n")).unwrap();
+        let kubeconfig = cluster.reclaimer_kubeconfig(dir.path()).await;
+        HostNode {
+            admin,
+            name,
+            machine_id_file,
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    /// Starts a reclaimer for this Node on the agent's `socket` and waits
+    /// until it is connected and has its rules. (It logs [`ARMED`] once its
+    /// first read of the Node finds no request there.)
+    pub fn reclaimer(&self, socket: &Path) -> Reclaimer {
+        let utf8 = |p: &Path| p.to_str().expect("a UTF-8 path").to_string();
+        let reclaimer = Reclaimer::start(
+            &[
+                "--socket",
+                &utf8(socket),
+                "--node-name",
+                &self.name,
+                "--machine-id-file",
+                &utf8(&self.machine_id_file),
+                "--recheck-interval",
+                RECHECK,
+            ],
+            &[("KUBECONFIG", &utf8(&self.kubeconfig))],
+        );
+        tokio::task::block_in_place(|| {
+            for needle in ["connected to the agent", "rules loaded from ConfigMap"] {
+                reclaimer.wait_log(needle, 1, DEADLINE);
+            }
+        });
+        reclaimer
+    }
+
+    /// Waits until the Node carries a request for `reason` and its
+    /// ReclaimRequested Event exists, then [`QUIET`] more; asserts that
+    /// nothing else was written meanwhile: one Event, the Node unchanged.
+    pub async fn requested_once(&self, reason: &str) -> Node {
+        let what = format!("Node {} requested for {reason:?}", self.name);
+        let written = eventually(&what, DEADLINE, || async {
+            let n = get_node(&self.admin, &self.name).await;
+            let ours = annotation(&n, REQUESTED) == Some("true")
+                && annotation(&n, REASON) == Some(reason)
+                && annotation(&n, REQUESTED_AT).is_some();
+            ours.then_some(n)
+        })
+        .await;
+        eventually("the ReclaimRequested Event", DEADLINE, || async {
+            let events = reclaim_events(&self.admin, &self.name).await;
+            (!events.is_empty()).then_some(())
+        })
+        .await;
+        self.unchanged_since(&written).await;
+        written
+    }
+
+    /// Asserts that over [`QUIET`] the Node stays `before` and exactly one
+    /// ReclaimRequested Event exists.
+    pub async fn unchanged_since(&self, before: &Node) {
+        tokio::time::sleep(QUIET).await;
+        let events = reclaim_events(&self.admin, &self.name).await;
+        assert_eq!(events.len(), 1, "one Event: {events:#?}");
+        let now = get_node(&self.admin, &self.name).await;
+        assert_eq!(
+            now.metadata.resource_version, before.metadata.resource_version,
+            "the Node was written again: {:?}",
+            now.metadata.annotations
+        );
+    }
 }

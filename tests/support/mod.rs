@@ -28,6 +28,7 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub log: PathBuf,
+    args: Vec<String>,
 }
 
 impl Agent {
@@ -36,23 +37,67 @@ impl Agent {
         let dir = world_readable_tempdir();
         let socket = dir.path().join("agent.sock");
         let log = dir.path().join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start agent");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let child = Agent::spawn(&socket, &log, &args);
         let mut agent = Agent {
             child,
             dir,
             socket,
             log,
+            args,
         };
         agent.wait_ready();
         agent
+    }
+
+    fn spawn(socket: &Path, log: &Path, args: &[String]) -> Child {
+        // Appends, so the log of an agent started again keeps the earlier run's.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent")
+    }
+
+    /// SIGKILLs the agent and reaps it, as a crash or an OOM kill would end
+    /// it: its socket file stays behind.
+    pub fn kill(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.child.wait().expect("reap the agent");
+    }
+
+    /// Starts the agent again with the same arguments on the same socket
+    /// (replacing a stale socket is the agent's own job) and waits until it
+    /// accepts connections there.
+    pub fn restart(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "the agent still runs: kill it first"
+        );
+        self.child = Agent::spawn(&self.socket, &self.log, &self.args);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        // The dead agent's socket file refuses connections; the new agent's
+        // accepts them.
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited with {status} on restart:\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the restarted agent did not accept connections within 15s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn wait_ready(&mut self) {
@@ -158,23 +203,40 @@ impl UniqueProgram {
         UniqueProgram { dir, path, name }
     }
 
+    /// Rules (TOML) that match it by its comm.
+    pub fn rules(&self) -> String {
+        format!("match_commands = [\"{}\"]\n", self.name)
+    }
+
+    /// The reason the reclaimer gives when these rules match.
+    pub fn reason(&self) -> String {
+        format!("process-match: {}", self.name)
+    }
+
     /// Starts it sleeping for `secs` with extra arguments.
     pub fn spawn(&self, secs: u32, extra: &[&str]) -> Child {
         // sleep accepts several durations and sleeps for their sum.
         let mut cmd = Command::new(&self.path);
         cmd.arg(secs.to_string()).args(extra);
-        // A child forked by another test thread may still hold the copy's
-        // write descriptor until it execs: ETXTBSY is transient.
-        for _ in 0..100 {
-            match cmd.spawn() {
-                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                other => return other.expect("spawn unique program"),
+        spawn_past_etxtbsy(&mut cmd)
+    }
+}
+
+/// Spawns `cmd`, retrying while its program is busy: a child forked by
+/// another test thread may still hold a fresh copy's write descriptor until
+/// it execs, so ETXTBSY is transient.
+fn spawn_past_etxtbsy(cmd: &mut Command) -> Child {
+    for _ in 0..100 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => {
+                return other.unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
             }
         }
-        panic!("{} stayed busy (ETXTBSY)", self.path.display())
     }
+    panic!("{cmd:?} stayed busy (ETXTBSY)")
 }
 
 /// Waits until `pid` has finished executing `comm`: spawn returns before
@@ -194,6 +256,26 @@ pub fn wait_exec(pid: u32, comm: &str) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Runs `program args` back to back, each one waited for, until `period`
+/// has passed, starting at most `per_sec` a second; returns the pids in the
+/// order they were started. Blocks: call it from a thread of its own or
+/// `spawn_blocking`.
+pub fn exec_storm(program: &Path, args: &[&str], period: Duration, per_sec: u32) -> Vec<u32> {
+    let start = Instant::now();
+    let mut pids = Vec::new();
+    while start.elapsed() < period {
+        // Paced by the clock, so a slow spell is caught up afterwards.
+        let due = start + Duration::from_secs(pids.len() as u64) / per_sec;
+        if let Some(early) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(early);
+        }
+        let mut child = spawn_past_etxtbsy(Command::new(program).args(args).stdout(Stdio::null()));
+        pids.push(child.id());
+        child.wait().unwrap();
+    }
+    pids
 }
 
 /// Path of a program found on PATH.
@@ -350,6 +432,14 @@ impl Reclaimer {
         }
     }
 
+    /// Starts a `--dry-run` reclaimer on `agent`'s socket with the rules in
+    /// the file `rules` and `extra` arguments.
+    pub fn dry_run(agent: &Agent, rules: &str, extra: &[&str]) -> Reclaimer {
+        let socket = agent.socket.to_str().expect("a UTF-8 socket path");
+        let args = ["--dry-run", "--socket", socket, "--rules-file", rules];
+        Reclaimer::start(&[&args[..], extra].concat(), &[])
+    }
+
     /// What it logged so far.
     pub fn logs(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -389,11 +479,7 @@ impl Drop for Reclaimer {
 /// Writes rules matching `prog`'s comm (plus `extra` TOML lines) to `name`
 /// in `dir`; returns the path.
 pub fn rules_for(dir: &Path, name: &str, prog: &UniqueProgram, extra: &str) -> String {
-    write_file(
-        dir,
-        name,
-        &format!("match_commands = [\"{}\"]\n{extra}", prog.name),
-    )
+    write_file(dir, name, &format!("{}{extra}", prog.rules()))
 }
 
 /// Writes `text` to a fresh file in `dir` and returns its path as a string.
