@@ -3,6 +3,7 @@
 //! holds no rules and no Kubernetes credentials, and listens on no network.
 
 mod cli;
+mod connection;
 mod fanout;
 mod health_check;
 mod netlink;

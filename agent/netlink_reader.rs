@@ -52,7 +52,7 @@ enum Wake {
 /// The reader's state: its sockets, where records go, reused buffers.
 struct Pump {
     execs: AsyncFd<NetlinkSocket>,
-    exits: Option<AsyncFd<NetlinkSocket>>,
+    exits: Option<ExitSocket>,
     rcvbuf: usize,
     procfs: ProcReader,
     fanout: Arc<Fanout>,
@@ -69,19 +69,12 @@ pub async fn run(
     stats: Arc<Stats>,
 ) -> NetlinkError {
     let rcvbuf = detector.receive_buffer();
-    let register = |sock| {
-        // SAFETY: a NetlinkSocket owns its descriptor and neither closes nor
-        // replaces it while the AsyncFd holds the socket. The socket stays
-        // in blocking mode: it is only read with MSG_DONTWAIT from here on.
-        unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }
-            .map_err(|e| NetlinkError::Recv(std::io::Error::other(e.to_string())))
-    };
     let execs = match register(detector.execs) {
         Ok(fd) => fd,
         Err(e) => return e,
     };
     let exits = match detector.exits.map(register).transpose() {
-        Ok(fd) => fd,
+        Ok(fd) => fd.map(ExitSocket::Watched),
         Err(e) => return e,
     };
     let mut pump = Pump {
@@ -94,20 +87,22 @@ pub async fn run(
         buf: vec![0u8; DATAGRAM_BUF],
         events: Vec::with_capacity(64),
     };
-    // Armed while exits may be waiting unread; the exit socket's own
-    // readiness is ignored meanwhile, so it costs no further wake-ups.
+    // Armed while exits may be waiting unread. The exit socket is out of
+    // the epoll set meanwhile, so its datagrams cost no wake-ups.
     let mut sweep: Option<Instant> = None;
     loop {
+        let watched = pump.exits.as_ref().and_then(ExitSocket::watched);
         let wake = tokio::select! {
             biased;
             ready = pump.execs.readable() => ready.map(|_| Wake::Exec),
             _ = sleep_until(sweep) => Ok(Wake::Sweep),
-            ready = readable(pump.exits.as_ref()), if sweep.is_none() => ready.map(|_| Wake::ExitArrived),
+            ready = readable(watched) => ready.map(|_| Wake::ExitArrived),
         };
         let result = match wake {
             Err(e) => return NetlinkError::Recv(e),
             Ok(Wake::ExitArrived) => {
                 sweep = Some(Instant::now() + EXIT_BATCH);
+                pump.park_exits();
                 continue;
             }
             Ok(Wake::Exec) => {
@@ -115,12 +110,13 @@ pub async fn run(
                 // or soon after, without a wake-up of their own.
                 if sweep.is_none() && pump.exits.is_some() {
                     sweep = Some(Instant::now() + EXIT_BATCH);
+                    pump.park_exits();
                 }
                 pump.pass()
             }
             Ok(Wake::Sweep) => {
                 sweep = None;
-                pump.pass()
+                pump.pass().and_then(|()| pump.watch_exits())
             }
         };
         if let Err(e) = result {
@@ -145,7 +141,59 @@ async fn readable(fd: Option<&AsyncFd<NetlinkSocket>>) -> std::io::Result<()> {
     }
 }
 
+/// Registers `sock` with the runtime for readability.
+fn register(sock: NetlinkSocket) -> Result<AsyncFd<NetlinkSocket>, NetlinkError> {
+    // SAFETY: a NetlinkSocket owns its descriptor and neither closes nor
+    // replaces it while the AsyncFd holds the socket. The socket stays in
+    // blocking mode: it is only read with MSG_DONTWAIT from here on.
+    unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }
+        .map_err(|e| NetlinkError::Recv(std::io::Error::other(e.to_string())))
+}
+
+/// The exit socket. It is in the runtime's epoll set only while no sweep is
+/// armed: registered, every datagram that arrives wakes the thread, even
+/// while the reader waits for the sweep instead.
+enum ExitSocket {
+    /// In the epoll set: an arriving exit wakes the reader.
+    Watched(AsyncFd<NetlinkSocket>),
+    /// Out of it: the armed sweep (or the next exec) reads it.
+    Parked(NetlinkSocket),
+}
+
+impl ExitSocket {
+    fn watched(&self) -> Option<&AsyncFd<NetlinkSocket>> {
+        match self {
+            ExitSocket::Watched(fd) => Some(fd),
+            ExitSocket::Parked(_) => None,
+        }
+    }
+
+    fn socket(&self) -> &NetlinkSocket {
+        match self {
+            ExitSocket::Watched(fd) => fd.get_ref(),
+            ExitSocket::Parked(sock) => sock,
+        }
+    }
+}
+
 impl Pump {
+    /// Takes the exit socket out of the epoll set.
+    fn park_exits(&mut self) {
+        if let Some(ExitSocket::Watched(fd)) = self.exits.take() {
+            self.exits = Some(ExitSocket::Parked(fd.into_inner()));
+        }
+    }
+
+    /// Puts the exit socket back into the epoll set. Datagrams queued before
+    /// are reported at once (epoll checks readiness when a file is added).
+    fn watch_exits(&mut self) -> Result<(), NetlinkError> {
+        self.exits = match self.exits.take() {
+            Some(ExitSocket::Parked(sock)) => Some(ExitSocket::Watched(register(sock)?)),
+            other => other,
+        };
+        Ok(())
+    }
+
     /// Reads everything queued on both sockets and publishes it in kernel
     /// order.
     fn pass(&mut self) -> Result<(), NetlinkError> {
@@ -155,11 +203,20 @@ impl Pump {
             // its exec event is sent), so sorting the two by timestamp puts
             // each exit after its exec.
             let mut overrun = match &self.exits {
-                Some(exits) => drain(exits, &mut self.buf, &mut self.events, &self.stats)?,
+                Some(exits) => {
+                    exits.watched().map(clear_readiness);
+                    drain(exits.socket(), &mut self.buf, &mut self.events, &self.stats)?
+                }
                 None => false,
             };
             let exits_read = self.events.len();
-            overrun |= drain(&self.execs, &mut self.buf, &mut self.events, &self.stats)?;
+            clear_readiness(&self.execs);
+            overrun |= drain(
+                self.execs.get_ref(),
+                &mut self.buf,
+                &mut self.events,
+                &self.stats,
+            )?;
             if exits_read > 0 && exits_read < self.events.len() {
                 self.events.sort_by_key(|ev| ev.timestamp_ns);
             }
@@ -226,18 +283,17 @@ impl Pump {
     }
 }
 
-/// Appends every event queued on `fd` to `events`, up to an overflow.
+/// Appends every event queued on `sock` to `events`, up to an overflow.
 /// Returns whether it stopped at one (the datagrams after it are still
 /// queued).
 fn drain(
-    fd: &AsyncFd<NetlinkSocket>,
+    sock: &NetlinkSocket,
     buf: &mut [u8],
     events: &mut Vec<ProcEvent>,
     stats: &Stats,
 ) -> Result<bool, NetlinkError> {
-    clear_readiness(fd);
     loop {
-        let n = match fd.get_ref().try_recv(buf)? {
+        let n = match sock.try_recv(buf)? {
             Received::Datagram(n) => n,
             Received::Timeout => return Ok(false),
             Received::Overrun => return Ok(true),

@@ -12,6 +12,9 @@ use std::sync::Arc;
 use execwatch::proto::{exec_events_server::ExecEventsServer, FILE_DESCRIPTOR_SET};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
+
+use crate::connection::Connection;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
@@ -134,7 +137,10 @@ pub async fn serve(
         .add_service(guarded(health_service, &peers))
         .add_service(guarded(reflection_v1, &peers))
         .add_service(guarded(reflection_v1alpha, &peers))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|accepted| accepted.and_then(Connection::new)),
+            shutdown,
+        )
         .await;
     let _ = fs::remove_file(path);
     result.map_err(ServeError::from)
