@@ -4,6 +4,7 @@
 
 mod cli;
 mod connection;
+mod exit_socket;
 mod fanout;
 mod health_check;
 mod netlink;

@@ -27,9 +27,9 @@ use execwatch::clock;
 use execwatch::cn_proc::{parse_datagram, EventKind, Message, ProcEvent};
 use execwatch::proto::{Exit, Source};
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::time::Instant;
 
+use crate::exit_socket::{register, ExitSocket};
 use crate::fanout::{Fanout, Item};
 use crate::netlink::{NetlinkError, NetlinkSocket, Received};
 use crate::netlink_detector::NetlinkDetector;
@@ -141,56 +141,15 @@ async fn readable(fd: Option<&AsyncFd<NetlinkSocket>>) -> std::io::Result<()> {
     }
 }
 
-/// Registers `sock` with the runtime for readability.
-fn register(sock: NetlinkSocket) -> Result<AsyncFd<NetlinkSocket>, NetlinkError> {
-    // SAFETY: a NetlinkSocket owns its descriptor and neither closes nor
-    // replaces it while the AsyncFd holds the socket. The socket stays in
-    // blocking mode: it is only read with MSG_DONTWAIT from here on.
-    unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }
-        .map_err(|e| NetlinkError::Recv(std::io::Error::other(e.to_string())))
-}
-
-/// The exit socket. It is in the runtime's epoll set only while no sweep is
-/// armed: registered, every datagram that arrives wakes the thread, even
-/// while the reader waits for the sweep instead.
-enum ExitSocket {
-    /// In the epoll set: an arriving exit wakes the reader.
-    Watched(AsyncFd<NetlinkSocket>),
-    /// Out of it: the armed sweep (or the next exec) reads it.
-    Parked(NetlinkSocket),
-}
-
-impl ExitSocket {
-    fn watched(&self) -> Option<&AsyncFd<NetlinkSocket>> {
-        match self {
-            ExitSocket::Watched(fd) => Some(fd),
-            ExitSocket::Parked(_) => None,
-        }
-    }
-
-    fn socket(&self) -> &NetlinkSocket {
-        match self {
-            ExitSocket::Watched(fd) => fd.get_ref(),
-            ExitSocket::Parked(sock) => sock,
-        }
-    }
-}
-
 impl Pump {
     /// Takes the exit socket out of the epoll set.
     fn park_exits(&mut self) {
-        if let Some(ExitSocket::Watched(fd)) = self.exits.take() {
-            self.exits = Some(ExitSocket::Parked(fd.into_inner()));
-        }
+        self.exits = self.exits.take().map(ExitSocket::park);
     }
 
-    /// Puts the exit socket back into the epoll set. Datagrams queued before
-    /// are reported at once (epoll checks readiness when a file is added).
+    /// Puts the exit socket back into the epoll set.
     fn watch_exits(&mut self) -> Result<(), NetlinkError> {
-        self.exits = match self.exits.take() {
-            Some(ExitSocket::Parked(sock)) => Some(ExitSocket::Watched(register(sock)?)),
-            other => other,
-        };
+        self.exits = self.exits.take().map(ExitSocket::watch).transpose()?;
         Ok(())
     }
 
