@@ -1,6 +1,8 @@
 //! Storm: two spawners fork+exec+wait `/bin/true` flat out for `--seconds`
 //! (the most this machine can do), with the agent on default flags, one
 //! gRPC subscriber, the dry-run reclaimer and the raw listener all watching.
+//! Before that, a first storm of the same length with the subscriber alone:
+//! the CPU target is "per exec, fan-out to one subscriber".
 //!
 //! Delivery is matched by pid against what was spawned (a sighting counts
 //! only if it comes after the spawn). CPU is the kernel's utime + stime of
@@ -21,6 +23,7 @@ use crate::{agent::Agent, reclaimer::Reclaimer, subscriber::Subscriber, Bench};
 pub fn run(b: &Bench) -> Report {
     let agent = Agent::start(b.dir.path(), "netlink");
     let sub = Subscriber::start(&b.rt, &agent.socket, &["/bin/true"]);
+    let alone = one_subscriber(b, &agent, &sub);
     // Rules that match nothing in the storm: the reclaimer only tracks.
     let mut reclaimer = Reclaimer::start(
         b.dir.path(),
@@ -103,6 +106,13 @@ pub fn run(b: &Bench) -> Report {
     );
     let per = |n: u64, d: u64| n as f64 / d.max(1) as f64;
     r.row(
+        "agent CPU, one subscriber",
+        format!(
+            "{:.1} µs per exec ({} execs at {:.0}/s), {:.2} wake-ups per exec: the subscriber alone, in a first storm",
+            alone.us_per_exec, alone.execs, alone.rate, alone.switches_per_exec
+        ),
+    );
+    r.row(
         "wake-ups (context switches)",
         format!(
             "agent {} = {:.2} per exec; reclaimer {} = {:.2} per item",
@@ -136,6 +146,15 @@ pub fn run(b: &Bench) -> Report {
     r.json("agent_cpu_us_per_exec", round1(agent_us));
     r.json("raw_cpu_us_per_exec", round1(raw_us));
     r.json("agent_cpu_over_raw", round1(agent_us / raw_us.max(1e-9)));
+    r.json(
+        "agent_cpu_us_per_exec_one_subscriber",
+        round1(alone.us_per_exec),
+    );
+    r.json("one_subscriber_execs", alone.execs);
+    r.json(
+        "one_subscriber_wakeups_per_exec",
+        (alone.switches_per_exec * 100.0).round() / 100.0,
+    );
     let round2 = |x: f64| (x * 100.0).round() / 100.0;
     r.json(
         "agent_wakeups_per_exec",
@@ -159,7 +178,13 @@ pub fn run(b: &Bench) -> Report {
         "",
     );
     r.target("lost markers", lost_markers as f64, true, 0.0, "");
-    r.target("agent CPU per exec", round1(agent_us), true, 20.0, "µs");
+    r.target(
+        "agent CPU per exec, one subscriber",
+        round1(alone.us_per_exec),
+        true,
+        20.0,
+        "µs",
+    );
     r.target(
         "agent peak RSS",
         round1(agent_rss as f64 / 1024.0),
@@ -175,4 +200,30 @@ pub fn run(b: &Bench) -> Report {
         "MiB",
     );
     r
+}
+
+/// The agent's cost in a storm with one subscriber and nothing else.
+struct Alone {
+    us_per_exec: f64,
+    switches_per_exec: f64,
+    execs: u64,
+    rate: f64,
+}
+
+/// Runs a storm of `--seconds` with only `sub` subscribed.
+fn one_subscriber(b: &Bench, agent: &Agent, sub: &Subscriber) -> Alone {
+    std::thread::sleep(Duration::from_millis(200));
+    let (stats0, a0) = (b.rt.block_on(agent.stats()), agent.sample());
+    let load = Load::start(2, None);
+    std::thread::sleep(Duration::from_secs(b.opts.seconds));
+    let (_, seconds) = load.stop();
+    sub.settle(Duration::from_millis(500), Duration::from_secs(15));
+    let (stats1, a1) = (b.rt.block_on(agent.stats()), agent.sample());
+    let (da, execs) = (a1.since(&a0), stats1.execs - stats0.execs);
+    Alone {
+        us_per_exec: da.stat_ns as f64 / 1e3 / execs.max(1) as f64,
+        switches_per_exec: da.switches as f64 / execs.max(1) as f64,
+        execs,
+        rate: execs as f64 / seconds,
+    }
 }
