@@ -43,6 +43,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(path) = &cli.status_file {
+        // A status file that cannot be written would fail the liveness probe
+        // over and over with no word why; say so once, at start.
+        status::write(path, false, "starting").with_context(|| {
+            format!(
+                "cannot write the status file {} (--status-file: its directory must exist and be writable by uid {})",
+                path.display(),
+                nix::unistd::getuid()
+            )
+        })?;
+    }
     let shutdown = execwatch::runtime::shutdown_signal();
     let metrics = Arc::new(metrics::Metrics::default());
     // Inert until the first rules arrive.
@@ -84,10 +95,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None => RulesSource::ConfigMap {
                 client: kube_client(WATCH_READ_TIMEOUT).await?,
                 namespace: cli.namespace.clone(),
-                name: cli
-                    .configmap
-                    .clone()
-                    .unwrap_or_else(|| format!("reclaim-agent-{node}")),
+                name: match &cli.configmap {
+                    Some(name) => name.clone(),
+                    None => cli::dns_subdomain(&format!("reclaim-agent-{node}")).map_err(|e| {
+                        anyhow::anyhow!("the default ConfigMap name for --node-name {node} is invalid: {e}; set --configmap")
+                    })?,
+                },
             },
         };
         let nodes = NodeClient::new(

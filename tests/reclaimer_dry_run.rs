@@ -322,9 +322,10 @@ fn health_check_follows_the_status_file() {
         "{ok:?}"
     );
     drop(reclaimer);
-    // Once the loop is gone the file ages past any limit.
-    std::thread::sleep(Duration::from_millis(2100));
-    let stale = health("1s");
+    // Once the loop is gone the file ages past any limit (the smallest
+    // --max-age is 10s: twice the 5 s rewrite period).
+    std::thread::sleep(Duration::from_millis(11_100));
+    let stale = health("10s");
     assert!(!stale.status.success());
     assert!(
         String::from_utf8_lossy(&stale.stderr).contains("not running"),
