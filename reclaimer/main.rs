@@ -75,6 +75,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let Some(node) = cli.node_name.clone() else {
             bail!("--node-name (or NODE_NAME) is required unless --dry-run");
         };
+        if cli.rules_file.is_none() {
+            // Refused here, not by the API server over and over.
+            configmap_name(&cli, &node)?;
+        }
         let host = if cli.skip_host_id_check {
             tracing::warn!("--skip-host-id-check is ON: the Node's machine-id is NOT compared with this host's; only for sandboxes");
             HostId::Skip
@@ -95,12 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None => RulesSource::ConfigMap {
                 client: kube_client(WATCH_READ_TIMEOUT).await?,
                 namespace: cli.namespace.clone(),
-                name: match &cli.configmap {
-                    Some(name) => name.clone(),
-                    None => cli::dns_subdomain(&format!("reclaim-agent-{node}")).map_err(|e| {
-                        anyhow::anyhow!("the default ConfigMap name for --node-name {node} is invalid: {e}; set --configmap")
-                    })?,
-                },
+                name: configmap_name(&cli, &node)?,
             },
         };
         let nodes = NodeClient::new(
@@ -149,6 +148,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The rules ConfigMap's name: `--configmap`, or `reclaim-agent-<node>`,
+/// which a long node name can push past the 253 characters of a name.
+fn configmap_name(cli: &Cli, node: &str) -> anyhow::Result<String> {
+    match &cli.configmap {
+        Some(name) => Ok(name.clone()),
+        None => cli::dns_subdomain(&format!("reclaim-agent-{node}")).map_err(|e| {
+            anyhow::anyhow!(
+                "the rules ConfigMap name for --node-name {node} is invalid: {e}; set --configmap"
+            )
+        }),
+    }
 }
 
 /// Read timeout of the Node requests: short, so that a hung API server is
