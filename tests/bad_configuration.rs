@@ -254,7 +254,7 @@ async fn a_deleted_or_emptied_configmap_keeps_the_rules_in_force() {
         }
         let times = if round == 3 { 2 } else { 1 };
         let logs = wait_log(why, times);
-        let line = logs.lines().filter(|l| l.contains(why)).last().unwrap();
+        let line = logs.lines().rfind(|l| l.contains(why)).unwrap();
         assert!(line.contains(KEEPING), "{line}");
         assert!(
             line.contains("rules=commands=1 "),
