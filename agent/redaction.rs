@@ -88,6 +88,11 @@ impl Redactor {
                 }
             })
             .collect();
+        if p.argv_lossy && p.argv_raw.len() != p.argv.len() && edits.iter().any(Option::is_some) {
+            // Bytes that do not line up with the text cannot be redacted by
+            // position: drop them rather than let a secret through.
+            p.argv_raw.clear();
+        }
         let mut changed = false;
         for (i, edit) in edits.into_iter().enumerate() {
             let Some(edit) = edit else { continue };
@@ -98,7 +103,9 @@ impl Redactor {
         if changed {
             p.argv_redacted = true;
             // A secret that held the only invalid bytes leaves an exact argv.
-            if p.argv_lossy && p.argv_raw.iter().all(|a| std::str::from_utf8(a).is_ok()) {
+            let raw = &p.argv_raw;
+            if p.argv_lossy && !raw.is_empty() && raw.iter().all(|a| std::str::from_utf8(a).is_ok())
+            {
                 p.argv_lossy = false;
                 p.argv_raw.clear();
             }

@@ -164,6 +164,17 @@ fn a_secret_that_held_the_only_invalid_bytes_leaves_an_exact_argv() {
 }
 
 #[test]
+fn raw_bytes_that_do_not_line_up_with_argv_are_dropped_not_leaked() {
+    let r = redactor(&["^--password=(.+)"], &[]);
+    let mut p = process(&[b"db", b"--password=\xffhunter2", b"caf\xe9"]);
+    p.argv_raw.pop();
+    assert!(r.redact(&mut p));
+    assert_eq!(p.argv[1], "--password=<redacted>");
+    assert!(p.argv_raw.is_empty());
+    assert!(p.argv_lossy, "argv[2] is still lossy text");
+}
+
+#[test]
 fn lossy_offsets_map_to_raw_offsets() {
     // "a" 0xFF "b": text "a\u{FFFD}b" is 5 bytes.
     assert_eq!(lossy_to_raw(b"a\xffb"), [0, 1, 1, 1, 2, 3]);

@@ -166,6 +166,8 @@ impl Feed {
     async fn missing(&mut self, what: &str, why: &str) {
         match &self.in_force {
             Some(rules) => {
+                // No document is not an invalid one.
+                self.metrics.rules_invalid.store(0, Relaxed);
                 self.metrics.rules_missing.store(1, Relaxed);
                 tracing::warn!(
                     rules = %rules,
@@ -177,6 +179,8 @@ impl Feed {
             None => {
                 tracing::warn!("{what} {why}: no rules yet; this node is not armed");
                 self.good(&format!("{what} {why}"), Rules::inert()).await;
+                // Still no rules from a document: nothing to keep later.
+                self.in_force = None;
             }
         }
     }
@@ -197,6 +201,7 @@ impl Feed {
     fn bad(&mut self, what: &str, e: &crate::rules::RulesError) {
         self.metrics.rule_errors.inc();
         self.metrics.rules_invalid.store(1, Relaxed);
+        self.metrics.rules_missing.store(0, Relaxed);
         tracing::error!(
             line = e.line(),
             "rules in {what} rejected, keeping the last good rules: {e}"

@@ -31,6 +31,8 @@ async fn no_document_keeps_the_rules_in_force() {
     feed.missing(what, "is absent").await;
     assert!(rx.try_recv().unwrap().is_inert(), "at start: inert");
     assert_eq!(missing(), 0);
+    feed.document(what, None).await;
+    assert!(rx.try_recv().unwrap().is_inert(), "still no rules: inert");
 
     let good = "match_commands = [\"java\"]".to_owned();
     feed.document(what, Some(&good)).await;
@@ -43,6 +45,15 @@ async fn no_document_keeps_the_rules_in_force() {
     }
     feed.missing(what, "was deleted").await;
     assert!(rx.try_recv().is_err(), "a deletion replaced the rules");
+
+    // An invalid document is a document: invalid, not missing; losing it
+    // again is missing, not invalid.
+    feed.document(what, Some(&"match_comands = []".to_owned()))
+        .await;
+    assert!(rx.try_recv().is_err());
+    assert_eq!((missing(), metrics.rules_invalid.load(Relaxed)), (0, 1));
+    feed.missing(what, "was deleted").await;
+    assert_eq!((missing(), metrics.rules_invalid.load(Relaxed)), (1, 0));
 
     // Explicitly inert rules are a decision, and apply.
     feed.document(what, Some(&"match_commands = []".to_owned()))
