@@ -7,12 +7,28 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 pub use execwatch::runtime::LogFormat;
 
+use crate::redaction_patterns::{Patterns, Preset};
+
+/// Bounds of `--poll-interval`: faster scans burn a core on a busy host;
+/// slower ones make the poll detector useless for reclaiming.
+pub const POLL_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(60));
+/// Bounds of `health-check --timeout`.
+pub const HEALTH_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(300));
+/// Smallest `--receive-buffer`, in bytes (a page; the kernel's own floor is
+/// about 2 KiB).
+pub const MIN_RECEIVE_BUFFER: u32 = 4096;
+/// Largest `--receive-buffer`, in bytes: the kernel caps a socket buffer
+/// request at `INT_MAX / 2`, about 1 GiB.
+pub const MAX_RECEIVE_BUFFER: u32 = 1 << 30;
+
 /// execwatch agent: streams the node's process launches over gRPC on a Unix socket.
 #[derive(Debug, Parser)]
 #[command(name = "agent", version)]
 pub struct Cli {
     /// Unix socket to serve on.
-    #[arg(long, env = "EXECWATCH_SOCKET", default_value = execwatch::DEFAULT_SOCKET, global = true)]
+    #[arg(long, env = "EXECWATCH_SOCKET", default_value = execwatch::DEFAULT_SOCKET, global = true, value_parser = execwatch::client::socket_path)]
     pub socket: PathBuf,
 
     /// Log format.
@@ -33,8 +49,8 @@ pub enum Command {
     /// Ask a running agent over its socket whether it is serving; exit 0 if so
     /// (for exec probes).
     HealthCheck {
-        /// Give up after this long (e.g. 500ms, 2s).
-        #[arg(long, default_value = "2s", value_parser = execwatch::duration::parse)]
+        /// Give up after this long (e.g. 500ms, 2s; 100ms to 5m).
+        #[arg(long, default_value = "2s", value_parser = |s: &str| execwatch::duration::parse_within(s, HEALTH_TIMEOUT.0, HEALTH_TIMEOUT.1))]
         timeout: Duration,
     },
 }
@@ -47,8 +63,8 @@ pub struct RunArgs {
     #[arg(long, env = "EXECWATCH_DETECTOR", value_enum, default_value_t = Detector::default())]
     pub detector: Detector,
 
-    /// Scan interval of the poll detector (e.g. 250ms, 1s).
-    #[arg(long, env = "EXECWATCH_POLL_INTERVAL", default_value = "250ms", value_parser = execwatch::duration::parse)]
+    /// Scan interval of the poll detector (e.g. 250ms, 1s; 10ms to 1m).
+    #[arg(long, env = "EXECWATCH_POLL_INTERVAL", default_value = "250ms", value_parser = |s: &str| execwatch::duration::parse_within(s, POLL_INTERVAL.0, POLL_INTERVAL.1))]
     pub poll_interval: Duration,
 
     /// Socket file mode, in octal.
@@ -60,10 +76,10 @@ pub struct RunArgs {
     #[arg(long, env = "EXECWATCH_ALLOW_UID", value_delimiter = ',')]
     pub allow_uid: Vec<u32>,
 
-    /// Netlink receive buffer to ask for, in bytes. Above net.core.rmem_max it
-    /// is granted only with CAP_NET_ADMIN.
-    #[arg(long, env = "EXECWATCH_RECEIVE_BUFFER", default_value_t = 8 << 20)]
-    pub receive_buffer: usize,
+    /// Netlink receive buffer to ask for, in bytes (4096 to 1073741824).
+    /// Above net.core.rmem_max it is granted only with CAP_NET_ADMIN.
+    #[arg(long, env = "EXECWATCH_RECEIVE_BUFFER", default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(i64::from(MIN_RECEIVE_BUFFER)..=i64::from(MAX_RECEIVE_BUFFER)))]
+    pub receive_buffer: u32,
 
     /// Events each subscriber may have queued before it gets `lost` and a resync.
     #[arg(long, env = "EXECWATCH_QUEUE_LEN", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -77,6 +93,21 @@ pub struct RunArgs {
     /// The procfs mount to read.
     #[arg(long, env = "EXECWATCH_PROC", default_value = "/proc")]
     pub proc_root: String,
+
+    /// Redact argument text matching this regex in every record (repeatable;
+    /// comma-separated). With capture groups only the captured text becomes
+    /// <redacted>, e.g. `^--password=(.+)`; without, the whole argument.
+    #[arg(long, env = "EXECWATCH_REDACT_ARGV", value_name = "REGEX", value_parser = crate::redaction_patterns::parse)]
+    pub redact_argv: Vec<Patterns>,
+
+    /// Redact the argument after one matching this regex (repeatable;
+    /// comma-separated), e.g. `^--password$` for `--password hunter2`.
+    #[arg(long, env = "EXECWATCH_REDACT_ARGV_NEXT", value_name = "REGEX", value_parser = crate::redaction_patterns::parse)]
+    pub redact_argv_next: Vec<Patterns>,
+
+    /// Add a ready-made set of redaction patterns (docs/security.md).
+    #[arg(long, env = "EXECWATCH_REDACT_ARGV_PRESET", value_enum)]
+    pub redact_argv_preset: Option<Preset>,
 }
 
 /// Detection mechanism.
@@ -124,5 +155,78 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every numeric and duration flag: its limits are accepted, one step
+    /// beyond is refused with the flag and the allowed range named.
+    #[test]
+    fn bounds() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for ok in [
+            &["--poll-interval=10ms"][..],
+            &["--poll-interval=1m"],
+            &["--receive-buffer=4096"],
+            &["--receive-buffer=1073741824"],
+            &["--queue-len=1"],
+            &["--queue-len=1000000"],
+            &["--max-argv-bytes=1"],
+            &["--max-argv-bytes=16777216"],
+            &["health-check", "--timeout=100ms"],
+            &["health-check", "--timeout=5m"],
+        ] {
+            assert_eq!(parse(ok), Ok(()), "{ok:?}");
+        }
+        let long_socket = format!("--socket=/{}", "s".repeat(107));
+        for (bad, words) in [
+            (
+                &["--poll-interval=9ms"][..],
+                &["--poll-interval", "from 10ms to 1m"][..],
+            ),
+            (
+                &["--poll-interval=61s"],
+                &["--poll-interval", "from 10ms to 1m"],
+            ),
+            (&["--poll-interval=525600m"], &["525600m is out of range"]),
+            (
+                &["--receive-buffer=4095"],
+                &["--receive-buffer", "4096..=1073741824"],
+            ),
+            (
+                &["--receive-buffer=1073741825"],
+                &["--receive-buffer", "4096..=1073741824"],
+            ),
+            (
+                &["--receive-buffer=18446744073709551616"],
+                &["--receive-buffer"],
+            ),
+            (&["--queue-len=1000001"], &["--queue-len", "1..=1000000"]),
+            (
+                &["--max-argv-bytes=0"],
+                &["--max-argv-bytes", "1..=16777216"],
+            ),
+            (
+                &["--max-argv-bytes=16777217"],
+                &["--max-argv-bytes", "1..=16777216"],
+            ),
+            (&["--allow-uid=4294967296"], &["--allow-uid"]),
+            (
+                &["health-check", "--timeout=99ms"],
+                &["--timeout", "from 100ms to 5m"],
+            ),
+            (
+                &["health-check", "--timeout=301s"],
+                &["--timeout", "from 100ms to 5m"],
+            ),
+            (&[long_socket.as_str()], &["--socket", "at most 107"]),
+        ] {
+            let err = parse(bad).unwrap_err();
+            for word in words {
+                assert!(err.contains(word), "{bad:?}: no {word:?} in {err}");
+            }
+        }
     }
 }

@@ -12,6 +12,8 @@ mod netlink_detector;
 mod netlink_reader;
 mod poll;
 mod procfs;
+mod redaction;
+mod redaction_patterns;
 mod server;
 mod service;
 mod stat_line;
@@ -57,13 +59,24 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let fanout = Arc::new(Fanout::new(args.queue_len as usize, stats.clone()));
     let max_argv = args.max_argv_bytes as usize;
+    // Before the first record is read: every reader redacts from then on.
+    if let Some(redactor) = redactor(&args) {
+        let (in_argument, next_argument) = redactor.counts();
+        redaction::install(redactor);
+        tracing::info!(
+            in_argument,
+            next_argument,
+            "argv redaction on: matching text is replaced with {}",
+            redaction::REDACTED
+        );
+    }
     let reader = ProcReader::open(&args.proc_root, max_argv)?;
 
     // The detector starts before the socket exists: a client that can
     // connect is a client that will see events.
     match args.detector {
         Detector::Netlink => {
-            let detector = netlink_detector::NetlinkDetector::start(args.receive_buffer)
+            let detector = netlink_detector::NetlinkDetector::start(args.receive_buffer as usize)
                 .context("the netlink detector could not start (try --detector=poll)")?;
             let mode = detector.mode().name();
             stats.set_detector("netlink", mode, detector.receive_buffer() as u64);
@@ -110,4 +123,20 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
     server::serve(listener, &socket, shared, peers, shutdown).await?;
     tracing::info!("stopped; socket removed");
     Ok(())
+}
+
+/// The redaction the flags ask for: the preset's patterns, then the
+/// `--redact-argv` and `--redact-argv-next` ones. `None` if there are none.
+fn redactor(args: &RunArgs) -> Option<redaction::Redactor> {
+    let (mut inside, mut next) = args
+        .redact_argv_preset
+        .map(|preset| preset.patterns())
+        .unwrap_or_default();
+    inside.extend(args.redact_argv.iter().flat_map(|p| p.0.iter().cloned()));
+    next.extend(
+        args.redact_argv_next
+            .iter()
+            .flat_map(|p| p.0.iter().cloned()),
+    );
+    redaction::Redactor::new(inside, next)
 }

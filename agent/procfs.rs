@@ -181,6 +181,7 @@ impl ProcReader {
             Ok(path) => p.cwd = Some(path.to_string_lossy().into_owned()),
             Err(e) => missing(&mut p, "cwd", e),
         }
+        crate::redaction::apply(&mut p);
         Some(p)
     }
 }

@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use execwatch::client::MAX_SOCKET_PATH;
 use execwatch::proto::{exec_events_server::ExecEventsServer, FILE_DESCRIPTOR_SET};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -31,6 +32,38 @@ pub enum ServeError {
         /// The directory.
         path: PathBuf,
         /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket path does not fit in a Unix socket address.
+    #[error("the socket path {path} is {len} bytes long; a Unix socket path holds at most {max} (choose a shorter --socket)")]
+    PathTooLong {
+        /// The socket.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit ([`MAX_SOCKET_PATH`]).
+        max: usize,
+    },
+    /// A file that is not a directory sits where the socket's directory
+    /// (or one of its parents) should be.
+    #[error("cannot create the socket {socket}: {path} exists and is not a directory")]
+    NotADirectory {
+        /// The socket.
+        socket: PathBuf,
+        /// The file in the way.
+        path: PathBuf,
+    },
+    /// The agent may not create files in the socket's directory.
+    #[error("cannot create the socket {path}: the directory {dir} is not writable by uid {uid} ({source})")]
+    NotWritable {
+        /// The socket.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// The agent's uid.
+        uid: u32,
+        /// Why (permission denied, read-only file system).
         #[source]
         source: io::Error,
     },
@@ -76,7 +109,27 @@ pub enum ServeError {
 
 /// Binds `path` with file mode `mode`, replacing a stale socket.
 pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        // Also checked on the command line; a library caller may skip that.
+        return Err(ServeError::PathTooLong {
+            path: path.into(),
+            len,
+            max: MAX_SOCKET_PATH,
+        });
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        // The nearest existing ancestor must be a directory; create_dir_all
+        // would only say "File exists" or "Not a directory".
+        if let Some(existing) = dir.ancestors().find(|a| fs::metadata(a).is_ok()) {
+            if !existing.is_dir() {
+                return Err(ServeError::NotADirectory {
+                    socket: path.into(),
+                    path: existing.into(),
+                });
+            }
+        }
         fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir {
             path: dir.into(),
             source,
@@ -92,9 +145,19 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
         Ok(_) => return Err(ServeError::NotASocket(path.into())),
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|source| ServeError::Bind {
-        path: path.into(),
-        source,
+    let listener = UnixListener::bind(path).map_err(|source| match source.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            ServeError::NotWritable {
+                path: path.into(),
+                dir: dir.unwrap_or(Path::new(".")).into(),
+                uid: nix::unistd::getuid().as_raw(),
+                source,
+            }
+        }
+        _ => ServeError::Bind {
+            path: path.into(),
+            source,
+        },
     })?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
         ServeError::Chmod {

@@ -43,6 +43,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(path) = &cli.status_file {
+        // A status file that cannot be written would fail the liveness probe
+        // over and over with no word why; say so once, at start.
+        status::write(path, false, "starting").with_context(|| {
+            format!(
+                "cannot write the status file {} (--status-file: its directory must exist and be writable by uid {})",
+                path.display(),
+                nix::unistd::getuid()
+            )
+        })?;
+    }
     let shutdown = execwatch::runtime::shutdown_signal();
     let metrics = Arc::new(metrics::Metrics::default());
     // Inert until the first rules arrive.
@@ -64,6 +75,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let Some(node) = cli.node_name.clone() else {
             bail!("--node-name (or NODE_NAME) is required unless --dry-run");
         };
+        if cli.rules_file.is_none() {
+            // Refused here, not by the API server over and over.
+            configmap_name(&cli, &node)?;
+        }
         let host = if cli.skip_host_id_check {
             tracing::warn!("--skip-host-id-check is ON: the Node's machine-id is NOT compared with this host's; only for sandboxes");
             HostId::Skip
@@ -84,10 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None => RulesSource::ConfigMap {
                 client: kube_client(WATCH_READ_TIMEOUT).await?,
                 namespace: cli.namespace.clone(),
-                name: cli
-                    .configmap
-                    .clone()
-                    .unwrap_or_else(|| format!("reclaim-agent-{node}")),
+                name: configmap_name(&cli, &node)?,
             },
         };
         let nodes = NodeClient::new(
@@ -136,6 +148,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The rules ConfigMap's name: `--configmap`, or `reclaim-agent-<node>`,
+/// which a long node name can push past the 253 characters of a name.
+fn configmap_name(cli: &Cli, node: &str) -> anyhow::Result<String> {
+    match &cli.configmap {
+        Some(name) => Ok(name.clone()),
+        None => cli::dns_subdomain(&format!("reclaim-agent-{node}")).map_err(|e| {
+            anyhow::anyhow!(
+                "the rules ConfigMap name for --node-name {node} is invalid: {e}; set --configmap"
+            )
+        }),
+    }
 }
 
 /// Read timeout of the Node requests: short, so that a hung API server is

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub rules_invalid: AtomicU64,
     /// 1 while the rules are inert.
     pub rules_inert: AtomicU64,
+    /// 1 while the rules source has no document (ConfigMap deleted or
+    /// empty, rules file emptied) and the last good rules are kept.
+    pub rules_missing: AtomicU64,
 }
 
 impl Metrics {
@@ -141,6 +144,11 @@ impl Metrics {
                 "rules_inert",
                 "1 while the rules never fire.",
                 &self.rules_inert,
+            ),
+            (
+                "rules_missing",
+                "1 while the rules source has no document and the last good rules are kept.",
+                &self.rules_missing,
             ),
         ] {
             let _ = writeln!(out, "# HELP execwatch_reclaimer_{name} {help}\n# TYPE execwatch_reclaimer_{name} gauge\nexecwatch_reclaimer_{name} {}", g.load(Relaxed));

@@ -90,8 +90,10 @@
 //!
 //! # Limits
 //!
-//! Each list holds at most [`MAX_PATTERNS`] entries and each pattern at most
-//! [`MAX_PATTERN_BYTES`] bytes. Every error says where: [`RulesError::line`].
+//! A document holds at most [`MAX_DOCUMENT_BYTES`] bytes, each list at most
+//! [`MAX_PATTERNS`] entries and each pattern at most [`MAX_PATTERN_BYTES`]
+//! bytes. Every error but the document's size says where:
+//! [`RulesError::line`].
 //!
 //! [`Process::comm`]: execwatch::proto::Process::comm
 //! [`Process::argv`]: execwatch::proto::Process::argv
@@ -138,6 +140,10 @@ pub const MAX_PATTERNS: usize = 1000;
 
 /// Longest pattern, in bytes.
 pub const MAX_PATTERN_BYTES: usize = 4096;
+
+/// Largest rules document, in bytes: what a ConfigMap can hold at most
+/// (1 MiB), for a rules file too.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 
 /// How many bytes of a command name the kernel keeps (`TASK_COMM_LEN` - 1).
 pub const COMM_MAX_BYTES: usize = 15;
@@ -216,6 +222,16 @@ pub enum RulesError {
         column: usize,
     },
 
+    /// The document is larger than [`MAX_DOCUMENT_BYTES`]; it is refused
+    /// before it is parsed.
+    #[error("reclaim rules: the document is {bytes} bytes long, at most {max} are allowed")]
+    DocumentTooLarge {
+        /// Its length in bytes (for a file: as much as was read).
+        bytes: usize,
+        /// The limit ([`MAX_DOCUMENT_BYTES`]).
+        max: usize,
+    },
+
     /// `poll_interval_ms` is negative.
     #[error("reclaim rules: line {line}, column {column}: `poll_interval_ms` is {value}, it must be a non-negative integer (it is accepted for compatibility and ignored)")]
     NegativePollInterval {
@@ -233,6 +249,7 @@ impl RulesError {
     pub fn line(&self) -> Option<usize> {
         match self {
             RulesError::Parse { line, .. } => *line,
+            RulesError::DocumentTooLarge { .. } => None,
             RulesError::EmptyPattern { line, .. }
             | RulesError::TooManyPatterns { line, .. }
             | RulesError::PatternTooLong { line, .. }
@@ -359,13 +376,23 @@ impl Rules {
     ///
     /// An empty document gives inert rules. Errors carry the line and column.
     pub fn parse(toml: &str) -> Result<Rules, RulesError> {
+        if toml.len() > MAX_DOCUMENT_BYTES {
+            return Err(RulesError::DocumentTooLarge {
+                bytes: toml.len(),
+                max: MAX_DOCUMENT_BYTES,
+            });
+        }
         let doc: Document = toml::from_str(toml).map_err(|e| {
             let mut message = e.message().trim_end().to_owned();
             let (line, column) = match e.span() {
                 Some(span) => {
                     // serde's type errors ("invalid type: string, expected
-                    // i64") do not say which key; the position does.
-                    if let Some(key) = key_at(toml, span.start) {
+                    // i64") do not say which key; the position does. A
+                    // syntax error is not about the key before it.
+                    let about_a_value = ["invalid ", "unknown variant"]
+                        .iter()
+                        .any(|p| message.starts_with(p));
+                    if let Some(key) = key_at(toml, span.start).filter(|_| about_a_value) {
                         if !message.contains(key) {
                             message = format!("`{key}`: {message}");
                         }

@@ -4,7 +4,16 @@
 //!
 //! A document that does not parse never replaces good rules: the error is
 //! logged with its line, counted, and shown by the `rules_invalid` gauge
-//! until a good document arrives. A missing ConfigMap or key means inert.
+//! until a good document arrives.
+//!
+//! No document at all (the ConfigMap absent, deleted, without the
+//! `reclaim.toml` key, or that key blank; a rules file emptied) never
+//! disarms a node that has rules: a deletion mid-shift is far more often an
+//! accident (a pruning deploy tool, a wrong namespace) than a decision, and a
+//! node that silently stops reclaiming is the failure that hurts the owner.
+//! The reclaimer warns, names the rules it keeps, and sets the
+//! `rules_missing` gauge. Disarming is explicit: `match_commands = []`.
+//! Before any rules arrived, no document means inert (said as a warning).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,7 +27,7 @@ use kube::Api;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::rules::{Rules, DEFAULT_RULES};
+use crate::rules::{Rules, DEFAULT_RULES, MAX_DOCUMENT_BYTES};
 
 /// The ConfigMap data key holding the rules.
 pub const DATA_KEY: &str = "reclaim.toml";
@@ -66,7 +75,7 @@ pub enum SourceError {
 /// Loads the rules file once, strictly (used at start-up, where a bad file
 /// is a configuration error, not something to ride out).
 pub fn load_file(path: &std::path::Path) -> Result<Rules, SourceError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read {
+    let text = read_capped(path).map_err(|source| SourceError::Read {
         path: path.into(),
         source,
     })?;
@@ -78,7 +87,12 @@ pub fn load_file(path: &std::path::Path) -> Result<Rules, SourceError> {
 
 /// Sends every new rule set on `tx`, forever.
 pub async fn run(source: RulesSource, tx: mpsc::Sender<Rules>, metrics: Arc<Metrics>) {
-    let mut feed = Feed { tx, metrics };
+    let mut feed = Feed {
+        tx,
+        metrics,
+        in_force: None,
+        key: matches!(source, RulesSource::ConfigMap { .. }).then_some(DATA_KEY),
+    };
     match source {
         RulesSource::Embedded => {
             let rules = Rules::parse(DEFAULT_RULES).expect("the embedded rules parse");
@@ -105,18 +119,14 @@ pub async fn run(source: RulesSource, tx: mpsc::Sender<Rules>, metrics: Arc<Metr
                             .await;
                     }
                     Ok(watcher::Event::InitDone) if !seen_in_init => {
-                        feed.good(&format!("{what} is absent"), Rules::inert())
-                            .await
+                        feed.missing(&what, "is absent").await
                     }
                     Ok(watcher::Event::InitDone) => {}
                     Ok(watcher::Event::Apply(cm)) => {
                         feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY)))
                             .await
                     }
-                    Ok(watcher::Event::Delete(_)) => {
-                        feed.good(&format!("{what} was deleted"), Rules::inert())
-                            .await
-                    }
+                    Ok(watcher::Event::Delete(_)) => feed.missing(&what, "was deleted").await,
                     Err(e) => tracing::warn!("watching {what}: {e}; retrying"),
                 }
             }
@@ -127,15 +137,23 @@ pub async fn run(source: RulesSource, tx: mpsc::Sender<Rules>, metrics: Arc<Metr
 struct Feed {
     tx: mpsc::Sender<Rules>,
     metrics: Arc<Metrics>,
+    /// Summary of the rules in force; `None` until the first rules arrive.
+    in_force: Option<String>,
+    /// The ConfigMap data key the documents come from; `None` for a file.
+    key: Option<&'static str>,
 }
 
 impl Feed {
     /// A document (or its absence) from `what`.
     async fn document(&mut self, what: &str, text: Option<&String>) {
         match text {
-            None => {
-                self.good(&format!("{what} has no {DATA_KEY} key"), Rules::inert())
-                    .await
+            None => self.missing(what, &format!("has no {DATA_KEY} key")).await,
+            Some(text) if is_blank(text) => {
+                let why = match self.key {
+                    Some(key) => format!("has an empty {key} (no key set)"),
+                    None => "is empty (no key set)".to_owned(),
+                };
+                self.missing(what, &why).await
             }
             Some(text) => match Rules::parse(text) {
                 Ok(rules) => self.good(what, rules).await,
@@ -144,24 +162,75 @@ impl Feed {
         }
     }
 
+    /// `what` holds no rules document: keep the rules in force, if any.
+    async fn missing(&mut self, what: &str, why: &str) {
+        match &self.in_force {
+            Some(rules) => {
+                // No document is not an invalid one.
+                self.metrics.rules_invalid.store(0, Relaxed);
+                self.metrics.rules_missing.store(1, Relaxed);
+                tracing::warn!(
+                    rules = %rules,
+                    "{what} {why}: keeping the rules in force until it holds rules again \
+                     (to disarm this node, set match_commands = []; a restarted reclaimer \
+                     starts without them)"
+                );
+            }
+            None => {
+                tracing::warn!("{what} {why}: no rules yet; this node is not armed");
+                self.good(&format!("{what} {why}"), Rules::inert()).await;
+                // Still no rules from a document: nothing to keep later.
+                self.in_force = None;
+            }
+        }
+    }
+
     async fn good(&mut self, what: &str, rules: Rules) {
         self.metrics.rule_reloads.inc();
         self.metrics.rules_invalid.store(0, Relaxed);
+        self.metrics.rules_missing.store(0, Relaxed);
         self.metrics
             .rules_inert
             .store(u64::from(rules.is_inert()), Relaxed);
-        tracing::info!(rules = %rules.summary(), "rules loaded from {what}");
+        let summary = rules.summary();
+        tracing::info!(rules = %summary, "rules loaded from {what}");
+        self.in_force = Some(summary);
         let _ = self.tx.send(rules).await;
     }
 
     fn bad(&mut self, what: &str, e: &crate::rules::RulesError) {
         self.metrics.rule_errors.inc();
         self.metrics.rules_invalid.store(1, Relaxed);
+        self.metrics.rules_missing.store(0, Relaxed);
         tracing::error!(
             line = e.line(),
             "rules in {what} rejected, keeping the last good rules: {e}"
         );
     }
+}
+
+/// True if `text` sets no key: only blank lines and comments. Such a
+/// document is treated as no document, never as a decision to disarm.
+fn is_blank(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#'))
+}
+
+/// Reads a rules file, at most [`MAX_DOCUMENT_BYTES`] + 1 bytes of it, so
+/// that a huge file is refused by [`Rules::parse`] without being read whole.
+fn read_capped(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_DOCUMENT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        // Cut anywhere, perhaps inside a character: only its size matters.
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
 }
 
 async fn watch_file(path: PathBuf, mut feed: Feed) {
@@ -173,20 +242,22 @@ async fn watch_file(path: PathBuf, mut feed: Feed) {
                 let stamp = (meta.modified().ok(), meta.len());
                 if last != Some(stamp) {
                     last = Some(stamp);
-                    match std::fs::read_to_string(&path) {
+                    match read_capped(&path) {
                         Ok(text) => feed.document(&what, Some(&text)).await,
-                        Err(e) => {
-                            tracing::error!("cannot read {what}: {e}; keeping the last good rules")
-                        }
+                        Err(e) => feed.missing(&what, &format!("cannot be read ({e})")).await,
                     }
                 }
             }
             Err(e) if last.is_some() => {
                 last = None;
-                tracing::error!("cannot read {what}: {e}; keeping the last good rules");
+                feed.missing(&what, &format!("cannot be read ({e})")).await;
             }
             Err(_) => {}
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
+
+#[cfg(test)]
+#[path = "rules_source_tests.rs"]
+mod tests;

@@ -730,6 +730,31 @@ fn error_cases() -> Vec<ErrorCase> {
             parse,
         ),
         case(
+            "huge number: poll_interval_ms beyond i64",
+            "poll_interval_ms = 99999999999999999999",
+            1,
+            &["line 1, column 20", "`poll_interval_ms`", "expected i64"],
+            parse,
+        ),
+        case(
+            "huge number: a uid beyond u32",
+            "match_uids = [4294967296]",
+            1,
+            &["`match_uids`", "4294967296", "expected u32"],
+            parse,
+        ),
+        case(
+            "deep nesting is refused, not a stack overflow",
+            &format!(
+                "match_commands = {}{}",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+            1,
+            &["line 1", "recursion"],
+            parse,
+        ),
+        case(
             "column counts characters, not bytes",
             "match_argv_substrings = [\"é\", \"\"]",
             1,
@@ -762,6 +787,36 @@ fn errors_table() {
         }
         assert!(!text.contains('\n'), "{}: multi-line: {text:?}", case.name);
     }
+}
+
+#[test]
+fn a_syntax_error_is_not_blamed_on_the_key_before_it() {
+    let err = Rules::parse("scope = \"host\"\nmatch_commands\n").unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.line(), Some(2), "{text}");
+    assert!(!text.contains("`scope`"), "{text}");
+}
+
+#[test]
+fn a_huge_document_is_refused_before_it_is_parsed() {
+    // At the limit: a valid (blank) document.
+    let comment = format!("#{}\n", "x".repeat(MAX_DOCUMENT_BYTES - 2));
+    assert_eq!(comment.len(), MAX_DOCUMENT_BYTES);
+    assert!(Rules::parse(&comment).unwrap().is_inert());
+    // One byte more: refused without a line, with both sizes.
+    let err = Rules::parse(&format!("{comment} ")).unwrap_err();
+    assert_eq!(
+        err,
+        RulesError::DocumentTooLarge {
+            bytes: MAX_DOCUMENT_BYTES + 1,
+            max: MAX_DOCUMENT_BYTES
+        }
+    );
+    assert_eq!(err.line(), None);
+    assert_eq!(
+        err.to_string(),
+        "reclaim rules: the document is 1048577 bytes long, at most 1048576 are allowed"
+    );
 }
 
 #[test]

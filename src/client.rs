@@ -69,3 +69,37 @@ pub async fn exec_events(
 ) -> Result<ExecEventsClient<Channel>, ConnectError> {
     Ok(ExecEventsClient::new(connect(path).await?))
 }
+
+/// Longest Unix socket path, in bytes: `sun_path` holds 108 bytes with the
+/// terminating NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Checks a socket path from the command line: it must fit in a Unix socket
+/// address, or no connect or bind on it can ever work.
+pub fn socket_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("the socket path is empty".into());
+    }
+    if s.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "the socket path is {} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+            s.len()
+        ));
+    }
+    Ok(PathBuf::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_paths_fit_in_sun_path() {
+        let longest = format!("/{}", "s".repeat(MAX_SOCKET_PATH - 1));
+        assert_eq!(socket_path(&longest), Ok(PathBuf::from(&longest)));
+        let err = socket_path(&format!("{longest}x")).unwrap_err();
+        assert!(err.contains("108 bytes long"), "{err}");
+        assert!(err.contains("at most 107"), "{err}");
+        assert!(socket_path("").is_err());
+    }
+}

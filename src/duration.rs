@@ -1,5 +1,6 @@
 //! Durations on the command line: `250ms`, `2s`, `1m`, or a bare number of
-//! milliseconds. Both binaries' flags use it.
+//! milliseconds. Both binaries' flags use it; each flag has its own bounds
+//! ([`parse_within`]), listed in docs/operating.md.
 
 use std::time::Duration;
 
@@ -9,9 +10,13 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 250ms or 2s"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        if num.is_empty() {
+            format!("{s:?} is not a duration like 250ms or 2s")
+        } else {
+            format!("{s:?} is far too long")
+        }
+    })?;
     let d = match unit {
         "" | "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -22,6 +27,33 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         return Err("the duration must be greater than zero".into());
     }
     Ok(d)
+}
+
+/// Parses a duration and checks that it lies in `min..=max`; the error
+/// gives the allowed range in the units a user would write.
+pub fn parse_within(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse(s)?;
+    if d < min || d > max {
+        return Err(format!(
+            "{} is out of range: allowed from {} to {}",
+            s.trim(),
+            format(min),
+            format(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// Writes `d` the way [`parse`] reads it, in the largest exact unit.
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 #[cfg(test)]
@@ -38,5 +70,30 @@ mod tests {
         assert!(parse("fast").is_err());
         assert!(parse("3h").unwrap_err().contains("unknown unit"));
         assert!(parse("").is_err());
+        assert!(parse("99999999999999999999s")
+            .unwrap_err()
+            .contains("far too long"));
+    }
+
+    #[test]
+    fn bounds_are_inclusive_and_named() {
+        let (min, max) = (Duration::from_millis(10), Duration::from_secs(60));
+        assert_eq!(parse_within("10ms", min, max), Ok(min));
+        assert_eq!(parse_within("1m", min, max), Ok(max));
+        let low = parse_within("9ms", min, max).unwrap_err();
+        assert_eq!(low, "9ms is out of range: allowed from 10ms to 1m");
+        let high = parse_within("525600m", min, max).unwrap_err();
+        assert!(high.contains("525600m is out of range"), "{high}");
+        assert!(parse_within("0s", min, max)
+            .unwrap_err()
+            .contains("greater than zero"));
+    }
+
+    #[test]
+    fn formats_in_the_largest_exact_unit() {
+        assert_eq!(format(Duration::from_millis(250)), "250ms");
+        assert_eq!(format(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format(Duration::from_secs(30)), "30s");
+        assert_eq!(format(Duration::from_secs(600)), "10m");
     }
 }

@@ -90,19 +90,64 @@ fn a_stale_socket_is_replaced_but_a_regular_file_is_not() {
 
 #[test]
 fn bad_flags_are_refused_with_a_clear_message() {
-    for (flag, expect) in [
-        ("--detector=kprobe", "kprobe"),
-        ("--poll-interval=0s", "greater than zero"),
-        ("--socket-mode=999", "octal"),
-        ("--queue-len=0", "queue-len"),
-    ] {
+    let long_socket = format!("--socket=/tmp/{}", "s".repeat(110));
+    // (arguments, environment, what the error must say); every one names
+    // the flag, and out-of-range values the allowed range.
+    type Env<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&[&str], Env, &[&str]); 13] = [
+        (&["--detector=kprobe"], &[], &["kprobe"]),
+        (&["--poll-interval=0s"], &[], &["greater than zero"]),
+        (&["--socket-mode=999"], &[], &["octal"]),
+        (&["--queue-len=0"], &[], &["queue-len"]),
+        (
+            &["--poll-interval=2m"],
+            &[],
+            &["--poll-interval", "from 10ms to 1m"],
+        ),
+        (
+            &[],
+            &[("EXECWATCH_POLL_INTERVAL", "5ms")],
+            &["--poll-interval", "from 10ms to 1m"],
+        ),
+        (
+            &["--receive-buffer=99999999999"],
+            &[],
+            &["--receive-buffer", "4096..=1073741824"],
+        ),
+        (&["--max-argv-bytes=1g"], &[], &["--max-argv-bytes", "1g"]),
+        (
+            &["--queue-len=1000001"],
+            &[],
+            &["--queue-len", "1..=1000000"],
+        ),
+        (&[&long_socket], &[], &["--socket", "at most 107"]),
+        (
+            &["health-check", "--timeout=1h"],
+            &[],
+            &["--timeout", "unknown unit"],
+        ),
+        (
+            &["--redact-argv=--password=("],
+            &[],
+            &["--redact-argv", "pattern `--password=(`"],
+        ),
+        (
+            &[],
+            &[("EXECWATCH_REDACT_ARGV", "^--ok=(.+),x*")],
+            &["--redact-argv", "pattern `x*` matches the empty string"],
+        ),
+    ];
+    for (args, env, expect) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_agent"))
-            .arg(flag)
+            .args(args)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{flag}");
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(expect), "{flag}: {err}");
+        for word in expect {
+            assert!(err.contains(word), "{args:?} {env:?}: no {word:?} in {err}");
+        }
     }
 }
 

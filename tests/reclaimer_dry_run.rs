@@ -143,8 +143,66 @@ fn editing_the_rules_file_arms_and_disarms_and_bad_edits_keep_the_last_good_rule
 fn bad_configuration_is_refused_at_start_with_the_input_named() {
     let dir = world_readable_tempdir();
     let bad = write_file(dir.path(), "bad.toml", "match_commands = \"java\"\n");
+    let huge = write_file(dir.path(), "huge.toml", &"#".repeat((1 << 20) + 1));
+    let deep = write_file(
+        dir.path(),
+        "deep.toml",
+        &format!(
+            "match_commands = {}{}",
+            "[".repeat(50_000),
+            "]".repeat(50_000)
+        ),
+    );
+    let big_number = write_file(dir.path(), "n.toml", "poll_interval_ms = 1e300\n");
+    let long_node = "n".repeat(240);
+    let long_socket = "/tmp/".to_owned() + &"s".repeat(110);
     // (arguments, words the error must contain, exit code if it matters)
-    let cases: [(&[&str], &[&str], Option<i32>); 4] = [
+    let cases: [(&[&str], &[&str], Option<i32>); 13] = [
+        (
+            &["--dry-run", "--rules-file", &huge],
+            &["huge.toml", "1048577 bytes long, at most 1048576"],
+            Some(1),
+        ),
+        (
+            &["--dry-run", "--rules-file", &deep],
+            &["deep.toml", "line 1", "recursion"],
+            Some(1),
+        ),
+        (
+            &["--dry-run", "--rules-file", &big_number],
+            &["n.toml", "`poll_interval_ms`", "expected i64"],
+            Some(1),
+        ),
+        (
+            &["--recheck-interval", "1ms"],
+            &["--recheck-interval", "from 100ms to 10m"],
+            Some(2),
+        ),
+        (
+            &["health-check", "--status-file", "/x", "--max-age", "2s"],
+            &["--max-age", "from 10s to 60m"],
+            Some(2),
+        ),
+        (
+            &["--node-name", "My_Node"],
+            &["--node-name", "RFC 1123"],
+            Some(2),
+        ),
+        (
+            &["--node-name", &long_node, "--skip-host-id-check"],
+            &["rules ConfigMap name", "1 to 253", "set --configmap"],
+            Some(1),
+        ),
+        (
+            &["--dry-run", "--socket", &long_socket],
+            &["--socket", "at most 107"],
+            Some(2),
+        ),
+        (
+            &["--dry-run", "--metrics-addr", "localhost:99999"],
+            &["--metrics-addr", "localhost:99999"],
+            Some(2),
+        ),
         (
             &["--dry-run", "--rules-file", &bad],
             &["bad.toml", "line 1"],
@@ -322,9 +380,10 @@ fn health_check_follows_the_status_file() {
         "{ok:?}"
     );
     drop(reclaimer);
-    // Once the loop is gone the file ages past any limit.
-    std::thread::sleep(Duration::from_millis(2100));
-    let stale = health("1s");
+    // Once the loop is gone the file ages past any limit (the smallest
+    // --max-age is 10s: twice the 5 s rewrite period).
+    std::thread::sleep(Duration::from_millis(11_100));
+    let stale = health("10s");
     assert!(!stale.status.success());
     assert!(
         String::from_utf8_lossy(&stale.stderr).contains("not running"),
