@@ -160,35 +160,24 @@ impl NodeClient {
             let http_req = kube::core::Request::new("/api/v1/nodes")
                 .patch(&self.node, &pp, &Patch::Merge(&patch))
                 .map_err(|e| NodeError::Build("patch", e.to_string()))?;
-            match self.send(http_req).await {
-                Ok(r) if r.status.is_success() => {
-                    self.metrics.patches.inc();
-                    self.metrics.patch_latency.observe(req.observed.elapsed());
-                    self.spawn_event(req, node.metadata.uid.unwrap_or_default());
-                    return Ok(Outcome::Written);
-                }
-                // Changed under us (the controller?): read again and decide again.
-                Ok(r) if r.status == StatusCode::CONFLICT => {
-                    self.metrics.patch_errors.inc();
-                    tracing::info!(node = %self.node, "Node changed while patching (409); reading it again");
-                }
-                Ok(r) if transient(r.status) => {
-                    self.metrics.patch_errors.inc();
-                    let wait = r.retry_after.unwrap_or_else(|| backoff.next_delay());
-                    tracing::warn!(node = %self.node, status = r.status.as_u16(), ?wait, "patch refused for now; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Ok(r) => {
-                    self.metrics.patch_errors.inc();
-                    return Err(self.refused("patching", &r));
-                }
-                Err(e) => {
-                    self.metrics.patch_errors.inc();
-                    let wait = backoff.next_delay();
-                    tracing::warn!(node = %self.node, ?wait, "patch failed ({e}); retrying");
-                    tokio::time::sleep(wait).await;
-                }
+            // After a transient failure, read again: the Node may have
+            // changed (or been requested) meanwhile.
+            let Some(r) = self.attempt("patch", http_req, &mut backoff).await else {
+                self.metrics.patch_errors.inc();
+                continue;
+            };
+            if r.status.is_success() {
+                self.metrics.patches.inc();
+                self.metrics.patch_latency.observe(req.observed.elapsed());
+                self.spawn_event(req, node.metadata.uid.unwrap_or_default());
+                return Ok(Outcome::Written);
             }
+            self.metrics.patch_errors.inc();
+            if r.status != StatusCode::CONFLICT {
+                return Err(self.refused("patching", &r));
+            }
+            // Changed under us (the controller?): read again and decide again.
+            tracing::info!(node = %self.node, "Node changed while patching (409); reading it again");
         }
     }
 
@@ -220,73 +209,47 @@ impl NodeClient {
             let req = kube::core::Request::new("/api/v1/nodes")
                 .get(&self.node, &Default::default())
                 .map_err(|e| NodeError::Build("get", e.to_string()))?;
-            match self.send(req).await {
-                Ok(r) if r.status.is_success() => {
-                    return serde_json::from_slice(&r.body).map_err(|e| NodeError::Refused {
-                        step: "reading",
-                        node: self.node.clone(),
-                        status: r.status.as_u16(),
-                        message: format!("unparsable Node: {e}"),
-                    })
-                }
-                Ok(r) if transient(r.status) => {
-                    let wait = r.retry_after.unwrap_or_else(|| backoff.next_delay());
-                    tracing::warn!(node = %self.node, status = r.status.as_u16(), ?wait, "GET Node refused for now; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Ok(r) => return Err(self.refused("reading", &r)),
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(node = %self.node, ?wait, "GET Node failed ({e}); retrying");
-                    tokio::time::sleep(wait).await;
-                }
+            let Some(r) = self.attempt("GET Node", req, &mut backoff).await else {
+                continue;
+            };
+            if !r.status.is_success() {
+                return Err(self.refused("reading", &r));
             }
+            return serde_json::from_slice(&r.body).map_err(|e| NodeError::Refused {
+                step: "reading",
+                node: self.node.clone(),
+                status: r.status.as_u16(),
+                message: format!("unparsable Node: {e}"),
+            });
         }
     }
 
-    /// Records the Event in the background, retrying until it exists. Its
-    /// name is fixed per request, so a retry after a lost reply finds it
-    /// already there (409) instead of writing a second one.
-    fn spawn_event(&self, req: &Request, node_uid: String) {
-        let this = self.clone();
-        let name = format!("{}.reclaim.{:x}", self.node, execwatch::clock::unix_ns());
-        let message = format!("{} (pid {}) matched: {}", req.comm, req.pid, req.reason);
-        let at = req.at.clone();
-        tokio::spawn(async move {
-            let body = json!({
-                "apiVersion": "v1", "kind": "Event",
-                "metadata": {"name": name, "namespace": this.events_namespace},
-                "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": this.node, "uid": node_uid},
-                "reason": "ReclaimRequested", "message": message, "type": "Normal",
-                "source": {"component": FIELD_MANAGER, "host": this.node},
-                "reportingComponent": FIELD_MANAGER, "reportingInstance": this.node,
-                "firstTimestamp": at, "lastTimestamp": at, "count": 1,
-            });
-            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-            let url = format!("/api/v1/namespaces/{}/events", this.events_namespace);
-            loop {
-                let req = match kube::core::Request::new(&url)
-                    .create(&Default::default(), body.to_string().into_bytes())
-                {
-                    Ok(r) => r,
-                    Err(e) => return tracing::error!("cannot build the Event request: {e}"),
-                };
-                match this.send(req).await {
-                    Ok(r) if r.status.is_success() || r.status == StatusCode::CONFLICT => return,
-                    Ok(r) if transient(r.status) => {
-                        tokio::time::sleep(r.retry_after.unwrap_or_else(|| backoff.next_delay()))
-                            .await
-                    }
-                    Ok(r) => {
-                        return tracing::error!("{}", this.refused("recording an Event for", &r))
-                    }
-                    Err(e) => {
-                        tracing::warn!("recording the Event failed ({e}); retrying");
-                        tokio::time::sleep(backoff.next_delay()).await
-                    }
-                }
+    /// Sends `req` once. A transient failure (429, 408, 5xx, or no answer
+    /// at all) is logged as `<what> refused for now` or `<what> failed`,
+    /// waited out (the server's Retry-After, at most 60 s, or the next
+    /// `backoff` delay) and yields `None`: the caller decides what to retry.
+    /// Any other answer is returned.
+    async fn attempt(
+        &self,
+        what: &str,
+        req: http::Request<Vec<u8>>,
+        backoff: &mut Backoff,
+    ) -> Option<Reply> {
+        let wait = match self.send(req).await {
+            Ok(r) if transient(r.status) => {
+                let wait = r.retry_after.unwrap_or_else(|| backoff.next_delay());
+                tracing::warn!(node = %self.node, status = r.status.as_u16(), ?wait, "{what} refused for now; retrying");
+                wait
             }
-        });
+            Ok(r) => return Some(r),
+            Err(e) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(node = %self.node, ?wait, "{what} failed ({e}); retrying");
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+        None
     }
 
     async fn send(&self, req: http::Request<Vec<u8>>) -> Result<Reply, kube::Error> {
@@ -324,6 +287,9 @@ impl NodeClient {
         }
     }
 }
+
+#[path = "node_event.rs"]
+mod event;
 
 /// Whether a status means "try again".
 fn transient(status: StatusCode) -> bool {
