@@ -158,6 +158,8 @@ fn base_keeps_the_privilege_split() {
     assert_eq!(vol(shared)["emptyDir"]["medium"], "Memory");
     assert!(strings(&agent["args"]).contains(&"--socket=/run/execwatch/agent.sock"));
     assert!(strings(&reclaimer["args"]).contains(&"--socket=/run/execwatch/agent.sock"));
+    // Secrets in command lines never cross the socket (docs/security.md).
+    assert!(strings(&agent["args"]).contains(&"--redact-argv-preset=common"));
 
     // Exec probes through each binary's own health check.
     assert_eq!(
