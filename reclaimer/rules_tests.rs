@@ -1,8 +1,10 @@
 //! Table-driven tests of the reclaim rules: documents → errors, and rule sets
 //! × process fixtures → matches.
 
+use super::matching::{comm_key, comm_prefix};
+use super::parse::{key_at, position};
 use super::*;
-use execwatch::proto::{Cgroup, Credentials};
+use execwatch::proto::{Cgroup, Credentials, Process};
 
 // ---- process fixtures ------------------------------------------------------
 

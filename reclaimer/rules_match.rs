@@ -1,0 +1,120 @@
+//! Matching a process against the rules: the hot path, run for every exec
+//! on the node.
+
+use std::cell::RefCell;
+
+use execwatch::proto::Process;
+
+use super::{Match, MatcherKind, Rules, Scope, COMM_MAX_BYTES};
+
+impl Rules {
+    /// The first matcher that matches `p`, if `p` passes the filters.
+    ///
+    /// Called for every exec on the node: it allocates only to build the
+    /// returned [`Match`]; joining argv reuses a per-thread buffer (which keeps
+    /// the capacity of the longest command line seen, itself bounded by the
+    /// agent's read limit).
+    pub fn matches(&self, p: &Process) -> Option<Match> {
+        if self.is_inert() {
+            return None;
+        }
+        // Unknown cgroup counts as host: better a launch in a pod wrongly
+        // considered than an owner's launch missed.
+        if self.scope == Scope::Host && p.cgroup.as_ref().is_some_and(|c| c.in_kubernetes_pod) {
+            return None;
+        }
+        if !self.uids.is_empty() {
+            match &p.credentials {
+                Some(c) if self.uids.contains(&c.uid) => {}
+                _ => return None,
+            }
+        }
+
+        // The agent's comm is at most 15 bytes before its lossy UTF-8
+        // conversion (which may lengthen it); only another producer's longer
+        // name needs cutting.
+        let command = self
+            .commands
+            .get(p.comm.as_str())
+            .or_else(|| self.commands.get(comm_prefix(&p.comm)?));
+        if let Some(pattern) = command {
+            return Some(Match {
+                pattern: pattern.clone(),
+                matcher: MatcherKind::Command,
+            });
+        }
+
+        if !self.argv_substrings.is_empty() {
+            if let Some(pattern) = self.find_in_argv(&p.argv) {
+                return Some(Match {
+                    pattern: pattern.clone(),
+                    matcher: MatcherKind::ArgvSubstring,
+                });
+            }
+        }
+
+        if let Some(exe) = &p.exe {
+            if let Some(pattern) = self.exe_paths.get(exe.as_str()) {
+                return Some(Match {
+                    pattern: pattern.clone(),
+                    matcher: MatcherKind::ExePath,
+                });
+            }
+        }
+
+        None
+    }
+
+    /// The first argv substring (in document order) found in `argv` joined
+    /// with single spaces.
+    fn find_in_argv(&self, argv: &[String]) -> Option<&String> {
+        let find = |line: &str| {
+            self.argv_substrings
+                .iter()
+                .find(|s| line.contains(s.as_str()))
+        };
+        match argv {
+            [] => None,
+            [only] => find(only),
+            _ => {
+                thread_local! {
+                    static JOINED: RefCell<String> = const { RefCell::new(String::new()) };
+                }
+                JOINED.with(|buf| {
+                    let mut joined = buf.borrow_mut();
+                    joined.clear();
+                    for (i, arg) in argv.iter().enumerate() {
+                        if i > 0 {
+                            joined.push(' ');
+                        }
+                        joined.push_str(arg);
+                    }
+                    find(&joined)
+                })
+            }
+        }
+    }
+}
+
+/// A configured command as the kernel would keep it: its first 15 bytes,
+/// converted the way the agent converts `comm` (a character cut in half
+/// becomes U+FFFD).
+pub(super) fn comm_key(command: &str) -> String {
+    let bytes = command.as_bytes();
+    let kept = &bytes[..bytes.len().min(COMM_MAX_BYTES)];
+    String::from_utf8_lossy(kept).into_owned()
+}
+
+/// A reported command name longer than 15 bytes cut to 15 (at a character
+/// boundary), for producers that send the whole name; `None` if it is not
+/// longer.
+pub(super) fn comm_prefix(comm: &str) -> Option<&str> {
+    if comm.len() <= COMM_MAX_BYTES {
+        return None;
+    }
+    let mut end = COMM_MAX_BYTES;
+    while !comm.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(&comm[..end])
+}
