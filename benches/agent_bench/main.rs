@@ -2,7 +2,7 @@
 //! load from this program's own spawners, next to a raw netlink listener
 //! that is the floor on this machine.
 //!
-//! Run as root on Linux (about 3½ minutes with the defaults):
+//! Run as root on Linux (about 3 minutes with the defaults):
 //!
 //! ```sh
 //! sudo cargo bench --bench agent_bench
