@@ -180,40 +180,13 @@ fn an_emptied_or_deleted_rules_file_keeps_the_rules_in_force() {
     assert_eq!(reclaimer.logs().matches("rules loaded from").count(), 1);
 }
 
-/// A 32-hex-digit machine-id of this test's own.
-fn machine_id() -> String {
-    let ns = std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos();
-    format!("{:032x}", ns ^ (u128::from(std::process::id()) << 64))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_or_emptied_configmap_keeps_the_rules_in_force() {
-    let cluster = tokio::task::block_in_place(cluster);
-    let admin = cluster.client().await;
-    let id = machine_id();
-    let node = create_node(&admin, "keep", Some(&id))
-        .await
-        .metadata
-        .name
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let id_file = write_file(dir.path(), "machine-id", &format!("{id}\n"));
-    let kubeconfig = cluster.reclaimer_kubeconfig(dir.path()).await;
+    let host = HostNode::without_rules("keep").await;
+    let (admin, node) = (&host.admin, &host.name);
     let agent = Agent::start(&[]);
     let prog = UniqueProgram::new("ewcmkeep");
-    let reclaimer = Reclaimer::start(
-        &[
-            "--socket",
-            agent.socket.to_str().unwrap(),
-            "--node-name",
-            &node,
-            "--machine-id-file",
-            &id_file,
-            "--recheck-interval",
-            "500ms",
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
+    let reclaimer = host.start_reclaimer(&agent.socket);
     let wait_log = |needle: &str, times| {
         tokio::task::block_in_place(|| reclaimer.wait_log(needle, times, WAIT))
     };
@@ -221,8 +194,8 @@ async fn a_deleted_or_emptied_configmap_keeps_the_rules_in_force() {
     wait_log("is absent: no rules yet; this node is not armed", 1);
     wait_log("); armed", 1);
     put_rules(
-        &admin,
-        &node,
+        admin,
+        node,
         &format!("match_commands = [\"{}\"]\n", prog.name),
     )
     .await;
@@ -230,7 +203,7 @@ async fn a_deleted_or_emptied_configmap_keeps_the_rules_in_force() {
 
     let configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), NAMESPACE);
     let without_data: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": rules_name(&node)}})).unwrap();
+        serde_json::from_value(json!({"metadata": {"name": rules_name(node)}})).unwrap();
     let reason = format!("process-match: {}", prog.name);
     // Deleted; recreated with no data; its reclaim.toml emptied; then only
     // a comment: each time the rules stay in force and the program fires.
@@ -242,15 +215,15 @@ async fn a_deleted_or_emptied_configmap_keeps_the_rules_in_force() {
     ];
     for (round, why) in whys.into_iter().enumerate() {
         match round {
-            0 => delete_rules(&admin, &node).await,
+            0 => delete_rules(admin, node).await,
             1 => drop(
                 configmaps
                     .create(&PostParams::default(), &without_data)
                     .await
                     .unwrap(),
             ),
-            2 => put_rules(&admin, &node, "").await,
-            _ => put_rules(&admin, &node, "# disarmed? no: explicit rules disarm\n").await,
+            2 => put_rules(admin, node, "").await,
+            _ => put_rules(admin, node, "# disarmed? no: explicit rules disarm\n").await,
         }
         let times = if round == 3 { 2 } else { 1 };
         let logs = wait_log(why, times);
@@ -265,7 +238,7 @@ async fn a_deleted_or_emptied_configmap_keeps_the_rules_in_force() {
             &format!("round {round}: {reason:?} on the Node"),
             WAIT,
             || async {
-                let n = get_node(&admin, &node).await;
+                let n = get_node(admin, node).await;
                 (annotation(&n, REQUESTED) == Some("true")
                     && annotation(&n, REASON) == Some(&reason))
                 .then_some(())
@@ -273,11 +246,11 @@ async fn a_deleted_or_emptied_configmap_keeps_the_rules_in_force() {
         )
         .await;
         stop(running);
-        clear_request(&admin, &node).await;
+        clear_request(admin, node).await;
         wait_log("); armed", round + 2);
     }
     // Explicitly inert rules do disarm, at once.
-    put_rules(&admin, &node, "match_commands = []\n").await;
+    put_rules(admin, node, "match_commands = []\n").await;
     wait_log("rules=inert", 2);
     let logs = reclaimer.logs();
     assert_eq!(logs.matches("rules loaded from").count(), 3, "{logs}");

@@ -362,13 +362,19 @@ impl HostNode {
     /// Creates the Node (named after `tag`) and its ConfigMap with `rules`.
     /// Needs a multi-thread runtime: the first caller starts the cluster.
     pub async fn create(tag: &str, rules: &str) -> HostNode {
+        let host = HostNode::without_rules(tag).await;
+        put_rules(&host.admin, &host.name, rules).await;
+        host
+    }
+
+    /// Creates the Node (named after `tag`) and no ConfigMap.
+    pub async fn without_rules(tag: &str) -> HostNode {
         let cluster = tokio::task::block_in_place(cluster);
         let admin = cluster.client().await;
         let nanos = std::time::UNIX_EPOCH.elapsed().unwrap_or_default();
         let id = format!("{:016x}{:016x}", std::process::id(), nanos.as_nanos());
         let node = create_node(&admin, tag, Some(&id)).await;
         let name = node.metadata.name.expect("a named Node");
-        put_rules(&admin, &name, rules).await;
         let dir = tempfile::tempdir().unwrap();
         let machine_id_file = dir.path().join("machine-id");
         fs::write(&machine_id_file, format!("{id}\n")).unwrap();
@@ -386,8 +392,20 @@ impl HostNode {
     /// until it is connected and has its rules. (It logs [`ARMED`] once its
     /// first read of the Node finds no request there.)
     pub fn reclaimer(&self, socket: &Path) -> Reclaimer {
+        let reclaimer = self.start_reclaimer(socket);
+        tokio::task::block_in_place(|| {
+            for needle in ["connected to the agent", "rules loaded from ConfigMap"] {
+                reclaimer.wait_log(needle, 1, DEADLINE);
+            }
+        });
+        reclaimer
+    }
+
+    /// Starts a reclaimer for this Node on the agent's `socket`, without
+    /// waiting for anything.
+    pub fn start_reclaimer(&self, socket: &Path) -> Reclaimer {
         let utf8 = |p: &Path| p.to_str().expect("a UTF-8 path").to_string();
-        let reclaimer = Reclaimer::start(
+        Reclaimer::start(
             &[
                 "--socket",
                 &utf8(socket),
@@ -399,13 +417,7 @@ impl HostNode {
                 RECHECK,
             ],
             &[("KUBECONFIG", &utf8(&self.kubeconfig))],
-        );
-        tokio::task::block_in_place(|| {
-            for needle in ["connected to the agent", "rules loaded from ConfigMap"] {
-                reclaimer.wait_log(needle, 1, DEADLINE);
-            }
-        });
-        reclaimer
+        )
     }
 
     /// Waits until the Node carries a request for `reason` and its
