@@ -88,7 +88,8 @@ async fn run(shared: &Shared, req: WatchRequest, mut em: Emitter) -> Result<(), 
             _ = em.out.closed() => return Err(Gone),
         };
         match item {
-            Some(Item::Exec(p)) => em.emit(Kind::Exec((*p).clone())).await?,
+            // The last subscriber to take an event takes it without a copy.
+            Some(Item::Exec(p)) => em.emit(Kind::Exec(Arc::unwrap_or_clone(p))).await?,
             Some(Item::Exit(e)) => em.emit(Kind::Exit(e)).await?,
             Some(Item::DetectorLost { kernel, reason }) => {
                 let site = if kernel {
