@@ -81,6 +81,12 @@ pub struct RunArgs {
     #[arg(long, env = "EXECWATCH_RECEIVE_BUFFER", default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(i64::from(MIN_RECEIVE_BUFFER)..=i64::from(MAX_RECEIVE_BUFFER)))]
     pub receive_buffer: u32,
 
+    /// The kernel-side event filter of the netlink subscription: `auto` uses
+    /// it where the kernel has it (>= 6.6) and falls back without; `off`
+    /// subscribes the way older kernels need (every event, filtered here).
+    #[arg(long, env = "EXECWATCH_KERNEL_FILTER", value_enum, default_value_t = KernelFilter::Auto)]
+    pub kernel_filter: KernelFilter,
+
     /// Events each subscriber may have queued before it gets `lost` and a resync.
     #[arg(long, env = "EXECWATCH_QUEUE_LEN", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub queue_len: u32,
@@ -108,6 +114,16 @@ pub struct RunArgs {
     /// Add a ready-made set of redaction patterns (docs/security.md).
     #[arg(long, env = "EXECWATCH_REDACT_ARGV_PRESET", value_enum)]
     pub redact_argv_preset: Option<Preset>,
+}
+
+/// Whether the netlink subscription asks the kernel to filter events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelFilter {
+    /// Filter in the kernel where it can (>= 6.6), else fall back to `off`.
+    Auto,
+    /// One unfiltered subscription: every proc connector event reaches the
+    /// agent, which drops what it does not want. What kernels before 6.6 get.
+    Off,
 }
 
 /// Detection mechanism.

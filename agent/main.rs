@@ -76,8 +76,10 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
     // connect is a client that will see events.
     match args.detector {
         Detector::Netlink => {
-            let detector = netlink_detector::NetlinkDetector::start(args.receive_buffer as usize)
-                .context("the netlink detector could not start (try --detector=poll)")?;
+            let filter = args.kernel_filter == cli::KernelFilter::Auto;
+            let detector =
+                netlink_detector::NetlinkDetector::start(args.receive_buffer as usize, filter)
+                    .context("the netlink detector could not start (try --detector=poll)")?;
             let mode = detector.mode().name();
             stats.set_detector("netlink", mode, detector.receive_buffer() as u64);
             tracing::info!(

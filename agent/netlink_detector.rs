@@ -12,13 +12,16 @@
 //! here.
 
 use std::process::{Child, Command};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::netlink::{NetlinkError, NetlinkSocket, Received, PROBE_TIMEOUT};
 use execwatch::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message};
 
 /// Environment variable that turns an agent start into the probe's no-op.
 pub const PROBE_ENV: &str = "EXECWATCH_PROBE";
+
+/// How long the exec socket is watched for events it should not get.
+const FILTER_CHECK: Duration = Duration::from_millis(50);
 
 /// Big enough for any proc connector datagram (they are under 100 bytes).
 const DATAGRAM_BUF: usize = 4096;
@@ -77,42 +80,69 @@ pub struct NetlinkDetector {
 }
 
 impl NetlinkDetector {
-    /// Opens, subscribes and confirms. Blocks for at most four probe timeouts.
-    pub fn start(receive_buffer: usize) -> Result<Self, StartError> {
+    /// Opens, subscribes and confirms: with the kernel's filter if
+    /// `kernel_filter` and the kernel has one, else without. Blocks for at
+    /// most four probe timeouts.
+    pub fn start(receive_buffer: usize, kernel_filter: bool) -> Result<Self, StartError> {
+        if kernel_filter {
+            if let Some(detector) = Self::start_filtered(receive_buffer)? {
+                return Ok(detector);
+            }
+            tracing::info!("kernel-filtered subscription produced no event (kernel older than 6.6?); retrying unfiltered");
+        }
+        Self::start_unfiltered(receive_buffer)
+    }
+
+    /// Two sockets, exec and exit, each filtered by the kernel. `None` if
+    /// the probe's events did not arrive (a kernel without the filter).
+    fn start_filtered(receive_buffer: usize) -> Result<Option<Self>, StartError> {
         let (execs, rcvbuf) = NetlinkSocket::open(receive_buffer)?;
         execs.subscribe(McastOp::Listen, Some(event_mask::EXEC))?;
         let (exits, _) = NetlinkSocket::open(receive_buffer)?;
         exits.subscribe(McastOp::Listen, Some(event_mask::EXIT))?;
         let mut child = spawn_probe()?;
         let target = child.id() as i32;
-        let exec_seen = wait_for(&execs, &mut child, target, Wanted::Exec)?;
+        let exec = wait_for(&execs, &mut child, target, Wanted::Exec, PROBE_TIMEOUT)?;
         let _ = child.wait();
-        if exec_seen && wait_for(&exits, &mut child, target, Wanted::Exit)? {
-            return Ok(Self {
-                execs,
-                exits: Some(exits),
-                mode: Mode::KernelFiltered,
-                rcvbuf,
-            });
+        if exec.probe && !exec.foreign {
+            let exit = wait_for(&exits, &mut child, target, Wanted::Exit, PROBE_TIMEOUT)?;
+            // A kernel without the filter sends a socket everything once
+            // anyone listens: the probe's exit would reach the exec socket.
+            let leak = wait_for(&execs, &mut child, -1, Wanted::Exec, FILTER_CHECK)?;
+            if exit.probe && !exit.foreign && !leak.foreign {
+                return Ok(Some(Self {
+                    execs,
+                    exits: Some(exits),
+                    mode: Mode::KernelFiltered,
+                    rcvbuf,
+                }));
+            }
         }
-        // A socket without a filter gets every event of the group: the
-        // exit socket must go before the exec socket drops its filter.
-        drop(exits);
-        tracing::info!("kernel-filtered subscription produced no event (kernel older than 6.6?); retrying unfiltered");
+        // Leave the group's listener count as it was; closing alone would
+        // not.
+        for sock in [&execs, &exits] {
+            let _ = sock.subscribe(McastOp::Ignore, None);
+        }
+        Ok(None)
+    }
+
+    /// One socket that gets every proc connector event.
+    fn start_unfiltered(receive_buffer: usize) -> Result<Self, StartError> {
+        let (execs, rcvbuf) = NetlinkSocket::open(receive_buffer)?;
         execs.subscribe(McastOp::Listen, None)?;
         let mut child = spawn_probe()?;
         let target = child.id() as i32;
-        let seen = wait_for(&execs, &mut child, target, Wanted::Exec)?;
+        let seen = wait_for(&execs, &mut child, target, Wanted::Exec, PROBE_TIMEOUT)?;
         let _ = child.wait();
-        if seen {
-            return Ok(Self {
-                execs,
-                exits: None,
-                mode: Mode::UserspaceFiltered,
-                rcvbuf,
-            });
+        if !seen.probe {
+            return Err(StartError::Silent(PROBE_TIMEOUT));
         }
-        Err(StartError::Silent(PROBE_TIMEOUT))
+        Ok(Self {
+            execs,
+            exits: None,
+            mode: Mode::UserspaceFiltered,
+            rcvbuf,
+        })
     }
 
     /// The subscription mode in force.
@@ -145,16 +175,30 @@ fn spawn_probe() -> Result<Child, StartError> {
         })
 }
 
-/// Waits for the probe's exec or exit event on `sock`. `Ok(false)` if it
-/// never came; an error ack from the kernel is a refusal.
+/// What a socket showed while waiting for the probe.
+struct Seen {
+    /// The probe's wanted event arrived.
+    probe: bool,
+    /// An event of another kind arrived: the kernel did not filter.
+    foreign: bool,
+}
+
+/// Waits up to `timeout` for the probe's exec or exit event on `sock`,
+/// noting any event of another kind. An error ack from the kernel is a
+/// refusal.
 fn wait_for(
     sock: &NetlinkSocket,
     child: &mut Child,
     target: i32,
     wanted: Wanted,
-) -> Result<bool, StartError> {
-    let deadline = Instant::now() + PROBE_TIMEOUT;
+    timeout: Duration,
+) -> Result<Seen, StartError> {
+    let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; DATAGRAM_BUF];
+    let mut seen = Seen {
+        probe: false,
+        foreign: false,
+    };
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         let n = match sock.recv(&mut buf, Some(left))? {
             Received::Datagram(n) => n,
@@ -175,15 +219,19 @@ fn wait_for(
                     };
                     return Err(StartError::Refused(err, hint));
                 }
-                EventKind::Exec { tgid, .. } if tgid == target && wanted == Wanted::Exec => {
-                    return Ok(true)
+                EventKind::Ack { .. } => {}
+                EventKind::Exec { tgid, .. } if wanted == Wanted::Exec => {
+                    seen.probe |= tgid == target;
                 }
-                EventKind::Exit { pid, .. } if pid == target && wanted == Wanted::Exit => {
-                    return Ok(true)
+                EventKind::Exit { pid, .. } if wanted == Wanted::Exit => {
+                    seen.probe |= pid == target;
                 }
-                _ => {}
+                _ => seen.foreign = true,
             }
         }
+        if seen.probe {
+            break;
+        }
     }
-    Ok(false)
+    Ok(seen)
 }

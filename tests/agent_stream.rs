@@ -134,7 +134,17 @@ async fn exits_are_streamed_only_on_request() {
 /// its exit, and none is missing.
 #[tokio::test]
 async fn each_exec_comes_before_its_exit_in_a_burst() {
-    let agent = Agent::start(&[]);
+    burst_in_order(&[]).await;
+}
+
+/// The same with one unfiltered socket (kernels before 6.6).
+#[tokio::test]
+async fn each_exec_comes_before_its_exit_in_a_burst_unfiltered() {
+    burst_in_order(&["--kernel-filter=off"]).await;
+}
+
+async fn burst_in_order(args: &[&str]) {
+    let agent = Agent::start(args);
     let mut stream = agent.watch(live(true)).await;
     let pids: Vec<i32> = (0..300)
         .map(|_| {
@@ -217,6 +227,37 @@ async fn stats_report_the_detector_and_counts() {
         agent.logs().contains("kernel-filtered"),
         "the log says which mode is active"
     );
+}
+
+/// The unfiltered subscription that kernels before 6.6 need, forced here:
+/// every proc connector event reaches the agent, which drops what it does
+/// not want; the stream is the same, each event once.
+#[tokio::test]
+async fn the_unfiltered_subscription_delivers_the_same_stream() {
+    let agent = Agent::start(&["--kernel-filter=off"]);
+    let mut stream = agent.watch(live(true)).await;
+    let prog = UniqueProgram::new("ewnofilt");
+    let child = prog.spawn(30, &[]);
+    let pid = child.id() as i32;
+    until(&mut stream, WAIT, |ev| is_process(ev, pid as u32, false)).await;
+    stop(child);
+    let (_, between) = until(
+        &mut stream,
+        WAIT,
+        |ev| matches!(&ev.kind, Some(Kind::Exit(e)) if e.pid == pid),
+    )
+    .await;
+    assert!(
+        !between.iter().any(|ev| is_process(ev, pid as u32, false)),
+        "one exec event per exec"
+    );
+    let stats = agent.stats().await;
+    assert_eq!(stats.subscription_mode, "userspace-filtered");
+    assert!(
+        stats.ignored_kernel_events > 0,
+        "forks reach the agent and are dropped: {stats:?}"
+    );
+    assert!(agent.logs().contains("userspace-filtered"));
 }
 
 #[tokio::test]
