@@ -84,6 +84,10 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // A read into no room would return 0, which means end of stream.
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let mut guard = ready!(self.read.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
@@ -243,6 +247,23 @@ mod tests {
         });
         let got = read_all(peer, writer).await;
         assert!(got == pattern(), "bytes arrive whole and in order");
+    }
+
+    /// Asked to read into no room, it answers at once (nothing to wait
+    /// for), and takes nothing from the socket.
+    #[tokio::test]
+    async fn a_read_with_no_room_answers_at_once() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(ours).unwrap();
+        let mut none = [0u8; 0];
+        let mut empty = ReadBuf::new(&mut none);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let polled = Pin::new(&mut conn).poll_read(&mut cx, &mut empty);
+        assert!(matches!(polled, Poll::Ready(Ok(()))), "{polled:?}");
+        peer.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        conn.read_exact(&mut one).await.unwrap();
+        assert_eq!(&one, b"x");
     }
 
     #[tokio::test]
