@@ -6,6 +6,7 @@
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::time::Instant;
 
 use crate::netlink::{NetlinkError, NetlinkSocket};
 
@@ -22,8 +23,13 @@ pub fn register(sock: NetlinkSocket) -> Result<AsyncFd<NetlinkSocket>, NetlinkEr
 pub enum ExitSocket {
     /// In the epoll set: an arriving exit wakes the reader.
     Watched(AsyncFd<NetlinkSocket>),
-    /// Out of it: the armed sweep (or the next exec) reads it.
-    Parked(NetlinkSocket),
+    /// Out of it until the sweep `due` then (or the next exec) reads it.
+    Parked {
+        /// The socket.
+        sock: NetlinkSocket,
+        /// When the sweep is due.
+        due: Instant,
+    },
 }
 
 impl ExitSocket {
@@ -31,7 +37,15 @@ impl ExitSocket {
     pub fn watched(&self) -> Option<&AsyncFd<NetlinkSocket>> {
         match self {
             ExitSocket::Watched(fd) => Some(fd),
-            ExitSocket::Parked(_) => None,
+            ExitSocket::Parked { .. } => None,
+        }
+    }
+
+    /// When the sweep is due, if the socket is parked.
+    pub fn due(&self) -> Option<Instant> {
+        match self {
+            ExitSocket::Watched(_) => None,
+            ExitSocket::Parked { due, .. } => Some(*due),
         }
     }
 
@@ -39,14 +53,18 @@ impl ExitSocket {
     pub fn socket(&self) -> &NetlinkSocket {
         match self {
             ExitSocket::Watched(fd) => fd.get_ref(),
-            ExitSocket::Parked(sock) => sock,
+            ExitSocket::Parked { sock, .. } => sock,
         }
     }
 
-    /// Takes the socket out of the epoll set.
-    pub fn park(self) -> Self {
+    /// Takes the socket out of the epoll set until a sweep `due`; a parked
+    /// socket keeps the sweep it has.
+    pub fn park(self, due: Instant) -> Self {
         match self {
-            ExitSocket::Watched(fd) => ExitSocket::Parked(fd.into_inner()),
+            ExitSocket::Watched(fd) => ExitSocket::Parked {
+                sock: fd.into_inner(),
+                due,
+            },
             parked => parked,
         }
     }
@@ -55,7 +73,7 @@ impl ExitSocket {
     /// are reported at once: epoll checks readiness when a file is added.
     pub fn watch(self) -> Result<Self, NetlinkError> {
         match self {
-            ExitSocket::Parked(sock) => register(sock).map(ExitSocket::Watched),
+            ExitSocket::Parked { sock, .. } => register(sock).map(ExitSocket::Watched),
             watched => Ok(watched),
         }
     }

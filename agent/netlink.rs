@@ -291,5 +291,8 @@ mod imp {
 
 pub use imp::NetlinkSocket;
 
+/// Big enough for any proc connector datagram (they are under 100 bytes).
+pub const DATAGRAM_BUF: usize = 4096;
+
 /// How long the start-up probe waits to see its own exec.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -14,7 +14,7 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::netlink::{NetlinkError, NetlinkSocket, Received, PROBE_TIMEOUT};
+use crate::netlink::{NetlinkError, NetlinkSocket, Received, DATAGRAM_BUF, PROBE_TIMEOUT};
 use execwatch::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message};
 
 /// Environment variable that turns an agent start into the probe's no-op.
@@ -22,9 +22,6 @@ pub const PROBE_ENV: &str = "EXECWATCH_PROBE";
 
 /// How long the exec socket is watched for events it should not get.
 const FILTER_CHECK: Duration = Duration::from_millis(50);
-
-/// Big enough for any proc connector datagram (they are under 100 bytes).
-const DATAGRAM_BUF: usize = 4096;
 
 /// Why the netlink detector could not start.
 #[derive(Debug, thiserror::Error)]

@@ -31,16 +31,13 @@ use tokio::time::Instant;
 
 use crate::exit_socket::{register, ExitSocket};
 use crate::fanout::{Fanout, Item};
-use crate::netlink::{NetlinkError, NetlinkSocket, Received};
+use crate::netlink::{NetlinkError, NetlinkSocket, Received, DATAGRAM_BUF};
 use crate::netlink_detector::NetlinkDetector;
 use crate::procfs::ProcReader;
 use crate::stats::Stats;
 
 /// Longest an exit event waits to be read when no exec comes along.
 pub const EXIT_BATCH: Duration = Duration::from_millis(10);
-
-/// Big enough for any proc connector datagram (they are under 100 bytes).
-const DATAGRAM_BUF: usize = 4096;
 
 /// What woke the reader.
 enum Wake {
@@ -87,11 +84,14 @@ pub async fn run(
         buf: vec![0u8; DATAGRAM_BUF],
         events: Vec::with_capacity(64),
     };
-    // Armed while exits may be waiting unread. The exit socket is out of
-    // the epoll set meanwhile, so its datagrams cost no wake-ups.
-    let mut sweep: Option<Instant> = None;
     loop {
-        let watched = pump.exits.as_ref().and_then(ExitSocket::watched);
+        // A parked exit socket is out of the epoll set until its sweep is
+        // due, so arriving exits cost no wake-ups meanwhile.
+        let exits = pump.exits.as_ref();
+        let (watched, sweep) = (
+            exits.and_then(ExitSocket::watched),
+            exits.and_then(ExitSocket::due),
+        );
         let wake = tokio::select! {
             biased;
             ready = pump.execs.readable() => ready.map(|_| Wake::Exec),
@@ -101,23 +101,16 @@ pub async fn run(
         let result = match wake {
             Err(e) => return NetlinkError::Recv(e),
             Ok(Wake::ExitArrived) => {
-                sweep = Some(Instant::now() + EXIT_BATCH);
                 pump.park_exits();
                 continue;
             }
             Ok(Wake::Exec) => {
                 // Exits that follow this exec are swept with the next exec
                 // or soon after, without a wake-up of their own.
-                if sweep.is_none() && pump.exits.is_some() {
-                    sweep = Some(Instant::now() + EXIT_BATCH);
-                    pump.park_exits();
-                }
+                pump.park_exits();
                 pump.pass()
             }
-            Ok(Wake::Sweep) => {
-                sweep = None;
-                pump.pass().and_then(|()| pump.watch_exits())
-            }
+            Ok(Wake::Sweep) => pump.pass().and_then(|()| pump.watch_exits()),
         };
         if let Err(e) = result {
             return e;
@@ -142,9 +135,11 @@ async fn readable(fd: Option<&AsyncFd<NetlinkSocket>>) -> std::io::Result<()> {
 }
 
 impl Pump {
-    /// Takes the exit socket out of the epoll set.
+    /// Takes the exit socket out of the epoll set until a sweep
+    /// [`EXIT_BATCH`] from now, unless it is parked already.
     fn park_exits(&mut self) {
-        self.exits = self.exits.take().map(ExitSocket::park);
+        let due = Instant::now() + EXIT_BATCH;
+        self.exits = self.exits.take().map(|exits| exits.park(due));
     }
 
     /// Puts the exit socket back into the epoll set.
@@ -163,7 +158,9 @@ impl Pump {
             // each exit after its exec.
             let mut overrun = match &self.exits {
                 Some(exits) => {
-                    exits.watched().map(clear_readiness);
+                    if let Some(fd) = exits.watched() {
+                        clear_readiness(fd);
+                    }
                     drain(exits.socket(), &mut self.buf, &mut self.events, &self.stats)?
                 }
                 None => false,
