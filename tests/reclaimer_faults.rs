@@ -24,8 +24,6 @@ use support::*;
 
 /// Deadline for anything that should happen.
 const WAIT: Duration = Duration::from_secs(30);
-/// How long "nothing more happens" is watched for: a few recheck intervals.
-const QUIET: Duration = Duration::from_millis(1500);
 const WRITTEN: &str = "reclaim requested: Node annotated";
 
 /// The fault proxy, killed on drop.
@@ -198,25 +196,7 @@ impl World {
     async fn fire_and_settle(&self) -> Child {
         let running = self.prog.spawn(120, &[]);
         let reason = format!("process-match: {}", self.prog.name);
-        let node = eventually(&format!("Node {} requested", self.node), WAIT, || async {
-            let n = get_node(&self.admin, &self.node).await;
-            (annotation(&n, REQUESTED) == Some("true")).then_some(n)
-        })
-        .await;
-        assert_eq!(annotation(&node, REASON), Some(reason.as_str()));
-        assert!(annotation(&node, REQUESTED_AT).is_some());
-        eventually("the ReclaimRequested Event", WAIT, || async {
-            (!reclaim_events(&self.admin, &self.node).await.is_empty()).then_some(())
-        })
-        .await;
-        tokio::time::sleep(QUIET).await;
-        let events = reclaim_events(&self.admin, &self.node).await;
-        assert_eq!(events.len(), 1, "{events:#?}");
-        let after = get_node(&self.admin, &self.node).await;
-        assert_eq!(
-            after.metadata.resource_version, node.metadata.resource_version,
-            "the Node was written again"
-        );
+        requested_once(&self.admin, &self.node, &reason).await;
         let logs = self.reclaimer.logs();
         assert_eq!(logs.matches(WRITTEN).count(), 1, "{logs}");
         assert_eq!(logs.matches("process matched").count(), 1, "{logs}");
@@ -282,6 +262,16 @@ fn via_proxy(sa: &Path, proxy: &Proxy) -> PathBuf {
     path
 }
 
+/// Proxy flags: the first `times` PATCHes of `node` get 429 with a
+/// Retry-After of `seconds`.
+fn throttled_patches(node: &str, times: u32, seconds: u32) -> Vec<String> {
+    let patch = format!("PATCH {node}");
+    let (times, seconds) = (times.to_string(), seconds.to_string());
+    ["--fail", &patch, "429", &times, "--retry-after", &seconds]
+        .map(String::from)
+        .to_vec()
+}
+
 /// The PATCHes among `requests`.
 fn patches(requests: &[Entry]) -> Vec<&Entry> {
     requests.iter().filter(|e| e.method == "PATCH").collect()
@@ -289,23 +279,7 @@ fn patches(requests: &[Entry]) -> Vec<&Entry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_patches_wait_the_retry_after_then_write_once() {
-    let w = World::new(
-        "429",
-        |node| {
-            [
-                "--fail",
-                &format!("PATCH {node}"),
-                "429",
-                "2",
-                "--retry-after",
-                "1",
-            ]
-            .map(String::from)
-            .to_vec()
-        },
-        false,
-    )
-    .await;
+    let w = World::new("429", |node| throttled_patches(node, 2, 1), false).await;
     let running = w.fire_and_settle().await;
 
     let requests = w.node_requests();
@@ -418,23 +392,7 @@ async fn failing_reads_are_retried_then_the_node_is_written_once() {
 /// and uncapped: the reclaimer turns it off.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_logged_and_counted_as_documented() {
-    let w = World::new(
-        "429log",
-        |node| {
-            [
-                "--fail",
-                &format!("PATCH {node}"),
-                "429",
-                "2",
-                "--retry-after",
-                "1",
-            ]
-            .map(String::from)
-            .to_vec()
-        },
-        false,
-    )
-    .await;
+    let w = World::new("429log", |node| throttled_patches(node, 2, 1), false).await;
     let running = w.fire_and_settle().await;
     let logs = w.reclaimer.logs();
     assert_eq!(
@@ -452,23 +410,7 @@ async fn throttling_is_logged_and_counted_as_documented() {
 /// Slow by nature: it waits out the minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_beyond_a_minute_is_capped_at_a_minute() {
-    let w = World::new(
-        "429cap",
-        |node| {
-            [
-                "--fail",
-                &format!("PATCH {node}"),
-                "429",
-                "1",
-                "--retry-after",
-                "120",
-            ]
-            .map(String::from)
-            .to_vec()
-        },
-        false,
-    )
-    .await;
+    let w = World::new("429cap", |node| throttled_patches(node, 1, 120), false).await;
     let running = w.prog.spawn(180, &[]);
     let requests = eventually(
         "the PATCH after the 429",

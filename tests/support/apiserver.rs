@@ -421,38 +421,51 @@ impl HostNode {
     }
 
     /// Waits until the Node carries a request for `reason` and its
-    /// ReclaimRequested Event exists, then [`QUIET`] more; asserts that
-    /// nothing else was written meanwhile: one Event, the Node unchanged.
+    /// ReclaimRequested Event exists, then [`QUIET`] more: see
+    /// [`requested_once`].
     pub async fn requested_once(&self, reason: &str) -> Node {
-        let what = format!("Node {} requested for {reason:?}", self.name);
-        let written = eventually(&what, DEADLINE, || async {
-            let n = get_node(&self.admin, &self.name).await;
-            let ours = annotation(&n, REQUESTED) == Some("true")
-                && annotation(&n, REASON) == Some(reason)
-                && annotation(&n, REQUESTED_AT).is_some();
-            ours.then_some(n)
-        })
-        .await;
-        eventually("the ReclaimRequested Event", DEADLINE, || async {
-            let events = reclaim_events(&self.admin, &self.name).await;
-            (!events.is_empty()).then_some(())
-        })
-        .await;
-        self.unchanged_since(&written).await;
-        written
+        requested_once(&self.admin, &self.name, reason).await
     }
 
     /// Asserts that over [`QUIET`] the Node stays `before` and exactly one
     /// ReclaimRequested Event exists.
     pub async fn unchanged_since(&self, before: &Node) {
-        tokio::time::sleep(QUIET).await;
-        let events = reclaim_events(&self.admin, &self.name).await;
-        assert_eq!(events.len(), 1, "one Event: {events:#?}");
-        let now = get_node(&self.admin, &self.name).await;
-        assert_eq!(
-            now.metadata.resource_version, before.metadata.resource_version,
-            "the Node was written again: {:?}",
-            now.metadata.annotations
-        );
+        unchanged_since(&self.admin, &self.name, before).await
     }
+}
+
+/// Waits until Node `node` carries a request for `reason` and its
+/// ReclaimRequested Event exists, then [`QUIET`] more; asserts that nothing
+/// else was written meanwhile: one Event, the Node unchanged.
+pub async fn requested_once(admin: &kube::Client, node: &str, reason: &str) -> Node {
+    let what = format!("Node {node} requested for {reason:?}");
+    let written = eventually(&what, DEADLINE, || async {
+        let n = get_node(admin, node).await;
+        let ours = annotation(&n, REQUESTED) == Some("true")
+            && annotation(&n, REASON) == Some(reason)
+            && annotation(&n, REQUESTED_AT).is_some();
+        ours.then_some(n)
+    })
+    .await;
+    eventually("the ReclaimRequested Event", DEADLINE, || async {
+        let events = reclaim_events(admin, node).await;
+        (!events.is_empty()).then_some(())
+    })
+    .await;
+    unchanged_since(admin, node, &written).await;
+    written
+}
+
+/// Asserts that over [`QUIET`] Node `node` stays `before` and exactly one
+/// ReclaimRequested Event exists.
+pub async fn unchanged_since(admin: &kube::Client, node: &str, before: &Node) {
+    tokio::time::sleep(QUIET).await;
+    let events = reclaim_events(admin, node).await;
+    assert_eq!(events.len(), 1, "one Event: {events:#?}");
+    let now = get_node(admin, node).await;
+    assert_eq!(
+        now.metadata.resource_version, before.metadata.resource_version,
+        "the Node was written again: {:?}",
+        now.metadata.annotations
+    );
 }
