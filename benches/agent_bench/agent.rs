@@ -53,21 +53,6 @@ impl Agent {
         agent
     }
 
-    /// The agent's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.pid()
-    }
-
-    /// Counters now.
-    pub fn sample(&self) -> procstat::Sample {
-        procstat::Sample::take(self.pid())
-    }
-
-    /// Peak RSS so far, KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
-        procstat::peak_rss_kib(self.pid())
-    }
-
     /// The agent's own counters (GetStats).
     pub async fn stats(&self) -> Stats {
         let mut client = execwatch::client::exec_events(&self.socket)
@@ -83,5 +68,11 @@ impl Agent {
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
         children::tail(&self.log, 20)
+    }
+}
+
+impl procstat::Measured for Agent {
+    fn pid(&self) -> u32 {
+        self.child.pid()
     }
 }

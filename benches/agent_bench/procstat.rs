@@ -29,6 +29,22 @@ pub struct Sample {
     pub switches: u64,
 }
 
+/// A process the benchmark measures: its counters and peak memory by pid.
+pub trait Measured {
+    /// The process's pid.
+    fn pid(&self) -> u32;
+
+    /// Counters now.
+    fn sample(&self) -> Sample {
+        Sample::take(self.pid())
+    }
+
+    /// Peak RSS so far, KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        peak_rss_kib(self.pid())
+    }
+}
+
 impl Sample {
     /// Reads the counters of `pid` now. Panics if the process is gone: a
     /// benchmark whose agent died has nothing to report.

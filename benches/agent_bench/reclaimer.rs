@@ -76,21 +76,6 @@ impl Reclaimer {
         }
     }
 
-    /// The reclaimer's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.pid()
-    }
-
-    /// Counters now.
-    pub fn sample(&self) -> procstat::Sample {
-        procstat::Sample::take(self.pid())
-    }
-
-    /// Peak RSS so far, KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
-        procstat::peak_rss_kib(self.pid())
-    }
-
     /// A counter from its Prometheus endpoint, e.g. `events_total`.
     pub fn metric(&self, name: &str) -> u64 {
         self.try_metric(name)
@@ -190,4 +175,10 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("find a free port")
+}
+
+impl procstat::Measured for Reclaimer {
+    fn pid(&self) -> u32 {
+        self.child.pid()
+    }
 }

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::children::Sleepers;
+use crate::procstat::Measured;
 use crate::report::Report;
 use crate::spawner::Load;
 use crate::svg::{self, Panel};

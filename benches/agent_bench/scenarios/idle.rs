@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use execwatch::cn_proc::event_mask;
 
-use crate::procstat::Sample;
+use crate::procstat::{Measured, Sample};
 use crate::raw_listener::RawListener;
 use crate::report::Report;
 use crate::timing::round1;

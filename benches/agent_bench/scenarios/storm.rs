@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use crate::procstat::Measured;
 use crate::raw_listener::RawListener;
 use crate::report::Report;
 use crate::spawner::Load;
