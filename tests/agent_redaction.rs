@@ -147,7 +147,6 @@ async fn without_the_flags_argv_is_exactly_the_command_line() {
 fn the_reclaimer_matches_the_redacted_command_line() {
     const DECISION: &str = "dry-run: would merge-PATCH";
     let agent = Agent::start(&["--redact-argv=^--password=(.+)"]);
-    let socket = agent.socket.to_str().unwrap();
     let dir = world_readable_tempdir();
     let redacted = write_file(
         dir.path(),
@@ -159,12 +158,7 @@ fn the_reclaimer_matches_the_redacted_command_line() {
         "secret.toml",
         "match_argv_substrings = [\"hunter2\", \"ewmarker\"]\n",
     );
-    let start = |rules: &str| {
-        Reclaimer::start(
-            &["--dry-run", "--socket", socket, "--rules-file", rules],
-            &[],
-        )
-    };
+    let start = |rules: &str| Reclaimer::dry_run(&agent, rules, &[]);
     let (on_redacted, on_secret) = (start(&redacted), start(&secret));
     on_redacted.wait_log("connected to the agent", 1, WAIT);
     on_secret.wait_log("connected to the agent", 1, WAIT);

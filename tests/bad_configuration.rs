@@ -142,14 +142,10 @@ fn an_unwritable_status_file_stops_the_reclaimer_at_start() {
 #[test]
 fn an_emptied_or_deleted_rules_file_keeps_the_rules_in_force() {
     let agent = Agent::start(&[]);
-    let socket = agent.socket.to_str().unwrap();
     let dir = world_readable_tempdir();
     let prog = UniqueProgram::new("ewkeep");
     let rules = rules_for(dir.path(), "rules.toml", &prog, "");
-    let reclaimer = Reclaimer::start(
-        &["--dry-run", "--socket", socket, "--rules-file", &rules],
-        &[],
-    );
+    let reclaimer = Reclaimer::dry_run(&agent, &rules, &[]);
     reclaimer.wait_log("connected to the agent", 1, WAIT);
     reclaimer.wait_log("rules loaded from file", 1, WAIT);
 

@@ -45,20 +45,9 @@ fn the_demo_rules_fire_on_the_readme_demo() {
 #[test]
 fn a_real_jvm_launch_fires_and_a_running_one_fires_after_a_restart() {
     let agent = Agent::start(&[]);
-    let socket = agent.socket.to_str().unwrap();
     let dir = world_readable_tempdir();
     let rules = write_file(dir.path(), "rules.toml", "match_commands = [\"java\"]\n");
-    let reclaimer = Reclaimer::start(
-        &[
-            "--dry-run",
-            "--socket",
-            socket,
-            "--rules-file",
-            &rules,
-            "--log-argv",
-        ],
-        &[],
-    );
+    let reclaimer = Reclaimer::dry_run(&agent, &rules, &["--log-argv"]);
     reclaimer.wait_log("connected to the agent", 1, WAIT);
     let java = Command::new("java")
         .args([
@@ -87,10 +76,7 @@ fn a_real_jvm_launch_fires_and_a_running_one_fires_after_a_restart() {
     let rules = rules_for(dir.path(), "rules2.toml", &prog, "");
     let running = prog.spawn(30, &[]);
     wait_exec(running.id(), &prog.name);
-    let reclaimer = Reclaimer::start(
-        &["--dry-run", "--socket", socket, "--rules-file", &rules],
-        &[],
-    );
+    let reclaimer = Reclaimer::dry_run(&agent, &rules, &[]);
     let logs = reclaimer.wait_log(DECISION, 1, WAIT);
     assert!(
         logs.contains(&format!("process-match: {}", prog.name)),
@@ -102,15 +88,11 @@ fn a_real_jvm_launch_fires_and_a_running_one_fires_after_a_restart() {
 #[test]
 fn editing_the_rules_file_arms_and_disarms_and_bad_edits_keep_the_last_good_rules() {
     let agent = Agent::start(&[]);
-    let socket = agent.socket.to_str().unwrap();
     let dir = world_readable_tempdir();
     let rules = write_file(dir.path(), "rules.toml", "# inert: nothing configured\n");
     let prog = UniqueProgram::new("ewarm");
     let running = prog.spawn(30, &[]);
-    let reclaimer = Reclaimer::start(
-        &["--dry-run", "--socket", socket, "--rules-file", &rules],
-        &[],
-    );
+    let reclaimer = Reclaimer::dry_run(&agent, &rules, &[]);
     reclaimer.wait_log("connected to the agent", 1, WAIT);
     reclaimer.wait_log("inert", 1, WAIT);
     std::thread::sleep(Duration::from_millis(500));
@@ -287,7 +269,6 @@ fn the_reclaimer_waits_for_the_agent_and_survives_its_restart() {
 #[test]
 fn pod_processes_do_not_count_unless_the_scope_is_all() {
     let agent = Agent::start(&[]);
-    let socket = agent.socket.to_str().unwrap();
     let dir = world_readable_tempdir();
     let prog = UniqueProgram::new("ewpod");
     let host_only = rules_for(dir.path(), "host.toml", &prog, "");
@@ -297,14 +278,8 @@ fn pod_processes_do_not_count_unless_the_scope_is_all() {
     // The agent sees the process as a pod's.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut stream = rt.block_on(async { agent.watch(live(false)).await });
-    let scoped = Reclaimer::start(
-        &["--dry-run", "--socket", socket, "--rules-file", &host_only],
-        &[],
-    );
-    let everything = Reclaimer::start(
-        &["--dry-run", "--socket", socket, "--rules-file", &all],
-        &[],
-    );
+    let scoped = Reclaimer::dry_run(&agent, &host_only, &[]);
+    let everything = Reclaimer::dry_run(&agent, &all, &[]);
     scoped.wait_log("connected to the agent", 1, WAIT);
     everything.wait_log("connected to the agent", 1, WAIT);
     let in_pod = cgroup.spawn(&prog.path, "30");
@@ -394,7 +369,6 @@ fn health_check_follows_the_status_file() {
 #[test]
 fn metrics_count_events_matches_and_rule_errors() {
     let agent = Agent::start(&[]);
-    let socket = agent.socket.to_str().unwrap();
     let dir = world_readable_tempdir();
     let prog = UniqueProgram::new("ewmet");
     let rules = rules_for(dir.path(), "rules.toml", &prog, "");
@@ -405,18 +379,7 @@ fn metrics_count_events_matches_and_rule_errors() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let reclaimer = Reclaimer::start(
-        &[
-            "--dry-run",
-            "--socket",
-            socket,
-            "--rules-file",
-            &rules,
-            "--metrics-addr",
-            &addr,
-        ],
-        &[],
-    );
+    let reclaimer = Reclaimer::dry_run(&agent, &rules, &["--metrics-addr", &addr]);
     reclaimer.wait_log("connected to the agent", 1, WAIT);
     let child = prog.spawn(30, &[]);
     reclaimer.wait_log(DECISION, 1, WAIT);
