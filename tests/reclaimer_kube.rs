@@ -137,6 +137,28 @@ impl World {
         events
     }
 
+    /// Rules matching a new program `tag`, a reclaimer, the program
+    /// launched: the reclaimer must refuse to write. Asserts the Node stays
+    /// as it was (`why`) with no Event; returns the reclaimer's log.
+    async fn launch_refused(&self, tag: &str, why: &str) -> String {
+        let prog = UniqueProgram::new(tag);
+        put_rules(
+            &self.admin,
+            &self.node,
+            &format!("match_commands = [\"{}\"]\n", prog.name),
+        )
+        .await;
+        let reclaimer = self.reclaimer();
+        wait_log(&reclaimer, "rules loaded from ConfigMap", 1);
+        let before = self.get().await;
+        let running = prog.spawn(60, &[]);
+        let logs = wait_log(&reclaimer, "refusing to write", 1);
+        self.unchanged(&before, why).await;
+        assert!(reclaim_events(&self.admin, &self.node).await.is_empty());
+        stop(running);
+        logs
+    }
+
     /// Asserts that over a few recheck intervals the Node stays exactly `before`.
     async fn unchanged(&self, before: &Node, why: &str) {
         tokio::time::sleep(QUIET).await;
@@ -368,47 +390,19 @@ async fn the_configmap_arms_rearms_disarms_and_survives_a_bad_edit() {
 async fn a_node_of_another_host_is_never_written() {
     let (host, other) = (machine_id("host"), machine_id("other-host"));
     let w = World::new("otherhost", &host, Some(&other)).await;
-    let prog = UniqueProgram::new("ewhost");
-    put_rules(
-        &w.admin,
-        &w.node,
-        &format!("match_commands = [\"{}\"]\n", prog.name),
-    )
-    .await;
-    let reclaimer = w.reclaimer();
-    wait_log(&reclaimer, "rules loaded from ConfigMap", 1);
-    let before = w.get().await;
-    let running = prog.spawn(60, &[]);
-    let logs = wait_log(&reclaimer, "refusing to write", 1);
+    let logs = w.launch_refused("ewhost", "machine-id mismatch").await;
     assert!(
         logs.contains(&host) && logs.contains(&other),
         "both machine-ids are named:\n{logs}"
     );
     assert!(logs.contains(w.machine_id_file.to_str().unwrap()), "{logs}");
-    w.unchanged(&before, "machine-id mismatch").await;
-    assert!(reclaim_events(&w.admin, &w.node).await.is_empty());
-    stop(running);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_machine_id_is_never_written() {
     let w = World::new("noid", &machine_id("noid"), None).await;
-    let prog = UniqueProgram::new("ewnoid");
-    put_rules(
-        &w.admin,
-        &w.node,
-        &format!("match_commands = [\"{}\"]\n", prog.name),
-    )
-    .await;
-    let reclaimer = w.reclaimer();
-    wait_log(&reclaimer, "rules loaded from ConfigMap", 1);
-    let before = w.get().await;
-    let running = prog.spawn(60, &[]);
-    let logs = wait_log(&reclaimer, "refusing to write", 1);
+    let logs = w.launch_refused("ewnoid", "no machineID on the Node").await;
     assert!(logs.contains("status.nodeInfo.machineID \"\""), "{logs}");
-    w.unchanged(&before, "no machineID on the Node").await;
-    assert!(reclaim_events(&w.admin, &w.node).await.is_empty());
-    stop(running);
 }
 
 /// Asserts the real API server answered 403 Forbidden.
