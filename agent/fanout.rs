@@ -1,8 +1,9 @@
 //! Fan-out from the one detector to every subscriber, without ever
 //! waiting on a subscriber.
 //!
-//! The detector calls [`Fanout::publish`]; each subscriber has its own bounded
-//! queue and gets the event with `try_send`. A subscriber whose queue is full
+//! The detector calls [`Fanout::publish`]; each subscriber has its own queue,
+//! bounded both in items and in bytes (the encoded size of what it holds),
+//! and gets the event with `try_send`. A subscriber whose queue is full
 //! is unhooked on the spot: its queue is left to drain, then its stream task
 //! finds the [`Overflow`] record, re-subscribes, tells its client `lost` and
 //! sends a fresh snapshot. The detector and the other subscribers never
@@ -13,9 +14,11 @@
 //! (including the loss item that did not fit) is reported as that loss, with
 //! its site, and with a count only if every missed loss had one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use execwatch::proto::{Exit, LossSite, Process};
+use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::stats::Stats;
@@ -29,6 +32,18 @@ pub enum Item {
     Exit(Exit),
     /// The detector lost events; every subscriber must resync.
     DetectorLost(Arc<DetectorLoss>),
+}
+
+impl Item {
+    /// What the item weighs in a queue: its encoded size (a record shared
+    /// by several queues counts in each).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Item::Exec(p) => p.encoded_len(),
+            Item::Exit(e) => e.encoded_len(),
+            Item::DetectorLost(l) => l.reason.len() + 32,
+        }
+    }
 }
 
 /// Events lost before they reached the fan-out.
@@ -81,9 +96,29 @@ struct Mark {
 /// A subscriber's end: its queue and its overflow record.
 pub struct Subscription {
     /// Items in publish order.
-    pub rx: mpsc::Receiver<Item>,
+    rx: mpsc::Receiver<Item>,
     /// Set when the fan-out unhooked this subscriber.
     pub overflow: Arc<Overflow>,
+    /// Bytes queued for it now.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Subscription {
+    /// The next item; `None` once the fan-out let go of this subscriber and
+    /// its queue is empty.
+    pub async fn recv(&mut self) -> Option<Item> {
+        let item = self.rx.recv().await?;
+        self.queued.fetch_sub(item.bytes(), Ordering::Relaxed);
+        Some(item)
+    }
+
+    /// The next item if one is queued.
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Result<Item, mpsc::error::TryRecvError> {
+        let item = self.rx.try_recv()?;
+        self.queued.fetch_sub(item.bytes(), Ordering::Relaxed);
+        Ok(item)
+    }
 }
 
 struct Subscriber {
@@ -91,6 +126,7 @@ struct Subscriber {
     tx: mpsc::Sender<Item>,
     include_exits: bool,
     overflow: Arc<Overflow>,
+    queued: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -121,15 +157,20 @@ impl Inner {
 pub struct Fanout {
     inner: Mutex<Inner>,
     queue_len: usize,
+    queue_bytes: usize,
     stats: Arc<Stats>,
 }
 
 impl Fanout {
-    /// A fan-out whose subscribers each queue at most `queue_len` items.
-    pub fn new(queue_len: usize, stats: Arc<Stats>) -> Self {
+    /// A fan-out whose subscribers each queue at most `queue_len` items
+    /// and `queue_bytes` bytes of encoded items. An item larger than
+    /// `queue_bytes` still fits an empty queue (the caller keeps records
+    /// below it).
+    pub fn new(queue_len: usize, queue_bytes: usize, stats: Arc<Stats>) -> Self {
         Self {
             inner: Mutex::default(),
             queue_len: queue_len.max(1),
+            queue_bytes,
             stats,
         }
     }
@@ -146,6 +187,7 @@ impl Fanout {
     fn hook(&self, inner: &mut Inner, include_exits: bool) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let overflow = Arc::new(Overflow::default());
+        let queued = Arc::new(AtomicUsize::new(0));
         inner.next_id += 1;
         let id = inner.next_id;
         inner.subscribers.push(Subscriber {
@@ -153,9 +195,14 @@ impl Fanout {
             tx,
             include_exits,
             overflow: overflow.clone(),
+            queued: queued.clone(),
         });
         self.stats.set_subscribers(inner.subscribers.len());
-        Subscription { rx, overflow }
+        Subscription {
+            rx,
+            overflow,
+            queued,
+        }
     }
 
     /// Re-hooks a subscriber that overflowed. Returns the new subscription and
@@ -210,14 +257,30 @@ impl Fanout {
                 inner.last_loss = Some(loss.clone());
             }
         }
+        let bytes = item.bytes();
+        let queue_bytes = self.queue_bytes;
         let mut unhooked = 0;
         inner.subscribers.retain(|s| {
             if matches!(item, Item::Exit(_)) && !s.include_exits {
                 return true;
             }
-            match s.tx.try_send(item.clone()) {
+            // Counted before the send: the subscriber may take the item
+            // (and subtract it) before this line would run after it.
+            let queued = s.queued.fetch_add(bytes, Ordering::Relaxed);
+            let sent = if queued > 0 && queued + bytes > queue_bytes {
+                Err(mpsc::error::TrySendError::Full(()))
+            } else {
+                s.tx.try_send(item.clone()).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                    mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+                })
+            };
+            if sent.is_err() {
+                s.queued.fetch_sub(bytes, Ordering::Relaxed);
+            }
+            match sent {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(mpsc::error::TrySendError::Full(())) => {
                     let at = if s.include_exits { before.1 } else { before.0 };
                     *lock(&s.overflow.at) = Some(at);
                     tracing::warn!(

@@ -73,7 +73,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stopped> {
     let stats = Arc::new(Stats::default());
-    let fanout = Arc::new(Fanout::new(args.queue_len as usize, stats.clone()));
+    let fanout = Arc::new(Fanout::new(
+        args.queue_len as usize,
+        args.queue_bytes as usize,
+        stats.clone(),
+    ));
     let max_argv = args.max_argv_bytes as usize;
     // Before the first record is read: every reader redacts from then on.
     if let Some(redactor) = redactor(&args) {
@@ -146,11 +150,23 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         max_argv_bytes: max_argv,
         queue_len: args.queue_len as usize,
         stop: stop_rx,
+        snapshot_reads: tokio::sync::Semaphore::new(SNAPSHOT_READS),
     });
-    let stopped = server::serve(listener, &socket, shared, peers, stop, streams_end).await?;
+    let limits = server::Limits {
+        seats: service::Seats::new(
+            args.max_subscribers as usize,
+            args.max_subscribers_per_uid as usize,
+        ),
+        streams_per_connection: args.max_streams_per_connection,
+    };
+    let stopped =
+        server::serve(listener, &socket, shared, peers, limits, stop, streams_end).await?;
     tracing::info!("stopped; socket removed");
     Ok(stopped)
 }
+
+/// Snapshot chunks read at once, across all subscribers.
+const SNAPSHOT_READS: usize = 2;
 
 /// The redaction the flags ask for: the preset's patterns, then the
 /// `--redact-argv` and `--redact-argv-next` ones. `None` if there are none.

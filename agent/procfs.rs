@@ -286,6 +286,12 @@ fn real_and_effective(rest: &[u8]) -> Option<(u32, u32)> {
 }
 
 /// Fills argv from the NUL-separated `cmdline` bytes.
+///
+/// A non-UTF-8 command line is carried twice (exact bytes in `argv_raw`,
+/// a lossy string in `argv`, where each bad byte takes three), so the two
+/// together are capped at twice `limit`: arguments past that are dropped and
+/// the record flagged `argv_truncated`. Whatever the input, one record's
+/// command line weighs at most `2 * limit` bytes.
 fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
     let mut bytes = cmdline;
     if bytes.len() > limit {
@@ -299,18 +305,34 @@ fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
     }
     // The kernel ends every argument with NUL; drop the last one only.
     let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
-    for arg in bytes.split(|&b| b == 0) {
-        match std::str::from_utf8(arg) {
-            Ok(s) => p.argv.push(s.to_string()),
-            Err(_) => {
-                p.argv_lossy = true;
-                p.argv
-                    .push(OsStr::from_bytes(arg).to_string_lossy().into_owned());
-            }
-        }
+    let args: Vec<&[u8]> = bytes.split(|&b| b == 0).collect();
+    p.argv_lossy = std::str::from_utf8(bytes).is_err();
+    if !p.argv_lossy {
+        p.argv = args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        return;
     }
-    if p.argv_lossy {
-        p.argv_raw = bytes.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
+    let mut room = 2 * limit;
+    for arg in args {
+        let lossy = OsStr::from_bytes(arg).to_string_lossy().into_owned();
+        let weight = lossy.len() + arg.len();
+        if weight <= room {
+            room -= weight;
+            p.argv.push(lossy);
+            p.argv_raw.push(arg.to_vec());
+            continue;
+        }
+        // The first argument that does not fit is cut: a byte weighs at most
+        // four (itself and a three-byte U+FFFD), so a quarter of the room
+        // always fits.
+        let cut = &arg[..(room / 4).min(arg.len())];
+        p.argv
+            .push(OsStr::from_bytes(cut).to_string_lossy().into_owned());
+        p.argv_raw.push(cut.to_vec());
+        p.argv_truncated = true;
+        break;
     }
 }
 

@@ -172,3 +172,32 @@ fn a_zombie_counts_as_exited() {
     );
     child.wait().unwrap();
 }
+
+/// However bad the bytes, argv and argv_raw together weigh at most twice
+/// the argv limit (a non-UTF-8 byte is one raw byte plus a three-byte
+/// U+FFFD in the lossy string).
+#[test]
+fn a_non_utf8_command_line_is_capped_raw_and_lossy_together() {
+    for limit in [1, 7, 600, 32 * 1024] {
+        let mut cmdline = vec![0xffu8; 3 * limit];
+        cmdline.push(0);
+        cmdline.extend(vec![0xfeu8; limit]);
+        cmdline.push(0);
+        let mut p = Process::default();
+        set_argv(&mut p, &cmdline, limit);
+        let weight: usize = p.argv.iter().map(String::len).sum::<usize>()
+            + p.argv_raw.iter().map(Vec::len).sum::<usize>();
+        assert!(weight <= 2 * limit, "{limit}: {weight} bytes");
+        assert!(p.argv_truncated && p.argv_lossy, "{limit}");
+        assert_eq!(p.argv.len(), p.argv_raw.len(), "{limit}");
+        assert!(
+            !p.argv.is_empty(),
+            "{limit}: the first argument is cut, not dropped"
+        );
+    }
+    // Valid UTF-8 is carried once and only cut at the limit.
+    let mut p = Process::default();
+    set_argv(&mut p, b"java\0-version\0", 1024);
+    assert_eq!(p.argv, ["java", "-version"]);
+    assert!(p.argv_raw.is_empty() && !p.argv_truncated);
+}

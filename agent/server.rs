@@ -21,7 +21,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
-use crate::service::{ExecEventsService, PeerCheck};
+use crate::service::{ExecEventsService, PeerCheck, Seats};
 use crate::subscription::Shared;
 
 /// Why the socket could not be served.
@@ -186,6 +186,14 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
 /// stops; a client that does not read is not waited for longer.
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
 
+/// How much one socket serves at once.
+pub struct Limits {
+    /// Subscribers in total and per peer uid.
+    pub seats: Seats,
+    /// HTTP/2 streams one connection may have open.
+    pub streams_per_connection: u32,
+}
+
 /// Why serving ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -204,6 +212,7 @@ pub async fn serve(
     path: &Path,
     shared: Arc<Shared>,
     peers: PeerCheck,
+    limits: Limits,
     stop: impl Future<Output = Stopped>,
     streams_end: watch::Sender<bool>,
 ) -> Result<Stopped, ServeError> {
@@ -223,8 +232,9 @@ pub async fn serve(
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection)
         .add_service(guarded(
-            ExecEventsServer::new(ExecEventsService::new(shared)),
+            ExecEventsServer::new(ExecEventsService::new(shared, limits.seats)),
             &peers,
         ))
         .add_service(guarded(health_service, &peers))

@@ -22,6 +22,7 @@ use tonic::Status;
 
 use crate::fanout::{Fanout, Item, Missed};
 use crate::procfs::ProcReader;
+use crate::service::Seat;
 use crate::stats::Stats;
 use execwatch::clock;
 
@@ -29,6 +30,9 @@ use execwatch::clock;
 const MAX_OVERFLOWS: usize = 3;
 /// Processes read per blocking-pool task during a snapshot.
 const SNAPSHOT_CHUNK: usize = 64;
+/// Encoded bytes of records read per blocking-pool task during a snapshot:
+/// what a subscriber that stops reading holds at most in snapshot records.
+const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// The window over which overflows are counted.
 const OVERFLOW_WINDOW: Duration = Duration::from_secs(60);
 
@@ -52,6 +56,9 @@ pub struct Shared {
     pub queue_len: usize,
     /// Becomes `true` when the agent stops: every stream ends.
     pub stop: watch::Receiver<bool>,
+    /// Snapshot reads under way at once (each on a blocking-pool thread), so
+    /// that many subscribers joining at once cannot crowd out the rest.
+    pub snapshot_reads: tokio::sync::Semaphore,
 }
 
 /// Why a stream ended early.
@@ -85,9 +92,12 @@ pub fn spawn(
     shared: Arc<Shared>,
     req: WatchRequest,
     out: mpsc::Sender<Result<WatchEvent, Status>>,
+    seat: Seat,
 ) {
     shared.stats.add_subscribers_total(1);
     tokio::spawn(async move {
+        // Held for as long as the subscription lives.
+        let _seat = seat;
         let mut stop = shared.stop.clone();
         let last_word = out.clone();
         let mut em = Emitter { seq: 0, out };
@@ -114,7 +124,7 @@ async fn run(shared: &Shared, req: WatchRequest, em: &mut Emitter) -> Result<(),
     let mut overflows = VecDeque::new();
     loop {
         let item = tokio::select! {
-            item = sub.rx.recv() => item,
+            item = sub.recv() => item,
             _ = em.out.closed() => return Err(End::Gone),
         };
         match item {
@@ -220,26 +230,33 @@ struct Chunk {
     why: Option<String>,
 }
 
-/// Reads the records of `pids`; never waits for a client.
-fn read_chunk(root: &str, max_argv: usize, pids: Vec<i32>) -> Chunk {
+/// Reads the records of `pids`, stopping once they weigh
+/// [`SNAPSHOT_CHUNK_BYTES`]; never waits for a client. The pids it did not
+/// get to are left in `pids`.
+fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>) -> Chunk {
     let mut reader = match ProcReader::open(root, max_argv) {
         Ok(reader) => reader,
         Err(e) => {
             return Chunk {
                 records: Vec::new(),
-                failed: pids,
+                failed: std::mem::take(pids),
                 why: Some(e.to_string()),
             }
         }
     };
     let mut chunk = Chunk {
-        records: Vec::with_capacity(pids.len()),
+        records: Vec::new(),
         failed: Vec::new(),
         why: None,
     };
-    for pid in pids {
+    let mut weight = 0;
+    while weight < SNAPSHOT_CHUNK_BYTES && chunk.records.len() < SNAPSHOT_CHUNK {
+        let Some(pid) = pids.pop() else { break };
         match reader.read(pid, pid, Source::Snapshot) {
-            Ok(Some(p)) if !p.exited_before_inspection => chunk.records.push(p),
+            Ok(Some(p)) if !p.exited_before_inspection => {
+                weight += prost::Message::encoded_len(&p);
+                chunk.records.push(p);
+            }
             Ok(_) => {}
             Err(e) => {
                 chunk.failed.push(pid);
@@ -280,15 +297,23 @@ async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Re
             Err(why) => again(&mut delay, deadline, &why).await?,
         }
     };
+    // Read in listing order (the chunks pop from the end).
+    pending.reverse();
     let mut count = 0;
     while !pending.is_empty() {
         let mut failed = Vec::new();
         let mut why = None;
-        for pids in pending.chunks(SNAPSHOT_CHUNK) {
-            let (pids, root) = (pids.to_vec(), root.clone());
-            let chunk = blocking(move || Ok(read_chunk(&root, max_argv, pids)))
-                .await
-                .map_err(|e| End::Fail(Status::internal(e)))?;
+        while !pending.is_empty() {
+            let permit = shared.snapshot_reads.acquire().await;
+            let (mut pids, root) = (std::mem::take(&mut pending), root.clone());
+            let (chunk, rest) = blocking(move || {
+                let chunk = read_chunk(&root, max_argv, &mut pids);
+                Ok((chunk, pids))
+            })
+            .await
+            .map_err(|e| End::Fail(Status::internal(e)))?;
+            drop(permit);
+            pending = rest;
             for p in chunk.records {
                 count += 1;
                 em.emit(Kind::Existing(p)).await?;
@@ -304,6 +329,7 @@ async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Re
             )
             .await?;
         }
+        failed.reverse();
         pending = failed;
     }
     em.emit(Kind::SnapshotComplete(SnapshotComplete {
