@@ -35,11 +35,14 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     execwatch::runtime::init_logging(cli.log_format);
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(run(cli))
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(cli));
+    // A file read still blocked on the blocking pool is not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
