@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings, Target};
 use crate::node::{HostId, NodeClient};
-use crate::rules_source::RulesSource;
+use crate::rules_source::{RulesSource, WhenMissing};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -137,7 +137,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         link_tx,
         metrics.clone(),
     ));
-    tokio::spawn(rules_source::run(source, rules_tx, metrics.clone()));
+    let when_missing = if cli.keep_rules_when_missing {
+        WhenMissing::Keep
+    } else {
+        WhenMissing::Disarm
+    };
+    tokio::spawn(rules_source::run(
+        source,
+        when_missing,
+        rules_tx,
+        metrics.clone(),
+    ));
     let settings = Settings {
         status_file: cli.status_file.clone(),
         recheck: cli.recheck_interval,

@@ -418,3 +418,34 @@ fn metrics_count_events_matches_and_rule_errors() {
     );
     assert!(text.contains("# TYPE execwatch_reclaimer_patch_latency_seconds histogram"));
 }
+
+/// No rules document disarms by default: an emptied rules file drops the
+/// rules (a launch then decides nothing), rules written again arm at once
+/// (the program that runs fires), and a removed file drops them again.
+#[test]
+fn an_emptied_or_removed_rules_file_disarms() {
+    let agent = Agent::start(&[]);
+    let dir = world_readable_tempdir();
+    let prog = UniqueProgram::new("ewdrop");
+    let rules = rules_for(dir.path(), "rules.toml", &prog, "");
+    let reclaimer = Reclaimer::dry_run(&agent, &rules, &[]);
+    reclaimer.wait_log("connected to the agent", 1, WAIT);
+    reclaimer.wait_log("rules loaded from file", 1, WAIT);
+
+    std::fs::write(&rules, "").unwrap();
+    let logs = reclaimer.wait_log("is empty (no key set): rules dropped", 1, WAIT);
+    let line = logs.lines().find(|l| l.contains("rules dropped")).unwrap();
+    assert!(line.contains("dropped=commands=1 "), "{line}");
+    let running = prog.spawn(30, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!reclaimer.logs().contains(DECISION), "{}", reclaimer.logs());
+
+    std::fs::write(&rules, prog.rules()).unwrap();
+    reclaimer.wait_log("rules loaded from file", 2, WAIT);
+    reclaimer.wait_log(DECISION, 1, WAIT);
+
+    std::fs::remove_file(&rules).unwrap();
+    reclaimer.wait_log("cannot be read (No such file", 1, WAIT);
+    reclaimer.wait_log("rules dropped", 2, WAIT);
+    stop(running);
+}
