@@ -94,7 +94,8 @@ fn editing_the_rules_file_arms_and_disarms_and_bad_edits_keep_the_last_good_rule
     let running = prog.spawn(30, &[]);
     let reclaimer = Reclaimer::dry_run(&agent, &rules, &[]);
     reclaimer.wait_log("connected to the agent", 1, WAIT);
-    reclaimer.wait_log("inert", 1, WAIT);
+    // A blank file is no rules document: not armed (no rule set loaded).
+    reclaimer.wait_log("no rules yet; this node is not armed", 1, WAIT);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !reclaimer.logs().contains(DECISION),
