@@ -3,10 +3,12 @@
 //! 5-Spot controller to reclaim this node by annotating its Node.
 
 mod agent_link;
+mod agent_stats;
 mod backoff;
 mod cli;
 mod decision;
 mod metrics;
+mod metrics_server;
 mod node;
 mod process_table;
 mod rules;
@@ -55,11 +57,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })?;
     }
     let shutdown = execwatch::runtime::shutdown_signal();
-    let metrics = Arc::new(metrics::Metrics::default());
     // Inert until the first rules arrive.
-    metrics
-        .rules_inert
-        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let metrics = Arc::new(metrics::Metrics::new());
     let (target, source) = if cli.dry_run {
         tracing::info!("dry-run: decisions are logged, the Kubernetes API is never contacted");
         let node = cli
@@ -117,17 +116,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         rules_source::load_file(path)?;
     }
     if let Some(addr) = cli.metrics_addr {
-        let m = metrics.clone();
-        let listener_err = tokio::spawn(async move { metrics::serve(addr, m).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if listener_err.is_finished() {
-            let err = listener_err
-                .await?
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            bail!("cannot serve metrics on {addr}: {err}");
-        }
+        // Bound here, so a bad address stops the reclaimer at start.
+        let server = metrics_server::MetricsServer::bind(addr, metrics.clone()).await?;
+        tokio::spawn(server.run());
     }
 
     let (link_tx, link_rx) = mpsc::channel(1024);

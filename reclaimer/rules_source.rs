@@ -17,7 +17,6 @@
 //! disarm then needs `match_commands = []` or the pod's removal).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,8 +183,8 @@ impl Feed {
     /// with [`WhenMissing::Keep`]. Not a reload: no rule set was loaded.
     async fn missing(&mut self, what: &str, why: &str) {
         // No document is not an invalid one.
-        self.metrics.rules_invalid.store(0, Relaxed);
-        self.metrics.rules_missing.store(1, Relaxed);
+        self.metrics.rules_invalid.set(0);
+        self.metrics.rules_missing.set(1);
         match (self.in_force.take(), self.when_missing) {
             (Some(rules), WhenMissing::Keep) => {
                 tracing::warn!(
@@ -201,7 +200,7 @@ impl Feed {
                     dropped = %rules,
                     "{what} {why}: rules dropped; this node is not armed until it holds rules again"
                 );
-                self.metrics.rules_inert.store(1, Relaxed);
+                self.metrics.rules_inert.set(1);
                 let _ = self.tx.send(Rules::inert()).await;
             }
             // The decision loop holds no rules from a document: inert already.
@@ -211,11 +210,9 @@ impl Feed {
 
     async fn good(&mut self, what: &str, rules: Rules) {
         self.metrics.rule_reloads.inc();
-        self.metrics.rules_invalid.store(0, Relaxed);
-        self.metrics.rules_missing.store(0, Relaxed);
-        self.metrics
-            .rules_inert
-            .store(u64::from(rules.is_inert()), Relaxed);
+        self.metrics.rules_invalid.set(0);
+        self.metrics.rules_missing.set(0);
+        self.metrics.rules_inert.set(i64::from(rules.is_inert()));
         let summary = rules.summary();
         tracing::info!(rules = %summary, "rules loaded from {what}");
         self.in_force = Some(summary);
@@ -224,8 +221,8 @@ impl Feed {
 
     fn bad(&mut self, what: &str, e: &crate::rules::RulesError) {
         self.metrics.rule_errors.inc();
-        self.metrics.rules_invalid.store(1, Relaxed);
-        self.metrics.rules_missing.store(0, Relaxed);
+        self.metrics.rules_invalid.set(1);
+        self.metrics.rules_missing.set(0);
         tracing::error!(
             line = e.line(),
             "rules in {what} rejected, keeping the last good rules: {e}"

@@ -37,8 +37,8 @@ const WHAT: &str = "ConfigMap ns/reclaim-agent-n";
 #[tokio::test]
 async fn no_document_disarms() {
     let (mut feed, mut rx, metrics) = feed(WhenMissing::Disarm);
-    let missing = || metrics.rules_missing.load(Relaxed);
-    let inert = || metrics.rules_inert.load(Relaxed);
+    let missing = || metrics.rules_missing.get();
+    let inert = || metrics.rules_inert.get();
     feed.missing(WHAT, "is absent").await;
     assert!(
         rx.try_recv().is_err(),
@@ -68,7 +68,7 @@ async fn no_document_disarms() {
     feed.document(WHAT, Some(&"match_comands = []".to_owned()))
         .await;
     assert!(rx.try_recv().is_err());
-    assert_eq!((missing(), metrics.rules_invalid.load(Relaxed)), (0, 1));
+    assert_eq!((missing(), metrics.rules_invalid.get()), (0, 1));
 }
 
 /// A missing document is not a rule set loaded: `rule_reloads` counts
@@ -96,7 +96,7 @@ async fn no_document_is_not_counted_as_a_reload() {
 async fn no_document_keeps_the_rules_in_force_when_asked() {
     let (mut feed, mut rx, metrics) = feed(WhenMissing::Keep);
     let what = WHAT;
-    let missing = || metrics.rules_missing.load(Relaxed);
+    let missing = || metrics.rules_missing.get();
     feed.missing(what, "is absent").await;
     assert!(rx.try_recv().is_err(), "at start: inert already");
     assert_eq!(missing(), 1);
@@ -121,9 +121,9 @@ async fn no_document_keeps_the_rules_in_force_when_asked() {
     feed.document(what, Some(&"match_comands = []".to_owned()))
         .await;
     assert!(rx.try_recv().is_err());
-    assert_eq!((missing(), metrics.rules_invalid.load(Relaxed)), (0, 1));
+    assert_eq!((missing(), metrics.rules_invalid.get()), (0, 1));
     feed.missing(what, "was deleted").await;
-    assert_eq!((missing(), metrics.rules_invalid.load(Relaxed)), (1, 0));
+    assert_eq!((missing(), metrics.rules_invalid.get()), (1, 0));
 
     // Explicitly inert rules are a decision, and apply.
     feed.document(what, Some(&"match_commands = []".to_owned()))
