@@ -110,6 +110,10 @@ pub enum Command {
         /// The oldest acceptable update (10s to 60m).
         #[arg(long, default_value = "30s", value_parser = |s: &str| execwatch::duration::parse_within(s, MAX_AGE.0, MAX_AGE.1))]
         max_age: Duration,
+        /// Also fail unless the reclaimer was streaming from the agent at
+        /// that update (the readiness probe: it sees launches).
+        #[arg(long)]
+        ready: bool,
     },
 }
 

@@ -29,11 +29,11 @@ use crate::rules_source::{RulesSource, WhenMissing};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::HealthCheck { max_age }) = cli.command {
+    if let Some(Command::HealthCheck { max_age, ready }) = cli.command {
         let Some(path) = &cli.status_file else {
             bail!("health-check needs --status-file (or EXECWATCH_STATUS_FILE)");
         };
-        println!("{}", status::check(path, max_age)?);
+        println!("{}", status::check(path, max_age, ready)?);
         return Ok(());
     }
     execwatch::runtime::init_logging(cli.log_format);
