@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use execwatch::proto::exec_events_server::ExecEvents;
 use execwatch::proto::{Stats, StatsRequest, WatchEvent, WatchRequest};
@@ -63,13 +64,21 @@ impl Seats {
         let mine = taken.get(&uid).copied().unwrap_or(0);
         let peer = uid.map_or("unknown".into(), |u| u.to_string());
         if total >= self.total {
-            tracing::warn!(peer_uid = %peer, limit = self.total, "refused a subscriber: the agent serves its maximum");
+            tracing::warn!(
+                peer_uid = uid,
+                limit = self.total,
+                "refused a subscriber: the agent serves its maximum"
+            );
             return Err(Status::resource_exhausted(format!(
                 "the agent already serves {total} subscribers (--max-subscribers); try again later"
             )));
         }
         if mine >= self.per_uid {
-            tracing::warn!(peer_uid = %peer, limit = self.per_uid, "refused a subscriber: its uid has its maximum");
+            tracing::warn!(
+                peer_uid = uid,
+                limit = self.per_uid,
+                "refused a subscriber: its uid has its maximum"
+            );
             return Err(Status::resource_exhausted(format!(
                 "uid {peer} already has {mine} subscribers (--max-subscribers-per-uid); close one first"
             )));
@@ -79,6 +88,13 @@ impl Seats {
             taken: self.taken.clone(),
             uid,
         })
+    }
+}
+
+impl Seat {
+    /// The subscriber's peer uid, if the socket told it.
+    pub fn uid(&self) -> Option<u32> {
+        self.uid
     }
 }
 
@@ -100,6 +116,14 @@ fn peer_uid<T>(req: &Request<T>) -> Option<u32> {
         .get::<UdsConnectInfo>()
         .and_then(|info| info.peer_cred)
         .map(|cred| cred.uid())
+}
+
+/// The peer's pid, from the socket's credentials.
+fn peer_pid<T>(req: &Request<T>) -> Option<i32> {
+    req.extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .and_then(|cred| cred.pid())
 }
 
 #[tonic::async_trait]
@@ -127,10 +151,97 @@ impl ExecEvents for ExecEventsService {
 /// non-empty one admits those uids and the agent's own (so its health probe
 /// works). Applied to every service, so a denied peer learns nothing but
 /// `PERMISSION_DENIED`.
+///
+/// Refusals are counted and logged per peer, not per request: one grpcurl
+/// `list` makes two requests. A peer is a process (uid and pid); within
+/// [`REFUSAL_WINDOW`] each is counted once in `peers_denied`, and each uid
+/// gets at most one log line, the next one saying how many peers and
+/// requests went unlogged meanwhile.
 #[derive(Clone)]
 pub struct PeerCheck {
     allowed: Option<Arc<HashSet<u32>>>,
     stats: Arc<stats::Stats>,
+    refusals: Arc<Mutex<Refusals>>,
+}
+
+/// How long a refused peer is remembered, and how often a uid's refusals
+/// may be logged.
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+/// Refused uids remembered at once; past this, windows that are over are
+/// forgotten with what they had not logged.
+const MAX_REFUSED_UIDS: usize = 1024;
+/// Refused peers remembered per uid and window; past this, every refusal of
+/// that uid counts as a new peer (over-counted, never missed).
+const MAX_REFUSED_PEERS: usize = 1024;
+
+/// Recent refusals, by peer uid.
+#[derive(Default)]
+struct Refusals {
+    by_uid: HashMap<Option<u32>, UidRefusals>,
+}
+
+/// One uid's refusals in its current window.
+struct UidRefusals {
+    /// When the current window began (with a logged line).
+    logged_at: Instant,
+    /// Peers (pids) refused in the current window.
+    peers: HashSet<Option<i32>>,
+    /// Refused peers and requests since the last line, not in it.
+    unlogged_peers: u64,
+    unlogged_requests: u64,
+}
+
+/// What one refusal means for the counter and the log.
+#[derive(Debug, PartialEq, Eq)]
+struct Refusal {
+    /// A peer not refused before in this window: count it.
+    new_peer: bool,
+    /// Log a line, with what went unlogged since the last one.
+    log: Option<(u64, u64)>,
+}
+
+impl Refusals {
+    fn refuse(&mut self, uid: Option<u32>, pid: Option<i32>, now: Instant) -> Refusal {
+        if self.by_uid.len() >= MAX_REFUSED_UIDS {
+            self.by_uid
+                .retain(|_, r| now.duration_since(r.logged_at) < REFUSAL_WINDOW);
+        }
+        let Some(r) = self.by_uid.get_mut(&uid) else {
+            self.by_uid.insert(
+                uid,
+                UidRefusals {
+                    logged_at: now,
+                    peers: HashSet::from([pid]),
+                    unlogged_peers: 0,
+                    unlogged_requests: 0,
+                },
+            );
+            return Refusal {
+                new_peer: true,
+                log: Some((0, 0)),
+            };
+        };
+        if now.duration_since(r.logged_at) >= REFUSAL_WINDOW {
+            let unlogged = (r.unlogged_peers, r.unlogged_requests);
+            *r = UidRefusals {
+                logged_at: now,
+                peers: HashSet::from([pid]),
+                unlogged_peers: 0,
+                unlogged_requests: 0,
+            };
+            return Refusal {
+                new_peer: true,
+                log: Some(unlogged),
+            };
+        }
+        let new_peer = r.peers.len() >= MAX_REFUSED_PEERS || r.peers.insert(pid);
+        r.unlogged_requests += 1;
+        r.unlogged_peers += u64::from(new_peer);
+        Refusal {
+            new_peer,
+            log: None,
+        }
+    }
 }
 
 impl PeerCheck {
@@ -141,7 +252,11 @@ impl PeerCheck {
             set.insert(nix::unistd::geteuid().as_raw());
             Arc::new(set)
         });
-        Self { allowed, stats }
+        Self {
+            allowed,
+            stats,
+            refusals: Arc::default(),
+        }
     }
 
     /// The interceptor: admits or refuses one request.
@@ -153,11 +268,76 @@ impl PeerCheck {
         match uid {
             Some(uid) if allowed.contains(&uid) => Ok(req),
             _ => {
-                self.stats.add_peers_denied(1);
-                let peer = uid.map_or("unknown".to_string(), |u| u.to_string());
-                tracing::warn!(peer_uid = %peer, "refused a peer not in --allow-uid");
+                let pid = peer_pid(&req);
+                let refusal = self
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .refuse(uid, pid, Instant::now());
+                if refusal.new_peer {
+                    self.stats.add_peers_denied(1);
+                }
+                if let Some((unlogged_peers, unlogged_requests)) = refusal.log {
+                    tracing::warn!(
+                        peer_uid = uid,
+                        peer_pid = pid,
+                        unlogged_peers,
+                        unlogged_requests,
+                        "refused a peer not in --allow-uid (logged at most once a minute per uid)"
+                    );
+                }
                 Err(Status::permission_denied("permission denied"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_per_peer_and_logged_once_a_window_per_uid() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let first = Refusal {
+            new_peer: true,
+            log: Some((0, 0)),
+        };
+        // grpcurl `list`: two requests from one process, one line, one peer.
+        assert_eq!(r.refuse(Some(7), Some(100), at(0)), first);
+        let again = Refusal {
+            new_peer: false,
+            log: None,
+        };
+        assert_eq!(r.refuse(Some(7), Some(100), at(0)), again);
+        // Another process of the same uid: a peer, no line.
+        let other = Refusal {
+            new_peer: true,
+            log: None,
+        };
+        assert_eq!(r.refuse(Some(7), Some(101), at(10)), other);
+        // Another uid has its own window.
+        assert_eq!(r.refuse(Some(8), Some(200), at(10)), first);
+        // A minute on: a line again, with what went unlogged.
+        assert_eq!(
+            r.refuse(Some(7), Some(100), at(61)),
+            Refusal {
+                new_peer: true,
+                log: Some((1, 2)),
+            }
+        );
+        assert_eq!(r.refuse(Some(7), Some(100), at(62)), again);
+    }
+
+    #[test]
+    fn many_refused_uids_stay_bounded() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        for uid in 0..(MAX_REFUSED_UIDS as u32 * 3) {
+            r.refuse(Some(uid), None, t0 + REFUSAL_WINDOW * uid);
+        }
+        assert!(r.by_uid.len() <= MAX_REFUSED_UIDS);
     }
 }
