@@ -168,7 +168,7 @@ pub struct PeerCheck {
 /// may be logged.
 pub const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 /// Refused uids remembered at once; past this, windows that are over are
-/// forgotten with what they had not logged.
+/// forgotten with what they had not logged, and if that is not enough, all.
 const MAX_REFUSED_UIDS: usize = 1024;
 /// Refused peers remembered per uid and window; past this, every refusal of
 /// that uid counts as a new peer (over-counted, never missed).
@@ -205,6 +205,11 @@ impl Refusals {
         if self.by_uid.len() >= MAX_REFUSED_UIDS {
             self.by_uid
                 .retain(|_, r| now.duration_since(r.logged_at) < REFUSAL_WINDOW);
+            if self.by_uid.len() >= MAX_REFUSED_UIDS {
+                // That many uids refused within a minute: start over rather
+                // than grow (each uid then logs once more).
+                self.by_uid.clear();
+            }
         }
         let Some(r) = self.by_uid.get_mut(&uid) else {
             self.by_uid.insert(
@@ -337,6 +342,11 @@ mod tests {
         let t0 = Instant::now();
         for uid in 0..(MAX_REFUSED_UIDS as u32 * 3) {
             r.refuse(Some(uid), None, t0 + REFUSAL_WINDOW * uid);
+        }
+        assert!(r.by_uid.len() <= MAX_REFUSED_UIDS);
+        // All at once, within one window.
+        for uid in 0..(MAX_REFUSED_UIDS as u32 * 3) {
+            r.refuse(Some(uid), None, t0);
         }
         assert!(r.by_uid.len() <= MAX_REFUSED_UIDS);
     }
