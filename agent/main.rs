@@ -158,6 +158,8 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             args.max_subscribers_per_uid as usize,
         ),
         streams_per_connection: args.max_streams_per_connection,
+        connections: args.max_connections as usize,
+        connections_per_uid: args.max_connections_per_uid as usize,
     };
     let stopped =
         server::serve(listener, &socket, shared, peers, limits, stop, streams_end).await?;

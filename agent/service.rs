@@ -144,20 +144,28 @@ impl PeerCheck {
         Self { allowed, stats }
     }
 
+    /// Whether a peer with `uid` may use the socket; a refusal is logged and
+    /// counted. Called when a connection is accepted (a refused peer's
+    /// connection is closed at once) and again on every request.
+    pub fn admits(&self, uid: Option<u32>) -> bool {
+        let Some(allowed) = &self.allowed else {
+            return true;
+        };
+        if uid.is_some_and(|uid| allowed.contains(&uid)) {
+            return true;
+        }
+        self.stats.add_peers_denied(1);
+        let peer = uid.map_or("unknown".to_string(), |u| u.to_string());
+        tracing::warn!(peer_uid = %peer, "refused a peer not in --allow-uid");
+        false
+    }
+
     /// The interceptor: admits or refuses one request.
     pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(allowed) = &self.allowed else {
-            return Ok(req);
-        };
-        let uid = peer_uid(&req);
-        match uid {
-            Some(uid) if allowed.contains(&uid) => Ok(req),
-            _ => {
-                self.stats.add_peers_denied(1);
-                let peer = uid.map_or("unknown".to_string(), |u| u.to_string());
-                tracing::warn!(peer_uid = %peer, "refused a peer not in --allow-uid");
-                Err(Status::permission_denied("permission denied"))
-            }
+        if self.admits(peer_uid(&req)) {
+            Ok(req)
+        } else {
+            Err(Status::permission_denied("permission denied"))
         }
     }
 }
