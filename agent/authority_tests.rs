@@ -3,6 +3,8 @@
 //! client and an independent decoder playing h2.
 
 use super::*;
+#[path = "authority_fuzz.rs"]
+mod fuzz_checks;
 use httlib_hpack::{Decoder as RefDecoder, Encoder as RefEncoder};
 use proptest::prelude::*;
 
@@ -578,8 +580,40 @@ fn client_bytes(blocks: &[GenBlock]) -> (Vec<u8>, Vec<Block>, Vec<Frame>) {
     (bytes, expected, others)
 }
 
+/// The fuzz target's seeds, and inputs it once failed on
+/// (tests/fixtures/authority/, if any), pass its checks; only the seeds
+/// named `bad_*` are refused.
+#[test]
+fn fuzz_seeds_and_regression_fixtures_replay() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut replayed = 0;
+    for dir in ["fuzz/seeds/authority", "tests/fixtures/authority"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let refused = fuzz_checks::check(&std::fs::read(&path).unwrap());
+            let name = path.file_name().unwrap().to_string_lossy();
+            if dir.starts_with("fuzz") {
+                assert_eq!(refused, name.starts_with("bad_"), "{name}");
+            }
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= 6, "the seeds are there");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// The fuzz target's checks on generated inputs.
+    #[test]
+    fn the_fuzz_checks_hold_on_generated_records(
+        data in prop::collection::vec(any::<u8>(), 0..800),
+    ) {
+        fuzz_checks::check(&data);
+    }
 
     /// Any header lists, encoded with any use of the dynamic table, size
     /// updates, Huffman coding, padding, priority and CONTINUATION, read in
