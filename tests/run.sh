@@ -33,9 +33,9 @@ if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
 fi
 
 # Node's @grpc/grpc-js, a stock client for tests/stock_clients.rs, from the
-# npm registry into a cache directory (the tests read it from there, or from
-# $EXECWATCH_NODE_MODULES).
-node_dir="${XDG_CACHE_HOME:-$HOME/.cache}/execwatch/node"
+# npm registry into the cache tests/kube/build-apiserver.sh uses too; the
+# tests read $EXECWATCH_NODE_MODULES.
+node_dir="${EXECWATCH_CACHE:-$HOME/.cache/execwatch}/node"
 export EXECWATCH_NODE_MODULES="$node_dir/node_modules"
 if [ ! -d "$EXECWATCH_NODE_MODULES/@grpc/grpc-js" ] || [ ! -d "$EXECWATCH_NODE_MODULES/@grpc/proto-loader" ]; then
     if ! command -v npm >/dev/null; then

@@ -64,13 +64,19 @@ fn grpcio_with_the_old_default_authority_option_still_works() {
     assert_stats_and_health(&grpcio_calls(&target, &["--authority", "localhost"]));
 }
 
-/// Where tests/run.sh installs @grpc/grpc-js and @grpc/proto-loader.
+/// Where tests/run.sh installs @grpc/grpc-js and @grpc/proto-loader:
+/// $EXECWATCH_NODE_MODULES, or node/node_modules in the project's cache
+/// ($EXECWATCH_CACHE, else ~/.cache/execwatch).
 fn node_modules() -> PathBuf {
     let dir = std::env::var_os("EXECWATCH_NODE_MODULES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME");
-            PathBuf::from(home).join(".cache/execwatch/node/node_modules")
+            let cache = std::env::var_os("EXECWATCH_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/execwatch")
+                });
+            cache.join("node/node_modules")
         });
     assert!(
         dir.join("@grpc/grpc-js").is_dir() && dir.join("@grpc/proto-loader").is_dir(),
