@@ -26,7 +26,7 @@
 //!
 //! A frame h2 would refuse for its framing (bad padding, a frame over the
 //! size limit, a CONTINUATION out of place, a block past h2's CONTINUATION
-//! limit) is passed on as the client sent it, with everything after it: h2
+//! limit, a PUSH_PROMISE, which no client may send) is passed on as the client sent it, with everything after it: h2
 //! ends the connection with the error it gives any client. A header block
 //! that is not valid HPACK, or decodes past h2's abuse limit, becomes one
 //! that is not valid for h2 either, and nothing follows it: h2 ends the
@@ -64,6 +64,7 @@ const FLAGS: usize = 4;
 const STREAM: Range<usize> = 5..9;
 
 const HEADERS: u8 = 0x1;
+const PUSH_PROMISE: u8 = 0x5;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -288,9 +289,11 @@ impl Normalizer {
                 emit.extend(&head);
                 return;
             }
-            if kind == CONTINUATION || len > MAX_FRAME {
-                // h2 refuses a CONTINUATION out of place, or a frame over
-                // its limit, and the connection with it.
+            if kind == CONTINUATION || kind == PUSH_PROMISE || len > MAX_FRAME {
+                // h2 refuses a CONTINUATION out of place, a PUSH_PROMISE
+                // from a client (whose header block the normalizer would
+                // have to follow), or a frame over its limit, and the
+                // connection with it.
                 self.refuse(format!(
                     "frame type {kind:#x} of {len} bytes out of place or over the {MAX_FRAME}-byte limit"
                 ));

@@ -333,6 +333,14 @@ fn bad_framing_is_passed_on_as_sent() {
             [head(1, CONTINUATION, END_HEADERS, 1), vec![0x83]].concat(),
         ),
         (
+            "a PUSH_PROMISE from the client",
+            [
+                head(5, PUSH_PROMISE, END_HEADERS, 1),
+                vec![0, 0, 0, 2, 0x83],
+            ]
+            .concat(),
+        ),
+        (
             "a frame over the size limit",
             [head(MAX_FRAME + 1, HEADERS, END_HEADERS, 1), vec![0x83; 40]].concat(),
         ),
