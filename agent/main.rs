@@ -2,6 +2,7 @@
 //! process launches and serves them as a gRPC stream on a Unix socket. It
 //! holds no rules and no Kubernetes credentials, and listens on no network.
 
+mod authority;
 mod cli;
 mod connection;
 mod exit_socket;
@@ -15,6 +16,7 @@ mod poll;
 mod procfs;
 mod redaction;
 mod redaction_patterns;
+mod refusal;
 mod server;
 mod service;
 mod stat_line;
