@@ -79,15 +79,19 @@ async fn served_client(
     client
 }
 
-/// A JVM that keeps running: a one-file Java program launched from source.
-fn running_jvm(dir: &std::path::Path) -> Child {
+/// A JVM that keeps running: a one-file Java program launched from source,
+/// through a link named `name` (its comm, so that no other `java` on the
+/// host is mistaken for it).
+fn running_jvm(dir: &std::path::Path, name: &str) -> Child {
     let src = dir.join("Wait.java");
     std::fs::write(
         &src,
         "public class Wait { public static void main(String[] a) throws Exception { Thread.sleep(60_000); } }\n",
     )
     .unwrap();
-    Command::new(which("java"))
+    let link = dir.join(name);
+    std::os::unix::fs::symlink(std::fs::canonicalize(which("java")).unwrap(), &link).unwrap();
+    Command::new(&link)
         .arg(&src)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -177,9 +181,13 @@ async fn an_exec_read_without_descriptors_is_lost_and_resynced_not_sent_empty() 
     let mut seen = Vec::new();
     let (_, rest) = until(&mut stream, WAIT, |ev| {
         let listed = matches!(ev.kind, Some(Kind::SnapshotComplete(_)))
-            && seen.iter().rev().take_while(|e: &&execwatch::proto::WatchEvent| {
-                !matches!(e.kind, Some(Kind::Lost(_)))
-            }).any(|e| is_process(e, running.id(), true));
+            && seen
+                .iter()
+                .rev()
+                .take_while(|e: &&execwatch::proto::WatchEvent| {
+                    !matches!(e.kind, Some(Kind::Lost(_)))
+                })
+                .any(|e| is_process(e, running.id(), true));
         seen.push(ev.clone());
         listed
     })
@@ -214,9 +222,14 @@ async fn an_exec_read_without_descriptors_is_lost_and_resynced_not_sent_empty() 
 async fn the_reclaimer_still_fires_for_a_running_jvm_when_its_snapshot_met_exhaustion() {
     let agent = Agent::start(&[]);
     let dir = world_readable_tempdir();
-    let mut jvm = running_jvm(dir.path());
-    wait_exec(jvm.id(), "java");
-    let rules = write_file(dir.path(), "rules.toml", "match_commands = [\"java\"]\n");
+    let name = format!("ewjvm{}", std::process::id() % 100_000);
+    let mut jvm = running_jvm(dir.path(), &name);
+    wait_exec(jvm.id(), &name);
+    let rules = write_file(
+        dir.path(),
+        "rules.toml",
+        &format!("match_commands = [\"{name}\"]\n"),
+    );
     // One descriptor to spare: the reclaimer's connection.
     let original = exhaust(&agent, 1);
     let reclaimer = Reclaimer::dry_run(&agent, &rules, &[]);

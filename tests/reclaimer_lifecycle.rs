@@ -52,10 +52,13 @@ fn sigterm_while_streaming_exits_at_once() {
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(1), "took {took:?}");
     // The agent lost one subscriber and goes on.
-    let stats = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(agent.stats());
-    assert_eq!(stats.subscribers, 0);
+        .block_on(eventually(
+            "the agent forgets the subscriber",
+            Duration::from_secs(5),
+            || async { (agent.stats().await.subscribers == 0).then_some(()) },
+        ));
 }
