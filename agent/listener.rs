@@ -16,10 +16,8 @@
 //! after a growing pause (up to [`MAX_PAUSE`]), and the recovery is logged
 //! with how many attempts failed.
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::connection::Connection;
+use crate::quota::{Over, Place, Quota};
 use crate::service::PeerCheck;
 
 /// The first pause after a failed `accept`.
@@ -50,31 +49,10 @@ pub struct Admission {
     pub max_per_uid: usize,
 }
 
-/// Open connections by peer uid.
-type Open = Arc<Mutex<HashMap<Option<u32>, usize>>>;
-
-/// A connection's place in the count, given back when it closes.
-struct Ticket {
-    open: Open,
-    uid: Option<u32>,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.uid);
-            }
-        }
-    }
-}
-
 /// An admitted connection: the socket and its place in the count.
 pub struct Admitted {
     conn: Connection,
-    _ticket: Option<Ticket>,
+    _place: Option<Place>,
 }
 
 /// The connections admitted on `listener`, for tonic's server. Accepting
@@ -94,7 +72,7 @@ async fn accept_loop(
     tx: mpsc::Sender<io::Result<Admitted>>,
 ) {
     let own_uid = Some(nix::unistd::geteuid().as_raw());
-    let open: Open = Arc::default();
+    let quota = Quota::new(admission.max_connections, admission.max_per_uid);
     let (mut pause, mut failures) = (FIRST_PAUSE, 0u64);
     let mut over_limit = 0u64;
     loop {
@@ -122,12 +100,18 @@ async fn accept_loop(
         if !admission.peers.admits(uid) {
             continue;
         }
-        let ticket = if uid == own_uid {
+        let place = if uid == own_uid {
             None
         } else {
-            match take(&open, uid, &admission) {
-                Ok(ticket) => Some(ticket),
-                Err(why) => {
+            match quota.take(uid) {
+                Ok(place) => Some(place),
+                Err(over) => {
+                    let why = match over {
+                        Over::Total(n) => format!("{n} connections are open (--max-connections)"),
+                        Over::PerUid(n) => {
+                            format!("this uid has {n} connections open (--max-connections-per-uid)")
+                        }
+                    };
                     // Said once per run of refusals, not per connection.
                     over_limit += 1;
                     if over_limit == 1 {
@@ -144,36 +128,16 @@ async fn accept_loop(
         }
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Some(admitted) = speaks(stream, uid, ticket).await {
+            if let Some(admitted) = speaks(stream, uid, place).await {
                 let _ = tx.send(Ok(admitted)).await;
             }
         });
     }
 }
 
-/// Counts a new connection from `uid`, or says which limit it is over.
-fn take(open: &Open, uid: Option<u32>, admission: &Admission) -> Result<Ticket, String> {
-    let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
-    let total: usize = counts.values().sum();
-    let mine = counts.get(&uid).copied().unwrap_or(0);
-    if total >= admission.max_connections {
-        return Err(format!("{total} connections are open (--max-connections)"));
-    }
-    if mine >= admission.max_per_uid {
-        return Err(format!(
-            "this uid has {mine} connections open (--max-connections-per-uid)"
-        ));
-    }
-    *counts.entry(uid).or_default() += 1;
-    Ok(Ticket {
-        open: open.clone(),
-        uid,
-    })
-}
-
 /// Waits for the client's first bytes; a connection that stays silent past
 /// [`PREFACE_DEADLINE`] is closed.
-async fn speaks(stream: UnixStream, uid: Option<u32>, ticket: Option<Ticket>) -> Option<Admitted> {
+async fn speaks(stream: UnixStream, uid: Option<u32>, place: Option<Place>) -> Option<Admitted> {
     match tokio::time::timeout(PREFACE_DEADLINE, first_bytes(&stream)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return None,
@@ -186,7 +150,7 @@ async fn speaks(stream: UnixStream, uid: Option<u32>, ticket: Option<Ticket>) ->
     match Connection::new(stream) {
         Ok(conn) => Some(Admitted {
             conn,
-            _ticket: ticket,
+            _place: place,
         }),
         Err(e) => {
             tracing::warn!("cannot take over an accepted connection: {e}");

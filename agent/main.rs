@@ -14,6 +14,7 @@ mod netlink_detector;
 mod netlink_reader;
 mod poll;
 mod procfs;
+mod quota;
 mod redaction;
 mod redaction_patterns;
 mod refusal;
