@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::quota::{Over, Place, Quota};
 use crate::stats;
 use crate::subscription::{self, Shared};
 
@@ -35,78 +36,31 @@ impl ExecEventsService {
 
 /// How many subscribers may be served at once, in total and per peer uid.
 #[derive(Clone)]
-pub struct Seats {
-    taken: Arc<Mutex<HashMap<Option<u32>, usize>>>,
-    total: usize,
-    per_uid: usize,
-}
+pub struct Seats(Quota);
 
 /// One subscriber's seat, given back when the subscription ends.
-pub struct Seat {
-    taken: Arc<Mutex<HashMap<Option<u32>, usize>>>,
-    uid: Option<u32>,
-}
+pub type Seat = Place;
 
 impl Seats {
     /// At most `total` subscribers, `per_uid` of them for one peer uid.
     pub fn new(total: usize, per_uid: usize) -> Self {
-        Self {
-            taken: Arc::default(),
-            total,
-            per_uid,
-        }
+        Self(Quota::new(total, per_uid))
     }
 
     /// A seat for a subscriber from `uid`, or the reason there is none.
     fn take(&self, uid: Option<u32>) -> Result<Seat, Status> {
-        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = taken.values().sum();
-        let mine = taken.get(&uid).copied().unwrap_or(0);
         let peer = uid.map_or("unknown".into(), |u| u.to_string());
-        if total >= self.total {
-            tracing::warn!(
-                peer_uid = uid,
-                limit = self.total,
-                "refused a subscriber: the agent serves its maximum"
-            );
-            return Err(Status::resource_exhausted(format!(
-                "the agent already serves {total} subscribers (--max-subscribers); try again later"
-            )));
-        }
-        if mine >= self.per_uid {
-            tracing::warn!(
-                peer_uid = uid,
-                limit = self.per_uid,
-                "refused a subscriber: its uid has its maximum"
-            );
-            return Err(Status::resource_exhausted(format!(
-                "uid {peer} already has {mine} subscribers (--max-subscribers-per-uid); close one first"
-            )));
-        }
-        *taken.entry(uid).or_default() += 1;
-        Ok(Seat {
-            taken: self.taken.clone(),
-            uid,
+        self.0.take(uid).map_err(|over| {
+            tracing::warn!(peer_uid = uid, "refused a subscriber: {over:?}");
+            Status::resource_exhausted(match over {
+                Over::Total(n) => format!(
+                    "the agent already serves {n} subscribers (--max-subscribers); try again later"
+                ),
+                Over::PerUid(n) => format!(
+                    "uid {peer} already has {n} subscribers (--max-subscribers-per-uid); close one first"
+                ),
+            })
         })
-    }
-}
-
-impl Seat {
-    /// The subscriber's peer uid, if the socket told it.
-    pub fn uid(&self) -> Option<u32> {
-        self.uid
-    }
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = taken.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                taken.remove(&self.uid);
-            }
-        }
     }
 }
 
@@ -134,9 +88,10 @@ impl ExecEvents for ExecEventsService {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let seat = self.seats.take(peer_uid(&req))?;
+        let uid = peer_uid(&req);
+        let seat = self.seats.take(uid)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        subscription::spawn(self.shared.clone(), req.into_inner(), tx, seat);
+        subscription::spawn(self.shared.clone(), uid, req.into_inner(), tx, seat);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -152,11 +107,11 @@ impl ExecEvents for ExecEventsService {
 /// works). Applied to every service, so a denied peer learns nothing but
 /// `PERMISSION_DENIED`.
 ///
-/// Refusals are counted and logged per peer, not per request: one grpcurl
-/// `list` makes two requests. A peer is a process (uid and pid); within
-/// [`REFUSAL_WINDOW`] each is counted once in `peers_denied`, and each uid
-/// gets at most one log line, the next one saying how many peers and
-/// requests went unlogged meanwhile.
+/// Refusals are counted and logged per peer, not per connection or request
+/// (a client that retries, or one grpcurl `list`, makes several). A peer is
+/// a process (uid and pid); within [`REFUSAL_WINDOW`] each is counted once
+/// in `peers_denied`, and each uid gets at most one log line, the next one
+/// saying how many peers and refusals went unlogged meanwhile.
 #[derive(Clone)]
 pub struct PeerCheck {
     allowed: Option<Arc<HashSet<u32>>>,
@@ -186,9 +141,10 @@ struct UidRefusals {
     logged_at: Instant,
     /// Peers (pids) refused in the current window.
     peers: HashSet<Option<i32>>,
-    /// Refused peers and requests since the last line, not in it.
+    /// Refused peers, and refusals (connections or requests), since the
+    /// last line and not in it.
     unlogged_peers: u64,
-    unlogged_requests: u64,
+    unlogged_refusals: u64,
 }
 
 /// What one refusal means for the counter and the log.
@@ -218,7 +174,7 @@ impl Refusals {
                     logged_at: now,
                     peers: HashSet::from([pid]),
                     unlogged_peers: 0,
-                    unlogged_requests: 0,
+                    unlogged_refusals: 0,
                 },
             );
             return Refusal {
@@ -227,12 +183,12 @@ impl Refusals {
             };
         };
         if now.duration_since(r.logged_at) >= REFUSAL_WINDOW {
-            let unlogged = (r.unlogged_peers, r.unlogged_requests);
+            let unlogged = (r.unlogged_peers, r.unlogged_refusals);
             *r = UidRefusals {
                 logged_at: now,
                 peers: HashSet::from([pid]),
                 unlogged_peers: 0,
-                unlogged_requests: 0,
+                unlogged_refusals: 0,
             };
             return Refusal {
                 new_peer: true,
@@ -240,7 +196,7 @@ impl Refusals {
             };
         }
         let new_peer = r.peers.len() >= MAX_REFUSED_PEERS || r.peers.insert(pid);
-        r.unlogged_requests += 1;
+        r.unlogged_refusals += 1;
         r.unlogged_peers += u64::from(new_peer);
         Refusal {
             new_peer,
@@ -264,35 +220,43 @@ impl PeerCheck {
         }
     }
 
+    /// Whether a peer with `uid` (process `pid`) may use the socket; a
+    /// refusal is counted and logged per peer (see [`PeerCheck`]). Called
+    /// when a connection is accepted (a refused peer's connection is closed
+    /// at once) and again on every request.
+    pub fn admits(&self, uid: Option<u32>, pid: Option<i32>) -> bool {
+        let Some(allowed) = &self.allowed else {
+            return true;
+        };
+        if uid.is_some_and(|uid| allowed.contains(&uid)) {
+            return true;
+        }
+        let refusal = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refuse(uid, pid, Instant::now());
+        if refusal.new_peer {
+            self.stats.add_peers_denied(1);
+        }
+        if let Some((unlogged_peers, unlogged_refusals)) = refusal.log {
+            tracing::warn!(
+                peer_uid = uid,
+                peer_pid = pid,
+                unlogged_peers,
+                unlogged_refusals,
+                "refused a peer not in --allow-uid (logged at most once a minute per uid)"
+            );
+        }
+        false
+    }
+
     /// The interceptor: admits or refuses one request.
     pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(allowed) = &self.allowed else {
-            return Ok(req);
-        };
-        let uid = peer_uid(&req);
-        match uid {
-            Some(uid) if allowed.contains(&uid) => Ok(req),
-            _ => {
-                let pid = peer_pid(&req);
-                let refusal = self
-                    .refusals
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .refuse(uid, pid, Instant::now());
-                if refusal.new_peer {
-                    self.stats.add_peers_denied(1);
-                }
-                if let Some((unlogged_peers, unlogged_requests)) = refusal.log {
-                    tracing::warn!(
-                        peer_uid = uid,
-                        peer_pid = pid,
-                        unlogged_peers,
-                        unlogged_requests,
-                        "refused a peer not in --allow-uid (logged at most once a minute per uid)"
-                    );
-                }
-                Err(Status::permission_denied("permission denied"))
-            }
+        if self.admits(peer_uid(&req), peer_pid(&req)) {
+            Ok(req)
+        } else {
+            Err(Status::permission_denied("permission denied"))
         }
     }
 }
@@ -310,7 +274,8 @@ mod tests {
             new_peer: true,
             log: Some((0, 0)),
         };
-        // grpcurl `list`: two requests from one process, one line, one peer.
+        // One process refused twice (its connection, then a retry): one
+        // line, one peer.
         assert_eq!(r.refuse(Some(7), Some(100), at(0)), first);
         let again = Refusal {
             new_peer: false,

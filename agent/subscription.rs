@@ -111,16 +111,17 @@ impl Emitter {
     }
 }
 
-/// Starts the task serving `req`; its items arrive on `out`.
+/// Starts the task serving `req` from a peer with `peer_uid`; its items
+/// arrive on `out`.
 pub fn spawn(
     shared: Arc<Shared>,
+    peer_uid: Option<u32>,
     req: WatchRequest,
     out: mpsc::Sender<Result<WatchEvent, Status>>,
     seat: Seat,
 ) {
     shared.stats.add_subscribers_total(1);
-    let (peer_uid, include_exits, skip_snapshot) =
-        (seat.uid(), req.include_exits, req.skip_snapshot);
+    let (include_exits, skip_snapshot) = (req.include_exits, req.skip_snapshot);
     tracing::info!(
         peer_uid,
         include_exits,

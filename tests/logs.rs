@@ -147,11 +147,11 @@ fn refusals_are_counted_per_peer_and_logged_once_per_uid() {
         "--allow-uid=4242",
         "--socket-mode=0666",
     ]);
-    // grpcurl `list` asks reflection twice on one connection: one peer.
+    // grpcurl `list` (its connection refused at once): one peer, one line.
     let bin = world_readable_tempdir();
     let grpcurl = grpcurl_for_anyone(bin.path());
     let out = Command::new(&grpcurl)
-        .args(["-plaintext", "-authority", "localhost", "-unix"])
+        .args(["-plaintext", "-max-time", "3", "-unix"])
         .arg(&agent.socket)
         .arg("list")
         .uid(65534)
@@ -174,7 +174,7 @@ fn refusals_are_counted_per_peer_and_logged_once_per_uid() {
     assert_eq!(refused[0]["level"], "WARN");
     assert_eq!(refused[0]["peer_uid"], 65534);
     assert!(refused[0]["peer_pid"].is_u64(), "{}", refused[0]);
-    assert_eq!(refused[0]["unlogged_requests"], 0);
+    assert_eq!(refused[0]["unlogged_refusals"], 0);
 
     // Two more processes of the same uid: two more peers, no more lines.
     for _ in 0..2 {
