@@ -11,37 +11,28 @@
 //!    ◀─────────────────────────────────────────────────┘ match fires again
 //! ```
 //!
-//! Node I/O runs in spawned jobs that report back on a channel, so the loop
-//! never stops reading the agent's stream. In `--dry-run` there is no Node:
-//! a request counts as outstanding until no matching process runs.
+//! Node I/O goes through a [`NodeWriter`] and runs in spawned jobs that
+//! report back on a channel, so the loop never stops reading the agent's
+//! stream. In `--dry-run` there is no Node: a request counts as outstanding
+//! until no matching process runs.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use execwatch::proto::{watch_event::Kind, Process};
-use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::agent_link::LinkEvent;
 use crate::metrics::Metrics;
-use crate::node::{self, NodeClient, NodeError, Outcome};
+use crate::node::{self, NodeError, Outcome};
+use crate::node_writer::{Job, NodeWriter, Sent};
 use crate::process_table::ProcessTable;
 use crate::rules::{Match, Rules};
 
 /// How long a stop waits for a Node write in progress: well inside the
 /// pod's termination grace period.
 pub const WRITE_GRACE: Duration = Duration::from_secs(2);
-
-/// Where decisions go.
-pub enum Target {
-    /// Log what would be patched; touch no API.
-    DryRun {
-        /// The Node name used in the log line.
-        node: String,
-    },
-    /// Write to this Node.
-    Node(NodeClient),
-}
 
 /// Settings of the loop.
 pub struct Settings {
@@ -74,7 +65,7 @@ pub struct Decider {
     state: State,
     checking: bool,
     agent_connected: bool,
-    target: Target,
+    writer: Box<dyn NodeWriter>,
     settings: Settings,
     metrics: Arc<Metrics>,
     jobs_tx: mpsc::Sender<JobResult>,
@@ -83,14 +74,15 @@ pub struct Decider {
 
 impl Decider {
     /// A decider that starts inert until the first rules arrive.
-    pub fn new(target: Target, settings: Settings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(writer: Box<dyn NodeWriter>, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let (jobs_tx, jobs_rx) = mpsc::channel(4);
         // With a real Node, start by finding out whether a request is already
         // there (e.g. written before a restart): treat it as outstanding
         // until the first check says otherwise.
-        let state = match target {
-            Target::Node(_) => State::Requested,
-            Target::DryRun { .. } => State::Idle,
+        let state = if writer.holds_requests() {
+            State::Requested
+        } else {
+            State::Idle
         };
         Self {
             rules: Rules::inert(),
@@ -98,7 +90,7 @@ impl Decider {
             state,
             checking: false,
             agent_connected: false,
-            target,
+            writer,
             settings,
             metrics,
             jobs_tx,
@@ -124,11 +116,7 @@ impl Decider {
                     None => return,
                 },
                 r = rules.recv() => match r {
-                    Some(r) => {
-                        tracing::debug!(scope = %r.scope(), "applying new rules to {} running processes", self.table.len());
-                        self.rules = r;
-                        self.evaluate_table();
-                    }
+                    Some(r) => self.on_rules(r),
                     None => return,
                 },
                 Some(job) = self.jobs_rx.recv() => self.on_job(job),
@@ -193,6 +181,12 @@ impl Decider {
         }
     }
 
+    fn on_rules(&mut self, r: Rules) {
+        tracing::debug!(scope = %r.scope(), "applying new rules to {} running processes", self.table.len());
+        self.rules = r;
+        self.evaluate_table();
+    }
+
     /// A process was seen: fire if it matches and nothing is outstanding.
     fn consider(&mut self, p: &Process) {
         if self.state != State::Idle {
@@ -226,34 +220,32 @@ impl Decider {
         tracing::info!(comm = %p.comm, pid = p.pid, pattern = %m.pattern, matcher = %m.matcher, %argv, "process matched: requesting reclaim");
         // Latency is measured from when the agent observed the process.
         let age = execwatch::clock::unix_ns().saturating_sub(p.observed_unix_ns);
-        let observed = Instant::now()
+        let observed = std::time::Instant::now()
             .checked_sub(Duration::from_nanos(age.min(3_600_000_000_000)))
-            .unwrap_or_else(Instant::now);
-        match &self.target {
-            Target::DryRun { node } => {
-                let patch = json!({"metadata": {"annotations": {
-                    node::REQUESTED: "true", node::REASON: reason, node::REQUESTED_AT: at,
-                }}});
-                tracing::info!(%patch, "dry-run: would merge-PATCH Node {node} with field manager {}", node::FIELD_MANAGER);
-                self.state = State::Requested;
+            .unwrap_or_else(std::time::Instant::now);
+        let req = node::Request {
+            reason,
+            at,
+            comm: p.comm.clone(),
+            pid: p.pid,
+            observed,
+        };
+        self.state = match self.writer.request(req) {
+            Sent::Now => State::Requested,
+            Sent::Pending(job) => {
+                self.spawn(job, JobResult::Written);
+                State::Writing
             }
-            Target::Node(client) => {
-                let req = node::Request {
-                    reason,
-                    at,
-                    comm: p.comm.clone(),
-                    pid: p.pid,
-                    observed,
-                };
-                let (client, tx) = (client.clone(), self.jobs_tx.clone());
-                tokio::spawn(async move {
-                    let _ = tx
-                        .send(JobResult::Written(client.request(&req).await))
-                        .await;
-                });
-                self.state = State::Writing;
-            }
-        }
+        };
+    }
+
+    /// Runs `job` in the background; its result comes back on the jobs
+    /// channel.
+    fn spawn<T: Send + 'static>(&self, job: Job<T>, report: fn(Result<T, NodeError>) -> JobResult) {
+        let tx = self.jobs_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(report(job.await)).await;
+        });
     }
 
     fn on_job(&mut self, job: JobResult) {
@@ -289,19 +281,14 @@ impl Decider {
     }
 
     fn on_tick(&mut self) {
-        match (self.state, &self.target) {
-            (State::Blocked { until }, _) if Instant::now() >= until => {
+        match self.state {
+            State::Blocked { until } if Instant::now() >= until => {
                 self.state = State::Idle;
                 self.evaluate_table();
             }
-            (State::Requested, Target::Node(client)) if !self.checking => {
+            State::Requested if self.writer.holds_requests() && !self.checking => {
                 self.checking = true;
-                let (client, tx) = (client.clone(), self.jobs_tx.clone());
-                tokio::spawn(async move {
-                    let _ = tx
-                        .send(JobResult::Checked(client.reclaim_requested().await))
-                        .await;
-                });
+                self.spawn(self.writer.requested(), JobResult::Checked);
             }
             _ => {}
         }
@@ -320,7 +307,7 @@ impl Decider {
 
     /// In dry-run the "request" is over once no matching process runs.
     fn dry_run_release(&mut self) {
-        if matches!(self.target, Target::DryRun { .. })
+        if !self.writer.holds_requests()
             && self.state == State::Requested
             && self.table.first_match(&self.rules).is_none()
         {
@@ -329,3 +316,7 @@ impl Decider {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "decision_tests.rs"]
+mod tests;

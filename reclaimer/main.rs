@@ -10,6 +10,7 @@ mod decision;
 mod metrics;
 mod metrics_server;
 mod node;
+mod node_writer;
 mod process_table;
 mod rules;
 mod rules_source;
@@ -23,8 +24,9 @@ use clap::Parser;
 use tokio::sync::mpsc;
 
 use crate::cli::{Cli, Command};
-use crate::decision::{Decider, Settings, Target};
+use crate::decision::{Decider, Settings};
 use crate::node::{HostId, NodeClient};
+use crate::node_writer::{DryRun, NodeWriter};
 use crate::rules_source::{RulesSource, WhenMissing};
 
 fn main() -> std::process::ExitCode {
@@ -74,7 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = execwatch::runtime::shutdown_signal();
     // Inert until the first rules arrive.
     let metrics = Arc::new(metrics::Metrics::new());
-    let (target, source) = if cli.dry_run {
+    let (writer, source): (Box<dyn NodeWriter>, _) = if cli.dry_run {
         tracing::info!("dry-run: decisions are logged, the Kubernetes API is never contacted");
         let node = cli
             .node_name
@@ -84,7 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(path) => RulesSource::File(path.clone()),
             None => RulesSource::Embedded,
         };
-        (Target::DryRun { node }, source)
+        (Box::new(DryRun { node }), source)
     } else {
         let Some(node) = cli.node_name.clone() else {
             bail!("--node-name (or NODE_NAME) is required unless --dry-run");
@@ -123,7 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             host,
             metrics.clone(),
         );
-        (Target::Node(nodes), source)
+        (Box::new(nodes), source)
     };
     if let RulesSource::File(path) = &source {
         // A bad file at start is a configuration error; later edits are
@@ -159,7 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         recheck: cli.recheck_interval,
         log_argv: cli.log_argv,
     };
-    Decider::new(target, settings, metrics)
+    Decider::new(writer, settings, metrics)
         .run(link_rx, rules_rx, shutdown)
         .await;
     tracing::info!("stopped");

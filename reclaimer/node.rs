@@ -150,9 +150,7 @@ impl NodeClient {
                 return Ok(Outcome::AlreadyRequested);
             }
             let rv = node.metadata.resource_version.clone().unwrap_or_default();
-            let patch = json!({"metadata": {"resourceVersion": rv, "annotations": {
-                REQUESTED: "true", REASON: req.reason, REQUESTED_AT: req.at,
-            }}});
+            let patch = merge_patch(&req.reason, &req.at, Some(&rv));
             let pp = PatchParams {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..Default::default()
@@ -307,6 +305,19 @@ pub fn is_requested(node: &Node) -> bool {
         .as_ref()
         .and_then(|a| a.get(REQUESTED))
         .is_some_and(|v| v == "true")
+}
+
+/// The merge-patch body of a request: the three annotations and, for a real
+/// write, the Node's `resourceVersion` as a precondition. The dry-run log
+/// shows the same body without it.
+pub fn merge_patch(reason: &str, at: &str, resource_version: Option<&str>) -> serde_json::Value {
+    let mut patch = json!({"metadata": {"annotations": {
+        REQUESTED: "true", REASON: reason, REQUESTED_AT: at,
+    }}});
+    if let Some(rv) = resource_version {
+        patch["metadata"]["resourceVersion"] = rv.into();
+    }
+    patch
 }
 
 /// Now, as `reclaim-requested-at` spells it: RFC 3339 UTC, whole seconds.

@@ -1,15 +1,11 @@
 //! Connecting to the agent's Unix socket as a gRPC client.
 //!
-//! tonic's channel speaks HTTP/2 over any connector; here the connector
-//! ignores the URI and dials the socket path. The URI's authority becomes the
-//! `:authority` header, so it is a plain `localhost` that every HTTP/2 server
-//! accepts.
+//! tonic dials `unix:` endpoints itself. The `:authority` it sends is set to
+//! a plain `localhost`, which every HTTP/2 server accepts.
 
 use std::path::{Path, PathBuf};
 
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::proto::exec_events_client::ExecEventsClient;
 
@@ -24,6 +20,12 @@ pub enum ConnectError {
         /// What the transport said (its causes are in the message, so it
         /// is not chained again as a source).
         error: tonic::transport::Error,
+    },
+    /// The path cannot be written as a `unix:` URI.
+    #[error("cannot connect to the agent at {path}: the socket path is not valid UTF-8")]
+    NotUtf8 {
+        /// The socket path.
+        path: PathBuf,
     },
 }
 
@@ -53,14 +55,18 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// here rather than on the first call.
 pub async fn connect(path: impl AsRef<Path>) -> Result<Channel, ConnectError> {
     let path = path.as_ref().to_path_buf();
-    let dial = path.clone();
-    Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let dial = dial.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(dial).await?)) }
-        }))
-        .await
-        .map_err(|error| ConnectError::Connect { path, error })
+    let Some(text) = path.to_str() else {
+        return Err(ConnectError::NotUtf8 { path });
+    };
+    // `unix://` then the path as it is: tonic strips exactly that prefix.
+    let connected = match Endpoint::from_shared(format!("unix://{text}")) {
+        Ok(endpoint) => {
+            let origin = Uri::from_static("http://localhost");
+            endpoint.origin(origin).connect().await
+        }
+        Err(error) => Err(error),
+    };
+    connected.map_err(|error| ConnectError::Connect { path, error })
 }
 
 /// Shorthand for a typed `ExecEvents` client on the socket `path`.
@@ -101,5 +107,46 @@ mod tests {
         assert!(err.contains("108 bytes long"), "{err}");
         assert!(err.contains("at most 107"), "{err}");
         assert!(socket_path("").is_err());
+    }
+
+    /// What `connect` says about `path`, on a runtime of its own.
+    fn connect_error(path: &Path) -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(connect(path)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_missing_or_dead_socket_fails_at_connect_with_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        assert_eq!(
+            connect_error(&path),
+            format!(
+                "cannot connect to the agent at {}: transport error: No such file or directory (os error 2)",
+                path.display()
+            )
+        );
+        // A socket file nobody listens on any more.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert_eq!(
+            connect_error(&path),
+            format!(
+                "cannot connect to the agent at {}: transport error: Connection refused (os error 111)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_is_refused_before_dialling() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = Path::new(std::ffi::OsStr::from_bytes(b"/run/agent\xff.sock"));
+        assert_eq!(
+            connect_error(path),
+            "cannot connect to the agent at /run/agent\u{fffd}.sock: the socket path is not valid UTF-8"
+        );
     }
 }
