@@ -87,12 +87,34 @@ pub struct RunArgs {
     #[arg(long, env = "EXECWATCH_KERNEL_FILTER", value_enum, default_value_t = KernelFilter::Auto)]
     pub kernel_filter: KernelFilter,
 
-    /// Events each subscriber may have queued before it gets `lost` and a resync.
+    /// Events each subscriber may have queued before it gets `lost` and a
+    /// resync (1 to 1000000).
     #[arg(long, env = "EXECWATCH_QUEUE_LEN", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub queue_len: u32,
 
-    /// Longest command line read per process, in bytes; longer ones are cut
-    /// and flagged argv_truncated.
+    /// Bytes of encoded events each subscriber may have queued before it
+    /// gets `lost` and a resync (65536 to 1073741824; a record larger than
+    /// this still fits an empty queue).
+    #[arg(long, env = "EXECWATCH_QUEUE_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(65_536..=1 << 30))]
+    pub queue_bytes: u32,
+
+    /// Subscribers (open `Watch` streams) served at once; one more is refused
+    /// with RESOURCE_EXHAUSTED (1 to 1024).
+    #[arg(long, env = "EXECWATCH_MAX_SUBSCRIBERS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_subscribers: u32,
+
+    /// Subscribers one peer uid may have at once (1 to 1024).
+    #[arg(long, env = "EXECWATCH_MAX_SUBSCRIBERS_PER_UID", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_subscribers_per_uid: u32,
+
+    /// Concurrent HTTP/2 streams (RPCs) one connection may open: the
+    /// SETTINGS_MAX_CONCURRENT_STREAMS the agent announces (1 to 1024).
+    #[arg(long, env = "EXECWATCH_MAX_STREAMS_PER_CONNECTION", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_streams_per_connection: u32,
+
+    /// Longest command line read per process, in bytes (1 to 16777216);
+    /// longer ones are cut and flagged argv_truncated. A record carries at
+    /// most twice this in argv and argv_raw together.
     #[arg(long, env = "EXECWATCH_MAX_ARGV_BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1..=16 << 20))]
     pub max_argv_bytes: u32,
 
@@ -191,6 +213,12 @@ mod tests {
             &["--queue-len=1000000"],
             &["--max-argv-bytes=1"],
             &["--max-argv-bytes=16777216"],
+            &["--queue-bytes=65536"],
+            &["--queue-bytes=1073741824"],
+            &["--max-subscribers=1", "--max-subscribers-per-uid=1024"],
+            &["--max-subscribers=1024", "--max-subscribers-per-uid=1"],
+            &["--max-streams-per-connection=1"],
+            &["--max-streams-per-connection=1024"],
             &["health-check", "--timeout=100ms"],
             &["health-check", "--timeout=5m"],
         ] {
@@ -229,6 +257,19 @@ mod tests {
                 &["--max-argv-bytes", "1..=16777216"],
             ),
             (&["--allow-uid=4294967296"], &["--allow-uid"]),
+            (
+                &["--queue-bytes=65535"],
+                &["--queue-bytes", "65536..=1073741824"],
+            ),
+            (&["--max-subscribers=0"], &["--max-subscribers", "1..=1024"]),
+            (
+                &["--max-subscribers-per-uid=1025"],
+                &["--max-subscribers-per-uid", "1..=1024"],
+            ),
+            (
+                &["--max-streams-per-connection=0"],
+                &["--max-streams-per-connection", "1..=1024"],
+            ),
             (
                 &["health-check", "--timeout=99ms"],
                 &["--timeout", "from 100ms to 5m"],

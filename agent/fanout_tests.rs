@@ -22,23 +22,23 @@ fn pid_of(item: &Item) -> i32 {
     match item {
         Item::Exec(p) => p.pid,
         Item::Exit(e) => e.pid,
-        Item::DetectorLost { .. } => -1,
+        Item::DetectorLost(_) => -1,
     }
 }
 
 #[test]
 fn every_subscriber_gets_what_it_asked_for() {
-    let fanout = Fanout::new(8, Arc::default());
+    let fanout = Fanout::new(8, usize::MAX, Arc::default());
     let mut execs_only = fanout.subscribe(false);
     let mut with_exits = fanout.subscribe(true);
     fanout.publish(exec(1));
     fanout.publish(exit(1));
     fanout.publish(exec(2));
-    let got: Vec<i32> = std::iter::from_fn(|| execs_only.rx.try_recv().ok())
+    let got: Vec<i32> = std::iter::from_fn(|| execs_only.try_recv().ok())
         .map(|i| pid_of(&i))
         .collect();
     assert_eq!(got, vec![1, 2]);
-    let got: Vec<_> = std::iter::from_fn(|| with_exits.rx.try_recv().ok()).collect();
+    let got: Vec<_> = std::iter::from_fn(|| with_exits.try_recv().ok()).collect();
     assert_eq!(got.len(), 3);
     assert!(matches!(got[1], Item::Exit(_)));
 }
@@ -46,34 +46,40 @@ fn every_subscriber_gets_what_it_asked_for() {
 #[test]
 fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
     let stats = Arc::new(Stats::default());
-    let fanout = Fanout::new(2, stats.clone());
+    let fanout = Fanout::new(2, usize::MAX, stats.clone());
     let mut slow = fanout.subscribe(false);
     let mut fast = fanout.subscribe(false);
     for pid in 1..=5 {
         fanout.publish(exec(pid));
         // The fast one keeps up.
-        assert_eq!(pid_of(&fast.rx.try_recv().unwrap()), pid);
+        assert_eq!(pid_of(&fast.try_recv().unwrap()), pid);
     }
     // Queue of 2: pids 1 and 2 fit, 3 overflowed, 4 and 5 were never offered.
     assert!(Fanout::overflowed(&slow.overflow));
-    assert_eq!(pid_of(&slow.rx.try_recv().unwrap()), 1);
-    assert_eq!(pid_of(&slow.rx.try_recv().unwrap()), 2);
+    assert_eq!(pid_of(&slow.try_recv().unwrap()), 1);
+    assert_eq!(pid_of(&slow.try_recv().unwrap()), 2);
     assert!(matches!(
-        slow.rx.try_recv(),
+        slow.try_recv(),
         Err(mpsc::error::TryRecvError::Disconnected)
     ));
     let (mut again, missed) = fanout.resubscribe(&slow.overflow, false);
-    assert_eq!(missed, 3);
+    assert_eq!(
+        missed,
+        Some(Missed {
+            events: 3,
+            upstream: None
+        })
+    );
     assert!(!Fanout::overflowed(&slow.overflow));
     fanout.publish(exec(6));
-    assert_eq!(pid_of(&again.rx.try_recv().unwrap()), 6);
+    assert_eq!(pid_of(&again.try_recv().unwrap()), 6);
     assert_eq!(stats.snapshot().subscriber_overflows, 1);
     assert_eq!(stats.snapshot().subscribers, 2);
 }
 
 #[test]
 fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
-    let fanout = Fanout::new(1, Arc::default());
+    let fanout = Fanout::new(1, usize::MAX, Arc::default());
     let slow = fanout.subscribe(false);
     fanout.publish(exec(1));
     fanout.publish(exec(2)); // overflow
@@ -81,28 +87,91 @@ fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
     fanout.publish(exit(2));
     fanout.publish(exec(3));
     let (_again, missed) = fanout.resubscribe(&slow.overflow, false);
-    assert_eq!(missed, 2, "exec 2 and exec 3");
+    assert_eq!(missed.unwrap().events, 2, "exec 2 and exec 3");
 }
 
 #[test]
 fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
     let stats = Arc::new(Stats::default());
-    let fanout = Fanout::new(4, stats.clone());
+    let fanout = Fanout::new(4, usize::MAX, stats.clone());
     let mut a = fanout.subscribe(false);
     let b = fanout.subscribe(true);
     drop(b);
-    fanout.publish(Item::DetectorLost {
-        kernel: true,
-        reason: "test".into(),
-    });
+    fanout.publish(loss(LossSite::Kernel, None));
     assert!(matches!(
-        a.rx.try_recv().unwrap(),
-        Item::DetectorLost { kernel: true, .. }
+        a.try_recv().unwrap(),
+        Item::DetectorLost(l) if l.site == LossSite::Kernel
     ));
     assert_eq!(stats.snapshot().subscribers, 1);
     assert_eq!(
         fanout.resubscribe(&a.overflow, false).1,
-        0,
+        None,
         "never overflowed"
     );
+}
+
+fn loss(site: LossSite, count: Option<u64>) -> Item {
+    Item::DetectorLost(Arc::new(DetectorLoss {
+        site,
+        reason: format!("{site:?} test loss"),
+        count,
+    }))
+}
+
+#[test]
+fn a_loss_item_that_does_not_fit_is_reported_as_that_loss_not_as_an_event() {
+    let stats = Arc::new(Stats::default());
+    let fanout = Fanout::new(1, usize::MAX, stats.clone());
+    let slow = fanout.subscribe(true);
+    fanout.publish(exec(1)); // fills the queue
+    fanout.publish(loss(LossSite::Kernel, None)); // does not fit
+    fanout.publish(exec(2));
+    let (_again, missed) = fanout.resubscribe(&slow.overflow, true);
+    let missed = missed.expect("overflowed");
+    assert_eq!(missed.events, 1, "only exec 2 is an event it missed");
+    let upstream = missed.upstream.expect("the kernel loss it never got");
+    assert_eq!(upstream.site, LossSite::Kernel);
+    assert_eq!(upstream.count, None, "the kernel does not say how many");
+    assert_eq!(stats.snapshot().subscriber_overflows, 1);
+}
+
+#[test]
+fn a_queue_overflow_alone_is_counted_exactly_even_when_the_loss_item_was_the_last() {
+    let fanout = Fanout::new(1, usize::MAX, Arc::default());
+    let slow = fanout.subscribe(false);
+    fanout.publish(exec(1));
+    fanout.publish(loss(LossSite::Detector, Some(4)));
+    let (_again, missed) = fanout.resubscribe(&slow.overflow, false);
+    let missed = missed.unwrap();
+    assert_eq!(missed.events, 0, "nothing but the loss item was dropped");
+    let upstream = missed.upstream.unwrap();
+    assert_eq!(
+        (upstream.site, upstream.count),
+        (LossSite::Detector, Some(4))
+    );
+}
+
+#[test]
+fn losses_missed_while_unhooked_are_merged_with_a_count_only_if_all_had_one() {
+    let fanout = Fanout::new(1, usize::MAX, Arc::default());
+    let counted = fanout.subscribe(false);
+    let mixed = fanout.subscribe(false);
+    fanout.publish(exec(1));
+    fanout.publish(exec(2)); // both overflow here
+    fanout.publish(loss(LossSite::Detector, Some(2)));
+    fanout.publish(loss(LossSite::Detector, Some(3)));
+    fanout.publish(exec(3));
+    let (_a, missed) = fanout.resubscribe(&counted.overflow, false);
+    let missed = missed.unwrap();
+    assert_eq!(missed.events, 2, "exec 2 and exec 3");
+    assert_eq!(missed.upstream.unwrap().count, Some(5));
+    fanout.publish(loss(LossSite::Kernel, None));
+    let (_b, missed) = fanout.resubscribe(&mixed.overflow, false);
+    let upstream = missed.unwrap().upstream.unwrap();
+    assert_eq!(
+        upstream.site,
+        LossSite::Kernel,
+        "the last loss names the site"
+    );
+    assert_eq!(upstream.count, None, "one of them had no count");
 }

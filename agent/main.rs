@@ -7,6 +7,7 @@ mod connection;
 mod exit_socket;
 mod fanout;
 mod health_check;
+mod listener;
 mod netlink;
 mod netlink_detector;
 mod netlink_reader;
@@ -21,6 +22,7 @@ mod stats;
 mod subscription;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -29,6 +31,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::cli::{Cli, Command, Detector, RunArgs};
 use crate::fanout::Fanout;
 use crate::procfs::ProcReader;
+use crate::server::Stopped;
 use crate::stats::Stats;
 use crate::subscription::Shared;
 
@@ -51,13 +54,30 @@ fn main() -> anyhow::Result<()> {
             println!("{}", healthy.as_str_name());
             std::process::exit(if serving { 0 } else { 1 });
         }
-        None => runtime.block_on(run(cli.socket, cli.run)),
+        None => {
+            let stopped = runtime.block_on(run(cli.socket, cli.run));
+            // A snapshot chunk still reading /proc on the blocking pool is
+            // not waited for.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            match stopped? {
+                Stopped::Signal => Ok(()),
+                Stopped::DetectorFailed(e) => {
+                    anyhow::bail!(
+                        "the detector failed: {e}; stopped so that the kubelet restarts the agent"
+                    )
+                }
+            }
+        }
     }
 }
 
-async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
+async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stopped> {
     let stats = Arc::new(Stats::default());
-    let fanout = Arc::new(Fanout::new(args.queue_len as usize, stats.clone()));
+    let fanout = Arc::new(Fanout::new(
+        args.queue_len as usize,
+        args.queue_bytes as usize,
+        stats.clone(),
+    ));
     let max_argv = args.max_argv_bytes as usize;
     // Before the first record is read: every reader redacts from then on.
     if let Some(redactor) = redactor(&args) {
@@ -72,6 +92,9 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
     }
     let reader = ProcReader::open(&args.proc_root, max_argv)?;
 
+    // A detector that stops says why here; the agent then stops as on
+    // SIGTERM, with an error.
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     // The detector starts before the socket exists: a client that can
     // connect is a client that will see events.
     match args.detector {
@@ -90,8 +113,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
             let (fanout, stats) = (fanout.clone(), stats.clone());
             tokio::spawn(async move {
                 let err = netlink_reader::run(detector, reader, fanout, stats).await;
-                tracing::error!("netlink detector stopped: {err}");
-                std::process::exit(1);
+                let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
             });
         }
         Detector::Poll => {
@@ -104,28 +126,47 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<()> {
                 .name("poll".into())
                 .spawn(move || {
                     let err = poller.run(fanout, stats);
-                    tracing::error!("poll detector stopped: {err}");
-                    std::process::exit(1);
+                    let _ = failed_tx.send(format!("poll detector stopped: {err}"));
                 })
                 .context("cannot start the detector thread")?;
         }
     }
 
-    let shutdown = execwatch::runtime::shutdown_signal();
+    let signal = execwatch::runtime::shutdown_signal();
+    let stop = async move {
+        tokio::select! {
+            _ = signal => Stopped::Signal,
+            Ok(why) = failed_rx => Stopped::DetectorFailed(why),
+        }
+    };
     let listener = server::bind(&socket, args.socket_mode)?;
     tracing::info!(socket = %socket.display(), mode = format!("{:o}", args.socket_mode), allow_uid = ?args.allow_uid, "serving");
     let peers = service::PeerCheck::new(&args.allow_uid, stats.clone());
+    let (streams_end, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         fanout,
         stats,
         proc_root: args.proc_root,
         max_argv_bytes: max_argv,
         queue_len: args.queue_len as usize,
+        stop: stop_rx,
+        snapshot_reads: tokio::sync::Semaphore::new(SNAPSHOT_READS),
     });
-    server::serve(listener, &socket, shared, peers, shutdown).await?;
+    let limits = server::Limits {
+        seats: service::Seats::new(
+            args.max_subscribers as usize,
+            args.max_subscribers_per_uid as usize,
+        ),
+        streams_per_connection: args.max_streams_per_connection,
+    };
+    let stopped =
+        server::serve(listener, &socket, shared, peers, limits, stop, streams_end).await?;
     tracing::info!("stopped; socket removed");
-    Ok(())
+    Ok(stopped)
 }
+
+/// Snapshot chunks read at once, across all subscribers.
+const SNAPSHOT_READS: usize = 2;
 
 /// The redaction the flags ask for: the preset's patterns, then the
 /// `--redact-argv` and `--redact-argv-next` ones. `None` if there are none.

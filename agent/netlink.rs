@@ -5,7 +5,8 @@
 //! message and the agent points at `--detector=poll`.
 
 use std::io;
-use std::time::Duration;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
 
 /// Why the proc connector could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +53,35 @@ pub enum Received {
     Timeout,
 }
 
+/// Waits until `fd` is readable or has an error pending (`true`), or until
+/// `deadline` (`false`). A signal that interrupts the wait only shortens it.
+pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up: a rest below a millisecond still waits.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return Ok(false),
+            // POLLIN, POLLERR, POLLHUP or POLLNVAL: a read answers now.
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) if !left.is_zero() => continue,
+            Err(nix::errno::Errno::EINTR) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
     use std::time::Duration;
+    use std::time::Instant;
 
     use super::{NetlinkError, Received};
     use execwatch::cn_proc::{self, McastOp};
@@ -194,26 +219,25 @@ mod imp {
         }
 
         /// Receives one datagram into `buf`, waiting at most `timeout`
-        /// (forever if `None`).
+        /// (forever if `None`). With a timeout it never blocks past it:
+        /// an interrupted or spurious wake-up waits again for the rest, and
+        /// a pending socket error is read without waiting.
         pub fn recv(
             &self,
             buf: &mut [u8],
             timeout: Option<Duration>,
         ) -> Result<Received, NetlinkError> {
-            if let Some(t) = timeout {
-                let mut pfd = libc::pollfd {
-                    fd: self.fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: pfd is one valid pollfd.
-                let rc =
-                    unsafe { libc::poll(&mut pfd, 1, t.as_millis().min(i32::MAX as u128) as i32) };
-                if rc == 0 {
-                    return Ok(Received::Timeout);
+            let Some(timeout) = timeout else {
+                return self.recv_flags(buf, 0);
+            };
+            let deadline = Instant::now() + timeout;
+            while super::wait_readable(self.fd.as_fd(), deadline).map_err(NetlinkError::Recv)? {
+                match self.recv_flags(buf, libc::MSG_DONTWAIT)? {
+                    Received::Timeout => continue,
+                    received => return Ok(received),
                 }
             }
-            self.recv_flags(buf, 0)
+            Ok(Received::Timeout)
         }
 
         /// Receives one datagram if one is queued, without waiting:
@@ -296,3 +320,58 @@ pub const DATAGRAM_BUF: usize = 4096;
 
 /// How long the start-up probe waits to see its own exec.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    extern "C" fn nothing(_: nix::libc::c_int) {}
+
+    /// A wait that signals keep interrupting still ends at its deadline (the
+    /// start-up probe used to fall through to a blocking read on EINTR).
+    #[test]
+    fn interrupted_waits_end_at_the_deadline() {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        // No SA_RESTART: every signal interrupts poll(2) with EINTR.
+        let action = SigAction::new(
+            SigHandler::Handler(nothing),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing, so it is async-signal-safe.
+        unsafe { sigaction(Signal::SIGUSR1, &action) }.unwrap();
+        let (quiet, _writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let waiter = nix::sys::pthread::pthread_self();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pester = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = nix::sys::pthread::pthread_kill(waiter, Signal::SIGUSR1);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let started = Instant::now();
+        let readable = wait_readable(quiet.as_fd(), started + Duration::from_millis(300)).unwrap();
+        let took = started.elapsed();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        pester.join().unwrap();
+        assert!(!readable, "nothing was written");
+        assert!(took >= Duration::from_millis(300), "ended early: {took:?}");
+        assert!(
+            took < Duration::from_secs(3),
+            "ran past its deadline: {took:?}"
+        );
+    }
+
+    #[test]
+    fn a_pending_byte_or_hang_up_is_readable_at_once() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(b);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        assert!(wait_readable(a.as_fd(), deadline).unwrap());
+        assert!(Instant::now() < deadline - Duration::from_secs(4));
+    }
+}

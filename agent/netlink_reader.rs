@@ -12,6 +12,12 @@
 //!   a sweep at most [`EXIT_BATCH`] after the first one arrives, so a storm
 //!   of short-lived processes costs one wake-up per exec, not two.
 //!
+//! An exec whose `/proc` record cannot be read because the agent is out of
+//! descriptors or memory is not published as an empty record: it is counted,
+//! and once reads work again (the next exec that reads, or a probe every
+//! [`RETRY`]) one `lost` (site detector) with that count goes out, so every
+//! subscriber resyncs from a snapshot.
+//!
 //! The reader never waits on a subscriber ([`Fanout::publish`] only ever
 //! `try_send`s). It shares the thread with the subscribers' tasks, so their
 //! encoding can delay it by microseconds, never block it; a long delay is
@@ -29,21 +35,34 @@ use execwatch::proto::{Exit, Source};
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
+use execwatch::proto::LossSite;
+
 use crate::exit_socket::{register, ExitSocket};
-use crate::fanout::{Fanout, Item};
+use crate::fanout::{DetectorLoss, Fanout, Item};
 use crate::netlink::{NetlinkError, NetlinkSocket, Received, DATAGRAM_BUF};
 use crate::netlink_detector::NetlinkDetector;
-use crate::procfs::ProcReader;
+use crate::procfs::{Exhausted, ProcReader};
 use crate::stats::Stats;
 
 /// Longest an exit event waits to be read when no exec comes along.
 pub const EXIT_BATCH: Duration = Duration::from_millis(10);
+
+/// How often reads are tried again while `/proc` cannot be read.
+pub const RETRY: Duration = Duration::from_millis(100);
 
 /// What woke the reader.
 enum Wake {
     Exec,
     ExitArrived,
     Sweep,
+    Retry,
+}
+
+/// Execs whose records could not be read, not yet reported.
+struct Unread {
+    count: u64,
+    error: Exhausted,
+    retry_at: Instant,
 }
 
 /// The reader's state: its sockets, where records go, reused buffers.
@@ -56,6 +75,7 @@ struct Pump {
     stats: Arc<Stats>,
     buf: Vec<u8>,
     events: Vec<ProcEvent>,
+    unread: Option<Unread>,
 }
 
 /// Reads events until a socket fails, publishing each. Returns the failure.
@@ -83,6 +103,7 @@ pub async fn run(
         stats,
         buf: vec![0u8; DATAGRAM_BUF],
         events: Vec::with_capacity(64),
+        unread: None,
     };
     loop {
         // A parked exit socket is out of the epoll set until its sweep is
@@ -92,11 +113,13 @@ pub async fn run(
             exits.and_then(ExitSocket::watched),
             exits.and_then(ExitSocket::due),
         );
+        let retry = pump.unread.as_ref().map(|u| u.retry_at);
         let wake = tokio::select! {
             biased;
             ready = pump.execs.readable() => ready.map(|_| Wake::Exec),
             _ = sleep_until(sweep) => Ok(Wake::Sweep),
             ready = readable(watched) => ready.map(|_| Wake::ExitArrived),
+            _ = sleep_until(retry) => Ok(Wake::Retry),
         };
         let result = match wake {
             Err(e) => return NetlinkError::Recv(e),
@@ -111,6 +134,10 @@ pub async fn run(
                 pump.pass()
             }
             Ok(Wake::Sweep) => pump.pass().and_then(|()| pump.watch_exits()),
+            Ok(Wake::Retry) => {
+                pump.retry();
+                Ok(())
+            }
         };
         if let Err(e) = result {
             return e;
@@ -192,22 +219,79 @@ impl Pump {
                 self.rcvbuf
             );
             tracing::warn!("{reason}; subscribers will resync");
-            self.fanout.publish(Item::DetectorLost {
-                kernel: true,
+            self.fanout
+                .publish(Item::DetectorLost(Arc::new(DetectorLoss {
+                    site: LossSite::Kernel,
+                    reason,
+                    count: None,
+                })));
+        }
+    }
+
+    /// Counts an exec whose record could not be read.
+    fn unreadable(&mut self, error: Exhausted) {
+        self.stats.add_unreadable_execs(1);
+        match &mut self.unread {
+            Some(unread) => unread.count += 1,
+            None => {
+                tracing::warn!(
+                    "{error}: exec events are counted and reported as lost once reads work again"
+                );
+                self.unread = Some(Unread {
+                    count: 1,
+                    error,
+                    retry_at: Instant::now() + RETRY,
+                });
+            }
+        }
+    }
+
+    /// Reports the execs that could not be read, now that reads work.
+    fn recovered(&mut self) {
+        let Some(unread) = self.unread.take() else {
+            return;
+        };
+        let reason = format!(
+            "{} exec events could not be read from /proc ({}); subscribers resync",
+            unread.count, unread.error
+        );
+        tracing::warn!("{reason}");
+        self.fanout
+            .publish(Item::DetectorLost(Arc::new(DetectorLoss {
+                site: LossSite::Detector,
                 reason,
-            });
+                count: Some(unread.count),
+            })));
+    }
+
+    /// While reads fail: do they work again?
+    fn retry(&mut self) {
+        match self.procfs.probe() {
+            Ok(()) => self.recovered(),
+            Err(_) => {
+                if let Some(unread) = &mut self.unread {
+                    unread.retry_at = Instant::now() + RETRY;
+                }
+            }
         }
     }
 
     /// Turns one kernel event into a published item.
     fn handle(&mut self, ev: ProcEvent) {
-        let (fanout, stats) = (&self.fanout, &self.stats);
         match ev.kind {
             EventKind::Exec { pid, tgid } => {
-                let Some(mut p) = self.procfs.read(pid, tgid, Source::Netlink) else {
-                    stats.add_ignored_kernel_events(1);
-                    return;
+                let mut p = match self.procfs.read(pid, tgid, Source::Netlink) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => {
+                        self.stats.add_ignored_kernel_events(1);
+                        return;
+                    }
+                    Err(e) => return self.unreadable(e),
                 };
+                // The loss goes out before this record: subscribers resync,
+                // then get it.
+                self.recovered();
+                let (fanout, stats) = (&self.fanout, &self.stats);
                 p.kernel_timestamp_ns = ev.timestamp_ns;
                 if p.exited_before_inspection {
                     stats.add_exited_before_inspection(1);
@@ -223,8 +307,8 @@ impl Pump {
                 exit_signal,
                 ..
             } if pid == tgid => {
-                stats.add_exits(1);
-                fanout.publish(Item::Exit(Exit {
+                self.stats.add_exits(1);
+                self.fanout.publish(Item::Exit(Exit {
                     pid,
                     tgid,
                     exit_code,
@@ -234,7 +318,7 @@ impl Pump {
                     source: Source::Netlink as i32,
                 }));
             }
-            _ => stats.add_ignored_kernel_events(1),
+            _ => self.stats.add_ignored_kernel_events(1),
         }
     }
 }

@@ -9,7 +9,10 @@
 //!
 //! A field that cannot be read is left empty and named in `unavailable` with
 //! the reason; a process that is gone yields a record with only what the
-//! caller already knew and `exited_before_inspection` set.
+//! caller already knew and `exited_before_inspection` set. A read that fails
+//! for a reason of the agent's own (out of descriptors or memory) yields no
+//! record at all but an [`Exhausted`] error: such a record would describe
+//! the agent's trouble, not the process, so callers report it as loss.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -47,6 +50,20 @@ pub struct ProcReader {
     max_argv_bytes: usize,
 }
 
+/// A read failed because the agent itself ran out of something (descriptors,
+/// memory): nothing is known about the process, and the caller must say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the agent cannot read /proc: {}", .0.desc())]
+pub struct Exhausted(pub Errno);
+
+/// Passes `e` on, unless it is the agent's own exhaustion.
+fn own(e: Errno) -> Result<Errno, Exhausted> {
+    match e {
+        Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOBUFS => Err(Exhausted(e)),
+        e => Ok(e),
+    }
+}
+
 /// The `/proc` mount could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open {path}: {source}")]
@@ -78,6 +95,15 @@ impl ProcReader {
         })
     }
 
+    /// Whether the agent can open a file under `/proc` right now (after an
+    /// [`Exhausted`] read: have descriptors come back?).
+    pub fn probe(&mut self) -> Result<(), Exhausted> {
+        match read_at(&self.proc_dir, "self/stat", &mut self.buf, 4096) {
+            Err(e) => own(e).map(drop),
+            Ok(_) => Ok(()),
+        }
+    }
+
     /// The pids currently listed in `/proc` (thread-group leaders only).
     pub fn pids(&self) -> std::io::Result<Vec<i32>> {
         let dir = std::fs::read_dir(fd_path(&self.proc_dir))?;
@@ -89,26 +115,36 @@ impl ProcReader {
 
     /// What one read of `pid`'s `stat` says about its identity: start time
     /// and comm. `None` if it is gone or a kernel thread.
-    pub fn identity(&mut self, pid: i32) -> Option<Identity> {
+    pub fn identity(&mut self, pid: i32) -> Result<Option<Identity>, Exhausted> {
         let path = format!("{pid}/stat");
-        read_at(&self.proc_dir, &path, &mut self.buf, 4096).ok()?;
-        let stat = StatLine::parse(&self.buf)?;
+        if let Err(e) = read_at(&self.proc_dir, &path, &mut self.buf, 4096) {
+            own(e)?;
+            return Ok(None);
+        }
+        let Some(stat) = StatLine::parse(&self.buf) else {
+            return Ok(None);
+        };
         // A zombie is gone as far as a scan is concerned: its exit happened.
         if stat.flags & PF_KTHREAD != 0 || stat.exited() {
-            return None;
+            return Ok(None);
         }
         let mut comm = [0u8; 16];
         let n = stat.comm.len().min(comm.len());
         comm[..n].copy_from_slice(&stat.comm[..n]);
-        Some(Identity {
+        Ok(Some(Identity {
             start_ticks: stat.start_ticks,
             comm,
-        })
+        }))
     }
 
-    /// Reads the record of `pid`. Returns `None` for kernel threads, which
-    /// never exec and are not processes a user launches.
-    pub fn read(&mut self, pid: i32, tgid: i32, source: Source) -> Option<Process> {
+    /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
+    /// which never exec and are not processes a user launches.
+    pub fn read(
+        &mut self,
+        pid: i32,
+        tgid: i32,
+        source: Source,
+    ) -> Result<Option<Process>, Exhausted> {
         let mut p = Process {
             pid,
             tgid,
@@ -124,15 +160,15 @@ impl ProcReader {
         ) {
             Ok(dir) => dir,
             Err(e) => {
-                gone(&mut p, "all", e);
-                return Some(p);
+                gone(&mut p, "all", own(e)?);
+                return Ok(Some(p));
             }
         };
 
         match read_at(&dir, "stat", &mut self.buf, 4096).map(|_| StatLine::parse(&self.buf)) {
             Ok(Some(stat)) => {
                 if stat.flags & PF_KTHREAD != 0 {
-                    return None;
+                    return Ok(None);
                 }
                 p.comm = String::from_utf8_lossy(stat.comm).into_owned();
                 p.ppid = stat.ppid;
@@ -147,42 +183,42 @@ impl ProcReader {
                         "argv",
                         "process exited (zombie) before it could be inspected".into(),
                     );
-                    return Some(p);
+                    return Ok(Some(p));
                 }
             }
             Ok(None) => unavailable(&mut p, "comm", "unparsable /proc/<pid>/stat".into()),
             Err(e) => {
-                gone(&mut p, "all", e);
-                return Some(p);
+                gone(&mut p, "all", own(e)?);
+                return Ok(Some(p));
             }
         }
 
         match read_at(&dir, "status", &mut self.buf, 8192) {
             Ok(_) => p.credentials = parse_credentials(&self.buf),
-            Err(e) => missing(&mut p, "credentials", e),
+            Err(e) => missing(&mut p, "credentials", own(e)?),
         }
 
         let limit = self.max_argv_bytes;
         match read_at(&dir, "cmdline", &mut self.buf, limit + 1) {
             Ok(_) => set_argv(&mut p, &self.buf, limit),
-            Err(e) => missing(&mut p, "argv", e),
+            Err(e) => missing(&mut p, "argv", own(e)?),
         }
 
         match read_at(&dir, "cgroup", &mut self.buf, 8192) {
             Ok(_) => p.cgroup = Some(cgroup::classify(&String::from_utf8_lossy(&self.buf))),
-            Err(e) => missing(&mut p, "cgroup", e),
+            Err(e) => missing(&mut p, "cgroup", own(e)?),
         }
 
         match readlinkat(&dir, "exe") {
             Ok(path) => p.exe = Some(path.to_string_lossy().into_owned()),
-            Err(e) => missing(&mut p, "exe", e),
+            Err(e) => missing(&mut p, "exe", own(e)?),
         }
         match readlinkat(&dir, "cwd") {
             Ok(path) => p.cwd = Some(path.to_string_lossy().into_owned()),
-            Err(e) => missing(&mut p, "cwd", e),
+            Err(e) => missing(&mut p, "cwd", own(e)?),
         }
         crate::redaction::apply(&mut p);
-        Some(p)
+        Ok(Some(p))
     }
 }
 
@@ -250,6 +286,12 @@ fn real_and_effective(rest: &[u8]) -> Option<(u32, u32)> {
 }
 
 /// Fills argv from the NUL-separated `cmdline` bytes.
+///
+/// A non-UTF-8 command line is carried twice (exact bytes in `argv_raw`,
+/// a lossy string in `argv`, where each bad byte takes three), so the two
+/// together are capped at twice `limit`: arguments past that are dropped and
+/// the record flagged `argv_truncated`. Whatever the input, one record's
+/// command line weighs at most `2 * limit` bytes.
 fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
     let mut bytes = cmdline;
     if bytes.len() > limit {
@@ -263,18 +305,34 @@ fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
     }
     // The kernel ends every argument with NUL; drop the last one only.
     let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
-    for arg in bytes.split(|&b| b == 0) {
-        match std::str::from_utf8(arg) {
-            Ok(s) => p.argv.push(s.to_string()),
-            Err(_) => {
-                p.argv_lossy = true;
-                p.argv
-                    .push(OsStr::from_bytes(arg).to_string_lossy().into_owned());
-            }
-        }
+    let args: Vec<&[u8]> = bytes.split(|&b| b == 0).collect();
+    p.argv_lossy = std::str::from_utf8(bytes).is_err();
+    if !p.argv_lossy {
+        p.argv = args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        return;
     }
-    if p.argv_lossy {
-        p.argv_raw = bytes.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
+    let mut room = 2 * limit;
+    for arg in args {
+        let lossy = OsStr::from_bytes(arg).to_string_lossy().into_owned();
+        let weight = lossy.len() + arg.len();
+        if weight <= room {
+            room -= weight;
+            p.argv.push(lossy);
+            p.argv_raw.push(arg.to_vec());
+            continue;
+        }
+        // The first argument that does not fit is cut: a byte weighs at most
+        // four (itself and a three-byte U+FFFD), so a quarter of the room
+        // always fits.
+        let cut = &arg[..(room / 4).min(arg.len())];
+        p.argv
+            .push(OsStr::from_bytes(cut).to_string_lossy().into_owned());
+        p.argv_raw.push(cut.to_vec());
+        p.argv_truncated = true;
+        break;
     }
 }
 

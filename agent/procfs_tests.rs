@@ -41,6 +41,7 @@ fn reads_a_live_child_with_odd_arguments() {
     let pid = child.id() as i32;
     let p = reader()
         .read(pid, pid, Source::Poll)
+        .unwrap()
         .expect("not a kernel thread");
     child.kill().ok();
     child.wait().ok();
@@ -69,7 +70,7 @@ fn long_command_lines_are_cut_and_flagged() {
     let mut child = shell_with(&[OsStr::new(&long)]);
     let pid = child.id() as i32;
     let mut small = ProcReader::open("/proc", 100).unwrap();
-    let p = small.read(pid, pid, Source::Poll).unwrap();
+    let p = small.read(pid, pid, Source::Poll).unwrap().unwrap();
     child.kill().ok();
     child.wait().ok();
     assert!(p.argv_truncated, "{p:?}");
@@ -89,7 +90,7 @@ fn command_lines_longer_than_one_read_are_read_whole() {
     let os: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     let mut child = shell_with(&os);
     let pid = child.id() as i32;
-    let p = reader().read(pid, pid, Source::Poll).unwrap();
+    let p = reader().read(pid, pid, Source::Poll).unwrap().unwrap();
     child.kill().ok();
     child.wait().ok();
     assert!(!p.argv_truncated, "{p:?}");
@@ -101,7 +102,7 @@ fn a_vanished_pid_is_flagged_not_dropped() {
     let mut child = Command::new("true").spawn().expect("spawn true");
     let pid = child.id() as i32;
     child.wait().unwrap();
-    let p = reader().read(pid, pid, Source::Netlink).unwrap();
+    let p = reader().read(pid, pid, Source::Netlink).unwrap().unwrap();
     assert!(p.exited_before_inspection);
     assert_eq!(p.pid, pid);
     assert!(!p.unavailable.is_empty());
@@ -114,7 +115,7 @@ fn kernel_threads_are_skipped_and_self_is_listed() {
     assert!(pids.contains(&(std::process::id() as i32)));
     // kthreadd is pid 2 in the initial pid namespace.
     if pids.contains(&2) {
-        assert!(reader().read(2, 2, Source::Snapshot).is_none());
+        assert!(reader().read(2, 2, Source::Snapshot).unwrap().is_none());
     }
 }
 
@@ -154,7 +155,7 @@ fn a_zombie_counts_as_exited() {
     let mut r = reader();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let p = loop {
-        let p = r.read(pid, pid, Source::Snapshot).unwrap();
+        let p = r.read(pid, pid, Source::Snapshot).unwrap().unwrap();
         if p.exited_before_inspection {
             break p;
         }
@@ -165,6 +166,38 @@ fn a_zombie_counts_as_exited() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
     assert_eq!(p.comm, "true", "what could be read is kept");
-    assert!(r.identity(pid).is_none(), "a scan treats a zombie as gone");
+    assert!(
+        r.identity(pid).unwrap().is_none(),
+        "a scan treats a zombie as gone"
+    );
     child.wait().unwrap();
+}
+
+/// However bad the bytes, argv and argv_raw together weigh at most twice
+/// the argv limit (a non-UTF-8 byte is one raw byte plus a three-byte
+/// U+FFFD in the lossy string).
+#[test]
+fn a_non_utf8_command_line_is_capped_raw_and_lossy_together() {
+    for limit in [1, 7, 600, 32 * 1024] {
+        let mut cmdline = vec![0xffu8; 3 * limit];
+        cmdline.push(0);
+        cmdline.extend(vec![0xfeu8; limit]);
+        cmdline.push(0);
+        let mut p = Process::default();
+        set_argv(&mut p, &cmdline, limit);
+        let weight: usize = p.argv.iter().map(String::len).sum::<usize>()
+            + p.argv_raw.iter().map(Vec::len).sum::<usize>();
+        assert!(weight <= 2 * limit, "{limit}: {weight} bytes");
+        assert!(p.argv_truncated && p.argv_lossy, "{limit}");
+        assert_eq!(p.argv.len(), p.argv_raw.len(), "{limit}");
+        assert!(
+            !p.argv.is_empty(),
+            "{limit}: the first argument is cut, not dropped"
+        );
+    }
+    // Valid UTF-8 is carried once and only cut at the limit.
+    let mut p = Process::default();
+    set_argv(&mut p, b"java\0-version\0", 1024);
+    assert_eq!(p.argv, ["java", "-version"]);
+    assert!(p.argv_raw.is_empty() && !p.argv_truncated);
 }

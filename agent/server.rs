@@ -8,19 +8,20 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use execwatch::client::MAX_SOCKET_PATH;
 use execwatch::proto::{exec_events_server::ExecEventsServer, FILE_DESCRIPTOR_SET};
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
-use tokio_stream::StreamExt;
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
 
-use crate::connection::Connection;
+use crate::listener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
-use crate::service::{ExecEventsService, PeerCheck};
+use crate::service::{ExecEventsService, PeerCheck, Seats};
 use crate::subscription::Shared;
 
 /// Why the socket could not be served.
@@ -67,6 +68,9 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    /// Another process answers on the socket path.
+    #[error("another agent is serving {0}; stop it first, or choose another --socket")]
+    InUse(PathBuf),
     /// Something that is not a socket sits at the socket path.
     #[error("{0} exists and is not a socket; refusing to remove it")]
     NotASocket(PathBuf),
@@ -105,9 +109,13 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The gRPC server stopped without being asked to.
+    #[error("the gRPC server stopped unexpectedly")]
+    Ended,
 }
 
-/// Binds `path` with file mode `mode`, replacing a stale socket.
+/// Binds `path` with file mode `mode`, replacing a stale socket (one nobody
+/// answers on) and refusing a live one.
 pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     let len = path.as_os_str().len();
     if len > MAX_SOCKET_PATH {
@@ -137,6 +145,11 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
+            // A live socket answers; taking it over would leave its agent's
+            // subscribers on an orphan.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServeError::InUse(path.into()));
+            }
             fs::remove_file(path).map_err(|source| ServeError::RemoveStale {
                 path: path.into(),
                 source,
@@ -169,15 +182,40 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Serves every service on `listener` until `shutdown` completes, then
-/// removes the socket file.
+/// How long open connections get to take their last words once the agent
+/// stops; a client that does not read is not waited for longer.
+pub const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// How much one socket serves at once.
+pub struct Limits {
+    /// Subscribers in total and per peer uid.
+    pub seats: Seats,
+    /// HTTP/2 streams one connection may have open.
+    pub streams_per_connection: u32,
+}
+
+/// Why serving ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// The detector failed: the agent is blind and must not pretend otherwise.
+    DetectorFailed(String),
+}
+
+/// Serves every service on `listener` until `stop` says why to stop, then
+/// stops at once: health says NOT_SERVING, the socket is removed, every
+/// open `Watch` ends with UNAVAILABLE, and connections get [`STOP_GRACE`]
+/// to close (a second signal cuts even that short).
 pub async fn serve(
     listener: UnixListener,
     path: &Path,
     shared: Arc<Shared>,
     peers: PeerCheck,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
+    limits: Limits,
+    stop: impl Future<Output = Stopped>,
+    streams_end: watch::Sender<bool>,
+) -> Result<Stopped, ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ExecEventsServer<ExecEventsService>>()
@@ -192,21 +230,55 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let result = Server::builder()
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection)
         .add_service(guarded(
-            ExecEventsServer::new(ExecEventsService::new(shared)),
+            ExecEventsServer::new(ExecEventsService::new(shared, limits.seats)),
             &peers,
         ))
         .add_service(guarded(health_service, &peers))
         .add_service(guarded(reflection_v1, &peers))
         .add_service(guarded(reflection_v1alpha, &peers))
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener).map(|accepted| accepted.and_then(Connection::new)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(listener::incoming(listener), async {
+            let _ = drain_rx.await;
+        });
+    tokio::pin!(server);
+    let why = tokio::select! {
+        result = &mut server => {
+            let _ = fs::remove_file(path);
+            result?;
+            // The server never ends on its own without an error.
+            return Err(ServeError::Ended);
+        }
+        why = stop => why,
+    };
+    match &why {
+        Stopped::Signal => tracing::info!("stopping: ending every stream"),
+        Stopped::DetectorFailed(e) => {
+            tracing::error!("stopping: the detector failed ({e}); ending every stream")
+        }
+    }
+    // In this order: probes see NOT_SERVING, no new client finds the
+    // socket, then the streams end with a status their clients understand.
+    health
+        .set_not_serving::<ExecEventsServer<ExecEventsService>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
         .await;
     let _ = fs::remove_file(path);
-    result.map_err(ServeError::from)
+    let _ = streams_end.send(true);
+    let _ = drain_tx.send(());
+    let second = execwatch::runtime::shutdown_signal();
+    tokio::select! {
+        result = &mut server => result?,
+        _ = tokio::time::sleep(STOP_GRACE) => {
+            tracing::warn!("connections still open after {STOP_GRACE:?} (clients that do not read); closing them");
+        }
+        _ = second => tracing::info!("second signal: exiting now"),
+    }
+    Ok(why)
 }
 
 /// Wraps `svc` so every request passes the peer check first.

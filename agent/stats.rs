@@ -23,6 +23,7 @@ pub struct Stats {
     snapshots: AtomicU64,
     peers_denied: AtomicU64,
     parse_errors: AtomicU64,
+    unreadable_execs: AtomicU64,
 }
 
 macro_rules! counters {
@@ -56,6 +57,8 @@ counters! {
     add_peers_denied => peers_denied;
     /// Malformed kernel messages skipped.
     add_parse_errors => parse_errors;
+    /// Exec events whose record the agent could not read (its own exhaustion).
+    add_unreadable_execs => unreadable_execs;
 }
 
 impl Default for Stats {
@@ -75,6 +78,7 @@ impl Default for Stats {
             snapshots: AtomicU64::new(0),
             peers_denied: AtomicU64::new(0),
             parse_errors: AtomicU64::new(0),
+            unreadable_execs: AtomicU64::new(0),
         }
     }
 }
@@ -115,6 +119,7 @@ impl Stats {
             peers_denied: self.peers_denied.load(Relaxed),
             uptime_seconds: self.started.elapsed().as_secs(),
             parse_errors: self.parse_errors.load(Relaxed),
+            unreadable_execs: self.unreadable_execs.load(Relaxed),
         }
     }
 }

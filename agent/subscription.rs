@@ -5,20 +5,24 @@
 //! scanning `/proc`, so live events that happen during the scan wait in its
 //! queue: a process started mid-snapshot is seen at least once. The task may
 //! wait on its own client (HTTP/2 flow control); the detector never does.
+//!
+//! When the agent stops, every task ends its stream at once with
+//! UNAVAILABLE, whatever it was doing.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use execwatch::proto::{
-    watch_event::Kind, LossSite, Lost, SnapshotCause, SnapshotComplete, Source, WatchEvent,
-    WatchRequest,
+    watch_event::Kind, LossSite, Lost, Process, SnapshotCause, SnapshotComplete, Source,
+    WatchEvent, WatchRequest,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use crate::fanout::{Fanout, Item};
+use crate::fanout::{Fanout, Item, Missed};
 use crate::procfs::ProcReader;
+use crate::service::Seat;
 use crate::stats::Stats;
 use execwatch::clock;
 
@@ -26,8 +30,17 @@ use execwatch::clock;
 const MAX_OVERFLOWS: usize = 3;
 /// Processes read per blocking-pool task during a snapshot.
 const SNAPSHOT_CHUNK: usize = 64;
+/// Encoded bytes of records read per blocking-pool task during a snapshot:
+/// what a subscriber that stops reading holds at most in snapshot records.
+const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// The window over which overflows are counted.
 const OVERFLOW_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a snapshot keeps retrying reads that fail for the agent's own
+/// reasons (out of descriptors or memory) before it ends the stream.
+pub const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a stream's last word (its status on shutdown) may wait for room.
+const LAST_WORD: Duration = Duration::from_millis(200);
 
 /// What every subscription task needs.
 pub struct Shared {
@@ -41,10 +54,21 @@ pub struct Shared {
     pub max_argv_bytes: usize,
     /// Queue length, quoted in `lost` markers.
     pub queue_len: usize,
+    /// Becomes `true` when the agent stops: every stream ends.
+    pub stop: watch::Receiver<bool>,
+    /// Snapshot reads under way at once (each on a blocking-pool thread), so
+    /// that many subscribers joining at once cannot crowd out the rest.
+    pub snapshot_reads: tokio::sync::Semaphore,
 }
 
-/// The client went away; the task ends quietly.
-struct Gone;
+/// Why a stream ended early.
+enum End {
+    /// The client went away; the task ends quietly.
+    Gone,
+    /// The stream cannot go on; the client gets this status and may
+    /// reconnect.
+    Fail(Status),
+}
 
 /// Numbers and sends items on one stream.
 struct Emitter {
@@ -53,13 +77,13 @@ struct Emitter {
 }
 
 impl Emitter {
-    async fn emit(&mut self, kind: Kind) -> Result<(), Gone> {
+    async fn emit(&mut self, kind: Kind) -> Result<(), End> {
         self.seq += 1;
         let event = WatchEvent {
             seq: self.seq,
             kind: Some(kind),
         };
-        self.out.send(Ok(event)).await.map_err(|_| Gone)
+        self.out.send(Ok(event)).await.map_err(|_| End::Gone)
     }
 }
 
@@ -68,37 +92,49 @@ pub fn spawn(
     shared: Arc<Shared>,
     req: WatchRequest,
     out: mpsc::Sender<Result<WatchEvent, Status>>,
+    seat: Seat,
 ) {
     shared.stats.add_subscribers_total(1);
     tokio::spawn(async move {
-        let _ = run(&shared, req, Emitter { seq: 0, out }).await;
+        // Held for as long as the subscription lives.
+        let _seat = seat;
+        let mut stop = shared.stop.clone();
+        let last_word = out.clone();
+        let mut em = Emitter { seq: 0, out };
+        let end = tokio::select! {
+            end = run(&shared, req, &mut em) => end,
+            _ = stop.wait_for(|stop| *stop) => Err(End::Fail(Status::unavailable(
+                "agent shutting down; reconnect to its successor",
+            ))),
+        };
+        if let Err(End::Fail(status)) = end {
+            // A client that does not read may have no room left: it gets
+            // the end of the connection instead.
+            let _ = tokio::time::timeout(LAST_WORD, last_word.send(Err(status))).await;
+        }
         shared.fanout.prune();
     });
 }
 
-async fn run(shared: &Shared, req: WatchRequest, mut em: Emitter) -> Result<(), Gone> {
+async fn run(shared: &Shared, req: WatchRequest, em: &mut Emitter) -> Result<(), End> {
     let mut sub = shared.fanout.subscribe(req.include_exits);
     if !req.skip_snapshot {
-        snapshot(shared, &mut em, SnapshotCause::Subscribe).await?;
+        snapshot(shared, em, SnapshotCause::Subscribe).await?;
     }
     let mut overflows = VecDeque::new();
     loop {
         let item = tokio::select! {
-            item = sub.rx.recv() => item,
-            _ = em.out.closed() => return Err(Gone),
+            item = sub.recv() => item,
+            _ = em.out.closed() => return Err(End::Gone),
         };
         match item {
             // The last subscriber to take an event takes it without a copy.
             Some(Item::Exec(p)) => em.emit(Kind::Exec(Arc::unwrap_or_clone(p))).await?,
             Some(Item::Exit(e)) => em.emit(Kind::Exit(e)).await?,
-            Some(Item::DetectorLost { kernel, reason }) => {
-                let site = if kernel {
-                    LossSite::Kernel
-                } else {
-                    LossSite::Detector
-                };
-                em.emit(lost(site, reason, None)).await?;
-                snapshot(shared, &mut em, SnapshotCause::Resync).await?;
+            Some(Item::DetectorLost(loss)) => {
+                em.emit(lost(loss.site, loss.reason.clone(), loss.count))
+                    .await?;
+                snapshot(shared, em, SnapshotCause::Resync).await?;
             }
             // The fan-out let go of us: either we fell behind or it shut down.
             None if !Fanout::overflowed(&sub.overflow) => return Ok(()),
@@ -118,20 +154,36 @@ async fn run(shared: &Shared, req: WatchRequest, mut em: Emitter) -> Result<(), 
                         shared.queue_len, overflows.len(), OVERFLOW_WINDOW.as_secs()
                     );
                     tracing::warn!("{msg}");
-                    let _ = em.out.send(Err(Status::resource_exhausted(msg))).await;
-                    return Ok(());
+                    return Err(End::Fail(Status::resource_exhausted(msg)));
                 }
                 let (next, missed) = shared.fanout.resubscribe(&sub.overflow, req.include_exits);
                 sub = next;
-                let reason = format!(
-                    "this subscriber did not keep up and its queue of {} events filled",
-                    shared.queue_len
-                );
-                em.emit(lost(LossSite::SubscriberQueue, reason, Some(missed)))
-                    .await?;
-                snapshot(shared, &mut em, SnapshotCause::Resync).await?;
+                em.emit(overflow_lost(shared.queue_len, missed)).await?;
+                snapshot(shared, em, SnapshotCause::Resync).await?;
             }
         }
+    }
+}
+
+/// The `lost` for a subscriber that overflowed: its queue's drops, or the
+/// detector's loss it missed meanwhile, which makes the count what that
+/// loss's count makes it.
+fn overflow_lost(queue_len: usize, missed: Option<Missed>) -> Kind {
+    let queue =
+        format!("this subscriber did not keep up and its queue of {queue_len} events filled");
+    let Some(missed) = missed else {
+        return lost(LossSite::SubscriberQueue, queue, Some(0));
+    };
+    match missed.upstream {
+        None => lost(LossSite::SubscriberQueue, queue, Some(missed.events)),
+        Some(upstream) => lost(
+            upstream.site,
+            format!(
+                "{}; meanwhile {queue} ({} events dropped there)",
+                upstream.reason, missed.events
+            ),
+            upstream.count.map(|n| n + missed.events),
+        ),
     }
 }
 
@@ -145,54 +197,140 @@ fn lost(site: LossSite, reason: String, count: Option<u64>) -> Kind {
     })
 }
 
+/// Runs blocking `/proc` work off the runtime thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
+}
+
+/// Waits before another try at a snapshot read, or gives up at `deadline`.
+async fn again(delay: &mut Duration, deadline: Instant, why: &str) -> Result<(), End> {
+    if Instant::now() + *delay > deadline {
+        let msg = format!(
+            "could not take a complete snapshot within {}s: {why}; reconnect",
+            SNAPSHOT_PATIENCE.as_secs()
+        );
+        tracing::warn!("{msg}");
+        return Err(End::Fail(Status::unavailable(msg)));
+    }
+    tracing::warn!("snapshot waiting: {why}; retrying in {delay:?}");
+    tokio::time::sleep(*delay).await;
+    *delay = (*delay * 2).min(Duration::from_secs(1));
+    Ok(())
+}
+
+/// What reading one chunk of a snapshot gave.
+struct Chunk {
+    records: Vec<Process>,
+    /// Pids whose reads failed for the agent's own reasons, with why.
+    failed: Vec<i32>,
+    why: Option<String>,
+}
+
+/// Reads the records of `pids`, stopping once they weigh
+/// [`SNAPSHOT_CHUNK_BYTES`]; never waits for a client. The pids it did not
+/// get to are left in `pids`.
+fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>) -> Chunk {
+    let mut reader = match ProcReader::open(root, max_argv) {
+        Ok(reader) => reader,
+        Err(e) => {
+            return Chunk {
+                records: Vec::new(),
+                failed: std::mem::take(pids),
+                why: Some(e.to_string()),
+            }
+        }
+    };
+    let mut chunk = Chunk {
+        records: Vec::new(),
+        failed: Vec::new(),
+        why: None,
+    };
+    let mut weight = 0;
+    while weight < SNAPSHOT_CHUNK_BYTES && chunk.records.len() < SNAPSHOT_CHUNK {
+        let Some(pid) = pids.pop() else { break };
+        match reader.read(pid, pid, Source::Snapshot) {
+            Ok(Some(p)) if !p.exited_before_inspection => {
+                weight += prost::Message::encoded_len(&p);
+                chunk.records.push(p);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                chunk.failed.push(pid);
+                chunk.why = Some(e.to_string());
+            }
+        }
+    }
+    chunk
+}
+
 /// Sends every running process as `existing`, then `snapshot_complete`.
-async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Result<(), Gone> {
+///
+/// Never presented as whole when it is not: a listing or a record that
+/// cannot be read for the agent's own reasons is tried again (records only
+/// for the processes that failed, so none is listed twice) for up to
+/// [`SNAPSHOT_PATIENCE`]; after that the stream ends with UNAVAILABLE and
+/// no `snapshot_complete`, and the client reconnects.
+async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Result<(), End> {
     shared.stats.add_snapshots(1);
+    let deadline = Instant::now() + SNAPSHOT_PATIENCE;
+    let mut delay = Duration::from_millis(50);
     // /proc reads block, so they run on the blocking pool, but in short
     // chunks that never wait for the client: a subscriber that stops
     // reading holds this task (one per subscriber), never a pool thread,
     // and at most one chunk of records.
     let (root, max_argv) = (shared.proc_root.clone(), shared.max_argv_bytes);
-    let listed = {
+    let mut pending = loop {
         let root = root.clone();
-        tokio::task::spawn_blocking(move || {
+        let listed = blocking(move || {
             let reader = ProcReader::open(&root, max_argv).map_err(|e| e.to_string())?;
             reader
                 .pids()
                 .map_err(|e| format!("cannot list {root}: {e}"))
         })
-        .await
-    };
-    let pids = match listed {
-        Ok(Ok(pids)) => pids,
-        Ok(Err(e)) => {
-            tracing::error!("snapshot incomplete: {e}");
-            Vec::new()
-        }
-        Err(e) => {
-            tracing::error!("snapshot task failed: {e}");
-            Vec::new()
+        .await;
+        match listed {
+            Ok(pids) => break pids,
+            Err(why) => again(&mut delay, deadline, &why).await?,
         }
     };
+    // Read in listing order (the chunks pop from the end).
+    pending.reverse();
     let mut count = 0;
-    for chunk in pids.chunks(SNAPSHOT_CHUNK) {
-        let (chunk, root) = (chunk.to_vec(), root.clone());
-        let records = tokio::task::spawn_blocking(move || {
-            let Ok(mut reader) = ProcReader::open(&root, max_argv) else {
-                return Vec::new();
-            };
-            chunk
-                .into_iter()
-                .filter_map(|pid| reader.read(pid, pid, Source::Snapshot))
-                .filter(|p| !p.exited_before_inspection)
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for p in records {
-            count += 1;
-            em.emit(Kind::Existing(p)).await?;
+    while !pending.is_empty() {
+        let mut failed = Vec::new();
+        let mut why = None;
+        while !pending.is_empty() {
+            let permit = shared.snapshot_reads.acquire().await;
+            let (mut pids, root) = (std::mem::take(&mut pending), root.clone());
+            let (chunk, rest) = blocking(move || {
+                let chunk = read_chunk(&root, max_argv, &mut pids);
+                Ok((chunk, pids))
+            })
+            .await
+            .map_err(|e| End::Fail(Status::internal(e)))?;
+            drop(permit);
+            pending = rest;
+            for p in chunk.records {
+                count += 1;
+                em.emit(Kind::Existing(p)).await?;
+            }
+            failed.extend(chunk.failed);
+            why = chunk.why.or(why);
         }
+        if let Some(why) = why {
+            again(
+                &mut delay,
+                deadline,
+                &format!("{} processes unread: {why}", failed.len()),
+            )
+            .await?;
+        }
+        failed.reverse();
+        pending = failed;
     }
     em.emit(Kind::SnapshotComplete(SnapshotComplete {
         processes: count,

@@ -57,6 +57,13 @@ pub struct Cli {
     #[arg(long, env = "EXECWATCH_RULES_FILE")]
     pub rules_file: Option<PathBuf>,
 
+    /// Keep the rules in force when their source holds no document (the
+    /// ConfigMap deleted, without reclaim.toml or with a blank one; the rules
+    /// file emptied or removed) instead of disarming the node. Off by
+    /// default: 5-Spot deletes the ConfigMap to disarm a node.
+    #[arg(long, env = "EXECWATCH_KEEP_RULES_WHEN_MISSING")]
+    pub keep_rules_when_missing: bool,
+
     /// Log exactly what would be patched; never touch the Kubernetes API.
     #[arg(long, env = "EXECWATCH_DRY_RUN")]
     pub dry_run: bool,

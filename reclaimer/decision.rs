@@ -28,6 +28,10 @@ use crate::node::{self, NodeClient, NodeError, Outcome};
 use crate::process_table::ProcessTable;
 use crate::rules::{Match, Rules};
 
+/// How long a stop waits for a Node write in progress: well inside the
+/// pod's termination grace period.
+pub const WRITE_GRACE: Duration = Duration::from_secs(2);
+
 /// Where decisions go.
 pub enum Target {
     /// Log what would be patched; touch no API.
@@ -132,9 +136,13 @@ impl Decider {
                 _ = status_tick.tick() => self.write_status(),
                 _ = &mut shutdown => {
                     if self.state == State::Writing {
-                        tracing::info!("waiting up to 5s for the Node write in progress");
-                        if let Ok(Some(job)) = tokio::time::timeout(Duration::from_secs(5), self.jobs_rx.recv()).await {
-                            self.on_job(job);
+                        tracing::info!("waiting up to {WRITE_GRACE:?} for the Node write in progress");
+                        match tokio::time::timeout(WRITE_GRACE, self.jobs_rx.recv()).await {
+                            Ok(Some(job)) => self.on_job(job),
+                            // Not lost: the process still runs, so the next
+                            // start finds it in the agent's snapshot and
+                            // writes then.
+                            _ => tracing::warn!("stopping before the Node write landed; the next start writes it if the process still runs"),
                         }
                     }
                     return;

@@ -3,10 +3,12 @@
 //! 5-Spot controller to reclaim this node by annotating its Node.
 
 mod agent_link;
+mod agent_stats;
 mod backoff;
 mod cli;
 mod decision;
 mod metrics;
+mod metrics_server;
 mod node;
 mod process_table;
 mod rules;
@@ -23,7 +25,7 @@ use tokio::sync::mpsc;
 use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings, Target};
 use crate::node::{HostId, NodeClient};
-use crate::rules_source::RulesSource;
+use crate::rules_source::{RulesSource, WhenMissing};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -35,11 +37,14 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     execwatch::runtime::init_logging(cli.log_format);
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(run(cli))
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(cli));
+    // A file read still blocked on the blocking pool is not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -55,11 +60,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })?;
     }
     let shutdown = execwatch::runtime::shutdown_signal();
-    let metrics = Arc::new(metrics::Metrics::default());
     // Inert until the first rules arrive.
-    metrics
-        .rules_inert
-        .store(1, std::sync::atomic::Ordering::Relaxed);
+    let metrics = Arc::new(metrics::Metrics::new());
     let (target, source) = if cli.dry_run {
         tracing::info!("dry-run: decisions are logged, the Kubernetes API is never contacted");
         let node = cli
@@ -117,17 +119,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         rules_source::load_file(path)?;
     }
     if let Some(addr) = cli.metrics_addr {
-        let m = metrics.clone();
-        let listener_err = tokio::spawn(async move { metrics::serve(addr, m).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if listener_err.is_finished() {
-            let err = listener_err
-                .await?
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            bail!("cannot serve metrics on {addr}: {err}");
-        }
+        // Bound here, so a bad address stops the reclaimer at start.
+        let server = metrics_server::MetricsServer::bind(addr, metrics.clone()).await?;
+        tokio::spawn(server.run());
     }
 
     let (link_tx, link_rx) = mpsc::channel(1024);
@@ -137,7 +131,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         link_tx,
         metrics.clone(),
     ));
-    tokio::spawn(rules_source::run(source, rules_tx, metrics.clone()));
+    let when_missing = if cli.keep_rules_when_missing {
+        WhenMissing::Keep
+    } else {
+        WhenMissing::Disarm
+    };
+    tokio::spawn(rules_source::run(
+        source,
+        when_missing,
+        rules_tx,
+        metrics.clone(),
+    ));
     let settings = Settings {
         status_file: cli.status_file.clone(),
         recheck: cli.recheck_interval,

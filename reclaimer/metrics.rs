@@ -1,58 +1,27 @@
-//! Prometheus metrics, served as text on `--metrics-addr` (off by default:
-//! the pod shares the host's network, so an address is an explicit choice,
-//! normally loopback).
+//! What the reclaimer counts, as `prometheus-client` metrics in one
+//! registry: its own under `execwatch_reclaimer_`, and the agent's `GetStats`
+//! counters under `execwatch_agent_` ([`crate::agent_stats`]), so that one
+//! scrape shows the whole pod. Served by [`crate::metrics_server`].
 
-use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prometheus_client::encoding::{prometheus_text, text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
-/// A monotonic counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Relaxed);
-    }
-    /// The value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
-}
+use crate::agent_stats::AgentStats;
 
 /// Upper bounds (seconds) of the patch latency histogram.
-const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+pub const PATCH_LATENCY_BUCKETS: [f64; 10] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
-/// A latency histogram in the Prometheus shape.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
-    }
-}
-
-/// Everything the reclaimer counts.
-#[derive(Debug, Default)]
+/// Everything the reclaimer counts. The fields are handles into
+/// [`Metrics::registry`]: updating one is what a scrape shows.
+#[derive(Debug)]
 pub struct Metrics {
-    /// Stream items received (execs, snapshot entries, exits).
+    /// Stream items received (execs, snapshot entries, exits, markers).
     pub events: Counter,
     /// Processes the rules matched (each firing decision).
     pub matches: Counter,
@@ -60,143 +29,266 @@ pub struct Metrics {
     pub patches: Counter,
     /// Failed patch attempts (each retry counts).
     pub patch_errors: Counter,
-    /// Time from the process being observed to the patch being accepted.
+    /// Seconds from the process being observed to the patch being accepted.
     pub patch_latency: Histogram,
     /// Times the agent stream was lost and reconnected.
     pub reconnects: Counter,
     /// `lost` markers received.
     pub lost_markers: Counter,
-    /// Rule sets loaded.
+    /// Rule sets loaded (inert ones included; a missing document is none).
     pub rule_reloads: Counter,
     /// Rule documents rejected (the last good rules stay in force).
     pub rule_errors: Counter,
     /// 1 while the current rules document is invalid.
-    pub rules_invalid: AtomicU64,
+    pub rules_invalid: Gauge,
     /// 1 while the rules are inert.
-    pub rules_inert: AtomicU64,
-    /// 1 while the rules source has no document (ConfigMap deleted or
-    /// empty, rules file emptied) and the last good rules are kept.
-    pub rules_missing: AtomicU64,
+    pub rules_inert: Gauge,
+    /// 1 while the rules source has no document (the node is then disarmed,
+    /// or keeps its last rules with `--keep-rules-when-missing`).
+    pub rules_missing: Gauge,
+    /// The agent's counters, as last read from its socket.
+    pub agent: Arc<AgentStats>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    /// The text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 9] = [
+    /// Every counter at zero and `rules_inert` at 1 (the reclaimer starts
+    /// without rules), registered.
+    pub fn new() -> Self {
+        let m = Metrics {
+            events: Counter::default(),
+            matches: Counter::default(),
+            patches: Counter::default(),
+            patch_errors: Counter::default(),
+            patch_latency: Histogram::new(PATCH_LATENCY_BUCKETS),
+            reconnects: Counter::default(),
+            lost_markers: Counter::default(),
+            rule_reloads: Counter::default(),
+            rule_errors: Counter::default(),
+            rules_invalid: Gauge::default(),
+            rules_inert: Gauge::default(),
+            rules_missing: Gauge::default(),
+            agent: Arc::default(),
+            registry: Registry::default(),
+        };
+        m.rules_inert.set(1);
+        m.with_registry()
+    }
+
+    fn with_registry(mut self) -> Self {
+        let mut registry = Registry::default();
+        let own = registry.sub_registry_with_prefix("execwatch_reclaimer");
+        // prometheus-client appends `_total` to counters and a final period
+        // to help texts.
+        let counters = [
             (
-                "events_total",
-                "Stream items received from the agent.",
+                "events",
+                "Stream items received from the agent (execs, snapshot entries, exits, markers)",
                 &self.events,
             ),
             (
-                "matches_total",
-                "Processes matched by the rules.",
+                "matches",
+                "Processes matched by the rules (each firing decision)",
                 &self.matches,
             ),
             (
-                "patches_total",
-                "Reclaim annotations written to the Node.",
+                "patches",
+                "Reclaim annotations written to the Node",
                 &self.patches,
             ),
             (
-                "patch_errors_total",
-                "Failed Node patch attempts.",
+                "patch_errors",
+                "Failed Node patch attempts (each retry counts, 409s included)",
                 &self.patch_errors,
             ),
+            ("reconnects", "Agent stream reconnects", &self.reconnects),
             (
-                "reconnects_total",
-                "Agent stream reconnects.",
-                &self.reconnects,
-            ),
-            (
-                "lost_markers_total",
-                "Lost markers received from the agent.",
+                "lost_markers",
+                "Lost markers received from the agent",
                 &self.lost_markers,
             ),
             (
-                "rule_reloads_total",
-                "Rule sets loaded.",
+                "rule_reloads",
+                "Rule sets loaded (inert ones included)",
                 &self.rule_reloads,
             ),
-            (
-                "rule_errors_total",
-                "Rule documents rejected.",
-                &self.rule_errors,
-            ),
-            (
-                "up",
-                "Always 1 while the reclaimer runs.",
-                &Counter(AtomicU64::new(1)),
-            ),
+            ("rule_errors", "Rule documents rejected", &self.rule_errors),
         ];
-        for (name, help, c) in counters {
-            let kind = if name == "up" { "gauge" } else { "counter" };
-            let _ = writeln!(out, "# HELP execwatch_reclaimer_{name} {help}\n# TYPE execwatch_reclaimer_{name} {kind}\nexecwatch_reclaimer_{name} {}", c.get());
+        for (name, help, counter) in counters {
+            own.register(name, help, counter.clone());
         }
-        for (name, help, g) in [
-            (
-                "rules_invalid",
-                "1 while the current rules document is invalid.",
-                &self.rules_invalid,
-            ),
-            (
-                "rules_inert",
-                "1 while the rules never fire.",
-                &self.rules_inert,
-            ),
-            (
-                "rules_missing",
-                "1 while the rules source has no document and the last good rules are kept.",
-                &self.rules_missing,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP execwatch_reclaimer_{name} {help}\n# TYPE execwatch_reclaimer_{name} gauge\nexecwatch_reclaimer_{name} {}", g.load(Relaxed));
+        let up = Gauge::<i64>::default();
+        up.set(1);
+        let gauges = [
+            ("rules_invalid", "1 while the current rules document is invalid (the last good rules are in force)", &self.rules_invalid),
+            ("rules_inert", "1 while the loaded rules never fire", &self.rules_inert),
+            ("rules_missing", "1 while the rules source has no document (the node is disarmed unless --keep-rules-when-missing)", &self.rules_missing),
+            ("up", "Always 1 while the reclaimer runs", &up),
+        ];
+        for (name, help, gauge) in gauges {
+            own.register(name, help, gauge.clone());
         }
-        let h = &self.patch_latency;
-        let name = "execwatch_reclaimer_patch_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} From process observed to Node patch accepted.\n# TYPE {name} histogram"
+        own.register_with_unit(
+            "patch_latency",
+            "From the agent observing the process to the Node patch being accepted",
+            Unit::Seconds,
+            self.patch_latency.clone(),
         );
-        for (bound, bucket) in BUCKETS.iter().zip(&h.buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Relaxed)
-            );
-        }
-        let count = h.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            h.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
+        registry
+            .sub_registry_with_prefix("execwatch_agent")
+            .register_collector(Box::new(self.agent.clone()));
+        self.registry = registry;
+        self
+    }
+
+    /// The registry in `format`.
+    pub fn encode(&self, format: Format) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail, and every name is valid.
+        let _ = match format {
+            Format::OpenMetrics => text::encode(&mut out, &self.registry),
+            Format::Text => prometheus_text::encode(&mut out, &self.registry),
+        };
         out
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving metrics");
-    loop {
-        let (mut conn, _) = listener.accept().await?;
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            // One small request per connection; the body is never read.
-            let mut buf = [0u8; 1024];
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await;
-            let body = metrics.render();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-        });
+/// The two exposition formats a scraper may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4.
+    Text,
+}
+
+impl Format {
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => prometheus_text::CONTENT_TYPE,
+        }
+    }
+
+    /// The format an `Accept` header prefers: the supported media range with
+    /// the highest quality, the earlier on a tie; text when nothing supported
+    /// is named (what scrapers and curl get by default).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let mut best = (0.0f32, Format::Text);
+        for range in accept.unwrap_or_default().split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let (mut q, mut version) = (1.0f32, None);
+            for param in parts {
+                if let Some((k, v)) = param.split_once('=') {
+                    let v = v.trim().trim_matches('"');
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "q" => q = v.parse().unwrap_or(0.0),
+                        "version" => version = Some(v.to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+            let format = match (media.as_str(), version.as_deref()) {
+                ("application/openmetrics-text", None | Some("1.0.0" | "0.0.1")) => {
+                    Format::OpenMetrics
+                }
+                ("text/plain", None | Some("0.0.4")) | ("text/*" | "*/*", _) => Format::Text,
+                _ => continue,
+            };
+            if q > best.0 {
+                best = (q, format);
+            }
+        }
+        best.1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        let cases = [
+            (None, Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some(prometheus), Format::OpenMetrics),
+            (
+                Some("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5"),
+                Format::Text,
+            ),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (
+                Some("Application/OpenMetrics-Text; Version=\"1.0.0\""),
+                Format::OpenMetrics,
+            ),
+            (
+                Some("application/openmetrics-text;version=2.0.0"),
+                Format::Text,
+            ),
+            (Some("application/openmetrics-text;q=0"), Format::Text),
+            (Some("application/json"), Format::Text),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
+        }
+    }
+
+    /// Every name and type docs/operating.md lists, in both formats.
+    #[test]
+    fn names_and_types() {
+        let m = Metrics::new();
+        m.events.inc();
+        m.patch_latency.observe(0.02);
+        let text = m.encode(Format::Text);
+        for (name, kind) in [
+            ("events_total", "counter"),
+            ("matches_total", "counter"),
+            ("patches_total", "counter"),
+            ("patch_errors_total", "counter"),
+            ("reconnects_total", "counter"),
+            ("lost_markers_total", "counter"),
+            ("rule_reloads_total", "counter"),
+            ("rule_errors_total", "counter"),
+            ("rules_invalid", "gauge"),
+            ("rules_inert", "gauge"),
+            ("rules_missing", "gauge"),
+            ("up", "gauge"),
+            ("patch_latency_seconds", "histogram"),
+        ] {
+            let line = format!("# TYPE execwatch_reclaimer_{name} {kind}\n");
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
+        for sample in [
+            "execwatch_reclaimer_events_total 1\n",
+            "execwatch_reclaimer_up 1\n",
+            "execwatch_reclaimer_rules_inert 1\n",
+            "execwatch_reclaimer_patch_latency_seconds_bucket{le=\"0.01\"} 0\n",
+            "execwatch_reclaimer_patch_latency_seconds_bucket{le=\"0.025\"} 1\n",
+            "execwatch_reclaimer_patch_latency_seconds_bucket{le=\"+Inf\"} 1\n",
+            "execwatch_reclaimer_patch_latency_seconds_count 1\n",
+        ] {
+            assert!(text.contains(sample), "no {sample:?} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "{text}");
+        let open = m.encode(Format::OpenMetrics);
+        assert!(
+            open.contains("# TYPE execwatch_reclaimer_events counter\n"),
+            "{open}"
+        );
+        assert!(
+            open.contains("execwatch_reclaimer_events_total 1\n"),
+            "{open}"
+        );
+        assert!(open.ends_with("# EOF\n"), "{open}");
     }
 }

@@ -168,7 +168,9 @@ impl NodeClient {
             };
             if r.status.is_success() {
                 self.metrics.patches.inc();
-                self.metrics.patch_latency.observe(req.observed.elapsed());
+                self.metrics
+                    .patch_latency
+                    .observe(req.observed.elapsed().as_secs_f64());
                 self.spawn_event(req, node.metadata.uid.unwrap_or_default());
                 return Ok(Outcome::Written);
             }

@@ -7,16 +7,16 @@
 //! until a good document arrives.
 //!
 //! No document at all (the ConfigMap absent, deleted, without the
-//! `reclaim.toml` key, or that key blank; a rules file emptied) never
-//! disarms a node that has rules: a deletion mid-shift is far more often an
-//! accident (a pruning deploy tool, a wrong namespace) than a decision, and a
-//! node that silently stops reclaiming is the failure that hurts the owner.
-//! The reclaimer warns, names the rules it keeps, and sets the
-//! `rules_missing` gauge. Disarming is explicit: `match_commands = []`.
-//! Before any rules arrived, no document means inert (said as a warning).
+//! `reclaim.toml` key, or that key blank; a rules file emptied or removed)
+//! means no rules: the node is disarmed. That is 5-Spot's contract: its
+//! controller deletes `reclaim-agent-<node>` when the user empties
+//! `killIfCommands`, and its own agent goes idle on it. The reclaimer warns,
+//! naming the rules it dropped, and sets the `rules_missing` gauge.
+//! `--keep-rules-when-missing` keeps the rules in force instead (for a
+//! cluster where deletions are more often accidents than decisions; 5-Spot's
+//! disarm then needs `match_commands = []` or the pod's removal).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,11 +85,26 @@ pub fn load_file(path: &std::path::Path) -> Result<Rules, SourceError> {
     })
 }
 
+/// What to do when the source holds no rules document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenMissing {
+    /// Drop the rules in force: the node is disarmed (5-Spot's contract).
+    Disarm,
+    /// Keep the rules in force until a document arrives again.
+    Keep,
+}
+
 /// Sends every new rule set on `tx`, forever.
-pub async fn run(source: RulesSource, tx: mpsc::Sender<Rules>, metrics: Arc<Metrics>) {
+pub async fn run(
+    source: RulesSource,
+    when_missing: WhenMissing,
+    tx: mpsc::Sender<Rules>,
+    metrics: Arc<Metrics>,
+) {
     let mut feed = Feed {
         tx,
         metrics,
+        when_missing,
         in_force: None,
         key: matches!(source, RulesSource::ConfigMap { .. }).then_some(DATA_KEY),
     };
@@ -137,7 +152,9 @@ pub async fn run(source: RulesSource, tx: mpsc::Sender<Rules>, metrics: Arc<Metr
 struct Feed {
     tx: mpsc::Sender<Rules>,
     metrics: Arc<Metrics>,
-    /// Summary of the rules in force; `None` until the first rules arrive.
+    when_missing: WhenMissing,
+    /// Summary of the rules from a document in force; `None` while the
+    /// decision loop holds no such rules (at start, or after a disarm).
     in_force: Option<String>,
     /// The ConfigMap data key the documents come from; `None` for a file.
     key: Option<&'static str>,
@@ -162,36 +179,40 @@ impl Feed {
         }
     }
 
-    /// `what` holds no rules document: keep the rules in force, if any.
+    /// `what` holds no rules document: disarm, or keep the rules in force
+    /// with [`WhenMissing::Keep`]. Not a reload: no rule set was loaded.
     async fn missing(&mut self, what: &str, why: &str) {
-        match &self.in_force {
-            Some(rules) => {
-                // No document is not an invalid one.
-                self.metrics.rules_invalid.store(0, Relaxed);
-                self.metrics.rules_missing.store(1, Relaxed);
+        // No document is not an invalid one.
+        self.metrics.rules_invalid.set(0);
+        self.metrics.rules_missing.set(1);
+        match (self.in_force.take(), self.when_missing) {
+            (Some(rules), WhenMissing::Keep) => {
                 tracing::warn!(
                     rules = %rules,
                     "{what} {why}: keeping the rules in force until it holds rules again \
-                     (to disarm this node, set match_commands = []; a restarted reclaimer \
-                     starts without them)"
+                     (--keep-rules-when-missing; to disarm this node, set match_commands = []; \
+                     a restarted reclaimer starts without them)"
                 );
+                self.in_force = Some(rules);
             }
-            None => {
-                tracing::warn!("{what} {why}: no rules yet; this node is not armed");
-                self.good(&format!("{what} {why}"), Rules::inert()).await;
-                // Still no rules from a document: nothing to keep later.
-                self.in_force = None;
+            (Some(rules), WhenMissing::Disarm) => {
+                tracing::warn!(
+                    dropped = %rules,
+                    "{what} {why}: rules dropped; this node is not armed until it holds rules again"
+                );
+                self.metrics.rules_inert.set(1);
+                let _ = self.tx.send(Rules::inert()).await;
             }
+            // The decision loop holds no rules from a document: inert already.
+            (None, _) => tracing::warn!("{what} {why}: no rules yet; this node is not armed"),
         }
     }
 
     async fn good(&mut self, what: &str, rules: Rules) {
         self.metrics.rule_reloads.inc();
-        self.metrics.rules_invalid.store(0, Relaxed);
-        self.metrics.rules_missing.store(0, Relaxed);
-        self.metrics
-            .rules_inert
-            .store(u64::from(rules.is_inert()), Relaxed);
+        self.metrics.rules_invalid.set(0);
+        self.metrics.rules_missing.set(0);
+        self.metrics.rules_inert.set(i64::from(rules.is_inert()));
         let summary = rules.summary();
         tracing::info!(rules = %summary, "rules loaded from {what}");
         self.in_force = Some(summary);
@@ -200,8 +221,8 @@ impl Feed {
 
     fn bad(&mut self, what: &str, e: &crate::rules::RulesError) {
         self.metrics.rule_errors.inc();
-        self.metrics.rules_invalid.store(1, Relaxed);
-        self.metrics.rules_missing.store(0, Relaxed);
+        self.metrics.rules_invalid.set(1);
+        self.metrics.rules_missing.set(0);
         tracing::error!(
             line = e.line(),
             "rules in {what} rejected, keeping the last good rules: {e}"
@@ -210,7 +231,7 @@ impl Feed {
 }
 
 /// True if `text` sets no key: only blank lines and comments. Such a
-/// document is treated as no document, never as a decision to disarm.
+/// document is treated as no document.
 fn is_blank(text: &str) -> bool {
     text.lines()
         .map(str::trim)

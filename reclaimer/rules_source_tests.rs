@@ -1,5 +1,6 @@
-//! Tests of the rules sources: blank documents, the rules kept when a source
-//! loses its document, and the size cap on rules files.
+//! Tests of the rules sources: blank documents, what happens when a source
+//! loses its document (disarm, or keep with the opt-in), and the size cap on
+//! rules files.
 
 use super::*;
 use crate::rules::RulesError;
@@ -14,29 +15,98 @@ fn blank_documents() {
     }
 }
 
-/// Without a document the rules in force stay (nothing is sent) and
-/// the gauge says so; before any rules, no document means inert.
-#[tokio::test]
-async fn no_document_keeps_the_rules_in_force() {
-    let (tx, mut rx) = mpsc::channel(8);
+fn feed(when_missing: WhenMissing) -> (Feed, mpsc::Receiver<Rules>, Arc<Metrics>) {
+    let (tx, rx) = mpsc::channel(8);
     let metrics = Arc::new(Metrics::default());
-    let mut feed = Feed {
+    let feed = Feed {
         tx,
         metrics: metrics.clone(),
+        when_missing,
         in_force: None,
         key: Some(DATA_KEY),
     };
-    let what = "ConfigMap ns/reclaim-agent-n";
-    let missing = || metrics.rules_missing.load(Relaxed);
+    (feed, rx, metrics)
+}
+
+const WHAT: &str = "ConfigMap ns/reclaim-agent-n";
+
+/// By default no document disarms: a deletion (5-Spot's disarm), a missing
+/// key and a blank document each replace the rules with inert ones, once;
+/// the next good document arms again. Before any rules, no document leaves
+/// the node as it is: inert.
+#[tokio::test]
+async fn no_document_disarms() {
+    let (mut feed, mut rx, metrics) = feed(WhenMissing::Disarm);
+    let missing = || metrics.rules_missing.get();
+    let inert = || metrics.rules_inert.get();
+    feed.missing(WHAT, "is absent").await;
+    assert!(
+        rx.try_recv().is_err(),
+        "at start: inert already, nothing sent"
+    );
+    assert_eq!(missing(), 1);
+
+    let good = "match_commands = [\"java\"]".to_owned();
+    let (empty, comments) = (String::new(), "# off for now\n".to_owned());
+    for text in [None, Some(&empty), Some(&comments)] {
+        feed.document(WHAT, Some(&good)).await;
+        assert!(!rx.try_recv().unwrap().is_inert());
+        assert_eq!((missing(), inert()), (0, 0));
+        feed.document(WHAT, text).await;
+        assert!(rx.try_recv().unwrap().is_inert(), "{text:?} disarms");
+        assert_eq!((missing(), inert()), (1, 1), "{text:?}");
+        // Losing it again changes nothing more.
+        feed.missing(WHAT, "was deleted").await;
+        assert!(rx.try_recv().is_err(), "{text:?}: disarmed twice");
+    }
+    feed.document(WHAT, Some(&good)).await;
+    assert!(!rx.try_recv().unwrap().is_inert());
+    feed.missing(WHAT, "was deleted").await;
+    assert!(rx.try_recv().unwrap().is_inert(), "a deletion disarms");
+
+    // A malformed document after the disarm arms nothing.
+    feed.document(WHAT, Some(&"match_comands = []".to_owned()))
+        .await;
+    assert!(rx.try_recv().is_err());
+    assert_eq!((missing(), metrics.rules_invalid.get()), (0, 1));
+}
+
+/// A missing document is not a rule set loaded: `rule_reloads` counts
+/// documents that were applied, nothing else.
+#[tokio::test]
+async fn no_document_is_not_counted_as_a_reload() {
+    for when_missing in [WhenMissing::Disarm, WhenMissing::Keep] {
+        let (mut feed, _rx, metrics) = feed(when_missing);
+        let reloads = || metrics.rule_reloads.get();
+        feed.missing(WHAT, "is absent").await;
+        feed.document(WHAT, None).await;
+        assert_eq!(reloads(), 0, "{when_missing:?}: nothing was loaded");
+        feed.document(WHAT, Some(&"match_commands = []".to_owned()))
+            .await;
+        assert_eq!(reloads(), 1, "{when_missing:?}: inert rules are rules");
+        feed.missing(WHAT, "was deleted").await;
+        assert_eq!(reloads(), 1, "{when_missing:?}");
+    }
+}
+
+/// With `--keep-rules-when-missing`, without a document the rules in force
+/// stay (nothing is sent) and the gauge says so; before any rules, no
+/// document means inert.
+#[tokio::test]
+async fn no_document_keeps_the_rules_in_force_when_asked() {
+    let (mut feed, mut rx, metrics) = feed(WhenMissing::Keep);
+    let what = WHAT;
+    let missing = || metrics.rules_missing.get();
     feed.missing(what, "is absent").await;
-    assert!(rx.try_recv().unwrap().is_inert(), "at start: inert");
-    assert_eq!(missing(), 0);
+    assert!(rx.try_recv().is_err(), "at start: inert already");
+    assert_eq!(missing(), 1);
     feed.document(what, None).await;
-    assert!(rx.try_recv().unwrap().is_inert(), "still no rules: inert");
+    assert!(rx.try_recv().is_err(), "still no rules: inert");
 
     let good = "match_commands = [\"java\"]".to_owned();
     feed.document(what, Some(&good)).await;
     assert!(!rx.try_recv().unwrap().is_inert());
+    assert_eq!(missing(), 0);
     let (empty, comments) = (String::new(), "# off for now\n".to_owned());
     for text in [None, Some(&empty), Some(&comments)] {
         feed.document(what, text).await;
@@ -51,9 +121,9 @@ async fn no_document_keeps_the_rules_in_force() {
     feed.document(what, Some(&"match_comands = []".to_owned()))
         .await;
     assert!(rx.try_recv().is_err());
-    assert_eq!((missing(), metrics.rules_invalid.load(Relaxed)), (0, 1));
+    assert_eq!((missing(), metrics.rules_invalid.get()), (0, 1));
     feed.missing(what, "was deleted").await;
-    assert_eq!((missing(), metrics.rules_invalid.load(Relaxed)), (1, 0));
+    assert_eq!((missing(), metrics.rules_invalid.get()), (1, 0));
 
     // Explicitly inert rules are a decision, and apply.
     feed.document(what, Some(&"match_commands = []".to_owned()))

@@ -94,7 +94,8 @@ fn editing_the_rules_file_arms_and_disarms_and_bad_edits_keep_the_last_good_rule
     let running = prog.spawn(30, &[]);
     let reclaimer = Reclaimer::dry_run(&agent, &rules, &[]);
     reclaimer.wait_log("connected to the agent", 1, WAIT);
-    reclaimer.wait_log("inert", 1, WAIT);
+    // A blank file is no rules document: not armed (no rule set loaded).
+    reclaimer.wait_log("no rules yet; this node is not armed", 1, WAIT);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !reclaimer.logs().contains(DECISION),
@@ -138,8 +139,10 @@ fn bad_configuration_is_refused_at_start_with_the_input_named() {
     let big_number = write_file(dir.path(), "n.toml", "poll_interval_ms = 1e300\n");
     let long_node = "n".repeat(240);
     let long_socket = "/tmp/".to_owned() + &"s".repeat(110);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
     // (arguments, words the error must contain, exit code if it matters)
-    let cases: [(&[&str], &[&str], Option<i32>); 13] = [
+    let cases: [(&[&str], &[&str], Option<i32>); 14] = [
         (
             &["--dry-run", "--rules-file", &huge],
             &["huge.toml", "1048577 bytes long, at most 1048576"],
@@ -202,6 +205,11 @@ fn bad_configuration_is_refused_at_start_with_the_input_named() {
             None,
         ),
         (&["--recheck-interval", "soon"], &["soon"], Some(2)),
+        (
+            &["--dry-run", "--metrics-addr", &taken],
+            &["cannot serve metrics on", &taken, "in use"],
+            Some(1),
+        ),
     ];
     for (args, words, code) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
@@ -417,4 +425,161 @@ fn metrics_count_events_matches_and_rule_errors() {
         "dry-run writes nothing"
     );
     assert!(text.contains("# TYPE execwatch_reclaimer_patch_latency_seconds histogram"));
+}
+
+/// No rules document disarms by default: an emptied rules file drops the
+/// rules (a launch then decides nothing), rules written again arm at once
+/// (the program that runs fires), and a removed file drops them again.
+#[test]
+fn an_emptied_or_removed_rules_file_disarms() {
+    let agent = Agent::start(&[]);
+    let dir = world_readable_tempdir();
+    let prog = UniqueProgram::new("ewdrop");
+    let rules = rules_for(dir.path(), "rules.toml", &prog, "");
+    let reclaimer = Reclaimer::dry_run(&agent, &rules, &[]);
+    reclaimer.wait_log("connected to the agent", 1, WAIT);
+    reclaimer.wait_log("rules loaded from file", 1, WAIT);
+
+    std::fs::write(&rules, "").unwrap();
+    let logs = reclaimer.wait_log("is empty (no key set): rules dropped", 1, WAIT);
+    let line = logs.lines().find(|l| l.contains("rules dropped")).unwrap();
+    assert!(line.contains("dropped=commands=1 "), "{line}");
+    let running = prog.spawn(30, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!reclaimer.logs().contains(DECISION), "{}", reclaimer.logs());
+
+    std::fs::write(&rules, prog.rules()).unwrap();
+    reclaimer.wait_log("rules loaded from file", 2, WAIT);
+    reclaimer.wait_log(DECISION, 1, WAIT);
+
+    std::fs::remove_file(&rules).unwrap();
+    reclaimer.wait_log("cannot be read (No such file", 1, WAIT);
+    reclaimer.wait_log("rules dropped", 2, WAIT);
+    stop(running);
+}
+
+/// A free loopback address, released just before the reclaimer takes it.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) to `addr`; returns the
+/// status line and the body.
+fn http(addr: &str, request: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to --metrics-addr");
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+const SCRAPE: &str = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// One scrape of the real reclaimer shows the agent's counters too, and
+/// passes `promtool check metrics` (the Prometheus project's own linter);
+/// the server answers only `/metrics`.
+#[test]
+fn a_scrape_shows_the_whole_pod_and_passes_promtool() {
+    let agent = Agent::start(&[]);
+    let dir = world_readable_tempdir();
+    let prog = UniqueProgram::new("ewprom");
+    let rules = rules_for(dir.path(), "rules.toml", &prog, "");
+    let addr = free_addr();
+    let reclaimer = Reclaimer::dry_run(&agent, &rules, &["--metrics-addr", &addr]);
+    reclaimer.wait_log("connected to the agent", 1, WAIT);
+    let running = prog.spawn(30, &[]);
+    reclaimer.wait_log(DECISION, 1, WAIT);
+    stop(running);
+
+    // The agent's counters arrive with the first GetStats after connecting.
+    let deadline = std::time::Instant::now() + WAIT;
+    let body = loop {
+        let (status, body) = http(&addr, SCRAPE);
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        if body.contains("execwatch_agent_execs_total ") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no agent metrics:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("execwatch_agent_execs_total") >= 1.0);
+    assert_eq!(value("execwatch_agent_subscribers"), 1.0, "the reclaimer");
+    assert_eq!(value("execwatch_reclaimer_matches_total"), 1.0);
+    assert!(
+        body.contains("execwatch_agent_detector_info{detector=\"netlink\""),
+        "{body}"
+    );
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; tests/run.sh installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {said}\n{body}"
+    );
+    assert!(said.trim().is_empty(), "promtool found problems: {said}");
+
+    let (status, _) = http(&addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _) = http(&addr, "DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    let (status, body) = http(&addr, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", ""));
+}
+
+/// Out of descriptors, the metrics server cannot accept: it says so, and
+/// serves again once connections close (it used to stop for good, silently,
+/// while the reclaimer looked healthy).
+#[test]
+fn the_metrics_server_survives_running_out_of_descriptors() {
+    let agent = Agent::start(&[]);
+    let dir = world_readable_tempdir();
+    let prog = UniqueProgram::new("ewfds");
+    let rules = rules_for(dir.path(), "rules.toml", &prog, "");
+    let addr = free_addr();
+    let reclaimer = Reclaimer::dry_run(&agent, &rules, &["--metrics-addr", &addr]);
+    reclaimer.wait_log("connected to the agent", 1, WAIT);
+    reclaimer.wait_log("serving metrics", 1, WAIT);
+    let pid = reclaimer.child.id().to_string();
+    let limited = Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=40:40"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+
+    // 60 idle connections: the kernel completes them all, the reclaimer
+    // runs out of descriptors accepting them.
+    let idle: Vec<std::net::TcpStream> = (0..60)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let logs = reclaimer.wait_log("metrics server: cannot accept a connection", 1, WAIT);
+    assert!(logs.contains("Too many open files"), "{logs}");
+    drop(idle);
+
+    let (status, body) = http(&addr, SCRAPE);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains("execwatch_reclaimer_up 1\n"), "{body}");
+    reclaimer.wait_log("metrics server: accepting connections again", 1, WAIT);
 }

@@ -34,6 +34,15 @@ if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
 fi
 
+# promtool (Debian's prometheus package) lints a real metrics scrape
+# (tests/reclaimer_dry_run.rs).
+if ! command -v promtool >/dev/null; then
+    log "installing promtool (apt-get install prometheus)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+promtool --version >&2
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

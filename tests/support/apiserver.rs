@@ -404,18 +404,25 @@ impl HostNode {
     /// Starts a reclaimer for this Node on the agent's `socket`, without
     /// waiting for anything.
     pub fn start_reclaimer(&self, socket: &Path) -> Reclaimer {
+        self.start_reclaimer_with(socket, &[])
+    }
+
+    /// [`HostNode::start_reclaimer`] with `extra` arguments.
+    pub fn start_reclaimer_with(&self, socket: &Path, extra: &[&str]) -> Reclaimer {
         let utf8 = |p: &Path| p.to_str().expect("a UTF-8 path").to_string();
+        let (socket, machine_id_file) = (utf8(socket), utf8(&self.machine_id_file));
+        let args = [
+            "--socket",
+            &socket,
+            "--node-name",
+            &self.name,
+            "--machine-id-file",
+            &machine_id_file,
+            "--recheck-interval",
+            RECHECK,
+        ];
         Reclaimer::start(
-            &[
-                "--socket",
-                &utf8(socket),
-                "--node-name",
-                &self.name,
-                "--machine-id-file",
-                &utf8(&self.machine_id_file),
-                "--recheck-interval",
-                RECHECK,
-            ],
+            &[&args[..], extra].concat(),
             &[("KUBECONFIG", &utf8(&self.kubeconfig))],
         )
     }

@@ -1,0 +1,139 @@
+//! The agent's bounds hold for any input and any peer: memory is bounded in
+//! bytes (not in items) whatever the command lines look like, streams per
+//! connection and subscribers in total and per uid are capped, and what is
+//! refused is refused with RESOURCE_EXHAUSTED.
+
+mod support;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use execwatch::proto::WatchRequest;
+use support::*;
+use tonic::Code;
+
+/// The agent's peak resident memory (VmHWM), in KiB.
+fn vm_hwm_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The documented bound (docs/operating.md#memory) for `subscribers`
+/// stalled subscribers with the default flags: 24 MiB of base (a debug
+/// build; a release agent idles near 7 MiB), and per
+/// subscriber its 4 MiB queue, 4 records of at most 64 KiB of argv (plus
+/// 16 KiB of other fields) between its task and its stream, 400 KiB of
+/// HTTP/2 send buffer and a 256 KiB snapshot chunk.
+fn documented_bound_kib(subscribers: u64) -> u64 {
+    24 * 1024 + subscribers * (4 * 1024 + 4 * 80 + 400 + 256 + 80)
+}
+
+/// One subscriber that stops reading while an unprivileged-looking storm
+/// runs programs with two 64 KiB arguments of non-UTF-8 bytes (each record
+/// carries the raw bytes and a lossy string three times their size): the
+/// agent's peak memory stays within the documented bound (it reached
+/// 630 MB when the queue was bounded in items).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_and_huge_non_utf8_command_lines_stay_within_the_byte_bound() {
+    let agent = Agent::start(&[]);
+    let mut stalled = watch_small_window(&agent.socket, live(false)).await;
+    // It reads one item, then nothing more.
+    let _ = stalled.message().await;
+    let blob = vec![0xffu8; 64 * 1024];
+    let arg = OsStr::from_bytes(&blob);
+    let truth = which("true");
+    let started = Instant::now();
+    let mut spawned = 0u32;
+    tokio::task::block_in_place(|| {
+        while started.elapsed() < Duration::from_secs(10) {
+            let due = started + Duration::from_millis(u64::from(spawned) * 1000 / 127);
+            if let Some(early) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(early);
+            }
+            let status = Command::new(&truth)
+                .arg(arg)
+                .arg(arg)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            spawned += 1;
+        }
+    });
+    let stats = agent.stats().await;
+    let peak = vm_hwm_kib(agent.pid());
+    println!(
+        "{spawned} execs with 2 x 64 KiB non-UTF-8 arguments, 1 stalled subscriber: agent VmHWM {peak} KiB, {} subscriber overflows",
+        stats.subscriber_overflows
+    );
+    assert!(spawned > 500, "the storm ran: {spawned}");
+    assert!(
+        stats.subscriber_overflows >= 1,
+        "the stalled subscriber's queue filled"
+    );
+    let bound = documented_bound_kib(1);
+    assert!(peak < bound, "VmHWM {peak} KiB over the bound {bound} KiB");
+}
+
+/// One connection asking for many streams gets as many as the HTTP/2
+/// SETTINGS allow (`--max-streams-per-connection`); the rest wait on the
+/// client side and cost the agent nothing.
+#[tokio::test]
+async fn one_connection_gets_only_its_share_of_streams() {
+    let agent = Agent::start(&["--max-streams-per-connection=4", "--max-subscribers=64"]);
+    let client = agent.client().await;
+    let mut opened = Vec::new();
+    for _ in 0..40 {
+        let mut c = client.clone();
+        opened.push(tokio::spawn(async move { c.watch(live(false)).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stats = agent.stats().await;
+    println!(
+        "40 Watch calls on one connection: {} subscribers served",
+        stats.subscribers
+    );
+    assert_eq!(stats.subscribers, 4, "the agent announced 4 streams");
+    for task in opened {
+        task.abort();
+    }
+}
+
+/// Subscribers beyond `--max-subscribers-per-uid` for one uid, or beyond
+/// `--max-subscribers` in all, are refused with RESOURCE_EXHAUSTED naming
+/// the flag; a seat freed is a seat again.
+#[tokio::test]
+async fn subscribers_are_capped_per_uid_and_in_total() {
+    for (flags, flag) in [
+        (
+            ["--max-subscribers=8", "--max-subscribers-per-uid=2"],
+            "--max-subscribers-per-uid",
+        ),
+        (
+            ["--max-subscribers=2", "--max-subscribers-per-uid=8"],
+            "(--max-subscribers)",
+        ),
+    ] {
+        let agent = Agent::start(&flags);
+        let mut streams = Vec::new();
+        for _ in 0..2 {
+            streams.push(agent.watch(live(false)).await);
+        }
+        let mut client = execwatch::client::exec_events(&agent.socket).await.unwrap();
+        let refused = client
+            .watch(WatchRequest::default())
+            .await
+            .expect_err("a third subscriber");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+        assert!(refused.message().contains(flag), "{flag}: {refused}");
+        drop(streams.pop());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = client.watch(live(false)).await;
+        assert!(again.is_ok(), "a freed seat is a seat again: {again:?}");
+        assert!(agent.logs().contains("refused a subscriber"));
+        assert_eq!(agent.stats().await.subscribers, 2);
+    }
+}
