@@ -388,8 +388,9 @@ start_watchdog() {
             state="$(sed -n "s/^State:[[:space:]]*\(.\).*/\1/p" "/proc/${owner}/status" 2>/dev/null)" || return 1
             [[ -n "${state}" && "${state}" != [ZX] ]]
         }
-        while owner_alive && [[ -e "${dir}/kubelet.pid" ]]; do sleep 1; done
-        if [[ -e "${dir}/kubelet.pid" ]]; then
+        # host-state exists from before the first daemon until the end of --stop.
+        while owner_alive && [[ -e "${dir}/host-state" ]]; do sleep 1; done
+        if [[ -e "${dir}/host-state" ]]; then
             echo "owner ${owner} is gone, stopping the test node"
             EXECWATCH_KUBE_IN_WATCHDOG=1 "${self}" --stop "${dir}"
         fi' execwatch-node-watchdog "${owner}" "${DIR}/" "${SELF}"
