@@ -43,10 +43,13 @@ const QUIET: Duration = Duration::from_secs(3);
 /// The stand-in `java` that runs inside an ordinary pod.
 const FAKE_JAVA_IMAGE: &str = "execwatch.test/fake-java:1";
 
-/// Prints past the harness's capture, so every run shows the figures.
+/// Prints past the harness's capture, so every run shows the figures, with
+/// the time since the test began.
 fn report(line: String) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "[node_pod] {line}");
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    let _ = writeln!(std::io::stderr(), "[node_pod {t:6.1}s] {line}");
 }
 
 fn secs(d: Duration) -> String {
@@ -61,6 +64,7 @@ async fn deploy_runs_on_a_real_node() {
         "run as root: a kubelet needs it"
     );
     let before = HostState::now();
+    report("building the image (deploy/image/build.sh), starting the node".into());
     let image = tokio::task::block_in_place(build_image);
     let started = Instant::now();
     let mut node = tokio::task::block_in_place(|| TestNode::start(&[&image]));
@@ -102,6 +106,7 @@ async fn deploy_runs_on_a_real_node() {
     a_java_inside_a_pod_does_not_reclaim(&w).await;
 
     // Two liveness periods (30 s each) with 0 restarts and Ready throughout.
+    report("waiting out two liveness periods".into());
     let two_periods = Duration::from_secs(65);
     if let Some(left) = two_periods.checked_sub(ready_at.elapsed()) {
         tokio::time::sleep(left).await;
@@ -113,11 +118,16 @@ async fn deploy_runs_on_a_real_node() {
         vec![0, 0],
         "restarts after two liveness periods"
     );
+    report(format!(
+        "Ready with 0 restarts {} after Ready",
+        secs(ready_at.elapsed())
+    ));
 
     let pod = rollout_restart_keeps_a_java_started_meanwhile(&w, &pod_name).await;
     the_agent_stops_on_sigterm_and_the_reclaimer_reconnects(&w, &pod).await;
 
     // Teardown leaves the host as it was (DIR, mounts, processes too).
+    report("tearing down".into());
     let dir = node.dir.clone();
     tokio::task::block_in_place(|| node.stop());
     let after = HostState::now();
@@ -136,6 +146,10 @@ async fn deploy_runs_on_a_real_node() {
         .filter(|c| c.contains(dir.to_str().unwrap()))
         .collect();
     assert!(leftover.is_empty(), "processes left: {leftover:?}");
+    report(
+        "torn down: sysctls, host directories, kubepods cgroups, mounts and processes as before"
+            .into(),
+    );
 }
 
 /// The node under test and an admin client.
