@@ -13,7 +13,7 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,6 +42,30 @@ const REARM_WAIT: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_secs(3);
 /// The stand-in `java` that runs inside an ordinary pod.
 const FAKE_JAVA_IMAGE: &str = "execwatch.test/fake-java:1";
+
+/// The uid every `java` of this test runs as. The pod sees the whole host,
+/// and other javas may run there (a shared CI machine, a developer's IDE):
+/// the rules match only this uid's, so theirs neither fire nor hide ours.
+const JAVA_UID: u32 = 54321;
+
+/// The node's rules: the default scope, `java` launched by [`JAVA_UID`].
+fn rules() -> String {
+    format!("match_commands = [\"java\"]\nmatch_uids = [{JAVA_UID}]\n")
+}
+
+/// A real `/usr/bin/java` with `args`, run as [`JAVA_UID`] in `cwd`.
+fn java(args: &[&str], cwd: &std::path::Path) -> Child {
+    use std::os::unix::process::CommandExt;
+    Command::new("/usr/bin/java")
+        .args(args)
+        .current_dir(cwd)
+        .uid(JAVA_UID)
+        .gid(JAVA_UID)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn java")
+}
 
 /// Prints past the harness's capture, so every run shows the figures, with
 /// the time since the test began.
@@ -81,7 +105,7 @@ async fn deploy_runs_on_a_real_node() {
     // Install as an operator does: the manifests unchanged, rules, opt-in.
     let deploy = support::node::repo().join("deploy");
     node.kubectl(&["apply", "-k", deploy.to_str().unwrap()]);
-    put_rules(&admin, &node.name, "match_commands = [\"java\"]\n").await;
+    put_rules(&admin, &node.name, &rules()).await;
     let labelled = Instant::now();
     node.kubectl(&["label", "node", &node.name, OPT_IN]);
     let pod = w.ready_pod(None).await;
@@ -530,11 +554,7 @@ async fn a_real_java_ends_in_the_annotations(w: &World<'_>) {
     let before = reclaim_events(&w.admin, &w.node.name).await.len();
     let wall_before = jiff::Timestamp::now();
     let launched = Instant::now();
-    let mut java = Command::new("/usr/bin/java")
-        .arg("-version")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn java");
+    let mut java = java(&["-version"], std::path::Path::new("/"));
     let pid = java.id();
     let (node, seen) = w.requested(&mut stream).await;
     let latency = seen - launched;
@@ -573,6 +593,8 @@ async fn a_java_inside_a_pod_does_not_reclaim(w: &World<'_>) {
             "automountServiceAccountToken": false,
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
+            // The uid the rules match: only the scope keeps it out.
+            "securityContext": {"runAsUser": JAVA_UID, "runAsGroup": JAVA_UID},
             "containers": [{"name": "java", "image": FAKE_JAVA_IMAGE, "imagePullPolicy": "Never"}]
         }
     }))
@@ -600,6 +622,12 @@ async fn a_java_inside_a_pod_does_not_reclaim(w: &World<'_>) {
     let pid = w.node.container_pid(&id);
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "java", "the pod's process is a `java`");
+    let uid = field(&proc_status(pid), "Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(uid, JAVA_UID.to_string(), "run by the uid the rules match");
     let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cgroup.contains("/kubepods/"), "in a pod's cgroup: {cgroup}");
     tokio::time::sleep(QUIET).await;
@@ -632,18 +660,15 @@ struct PausedJava {
 
 impl PausedJava {
     fn start() -> PausedJava {
+        // The JVM writes its pause file here, as JAVA_UID.
         let cwd = tempfile::tempdir().unwrap();
-        let child = Command::new("/usr/bin/java")
-            .args([
-                "-XX:+UnlockDiagnosticVMOptions",
-                "-XX:+PauseAtStartup",
-                "-version",
-            ])
-            .current_dir(cwd.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn java");
+        fs::set_permissions(cwd.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let args = [
+            "-XX:+UnlockDiagnosticVMOptions",
+            "-XX:+PauseAtStartup",
+            "-version",
+        ];
+        let child = java(&args, cwd.path());
         PausedJava { child, _cwd: cwd }
     }
 }

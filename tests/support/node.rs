@@ -36,7 +36,20 @@ pub fn run(mut cmd: Command) -> String {
 /// the name deploy/base/kustomization.yaml maps `execwatch` to). Returns the
 /// archive; a no-op build when tests/run.sh built it already.
 pub fn build_image() -> PathBuf {
-    let out = run(Command::new(repo().join("deploy/image/build.sh")));
+    let mut cmd = Command::new(repo().join("deploy/image/build.sh"));
+    // Without what `cargo test` adds to a test's environment (CARGO_*,
+    // OUT_DIR, the library path): the build then sees the environment
+    // tests/run.sh built the image in, and finds it up to date instead of
+    // rebuilding it for minutes.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let added = (key.starts_with("CARGO") && key != "CARGO_HOME")
+            || ["OUT_DIR", "LD_LIBRARY_PATH", "RUSTC", "RUSTDOC"].contains(&key.as_str());
+        if added {
+            cmd.env_remove(&key);
+        }
+    }
+    let out = run(cmd);
     let path = PathBuf::from(out.lines().last().unwrap_or_default().trim());
     assert!(path.is_file(), "build.sh gave no archive: {out}");
     path
