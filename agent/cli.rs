@@ -107,6 +107,15 @@ pub struct RunArgs {
     #[arg(long, env = "EXECWATCH_MAX_SUBSCRIBERS_PER_UID", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_subscribers_per_uid: u32,
 
+    /// Connections open at once (1 to 65536); more are closed at once. The
+    /// agent's own uid (its health probe) is not counted.
+    #[arg(long, env = "EXECWATCH_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_connections: u32,
+
+    /// Connections one peer uid may have open at once (1 to 65536).
+    #[arg(long, env = "EXECWATCH_MAX_CONNECTIONS_PER_UID", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_connections_per_uid: u32,
+
     /// Concurrent HTTP/2 streams (RPCs) one connection may open: the
     /// SETTINGS_MAX_CONCURRENT_STREAMS the agent announces (1 to 1024).
     #[arg(long, env = "EXECWATCH_MAX_STREAMS_PER_CONNECTION", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -218,6 +227,8 @@ mod tests {
             &["--max-subscribers=1", "--max-subscribers-per-uid=1024"],
             &["--max-subscribers=1024", "--max-subscribers-per-uid=1"],
             &["--max-streams-per-connection=1"],
+            &["--max-connections=1", "--max-connections-per-uid=65536"],
+            &["--max-connections=65536", "--max-connections-per-uid=1"],
             &["--max-streams-per-connection=1024"],
             &["health-check", "--timeout=100ms"],
             &["health-check", "--timeout=5m"],
@@ -265,6 +276,14 @@ mod tests {
             (
                 &["--max-subscribers-per-uid=1025"],
                 &["--max-subscribers-per-uid", "1..=1024"],
+            ),
+            (
+                &["--max-connections=0"],
+                &["--max-connections", "1..=65536"],
+            ),
+            (
+                &["--max-connections-per-uid=65537"],
+                &["--max-connections-per-uid", "1..=65536"],
             ),
             (
                 &["--max-streams-per-connection=0"],

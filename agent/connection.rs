@@ -8,6 +8,11 @@
 //! for reading only; a write goes straight to the socket, and only when it
 //! would block is a duplicate descriptor registered for writability, until
 //! the next write gets through.
+//!
+//! What the client sends passes through a [`Normalizer`] on its way to h2,
+//! so any `:authority` is accepted; what the agent writes is followed by
+//! [`Refusals`]. The first refusal on a connection is logged at `warn`
+//! with the peer's uid and the reason.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -19,6 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
+use crate::authority::Normalizer;
+use crate::refusal::Refusals;
+
 /// An accepted client connection.
 pub struct Connection {
     read: AsyncFd<OwnedFd>,
@@ -26,6 +34,15 @@ pub struct Connection {
     /// is blocked.
     write: Option<AsyncFd<OwnedFd>>,
     info: UdsConnectInfo,
+    /// The client's bytes on their way to h2.
+    normalizer: Normalizer,
+    /// What the normalizer produced that h2 has not read yet, from `at`.
+    pending: Vec<u8>,
+    at: usize,
+    /// The agent's bytes on their way to the client.
+    refusals: Refusals,
+    /// Whether a refusal was logged on this connection.
+    logged: bool,
 }
 
 impl Connection {
@@ -39,7 +56,58 @@ impl Connection {
             read: register(fd, Interest::READABLE)?,
             write: None,
             info,
+            normalizer: Normalizer::new(),
+            pending: Vec::new(),
+            at: 0,
+            refusals: Refusals::default(),
+            logged: false,
         })
+    }
+
+    /// Logs the first refusal on this connection.
+    fn log_refusal(&mut self, reason: impl std::fmt::Display) {
+        if self.logged {
+            return;
+        }
+        self.logged = true;
+        let peer = self
+            .info
+            .peer_cred
+            .map_or("unknown".to_string(), |cred| cred.uid().to_string());
+        tracing::warn!(peer_uid = %peer, %reason, "refused an HTTP/2 request on the socket");
+    }
+
+    /// Follows what was written: the first `n` bytes of `bufs`.
+    fn follow_written(&mut self, bufs: &[IoSlice<'_>], mut n: usize) {
+        for buf in bufs {
+            if n == 0 {
+                break;
+            }
+            let part = &buf[..buf.len().min(n)];
+            n -= part.len();
+            if let Some(refusal) = self.refusals.follow(part) {
+                let reason = match self.normalizer.request_on(refusal.stream) {
+                    Some(request) if !refusal.goaway => format!("{refusal} ({request})"),
+                    _ => refusal.to_string(),
+                };
+                self.log_refusal(reason);
+            }
+        }
+    }
+
+    /// Hands on what the normalizer produced, if anything is left.
+    fn take_pending(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.at == self.pending.len() {
+            return false;
+        }
+        let n = buf.remaining().min(self.pending.len() - self.at);
+        buf.put_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        if self.at == self.pending.len() {
+            self.pending.clear();
+            self.at = 0;
+        }
+        true
     }
 
     /// Runs the non-blocking write `op`, waiting for writability only if
@@ -84,30 +152,51 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         // A read into no room would return 0, which means end of stream.
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
         loop {
-            let mut guard = ready!(self.read.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            let result = guard.try_io(|fd| {
-                // SAFETY: `unfilled` is valid for writes of its length.
-                let n = unsafe {
-                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
-                };
-                if n < 0 {
-                    return Err(io::Error::last_os_error());
+            if this.take_pending(buf) {
+                return Poll::Ready(Ok(()));
+            }
+            if this.normalizer.closed() {
+                // h2 has a block it refuses; it needs nothing more.
+                return Poll::Ready(Ok(()));
+            }
+            let n = {
+                let mut guard = ready!(this.read.poll_read_ready(cx))?;
+                let unfilled = buf.initialize_unfilled();
+                let result = guard.try_io(|fd| {
+                    // SAFETY: `unfilled` is valid for writes of its length.
+                    let n = unsafe {
+                        libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
+                    };
+                    if n < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(n as usize)
+                });
+                match result {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Poll::Ready(Err(e)),
+                    Err(_would_block) => continue,
                 }
-                Ok(n as usize)
-            });
-            match result {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
+            };
+            if n == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // What passes on as read stays in place; the rest comes from
+            // the pending bytes on the next turn.
+            let read = &buf.initialize_unfilled()[..n];
+            let direct = this.normalizer.feed(read, &mut this.pending);
+            if let Some(reason) = this.normalizer.take_refusal() {
+                this.log_refusal(reason);
+            }
+            if direct > 0 {
+                buf.advance(direct);
+                return Poll::Ready(Ok(()));
             }
         }
     }
@@ -119,7 +208,8 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |fd| {
+        let this = self.get_mut();
+        let written = ready!(this.poll_write_with(cx, |fd| {
             // SAFETY: `data` is valid for reads of its length. MSG_NOSIGNAL:
             // a client that hung up is an error here, not a SIGPIPE.
             let n = unsafe {
@@ -131,7 +221,9 @@ impl AsyncWrite for Connection {
                 )
             };
             result(n)
-        })
+        }))?;
+        this.follow_written(&[IoSlice::new(data)], written);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -139,7 +231,8 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |fd| {
+        let this = self.get_mut();
+        let written = ready!(this.poll_write_with(cx, |fd| {
             // SAFETY: IoSlice is ABI-compatible with iovec; the slices are
             // valid for reads. MSG_NOSIGNAL as in poll_write.
             let msg = libc::msghdr {
@@ -152,7 +245,9 @@ impl AsyncWrite for Connection {
                 msg_flags: 0,
             };
             result(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
-        })
+        }))?;
+        this.follow_written(bufs, written);
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -264,6 +359,32 @@ mod tests {
         let mut one = [0u8; 1];
         conn.read_exact(&mut one).await.unwrap();
         assert_eq!(&one, b"x");
+    }
+
+    /// What the client sends reaches h2 through the normalizer, here read
+    /// through a 5-byte buffer so the normalized block comes out in pieces.
+    #[tokio::test]
+    async fn reads_pass_through_the_authority_normalizer() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(ours).unwrap();
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend([0, 0, 7, 0x1, 0x4, 0, 0, 0, 1]); // HEADERS, END_HEADERS, stream 1
+        input.extend([0x83, 0x86, 0x84, 0x41, 0x02, b'/', b's']); // POST http / :authority /s
+        input.extend([0, 0, 2, 0x0, 0x1, 0, 0, 0, 1, b'o', b'k']); // DATA, END_STREAM
+        peer.write_all(&input).await.unwrap();
+        drop(peer);
+        let mut got = Vec::new();
+        let mut piece = [0u8; 5];
+        loop {
+            let n = conn.read(&mut piece).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert!(got.starts_with(b"PRI * HTTP/2.0"));
+        assert!(got.windows(9).any(|w| w == b"localhost"), "{got:?}");
+        assert!(got.ends_with(&[0, 0, 2, 0x0, 0x1, 0, 0, 0, 1, b'o', b'k']));
     }
 
     #[tokio::test]

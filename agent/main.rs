@@ -2,6 +2,7 @@
 //! process launches and serves them as a gRPC stream on a Unix socket. It
 //! holds no rules and no Kubernetes credentials, and listens on no network.
 
+mod authority;
 mod cli;
 mod connection;
 mod exit_socket;
@@ -13,8 +14,10 @@ mod netlink_detector;
 mod netlink_reader;
 mod poll;
 mod procfs;
+mod quota;
 mod redaction;
 mod redaction_patterns;
+mod refusal;
 mod server;
 mod service;
 mod stat_line;
@@ -158,6 +161,8 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             args.max_subscribers_per_uid as usize,
         ),
         streams_per_connection: args.max_streams_per_connection,
+        connections: args.max_connections as usize,
+        connections_per_uid: args.max_connections_per_uid as usize,
     };
     let stopped =
         server::serve(listener, &socket, shared, peers, limits, stop, streams_end).await?;

@@ -16,7 +16,7 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
-use crate::listener;
+use crate::listener::{self, Admission};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
@@ -192,6 +192,10 @@ pub struct Limits {
     pub seats: Seats,
     /// HTTP/2 streams one connection may have open.
     pub streams_per_connection: u32,
+    /// Connections open at once, in total (the agent's own uid aside).
+    pub connections: usize,
+    /// Connections one peer uid may have open at once.
+    pub connections_per_uid: usize,
 }
 
 /// Why serving ended.
@@ -240,9 +244,19 @@ pub async fn serve(
         .add_service(guarded(health_service, &peers))
         .add_service(guarded(reflection_v1, &peers))
         .add_service(guarded(reflection_v1alpha, &peers))
-        .serve_with_incoming_shutdown(listener::incoming(listener), async {
-            let _ = drain_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            listener::incoming(
+                listener,
+                Admission {
+                    peers: peers.clone(),
+                    max_connections: limits.connections,
+                    max_per_uid: limits.connections_per_uid,
+                },
+            ),
+            async {
+                let _ = drain_rx.await;
+            },
+        );
     tokio::pin!(server);
     let why = tokio::select! {
         result = &mut server => {

@@ -2,8 +2,8 @@
 //! every service on the socket, and the cap on subscribers in total and per
 //! peer uid.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use execwatch::proto::exec_events_server::ExecEvents;
 use execwatch::proto::{Stats, StatsRequest, WatchEvent, WatchRequest};
@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::quota::{Over, Place, Quota};
 use crate::stats;
 use crate::subscription::{self, Shared};
 
@@ -34,63 +35,31 @@ impl ExecEventsService {
 
 /// How many subscribers may be served at once, in total and per peer uid.
 #[derive(Clone)]
-pub struct Seats {
-    taken: Arc<Mutex<HashMap<Option<u32>, usize>>>,
-    total: usize,
-    per_uid: usize,
-}
+pub struct Seats(Quota);
 
 /// One subscriber's seat, given back when the subscription ends.
-pub struct Seat {
-    taken: Arc<Mutex<HashMap<Option<u32>, usize>>>,
-    uid: Option<u32>,
-}
+pub type Seat = Place;
 
 impl Seats {
     /// At most `total` subscribers, `per_uid` of them for one peer uid.
     pub fn new(total: usize, per_uid: usize) -> Self {
-        Self {
-            taken: Arc::default(),
-            total,
-            per_uid,
-        }
+        Self(Quota::new(total, per_uid))
     }
 
     /// A seat for a subscriber from `uid`, or the reason there is none.
     fn take(&self, uid: Option<u32>) -> Result<Seat, Status> {
-        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = taken.values().sum();
-        let mine = taken.get(&uid).copied().unwrap_or(0);
         let peer = uid.map_or("unknown".into(), |u| u.to_string());
-        if total >= self.total {
-            tracing::warn!(peer_uid = %peer, limit = self.total, "refused a subscriber: the agent serves its maximum");
-            return Err(Status::resource_exhausted(format!(
-                "the agent already serves {total} subscribers (--max-subscribers); try again later"
-            )));
-        }
-        if mine >= self.per_uid {
-            tracing::warn!(peer_uid = %peer, limit = self.per_uid, "refused a subscriber: its uid has its maximum");
-            return Err(Status::resource_exhausted(format!(
-                "uid {peer} already has {mine} subscribers (--max-subscribers-per-uid); close one first"
-            )));
-        }
-        *taken.entry(uid).or_default() += 1;
-        Ok(Seat {
-            taken: self.taken.clone(),
-            uid,
+        self.0.take(uid).map_err(|over| {
+            tracing::warn!(peer_uid = %peer, "refused a subscriber: {over:?}");
+            Status::resource_exhausted(match over {
+                Over::Total(n) => format!(
+                    "the agent already serves {n} subscribers (--max-subscribers); try again later"
+                ),
+                Over::PerUid(n) => format!(
+                    "uid {peer} already has {n} subscribers (--max-subscribers-per-uid); close one first"
+                ),
+            })
         })
-    }
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = taken.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                taken.remove(&self.uid);
-            }
-        }
     }
 }
 
@@ -144,20 +113,28 @@ impl PeerCheck {
         Self { allowed, stats }
     }
 
+    /// Whether a peer with `uid` may use the socket; a refusal is logged and
+    /// counted. Called when a connection is accepted (a refused peer's
+    /// connection is closed at once) and again on every request.
+    pub fn admits(&self, uid: Option<u32>) -> bool {
+        let Some(allowed) = &self.allowed else {
+            return true;
+        };
+        if uid.is_some_and(|uid| allowed.contains(&uid)) {
+            return true;
+        }
+        self.stats.add_peers_denied(1);
+        let peer = uid.map_or("unknown".to_string(), |u| u.to_string());
+        tracing::warn!(peer_uid = %peer, "refused a peer not in --allow-uid");
+        false
+    }
+
     /// The interceptor: admits or refuses one request.
     pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(allowed) = &self.allowed else {
-            return Ok(req);
-        };
-        let uid = peer_uid(&req);
-        match uid {
-            Some(uid) if allowed.contains(&uid) => Ok(req),
-            _ => {
-                self.stats.add_peers_denied(1);
-                let peer = uid.map_or("unknown".to_string(), |u| u.to_string());
-                tracing::warn!(peer_uid = %peer, "refused a peer not in --allow-uid");
-                Err(Status::permission_denied("permission denied"))
-            }
+        if self.admits(peer_uid(&req)) {
+            Ok(req)
+        } else {
+            Err(Status::permission_denied("permission denied"))
         }
     }
 }

@@ -59,7 +59,7 @@ pub enum SourceError {
         path: PathBuf,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: ReadError,
     },
     /// The file does not parse.
     #[error("the rules file {path} is invalid: {source}")]
@@ -165,7 +165,9 @@ impl Feed {
     async fn document(&mut self, what: &str, text: Option<&String>) {
         match text {
             None => self.missing(what, &format!("has no {DATA_KEY} key")).await,
-            Some(text) if is_blank(text) => {
+            // A huge document is refused as too large by the parser, even
+            // if what was read of it is only comments.
+            Some(text) if text.len() <= MAX_DOCUMENT_BYTES && is_blank(text) => {
                 let why = match self.key {
                     Some(key) => format!("has an empty {key} (no key set)"),
                     None => "is empty (no key set)".to_owned(),
@@ -219,6 +221,15 @@ impl Feed {
         let _ = self.tx.send(rules).await;
     }
 
+    /// `what` exists but is not a file the reclaimer reads (a FIFO, a
+    /// device, a directory): the last good rules stay, as for a bad document.
+    fn refused(&mut self, what: &str, why: &str) {
+        self.metrics.rule_errors.inc();
+        self.metrics.rules_invalid.set(1);
+        self.metrics.rules_missing.set(0);
+        tracing::error!("{what} refused, keeping the last good rules: {why}");
+    }
+
     fn bad(&mut self, what: &str, e: &crate::rules::RulesError) {
         self.metrics.rule_errors.inc();
         self.metrics.rules_invalid.set(1);
@@ -238,20 +249,60 @@ fn is_blank(text: &str) -> bool {
         .all(|l| l.is_empty() || l.starts_with('#'))
 }
 
+/// Why a rules file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// It is not there, or may not be read.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Something other than a regular file is there.
+    #[error("{0} is not a regular file; refusing to read it")]
+    NotAFile(&'static str),
+    /// The file is larger than a rules document may be.
+    #[error(
+        "the file is {0} bytes long, at most {MAX_DOCUMENT_BYTES} are allowed; refusing to read it"
+    )]
+    TooLarge(u64),
+}
+
 /// Reads a rules file, at most [`MAX_DOCUMENT_BYTES`] + 1 bytes of it, so
 /// that a huge file is refused by [`Rules::parse`] without being read whole.
-fn read_capped(path: &std::path::Path) -> std::io::Result<String> {
+///
+/// Opened without blocking and checked before any read: a FIFO (or a
+/// device) swapped in at the path must not hang the reclaimer's only
+/// thread in `open` or `read`.
+fn read_capped(path: &std::path::Path) -> Result<String, ReadError> {
     use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    if kind.is_file() && meta.len() > MAX_DOCUMENT_BYTES as u64 {
+        return Err(ReadError::TooLarge(meta.len()));
+    }
+    if !kind.is_file() {
+        return Err(ReadError::NotAFile(if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        }));
+    }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_DOCUMENT_BYTES as u64 + 1)
+    file.take(MAX_DOCUMENT_BYTES as u64 + 1)
         .read_to_end(&mut bytes)?;
     if bytes.len() > MAX_DOCUMENT_BYTES {
         // Cut anywhere, perhaps inside a character: only its size matters.
         return Ok(String::from_utf8_lossy(&bytes).into_owned());
     }
     String::from_utf8(bytes)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()).into())
 }
 
 async fn watch_file(path: PathBuf, mut feed: Feed) {
@@ -265,6 +316,10 @@ async fn watch_file(path: PathBuf, mut feed: Feed) {
                     last = Some(stamp);
                     match read_capped(&path) {
                         Ok(text) => feed.document(&what, Some(&text)).await,
+                        Err(ReadError::NotAFile(kind)) => {
+                            feed.refused(&what, &format!("it is {kind}, not a regular file"))
+                        }
+                        Err(e @ ReadError::TooLarge(_)) => feed.refused(&what, &e.to_string()),
                         Err(e) => feed.missing(&what, &format!("cannot be read ({e})")).await,
                     }
                 }

@@ -90,7 +90,11 @@ async fn one_connection_gets_only_its_share_of_streams() {
         let mut c = client.clone();
         opened.push(tokio::spawn(async move { c.watch(live(false)).await }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually("4 subscribers served", Duration::from_secs(20), || async {
+        (agent.stats().await.subscribers >= 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let stats = agent.stats().await;
     println!(
         "40 Watch calls on one connection: {} subscribers served",
@@ -136,4 +140,123 @@ async fn subscribers_are_capped_per_uid_and_in_total() {
         assert!(agent.logs().contains("refused a subscriber"));
         assert_eq!(agent.stats().await.subscribers, 2);
     }
+}
+
+/// An agent running as uid 65534 (as deployed) on a socket anyone may
+/// open, so that root's connections are a peer's, not the agent's own.
+struct Unprivileged {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Unprivileged {
+    fn start(args: &[&str]) -> Unprivileged {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let dir = world_readable_tempdir();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let socket = dir.path().join("agent.sock");
+        let log = dir.path().join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--socket-mode=0666")
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while !socket.exists() {
+            assert!(started.elapsed() < Duration::from_secs(15), "no socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Unprivileged {
+            child,
+            socket,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the agent closed `conn` (a read sees end of file) within `wait`.
+fn closed_within(conn: &mut std::os::unix::net::UnixStream, wait: Duration) -> bool {
+    use std::io::Read;
+    conn.set_read_timeout(Some(wait)).unwrap();
+    let mut byte = [0u8; 64];
+    loop {
+        match conn.read(&mut byte) {
+            Ok(0) => return true,
+            // The agent's HTTP/2 preface: it is talking, not closing.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Connections are bounded per uid and in total, and one that never speaks
+/// is closed after the preface deadline: 300 silent connections neither
+/// blind the agent nor keep its own health probe out (it spun at 100 % CPU
+/// and stopped answering with its descriptors full of them).
+#[tokio::test]
+async fn silent_and_excess_connections_are_closed_and_the_agent_stays_reachable() {
+    let agent = Unprivileged::start(&["--max-connections=64", "--max-connections-per-uid=16"]);
+    let mut conns: Vec<_> = (0..300)
+        .map(|_| std::os::unix::net::UnixStream::connect(&agent.socket).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The agent's own uid is not counted: its probe answers.
+    let probe = health_check_as(&agent.socket, 65534);
+    assert!(probe.status.success(), "{probe:?}\n{}", agent.logs());
+    // Root (a peer here) got 16; the 17th on were closed at once.
+    let closed_at_once = conns[16..]
+        .iter_mut()
+        .map(|c| closed_within(c, Duration::from_millis(50)))
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(closed_at_once, 300 - 16, "{}", agent.logs());
+    assert!(!closed_within(&mut conns[0], Duration::from_millis(50)));
+    // Silent ones go once the preface deadline has passed.
+    let started = Instant::now();
+    for conn in &mut conns[..16] {
+        assert!(
+            closed_within(conn, Duration::from_secs(10)),
+            "a silent connection stayed open"
+        );
+    }
+    println!(
+        "16 silent connections closed {:?} after the first check",
+        started.elapsed()
+    );
+    drop(conns);
+    let mut client = execwatch::client::exec_events(&agent.socket).await.unwrap();
+    let stats = client
+        .get_stats(execwatch::proto::StatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.uptime_seconds >= 5);
+    let logs = agent.logs();
+    assert_eq!(
+        logs.matches("closing new connections").count(),
+        1,
+        "said once per run:\n{logs}"
+    );
+    assert!(logs.contains("--max-connections-per-uid"), "{logs}");
 }

@@ -79,15 +79,19 @@ async fn served_client(
     client
 }
 
-/// A JVM that keeps running: a one-file Java program launched from source.
-fn running_jvm(dir: &std::path::Path) -> Child {
+/// A JVM that keeps running: a one-file Java program launched from source,
+/// through a link named `name` (its comm, so that no other `java` on the
+/// host is mistaken for it).
+fn running_jvm(dir: &std::path::Path, name: &str) -> Child {
     let src = dir.join("Wait.java");
     std::fs::write(
         &src,
         "public class Wait { public static void main(String[] a) throws Exception { Thread.sleep(60_000); } }\n",
     )
     .unwrap();
-    Command::new(which("java"))
+    let link = dir.join(name);
+    std::os::unix::fs::symlink(std::fs::canonicalize(which("java")).unwrap(), &link).unwrap();
+    Command::new(&link)
         .arg(&src)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -172,27 +176,39 @@ async fn an_exec_read_without_descriptors_is_lost_and_resynced_not_sent_empty() 
     let running = prog.spawn(60, &[]);
     std::thread::sleep(Duration::from_millis(800));
     set_nofile(agent.pid(), original);
-    let (lost, before) = until(&mut stream, WAIT, |ev| {
-        matches!(ev.kind, Some(Kind::Lost(_)))
+    // Other execs on the host may be lost (and resynced) first: read until
+    // a resync lists the program.
+    let mut seen = Vec::new();
+    let (_, rest) = until(&mut stream, WAIT, |ev| {
+        let listed = matches!(ev.kind, Some(Kind::SnapshotComplete(_)))
+            && seen
+                .iter()
+                .rev()
+                .take_while(|e: &&execwatch::proto::WatchEvent| {
+                    !matches!(e.kind, Some(Kind::Lost(_)))
+                })
+                .any(|e| is_process(e, running.id(), true));
+        seen.push(ev.clone());
+        listed
     })
     .await;
+    assert_eq!(rest.len() + 1, seen.len());
     assert!(
-        !before.iter().any(|ev| is_process(ev, running.id(), false)),
+        !seen.iter().any(|ev| is_process(ev, running.id(), false)),
         "the unread exec was sent as a record"
     );
-    let Some(Kind::Lost(lost)) = lost.kind else {
-        unreachable!()
-    };
-    assert_eq!(lost.site(), LossSite::Detector, "{lost:?}");
-    assert!(lost.count_known && lost.count >= 1, "{lost:?}");
-    let (_, resync) = until(&mut stream, WAIT, |ev| {
-        matches!(ev.kind, Some(Kind::SnapshotComplete(_)))
-    })
-    .await;
-    assert!(
-        resync.iter().any(|ev| is_process(ev, running.id(), true)),
-        "the resync lists the process"
-    );
+    let lost: Vec<_> = seen
+        .iter()
+        .filter_map(|ev| match &ev.kind {
+            Some(Kind::Lost(lost)) => Some(lost),
+            _ => None,
+        })
+        .collect();
+    assert!(!lost.is_empty(), "a lost marker came first");
+    for lost in &lost {
+        assert_eq!(lost.site(), LossSite::Detector, "{lost:?}");
+        assert!(lost.count_known && lost.count >= 1, "{lost:?}");
+    }
     let logs = reclaimer.wait_log(&prog.reason(), 1, WAIT);
     assert!(logs.contains("the agent lost events"), "{logs}");
     assert!(agent.stats().await.unreadable_execs >= 1);
@@ -206,9 +222,14 @@ async fn an_exec_read_without_descriptors_is_lost_and_resynced_not_sent_empty() 
 async fn the_reclaimer_still_fires_for_a_running_jvm_when_its_snapshot_met_exhaustion() {
     let agent = Agent::start(&[]);
     let dir = world_readable_tempdir();
-    let mut jvm = running_jvm(dir.path());
-    wait_exec(jvm.id(), "java");
-    let rules = write_file(dir.path(), "rules.toml", "match_commands = [\"java\"]\n");
+    let name = format!("ewjvm{}", std::process::id() % 100_000);
+    let mut jvm = running_jvm(dir.path(), &name);
+    wait_exec(jvm.id(), &name);
+    let rules = write_file(
+        dir.path(),
+        "rules.toml",
+        &format!("match_commands = [\"{name}\"]\n"),
+    );
     // One descriptor to spare: the reclaimer's connection.
     let original = exhaust(&agent, 1);
     let reclaimer = Reclaimer::dry_run(&agent, &rules, &[]);

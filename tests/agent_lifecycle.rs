@@ -47,7 +47,7 @@ async fn end_of(
 }
 
 async fn stops_at_once(sig: Signal, never_reading: usize) {
-    let mut agent = Agent::start(&[]);
+    let mut agent = Agent::start(MANY_SUBSCRIBERS);
     // A reader that is live, one watching health, and clients that never
     // read a byte after asking (their windows fill, their queues back up).
     let mut reader = agent.watch(live(true)).await;

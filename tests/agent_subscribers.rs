@@ -152,7 +152,7 @@ fn saw_all(seen: &[u32], storm: &[u32]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_subscribers_all_see_the_launch_and_memory_stays_bounded() {
     let _serial = SERIAL.lock().await;
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(MANY_SUBSCRIBERS);
     // Each its own connection; every other one starts with a snapshot.
     let mut streams = Vec::new();
     for i in 0..100 {
@@ -221,7 +221,7 @@ async fn a_hundred_subscribers_all_see_the_launch_and_memory_stays_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_hanging_up_mid_storm_do_not_disturb_the_others() {
     let _serial = SERIAL.lock().await;
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(MANY_SUBSCRIBERS);
     let noise = UniqueProgram::new("ewnois");
     let end = UniqueProgram::new("ewend");
     let mut survivor = agent.watch(live(false)).await;
@@ -287,7 +287,7 @@ async fn subscribers_hanging_up_mid_storm_do_not_disturb_the_others() {
 async fn a_subscriber_that_never_reads_costs_bounded_memory_and_delays_nobody() {
     let _serial = SERIAL.lock().await;
     // A short queue, so the stalled subscribers fill it within a short storm.
-    let agent = Agent::start(&["--queue-len=512"]);
+    let agent = Agent::start(&[MANY_SUBSCRIBERS, &["--queue-len=512"]].concat());
     let noise = std::sync::Arc::new(UniqueProgram::new("ewstal"));
     let end = UniqueProgram::new("ewend");
     let mut reader = agent.watch(live(false)).await;
@@ -352,7 +352,7 @@ async fn a_subscriber_that_never_reads_costs_bounded_memory_and_delays_nobody() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_snapshots_do_not_hold_up_the_snapshots_of_others() {
     let _serial = SERIAL.lock().await;
-    let agent = Agent::start(&[]);
+    let agent = Agent::start(MANY_SUBSCRIBERS);
     // Enough large processes that a snapshot outgrows a 64 KiB window plus
     // the agent's buffers, so its scan has to wait for the reader.
     let big = UniqueProgram::new("ewbig");

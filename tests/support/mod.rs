@@ -23,6 +23,10 @@ use execwatch::proto::{watch_event::Kind, WatchEvent, WatchRequest};
 use tonic::transport::Channel;
 use tonic::Streaming;
 
+/// Flags for tests that open more subscribers than an agent serves by
+/// default (16, 8 per uid): they test what happens with many.
+pub const MANY_SUBSCRIBERS: &[&str] = &["--max-subscribers=1024", "--max-subscribers-per-uid=1024"];
+
 /// A running agent on its own socket in its own directory.
 pub struct Agent {
     pub child: Child,

@@ -11,7 +11,9 @@ list, and `lost` means a resync snapshot follows.
     python3 docs/examples/python/consumer.py --socket /tmp/execwatch/agent.sock
 
 With --until-comm NAME it exits 0 as soon as a process with that comm runs
-(the test suite uses that), or 1 after --max-seconds.
+(the test suite uses that), or 1 after --max-seconds. --target names the
+agent as any gRPC target instead (unix:///run/execwatch/agent.sock is the
+same socket).
 """
 
 import argparse
@@ -49,17 +51,19 @@ def load_stubs(out_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", default="/run/execwatch/agent.sock")
+    parser.add_argument("--target", help="a gRPC target; default unix:SOCKET")
+    parser.add_argument("--authority",
+                        help="only for older agents, which refuse the socket path as "
+                             "the HTTP/2 :authority: pass localhost")
     parser.add_argument("--until-comm", help="exit 0 once a process with this comm runs")
     parser.add_argument("--max-seconds", type=float, default=30.0)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as stubs:
         pb, rpc = load_stubs(stubs)
-        # grpc-python would send the socket path as the HTTP/2 :authority,
-        # which the agent's HTTP/2 server rejects: say "localhost" instead.
-        channel = grpc.insecure_channel(
-            f"unix:{args.socket}", options=[("grpc.default_authority", "localhost")]
-        )
+        target = args.target or f"unix:{args.socket}"
+        options = [("grpc.default_authority", args.authority)] if args.authority else []
+        channel = grpc.insecure_channel(target, options=options)
         stub = rpc.ExecEventsStub(channel)
         stream = stub.Watch(pb.WatchRequest(include_exits=True), timeout=args.max_seconds)
         table = {}  # pid -> (start_ticks, comm)
