@@ -1,5 +1,6 @@
-//! The agent's command line. Every flag also reads an `EXECWATCH_*`
-//! environment variable, so a DaemonSet can configure it either way.
+//! The agent's command line. Every flag of the running agent also reads an
+//! `EXECWATCH_*` environment variable, so a DaemonSet can configure it either
+//! way; `health-check --timeout` is the probe's own and reads none.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,7 +28,8 @@ pub const MAX_RECEIVE_BUFFER: u32 = 1 << 30;
 #[derive(Debug, Parser)]
 #[command(name = "agent", version)]
 pub struct Cli {
-    /// Unix socket to serve on.
+    /// The agent's Unix socket: where the agent serves, and what
+    /// `health-check` connects to (at most 107 bytes).
     #[arg(long, env = "EXECWATCH_SOCKET", default_value = execwatch::DEFAULT_SOCKET, global = true, value_parser = execwatch::client::socket_path)]
     pub socket: PathBuf,
 
@@ -202,6 +204,29 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// The help says what each flag does where it is read: health-check
+    /// connects to the socket, and the bounded flags name their range.
+    #[test]
+    fn help_texts() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        // Global flags reach the subcommands when the command is built.
+        cmd.build();
+        let health = cmd
+            .find_subcommand_mut("health-check")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!health.contains("serve on"), "{health}");
+        assert!(health.contains("connects to"), "{health}");
+        let help = Cli::command().render_long_help().to_string();
+        // Words as clap wraps them, joined again.
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for range in ["(1 to 1000000)", "(1 to 16777216)", "(4096 to 1073741824)"] {
+            assert!(help.contains(range), "no {range} in\n{help}");
+        }
     }
 
     /// Every numeric and duration flag: its limits are accepted, one step

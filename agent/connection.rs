@@ -70,11 +70,9 @@ impl Connection {
             return;
         }
         self.logged = true;
-        let peer = self
-            .info
-            .peer_cred
-            .map_or("unknown".to_string(), |cred| cred.uid().to_string());
-        tracing::warn!(peer_uid = %peer, %reason, "refused an HTTP/2 request on the socket");
+        // A number, as in every line with a peer_uid (absent if unknown).
+        let peer_uid = self.info.peer_cred.map(|cred| cred.uid());
+        tracing::warn!(peer_uid, %reason, "refused an HTTP/2 request on the socket");
     }
 
     /// Follows what was written: the first `n` bytes of `bufs`.

@@ -96,8 +96,12 @@ async fn accept_loop(
             tracing::info!(failed_attempts = failures, "accepting connections again");
             (pause, failures) = (FIRST_PAUSE, 0);
         }
-        let uid = stream.peer_cred().ok().map(|cred| cred.uid());
-        if !admission.peers.admits(uid) {
+        let cred = stream.peer_cred().ok();
+        let uid = cred.map(|cred| cred.uid());
+        if !admission
+            .peers
+            .admits(uid, cred.and_then(|cred| cred.pid()))
+        {
             continue;
         }
         let place = if uid == own_uid {
@@ -115,8 +119,7 @@ async fn accept_loop(
                     // Said once per run of refusals, not per connection.
                     over_limit += 1;
                     if over_limit == 1 {
-                        let peer = uid.map_or("unknown".into(), |u| u.to_string());
-                        tracing::warn!(peer_uid = %peer, "closing new connections: {why}");
+                        tracing::warn!(peer_uid = uid, "closing new connections: {why}");
                     }
                     continue;
                 }
@@ -142,8 +145,10 @@ async fn speaks(stream: UnixStream, uid: Option<u32>, place: Option<Place>) -> O
         Ok(Ok(())) => {}
         Ok(Err(_)) => return None,
         Err(_) => {
-            let peer = uid.map_or("unknown".into(), |u| u.to_string());
-            tracing::debug!(peer_uid = %peer, "closed a connection that sent nothing within {PREFACE_DEADLINE:?}");
+            tracing::debug!(
+                peer_uid = uid,
+                "closed a connection that sent nothing within {PREFACE_DEADLINE:?}"
+            );
             return None;
         }
     }

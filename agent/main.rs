@@ -38,11 +38,23 @@ use crate::server::Stopped;
 use crate::stats::Stats;
 use crate::subscription::Shared;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match try_main() {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, each cause once (anyhow's own report repeats the
+            // causes our errors already quote).
+            eprintln!("Error: {}", execwatch::runtime::error_chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> anyhow::Result<std::process::ExitCode> {
     // The netlink detector confirms its subscription by executing this binary
     // once; that run must do nothing at all.
     if std::env::var_os(netlink_detector::PROBE_ENV).is_some() {
-        return Ok(());
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let cli = Cli::parse();
     execwatch::runtime::init_logging(cli.log_format);
@@ -55,7 +67,11 @@ fn main() -> anyhow::Result<()> {
             let healthy = runtime.block_on(health_check::probe(&cli.socket, timeout))?;
             let serving = healthy == ServingStatus::Serving;
             println!("{}", healthy.as_str_name());
-            std::process::exit(if serving { 0 } else { 1 });
+            Ok(if serving {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            })
         }
         None => {
             let stopped = runtime.block_on(run(cli.socket, cli.run));
@@ -63,7 +79,7 @@ fn main() -> anyhow::Result<()> {
             // not waited for.
             runtime.shutdown_timeout(Duration::from_millis(100));
             match stopped? {
-                Stopped::Signal => Ok(()),
+                Stopped::Signal => Ok(std::process::ExitCode::SUCCESS),
                 Stopped::DetectorFailed(e) => {
                     anyhow::bail!(
                         "the detector failed: {e}; stopped so that the kubelet restarts the agent"
@@ -123,7 +139,10 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             stats.set_detector("poll", "", 0);
             let poller = poll::Poller::start(reader, args.poll_interval)
                 .with_context(|| format!("cannot scan {}", args.proc_root))?;
-            tracing::info!(interval = ?args.poll_interval, "poll detector scanning /proc");
+            tracing::info!(
+                interval_ms = args.poll_interval.as_millis() as u64,
+                "poll detector scanning /proc"
+            );
             let (fanout, stats) = (fanout.clone(), stats.clone());
             std::thread::Builder::new()
                 .name("poll".into())
@@ -143,7 +162,17 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         }
     };
     let listener = server::bind(&socket, args.socket_mode)?;
-    tracing::info!(socket = %socket.display(), mode = format!("{:o}", args.socket_mode), allow_uid = ?args.allow_uid, "serving");
+    // The mode in octal, as chmod and ls write it: JSON has no octal
+    // numbers, and 432 would be read as a mode by nobody. The uids as the
+    // flag takes them: tracing records scalars only, not lists.
+    let allow_uid: Vec<String> = args.allow_uid.iter().map(u32::to_string).collect();
+    tracing::info!(
+        socket = %socket.display(),
+        mode = format!("{:04o}", args.socket_mode),
+        allow_uid = allow_uid.join(","),
+        peer_check = !args.allow_uid.is_empty(),
+        "serving"
+    );
     let peers = service::PeerCheck::new(&args.allow_uid, stats.clone());
     let (streams_end, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {

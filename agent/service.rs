@@ -2,8 +2,9 @@
 //! every service on the socket, and the cap on subscribers in total and per
 //! peer uid.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use execwatch::proto::exec_events_server::ExecEvents;
 use execwatch::proto::{Stats, StatsRequest, WatchEvent, WatchRequest};
@@ -50,7 +51,7 @@ impl Seats {
     fn take(&self, uid: Option<u32>) -> Result<Seat, Status> {
         let peer = uid.map_or("unknown".into(), |u| u.to_string());
         self.0.take(uid).map_err(|over| {
-            tracing::warn!(peer_uid = %peer, "refused a subscriber: {over:?}");
+            tracing::warn!(peer_uid = uid, "refused a subscriber: {over:?}");
             Status::resource_exhausted(match over {
                 Over::Total(n) => format!(
                     "the agent already serves {n} subscribers (--max-subscribers); try again later"
@@ -71,6 +72,14 @@ fn peer_uid<T>(req: &Request<T>) -> Option<u32> {
         .map(|cred| cred.uid())
 }
 
+/// The peer's pid, from the socket's credentials.
+fn peer_pid<T>(req: &Request<T>) -> Option<i32> {
+    req.extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .and_then(|cred| cred.pid())
+}
+
 #[tonic::async_trait]
 impl ExecEvents for ExecEventsService {
     type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
@@ -79,9 +88,10 @@ impl ExecEvents for ExecEventsService {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let seat = self.seats.take(peer_uid(&req))?;
+        let uid = peer_uid(&req);
+        let seat = self.seats.take(uid)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        subscription::spawn(self.shared.clone(), req.into_inner(), tx, seat);
+        subscription::spawn(self.shared.clone(), uid, req.into_inner(), tx, seat);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -96,10 +106,103 @@ impl ExecEvents for ExecEventsService {
 /// non-empty one admits those uids and the agent's own (so its health probe
 /// works). Applied to every service, so a denied peer learns nothing but
 /// `PERMISSION_DENIED`.
+///
+/// Refusals are counted and logged per peer, not per connection or request
+/// (a client that retries, or one grpcurl `list`, makes several). A peer is
+/// a process (uid and pid); within [`REFUSAL_WINDOW`] each is counted once
+/// in `peers_denied`, and each uid gets at most one log line, the next one
+/// saying how many peers and refusals went unlogged meanwhile.
 #[derive(Clone)]
 pub struct PeerCheck {
     allowed: Option<Arc<HashSet<u32>>>,
     stats: Arc<stats::Stats>,
+    refusals: Arc<Mutex<Refusals>>,
+}
+
+/// How long a refused peer is remembered, and how often a uid's refusals
+/// may be logged.
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+/// Refused uids remembered at once; past this, windows that are over are
+/// forgotten with what they had not logged, and if that is not enough, all.
+const MAX_REFUSED_UIDS: usize = 1024;
+/// Refused peers remembered per uid and window; past this, every refusal of
+/// that uid counts as a new peer (over-counted, never missed).
+const MAX_REFUSED_PEERS: usize = 1024;
+
+/// Recent refusals, by peer uid.
+#[derive(Default)]
+struct Refusals {
+    by_uid: HashMap<Option<u32>, UidRefusals>,
+}
+
+/// One uid's refusals in its current window.
+struct UidRefusals {
+    /// When the current window began (with a logged line).
+    logged_at: Instant,
+    /// Peers (pids) refused in the current window.
+    peers: HashSet<Option<i32>>,
+    /// Refused peers, and refusals (connections or requests), since the
+    /// last line and not in it.
+    unlogged_peers: u64,
+    unlogged_refusals: u64,
+}
+
+/// What one refusal means for the counter and the log.
+#[derive(Debug, PartialEq, Eq)]
+struct Refusal {
+    /// A peer not refused before in this window: count it.
+    new_peer: bool,
+    /// Log a line, with what went unlogged since the last one.
+    log: Option<(u64, u64)>,
+}
+
+impl Refusals {
+    fn refuse(&mut self, uid: Option<u32>, pid: Option<i32>, now: Instant) -> Refusal {
+        if self.by_uid.len() >= MAX_REFUSED_UIDS {
+            self.by_uid
+                .retain(|_, r| now.duration_since(r.logged_at) < REFUSAL_WINDOW);
+            if self.by_uid.len() >= MAX_REFUSED_UIDS {
+                // That many uids refused within a minute: start over rather
+                // than grow (each uid then logs once more).
+                self.by_uid.clear();
+            }
+        }
+        let Some(r) = self.by_uid.get_mut(&uid) else {
+            self.by_uid.insert(
+                uid,
+                UidRefusals {
+                    logged_at: now,
+                    peers: HashSet::from([pid]),
+                    unlogged_peers: 0,
+                    unlogged_refusals: 0,
+                },
+            );
+            return Refusal {
+                new_peer: true,
+                log: Some((0, 0)),
+            };
+        };
+        if now.duration_since(r.logged_at) >= REFUSAL_WINDOW {
+            let unlogged = (r.unlogged_peers, r.unlogged_refusals);
+            *r = UidRefusals {
+                logged_at: now,
+                peers: HashSet::from([pid]),
+                unlogged_peers: 0,
+                unlogged_refusals: 0,
+            };
+            return Refusal {
+                new_peer: true,
+                log: Some(unlogged),
+            };
+        }
+        let new_peer = r.peers.len() >= MAX_REFUSED_PEERS || r.peers.insert(pid);
+        r.unlogged_refusals += 1;
+        r.unlogged_peers += u64::from(new_peer);
+        Refusal {
+            new_peer,
+            log: None,
+        }
+    }
 }
 
 impl PeerCheck {
@@ -110,31 +213,106 @@ impl PeerCheck {
             set.insert(nix::unistd::geteuid().as_raw());
             Arc::new(set)
         });
-        Self { allowed, stats }
+        Self {
+            allowed,
+            stats,
+            refusals: Arc::default(),
+        }
     }
 
-    /// Whether a peer with `uid` may use the socket; a refusal is logged and
-    /// counted. Called when a connection is accepted (a refused peer's
-    /// connection is closed at once) and again on every request.
-    pub fn admits(&self, uid: Option<u32>) -> bool {
+    /// Whether a peer with `uid` (process `pid`) may use the socket; a
+    /// refusal is counted and logged per peer (see [`PeerCheck`]). Called
+    /// when a connection is accepted (a refused peer's connection is closed
+    /// at once) and again on every request.
+    pub fn admits(&self, uid: Option<u32>, pid: Option<i32>) -> bool {
         let Some(allowed) = &self.allowed else {
             return true;
         };
         if uid.is_some_and(|uid| allowed.contains(&uid)) {
             return true;
         }
-        self.stats.add_peers_denied(1);
-        let peer = uid.map_or("unknown".to_string(), |u| u.to_string());
-        tracing::warn!(peer_uid = %peer, "refused a peer not in --allow-uid");
+        let refusal = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refuse(uid, pid, Instant::now());
+        if refusal.new_peer {
+            self.stats.add_peers_denied(1);
+        }
+        if let Some((unlogged_peers, unlogged_refusals)) = refusal.log {
+            tracing::warn!(
+                peer_uid = uid,
+                peer_pid = pid,
+                unlogged_peers,
+                unlogged_refusals,
+                "refused a peer not in --allow-uid (logged at most once a minute per uid)"
+            );
+        }
         false
     }
 
     /// The interceptor: admits or refuses one request.
     pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
-        if self.admits(peer_uid(&req)) {
+        if self.admits(peer_uid(&req), peer_pid(&req)) {
             Ok(req)
         } else {
             Err(Status::permission_denied("permission denied"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_per_peer_and_logged_once_a_window_per_uid() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let first = Refusal {
+            new_peer: true,
+            log: Some((0, 0)),
+        };
+        // One process refused twice (its connection, then a retry): one
+        // line, one peer.
+        assert_eq!(r.refuse(Some(7), Some(100), at(0)), first);
+        let again = Refusal {
+            new_peer: false,
+            log: None,
+        };
+        assert_eq!(r.refuse(Some(7), Some(100), at(0)), again);
+        // Another process of the same uid: a peer, no line.
+        let other = Refusal {
+            new_peer: true,
+            log: None,
+        };
+        assert_eq!(r.refuse(Some(7), Some(101), at(10)), other);
+        // Another uid has its own window.
+        assert_eq!(r.refuse(Some(8), Some(200), at(10)), first);
+        // A minute on: a line again, with what went unlogged.
+        assert_eq!(
+            r.refuse(Some(7), Some(100), at(61)),
+            Refusal {
+                new_peer: true,
+                log: Some((1, 2)),
+            }
+        );
+        assert_eq!(r.refuse(Some(7), Some(100), at(62)), again);
+    }
+
+    #[test]
+    fn many_refused_uids_stay_bounded() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        for uid in 0..(MAX_REFUSED_UIDS as u32 * 3) {
+            r.refuse(Some(uid), None, t0 + REFUSAL_WINDOW * uid);
+        }
+        assert!(r.by_uid.len() <= MAX_REFUSED_UIDS);
+        // All at once, within one window.
+        for uid in 0..(MAX_REFUSED_UIDS as u32 * 3) {
+            r.refuse(Some(uid), None, t0);
+        }
+        assert!(r.by_uid.len() <= MAX_REFUSED_UIDS);
     }
 }

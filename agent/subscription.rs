@@ -67,7 +67,31 @@ enum End {
     Gone,
     /// The stream cannot go on; the client gets this status and may
     /// reconnect.
-    Fail(Status),
+    Fail(Status, Ending),
+}
+
+/// How a stream ended, as the disconnect line says it.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// The client closed it or went away.
+    ClientGone,
+    /// It overflowed too often and was cut off.
+    CutOff,
+    /// The agent is stopping.
+    AgentStopping,
+    /// A snapshot could not be taken whole.
+    SnapshotFailed,
+}
+
+impl Ending {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ending::ClientGone => "client gone",
+            Ending::CutOff => "cut off",
+            Ending::AgentStopping => "agent stopping",
+            Ending::SnapshotFailed => "snapshot failed",
+        }
+    }
 }
 
 /// Numbers and sends items on one stream.
@@ -87,17 +111,27 @@ impl Emitter {
     }
 }
 
-/// Starts the task serving `req`; its items arrive on `out`.
+/// Starts the task serving `req` from a peer with `peer_uid`; its items
+/// arrive on `out`.
 pub fn spawn(
     shared: Arc<Shared>,
+    peer_uid: Option<u32>,
     req: WatchRequest,
     out: mpsc::Sender<Result<WatchEvent, Status>>,
     seat: Seat,
 ) {
     shared.stats.add_subscribers_total(1);
+    let (include_exits, skip_snapshot) = (req.include_exits, req.skip_snapshot);
+    tracing::info!(
+        peer_uid,
+        include_exits,
+        skip_snapshot,
+        "subscriber connected"
+    );
     tokio::spawn(async move {
         // Held for as long as the subscription lives.
         let _seat = seat;
+        let started = Instant::now();
         let mut stop = shared.stop.clone();
         let last_word = out.clone();
         let mut em = Emitter { seq: 0, out };
@@ -105,13 +139,28 @@ pub fn spawn(
             end = run(&shared, req, &mut em) => end,
             _ = stop.wait_for(|stop| *stop) => Err(End::Fail(Status::unavailable(
                 "agent shutting down; reconnect to its successor",
-            ))),
+            ), Ending::AgentStopping)),
         };
-        if let Err(End::Fail(status)) = end {
-            // A client that does not read may have no room left: it gets
-            // the end of the connection instead.
-            let _ = tokio::time::timeout(LAST_WORD, last_word.send(Err(status))).await;
-        }
+        let ending = match end {
+            // The fan-out closed: the detector side is shutting down.
+            Ok(()) => Ending::AgentStopping,
+            Err(End::Gone) => Ending::ClientGone,
+            Err(End::Fail(status, ending)) => {
+                // A client that does not read may have no room left: it
+                // gets the end of the connection instead.
+                let _ = tokio::time::timeout(LAST_WORD, last_word.send(Err(status))).await;
+                ending
+            }
+        };
+        tracing::info!(
+            peer_uid,
+            include_exits,
+            skip_snapshot,
+            items_sent = em.seq,
+            duration_ms = started.elapsed().as_millis() as u64,
+            ended = ending.as_str(),
+            "subscriber disconnected"
+        );
         shared.fanout.prune();
     });
 }
@@ -154,7 +203,7 @@ async fn run(shared: &Shared, req: WatchRequest, em: &mut Emitter) -> Result<(),
                         shared.queue_len, overflows.len(), OVERFLOW_WINDOW.as_secs()
                     );
                     tracing::warn!("{msg}");
-                    return Err(End::Fail(Status::resource_exhausted(msg)));
+                    return Err(End::Fail(Status::resource_exhausted(msg), Ending::CutOff));
                 }
                 let (next, missed) = shared.fanout.resubscribe(&sub.overflow, req.include_exits);
                 sub = next;
@@ -214,7 +263,7 @@ async fn again(delay: &mut Duration, deadline: Instant, why: &str) -> Result<(),
             SNAPSHOT_PATIENCE.as_secs()
         );
         tracing::warn!("{msg}");
-        return Err(End::Fail(Status::unavailable(msg)));
+        return Err(End::Fail(Status::unavailable(msg), Ending::SnapshotFailed));
     }
     tracing::warn!("snapshot waiting: {why}; retrying in {delay:?}");
     tokio::time::sleep(*delay).await;
@@ -311,7 +360,7 @@ async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Re
                 Ok((chunk, pids))
             })
             .await
-            .map_err(|e| End::Fail(Status::internal(e)))?;
+            .map_err(|e| End::Fail(Status::internal(e), Ending::SnapshotFailed))?;
             drop(permit);
             pending = rest;
             for p in chunk.records {

@@ -1,5 +1,6 @@
-//! The reclaimer's command line. Every flag also reads an environment
-//! variable, so the DaemonSet can set it either way.
+//! The reclaimer's command line. Every flag of the running reclaimer also
+//! reads an environment variable, so the DaemonSet can set it either way;
+//! `health-check --max-age` and `--ready` are the probe's own and read none.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,8 +26,9 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// While running, rewrite this file every 5 s (the liveness probe's
-    /// evidence that the decision loop runs).
+    /// The status file. The running reclaimer rewrites it every 5 s from its
+    /// decision loop (when, whether it streams from the agent, its rules);
+    /// `health-check` reads it. None is written when unset.
     #[arg(long, env = "EXECWATCH_STATUS_FILE", global = true)]
     pub status_file: Option<PathBuf>,
 
@@ -110,6 +112,10 @@ pub enum Command {
         /// The oldest acceptable update (10s to 60m).
         #[arg(long, default_value = "30s", value_parser = |s: &str| execwatch::duration::parse_within(s, MAX_AGE.0, MAX_AGE.1))]
         max_age: Duration,
+        /// Also fail unless the reclaimer was streaming from the agent at
+        /// that update (the readiness probe: it sees launches).
+        #[arg(long)]
+        ready: bool,
     },
 }
 
@@ -169,6 +175,24 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// health-check's help describes the file the running reclaimer
+    /// writes, not the writing.
+    #[test]
+    fn health_check_help() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        // Global flags reach the subcommands when the command is built.
+        cmd.build();
+        let help = cmd
+            .find_subcommand_mut("health-check")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("The running reclaimer rewrites it"), "{help}");
+        assert!(help.contains("`health-check` reads it"), "{help}");
+        assert!(help.contains("--ready"), "{help}");
     }
 
     #[test]

@@ -27,13 +27,25 @@ use crate::decision::{Decider, Settings, Target};
 use crate::node::{HostId, NodeClient};
 use crate::rules_source::{RulesSource, WhenMissing};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match try_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, each cause once (anyhow's own report repeats the
+            // causes our errors already quote).
+            eprintln!("Error: {}", execwatch::runtime::error_chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::HealthCheck { max_age }) = cli.command {
+    if let Some(Command::HealthCheck { max_age, ready }) = cli.command {
         let Some(path) = &cli.status_file else {
             bail!("health-check needs --status-file (or EXECWATCH_STATUS_FILE)");
         };
-        println!("{}", status::check(path, max_age)?);
+        println!("{}", status::check(path, max_age, ready)?);
         return Ok(());
     }
     execwatch::runtime::init_logging(cli.log_format);

@@ -240,13 +240,13 @@ impl NodeClient {
         let wait = match self.send(req).await {
             Ok(r) if transient(r.status) => {
                 let wait = r.retry_after.unwrap_or_else(|| backoff.next_delay());
-                tracing::warn!(node = %self.node, status = r.status.as_u16(), ?wait, "{what} refused for now; retrying");
+                tracing::warn!(node = %self.node, status = r.status.as_u16(), wait_ms = wait.as_millis() as u64, "{what} refused for now; retrying");
                 wait
             }
             Ok(r) => return Some(r),
             Err(e) => {
                 let wait = backoff.next_delay();
-                tracing::warn!(node = %self.node, ?wait, "{what} failed ({e}); retrying");
+                tracing::warn!(node = %self.node, wait_ms = wait.as_millis() as u64, "{what} failed ({e}); retrying");
                 wait
             }
         };

@@ -1,6 +1,8 @@
-//! The reclaimer's liveness, without a port: the running decision loop
-//! rewrites a small status file every few seconds, and `reclaimer
-//! health-check` (the exec probe) fails when the file is missing or stale.
+//! The reclaimer's liveness and readiness, without a port: the running
+//! decision loop rewrites a small status file every few seconds, and
+//! `reclaimer health-check` (the exec probe) fails when the file is missing
+//! or stale, and with `--ready` also while the reclaimer has no stream from
+//! the agent.
 //!
 //! ```text
 //! updated_unix=1795408157 agent_connected=true rules=commands=3 ...
@@ -37,6 +39,10 @@ pub enum HealthError {
         /// The limit.
         max_age: Duration,
     },
+    /// Fresh, but the reclaimer has no stream from the agent (asked with
+    /// `--ready`).
+    #[error("the reclaimer is not connected to the agent (status file {0}): it sees no launches")]
+    NotConnected(PathBuf),
 }
 
 /// Writes the status atomically (write a temporary file, then rename), so a
@@ -51,8 +57,9 @@ pub fn write(path: &Path, agent_connected: bool, rules: &str) -> std::io::Result
     std::fs::rename(&tmp, path)
 }
 
-/// Checks that `path` was updated within `max_age`; returns its contents.
-pub fn check(path: &Path, max_age: Duration) -> Result<String, HealthError> {
+/// Checks that `path` was updated within `max_age` and, if `ready`, that the
+/// reclaimer was streaming from the agent then; returns its contents.
+pub fn check(path: &Path, max_age: Duration, ready: bool) -> Result<String, HealthError> {
     let text = std::fs::read_to_string(path).map_err(|source| HealthError::Read {
         path: path.into(),
         source,
@@ -71,6 +78,13 @@ pub fn check(path: &Path, max_age: Duration) -> Result<String, HealthError> {
             max_age,
         });
     }
+    if ready
+        && !text
+            .split_whitespace()
+            .any(|kv| kv == "agent_connected=true")
+    {
+        return Err(HealthError::NotConnected(path.into()));
+    }
     Ok(text.trim_end().to_string())
 }
 
@@ -83,23 +97,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reclaimer.status");
         assert!(matches!(
-            check(&path, PERIOD),
+            check(&path, PERIOD, false),
             Err(HealthError::Read { .. })
         ));
         write(&path, true, "commands=1").unwrap();
-        let text = check(&path, Duration::from_secs(30)).unwrap();
+        let text = check(&path, Duration::from_secs(30), true).unwrap();
         assert!(
             text.contains("agent_connected=true rules=commands=1"),
             "{text}"
         );
+        // Alive but not ready while there is no stream from the agent.
+        write(&path, false, "commands=1").unwrap();
+        check(&path, Duration::from_secs(30), false).unwrap();
+        assert!(matches!(
+            check(&path, Duration::from_secs(30), true),
+            Err(HealthError::NotConnected(_))
+        ));
         std::fs::write(&path, "updated_unix=1000 agent_connected=false rules=x\n").unwrap();
         assert!(matches!(
-            check(&path, Duration::from_secs(30)),
+            check(&path, Duration::from_secs(30), false),
             Err(HealthError::Stale { .. })
         ));
         std::fs::write(&path, "hello\n").unwrap();
         assert!(matches!(
-            check(&path, Duration::from_secs(30)),
+            check(&path, Duration::from_secs(30), false),
             Err(HealthError::Format(_))
         ));
     }

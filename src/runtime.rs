@@ -1,4 +1,5 @@
-//! Process plumbing both binaries share: log set-up and the shutdown signal.
+//! Process plumbing both binaries share: log set-up, the one-line report of
+//! a fatal error, and the shutdown signal.
 
 /// Log output format (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -10,6 +11,11 @@ pub enum LogFormat {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+///
+/// In JSON each line is one object with `timestamp`, `level`, `target`,
+/// `message` and the event's own fields at the top level, numbers and
+/// booleans as JSON numbers and booleans, so a log tool indexes them without
+/// digging into a nested `fields` object.
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -22,8 +28,23 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// An error and its causes on one line, `outer: cause: root`, each cause
+/// once: a cause whose text the line already holds (an error that quotes
+/// its source in its own message) is not repeated.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    for cause in std::iter::successors(err.source(), |e| e.source()) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// Installs SIGTERM and SIGINT handlers now and returns a future that
@@ -45,5 +66,32 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        /// Quotes its source.
+        #[error("cannot open the socket: {0}")]
+        Quoting(#[source] std::io::Error),
+        /// Leaves its source to the chain.
+        #[error("cannot start")]
+        Silent(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::from_raw_os_error(1);
+        let quoting = Outer::Quoting(io());
+        assert_eq!(
+            error_chain(&quoting),
+            format!("cannot open the socket: {}", io())
+        );
+        let silent = Outer::Silent(io());
+        assert_eq!(error_chain(&silent), format!("cannot start: {}", io()));
     }
 }

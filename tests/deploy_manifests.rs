@@ -170,6 +170,10 @@ fn base_keeps_the_privilege_split() {
         strings(&reclaimer["livenessProbe"]["exec"]["command"])[..2],
         ["/reclaimer", "health-check"]
     );
+    // The reclaimer is ready once it streams from the agent.
+    let ready = strings(&reclaimer["readinessProbe"]["exec"]["command"]);
+    assert_eq!(ready[..2], ["/reclaimer", "health-check"]);
+    assert!(ready.contains(&"--ready"), "{ready:?}");
 }
 
 #[test]

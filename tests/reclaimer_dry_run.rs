@@ -362,6 +362,16 @@ fn health_check_follows_the_status_file() {
         String::from_utf8_lossy(&ok.stdout).contains("agent_connected=false"),
         "{ok:?}"
     );
+    // Alive, but not ready: it has no stream from the agent.
+    let not_ready = Command::new(env!("CARGO_BIN_EXE_reclaimer"))
+        .args(["health-check", "--status-file", status_arg, "--ready"])
+        .output()
+        .unwrap();
+    assert!(!not_ready.status.success());
+    assert!(
+        String::from_utf8_lossy(&not_ready.stderr).contains("not connected to the agent"),
+        "{not_ready:?}"
+    );
     drop(reclaimer);
     // Once the loop is gone the file ages past any limit (the smallest
     // --max-age is 10s: twice the 5 s rewrite period).

