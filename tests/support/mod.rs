@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod node;
 
 use std::fs;
 use std::future::Future;

@@ -1,0 +1,93 @@
+# Process helpers shared by the tests/kube scripts (sourced, never run).
+# They expect DIR (the scripts' state directory, absolute) and log() to be
+# defined by the caller: every daemon they manage has "DIR/" on its command
+# line, which is how a pid file is told from a recycled pid.
+# shellcheck shell=bash
+
+# Print the pid stored in file $1 if that process is alive AND is one of ours
+# (its command line mentions "DIR/"), so a recycled pid is never signalled.
+live_pid() {
+    local file="$1" pid
+    [[ -s "${file}" ]] || return 1
+    pid="$(<"${file}")"
+    [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
+    [[ -r "/proc/${pid}/cmdline" ]] || return 1
+    tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -qF -- "${DIR}/" || return 1
+    echo "${pid}"
+}
+
+# True while process $1 exists and has not exited. Its state letter is read
+# in one go; gone, Z (zombie, not yet reaped) and X (being reaped) all count
+# as exited.
+running() {
+    local state
+    state="$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null)" || return 1
+    [[ -n "${state}" && "${state}" != [ZX] ]]
+}
+
+# Stop the process recorded in pid file $1: SIGTERM, wait up to $2 seconds
+# (default 15) for a clean shutdown, then SIGKILL; a grace of 0 means SIGKILL
+# right away. Removes the pid file.
+stop_pidfile() {
+    local file="$1" grace="${2:-15}" name pid i
+    name="$(basename "${file}" .pid)"
+    if pid="$(live_pid "${file}")"; then
+        if ((grace > 0)); then
+            log "stopping ${name} (pid ${pid})"
+            kill -TERM "${pid}" 2>/dev/null || true
+            for ((i = 0; i < grace * 10; i++)); do
+                running "${pid}" || break
+                sleep 0.1
+            done
+        fi
+        if running "${pid}"; then
+            log "killing ${name} (pid ${pid}) with SIGKILL"
+            kill -KILL "${pid}" 2>/dev/null || true
+            while running "${pid}"; do sleep 0.05; done
+        fi
+    fi
+    rm -f "${file}"
+}
+
+
+# Start "$@" detached (own session, stdio to files) and store its pid in $1.
+# setsid keeps the daemon out of the caller's process group and away from
+# the terminal; since a background job of a non-interactive shell is not a
+# group leader, setsid does not fork, so $! is the daemon's own pid.
+# Redirecting all of stdio matters: a test harness that captures this script's
+# output would otherwise wait forever for the daemon to close the pipe.
+spawn() {
+    local pidfile="$1" logfile="$2"
+    shift 2
+    setsid "$@" </dev/null >>"${logfile}" 2>&1 &
+    local pid=$! i
+    echo "${pid}" >"${pidfile}"
+    # Right after the fork the child is still a copy of this shell; wait
+    # (briefly) for the exec so that live_pid's command-line check holds.
+    for ((i = 0; i < 50; i++)); do
+        [[ -r "/proc/${pid}/cmdline" ]] || break
+        tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -qF -- "${DIR}/" && break
+        sleep 0.02
+    done
+}
+
+# Print what was appended to log file $1 since it was $2 bytes long (the logs
+# are kept across restarts; only the latest attempt matters).
+log_since() {
+    tail -c "+$(($2 + 1))" "$1" 2>/dev/null || true
+}
+
+# Print N free TCP ports on 127.0.0.1 (bind to port 0 and let the kernel
+# choose). Another process could grab a port before we bind it; the callers
+# retry with new ports when the daemon fails to bind.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
