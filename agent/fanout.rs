@@ -96,7 +96,9 @@ struct Mark {
 /// A subscriber's end: its queue and its overflow record.
 pub struct Subscription {
     /// Items in publish order.
-    rx: mpsc::Receiver<Item>,
+    /// Each item with the bytes it was counted as, so that taking it out
+    /// subtracts exactly that without weighing it again.
+    rx: mpsc::Receiver<(Item, usize)>,
     /// Set when the fan-out unhooked this subscriber.
     pub overflow: Arc<Overflow>,
     /// Bytes queued for it now.
@@ -107,23 +109,23 @@ impl Subscription {
     /// The next item; `None` once the fan-out let go of this subscriber and
     /// its queue is empty.
     pub async fn recv(&mut self) -> Option<Item> {
-        let item = self.rx.recv().await?;
-        self.queued.fetch_sub(item.bytes(), Ordering::Relaxed);
+        let (item, bytes) = self.rx.recv().await?;
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
         Some(item)
     }
 
     /// The next item if one is queued.
     #[cfg(test)]
     pub fn try_recv(&mut self) -> Result<Item, mpsc::error::TryRecvError> {
-        let item = self.rx.try_recv()?;
-        self.queued.fetch_sub(item.bytes(), Ordering::Relaxed);
+        let (item, bytes) = self.rx.try_recv()?;
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
         Ok(item)
     }
 }
 
 struct Subscriber {
     id: u64,
-    tx: mpsc::Sender<Item>,
+    tx: mpsc::Sender<(Item, usize)>,
     include_exits: bool,
     overflow: Arc<Overflow>,
     queued: Arc<AtomicUsize>,
@@ -270,7 +272,7 @@ impl Fanout {
             let sent = if queued > 0 && queued + bytes > queue_bytes {
                 Err(mpsc::error::TrySendError::Full(()))
             } else {
-                s.tx.try_send(item.clone()).map_err(|e| match e {
+                s.tx.try_send((item.clone(), bytes)).map_err(|e| match e {
                     mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
                     mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
                 })
