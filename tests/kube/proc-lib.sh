@@ -7,13 +7,24 @@
 # Print the pid stored in file $1 if that process is alive AND is one of ours
 # (its command line mentions "DIR/"), so a recycled pid is never signalled.
 live_pid() {
-    local file="$1" pid
+    local file="$1" pid cmdline try
     [[ -s "${file}" ]] || return 1
     pid="$(<"${file}")"
     [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
-    [[ -r "/proc/${pid}/cmdline" ]] || return 1
-    tr '\0' ' ' <"/proc/${pid}/cmdline" | grep -qF -- "${DIR}/" || return 1
-    echo "${pid}"
+    # Read into a variable, not through a pipe, and again if it does not
+    # name DIR: once in CI this check failed for a containerd that had just
+    # booted and ran on (cause not found), and the node was torn down. A
+    # recycled pid never names DIR, however often it is read.
+    for try in 1 2 3; do
+        running "${pid}" || return 1
+        cmdline="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null)" || cmdline=""
+        if [[ "${cmdline}" == *"${DIR}/"* ]]; then
+            echo "${pid}"
+            return 0
+        fi
+        ((try < 3)) && sleep 0.05
+    done
+    return 1
 }
 
 # True while process $1 exists and has not exited. Its state letter is read

@@ -286,7 +286,8 @@ EOF
     log "starting containerd"
     spawn "${DIR}/containerd.pid" "${DIR}/containerd.log" containerd --config "${DIR}/containerd.toml"
     for ((i = 0; i < 300; i++)); do
-        live_pid "${DIR}/containerd.pid" >/dev/null || die "containerd exited (log: ${DIR}/containerd.log)"
+        live_pid "${DIR}/containerd.pid" >/dev/null ||
+            die "containerd exited (log: ${DIR}/containerd.log):$(printf '\n'; tail -n 20 "${DIR}/containerd.log")"
         ctr --address "${DIR}/containerd.sock" --timeout 2s version >/dev/null 2>&1 && return 0
         sleep 0.1
     done
@@ -364,7 +365,8 @@ EOF
 wait_node_ready() {
     local i status
     for ((i = 0; i < 600; i++)); do
-        live_pid "${DIR}/kubelet.pid" >/dev/null || die "kubelet exited (log: ${DIR}/kubelet.log)"
+        live_pid "${DIR}/kubelet.pid" >/dev/null ||
+            die "kubelet exited (log: ${DIR}/kubelet.log):$(printf '\n'; tail -n 20 "${DIR}/kubelet.log")"
         status="$(kubectl_admin get node "${NODE}" \
             -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)"
         if [[ "${status}" == True ]]; then
