@@ -153,11 +153,12 @@ impl TestNode {
         let out = cmd.output().expect("run start-node.sh");
         let stderr = String::from_utf8_lossy(&out.stderr);
         eprint!("{stderr}");
-        assert!(
-            out.status.success(),
-            "start-node.sh failed ({})",
-            out.status
-        );
+        if !out.status.success() {
+            // start-node.sh took everything down and kept DIR for its logs;
+            // their tails are in the output above. Nothing stays behind.
+            let _ = fs::remove_dir_all(&dir);
+            panic!("start-node.sh failed ({})", out.status);
+        }
         let port = String::from_utf8_lossy(&out.stdout);
         let port = port.lines().last().unwrap_or_default().trim().to_string();
         let port = port.parse().unwrap_or_else(|_| panic!("no port: {port:?}"));
