@@ -4,28 +4,12 @@
 //! the only one with a token, both share the socket volume, and RBAC grants
 //! exactly the verbs the reclaimer needs.
 
-use std::process::Command;
+mod support;
 
 use serde_json::Value;
+use support::kustomize;
 
 const SA_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-/// `kubectl kustomize <dir>` as JSON values, one per object.
-fn render(dir: &str) -> Vec<Value> {
-    let out = Command::new("kubectl")
-        .args(["kustomize", dir])
-        .output()
-        .expect("kubectl is needed to render deploy/ (the machine image has it)");
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
-        .collect()
-}
 
 fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     objs.iter()
@@ -66,7 +50,7 @@ fn mounts(c: &Value) -> Vec<(&str, &str)> {
 
 #[test]
 fn base_keeps_the_privilege_split() {
-    let objs = render("deploy/base");
+    let objs = kustomize("deploy/base");
     let ds = find(&objs, "DaemonSet", "execwatch");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(ds["metadata"]["namespace"], "5spot-system");
@@ -178,7 +162,7 @@ fn base_keeps_the_privilege_split() {
 
 #[test]
 fn rbac_grants_exactly_the_reclaimers_verbs() {
-    let objs = render("deploy/base");
+    let objs = kustomize("deploy/base");
     let rules = |kind: &str, name: &str| -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
         find(&objs, kind, name)["rules"]
             .as_array()
@@ -249,8 +233,8 @@ fn rbac_grants_exactly_the_reclaimers_verbs() {
 
 #[test]
 fn only_the_pre_6_6_overlay_adds_net_admin_and_nothing_else_changes() {
-    let base = render("deploy/base");
-    let overlay = render("deploy/overlays/kernel-pre-6.6");
+    let base = kustomize("deploy/base");
+    let overlay = kustomize("deploy/overlays/kernel-pre-6.6");
     assert_eq!(base.len(), overlay.len());
     for (b, o) in base.iter().zip(&overlay) {
         if b["kind"] != "DaemonSet" {

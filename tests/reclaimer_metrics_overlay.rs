@@ -6,30 +6,12 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
 
 const OVERLAY: &str = "deploy/overlays/metrics";
-
-/// `kubectl kustomize <dir>` as JSON values, one per object.
-fn render(dir: &str) -> Vec<Value> {
-    let out = Command::new("kubectl")
-        .args(["kustomize", dir])
-        .output()
-        .expect("kubectl is needed to render deploy/");
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
-        .collect()
-}
 
 fn find<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
     objs.iter()
@@ -43,8 +25,8 @@ fn reclaimer(ds: &Value) -> &Value {
 
 #[test]
 fn the_overlay_adds_the_metrics_port_and_a_pod_monitor_only() {
-    let base = render("deploy/base");
-    let overlay = render(OVERLAY);
+    let base = kustomize("deploy/base");
+    let overlay = kustomize(OVERLAY);
     assert_eq!(overlay.len(), base.len() + 1, "the PodMonitor");
     for b in &base {
         let o = overlay
@@ -90,7 +72,7 @@ fn the_overlay_adds_the_metrics_port_and_a_pod_monitor_only() {
 /// loopback) starts a reclaimer that serves /metrics there.
 #[test]
 fn the_overlays_flag_serves_metrics() {
-    let overlay = render(OVERLAY);
+    let overlay = kustomize(OVERLAY);
     let args = &reclaimer(find(&overlay, "DaemonSet"))["args"];
     let flag = args
         .as_array()
