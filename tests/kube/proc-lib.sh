@@ -102,3 +102,30 @@ for _ in range(int(sys.argv[1])):
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
+
+# Start a watchdog that runs "SELF --stop DIR" once the process
+# EXECWATCH_KUBE_OWNER_PID is gone, for as long as DIR/$3 exists (a normal
+# --stop removes it, and the watchdog then exits quietly). $1 is its pid file
+# name in DIR, $2 its process name, $4 what it stops (for its log). Nothing
+# without an owner; an owner that is not running is an error.
+watch_owner() {
+    local pidname="$1" name="$2" sentinel="$3" what="$4" owner="${EXECWATCH_KUBE_OWNER_PID:-}"
+    [[ -n "${owner}" ]] || return 0
+    if ! [[ "${owner}" =~ ^[0-9]+$ ]] || ! kill -0 "${owner}" 2>/dev/null; then
+        die "EXECWATCH_KUBE_OWNER_PID=${owner} is not a running process"
+    fi
+    # "${DIR}/" is on the command line so live_pid recognises the watchdog.
+    # shellcheck disable=SC2016 # the script is expanded by the inner bash
+    spawn "${DIR}/${pidname}" "${DIR}/${pidname%.pid}.log" bash -c '
+        owner="$1"; dir="$2"; self="$3"; sentinel="$4"; what="$5"
+        owner_alive() {
+            local state
+            state="$(sed -n "s/^State:[[:space:]]*\(.\).*/\1/p" "/proc/${owner}/status" 2>/dev/null)" || return 1
+            [[ -n "${state}" && "${state}" != [ZX] ]]
+        }
+        while owner_alive && [[ -e "${dir}/${sentinel}" ]]; do sleep 1; done
+        if [[ -e "${dir}/${sentinel}" ]]; then
+            echo "owner ${owner} is gone, stopping the test ${what}"
+            EXECWATCH_KUBE_IN_WATCHDOG=1 "${self}" --stop "${dir}"
+        fi' "${name}" "${owner}" "${DIR}/" "${SELF}" "${sentinel}" "${what}"
+}

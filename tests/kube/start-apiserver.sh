@@ -272,26 +272,8 @@ start_apiserver() {
 # watchdog: stops everything when the owning process disappears.
 
 start_watchdog() {
-    local owner="${EXECWATCH_KUBE_OWNER_PID:-}"
-    [[ -n "${owner}" ]] || return 0
-    if ! [[ "${owner}" =~ ^[0-9]+$ ]] || ! kill -0 "${owner}" 2>/dev/null; then
-        die "EXECWATCH_KUBE_OWNER_PID=${owner} is not a running process"
-    fi
-    # "${DIR}/" is on the command line so live_pid recognises the watchdog.
-    # It also exits quietly once etcd is stopped normally.
-    # shellcheck disable=SC2016 # the script is expanded by the inner bash
-    spawn "${DIR}/watchdog.pid" "${DIR}/watchdog.log" bash -c '
-        owner="$1"; dir="$2"; self="$3"
-        owner_alive() {
-            local state
-            state="$(sed -n "s/^State:[[:space:]]*\(.\).*/\1/p" "/proc/${owner}/status" 2>/dev/null)" || return 1
-            [[ -n "${state}" && "${state}" != [ZX] ]]
-        }
-        while owner_alive && [[ -e "${dir}/etcd.pid" ]]; do sleep 1; done
-        if [[ -e "${dir}/etcd.pid" ]]; then
-            echo "owner ${owner} is gone, stopping the test cluster"
-            EXECWATCH_KUBE_IN_WATCHDOG=1 "${self}" --stop "${dir}"
-        fi' execwatch-kube-watchdog "${owner}" "${DIR}/" "${SELF}"
+    # etcd.pid exists until the cluster is stopped normally.
+    watch_owner watchdog.pid execwatch-kube-watchdog etcd.pid cluster
 }
 
 # --------------------------------------------------------------------------

@@ -380,22 +380,8 @@ wait_node_ready() {
 }
 
 start_watchdog() {
-    local owner="${EXECWATCH_KUBE_OWNER_PID:-}"
-    [[ -n "${owner}" ]] || return 0
-    # shellcheck disable=SC2016 # the script is expanded by the inner bash
-    spawn "${DIR}/node-watchdog.pid" "${DIR}/node-watchdog.log" bash -c '
-        owner="$1"; dir="$2"; self="$3"
-        owner_alive() {
-            local state
-            state="$(sed -n "s/^State:[[:space:]]*\(.\).*/\1/p" "/proc/${owner}/status" 2>/dev/null)" || return 1
-            [[ -n "${state}" && "${state}" != [ZX] ]]
-        }
-        # host-state exists from before the first daemon until the end of --stop.
-        while owner_alive && [[ -e "${dir}/host-state" ]]; do sleep 1; done
-        if [[ -e "${dir}/host-state" ]]; then
-            echo "owner ${owner} is gone, stopping the test node"
-            EXECWATCH_KUBE_IN_WATCHDOG=1 "${self}" --stop "${dir}"
-        fi' execwatch-node-watchdog "${owner}" "${DIR}/" "${SELF}"
+    # host-state exists from before the first daemon until the end of --stop.
+    watch_owner node-watchdog.pid execwatch-node-watchdog host-state node
 }
 
 start() {
