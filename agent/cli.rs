@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 pub use execwatch::runtime::LogFormat;
 
-use crate::redaction_patterns::{Patterns, Preset};
+use crate::procfs::redaction::patterns::{Patterns, Preset};
 
 /// Bounds of `--poll-interval`: faster scans burn a core on a busy host;
 /// slower ones make the poll detector useless for reclaiming.
@@ -136,12 +136,12 @@ pub struct RunArgs {
     /// Redact argument text matching this regex in every record (repeatable;
     /// comma-separated). With capture groups only the captured text becomes
     /// <redacted>, e.g. `^--password=(.+)`; without, the whole argument.
-    #[arg(long, env = "EXECWATCH_REDACT_ARGV", value_name = "REGEX", value_parser = crate::redaction_patterns::parse)]
+    #[arg(long, env = "EXECWATCH_REDACT_ARGV", value_name = "REGEX", value_parser = crate::procfs::redaction::patterns::parse)]
     pub redact_argv: Vec<Patterns>,
 
     /// Redact the argument after one matching this regex (repeatable;
     /// comma-separated), e.g. `^--password$` for `--password hunter2`.
-    #[arg(long, env = "EXECWATCH_REDACT_ARGV_NEXT", value_name = "REGEX", value_parser = crate::redaction_patterns::parse)]
+    #[arg(long, env = "EXECWATCH_REDACT_ARGV_NEXT", value_name = "REGEX", value_parser = crate::procfs::redaction::patterns::parse)]
     pub redact_argv_next: Vec<Patterns>,
 
     /// Add a ready-made set of redaction patterns (docs/security.md).

@@ -2,27 +2,13 @@
 //! process launches and serves them as a gRPC stream on a Unix socket. It
 //! holds no rules and no Kubernetes credentials, and listens on no network.
 
-mod authority;
 mod cli;
-mod connection;
-mod exit_socket;
-mod fanout;
+mod detector;
 mod health_check;
-mod listener;
-mod netlink;
-mod netlink_detector;
-mod netlink_reader;
-mod poll;
 mod procfs;
-mod quota;
-mod redaction;
-mod redaction_patterns;
-mod refusal;
-mod server;
-mod service;
-mod stat_line;
 mod stats;
-mod subscription;
+mod stream;
+mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,11 +18,11 @@ use clap::Parser;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::cli::{Cli, Command, Detector, RunArgs};
-use crate::fanout::Fanout;
-use crate::procfs::ProcReader;
-use crate::server::Stopped;
+use crate::procfs::reader::ProcReader;
 use crate::stats::Stats;
-use crate::subscription::Shared;
+use crate::stream::fanout::Fanout;
+use crate::stream::subscription::Shared;
+use crate::transport::server::Stopped;
 
 fn main() -> std::process::ExitCode {
     match try_main() {
@@ -53,7 +39,7 @@ fn main() -> std::process::ExitCode {
 fn try_main() -> anyhow::Result<std::process::ExitCode> {
     // The netlink detector confirms its subscription by executing this binary
     // once; that run must do nothing at all.
-    if std::env::var_os(netlink_detector::PROBE_ENV).is_some() {
+    if std::env::var_os(detector::netlink::PROBE_ENV).is_some() {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let cli = Cli::parse();
@@ -101,12 +87,12 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
     // Before the first record is read: every reader redacts from then on.
     if let Some(redactor) = redactor(&args) {
         let (in_argument, next_argument) = redactor.counts();
-        redaction::install(redactor);
+        procfs::redaction::install(redactor);
         tracing::info!(
             in_argument,
             next_argument,
             "argv redaction on: matching text is replaced with {}",
-            redaction::REDACTED
+            procfs::redaction::REDACTED
         );
     }
     let reader = ProcReader::open(&args.proc_root, max_argv)?;
@@ -120,7 +106,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         Detector::Netlink => {
             let filter = args.kernel_filter == cli::KernelFilter::Auto;
             let detector =
-                netlink_detector::NetlinkDetector::start(args.receive_buffer as usize, filter)
+                detector::netlink::NetlinkDetector::start(args.receive_buffer as usize, filter)
                     .context("the netlink detector could not start (try --detector=poll)")?;
             let mode = detector.mode().name();
             stats.set_detector("netlink", mode, detector.receive_buffer() as u64);
@@ -131,13 +117,13 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             );
             let (fanout, stats) = (fanout.clone(), stats.clone());
             tokio::spawn(async move {
-                let err = netlink_reader::run(detector, reader, fanout, stats).await;
+                let err = detector::reader::run(detector, reader, fanout, stats).await;
                 let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
             });
         }
         Detector::Poll => {
             stats.set_detector("poll", "", 0);
-            let poller = poll::Poller::start(reader, args.poll_interval)
+            let poller = detector::poll::Poller::start(reader, args.poll_interval)
                 .with_context(|| format!("cannot scan {}", args.proc_root))?;
             tracing::info!(
                 interval_ms = args.poll_interval.as_millis() as u64,
@@ -161,7 +147,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             Ok(why) = failed_rx => Stopped::DetectorFailed(why),
         }
     };
-    let listener = server::bind(&socket, args.socket_mode)?;
+    let listener = transport::server::bind(&socket, args.socket_mode)?;
     // The mode in octal, as chmod and ls write it: JSON has no octal
     // numbers, and 432 would be read as a mode by nobody. The uids as the
     // flag takes them: tracing records scalars only, not lists.
@@ -173,7 +159,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         peer_check = !args.allow_uid.is_empty(),
         "serving"
     );
-    let peers = service::PeerCheck::new(&args.allow_uid, stats.clone());
+    let peers = stream::service::PeerCheck::new(&args.allow_uid, stats.clone());
     let (streams_end, stop_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
         fanout,
@@ -184,8 +170,8 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         stop: stop_rx,
         snapshot_reads: tokio::sync::Semaphore::new(SNAPSHOT_READS),
     });
-    let limits = server::Limits {
-        seats: service::Seats::new(
+    let limits = transport::server::Limits {
+        seats: stream::service::Seats::new(
             args.max_subscribers as usize,
             args.max_subscribers_per_uid as usize,
         ),
@@ -194,7 +180,8 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         connections_per_uid: args.max_connections_per_uid as usize,
     };
     let stopped =
-        server::serve(listener, &socket, shared, peers, limits, stop, streams_end).await?;
+        transport::server::serve(listener, &socket, shared, peers, limits, stop, streams_end)
+            .await?;
     tracing::info!("stopped; socket removed");
     Ok(stopped)
 }
@@ -204,7 +191,7 @@ const SNAPSHOT_READS: usize = 2;
 
 /// The redaction the flags ask for: the preset's patterns, then the
 /// `--redact-argv` and `--redact-argv-next` ones. `None` if there are none.
-fn redactor(args: &RunArgs) -> Option<redaction::Redactor> {
+fn redactor(args: &RunArgs) -> Option<procfs::redaction::Redactor> {
     let (mut inside, mut next) = args
         .redact_argv_preset
         .map(|preset| preset.patterns())
@@ -215,5 +202,5 @@ fn redactor(args: &RunArgs) -> Option<redaction::Redactor> {
             .iter()
             .flat_map(|p| p.0.iter().cloned()),
     );
-    redaction::Redactor::new(inside, next)
+    procfs::redaction::Redactor::new(inside, next)
 }

@@ -23,10 +23,10 @@ use execwatch::proto::{watch_event::Kind, Process};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::agent_link::LinkEvent;
+use crate::agent::link::LinkEvent;
 use crate::metrics::Metrics;
-use crate::node::{self, NodeError, Outcome};
-use crate::node_writer::{Job, NodeWriter, Sent};
+use crate::node::client::{self, NodeError, Outcome};
+use crate::node::writer::{Job, NodeWriter, Sent};
 use crate::process_table::ProcessTable;
 use crate::rules::{Match, Rules};
 
@@ -211,7 +211,7 @@ impl Decider {
     fn fire(&mut self, p: &Process, m: Match) {
         self.metrics.matches.inc();
         let reason = m.reason();
-        let at = node::rfc3339_now();
+        let at = client::rfc3339_now();
         let argv = if self.settings.log_argv {
             p.argv.join(" ")
         } else {
@@ -223,7 +223,7 @@ impl Decider {
         let observed = std::time::Instant::now()
             .checked_sub(Duration::from_nanos(age.min(3_600_000_000_000)))
             .unwrap_or_else(std::time::Instant::now);
-        let req = node::Request {
+        let req = client::Request {
             reason,
             at,
             comm: p.comm.clone(),
@@ -318,5 +318,4 @@ impl Decider {
 }
 
 #[cfg(test)]
-#[path = "decision_tests.rs"]
 mod tests;

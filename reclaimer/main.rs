@@ -2,18 +2,14 @@
 //! stream, holds the rules and the Kubernetes credentials, and asks the
 //! 5-Spot controller to reclaim this node by annotating its Node.
 
-mod agent_link;
-mod agent_stats;
+mod agent;
 mod backoff;
 mod cli;
 mod decision;
 mod metrics;
-mod metrics_server;
 mod node;
-mod node_writer;
 mod process_table;
 mod rules;
-mod rules_source;
 mod status;
 
 use std::sync::Arc;
@@ -25,9 +21,9 @@ use tokio::sync::mpsc;
 
 use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings};
-use crate::node::{HostId, NodeClient};
-use crate::node_writer::{DryRun, NodeWriter};
-use crate::rules_source::{RulesSource, WhenMissing};
+use crate::node::client::{HostId, NodeClient};
+use crate::node::writer::{DryRun, NodeWriter};
+use crate::rules::source::{RulesSource, WhenMissing};
 
 fn main() -> std::process::ExitCode {
     match try_main() {
@@ -130,17 +126,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let RulesSource::File(path) = &source {
         // A bad file at start is a configuration error; later edits are
         // ridden out with the last good rules.
-        rules_source::load_file(path)?;
+        rules::source::load_file(path)?;
     }
     if let Some(addr) = cli.metrics_addr {
         // Bound here, so a bad address stops the reclaimer at start.
-        let server = metrics_server::MetricsServer::bind(addr, metrics.clone()).await?;
+        let server = metrics::server::MetricsServer::bind(addr, metrics.clone()).await?;
         tokio::spawn(server.run());
     }
 
     let (link_tx, link_rx) = mpsc::channel(1024);
     let (rules_tx, rules_rx) = mpsc::channel(4);
-    tokio::spawn(agent_link::run(
+    tokio::spawn(agent::link::run(
         cli.socket.clone(),
         link_tx,
         metrics.clone(),
@@ -150,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         WhenMissing::Disarm
     };
-    tokio::spawn(rules_source::run(
+    tokio::spawn(rules::source::run(
         source,
         when_missing,
         rules_tx,

@@ -1,7 +1,7 @@
 //! What the reclaimer counts, as `prometheus-client` metrics in one
 //! registry: its own under `execwatch_reclaimer_`, and the agent's `GetStats`
-//! counters under `execwatch_agent_` ([`crate::agent_stats`]), so that one
-//! scrape shows the whole pod. Served by [`crate::metrics_server`].
+//! counters under `execwatch_agent_` ([`crate::agent::stats`]), so that one
+//! scrape shows the whole pod. Served by [`crate::metrics::server`].
 
 use std::sync::Arc;
 
@@ -11,7 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::agent_stats::AgentStats;
+use crate::agent::stats::AgentStats;
+
+pub mod server;
 
 /// Upper bounds (seconds) of the patch latency histogram.
 pub const PATCH_LATENCY_BUCKETS: [f64; 10] =

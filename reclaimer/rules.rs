@@ -105,10 +105,9 @@ use std::fmt;
 
 use serde::Deserialize;
 
-#[path = "rules_match.rs"]
 mod matching;
-#[path = "rules_parse.rs"]
 mod parse;
+pub mod source;
 
 pub use parse::RulesError;
 
@@ -283,5 +282,4 @@ impl Rules {
 }
 
 #[cfg(test)]
-#[path = "rules_tests.rs"]
 mod tests;

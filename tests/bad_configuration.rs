@@ -5,7 +5,7 @@
 //! that has rules when `--keep-rules-when-missing` asks for that (by
 //! default they disarm: tests/reclaimer_kube.rs,
 //! tests/reclaimer_dry_run.rs). Flag bounds are in the tables of tests/agent_security.rs
-//! and tests/reclaimer_dry_run.rs; rule documents in reclaimer/rules_tests.rs.
+//! and tests/reclaimer_dry_run.rs; rule documents in reclaimer/rules/tests.rs.
 #![cfg(target_os = "linux")]
 
 mod support;

@@ -1,0 +1,234 @@
+//! The netlink detector's start: subscribe to exec and exit events and
+//! prove the subscription works before anything is served.
+//!
+//! On kernels >= 6.6 the kernel filters per socket, so the agent opens two:
+//! one for exec events, which must reach subscribers at once, and one for
+//! exit events, which may wait a few milliseconds and be read in batches (see
+//! [`crate::detector::reader`]). A kernel-filtered subscription gets no ack, so
+//! the only proof it works is an event: the agent executes itself once as a
+//! probe and waits for that exec on the first socket and that exit on the
+//! second. If they do not arrive, it falls back to one socket with the legacy
+//! unfiltered subscription (older kernels ignore the 8-byte form) and filters
+//! here.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::detector::socket::{NetlinkError, NetlinkSocket, Received, DATAGRAM_BUF, PROBE_TIMEOUT};
+use execwatch::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message};
+
+/// Environment variable that turns an agent start into the probe's no-op.
+pub const PROBE_ENV: &str = "EXECWATCH_PROBE";
+
+/// How long the exec socket is watched for events it should not get.
+const FILTER_CHECK: Duration = Duration::from_millis(50);
+
+/// Why the netlink detector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The probe process could not be run.
+    #[error("cannot run the subscription probe ({exe}): {source}")]
+    Probe {
+        /// What was executed.
+        exe: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel refused the subscription.
+    #[error("the kernel refused the proc connector subscription: errno {0}{1}")]
+    Refused(u32, &'static str),
+    /// Subscribed, but no event ever came.
+    #[error("subscribed to the proc connector but saw no event for the probe process within {0:?}: \
+             is the agent in the initial pid namespace (hostPID) and does the kernel have CONFIG_PROC_EVENTS?")]
+    Silent(std::time::Duration),
+}
+
+/// How the subscription filters events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The kernel sends only exec and exit events (>= 6.6).
+    KernelFiltered,
+    /// The kernel sends everything; the agent drops what it does not want.
+    UserspaceFiltered,
+}
+
+impl Mode {
+    /// The name used in logs and stats.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::KernelFiltered => "kernel-filtered",
+            Mode::UserspaceFiltered => "userspace-filtered",
+        }
+    }
+}
+
+/// Subscribed, confirmed sockets, ready to be read.
+pub struct NetlinkDetector {
+    /// Exec events; in [`Mode::UserspaceFiltered`], every event.
+    pub(crate) execs: NetlinkSocket,
+    /// Exit events, in [`Mode::KernelFiltered`] only.
+    pub(crate) exits: Option<NetlinkSocket>,
+    mode: Mode,
+    rcvbuf: usize,
+}
+
+impl NetlinkDetector {
+    /// Opens, subscribes and confirms: with the kernel's filter if
+    /// `kernel_filter` and the kernel has one, else without. Blocks for at
+    /// most four probe timeouts.
+    pub fn start(receive_buffer: usize, kernel_filter: bool) -> Result<Self, StartError> {
+        if kernel_filter {
+            if let Some(detector) = Self::start_filtered(receive_buffer)? {
+                return Ok(detector);
+            }
+            tracing::info!("kernel-filtered subscription produced no event (kernel older than 6.6?); retrying unfiltered");
+        }
+        Self::start_unfiltered(receive_buffer)
+    }
+
+    /// Two sockets, exec and exit, each filtered by the kernel. `None` if
+    /// the probe's events did not arrive (a kernel without the filter).
+    fn start_filtered(receive_buffer: usize) -> Result<Option<Self>, StartError> {
+        let (execs, rcvbuf) = NetlinkSocket::open(receive_buffer)?;
+        execs.subscribe(McastOp::Listen, Some(event_mask::EXEC))?;
+        let (exits, _) = NetlinkSocket::open(receive_buffer)?;
+        exits.subscribe(McastOp::Listen, Some(event_mask::EXIT))?;
+        let mut child = spawn_probe()?;
+        let target = child.id() as i32;
+        let exec = wait_for(&execs, &mut child, target, Wanted::Exec, PROBE_TIMEOUT)?;
+        let _ = child.wait();
+        if exec.probe && !exec.foreign {
+            let exit = wait_for(&exits, &mut child, target, Wanted::Exit, PROBE_TIMEOUT)?;
+            // A kernel without the filter sends a socket everything once
+            // anyone listens: the probe's exit would reach the exec socket.
+            let leak = wait_for(&execs, &mut child, -1, Wanted::Exec, FILTER_CHECK)?;
+            if exit.probe && !exit.foreign && !leak.foreign {
+                return Ok(Some(Self {
+                    execs,
+                    exits: Some(exits),
+                    mode: Mode::KernelFiltered,
+                    rcvbuf,
+                }));
+            }
+        }
+        // Leave the group's listener count as it was; closing alone would
+        // not.
+        for sock in [&execs, &exits] {
+            let _ = sock.subscribe(McastOp::Ignore, None);
+        }
+        Ok(None)
+    }
+
+    /// One socket that gets every proc connector event.
+    fn start_unfiltered(receive_buffer: usize) -> Result<Self, StartError> {
+        let (execs, rcvbuf) = NetlinkSocket::open(receive_buffer)?;
+        execs.subscribe(McastOp::Listen, None)?;
+        let mut child = spawn_probe()?;
+        let target = child.id() as i32;
+        let seen = wait_for(&execs, &mut child, target, Wanted::Exec, PROBE_TIMEOUT)?;
+        let _ = child.wait();
+        if !seen.probe {
+            return Err(StartError::Silent(PROBE_TIMEOUT));
+        }
+        Ok(Self {
+            execs,
+            exits: None,
+            mode: Mode::UserspaceFiltered,
+            rcvbuf,
+        })
+    }
+
+    /// The subscription mode in force.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The receive buffer the kernel granted each socket, in bytes.
+    pub fn receive_buffer(&self) -> usize {
+        self.rcvbuf
+    }
+}
+
+/// Which of the probe's events a socket must show.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Exec,
+    Exit,
+}
+
+/// Executes the agent's own binary as a no-op.
+fn spawn_probe() -> Result<Child, StartError> {
+    let exe = "/proc/self/exe";
+    Command::new(exe)
+        .env(PROBE_ENV, "1")
+        .spawn()
+        .map_err(|source| StartError::Probe {
+            exe: exe.into(),
+            source,
+        })
+}
+
+/// What a socket showed while waiting for the probe.
+struct Seen {
+    /// The probe's wanted event arrived.
+    probe: bool,
+    /// An event of another kind arrived: the kernel did not filter.
+    foreign: bool,
+}
+
+/// Waits up to `timeout` for the probe's exec or exit event on `sock`,
+/// noting any event of another kind. An error ack from the kernel is a
+/// refusal.
+fn wait_for(
+    sock: &NetlinkSocket,
+    child: &mut Child,
+    target: i32,
+    wanted: Wanted,
+    timeout: Duration,
+) -> Result<Seen, StartError> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; DATAGRAM_BUF];
+    let mut seen = Seen {
+        probe: false,
+        foreign: false,
+    };
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let n = match sock.recv(&mut buf, Some(left))? {
+            Received::Datagram(n) => n,
+            Received::Overrun => continue,
+            Received::Timeout => break,
+        };
+        for message in parse_datagram(&buf[..n]).flatten() {
+            let Message::Event(ev) = message else {
+                continue;
+            };
+            match ev.kind {
+                EventKind::Ack { err } if err != 0 => {
+                    let _ = child.wait();
+                    let hint = if err == libc::EPERM as u32 {
+                        " (kernels before 6.6 need CAP_NET_ADMIN: see deploy/overlays/kernel-pre-6.6)"
+                    } else {
+                        ""
+                    };
+                    return Err(StartError::Refused(err, hint));
+                }
+                EventKind::Ack { .. } => {}
+                EventKind::Exec { tgid, .. } if wanted == Wanted::Exec => {
+                    seen.probe |= tgid == target;
+                }
+                EventKind::Exit { pid, .. } if wanted == Wanted::Exit => {
+                    seen.probe |= pid == target;
+                }
+                _ => seen.foreign = true,
+            }
+        }
+        if seen.probe {
+            break;
+        }
+    }
+    Ok(seen)
+}

@@ -1,0 +1,159 @@
+//! The poll detector (rung 1): scan `/proc` every interval and report
+//! processes not seen before, by pid and start time, and processes whose
+//! command name changed since the last scan (an `execve` keeps pid and start
+//! time: `bash -c '…; exec java …'`).
+//!
+//! It needs no netlink and no host network, but it costs a read of every
+//! `/proc/<pid>/stat` per scan and misses processes that live shorter than
+//! one interval (and an exec that keeps the comm, such as a program
+//! re-executing itself). Pids that vanish between scans are reported as exits.
+//!
+//! A scan the agent cannot finish for a reason of its own (out of
+//! descriptors or memory) changes nothing it knows and is reported once as
+//! `lost` (site detector); the next scan that works finds what it missed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use execwatch::proto::{Exit, Source};
+
+use execwatch::proto::LossSite;
+
+use crate::procfs::reader::{Exhausted, Identity, ProcReader};
+use crate::stats::Stats;
+use crate::stream::fanout::{DetectorLoss, Fanout, Item};
+use execwatch::clock;
+
+/// A poll detector that has taken its first inventory.
+pub struct Poller {
+    reader: ProcReader,
+    interval: Duration,
+    /// pid -> identity of the process last seen under that pid.
+    known: HashMap<i32, Identity>,
+    /// Whether the last scan failed for want of descriptors or memory (its
+    /// loss is reported once per episode).
+    failing: bool,
+}
+
+impl Poller {
+    /// Scans once to learn what already runs (nothing is published for it:
+    /// subscribers get running processes from their own snapshot). Done
+    /// before the socket exists, so a launch after a client connects is
+    /// never mistaken for part of the inventory.
+    pub fn start(mut reader: ProcReader, interval: Duration) -> std::io::Result<Self> {
+        let mut known = HashMap::new();
+        for pid in reader.pids()? {
+            if let Some(id) = reader
+                .identity(pid)
+                .map_err(|e| std::io::Error::from(e.0))?
+            {
+                known.insert(pid, id);
+            }
+        }
+        Ok(Self {
+            reader,
+            interval,
+            known,
+            failing: false,
+        })
+    }
+
+    /// Scans forever on the calling thread; returns only if `/proc` cannot
+    /// be listed for a reason other than the agent's own exhaustion.
+    pub fn run(mut self, fanout: Arc<Fanout>, stats: Arc<Stats>) -> std::io::Error {
+        loop {
+            std::thread::sleep(self.interval);
+            match self.scan(&fanout, &stats) {
+                Ok(Ok(())) => self.failing = false,
+                Ok(Err(exhausted)) => {
+                    if !std::mem::replace(&mut self.failing, true) {
+                        let reason = format!("a /proc scan failed: {exhausted}; processes started or ended meanwhile may have been missed");
+                        tracing::warn!("{reason}; subscribers will resync");
+                        fanout.publish(Item::DetectorLost(Arc::new(DetectorLoss {
+                            site: LossSite::Detector,
+                            reason,
+                            count: None,
+                        })));
+                    }
+                }
+                Err(e) => return e,
+            }
+        }
+    }
+
+    /// One scan. The outer error stops the detector; the inner one leaves
+    /// what it knows unchanged and is tried again next interval.
+    fn scan(&mut self, fanout: &Fanout, stats: &Stats) -> std::io::Result<Result<(), Exhausted>> {
+        let reader = &mut self.reader;
+        let pids = match reader.pids() {
+            Ok(pids) => pids,
+            Err(e) => match e.raw_os_error().map(nix::errno::Errno::from_raw) {
+                Some(
+                    errno @ (nix::errno::Errno::EMFILE
+                    | nix::errno::Errno::ENFILE
+                    | nix::errno::Errno::ENOMEM),
+                ) => return Ok(Err(Exhausted(errno))),
+                _ => return Err(e),
+            },
+        };
+        let mut alive = HashMap::with_capacity(pids.len());
+        for pid in pids {
+            let id = match reader.identity(pid) {
+                Ok(Some(id)) => id,
+                Ok(None) => continue,
+                Err(e) => {
+                    // What this scan published stands; the rest waits.
+                    self.known.extend(alive);
+                    return Ok(Err(e));
+                }
+            };
+            alive.insert(pid, id);
+            let previous = self.known.get(&pid).copied();
+            if previous == Some(id) {
+                continue;
+            }
+            if previous.is_some_and(|p| p.start_ticks != id.start_ticks) {
+                // The pid was reused: the process we knew under it is gone.
+                publish_exit(fanout, stats, pid);
+            }
+            // New pid, reused pid, or a new program in a known process.
+            let read = match reader.read(pid, pid, Source::Poll) {
+                Ok(read) => read,
+                Err(e) => {
+                    // Not published: the next scan that works reports it.
+                    alive.remove(&pid);
+                    self.known.remove(&pid);
+                    self.known.extend(alive);
+                    return Ok(Err(e));
+                }
+            };
+            if let Some(p) = read {
+                if p.start_ticks != id.start_ticks && p.start_ticks != 0 {
+                    // Reused again between the two reads; the next scan has it.
+                    alive.remove(&pid);
+                    continue;
+                }
+                stats.add_execs(1);
+                fanout.publish(Item::Exec(Arc::new(p)));
+            }
+        }
+        for pid in self.known.keys().filter(|pid| !alive.contains_key(pid)) {
+            publish_exit(fanout, stats, *pid);
+        }
+        self.known = alive;
+        Ok(Ok(()))
+    }
+}
+
+/// Reports that the process last seen under `pid` is gone.
+fn publish_exit(fanout: &Fanout, stats: &Stats, pid: i32) {
+    stats.add_exits(1);
+    fanout.publish(Item::Exit(Exit {
+        pid,
+        tgid: pid,
+        observed_unix_ns: clock::unix_ns(),
+        source: Source::Poll as i32,
+        ..Default::default()
+    }));
+}

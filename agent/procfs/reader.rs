@@ -1,0 +1,381 @@
+//! Reading one process's record from `/proc`, quickly and without guessing.
+//!
+//! Called right after the kernel reports an exec, so it must be cheap: one
+//! `openat` of `/proc/<pid>` relative to a held `/proc` directory fd, then
+//! `stat`, `status`, `cmdline`, `cgroup` and two `readlinkat`s relative to that
+//! directory, into one reused buffer. Holding the directory fd also pins the
+//! process: if it exits and its pid is reused mid-read, the remaining reads
+//! fail instead of describing the newcomer.
+//!
+//! A field that cannot be read is left empty and named in `unavailable` with
+//! the reason; a process that is gone yields a record with only what the
+//! caller already knew and `exited_before_inspection` set. A read that fails
+//! for a reason of the agent's own (out of descriptors or memory) yields no
+//! record at all but an [`Exhausted`] error: such a record would describe
+//! the agent's trouble, not the process, so callers report it as loss.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use execwatch::cgroup;
+use execwatch::proto::{Credentials, Process, Source, Unavailable};
+use nix::errno::Errno;
+use nix::fcntl::{openat, readlinkat, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::procfs::stat_line::StatLine;
+use execwatch::clock;
+
+/// First read size: every file read here but a long command line fits.
+const READ_CHUNK: usize = 4096;
+
+/// Kernel threads carry this flag in field 9 of `/proc/<pid>/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// A process's identity as a scan sees it: pid reuse changes the start
+/// time; an `execve` changes the comm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Start time in clock ticks since boot.
+    pub start_ticks: u64,
+    /// The kernel's command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// Reads process records from one `/proc` mount.
+pub struct ProcReader {
+    proc_dir: OwnedFd,
+    buf: Vec<u8>,
+    max_argv_bytes: usize,
+}
+
+/// A read failed because the agent itself ran out of something (descriptors,
+/// memory): nothing is known about the process, and the caller must say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the agent cannot read /proc: {}", .0.desc())]
+pub struct Exhausted(pub Errno);
+
+/// Passes `e` on, unless it is the agent's own exhaustion.
+fn own(e: Errno) -> Result<Errno, Exhausted> {
+    match e {
+        Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOBUFS => Err(Exhausted(e)),
+        e => Ok(e),
+    }
+}
+
+/// The `/proc` mount could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open {path}: {source}")]
+pub struct OpenError {
+    path: String,
+    #[source]
+    source: Errno,
+}
+
+impl ProcReader {
+    /// Opens the `/proc` mount at `root` (normally `/proc`).
+    ///
+    /// `max_argv_bytes` caps how much of a command line is read; longer ones
+    /// are cut and flagged `argv_truncated`.
+    pub fn open(root: &str, max_argv_bytes: usize) -> Result<Self, OpenError> {
+        let proc_dir = nix::fcntl::open(
+            root,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|source| OpenError {
+            path: root.to_string(),
+            source,
+        })?;
+        Ok(Self {
+            proc_dir,
+            buf: Vec::with_capacity(4096),
+            max_argv_bytes,
+        })
+    }
+
+    /// Whether the agent can open a file under `/proc` right now (after an
+    /// [`Exhausted`] read: have descriptors come back?).
+    pub fn probe(&mut self) -> Result<(), Exhausted> {
+        match read_at(&self.proc_dir, "self/stat", &mut self.buf, 4096) {
+            Err(e) => own(e).map(drop),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// The pids currently listed in `/proc` (thread-group leaders only).
+    pub fn pids(&self) -> std::io::Result<Vec<i32>> {
+        let dir = std::fs::read_dir(fd_path(&self.proc_dir))?;
+        Ok(dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect())
+    }
+
+    /// What one read of `pid`'s `stat` says about its identity: start time
+    /// and comm. `None` if it is gone or a kernel thread.
+    pub fn identity(&mut self, pid: i32) -> Result<Option<Identity>, Exhausted> {
+        let path = format!("{pid}/stat");
+        if let Err(e) = read_at(&self.proc_dir, &path, &mut self.buf, 4096) {
+            own(e)?;
+            return Ok(None);
+        }
+        let Some(stat) = StatLine::parse(&self.buf) else {
+            return Ok(None);
+        };
+        // A zombie is gone as far as a scan is concerned: its exit happened.
+        if stat.flags & PF_KTHREAD != 0 || stat.exited() {
+            return Ok(None);
+        }
+        let mut comm = [0u8; 16];
+        let n = stat.comm.len().min(comm.len());
+        comm[..n].copy_from_slice(&stat.comm[..n]);
+        Ok(Some(Identity {
+            start_ticks: stat.start_ticks,
+            comm,
+        }))
+    }
+
+    /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
+    /// which never exec and are not processes a user launches.
+    pub fn read(
+        &mut self,
+        pid: i32,
+        tgid: i32,
+        source: Source,
+    ) -> Result<Option<Process>, Exhausted> {
+        let mut p = Process {
+            pid,
+            tgid,
+            source: source as i32,
+            observed_unix_ns: clock::unix_ns(),
+            ..Default::default()
+        };
+        let dir = match openat(
+            &self.proc_dir,
+            pid.to_string().as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(dir) => dir,
+            Err(e) => {
+                gone(&mut p, "all", own(e)?);
+                return Ok(Some(p));
+            }
+        };
+
+        match read_at(&dir, "stat", &mut self.buf, 4096).map(|_| StatLine::parse(&self.buf)) {
+            Ok(Some(stat)) => {
+                if stat.flags & PF_KTHREAD != 0 {
+                    return Ok(None);
+                }
+                p.comm = String::from_utf8_lossy(stat.comm).into_owned();
+                p.ppid = stat.ppid;
+                p.start_ticks = stat.start_ticks;
+                if stat.exited() {
+                    // Reaping pending: the exit already happened, and a
+                    // snapshot must not list it as running (its exit event
+                    // may have gone by before the subscriber joined).
+                    p.exited_before_inspection = true;
+                    unavailable(
+                        &mut p,
+                        "argv",
+                        "process exited (zombie) before it could be inspected".into(),
+                    );
+                    return Ok(Some(p));
+                }
+            }
+            Ok(None) => unavailable(&mut p, "comm", "unparsable /proc/<pid>/stat".into()),
+            Err(e) => {
+                gone(&mut p, "all", own(e)?);
+                return Ok(Some(p));
+            }
+        }
+
+        match read_at(&dir, "status", &mut self.buf, 8192) {
+            Ok(_) => p.credentials = parse_credentials(&self.buf),
+            Err(e) => missing(&mut p, "credentials", own(e)?),
+        }
+
+        let limit = self.max_argv_bytes;
+        match read_at(&dir, "cmdline", &mut self.buf, limit + 1) {
+            Ok(_) => set_argv(&mut p, &self.buf, limit),
+            Err(e) => missing(&mut p, "argv", own(e)?),
+        }
+
+        match read_at(&dir, "cgroup", &mut self.buf, 8192) {
+            Ok(_) => p.cgroup = Some(cgroup::classify(&String::from_utf8_lossy(&self.buf))),
+            Err(e) => missing(&mut p, "cgroup", own(e)?),
+        }
+
+        match readlinkat(&dir, "exe") {
+            Ok(path) => p.exe = Some(path.to_string_lossy().into_owned()),
+            Err(e) => missing(&mut p, "exe", own(e)?),
+        }
+        match readlinkat(&dir, "cwd") {
+            Ok(path) => p.cwd = Some(path.to_string_lossy().into_owned()),
+            Err(e) => missing(&mut p, "cwd", own(e)?),
+        }
+        crate::procfs::redaction::apply(&mut p);
+        Ok(Some(p))
+    }
+}
+
+/// `/proc/self/fd/<n>`: a path naming an open directory fd.
+fn fd_path(fd: &impl AsFd) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
+}
+
+/// Reads at most `limit` bytes of `name` under `dir` into `buf`.
+///
+/// procfs hands these files over whole on the first read (`stat`, `status`
+/// and `cgroup` are single-record seq files, and `cmdline` copies as much of
+/// the argument area as is asked for), so a read that leaves room in the
+/// buffer has reached the end: no second read just to see end-of-file.
+fn read_at(dir: &OwnedFd, name: &str, buf: &mut Vec<u8>, limit: usize) -> Result<usize, Errno> {
+    buf.clear();
+    let fd = openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let (mut filled, mut chunk) = (0, READ_CHUNK);
+    loop {
+        let end = (filled + chunk).min(limit);
+        buf.resize(end, 0);
+        match nix::unistd::read(&fd, &mut buf[filled..end]) {
+            Ok(n) => {
+                filled += n;
+                if n == 0 || filled < end || filled == limit {
+                    break;
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                buf.clear();
+                return Err(e);
+            }
+        }
+        chunk *= 2;
+    }
+    buf.truncate(filled);
+    Ok(filled)
+}
+
+/// Parses the `Uid:` and `Gid:` lines of `/proc/<pid>/status`.
+fn parse_credentials(status: &[u8]) -> Option<Credentials> {
+    let (mut uids, mut gids) = (None, None);
+    for line in status.split(|&b| b == b'\n') {
+        if let Some(rest) = line.strip_prefix(b"Uid:") {
+            uids = real_and_effective(rest);
+        } else if let Some(rest) = line.strip_prefix(b"Gid:") {
+            gids = real_and_effective(rest);
+        }
+    }
+    let ((uid, euid), (gid, egid)) = (uids?, gids?);
+    Some(Credentials {
+        uid,
+        euid,
+        gid,
+        egid,
+    })
+}
+
+/// The first two numbers of a `Uid:`/`Gid:` line (real, effective).
+fn real_and_effective(rest: &[u8]) -> Option<(u32, u32)> {
+    let mut ids = std::str::from_utf8(rest).ok()?.split_whitespace();
+    Some((ids.next()?.parse().ok()?, ids.next()?.parse().ok()?))
+}
+
+/// Fills argv from the NUL-separated `cmdline` bytes.
+///
+/// A non-UTF-8 command line is carried twice (exact bytes in `argv_raw`,
+/// a lossy string in `argv`, where each bad byte takes three), so the two
+/// together are capped at twice `limit`: arguments past that are dropped and
+/// the record flagged `argv_truncated`. Whatever the input, one record's
+/// command line weighs at most `2 * limit` bytes.
+fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
+    let mut bytes = cmdline;
+    if bytes.len() > limit {
+        bytes = &bytes[..limit];
+        p.argv_truncated = true;
+    }
+    // Nothing at all: a zombie or a kernel thread. A lone NUL, by contrast,
+    // is one empty argument (argv = [""]), which is a real command line.
+    if bytes.is_empty() {
+        return;
+    }
+    // The kernel ends every argument with NUL; drop the last one only.
+    let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
+    let args: Vec<&[u8]> = bytes.split(|&b| b == 0).collect();
+    p.argv_lossy = std::str::from_utf8(bytes).is_err();
+    if !p.argv_lossy {
+        p.argv = args
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        return;
+    }
+    let mut room = 2 * limit;
+    for arg in args {
+        let lossy = OsStr::from_bytes(arg).to_string_lossy().into_owned();
+        let weight = lossy.len() + arg.len();
+        if weight <= room {
+            room -= weight;
+            p.argv.push(lossy);
+            p.argv_raw.push(arg.to_vec());
+            continue;
+        }
+        // The first argument that does not fit is cut: a byte weighs at most
+        // four (itself and a three-byte U+FFFD), so a quarter of the room
+        // always fits.
+        let cut = &arg[..(room / 4).min(arg.len())];
+        p.argv
+            .push(OsStr::from_bytes(cut).to_string_lossy().into_owned());
+        p.argv_raw.push(cut.to_vec());
+        p.argv_truncated = true;
+        break;
+    }
+}
+
+/// Records that the process vanished before it could be read.
+fn gone(p: &mut Process, field: &str, e: Errno) {
+    if matches!(e, Errno::ENOENT | Errno::ESRCH) {
+        p.exited_before_inspection = true;
+        unavailable(
+            p,
+            field,
+            "process exited before it could be inspected".into(),
+        );
+    } else {
+        unavailable(p, field, reason(e));
+    }
+}
+
+/// Records one unreadable field, noticing an exit in the middle of reading.
+fn missing(p: &mut Process, field: &str, e: Errno) {
+    if matches!(e, Errno::ESRCH) {
+        p.exited_before_inspection = true;
+    }
+    unavailable(p, field, reason(e));
+}
+
+fn unavailable(p: &mut Process, field: &str, reason: String) {
+    p.unavailable.push(Unavailable {
+        field: field.to_string(),
+        reason,
+    });
+}
+
+/// A reason an operator can act on.
+fn reason(e: Errno) -> String {
+    match e {
+        Errno::EACCES | Errno::EPERM => {
+            "permission denied (another user's process: needs CAP_SYS_PTRACE)".into()
+        }
+        Errno::ENOENT => "not present (kernel thread, zombie or exited process)".into(),
+        Errno::ESRCH => "process exited while it was being inspected".into(),
+        other => format!("read failed: {}", other.desc()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,317 @@
+//! Fan-out from the one detector to every subscriber, without ever
+//! waiting on a subscriber.
+//!
+//! The detector calls [`Fanout::publish`]; each subscriber has its own queue,
+//! bounded both in items and in bytes (the encoded size of what it holds),
+//! and gets the event with `try_send`. A subscriber whose queue is full
+//! is unhooked on the spot: its queue is left to drain, then its stream task
+//! finds the [`Overflow`] record, re-subscribes, tells its client `lost` and
+//! sends a fresh snapshot. The detector and the other subscribers never
+//! notice.
+//!
+//! What the `lost` says is exact: the events published while the subscriber
+//! was unhooked are counted, and a detector loss it missed in that time
+//! (including the loss item that did not fit) is reported as that loss, with
+//! its site, and with a count only if every missed loss had one.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use execwatch::proto::{Exit, LossSite, Process};
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::stats::Stats;
+
+/// One item a detector publishes.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A process was executed.
+    Exec(Arc<Process>),
+    /// A thread-group leader exited (small and `Copy`: no sharing needed).
+    Exit(Exit),
+    /// The detector lost events; every subscriber must resync.
+    DetectorLost(Arc<DetectorLoss>),
+}
+
+impl Item {
+    /// What the item weighs in a queue: its encoded size (a record shared
+    /// by several queues counts in each).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Item::Exec(p) => p.encoded_len(),
+            Item::Exit(e) => e.encoded_len(),
+            Item::DetectorLost(l) => l.reason.len() + 32,
+        }
+    }
+}
+
+/// Events lost before they reached the fan-out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectorLoss {
+    /// [`LossSite::Kernel`] (the socket overflowed) or
+    /// [`LossSite::Detector`] (the agent could not read the processes).
+    pub site: LossSite,
+    /// What happened, for the `lost` marker.
+    pub reason: String,
+    /// How many exec events were lost, when known.
+    pub count: Option<u64>,
+}
+
+/// What a subscriber missed while it was unhooked, as
+/// [`Fanout::resubscribe`] works it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missed {
+    /// Events of the subscriber's kinds published while it was unhooked,
+    /// the one that did not fit included.
+    pub events: u64,
+    /// The detector's losses it missed in that time, merged: the last one's
+    /// site and reason, a count only if every one had a count (then their
+    /// sum).
+    pub upstream: Option<DetectorLoss>,
+}
+
+/// Why a subscriber was unhooked, read by its stream task once its queue is
+/// drained.
+#[derive(Debug, Default)]
+pub struct Overflow {
+    /// Where the fan-out stood just before the item that did not fit;
+    /// `None` while the subscriber is hooked.
+    at: Mutex<Option<Mark>>,
+}
+
+/// The fan-out's running totals at one point, to subtract from later ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    /// Events of the subscriber's kinds published.
+    events: u64,
+    /// Detector losses published.
+    losses: u64,
+    /// How many of those had no count.
+    uncounted: u64,
+    /// The sum of the counts of the others.
+    counted: u64,
+}
+
+/// A subscriber's end: its queue and its overflow record.
+pub struct Subscription {
+    /// Items in publish order.
+    /// Each item with the bytes it was counted as, so that taking it out
+    /// subtracts exactly that without weighing it again.
+    rx: mpsc::Receiver<(Item, usize)>,
+    /// Set when the fan-out unhooked this subscriber.
+    pub overflow: Arc<Overflow>,
+    /// Bytes queued for it now.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Subscription {
+    /// The next item; `None` once the fan-out let go of this subscriber and
+    /// its queue is empty.
+    pub async fn recv(&mut self) -> Option<Item> {
+        let (item, bytes) = self.rx.recv().await?;
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        Some(item)
+    }
+
+    /// The next item if one is queued.
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Result<Item, mpsc::error::TryRecvError> {
+        let (item, bytes) = self.rx.try_recv()?;
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        Ok(item)
+    }
+}
+
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<(Item, usize)>,
+    include_exits: bool,
+    overflow: Arc<Overflow>,
+    queued: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+struct Inner {
+    subscribers: Vec<Subscriber>,
+    next_id: u64,
+    execs: u64,
+    exits: u64,
+    losses: u64,
+    uncounted: u64,
+    counted: u64,
+    last_loss: Option<Arc<DetectorLoss>>,
+}
+
+impl Inner {
+    /// The totals now, as a subscriber of these kinds counts them.
+    fn mark(&self, include_exits: bool) -> Mark {
+        Mark {
+            events: self.execs + if include_exits { self.exits } else { 0 },
+            losses: self.losses,
+            uncounted: self.uncounted,
+            counted: self.counted,
+        }
+    }
+}
+
+/// The subscriber registry shared by the detector and the gRPC service.
+pub struct Fanout {
+    inner: Mutex<Inner>,
+    queue_len: usize,
+    queue_bytes: usize,
+    stats: Arc<Stats>,
+}
+
+impl Fanout {
+    /// A fan-out whose subscribers each queue at most `queue_len` items
+    /// and `queue_bytes` bytes of encoded items. An item larger than
+    /// `queue_bytes` still fits an empty queue (the caller keeps records
+    /// below it).
+    pub fn new(queue_len: usize, queue_bytes: usize, stats: Arc<Stats>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            queue_len: queue_len.max(1),
+            queue_bytes,
+            stats,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    /// Hooks up a new subscriber; items published from now on reach it.
+    pub fn subscribe(&self, include_exits: bool) -> Subscription {
+        self.hook(&mut self.lock(), include_exits)
+    }
+
+    fn hook(&self, inner: &mut Inner, include_exits: bool) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.queue_len);
+        let overflow = Arc::new(Overflow::default());
+        let queued = Arc::new(AtomicUsize::new(0));
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.subscribers.push(Subscriber {
+            id,
+            tx,
+            include_exits,
+            overflow: overflow.clone(),
+            queued: queued.clone(),
+        });
+        self.stats.set_subscribers(inner.subscribers.len());
+        Subscription {
+            rx,
+            overflow,
+            queued,
+        }
+    }
+
+    /// Re-hooks a subscriber that overflowed. Returns the new subscription and
+    /// what was missed in between (`None` if it never overflowed).
+    pub fn resubscribe(
+        &self,
+        old: &Overflow,
+        include_exits: bool,
+    ) -> (Subscription, Option<Missed>) {
+        // One critical section: no event can slip between counting and hooking.
+        let mut inner = self.lock();
+        let sub = self.hook(&mut inner, include_exits);
+        let now = inner.mark(include_exits);
+        let missed = lock(&old.at).take().map(|at| {
+            let upstream = (now.losses > at.losses).then(|| {
+                let last = inner.last_loss.as_deref().cloned();
+                let last = last.expect("a loss was published");
+                DetectorLoss {
+                    count: (now.uncounted == at.uncounted).then(|| now.counted - at.counted),
+                    ..last
+                }
+            });
+            Missed {
+                events: now.events - at.events,
+                upstream,
+            }
+        });
+        (sub, missed)
+    }
+
+    /// Whether this subscription was unhooked for falling behind.
+    pub fn overflowed(overflow: &Overflow) -> bool {
+        lock(&overflow.at).is_some()
+    }
+
+    /// Delivers `item` to every subscriber that wants it. Never blocks on a
+    /// subscriber: a full queue unhooks that subscriber.
+    pub fn publish(&self, item: Item) {
+        let mut inner = self.lock();
+        // The totals before this item: what an unhooked subscriber missed
+        // starts with it.
+        let before = (inner.mark(false), inner.mark(true));
+        match &item {
+            Item::Exec(_) => inner.execs += 1,
+            Item::Exit(_) => inner.exits += 1,
+            Item::DetectorLost(loss) => {
+                inner.losses += 1;
+                match loss.count {
+                    Some(n) => inner.counted += n,
+                    None => inner.uncounted += 1,
+                }
+                inner.last_loss = Some(loss.clone());
+            }
+        }
+        let bytes = item.bytes();
+        let queue_bytes = self.queue_bytes;
+        let mut unhooked = 0;
+        inner.subscribers.retain(|s| {
+            if matches!(item, Item::Exit(_)) && !s.include_exits {
+                return true;
+            }
+            // Counted before the send: the subscriber may take the item
+            // (and subtract it) before this line would run after it.
+            let queued = s.queued.fetch_add(bytes, Ordering::Relaxed);
+            let sent = if queued > 0 && queued + bytes > queue_bytes {
+                Err(mpsc::error::TrySendError::Full(()))
+            } else {
+                s.tx.try_send((item.clone(), bytes)).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                    mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+                })
+            };
+            if sent.is_err() {
+                s.queued.fetch_sub(bytes, Ordering::Relaxed);
+            }
+            match sent {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    let at = if s.include_exits { before.1 } else { before.0 };
+                    *lock(&s.overflow.at) = Some(at);
+                    tracing::warn!(
+                        subscriber = s.id,
+                        "subscriber queue full; it will get a lost marker and a resync"
+                    );
+                    unhooked += 1;
+                    false
+                }
+                // The stream ended; its task is gone.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        self.stats.add_subscriber_overflows(unhooked);
+        self.stats.set_subscribers(inner.subscribers.len());
+    }
+
+    /// Forgets subscribers whose streams ended (publish also does this).
+    pub fn prune(&self) {
+        let mut inner = self.lock();
+        inner.subscribers.retain(|s| !s.tx.is_closed());
+        self.stats.set_subscribers(inner.subscribers.len());
+    }
+}
+
+/// Locks `m`; a panic elsewhere leaves plain values behind, still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

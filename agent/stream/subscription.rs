@@ -1,0 +1,389 @@
+//! One subscriber's stream: a snapshot of running processes, then live
+//! events, and after any loss a `lost` marker followed by a fresh snapshot.
+//!
+//! Each subscriber gets its own task. It hooks into the [`Fanout`] *before*
+//! scanning `/proc`, so live events that happen during the scan wait in its
+//! queue: a process started mid-snapshot is seen at least once. The task may
+//! wait on its own client (HTTP/2 flow control); the detector never does.
+//!
+//! When the agent stops, every task ends its stream at once with
+//! UNAVAILABLE, whatever it was doing.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use execwatch::proto::{
+    watch_event::Kind, LossSite, Lost, Process, SnapshotCause, SnapshotComplete, Source,
+    WatchEvent, WatchRequest,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::procfs::reader::ProcReader;
+use crate::stats::Stats;
+use crate::stream::fanout::{Fanout, Item, Missed};
+use crate::stream::service::Seat;
+use execwatch::clock;
+
+/// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
+const MAX_OVERFLOWS: usize = 3;
+/// Processes read per blocking-pool task during a snapshot.
+const SNAPSHOT_CHUNK: usize = 64;
+/// Encoded bytes of records read per blocking-pool task during a snapshot:
+/// what a subscriber that stops reading holds at most in snapshot records.
+const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+/// The window over which overflows are counted.
+const OVERFLOW_WINDOW: Duration = Duration::from_secs(60);
+
+/// How long a snapshot keeps retrying reads that fail for the agent's own
+/// reasons (out of descriptors or memory) before it ends the stream.
+pub const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a stream's last word (its status on shutdown) may wait for room.
+const LAST_WORD: Duration = Duration::from_millis(200);
+
+/// What every subscription task needs.
+pub struct Shared {
+    /// Where detectors publish.
+    pub fanout: Arc<Fanout>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// The `/proc` mount snapshots read.
+    pub proc_root: String,
+    /// Command-line read limit for snapshot entries.
+    pub max_argv_bytes: usize,
+    /// Queue length, quoted in `lost` markers.
+    pub queue_len: usize,
+    /// Becomes `true` when the agent stops: every stream ends.
+    pub stop: watch::Receiver<bool>,
+    /// Snapshot reads under way at once (each on a blocking-pool thread), so
+    /// that many subscribers joining at once cannot crowd out the rest.
+    pub snapshot_reads: tokio::sync::Semaphore,
+}
+
+/// Why a stream ended early.
+enum End {
+    /// The client went away; the task ends quietly.
+    Gone,
+    /// The stream cannot go on; the client gets this status and may
+    /// reconnect.
+    Fail(Status, Ending),
+}
+
+/// How a stream ended, as the disconnect line says it.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// The client closed it or went away.
+    ClientGone,
+    /// It overflowed too often and was cut off.
+    CutOff,
+    /// The agent is stopping.
+    AgentStopping,
+    /// A snapshot could not be taken whole.
+    SnapshotFailed,
+}
+
+impl Ending {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ending::ClientGone => "client gone",
+            Ending::CutOff => "cut off",
+            Ending::AgentStopping => "agent stopping",
+            Ending::SnapshotFailed => "snapshot failed",
+        }
+    }
+}
+
+/// Numbers and sends items on one stream.
+struct Emitter {
+    seq: u64,
+    out: mpsc::Sender<Result<WatchEvent, Status>>,
+}
+
+impl Emitter {
+    async fn emit(&mut self, kind: Kind) -> Result<(), End> {
+        self.seq += 1;
+        let event = WatchEvent {
+            seq: self.seq,
+            kind: Some(kind),
+        };
+        self.out.send(Ok(event)).await.map_err(|_| End::Gone)
+    }
+}
+
+/// Starts the task serving `req` from a peer with `peer_uid`; its items
+/// arrive on `out`.
+pub fn spawn(
+    shared: Arc<Shared>,
+    peer_uid: Option<u32>,
+    req: WatchRequest,
+    out: mpsc::Sender<Result<WatchEvent, Status>>,
+    seat: Seat,
+) {
+    shared.stats.add_subscribers_total(1);
+    let (include_exits, skip_snapshot) = (req.include_exits, req.skip_snapshot);
+    tracing::info!(
+        peer_uid,
+        include_exits,
+        skip_snapshot,
+        "subscriber connected"
+    );
+    tokio::spawn(async move {
+        // Held for as long as the subscription lives.
+        let _seat = seat;
+        let started = Instant::now();
+        let mut stop = shared.stop.clone();
+        let last_word = out.clone();
+        let mut em = Emitter { seq: 0, out };
+        let end = tokio::select! {
+            end = run(&shared, req, &mut em) => end,
+            _ = stop.wait_for(|stop| *stop) => Err(End::Fail(Status::unavailable(
+                "agent shutting down; reconnect to its successor",
+            ), Ending::AgentStopping)),
+        };
+        let ending = match end {
+            // The fan-out closed: the detector side is shutting down.
+            Ok(()) => Ending::AgentStopping,
+            Err(End::Gone) => Ending::ClientGone,
+            Err(End::Fail(status, ending)) => {
+                // A client that does not read may have no room left: it
+                // gets the end of the connection instead.
+                let _ = tokio::time::timeout(LAST_WORD, last_word.send(Err(status))).await;
+                ending
+            }
+        };
+        tracing::info!(
+            peer_uid,
+            include_exits,
+            skip_snapshot,
+            items_sent = em.seq,
+            duration_ms = started.elapsed().as_millis() as u64,
+            ended = ending.as_str(),
+            "subscriber disconnected"
+        );
+        shared.fanout.prune();
+    });
+}
+
+async fn run(shared: &Shared, req: WatchRequest, em: &mut Emitter) -> Result<(), End> {
+    let mut sub = shared.fanout.subscribe(req.include_exits);
+    if !req.skip_snapshot {
+        snapshot(shared, em, SnapshotCause::Subscribe).await?;
+    }
+    let mut overflows = VecDeque::new();
+    loop {
+        let item = tokio::select! {
+            item = sub.recv() => item,
+            _ = em.out.closed() => return Err(End::Gone),
+        };
+        match item {
+            // The last subscriber to take an event takes it without a copy.
+            Some(Item::Exec(p)) => em.emit(Kind::Exec(Arc::unwrap_or_clone(p))).await?,
+            Some(Item::Exit(e)) => em.emit(Kind::Exit(e)).await?,
+            Some(Item::DetectorLost(loss)) => {
+                em.emit(lost(loss.site, loss.reason.clone(), loss.count))
+                    .await?;
+                snapshot(shared, em, SnapshotCause::Resync).await?;
+            }
+            // The fan-out let go of us: either we fell behind or it shut down.
+            None if !Fanout::overflowed(&sub.overflow) => return Ok(()),
+            None => {
+                let now = Instant::now();
+                overflows.push_back(now);
+                while overflows
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > OVERFLOW_WINDOW)
+                {
+                    overflows.pop_front();
+                }
+                if overflows.len() > MAX_OVERFLOWS {
+                    shared.stats.add_subscribers_cut_off(1);
+                    let msg = format!(
+                        "subscriber cut off: its queue of {} events overflowed {} times within {}s; read faster or reconnect",
+                        shared.queue_len, overflows.len(), OVERFLOW_WINDOW.as_secs()
+                    );
+                    tracing::warn!("{msg}");
+                    return Err(End::Fail(Status::resource_exhausted(msg), Ending::CutOff));
+                }
+                let (next, missed) = shared.fanout.resubscribe(&sub.overflow, req.include_exits);
+                sub = next;
+                em.emit(overflow_lost(shared.queue_len, missed)).await?;
+                snapshot(shared, em, SnapshotCause::Resync).await?;
+            }
+        }
+    }
+}
+
+/// The `lost` for a subscriber that overflowed: its queue's drops, or the
+/// detector's loss it missed meanwhile, which makes the count what that
+/// loss's count makes it.
+fn overflow_lost(queue_len: usize, missed: Option<Missed>) -> Kind {
+    let queue =
+        format!("this subscriber did not keep up and its queue of {queue_len} events filled");
+    let Some(missed) = missed else {
+        return lost(LossSite::SubscriberQueue, queue, Some(0));
+    };
+    match missed.upstream {
+        None => lost(LossSite::SubscriberQueue, queue, Some(missed.events)),
+        Some(upstream) => lost(
+            upstream.site,
+            format!(
+                "{}; meanwhile {queue} ({} events dropped there)",
+                upstream.reason, missed.events
+            ),
+            upstream.count.map(|n| n + missed.events),
+        ),
+    }
+}
+
+fn lost(site: LossSite, reason: String, count: Option<u64>) -> Kind {
+    Kind::Lost(Lost {
+        site: site as i32,
+        reason,
+        count: count.unwrap_or(0),
+        count_known: count.is_some(),
+        detected_unix_ns: clock::unix_ns(),
+    })
+}
+
+/// Runs blocking `/proc` work off the runtime thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
+}
+
+/// Waits before another try at a snapshot read, or gives up at `deadline`.
+async fn again(delay: &mut Duration, deadline: Instant, why: &str) -> Result<(), End> {
+    if Instant::now() + *delay > deadline {
+        let msg = format!(
+            "could not take a complete snapshot within {}s: {why}; reconnect",
+            SNAPSHOT_PATIENCE.as_secs()
+        );
+        tracing::warn!("{msg}");
+        return Err(End::Fail(Status::unavailable(msg), Ending::SnapshotFailed));
+    }
+    tracing::warn!("snapshot waiting: {why}; retrying in {delay:?}");
+    tokio::time::sleep(*delay).await;
+    *delay = (*delay * 2).min(Duration::from_secs(1));
+    Ok(())
+}
+
+/// What reading one chunk of a snapshot gave.
+struct Chunk {
+    records: Vec<Process>,
+    /// Pids whose reads failed for the agent's own reasons, with why.
+    failed: Vec<i32>,
+    why: Option<String>,
+}
+
+/// Reads the records of `pids`, stopping once they weigh
+/// [`SNAPSHOT_CHUNK_BYTES`]; never waits for a client. The pids it did not
+/// get to are left in `pids`.
+fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>) -> Chunk {
+    let mut reader = match ProcReader::open(root, max_argv) {
+        Ok(reader) => reader,
+        Err(e) => {
+            return Chunk {
+                records: Vec::new(),
+                failed: std::mem::take(pids),
+                why: Some(e.to_string()),
+            }
+        }
+    };
+    let mut chunk = Chunk {
+        records: Vec::new(),
+        failed: Vec::new(),
+        why: None,
+    };
+    let mut weight = 0;
+    while weight < SNAPSHOT_CHUNK_BYTES && chunk.records.len() < SNAPSHOT_CHUNK {
+        let Some(pid) = pids.pop() else { break };
+        match reader.read(pid, pid, Source::Snapshot) {
+            Ok(Some(p)) if !p.exited_before_inspection => {
+                weight += prost::Message::encoded_len(&p);
+                chunk.records.push(p);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                chunk.failed.push(pid);
+                chunk.why = Some(e.to_string());
+            }
+        }
+    }
+    chunk
+}
+
+/// Sends every running process as `existing`, then `snapshot_complete`.
+///
+/// Never presented as whole when it is not: a listing or a record that
+/// cannot be read for the agent's own reasons is tried again (records only
+/// for the processes that failed, so none is listed twice) for up to
+/// [`SNAPSHOT_PATIENCE`]; after that the stream ends with UNAVAILABLE and
+/// no `snapshot_complete`, and the client reconnects.
+async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Result<(), End> {
+    shared.stats.add_snapshots(1);
+    let deadline = Instant::now() + SNAPSHOT_PATIENCE;
+    let mut delay = Duration::from_millis(50);
+    // /proc reads block, so they run on the blocking pool, but in short
+    // chunks that never wait for the client: a subscriber that stops
+    // reading holds this task (one per subscriber), never a pool thread,
+    // and at most one chunk of records.
+    let (root, max_argv) = (shared.proc_root.clone(), shared.max_argv_bytes);
+    let mut pending = loop {
+        let root = root.clone();
+        let listed = blocking(move || {
+            let reader = ProcReader::open(&root, max_argv).map_err(|e| e.to_string())?;
+            reader
+                .pids()
+                .map_err(|e| format!("cannot list {root}: {e}"))
+        })
+        .await;
+        match listed {
+            Ok(pids) => break pids,
+            Err(why) => again(&mut delay, deadline, &why).await?,
+        }
+    };
+    // Read in listing order (the chunks pop from the end).
+    pending.reverse();
+    let mut count = 0;
+    while !pending.is_empty() {
+        let mut failed = Vec::new();
+        let mut why = None;
+        while !pending.is_empty() {
+            let permit = shared.snapshot_reads.acquire().await;
+            let (mut pids, root) = (std::mem::take(&mut pending), root.clone());
+            let (chunk, rest) = blocking(move || {
+                let chunk = read_chunk(&root, max_argv, &mut pids);
+                Ok((chunk, pids))
+            })
+            .await
+            .map_err(|e| End::Fail(Status::internal(e), Ending::SnapshotFailed))?;
+            drop(permit);
+            pending = rest;
+            for p in chunk.records {
+                count += 1;
+                em.emit(Kind::Existing(p)).await?;
+            }
+            failed.extend(chunk.failed);
+            why = chunk.why.or(why);
+        }
+        if let Some(why) = why {
+            again(
+                &mut delay,
+                deadline,
+                &format!("{} processes unread: {why}", failed.len()),
+            )
+            .await?;
+        }
+        failed.reverse();
+        pending = failed;
+    }
+    em.emit(Kind::SnapshotComplete(SnapshotComplete {
+        processes: count,
+        cause: cause as i32,
+    }))
+    .await
+}

@@ -1,0 +1,582 @@
+//! The `:authority` of requests on the agent's Unix socket.
+//!
+//! Over a Unix socket `:authority` names nothing, and clients fill it in as
+//! they like: grpcurl sends the socket path, gRPC core clients (Python, C++,
+//! Ruby, PHP) the %-encoded path, grpc-go and grpc-js `localhost`. h2, below
+//! tonic, parses it as a URI authority and resets a stream whose authority
+//! holds `/` or `%`, with no setting to relax that. [`Normalizer`] follows
+//! the bytes a client sends and, in each header block, replaces an
+//! `:authority` that is not a valid URI authority with `localhost` before h2
+//! reads it.
+//!
+//! ```text
+//!   client ──▶ Normalizer ──▶ h2 (tonic)
+//!     preface, DATA, SETTINGS, PING, …  passed on unchanged, in place
+//!     HEADERS + CONTINUATION*           decoded with the client's dynamic
+//!                                       table, re-encoded as literals
+//!                                       without indexing
+//!   client ◀────────────────── h2       not touched
+//! ```
+//!
+//! Why both HPACK tables stay right: the normalizer's decoder reads every
+//! header block the client's encoder wrote, in order, so it holds the
+//! client's dynamic table exactly. What it passes on neither adds to h2's
+//! table nor refers to it, so h2's table stays empty and nothing h2 decodes
+//! depends on a block it did not see.
+//!
+//! A frame h2 would refuse for its framing (bad padding, a frame over the
+//! size limit, a CONTINUATION out of place, a block past h2's CONTINUATION
+//! limit, a PUSH_PROMISE, which no client may send) is passed on as the client sent it, with everything after it: h2
+//! ends the connection with the error it gives any client. A header block
+//! that is not valid HPACK, or decodes past h2's abuse limit, becomes one
+//! that is not valid for h2 either, and nothing follows it: h2 ends the
+//! connection with GOAWAY, as it would have.
+//!
+//! The HTTP/2 frame, and the HEADERS payload (RFC 9113 §4.1, §6.2):
+//!
+//! ```text
+//!  +-----------------------------------------------+
+//!  |                 Length (24)                   |  bytes 0..3
+//!  +---------------+---------------+---------------+
+//!  |   Type (8)    |   Flags (8)   |                  bytes 3, 4
+//!  +-+-------------+---------------+---------------+
+//!  |R|          Stream Identifier (31)             |  bytes 5..9
+//!  +=+=============================================+
+//!  | [Pad Length (8)]          if PADDED (0x8)     |
+//!  | [E|Stream Dependency (31), Weight (8)]        |
+//!  |                           if PRIORITY (0x20)  |
+//!  | Header Block Fragment (*)                     |
+//!  | [Padding (Pad Length bytes)]                  |
+//!  +-----------------------------------------------+
+//! ```
+
+use std::ops::Range;
+
+use loona_hpack::Decoder;
+
+/// What every HTTP/2 client sends first.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// A frame header's length.
+const HEAD_LEN: usize = 9;
+const LENGTH: Range<usize> = 0..3;
+const TYPE: usize = 3;
+const FLAGS: usize = 4;
+const STREAM: Range<usize> = 5..9;
+
+const HEADERS: u8 = 0x1;
+const PUSH_PROMISE: u8 = 0x5;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+/// Stream dependency and weight, after PRIORITY.
+const PRIORITY_LEN: usize = 5;
+
+/// The agent's SETTINGS_MAX_FRAME_SIZE: hyper's default, which tonic keeps.
+/// It is also the least any peer may advertise, so the frames written here
+/// always fit.
+pub const MAX_FRAME: usize = 16_384;
+/// The agent's SETTINGS_HEADER_TABLE_SIZE: neither tonic nor hyper sets
+/// it, so it is HTTP/2's initial 4096. The client's encoder may size its
+/// table up to this (the client's own setting is for the other direction).
+pub const HEADER_TABLE_SIZE: usize = 4_096;
+/// The most header-block frame bytes held back for one block. h2 allows
+/// a HEADERS frame and at most 6 CONTINUATION frames of [`MAX_FRAME`] with
+/// hyper's 16 KiB header list limit, so a longer block is one h2 refuses
+/// anyway.
+const MAX_HELD: usize = 16 * (MAX_FRAME + HEAD_LEN);
+
+/// The largest header list re-encoded for one block, counted as HPACK
+/// does (name + value + 32 per field). h2 ends the connection past four
+/// times hyper's 16 KiB limit (its "abuse" limit), and so does the
+/// normalizer: it bounds what a block of 1-byte references to large table
+/// entries could expand to.
+pub const MAX_LIST: usize = 64 * 1024;
+
+/// What replaces an authority that is not a URI authority.
+pub const LOCALHOST: &[u8] = b"localhost";
+
+/// Follows one connection's client-to-agent bytes and normalizes the
+/// `:authority` of each header block.
+pub struct Normalizer {
+    decoder: Decoder<'static>,
+    step: Step,
+    /// The frame header being read, when it arrives in pieces.
+    head: [u8; HEAD_LEN],
+    head_len: usize,
+    /// The frames of the header block being read, as the client sent them.
+    held: Vec<u8>,
+    /// Where the current frame starts in `held`.
+    frame_at: usize,
+    /// The block's header fragments, joined.
+    block: Vec<u8>,
+    /// The HEADERS frame that opened the block.
+    opened: Option<Opened>,
+    /// Why the connection will be refused, once, for the log.
+    refusal: Option<String>,
+    /// The last request decoded: stream, method and path, for the log.
+    last_request: Option<(u32, String)>,
+}
+
+/// Where in the byte stream the normalizer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Inside the client preface, this many bytes matched.
+    Preface(usize),
+    /// Reading a frame header.
+    Head,
+    /// Passing on this many more payload bytes.
+    Pass(usize),
+    /// Holding this many more bytes of a HEADERS or CONTINUATION frame.
+    Hold(usize),
+    /// Passing everything on: h2 refuses the connection on what it got.
+    Verbatim,
+    /// Sent h2 a block it refuses; nothing more is passed on.
+    Closed,
+}
+
+/// The HEADERS frame that opened a block.
+#[derive(Debug, Clone, Copy)]
+struct Opened {
+    stream: u32,
+    end_stream: bool,
+    priority: Option<[u8; PRIORITY_LEN]>,
+}
+
+impl Default for Normalizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Normalizer {
+    /// A normalizer for a new connection, before the client preface.
+    pub fn new() -> Self {
+        let mut decoder = Decoder::new();
+        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
+        Self {
+            decoder,
+            step: Step::Preface(0),
+            head: [0; HEAD_LEN],
+            head_len: 0,
+            held: Vec::new(),
+            frame_at: 0,
+            block: Vec::new(),
+            opened: None,
+            refusal: None,
+            last_request: None,
+        }
+    }
+
+    /// Takes `input`, the next bytes from the client. The first `n` bytes
+    /// (the returned count) go on to h2 as they are; the rest is taken in,
+    /// and what h2 must read after those `n` bytes is appended to `out`.
+    /// `out` must be empty: all of it was handed on before.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        debug_assert!(out.is_empty());
+        let mut emit = Emit {
+            input,
+            direct: 0,
+            in_place: true,
+            out,
+        };
+        let mut at = 0;
+        while at < input.len() {
+            let rest = &input[at..];
+            match self.step {
+                Step::Preface(matched) => {
+                    let n = rest.len().min(PREFACE.len() - matched);
+                    if rest[..n] == PREFACE[matched..matched + n] {
+                        self.step = if matched + n == PREFACE.len() {
+                            Step::Head
+                        } else {
+                            Step::Preface(matched + n)
+                        };
+                    } else {
+                        // Not HTTP/2: h2 says so.
+                        self.step = Step::Verbatim;
+                    }
+                    emit.pass(at..at + n);
+                    at += n;
+                }
+                Step::Head => {
+                    let n = rest.len().min(HEAD_LEN - self.head_len);
+                    self.head[self.head_len..self.head_len + n].copy_from_slice(&rest[..n]);
+                    self.head_len += n;
+                    if self.head_len < HEAD_LEN {
+                        // Comes out with the rest of the header.
+                        emit.hold();
+                        at += n;
+                        continue;
+                    }
+                    self.head_len = 0;
+                    // The header's bytes in `input`, when all of them are.
+                    let whole = (n == HEAD_LEN).then_some(at..at + n);
+                    at += n;
+                    self.on_head(whole, &mut emit);
+                }
+                Step::Pass(left) => {
+                    let n = rest.len().min(left);
+                    emit.pass(at..at + n);
+                    at += n;
+                    self.step = if n == left {
+                        Step::Head
+                    } else {
+                        Step::Pass(left - n)
+                    };
+                }
+                Step::Hold(left) => {
+                    let n = rest.len().min(left);
+                    self.held.extend_from_slice(&rest[..n]);
+                    emit.hold();
+                    at += n;
+                    if n == left {
+                        self.on_frame(&mut emit);
+                    } else {
+                        self.step = Step::Hold(left - n);
+                    }
+                }
+                Step::Verbatim => {
+                    emit.pass(at..input.len());
+                    at = input.len();
+                }
+                Step::Closed => {
+                    at = input.len();
+                }
+            }
+        }
+        emit.direct
+    }
+
+    /// Whether nothing more goes on to h2: the connection is refused.
+    pub fn closed(&self) -> bool {
+        self.step == Step::Closed
+    }
+
+    /// Why the connection is being refused, if it is; taken once.
+    pub fn take_refusal(&mut self) -> Option<String> {
+        self.refusal.take()
+    }
+
+    /// The last request decoded on `stream`, as `METHOD path`.
+    pub fn request_on(&self, stream: u32) -> Option<&str> {
+        match &self.last_request {
+            Some((s, line)) if *s == stream => Some(line),
+            _ => None,
+        }
+    }
+
+    /// A whole frame header has arrived (`whole`: where it sits in the
+    /// input, if it came in one piece).
+    fn on_head(&mut self, whole: Option<Range<usize>>, emit: &mut Emit<'_>) {
+        let head = self.head;
+        let len = usize::from(head[LENGTH.start]) << 16
+            | usize::from(head[LENGTH.start + 1]) << 8
+            | usize::from(head[LENGTH.start + 2]);
+        let kind = head[TYPE];
+        let in_block = self.opened.is_some();
+        let header_frame = kind == HEADERS && !in_block
+            || kind == CONTINUATION && in_block && stream_of(&head) == self.opened_stream();
+        if !header_frame || len > MAX_FRAME {
+            if in_block {
+                // h2 refuses a block broken off by another frame, or by an
+                // oversized one.
+                self.give_up(
+                    emit,
+                    "a header block was interrupted or had an oversized frame",
+                );
+                emit.extend(&head);
+                return;
+            }
+            if kind == CONTINUATION || kind == PUSH_PROMISE || len > MAX_FRAME {
+                // h2 refuses a CONTINUATION out of place, a PUSH_PROMISE
+                // from a client (whose header block the normalizer would
+                // have to follow), or a frame over its limit, and the
+                // connection with it.
+                self.refuse(format!(
+                    "frame type {kind:#x} of {len} bytes out of place or over the {MAX_FRAME}-byte limit"
+                ));
+                self.step = Step::Verbatim;
+            } else {
+                self.step = if len == 0 {
+                    Step::Head
+                } else {
+                    Step::Pass(len)
+                };
+            }
+            match whole {
+                Some(range) => emit.pass(range),
+                None => emit.extend(&head),
+            }
+            return;
+        }
+        self.frame_at = self.held.len();
+        self.held.extend_from_slice(&head);
+        emit.hold();
+        if self.held.len() + len > MAX_HELD {
+            self.give_up(emit, "a header block was longer than h2 accepts");
+            return;
+        }
+        self.step = Step::Hold(len);
+        if len == 0 {
+            self.on_frame(emit);
+        }
+    }
+
+    /// A whole HEADERS or CONTINUATION frame is held.
+    fn on_frame(&mut self, emit: &mut Emit<'_>) {
+        self.step = Step::Head;
+        let frame = &self.held[self.frame_at..];
+        let flags = frame[FLAGS];
+        let stream = stream_of(frame);
+        let payload = &frame[HEAD_LEN..];
+        if self.opened.is_none() {
+            match headers_payload(stream, flags, payload) {
+                Some((priority, fragment)) => {
+                    self.block.extend_from_slice(&payload[fragment]);
+                    self.opened = Some(Opened {
+                        stream,
+                        end_stream: flags & END_STREAM != 0,
+                        priority,
+                    });
+                }
+                None => {
+                    // h2 refuses the connection for this frame itself.
+                    self.give_up(emit, "a HEADERS frame had bad padding, priority or stream");
+                    return;
+                }
+            }
+        } else {
+            self.block.extend_from_slice(payload);
+        }
+        if flags & END_HEADERS != 0 {
+            self.on_block(emit);
+        }
+    }
+
+    /// A whole header block is held: decode, normalize, re-encode.
+    fn on_block(&mut self, emit: &mut Emit<'_>) {
+        let Some(opened) = self.opened.take() else {
+            return;
+        };
+        let mut encoded = Vec::with_capacity(self.block.len() + 64);
+        let mut method = Vec::new();
+        let mut path = Vec::new();
+        let mut list = 0;
+        let decoded = self.decoder.decode_with_cb(&self.block, |name, value| {
+            // The decoder goes on to the end to keep its table in step.
+            list += name.len() + value.len() + 32;
+            if list > MAX_LIST {
+                return;
+            }
+            let value: &[u8] = if &*name == b":authority" && !is_uri_authority(&value) {
+                LOCALHOST
+            } else {
+                &value
+            };
+            match &*name {
+                b":method" => method = value.to_vec(),
+                b":path" => path = value.to_vec(),
+                _ => {}
+            }
+            encode_literal(&name, value, &mut encoded);
+        });
+        self.block.clear();
+        self.held.clear();
+        match decoded {
+            Ok(()) if list > MAX_LIST => {
+                self.refuse(format!(
+                    "the header list of stream {} is over {MAX_LIST} bytes",
+                    opened.stream
+                ));
+                self.poison(opened, emit);
+            }
+            Ok(()) => {
+                self.last_request = Some((
+                    opened.stream,
+                    format!(
+                        "{} {}",
+                        String::from_utf8_lossy(&method),
+                        String::from_utf8_lossy(&path)
+                    ),
+                ));
+                write_block(opened, &encoded, emit);
+            }
+            Err(e) => {
+                self.refuse(format!(
+                    "the header block of stream {} is not valid HPACK: {e}",
+                    opened.stream
+                ));
+                self.poison(opened, emit);
+            }
+        }
+    }
+
+    /// Sends h2 a block it refuses, ending the connection, and nothing
+    /// more: the client's table may be unknown now. Index 0 is never valid
+    /// (RFC 7541 §6.1); h2 answers any invalid block with GOAWAY
+    /// PROTOCOL_ERROR.
+    fn poison(&mut self, opened: Opened, emit: &mut Emit<'_>) {
+        let poison = Opened {
+            priority: None,
+            end_stream: false,
+            ..opened
+        };
+        write_block(poison, &[0x80], emit);
+        self.step = Step::Closed;
+    }
+
+    /// Passes on the held frames as the client sent them, and everything
+    /// after them: h2 refuses the connection on them.
+    fn give_up(&mut self, emit: &mut Emit<'_>, why: &str) {
+        self.refuse(why.to_string());
+        emit.extend(&self.held);
+        self.held.clear();
+        self.block.clear();
+        self.opened = None;
+        self.step = Step::Verbatim;
+    }
+
+    fn refuse(&mut self, why: String) {
+        if self.refusal.is_none() {
+            self.refusal = Some(why);
+        }
+    }
+
+    fn opened_stream(&self) -> u32 {
+        self.opened.map_or(0, |o| o.stream)
+    }
+}
+
+/// Where the output of one [`Normalizer::feed`] goes: input passed on in
+/// place while nothing was held, else copied after what was.
+struct Emit<'a> {
+    input: &'a [u8],
+    /// The input bytes passed on in place.
+    direct: usize,
+    in_place: bool,
+    out: &'a mut Vec<u8>,
+}
+
+impl Emit<'_> {
+    /// Passes on `range` of the input.
+    fn pass(&mut self, range: Range<usize>) {
+        if self.in_place && range.start == self.direct {
+            self.direct = range.end;
+        } else {
+            self.in_place = false;
+            self.out.extend_from_slice(&self.input[range]);
+        }
+    }
+
+    /// Input is being held back: whatever follows must come after it.
+    fn hold(&mut self) {
+        self.in_place = false;
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.in_place = false;
+        self.out.extend_from_slice(bytes);
+    }
+}
+
+/// The stream identifier of a frame header.
+fn stream_of(head: &[u8]) -> u32 {
+    u32::from_be_bytes([head[STREAM.start], head[6], head[7], head[8]]) & 0x7fff_ffff
+}
+
+/// A HEADERS payload's priority fields and header fragment, or `None` when
+/// h2 refuses the connection for it (stream 0, a pad length past the
+/// payload, priority fields cut short), checked in h2's order.
+fn headers_payload(
+    stream: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Option<(Option<[u8; PRIORITY_LEN]>, Range<usize>)> {
+    if stream == 0 {
+        return None;
+    }
+    let mut start = 0;
+    let mut pad = 0;
+    if flags & PADDED != 0 {
+        pad = usize::from(*payload.first()?);
+        start = 1;
+    }
+    let mut priority = None;
+    if flags & PRIORITY != 0 {
+        let fields = payload.get(start..start + PRIORITY_LEN)?;
+        priority = Some(fields.try_into().ok()?);
+        start += PRIORITY_LEN;
+    }
+    let end = payload.len().checked_sub(pad)?;
+    if end < start {
+        return None;
+    }
+    Some((priority, start..end))
+}
+
+/// Whether h2 accepts `value` as an authority: the same parser it uses.
+fn is_uri_authority(value: &[u8]) -> bool {
+    http::uri::Authority::try_from(value).is_ok()
+}
+
+/// Appends a "literal header field without indexing, new name" (RFC 7541
+/// §6.2.2), no Huffman coding: it touches no table.
+fn encode_literal(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.push(0x00);
+    for s in [name, value] {
+        // H = 0, then the length as a 7-bit-prefix integer (§5.1).
+        let _ = loona_hpack::encoder::encode_integer_into(s.len(), 7, 0, out);
+        out.extend_from_slice(s);
+    }
+}
+
+/// Writes `block` as a HEADERS frame and as many CONTINUATION frames as
+/// [`MAX_FRAME`] needs.
+fn write_block(opened: Opened, block: &[u8], emit: &mut Emit<'_>) {
+    let priority_len = opened.priority.map_or(0, |_| PRIORITY_LEN);
+    let first = block.len().min(MAX_FRAME - priority_len);
+    let mut rest = &block[first..];
+    let mut flags = 0;
+    if opened.end_stream {
+        flags |= END_STREAM;
+    }
+    if opened.priority.is_some() {
+        flags |= PRIORITY;
+    }
+    if rest.is_empty() {
+        flags |= END_HEADERS;
+    }
+    emit.extend(&frame_head(
+        priority_len + first,
+        HEADERS,
+        flags,
+        opened.stream,
+    ));
+    if let Some(fields) = opened.priority {
+        emit.extend(&fields);
+    }
+    emit.extend(&block[..first]);
+    while !rest.is_empty() {
+        let n = rest.len().min(MAX_FRAME);
+        let flags = if n == rest.len() { END_HEADERS } else { 0 };
+        emit.extend(&frame_head(n, CONTINUATION, flags, opened.stream));
+        emit.extend(&rest[..n]);
+        rest = &rest[n..];
+    }
+}
+
+/// A frame header.
+fn frame_head(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; HEAD_LEN] {
+    let len = (len as u32).to_be_bytes();
+    let stream = stream.to_be_bytes();
+    [
+        len[1], len[2], len[3], kind, flags, stream[0], stream[1], stream[2], stream[3],
+    ]
+}
+
+#[cfg(test)]
+mod fuzz_input;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,400 @@
+//! A subscriber's connection, watched for writability only while a write
+//! is blocked.
+//!
+//! tokio registers a Unix stream for both directions, edge-triggered. Each
+//! time the client reads what the agent wrote, the kernel signals "writable"
+//! again and the agent's one thread wakes up for nothing: one wasted wake-up
+//! per event per subscriber during a storm. Here the socket is registered
+//! for reading only; a write goes straight to the socket, and only when it
+//! would block is a duplicate descriptor registered for writability, until
+//! the next write gets through.
+//!
+//! What the client sends passes through a [`Normalizer`] on its way to h2,
+//! so any `:authority` is accepted; what the agent writes is followed by
+//! [`Refusals`]. The first refusal on a connection is logged at `warn`
+//! with the peer's uid and the reason.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::UnixStream;
+use tonic::transport::server::{Connected, UdsConnectInfo};
+
+use crate::transport::authority::Normalizer;
+use crate::transport::refusal::Refusals;
+
+/// An accepted client connection.
+pub struct Connection {
+    read: AsyncFd<OwnedFd>,
+    /// A duplicate of the socket, registered for writability while a write
+    /// is blocked.
+    write: Option<AsyncFd<OwnedFd>>,
+    info: UdsConnectInfo,
+    /// The client's bytes on their way to h2.
+    normalizer: Normalizer,
+    /// What the normalizer produced that h2 has not read yet, from `at`.
+    pending: Vec<u8>,
+    at: usize,
+    /// The agent's bytes on their way to the client.
+    refusals: Refusals,
+    /// Whether a refusal was logged on this connection.
+    logged: bool,
+}
+
+impl Connection {
+    /// Takes over an accepted stream, keeping its peer's address and
+    /// credentials for the peer check.
+    pub fn new(stream: UnixStream) -> io::Result<Self> {
+        let info = stream.connect_info();
+        // Out of tokio's registration; the socket stays non-blocking.
+        let fd = OwnedFd::from(stream.into_std()?);
+        Ok(Self {
+            read: register(fd, Interest::READABLE)?,
+            write: None,
+            info,
+            normalizer: Normalizer::new(),
+            pending: Vec::new(),
+            at: 0,
+            refusals: Refusals::default(),
+            logged: false,
+        })
+    }
+
+    /// Logs the first refusal on this connection.
+    fn log_refusal(&mut self, reason: impl std::fmt::Display) {
+        if self.logged {
+            return;
+        }
+        self.logged = true;
+        // A number, as in every line with a peer_uid (absent if unknown).
+        let peer_uid = self.info.peer_cred.map(|cred| cred.uid());
+        tracing::warn!(peer_uid, %reason, "refused an HTTP/2 request on the socket");
+    }
+
+    /// Follows what was written: the first `n` bytes of `bufs`.
+    fn follow_written(&mut self, bufs: &[IoSlice<'_>], mut n: usize) {
+        for buf in bufs {
+            if n == 0 {
+                break;
+            }
+            let part = &buf[..buf.len().min(n)];
+            n -= part.len();
+            if let Some(refusal) = self.refusals.follow(part) {
+                let reason = match self.normalizer.request_on(refusal.stream) {
+                    Some(request) if !refusal.goaway => format!("{refusal} ({request})"),
+                    _ => refusal.to_string(),
+                };
+                self.log_refusal(reason);
+            }
+        }
+    }
+
+    /// Hands on what the normalizer produced, if anything is left.
+    fn take_pending(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.at == self.pending.len() {
+            return false;
+        }
+        let n = buf.remaining().min(self.pending.len() - self.at);
+        buf.put_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        if self.at == self.pending.len() {
+            self.pending.clear();
+            self.at = 0;
+        }
+        true
+    }
+
+    /// Runs the non-blocking write `op`, waiting for writability only if
+    /// the socket is full.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl Fn(&OwnedFd) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if let Some(write) = &self.write {
+                let mut guard = ready!(write.poll_write_ready(cx))?;
+                if let Ok(result) = guard.try_io(|fd| op(fd.get_ref())) {
+                    // Room again: back to plain writes.
+                    self.write = None;
+                    return Poll::Ready(result);
+                }
+                continue;
+            }
+            match op(self.read.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let dup = self.read.get_ref().as_fd().try_clone_to_owned()?;
+                    self.write = Some(register(dup, Interest::WRITABLE)?);
+                }
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+impl Connected for Connection {
+    type ConnectInfo = UdsConnectInfo;
+
+    fn connect_info(&self) -> UdsConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // A read into no room would return 0, which means end of stream.
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if this.take_pending(buf) {
+                return Poll::Ready(Ok(()));
+            }
+            if this.normalizer.closed() {
+                // h2 has a block it refuses; it needs nothing more.
+                return Poll::Ready(Ok(()));
+            }
+            let n = {
+                let mut guard = ready!(this.read.poll_read_ready(cx))?;
+                let unfilled = buf.initialize_unfilled();
+                let result = guard.try_io(|fd| {
+                    // SAFETY: `unfilled` is valid for writes of its length.
+                    let n = unsafe {
+                        libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
+                    };
+                    if n < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(n as usize)
+                });
+                match result {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Poll::Ready(Err(e)),
+                    Err(_would_block) => continue,
+                }
+            };
+            if n == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // What passes on as read stays in place; the rest comes from
+            // the pending bytes on the next turn.
+            let read = &buf.initialize_unfilled()[..n];
+            let direct = this.normalizer.feed(read, &mut this.pending);
+            if let Some(reason) = this.normalizer.take_refusal() {
+                this.log_refusal(reason);
+            }
+            if direct > 0 {
+                buf.advance(direct);
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = ready!(this.poll_write_with(cx, |fd| {
+            // SAFETY: `data` is valid for reads of its length. MSG_NOSIGNAL:
+            // a client that hung up is an error here, not a SIGPIPE.
+            let n = unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            result(n)
+        }))?;
+        this.follow_written(&[IoSlice::new(data)], written);
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = ready!(this.poll_write_with(cx, |fd| {
+            // SAFETY: IoSlice is ABI-compatible with iovec; the slices are
+            // valid for reads. MSG_NOSIGNAL as in poll_write.
+            let msg = libc::msghdr {
+                msg_name: std::ptr::null_mut(),
+                msg_namelen: 0,
+                msg_iov: bufs.as_ptr() as *mut libc::iovec,
+                msg_iovlen: bufs.len().min(libc::UIO_MAXIOV as usize) as _,
+                msg_control: std::ptr::null_mut(),
+                msg_controllen: 0,
+                msg_flags: 0,
+            };
+            result(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
+        }))?;
+        this.follow_written(bufs, written);
+        Poll::Ready(Ok(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: plain syscall on a descriptor this connection owns.
+        let rc = unsafe { libc::shutdown(self.read.get_ref().as_raw_fd(), libc::SHUT_WR) };
+        Poll::Ready(result(rc as isize).map(|_| ()))
+    }
+}
+
+/// Registers `fd` with the runtime for `interest`.
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd neither closes nor replaces its descriptor while
+    // the AsyncFd holds it.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// A syscall's return value as a result.
+fn result(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Far more than a Unix socket's buffer, so writes must wait for room.
+    const LEN: usize = 8 << 20;
+
+    fn pattern() -> Vec<u8> {
+        (0..LEN).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Reads everything the writer sends, once it has had time to fill the
+    /// socket. A blocked write that is never woken would hang: bounded.
+    async fn read_all(mut peer: UnixStream, writer: tokio::task::JoinHandle<()>) -> Vec<u8> {
+        let all = async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            writer.await.unwrap();
+            got
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), all)
+            .await
+            .expect("the writer finished once the reader made room")
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_waits_for_the_reader_and_loses_nothing() {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(ours).unwrap();
+        let writer = tokio::spawn(async move {
+            conn.write_all(&pattern()).await.unwrap();
+            conn.shutdown().await.unwrap();
+        });
+        let got = read_all(peer, writer).await;
+        assert_eq!(got.len(), LEN);
+        assert!(got == pattern(), "bytes arrive whole and in order");
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_wait_for_room_too() {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(ours).unwrap();
+        let writer = tokio::spawn(async move {
+            let data = pattern();
+            let mut at = 0;
+            while at < data.len() {
+                let rest = &data[at..];
+                let (a, b) = rest.split_at(rest.len().min(10_000) / 2);
+                let b = &b[..b.len().min(5_000)];
+                at += conn
+                    .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+                    .await
+                    .unwrap();
+            }
+            conn.shutdown().await.unwrap();
+        });
+        let got = read_all(peer, writer).await;
+        assert!(got == pattern(), "bytes arrive whole and in order");
+    }
+
+    /// Asked to read into no room, it answers at once (nothing to wait
+    /// for), and takes nothing from the socket.
+    #[tokio::test]
+    async fn a_read_with_no_room_answers_at_once() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(ours).unwrap();
+        let mut none = [0u8; 0];
+        let mut empty = ReadBuf::new(&mut none);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let polled = Pin::new(&mut conn).poll_read(&mut cx, &mut empty);
+        assert!(matches!(polled, Poll::Ready(Ok(()))), "{polled:?}");
+        peer.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        conn.read_exact(&mut one).await.unwrap();
+        assert_eq!(&one, b"x");
+    }
+
+    /// What the client sends reaches h2 through the normalizer, here read
+    /// through a 5-byte buffer so the normalized block comes out in pieces.
+    #[tokio::test]
+    async fn reads_pass_through_the_authority_normalizer() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(ours).unwrap();
+        let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        input.extend([0, 0, 7, 0x1, 0x4, 0, 0, 0, 1]); // HEADERS, END_HEADERS, stream 1
+        input.extend([0x83, 0x86, 0x84, 0x41, 0x02, b'/', b's']); // POST http / :authority /s
+        input.extend([0, 0, 2, 0x0, 0x1, 0, 0, 0, 1, b'o', b'k']); // DATA, END_STREAM
+        peer.write_all(&input).await.unwrap();
+        drop(peer);
+        let mut got = Vec::new();
+        let mut piece = [0u8; 5];
+        loop {
+            let n = conn.read(&mut piece).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert!(got.starts_with(b"PRI * HTTP/2.0"));
+        assert!(got.windows(9).any(|w| w == b"localhost"), "{got:?}");
+        assert!(got.ends_with(&[0, 0, 2, 0x0, 0x1, 0, 0, 0, 1, b'o', b'k']));
+    }
+
+    #[tokio::test]
+    async fn reads_see_the_peer_and_its_credentials() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(ours).unwrap();
+        let cred = conn.connect_info().peer_cred.expect("peer credentials");
+        assert_eq!(cred.uid(), nix::unistd::getuid().as_raw());
+        peer.write_all(b"ping").await.unwrap();
+        drop(peer);
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping");
+    }
+}

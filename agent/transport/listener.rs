@@ -1,0 +1,238 @@
+//! Admitting connections on the agent's socket: who, how many, and how
+//! quickly they must speak.
+//!
+//! One task accepts. A peer refused by `--allow-uid` is closed at once,
+//! before any HTTP/2. A peer over its share of connections
+//! (`--max-connections`, `--max-connections-per-uid`) is closed at once too;
+//! the agent's own uid (its health probe) is exempt from both counts. A
+//! connection that sends nothing within [`PREFACE_DEADLINE`] is closed
+//! without ever reaching the gRPC server. Admitted connections reach tonic
+//! through a channel.
+//!
+//! tonic's own loop only traces an `accept` error and tries again at once:
+//! when the agent is out of descriptors the pending connection stays in the
+//! backlog, the listener stays readable, and that loop takes a whole core
+//! while the agent says nothing. Here an error is logged once, retried
+//! after a growing pause (up to [`MAX_PAUSE`]), and the recovery is logged
+//! with how many attempts failed.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, UdsConnectInfo};
+
+use crate::stream::service::PeerCheck;
+use crate::transport::connection::Connection;
+use crate::transport::quota::{Over, Place, Quota};
+
+/// The first pause after a failed `accept`.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+/// The longest pause between attempts.
+pub const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// How long a new connection may stay silent before it is closed: an HTTP/2
+/// client sends its preface at once.
+pub const PREFACE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Who may connect, and how many at once.
+pub struct Admission {
+    /// The uid allow-list.
+    pub peers: PeerCheck,
+    /// Connections open at once, all peers but the agent's own uid.
+    pub max_connections: usize,
+    /// Connections one peer uid may have open at once.
+    pub max_per_uid: usize,
+}
+
+/// An admitted connection: the socket and its place in the count.
+pub struct Admitted {
+    conn: Connection,
+    _place: Option<Place>,
+}
+
+/// The connections admitted on `listener`, for tonic's server. Accepting
+/// stops when the stream is dropped (the server stops).
+pub fn incoming(
+    listener: UnixListener,
+    admission: Admission,
+) -> ReceiverStream<io::Result<Admitted>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(accept_loop(listener, admission, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    admission: Admission,
+    tx: mpsc::Sender<io::Result<Admitted>>,
+) {
+    let own_uid = Some(nix::unistd::geteuid().as_raw());
+    let quota = Quota::new(admission.max_connections, admission.max_per_uid);
+    let (mut pause, mut failures) = (FIRST_PAUSE, 0u64);
+    let mut over_limit = 0u64;
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = tx.closed() => return,
+        };
+        let stream = match stream {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!("cannot accept a connection: {error}; retrying with a pause of up to {MAX_PAUSE:?}");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+                continue;
+            }
+        };
+        if failures > 0 {
+            tracing::info!(failed_attempts = failures, "accepting connections again");
+            (pause, failures) = (FIRST_PAUSE, 0);
+        }
+        let cred = stream.peer_cred().ok();
+        let uid = cred.map(|cred| cred.uid());
+        if !admission
+            .peers
+            .admits(uid, cred.and_then(|cred| cred.pid()))
+        {
+            continue;
+        }
+        let place = if uid == own_uid {
+            None
+        } else {
+            match quota.take(uid) {
+                Ok(place) => Some(place),
+                Err(over) => {
+                    let why = match over {
+                        Over::Total(n) => format!("{n} connections are open (--max-connections)"),
+                        Over::PerUid(n) => {
+                            format!("this uid has {n} connections open (--max-connections-per-uid)")
+                        }
+                    };
+                    // Said once per run of refusals, not per connection.
+                    over_limit += 1;
+                    if over_limit == 1 {
+                        tracing::warn!(peer_uid = uid, "closing new connections: {why}");
+                    }
+                    continue;
+                }
+            }
+        };
+        if over_limit > 0 {
+            tracing::info!(closed = over_limit, "connections admitted again");
+            over_limit = 0;
+        }
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Some(admitted) = speaks(stream, uid, place).await {
+                let _ = tx.send(Ok(admitted)).await;
+            }
+        });
+    }
+}
+
+/// Waits for the client's first bytes; a connection that stays silent past
+/// [`PREFACE_DEADLINE`] is closed.
+async fn speaks(stream: UnixStream, uid: Option<u32>, place: Option<Place>) -> Option<Admitted> {
+    match tokio::time::timeout(PREFACE_DEADLINE, first_bytes(&stream)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return None,
+        Err(_) => {
+            tracing::debug!(
+                peer_uid = uid,
+                "closed a connection that sent nothing within {PREFACE_DEADLINE:?}"
+            );
+            return None;
+        }
+    }
+    match Connection::new(stream) {
+        Ok(conn) => Some(Admitted {
+            conn,
+            _place: place,
+        }),
+        Err(e) => {
+            tracing::warn!("cannot take over an accepted connection: {e}");
+            None
+        }
+    }
+}
+
+/// Returns once the client has sent something (or hung up), without
+/// taking it: tokio's readiness alone may be a false alarm, so it is
+/// confirmed by a peek.
+async fn first_bytes(stream: &UnixStream) -> io::Result<()> {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            recv(
+                stream.as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Connected for Admitted {
+    type ConnectInfo = UdsConnectInfo;
+
+    fn connect_info(&self) -> UdsConnectInfo {
+        self.conn.connect_info()
+    }
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.conn).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.conn).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.conn.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.conn).poll_shutdown(cx)
+    }
+}

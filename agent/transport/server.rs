@@ -1,0 +1,305 @@
+//! The Unix socket and everything served on it: `ExecEvents`, gRPC health
+//! and reflection (v1 and v1alpha, so grpcurl 1.8 works), all behind the
+//! peer check.
+
+use std::fs;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use execwatch::client::MAX_SOCKET_PATH;
+use execwatch::proto::{exec_events_server::ExecEventsServer, FILE_DESCRIPTOR_SET};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
+
+use crate::transport::listener::{self, Admission};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::{Request, Status};
+
+use crate::stream::service::{ExecEventsService, PeerCheck, Seats};
+use crate::stream::subscription::Shared;
+
+/// Why the socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket's directory could not be created.
+    #[error("cannot create the socket directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket path does not fit in a Unix socket address.
+    #[error("the socket path {path} is {len} bytes long; a Unix socket path holds at most {max} (choose a shorter --socket)")]
+    PathTooLong {
+        /// The socket.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit ([`MAX_SOCKET_PATH`]).
+        max: usize,
+    },
+    /// A file that is not a directory sits where the socket's directory
+    /// (or one of its parents) should be.
+    #[error("cannot create the socket {socket}: {path} exists and is not a directory")]
+    NotADirectory {
+        /// The socket.
+        socket: PathBuf,
+        /// The file in the way.
+        path: PathBuf,
+    },
+    /// The agent may not create files in the socket's directory.
+    #[error("cannot create the socket {path}: the directory {dir} is not writable by uid {uid} ({source})")]
+    NotWritable {
+        /// The socket.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// The agent's uid.
+        uid: u32,
+        /// Why (permission denied, read-only file system).
+        #[source]
+        source: io::Error,
+    },
+    /// Another process answers on the socket path.
+    #[error("another agent is serving {0}; stop it first, or choose another --socket")]
+    InUse(PathBuf),
+    /// Something that is not a socket sits at the socket path.
+    #[error("{0} exists and is not a socket; refusing to remove it")]
+    NotASocket(PathBuf),
+    /// The stale socket could not be removed.
+    #[error("cannot remove the stale socket {path}: {source}")]
+    RemoveStale {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// bind(2) failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// chmod failed.
+    #[error("cannot set mode {mode:o} on {path}: {source}")]
+    Chmod {
+        /// The socket.
+        path: PathBuf,
+        /// The mode asked for.
+        mode: u32,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Reflection could not be built from the embedded descriptors.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The gRPC server stopped without being asked to.
+    #[error("the gRPC server stopped unexpectedly")]
+    Ended,
+}
+
+/// Binds `path` with file mode `mode`, replacing a stale socket (one nobody
+/// answers on) and refusing a live one.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        // Also checked on the command line; a library caller may skip that.
+        return Err(ServeError::PathTooLong {
+            path: path.into(),
+            len,
+            max: MAX_SOCKET_PATH,
+        });
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        // The nearest existing ancestor must be a directory; create_dir_all
+        // would only say "File exists" or "Not a directory".
+        if let Some(existing) = dir.ancestors().find(|a| fs::metadata(a).is_ok()) {
+            if !existing.is_dir() {
+                return Err(ServeError::NotADirectory {
+                    socket: path.into(),
+                    path: existing.into(),
+                });
+            }
+        }
+        fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir {
+            path: dir.into(),
+            source,
+        })?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            // A live socket answers; taking it over would leave its agent's
+            // subscribers on an orphan.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServeError::InUse(path.into()));
+            }
+            fs::remove_file(path).map_err(|source| ServeError::RemoveStale {
+                path: path.into(),
+                source,
+            })?
+        }
+        Ok(_) => return Err(ServeError::NotASocket(path.into())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|source| match source.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            ServeError::NotWritable {
+                path: path.into(),
+                dir: dir.unwrap_or(Path::new(".")).into(),
+                uid: nix::unistd::getuid().as_raw(),
+                source,
+            }
+        }
+        _ => ServeError::Bind {
+            path: path.into(),
+            source,
+        },
+    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        ServeError::Chmod {
+            path: path.into(),
+            mode,
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// How long open connections get to take their last words once the agent
+/// stops; a client that does not read is not waited for longer.
+pub const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// How much one socket serves at once.
+pub struct Limits {
+    /// Subscribers in total and per peer uid.
+    pub seats: Seats,
+    /// HTTP/2 streams one connection may have open.
+    pub streams_per_connection: u32,
+    /// Connections open at once, in total (the agent's own uid aside).
+    pub connections: usize,
+    /// Connections one peer uid may have open at once.
+    pub connections_per_uid: usize,
+}
+
+/// Why serving ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// The detector failed: the agent is blind and must not pretend otherwise.
+    DetectorFailed(String),
+}
+
+/// Serves every service on `listener` until `stop` says why to stop, then
+/// stops at once: health says NOT_SERVING, the socket is removed, every
+/// open `Watch` ends with UNAVAILABLE, and connections get [`STOP_GRACE`]
+/// to close (a second signal cuts even that short).
+pub async fn serve(
+    listener: UnixListener,
+    path: &Path,
+    shared: Arc<Shared>,
+    peers: PeerCheck,
+    limits: Limits,
+    stop: impl Future<Output = Stopped>,
+    streams_end: watch::Sender<bool>,
+) -> Result<Stopped, ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ExecEventsServer<ExecEventsService>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection)
+        .add_service(guarded(
+            ExecEventsServer::new(ExecEventsService::new(shared, limits.seats)),
+            &peers,
+        ))
+        .add_service(guarded(health_service, &peers))
+        .add_service(guarded(reflection_v1, &peers))
+        .add_service(guarded(reflection_v1alpha, &peers))
+        .serve_with_incoming_shutdown(
+            listener::incoming(
+                listener,
+                Admission {
+                    peers: peers.clone(),
+                    max_connections: limits.connections,
+                    max_per_uid: limits.connections_per_uid,
+                },
+            ),
+            async {
+                let _ = drain_rx.await;
+            },
+        );
+    tokio::pin!(server);
+    let why = tokio::select! {
+        result = &mut server => {
+            let _ = fs::remove_file(path);
+            result?;
+            // The server never ends on its own without an error.
+            return Err(ServeError::Ended);
+        }
+        why = stop => why,
+    };
+    match &why {
+        Stopped::Signal => tracing::info!("stopping: ending every stream"),
+        Stopped::DetectorFailed(e) => {
+            tracing::error!("stopping: the detector failed ({e}); ending every stream")
+        }
+    }
+    // In this order: probes see NOT_SERVING, no new client finds the
+    // socket, then the streams end with a status their clients understand.
+    health
+        .set_not_serving::<ExecEventsServer<ExecEventsService>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let _ = fs::remove_file(path);
+    let _ = streams_end.send(true);
+    let _ = drain_tx.send(());
+    let second = execwatch::runtime::shutdown_signal();
+    tokio::select! {
+        result = &mut server => result?,
+        _ = tokio::time::sleep(STOP_GRACE) => {
+            tracing::warn!("connections still open after {STOP_GRACE:?} (clients that do not read); closing them");
+        }
+        _ = second => tracing::info!("second signal: exiting now"),
+    }
+    Ok(why)
+}
+
+/// Wraps `svc` so every request passes the peer check first.
+fn guarded<S>(
+    svc: S,
+    peers: &PeerCheck,
+) -> InterceptedService<S, impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone> {
+    let peers = peers.clone();
+    InterceptedService::new(svc, move |req| peers.check(req))
+}

@@ -1,0 +1,192 @@
+//! The agent's `GetStats` counters, re-exported as `execwatch_agent_*`
+//! metrics: the agent has no network listener, so the reclaimer, which holds
+//! a connection to it anyway, reads them every [`POLL`] while connected
+//! (`crate::agent::link`) and a scrape shows the last answer.
+//!
+//! While the agent is unreachable the metrics are absent, not stale: a
+//! restarted agent starts its counters at zero, and an old value would look
+//! current.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use execwatch::proto::Stats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+/// How often the agent is asked for its counters while connected.
+pub const POLL: Duration = Duration::from_secs(5);
+
+/// The agent's last answer to `GetStats`, as a metrics collector.
+#[derive(Debug, Default)]
+pub struct AgentStats(Mutex<Option<Stats>>);
+
+impl AgentStats {
+    /// Keeps `stats` as the agent's current counters.
+    pub fn set(&self, stats: Stats) {
+        *self.lock() = Some(stats);
+    }
+
+    /// The agent is gone: its counters are unknown.
+    pub fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Stats>> {
+        // The data is replaced whole, never left half-written.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Collector for AgentStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(s) = self.lock().clone() else {
+            return Ok(());
+        };
+        // Names follow the Stats fields; the counter of subscribers accepted
+        // is `subscribers_accepted` because `subscribers` is the gauge of
+        // those connected now (one name cannot be both).
+        let counters = [
+            (
+                "execs",
+                "Exec events the agent's detector produced",
+                s.execs,
+            ),
+            (
+                "exits",
+                "Exit events the agent's detector produced",
+                s.exits,
+            ),
+            (
+                "ignored_kernel_events",
+                "Kernel events the agent read but did not want",
+                s.ignored_kernel_events,
+            ),
+            (
+                "kernel_overruns",
+                "Times the kernel reported ENOBUFS to the agent (events lost before it saw them)",
+                s.kernel_overruns,
+            ),
+            (
+                "exited_before_inspection",
+                "Exec events whose process was gone before the agent could read /proc",
+                s.exited_before_inspection,
+            ),
+            (
+                "subscribers_accepted",
+                "Subscribers the agent accepted since it started",
+                s.subscribers_total,
+            ),
+            (
+                "subscriber_overflows",
+                "Times a subscriber's queue overflowed (each produced a lost marker)",
+                s.subscriber_overflows,
+            ),
+            (
+                "subscribers_cut_off",
+                "Subscribers cut off for falling behind repeatedly",
+                s.subscribers_cut_off,
+            ),
+            (
+                "snapshots",
+                "Snapshots the agent sent (stream starts and resyncs)",
+                s.snapshots,
+            ),
+            (
+                "peers_denied",
+                "Peers the agent refused by its uid allow-list",
+                s.peers_denied,
+            ),
+            (
+                "parse_errors",
+                "Malformed kernel messages the agent skipped",
+                s.parse_errors,
+            ),
+            (
+                "unreadable_execs",
+                "Exec events whose /proc record the agent could not read for want of descriptors or memory (reported as lost)",
+                s.unreadable_execs,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        let gauges = [
+            (
+                "subscribers",
+                "Subscribers connected to the agent now",
+                s.subscribers,
+            ),
+            (
+                "uptime_seconds",
+                "Seconds since the agent started",
+                s.uptime_seconds,
+            ),
+            (
+                "receive_buffer_bytes",
+                "The agent's kernel receive buffer as granted (0 for the poll detector)",
+                s.receive_buffer_bytes,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        let labels = [
+            ("detector", s.detector.as_str()),
+            ("subscription_mode", s.subscription_mode.as_str()),
+        ];
+        encoder
+            .encode_descriptor(
+                "detector",
+                "The agent's detector and subscription mode",
+                None,
+                MetricType::Info,
+            )?
+            .encode_info(&labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::metrics::{Format, Metrics};
+
+    use super::*;
+
+    /// The agent's counters appear under `execwatch_agent_` while known, and
+    /// not at all once forgotten.
+    #[test]
+    fn exported_while_known() {
+        let m = Metrics::new();
+        let agent = "execwatch_agent_";
+        assert!(!m.encode(Format::Text).contains(agent));
+        m.agent.set(Stats {
+            detector: "netlink".into(),
+            subscription_mode: "kernel-filtered".into(),
+            execs: 7,
+            subscribers: 1,
+            subscribers_total: 3,
+            kernel_overruns: 2,
+            ..Default::default()
+        });
+        for format in [Format::Text, Format::OpenMetrics] {
+            let text = m.encode(format);
+            for sample in [
+                "execwatch_agent_execs_total 7\n",
+                "execwatch_agent_kernel_overruns_total 2\n",
+                "execwatch_agent_subscribers 1\n",
+                "execwatch_agent_subscribers_accepted_total 3\n",
+                "execwatch_agent_peers_denied_total 0\n",
+                "execwatch_agent_detector_info{detector=\"netlink\",subscription_mode=\"kernel-filtered\"} 1\n",
+            ] {
+                assert!(text.contains(sample), "{format:?}: no {sample:?} in\n{text}");
+            }
+        }
+        m.agent.clear();
+        assert!(!m.encode(Format::Text).contains(agent));
+    }
+}

@@ -1,0 +1,6 @@
+//! The reclaimer's own Node: the client that writes the reclaim request, the
+//! Event that records it, and the seam the decision loop writes through.
+
+pub mod client;
+mod event;
+pub mod writer;

@@ -1,0 +1,338 @@
+//! Where the rules come from, kept current: the per-node ConfigMap (watched,
+//! so an edit takes effect within a second or two), a local file (re-read
+//! when it changes), or the embedded demo rules.
+//!
+//! A document that does not parse never replaces good rules: the error is
+//! logged with its line, counted, and shown by the `rules_invalid` gauge
+//! until a good document arrives.
+//!
+//! No document at all (the ConfigMap absent, deleted, without the
+//! `reclaim.toml` key, or that key blank; a rules file emptied or removed)
+//! means no rules: the node is disarmed. That is 5-Spot's contract: its
+//! controller deletes `reclaim-agent-<node>` when the user empties
+//! `killIfCommands`, and its own agent goes idle on it. The reclaimer warns,
+//! naming the rules it dropped, and sets the `rules_missing` gauge.
+//! `--keep-rules-when-missing` keeps the rules in force instead (for a
+//! cluster where deletions are more often accidents than decisions; 5-Spot's
+//! disarm then needs `match_commands = []` or the pod's removal).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::rules::{Rules, DEFAULT_RULES, MAX_DOCUMENT_BYTES};
+
+/// The ConfigMap data key holding the rules.
+pub const DATA_KEY: &str = "reclaim.toml";
+
+/// A source of rules.
+pub enum RulesSource {
+    /// The ConfigMap `name` in `namespace`.
+    ConfigMap {
+        /// API client.
+        client: kube::Client,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A TOML file, re-read when its modification time or size changes.
+    File(PathBuf),
+    /// The built-in demo rules.
+    Embedded,
+}
+
+/// Error reading the initial rules file.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The file could not be read.
+    #[error("cannot read the rules file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ReadError,
+    },
+    /// The file does not parse.
+    #[error("the rules file {path} is invalid: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::rules::RulesError,
+    },
+}
+
+/// Loads the rules file once, strictly (used at start-up, where a bad file
+/// is a configuration error, not something to ride out).
+pub fn load_file(path: &std::path::Path) -> Result<Rules, SourceError> {
+    let text = read_capped(path).map_err(|source| SourceError::Read {
+        path: path.into(),
+        source,
+    })?;
+    Rules::parse(&text).map_err(|source| SourceError::Parse {
+        path: path.into(),
+        source,
+    })
+}
+
+/// What to do when the source holds no rules document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenMissing {
+    /// Drop the rules in force: the node is disarmed (5-Spot's contract).
+    Disarm,
+    /// Keep the rules in force until a document arrives again.
+    Keep,
+}
+
+/// Sends every new rule set on `tx`, forever.
+pub async fn run(
+    source: RulesSource,
+    when_missing: WhenMissing,
+    tx: mpsc::Sender<Rules>,
+    metrics: Arc<Metrics>,
+) {
+    let mut feed = Feed {
+        tx,
+        metrics,
+        when_missing,
+        in_force: None,
+        key: matches!(source, RulesSource::ConfigMap { .. }).then_some(DATA_KEY),
+    };
+    match source {
+        RulesSource::Embedded => {
+            let rules = Rules::parse(DEFAULT_RULES).expect("the embedded rules parse");
+            feed.good("embedded demo rules", rules).await;
+            std::future::pending::<()>().await;
+        }
+        RulesSource::File(path) => watch_file(path, feed).await,
+        RulesSource::ConfigMap {
+            client,
+            namespace,
+            name,
+        } => {
+            let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let what = format!("ConfigMap {namespace}/{name}");
+            let mut stream = watcher(api, config).default_backoff().boxed();
+            let mut seen_in_init = false;
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Init) => seen_in_init = false,
+                    Ok(watcher::Event::InitApply(cm)) => {
+                        seen_in_init = true;
+                        feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY)))
+                            .await;
+                    }
+                    Ok(watcher::Event::InitDone) if !seen_in_init => {
+                        feed.missing(&what, "is absent").await
+                    }
+                    Ok(watcher::Event::InitDone) => {}
+                    Ok(watcher::Event::Apply(cm)) => {
+                        feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY)))
+                            .await
+                    }
+                    Ok(watcher::Event::Delete(_)) => feed.missing(&what, "was deleted").await,
+                    Err(e) => tracing::warn!("watching {what}: {e}; retrying"),
+                }
+            }
+        }
+    }
+}
+
+struct Feed {
+    tx: mpsc::Sender<Rules>,
+    metrics: Arc<Metrics>,
+    when_missing: WhenMissing,
+    /// Summary of the rules from a document in force; `None` while the
+    /// decision loop holds no such rules (at start, or after a disarm).
+    in_force: Option<String>,
+    /// The ConfigMap data key the documents come from; `None` for a file.
+    key: Option<&'static str>,
+}
+
+impl Feed {
+    /// A document (or its absence) from `what`.
+    async fn document(&mut self, what: &str, text: Option<&String>) {
+        match text {
+            None => self.missing(what, &format!("has no {DATA_KEY} key")).await,
+            // A huge document is refused as too large by the parser, even
+            // if what was read of it is only comments.
+            Some(text) if text.len() <= MAX_DOCUMENT_BYTES && is_blank(text) => {
+                let why = match self.key {
+                    Some(key) => format!("has an empty {key} (no key set)"),
+                    None => "is empty (no key set)".to_owned(),
+                };
+                self.missing(what, &why).await
+            }
+            Some(text) => match Rules::parse(text) {
+                Ok(rules) => self.good(what, rules).await,
+                Err(e) => self.bad(what, &e),
+            },
+        }
+    }
+
+    /// `what` holds no rules document: disarm, or keep the rules in force
+    /// with [`WhenMissing::Keep`]. Not a reload: no rule set was loaded.
+    async fn missing(&mut self, what: &str, why: &str) {
+        // No document is not an invalid one.
+        self.metrics.rules_invalid.set(0);
+        self.metrics.rules_missing.set(1);
+        match (self.in_force.take(), self.when_missing) {
+            (Some(rules), WhenMissing::Keep) => {
+                tracing::warn!(
+                    rules = %rules,
+                    "{what} {why}: keeping the rules in force until it holds rules again \
+                     (--keep-rules-when-missing; to disarm this node, set match_commands = []; \
+                     a restarted reclaimer starts without them)"
+                );
+                self.in_force = Some(rules);
+            }
+            (Some(rules), WhenMissing::Disarm) => {
+                tracing::warn!(
+                    dropped = %rules,
+                    "{what} {why}: rules dropped; this node is not armed until it holds rules again"
+                );
+                self.metrics.rules_inert.set(1);
+                let _ = self.tx.send(Rules::inert()).await;
+            }
+            // The decision loop holds no rules from a document: inert already.
+            (None, _) => tracing::warn!("{what} {why}: no rules yet; this node is not armed"),
+        }
+    }
+
+    async fn good(&mut self, what: &str, rules: Rules) {
+        self.metrics.rule_reloads.inc();
+        self.metrics.rules_invalid.set(0);
+        self.metrics.rules_missing.set(0);
+        self.metrics.rules_inert.set(i64::from(rules.is_inert()));
+        let summary = rules.summary();
+        tracing::info!(rules = %summary, "rules loaded from {what}");
+        self.in_force = Some(summary);
+        let _ = self.tx.send(rules).await;
+    }
+
+    /// `what` exists but is not a file the reclaimer reads (a FIFO, a
+    /// device, a directory): the last good rules stay, as for a bad document.
+    fn refused(&mut self, what: &str, why: &str) {
+        self.metrics.rule_errors.inc();
+        self.metrics.rules_invalid.set(1);
+        self.metrics.rules_missing.set(0);
+        tracing::error!("{what} refused, keeping the last good rules: {why}");
+    }
+
+    fn bad(&mut self, what: &str, e: &crate::rules::RulesError) {
+        self.metrics.rule_errors.inc();
+        self.metrics.rules_invalid.set(1);
+        self.metrics.rules_missing.set(0);
+        tracing::error!(
+            line = e.line(),
+            "rules in {what} rejected, keeping the last good rules: {e}"
+        );
+    }
+}
+
+/// True if `text` sets no key: only blank lines and comments. Such a
+/// document is treated as no document.
+fn is_blank(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#'))
+}
+
+/// Why a rules file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// It is not there, or may not be read.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Something other than a regular file is there.
+    #[error("{0} is not a regular file; refusing to read it")]
+    NotAFile(&'static str),
+    /// The file is larger than a rules document may be.
+    #[error(
+        "the file is {0} bytes long, at most {MAX_DOCUMENT_BYTES} are allowed; refusing to read it"
+    )]
+    TooLarge(u64),
+}
+
+/// Reads a rules file, at most [`MAX_DOCUMENT_BYTES`] + 1 bytes of it, so
+/// that a huge file is refused by [`Rules::parse`] without being read whole.
+///
+/// Opened without blocking and checked before any read: a FIFO (or a
+/// device) swapped in at the path must not hang the reclaimer's only
+/// thread in `open` or `read`.
+fn read_capped(path: &std::path::Path) -> Result<String, ReadError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    if kind.is_file() && meta.len() > MAX_DOCUMENT_BYTES as u64 {
+        return Err(ReadError::TooLarge(meta.len()));
+    }
+    if !kind.is_file() {
+        return Err(ReadError::NotAFile(if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        }));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_DOCUMENT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        // Cut anywhere, perhaps inside a character: only its size matters.
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()).into())
+}
+
+async fn watch_file(path: PathBuf, mut feed: Feed) {
+    let what = format!("file {}", path.display());
+    let mut last = None;
+    loop {
+        match std::fs::metadata(&path) {
+            Ok(meta) => {
+                let stamp = (meta.modified().ok(), meta.len());
+                if last != Some(stamp) {
+                    last = Some(stamp);
+                    match read_capped(&path) {
+                        Ok(text) => feed.document(&what, Some(&text)).await,
+                        Err(ReadError::NotAFile(kind)) => {
+                            feed.refused(&what, &format!("it is {kind}, not a regular file"))
+                        }
+                        Err(e @ ReadError::TooLarge(_)) => feed.refused(&what, &e.to_string()),
+                        Err(e) => feed.missing(&what, &format!("cannot be read ({e})")).await,
+                    }
+                }
+            }
+            Err(e) if last.is_some() => {
+                last = None;
+                feed.missing(&what, &format!("cannot be read ({e})")).await;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;
