@@ -81,7 +81,6 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
     let fanout = Arc::new(Fanout::new(
         args.queue_len as usize,
         args.queue_bytes as usize,
-        stats.clone(),
     ));
     let max_argv = args.max_argv_bytes as usize;
     // Before the first record is read: every reader redacts from then on.
@@ -129,11 +128,11 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
                 interval_ms = args.poll_interval.as_millis() as u64,
                 "poll detector scanning /proc"
             );
-            let (fanout, stats) = (fanout.clone(), stats.clone());
+            let fanout = fanout.clone();
             std::thread::Builder::new()
                 .name("poll".into())
                 .spawn(move || {
-                    let err = poller.run(fanout, stats);
+                    let err = poller.run(fanout);
                     let _ = failed_tx.send(format!("poll detector stopped: {err}"));
                 })
                 .context("cannot start the detector thread")?;
@@ -166,7 +165,6 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         stats,
         proc_root: args.proc_root,
         max_argv_bytes: max_argv,
-        queue_len: args.queue_len as usize,
         stop: stop_rx,
         snapshot_reads: tokio::sync::Semaphore::new(SNAPSHOT_READS),
     });

@@ -1,4 +1,8 @@
-//! The agent's counters, shared by the detector, the fan-out and the service.
+//! The agent's counters, shared by the detector, the subscriptions and the
+//! service. What the fan-out publishes (execs, exits), who is hooked to it
+//! and their overflows are the fan-out's own counts
+//! ([`crate::stream::fanout::Counts`]), read from there when `GetStats`
+//! asks, never copied here.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -6,19 +10,17 @@ use std::time::Instant;
 
 use execwatch::proto;
 
-/// Counters since start. Every field is monotonic except `subscribers`.
+use crate::stream::fanout::Counts;
+
+/// Counters since start, each monotonic.
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
     detector: Mutex<(String, String, u64)>,
-    execs: AtomicU64,
-    exits: AtomicU64,
     ignored_kernel_events: AtomicU64,
     kernel_overruns: AtomicU64,
     exited_before_inspection: AtomicU64,
-    subscribers: AtomicU64,
     subscribers_total: AtomicU64,
-    subscriber_overflows: AtomicU64,
     subscribers_cut_off: AtomicU64,
     snapshots: AtomicU64,
     peers_denied: AtomicU64,
@@ -35,10 +37,6 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Exec events produced by the detector.
-    add_execs => execs;
-    /// Exit events produced by the detector.
-    add_exits => exits;
     /// Kernel events read but not wanted.
     add_ignored_kernel_events => ignored_kernel_events;
     /// ENOBUFS reports from the kernel.
@@ -47,8 +45,6 @@ counters! {
     add_exited_before_inspection => exited_before_inspection;
     /// Subscribers accepted.
     add_subscribers_total => subscribers_total;
-    /// Subscriber queues that overflowed.
-    add_subscriber_overflows => subscriber_overflows;
     /// Subscribers cut off for falling behind repeatedly.
     add_subscribers_cut_off => subscribers_cut_off;
     /// Snapshots sent.
@@ -66,14 +62,10 @@ impl Default for Stats {
         Self {
             started: Instant::now(),
             detector: Mutex::default(),
-            execs: AtomicU64::new(0),
-            exits: AtomicU64::new(0),
             ignored_kernel_events: AtomicU64::new(0),
             kernel_overruns: AtomicU64::new(0),
             exited_before_inspection: AtomicU64::new(0),
-            subscribers: AtomicU64::new(0),
             subscribers_total: AtomicU64::new(0),
-            subscriber_overflows: AtomicU64::new(0),
             subscribers_cut_off: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             peers_denied: AtomicU64::new(0),
@@ -90,13 +82,9 @@ impl Stats {
             (name.to_string(), mode.to_string(), receive_buffer_bytes);
     }
 
-    /// Records how many subscribers are connected now.
-    pub fn set_subscribers(&self, n: usize) {
-        self.subscribers.store(n as u64, Relaxed);
-    }
-
-    /// The counters as the wire contract carries them.
-    pub fn snapshot(&self) -> proto::Stats {
+    /// The counters as the wire contract carries them, with the fan-out's
+    /// `published` counts.
+    pub fn snapshot(&self, published: Counts) -> proto::Stats {
         let (detector, subscription_mode, receive_buffer_bytes) = self
             .detector
             .lock()
@@ -106,14 +94,14 @@ impl Stats {
             detector,
             subscription_mode,
             receive_buffer_bytes,
-            execs: self.execs.load(Relaxed),
-            exits: self.exits.load(Relaxed),
+            execs: published.execs,
+            exits: published.exits,
             ignored_kernel_events: self.ignored_kernel_events.load(Relaxed),
             kernel_overruns: self.kernel_overruns.load(Relaxed),
             exited_before_inspection: self.exited_before_inspection.load(Relaxed),
-            subscribers: self.subscribers.load(Relaxed),
+            subscribers: published.subscribers,
             subscribers_total: self.subscribers_total.load(Relaxed),
-            subscriber_overflows: self.subscriber_overflows.load(Relaxed),
+            subscriber_overflows: published.subscriber_overflows,
             subscribers_cut_off: self.subscribers_cut_off.load(Relaxed),
             snapshots: self.snapshots.load(Relaxed),
             peers_denied: self.peers_denied.load(Relaxed),

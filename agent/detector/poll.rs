@@ -21,7 +21,6 @@ use execwatch::proto::{Exit, Source};
 use execwatch::proto::LossSite;
 
 use crate::procfs::reader::{Exhausted, Identity, ProcReader};
-use crate::stats::Stats;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 use execwatch::clock;
 
@@ -61,10 +60,10 @@ impl Poller {
 
     /// Scans forever on the calling thread; returns only if `/proc` cannot
     /// be listed for a reason other than the agent's own exhaustion.
-    pub fn run(mut self, fanout: Arc<Fanout>, stats: Arc<Stats>) -> std::io::Error {
+    pub fn run(mut self, fanout: Arc<Fanout>) -> std::io::Error {
         loop {
             std::thread::sleep(self.interval);
-            match self.scan(&fanout, &stats) {
+            match self.scan(&fanout) {
                 Ok(Ok(())) => self.failing = false,
                 Ok(Err(exhausted)) => {
                     if !std::mem::replace(&mut self.failing, true) {
@@ -84,7 +83,7 @@ impl Poller {
 
     /// One scan. The outer error stops the detector; the inner one leaves
     /// what it knows unchanged and is tried again next interval.
-    fn scan(&mut self, fanout: &Fanout, stats: &Stats) -> std::io::Result<Result<(), Exhausted>> {
+    fn scan(&mut self, fanout: &Fanout) -> std::io::Result<Result<(), Exhausted>> {
         let reader = &mut self.reader;
         let pids = match reader.pids() {
             Ok(pids) => pids,
@@ -115,7 +114,7 @@ impl Poller {
             }
             if previous.is_some_and(|p| p.start_ticks != id.start_ticks) {
                 // The pid was reused: the process we knew under it is gone.
-                publish_exit(fanout, stats, pid);
+                publish_exit(fanout, pid);
             }
             // New pid, reused pid, or a new program in a known process.
             let read = match reader.read(pid, pid, Source::Poll) {
@@ -134,12 +133,11 @@ impl Poller {
                     alive.remove(&pid);
                     continue;
                 }
-                stats.add_execs(1);
                 fanout.publish(Item::Exec(Arc::new(p)));
             }
         }
         for pid in self.known.keys().filter(|pid| !alive.contains_key(pid)) {
-            publish_exit(fanout, stats, *pid);
+            publish_exit(fanout, *pid);
         }
         self.known = alive;
         Ok(Ok(()))
@@ -147,8 +145,7 @@ impl Poller {
 }
 
 /// Reports that the process last seen under `pid` is gone.
-fn publish_exit(fanout: &Fanout, stats: &Stats, pid: i32) {
-    stats.add_exits(1);
+fn publish_exit(fanout: &Fanout, pid: i32) {
     fanout.publish(Item::Exit(Exit {
         pid,
         tgid: pid,

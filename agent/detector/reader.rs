@@ -296,7 +296,6 @@ impl Pump {
                 if p.exited_before_inspection {
                     stats.add_exited_before_inspection(1);
                 }
-                stats.add_execs(1);
                 fanout.publish(Item::Exec(Arc::new(p)));
             }
             // Thread exits are noise: only a leader's exit ends a process.
@@ -307,7 +306,6 @@ impl Pump {
                 exit_signal,
                 ..
             } if pid == tgid => {
-                self.stats.add_exits(1);
                 self.fanout.publish(Item::Exit(Exit {
                     pid,
                     tgid,

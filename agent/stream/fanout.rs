@@ -3,11 +3,16 @@
 //!
 //! The detector calls [`Fanout::publish`]; each subscriber has its own queue,
 //! bounded both in items and in bytes (the encoded size of what it holds),
-//! and gets the event with `try_send`. A subscriber whose queue is full
-//! is unhooked on the spot: its queue is left to drain, then its stream task
-//! finds the [`Overflow`] record, re-subscribes, tells its client `lost` and
-//! sends a fresh snapshot. The detector and the other subscribers never
-//! notice.
+//! and gets the event with `try_send`. That queue is read by the
+//! subscriber's gRPC response stream itself, with nothing in between. A
+//! subscriber whose queue is full is unhooked on the spot: its queue is left
+//! to drain, then its stream finds the [`Overflow`] record, re-subscribes,
+//! tells its client `lost` and sends a fresh snapshot. The detector and the
+//! other subscribers never notice.
+//!
+//! The fan-out owns the counts of what it publishes (execs, exits), of the
+//! subscribers hooked to it and of their overflows; `GetStats` reads them
+//! here ([`Fanout::counts`]), and nothing else keeps a copy.
 //!
 //! What the `lost` says is exact: the events published while the subscriber
 //! was unhooked are counted, and a detector loss it missed in that time
@@ -20,8 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use execwatch::proto::{Exit, LossSite, Process};
 use prost::Message;
 use tokio::sync::mpsc;
-
-use crate::stats::Stats;
 
 /// One item a detector publishes.
 #[derive(Debug, Clone)]
@@ -93,7 +96,8 @@ struct Mark {
     counted: u64,
 }
 
-/// A subscriber's end: its queue and its overflow record.
+/// A subscriber's end: its queue and its overflow record. Dropping it
+/// unhooks the subscriber.
 pub struct Subscription {
     /// Items in publish order.
     /// Each item with the bytes it was counted as, so that taking it out
@@ -103,6 +107,17 @@ pub struct Subscription {
     pub overflow: Arc<Overflow>,
     /// Bytes queued for it now.
     queued: Arc<AtomicUsize>,
+    /// Its entry in the registry, and the registry.
+    id: u64,
+    fanout: Arc<Fanout>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // At once, not at the next publish: the subscriber count is read
+        // from the registry.
+        self.fanout.unhook(self.id);
+    }
 }
 
 impl Subscription {
@@ -137,6 +152,7 @@ struct Inner {
     next_id: u64,
     execs: u64,
     exits: u64,
+    overflows: u64,
     losses: u64,
     uncounted: u64,
     counted: u64,
@@ -155,12 +171,25 @@ impl Inner {
     }
 }
 
+/// The fan-out's counts, as `GetStats` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Exec events published.
+    pub execs: u64,
+    /// Exit events published.
+    pub exits: u64,
+    /// Subscribers hooked now (one unhooked for falling behind is not,
+    /// until it re-subscribes).
+    pub subscribers: u64,
+    /// Subscriber queues that overflowed.
+    pub subscriber_overflows: u64,
+}
+
 /// The subscriber registry shared by the detector and the gRPC service.
 pub struct Fanout {
     inner: Mutex<Inner>,
     queue_len: usize,
     queue_bytes: usize,
-    stats: Arc<Stats>,
 }
 
 impl Fanout {
@@ -168,12 +197,11 @@ impl Fanout {
     /// and `queue_bytes` bytes of encoded items. An item larger than
     /// `queue_bytes` still fits an empty queue (the caller keeps records
     /// below it).
-    pub fn new(queue_len: usize, queue_bytes: usize, stats: Arc<Stats>) -> Self {
+    pub fn new(queue_len: usize, queue_bytes: usize) -> Self {
         Self {
             inner: Mutex::default(),
             queue_len: queue_len.max(1),
             queue_bytes,
-            stats,
         }
     }
 
@@ -181,12 +209,28 @@ impl Fanout {
         lock(&self.inner)
     }
 
+    /// How many items each subscriber's queue holds at most.
+    pub fn queue_len(&self) -> usize {
+        self.queue_len
+    }
+
+    /// What was published and who is hooked, now.
+    pub fn counts(&self) -> Counts {
+        let inner = self.lock();
+        Counts {
+            execs: inner.execs,
+            exits: inner.exits,
+            subscribers: inner.subscribers.len() as u64,
+            subscriber_overflows: inner.overflows,
+        }
+    }
+
     /// Hooks up a new subscriber; items published from now on reach it.
-    pub fn subscribe(&self, include_exits: bool) -> Subscription {
+    pub fn subscribe(self: &Arc<Self>, include_exits: bool) -> Subscription {
         self.hook(&mut self.lock(), include_exits)
     }
 
-    fn hook(&self, inner: &mut Inner, include_exits: bool) -> Subscription {
+    fn hook(self: &Arc<Self>, inner: &mut Inner, include_exits: bool) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let overflow = Arc::new(Overflow::default());
         let queued = Arc::new(AtomicUsize::new(0));
@@ -199,18 +243,19 @@ impl Fanout {
             overflow: overflow.clone(),
             queued: queued.clone(),
         });
-        self.stats.set_subscribers(inner.subscribers.len());
         Subscription {
             rx,
             overflow,
             queued,
+            id,
+            fanout: self.clone(),
         }
     }
 
     /// Re-hooks a subscriber that overflowed. Returns the new subscription and
     /// what was missed in between (`None` if it never overflowed).
     pub fn resubscribe(
-        &self,
+        self: &Arc<Self>,
         old: &Overflow,
         include_exits: bool,
     ) -> (Subscription, Option<Missed>) {
@@ -292,19 +337,16 @@ impl Fanout {
                     unhooked += 1;
                     false
                 }
-                // The stream ended; its task is gone.
+                // The stream ended (its subscription unhooks it too).
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
-        self.stats.add_subscriber_overflows(unhooked);
-        self.stats.set_subscribers(inner.subscribers.len());
+        inner.overflows += unhooked;
     }
 
-    /// Forgets subscribers whose streams ended (publish also does this).
-    pub fn prune(&self) {
-        let mut inner = self.lock();
-        inner.subscribers.retain(|s| !s.tx.is_closed());
-        self.stats.set_subscribers(inner.subscribers.len());
+    /// Forgets subscriber `id` if it is still hooked.
+    fn unhook(&self, id: u64) {
+        self.lock().subscribers.retain(|s| s.id != id);
     }
 }
 

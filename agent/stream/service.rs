@@ -7,19 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use execwatch::proto::exec_events_server::ExecEvents;
-use execwatch::proto::{Stats, StatsRequest, WatchEvent, WatchRequest};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use execwatch::proto::{Stats, StatsRequest, WatchRequest};
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::stats;
-use crate::stream::subscription::{self, Shared};
+use crate::stream::subscription::{self, Shared, WatchStream};
 use crate::transport::quota::{Over, Place, Quota};
-
-/// Items buffered between a subscription task and the HTTP/2 stream (few:
-/// the queue in the fan-out is the one bounded in bytes).
-const STREAM_BUFFER: usize = 4;
 
 /// Serves `Watch` and `GetStats`.
 pub struct ExecEventsService {
@@ -82,7 +76,7 @@ fn peer_pid<T>(req: &Request<T>) -> Option<i32> {
 
 #[tonic::async_trait]
 impl ExecEvents for ExecEventsService {
-    type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
+    type WatchStream = WatchStream;
 
     async fn watch(
         &self,
@@ -90,13 +84,13 @@ impl ExecEvents for ExecEventsService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let uid = peer_uid(&req);
         let seat = self.seats.take(uid)?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        subscription::spawn(self.shared.clone(), uid, req.into_inner(), tx, seat);
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let stream = subscription::watch(self.shared.clone(), uid, req.into_inner(), seat);
+        Ok(Response::new(stream))
     }
 
     async fn get_stats(&self, _req: Request<StatsRequest>) -> Result<Response<Stats>, Status> {
-        Ok(Response::new(self.shared.stats.snapshot()))
+        let shared = &self.shared;
+        Ok(Response::new(shared.stats.snapshot(shared.fanout.counts())))
     }
 }
 

@@ -1,15 +1,24 @@
 //! One subscriber's stream: a snapshot of running processes, then live
 //! events, and after any loss a `lost` marker followed by a fresh snapshot.
 //!
-//! Each subscriber gets its own task. It hooks into the [`Fanout`] *before*
-//! scanning `/proc`, so live events that happen during the scan wait in its
-//! queue: a process started mid-snapshot is seen at least once. The task may
-//! wait on its own client (HTTP/2 flow control); the detector never does.
+//! The stream is what `Watch` hands to tonic, and it reads the subscriber's
+//! own fan-out queue: each item is taken from that queue (or from `/proc`,
+//! for a snapshot) when HTTP/2 asks for the next message. There is no task
+//! and no second buffer per subscriber. A client that stops reading stops
+//! its stream being polled; the detector never waits on it (it `try_send`s
+//! into the queue, which overflows into `lost` and a resync).
 //!
-//! When the agent stops, every task ends its stream at once with
-//! UNAVAILABLE, whatever it was doing.
+//! The subscriber is hooked into the [`Fanout`] when `Watch` is called,
+//! *before* `/proc` is scanned, so live events that happen during the scan
+//! wait in its queue: a process started mid-snapshot is seen at least once.
+//!
+//! When the agent stops, every stream ends at once with UNAVAILABLE,
+//! whatever it was doing; one that cannot go on (cut off, snapshot failed)
+//! ends with its own status.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,12 +26,13 @@ use execwatch::proto::{
     watch_event::Kind, LossSite, Lost, Process, SnapshotCause, SnapshotComplete, Source,
     WatchEvent, WatchRequest,
 };
-use tokio::sync::{mpsc, watch};
+use futures::Stream;
+use tokio::sync::watch;
 use tonic::Status;
 
 use crate::procfs::reader::ProcReader;
 use crate::stats::Stats;
-use crate::stream::fanout::{Fanout, Item, Missed};
+use crate::stream::fanout::{Fanout, Item, Missed, Subscription};
 use crate::stream::service::Seat;
 use execwatch::clock;
 
@@ -39,10 +49,8 @@ const OVERFLOW_WINDOW: Duration = Duration::from_secs(60);
 /// How long a snapshot keeps retrying reads that fail for the agent's own
 /// reasons (out of descriptors or memory) before it ends the stream.
 pub const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(5);
-/// How long a stream's last word (its status on shutdown) may wait for room.
-const LAST_WORD: Duration = Duration::from_millis(200);
 
-/// What every subscription task needs.
+/// What every subscriber's stream needs.
 pub struct Shared {
     /// Where detectors publish.
     pub fanout: Arc<Fanout>,
@@ -52,8 +60,6 @@ pub struct Shared {
     pub proc_root: String,
     /// Command-line read limit for snapshot entries.
     pub max_argv_bytes: usize,
-    /// Queue length, quoted in `lost` markers.
-    pub queue_len: usize,
     /// Becomes `true` when the agent stops: every stream ends.
     pub stop: watch::Receiver<bool>,
     /// Snapshot reads under way at once (each on a blocking-pool thread), so
@@ -61,65 +67,29 @@ pub struct Shared {
     pub snapshot_reads: tokio::sync::Semaphore,
 }
 
-/// Why a stream ended early.
-enum End {
-    /// The client went away; the task ends quietly.
-    Gone,
-    /// The stream cannot go on; the client gets this status and may
-    /// reconnect.
-    Fail(Status, Ending),
+/// The response stream of one `Watch`.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+/// Why a stream ends early: the status its client gets, and how the
+/// disconnect line says it ended.
+struct End(Status, &'static str);
+
+/// The end of every stream when the agent stops.
+fn stopping() -> End {
+    End(
+        Status::unavailable("agent shutting down; reconnect to its successor"),
+        "agent stopping",
+    )
 }
 
-/// How a stream ended, as the disconnect line says it.
-#[derive(Clone, Copy)]
-enum Ending {
-    /// The client closed it or went away.
-    ClientGone,
-    /// It overflowed too often and was cut off.
-    CutOff,
-    /// The agent is stopping.
-    AgentStopping,
-    /// A snapshot could not be taken whole.
-    SnapshotFailed,
-}
-
-impl Ending {
-    fn as_str(self) -> &'static str {
-        match self {
-            Ending::ClientGone => "client gone",
-            Ending::CutOff => "cut off",
-            Ending::AgentStopping => "agent stopping",
-            Ending::SnapshotFailed => "snapshot failed",
-        }
-    }
-}
-
-/// Numbers and sends items on one stream.
-struct Emitter {
-    seq: u64,
-    out: mpsc::Sender<Result<WatchEvent, Status>>,
-}
-
-impl Emitter {
-    async fn emit(&mut self, kind: Kind) -> Result<(), End> {
-        self.seq += 1;
-        let event = WatchEvent {
-            seq: self.seq,
-            kind: Some(kind),
-        };
-        self.out.send(Ok(event)).await.map_err(|_| End::Gone)
-    }
-}
-
-/// Starts the task serving `req` from a peer with `peer_uid`; its items
-/// arrive on `out`.
-pub fn spawn(
+/// Hooks a subscriber from a peer with `peer_uid` into the fan-out and
+/// returns its stream, which holds `seat` for as long as it lives.
+pub fn watch(
     shared: Arc<Shared>,
     peer_uid: Option<u32>,
     req: WatchRequest,
-    out: mpsc::Sender<Result<WatchEvent, Status>>,
     seat: Seat,
-) {
+) -> WatchStream {
     shared.stats.add_subscribers_total(1);
     let (include_exits, skip_snapshot) = (req.include_exits, req.skip_snapshot);
     tracing::info!(
@@ -128,89 +98,168 @@ pub fn spawn(
         skip_snapshot,
         "subscriber connected"
     );
-    tokio::spawn(async move {
-        // Held for as long as the subscription lives.
-        let _seat = seat;
-        let started = Instant::now();
-        let mut stop = shared.stop.clone();
-        let last_word = out.clone();
-        let mut em = Emitter { seq: 0, out };
-        let end = tokio::select! {
-            end = run(&shared, req, &mut em) => end,
-            _ = stop.wait_for(|stop| *stop) => Err(End::Fail(Status::unavailable(
-                "agent shutting down; reconnect to its successor",
-            ), Ending::AgentStopping)),
-        };
-        let ending = match end {
-            // The fan-out closed: the detector side is shutting down.
-            Ok(()) => Ending::AgentStopping,
-            Err(End::Gone) => Ending::ClientGone,
-            Err(End::Fail(status, ending)) => {
-                // A client that does not read may have no room left: it
-                // gets the end of the connection instead.
-                let _ = tokio::time::timeout(LAST_WORD, last_word.send(Err(status))).await;
-                ending
-            }
-        };
-        tracing::info!(
-            peer_uid,
+    let sub = shared.fanout.subscribe(include_exits);
+    let stop = shared.stop.clone();
+    let mut until_stop = stop.clone();
+    let watcher = Watcher {
+        feed: Feed {
+            sub,
+            snapshot: (!skip_snapshot).then(|| Snapshot::new(SnapshotCause::Subscribe)),
+            ready: VecDeque::new(),
+            overflows: VecDeque::new(),
             include_exits,
-            skip_snapshot,
-            items_sent = em.seq,
-            duration_ms = started.elapsed().as_millis() as u64,
-            ended = ending.as_str(),
-            "subscriber disconnected"
-        );
-        shared.fanout.prune();
-    });
+            shared,
+        },
+        seq: 0,
+        // One future for the stream's life, polled only while the stream
+        // waits: no new waiter per item.
+        stopped: Box::pin(async move {
+            let _ = until_stop.wait_for(|stop| *stop).await;
+        }),
+        stop,
+        ended: None,
+        skip_snapshot,
+        peer_uid,
+        started: Instant::now(),
+        _seat: seat,
+    };
+    Box::pin(futures::stream::unfold(watcher, |mut w| async move {
+        let item = w.next().await?;
+        Some((item, w))
+    }))
 }
 
-async fn run(shared: &Shared, req: WatchRequest, em: &mut Emitter) -> Result<(), End> {
-    let mut sub = shared.fanout.subscribe(req.include_exits);
-    if !req.skip_snapshot {
-        snapshot(shared, em, SnapshotCause::Subscribe).await?;
-    }
-    let mut overflows = VecDeque::new();
-    loop {
-        let item = tokio::select! {
-            item = sub.recv() => item,
-            _ = em.out.closed() => return Err(End::Gone),
-        };
-        match item {
-            // The last subscriber to take an event takes it without a copy.
-            Some(Item::Exec(p)) => em.emit(Kind::Exec(Arc::unwrap_or_clone(p))).await?,
-            Some(Item::Exit(e)) => em.emit(Kind::Exit(e)).await?,
-            Some(Item::DetectorLost(loss)) => {
-                em.emit(lost(loss.site, loss.reason.clone(), loss.count))
-                    .await?;
-                snapshot(shared, em, SnapshotCause::Resync).await?;
+/// One subscriber's stream: where its items come from, and how it ends.
+struct Watcher {
+    feed: Feed,
+    /// The last `seq` sent.
+    seq: u64,
+    /// Ready once the agent stops.
+    stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The same, checked before each item without waiting.
+    stop: watch::Receiver<bool>,
+    /// Set once the stream has said its last word.
+    ended: Option<&'static str>,
+    skip_snapshot: bool,
+    peer_uid: Option<u32>,
+    started: Instant,
+    /// Held for as long as the stream lives.
+    _seat: Seat,
+}
+
+impl Watcher {
+    /// The next message, or `None` once the stream has ended.
+    async fn next(&mut self) -> Option<Result<WatchEvent, Status>> {
+        if self.ended.is_some() {
+            return None;
+        }
+        // A plain atomic load: the agent stopping ends the stream at once,
+        // even if its queue is never empty.
+        let next = if self.stop.has_changed().unwrap_or(true) {
+            Err(stopping())
+        } else if let Some(kind) = self.feed.ready.pop_front() {
+            Ok(kind)
+        } else {
+            tokio::select! {
+                biased;
+                next = self.feed.produce() => next,
+                _ = &mut self.stopped => Err(stopping()),
             }
-            // The fan-out let go of us: either we fell behind or it shut down.
-            None if !Fanout::overflowed(&sub.overflow) => return Ok(()),
-            None => {
-                let now = Instant::now();
-                overflows.push_back(now);
-                while overflows
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > OVERFLOW_WINDOW)
-                {
-                    overflows.pop_front();
-                }
-                if overflows.len() > MAX_OVERFLOWS {
-                    shared.stats.add_subscribers_cut_off(1);
-                    let msg = format!(
-                        "subscriber cut off: its queue of {} events overflowed {} times within {}s; read faster or reconnect",
-                        shared.queue_len, overflows.len(), OVERFLOW_WINDOW.as_secs()
-                    );
-                    tracing::warn!("{msg}");
-                    return Err(End::Fail(Status::resource_exhausted(msg), Ending::CutOff));
-                }
-                let (next, missed) = shared.fanout.resubscribe(&sub.overflow, req.include_exits);
-                sub = next;
-                em.emit(overflow_lost(shared.queue_len, missed)).await?;
-                snapshot(shared, em, SnapshotCause::Resync).await?;
+        };
+        match next {
+            Ok(kind) => {
+                self.seq += 1;
+                Some(Ok(WatchEvent {
+                    seq: self.seq,
+                    kind: Some(kind),
+                }))
+            }
+            Err(End(status, ending)) => {
+                self.ended = Some(ending);
+                Some(Err(status))
             }
         }
+    }
+}
+
+/// Where one subscriber's items come from: snapshots and its fan-out queue.
+struct Feed {
+    shared: Arc<Shared>,
+    /// Its fan-out queue.
+    sub: Subscription,
+    /// The snapshot under way, if any; live items wait in `sub` meanwhile.
+    snapshot: Option<Snapshot>,
+    /// Items read and not sent yet: the rest of one snapshot chunk.
+    ready: VecDeque<Kind>,
+    /// When it overflowed, within [`OVERFLOW_WINDOW`].
+    overflows: VecDeque<Instant>,
+    include_exits: bool,
+}
+
+impl Feed {
+    /// The next item: from the snapshot under way, else from the queue.
+    async fn produce(&mut self) -> Result<Kind, End> {
+        if let Some(snapshot) = &mut self.snapshot {
+            let kind = snapshot.next(&self.shared, &mut self.ready).await?;
+            if matches!(kind, Kind::SnapshotComplete(_)) {
+                self.snapshot = None;
+            }
+            return Ok(kind);
+        }
+        match self.sub.recv().await {
+            // The last subscriber to take an event takes it without a copy.
+            Some(Item::Exec(p)) => Ok(Kind::Exec(Arc::unwrap_or_clone(p))),
+            Some(Item::Exit(e)) => Ok(Kind::Exit(e)),
+            Some(Item::DetectorLost(loss)) => {
+                self.snapshot = Some(Snapshot::new(SnapshotCause::Resync));
+                Ok(lost(loss.site, loss.reason.clone(), loss.count))
+            }
+            // The fan-out let go of us, which it does only when we fell
+            // behind (it outlives every subscription).
+            None if !Fanout::overflowed(&self.sub.overflow) => Err(stopping()),
+            None => self.overflowed(),
+        }
+    }
+
+    /// After an overflow: cut off, or re-hooked with a `lost` and a resync.
+    fn overflowed(&mut self) -> Result<Kind, End> {
+        let now = Instant::now();
+        let overflows = &mut self.overflows;
+        overflows.push_back(now);
+        while overflows
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > OVERFLOW_WINDOW)
+        {
+            overflows.pop_front();
+        }
+        let fanout = &self.shared.fanout;
+        if overflows.len() > MAX_OVERFLOWS {
+            self.shared.stats.add_subscribers_cut_off(1);
+            let msg = format!(
+                "subscriber cut off: its queue of {} events overflowed {} times within {}s; read faster or reconnect",
+                fanout.queue_len(), overflows.len(), OVERFLOW_WINDOW.as_secs()
+            );
+            tracing::warn!("{msg}");
+            return Err(End(Status::resource_exhausted(msg), "cut off"));
+        }
+        let (next, missed) = fanout.resubscribe(&self.sub.overflow, self.include_exits);
+        self.sub = next;
+        self.snapshot = Some(Snapshot::new(SnapshotCause::Resync));
+        Ok(overflow_lost(fanout.queue_len(), missed))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        tracing::info!(
+            peer_uid = self.peer_uid,
+            include_exits = self.feed.include_exits,
+            skip_snapshot = self.skip_snapshot,
+            items_sent = self.seq,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            ended = self.ended.unwrap_or("client gone"),
+            "subscriber disconnected"
+        );
     }
 }
 
@@ -263,7 +312,7 @@ async fn again(delay: &mut Duration, deadline: Instant, why: &str) -> Result<(),
             SNAPSHOT_PATIENCE.as_secs()
         );
         tracing::warn!("{msg}");
-        return Err(End::Fail(Status::unavailable(msg), Ending::SnapshotFailed));
+        return Err(End(Status::unavailable(msg), "snapshot failed"));
     }
     tracing::warn!("snapshot waiting: {why}; retrying in {delay:?}");
     tokio::time::sleep(*delay).await;
@@ -316,74 +365,116 @@ fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>) -> Chunk {
     chunk
 }
 
-/// Sends every running process as `existing`, then `snapshot_complete`.
+/// A snapshot under way: every running process as `existing`, then
+/// `snapshot_complete`.
 ///
 /// Never presented as whole when it is not: a listing or a record that
 /// cannot be read for the agent's own reasons is tried again (records only
 /// for the processes that failed, so none is listed twice) for up to
 /// [`SNAPSHOT_PATIENCE`]; after that the stream ends with UNAVAILABLE and
 /// no `snapshot_complete`, and the client reconnects.
-async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Result<(), End> {
-    shared.stats.add_snapshots(1);
-    let deadline = Instant::now() + SNAPSHOT_PATIENCE;
-    let mut delay = Duration::from_millis(50);
-    // /proc reads block, so they run on the blocking pool, but in short
-    // chunks that never wait for the client: a subscriber that stops
-    // reading holds this task (one per subscriber), never a pool thread,
-    // and at most one chunk of records.
-    let (root, max_argv) = (shared.proc_root.clone(), shared.max_argv_bytes);
-    let mut pending = loop {
-        let root = root.clone();
-        let listed = blocking(move || {
-            let reader = ProcReader::open(&root, max_argv).map_err(|e| e.to_string())?;
-            reader
-                .pids()
-                .map_err(|e| format!("cannot list {root}: {e}"))
-        })
-        .await;
-        match listed {
-            Ok(pids) => break pids,
-            Err(why) => again(&mut delay, deadline, &why).await?,
-        }
-    };
-    // Read in listing order (the chunks pop from the end).
-    pending.reverse();
-    let mut count = 0;
-    while !pending.is_empty() {
-        let mut failed = Vec::new();
-        let mut why = None;
-        while !pending.is_empty() {
-            let permit = shared.snapshot_reads.acquire().await;
-            let (mut pids, root) = (std::mem::take(&mut pending), root.clone());
-            let (chunk, rest) = blocking(move || {
-                let chunk = read_chunk(&root, max_argv, &mut pids);
-                Ok((chunk, pids))
-            })
-            .await
-            .map_err(|e| End::Fail(Status::internal(e), Ending::SnapshotFailed))?;
-            drop(permit);
-            pending = rest;
-            for p in chunk.records {
-                count += 1;
-                em.emit(Kind::Existing(p)).await?;
-            }
-            failed.extend(chunk.failed);
-            why = chunk.why.or(why);
-        }
-        if let Some(why) = why {
-            again(
-                &mut delay,
-                deadline,
-                &format!("{} processes unread: {why}", failed.len()),
-            )
-            .await?;
-        }
-        failed.reverse();
-        pending = failed;
-    }
-    em.emit(Kind::SnapshotComplete(SnapshotComplete {
-        processes: count,
-        cause: cause as i32,
-    }))
-    .await
+///
+/// `/proc` reads block, so they run on the blocking pool, but in short
+/// chunks that never wait for the client: a subscriber that stops reading
+/// holds at most one chunk of records, never a pool thread.
+#[derive(Default)]
+struct Snapshot {
+    cause: SnapshotCause,
+    /// When it gives up retrying; set when it starts.
+    deadline: Option<Instant>,
+    /// The wait before the next retry.
+    delay: Duration,
+    /// Pids still to read, last first; `None` until `/proc` is listed.
+    pending: Option<Vec<i32>>,
+    /// Pids whose reads failed in this pass, and the last reason.
+    failed: Vec<i32>,
+    why: Option<String>,
+    /// Records sent.
+    count: u64,
 }
+
+impl Snapshot {
+    fn new(cause: SnapshotCause) -> Self {
+        Self {
+            cause,
+            ..Self::default()
+        }
+    }
+
+    /// The next item: a record (the rest of its chunk goes to `ready`), or
+    /// `snapshot_complete` once every process is read.
+    async fn next(
+        &mut self,
+        shared: &Arc<Shared>,
+        ready: &mut VecDeque<Kind>,
+    ) -> Result<Kind, End> {
+        let deadline = *self.deadline.get_or_insert_with(|| {
+            shared.stats.add_snapshots(1);
+            self.delay = Duration::from_millis(50);
+            Instant::now() + SNAPSHOT_PATIENCE
+        });
+        let (root, max_argv) = (shared.proc_root.clone(), shared.max_argv_bytes);
+        loop {
+            let Some(pending) = &mut self.pending else {
+                let root = root.clone();
+                let listed = blocking(move || {
+                    let reader = ProcReader::open(&root, max_argv).map_err(|e| e.to_string())?;
+                    reader
+                        .pids()
+                        .map_err(|e| format!("cannot list {root}: {e}"))
+                })
+                .await;
+                match listed {
+                    Ok(mut pids) => {
+                        // Read in listing order (the chunks pop from the end).
+                        pids.reverse();
+                        self.pending = Some(pids);
+                    }
+                    Err(why) => again(&mut self.delay, deadline, &why).await?,
+                }
+                continue;
+            };
+            if pending.is_empty() {
+                let Some(why) = self.why.take() else {
+                    return Ok(Kind::SnapshotComplete(SnapshotComplete {
+                        processes: self.count,
+                        cause: self.cause as i32,
+                    }));
+                };
+                let why = format!("{} processes unread: {why}", self.failed.len());
+                again(&mut self.delay, deadline, &why).await?;
+                let mut failed = std::mem::take(&mut self.failed);
+                failed.reverse();
+                self.pending = Some(failed);
+                continue;
+            }
+            let (mut pids, root, shared) = (std::mem::take(pending), root.clone(), shared.clone());
+            // Its own task takes the read permit and gives it back: this
+            // stream is polled only while its client has room, and a permit
+            // handed to a stream that is not polled would never return.
+            let read = tokio::spawn(async move {
+                let _permit = shared.snapshot_reads.acquire().await;
+                blocking(move || {
+                    let chunk = read_chunk(&root, max_argv, &mut pids);
+                    Ok((chunk, pids))
+                })
+                .await
+            });
+            let (chunk, rest) = read
+                .await
+                .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
+                .map_err(|e| End(Status::internal(e), "snapshot failed"))?;
+            *pending = rest;
+            self.count += chunk.records.len() as u64;
+            ready.extend(chunk.records.into_iter().map(Kind::Existing));
+            self.failed.extend(chunk.failed);
+            self.why = chunk.why.or(self.why.take());
+            if let Some(first) = ready.pop_front() {
+                return Ok(first);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -28,7 +28,7 @@ fn pid_of(item: &Item) -> i32 {
 
 #[test]
 fn every_subscriber_gets_what_it_asked_for() {
-    let fanout = Fanout::new(8, usize::MAX, Arc::default());
+    let fanout = Arc::new(Fanout::new(8, usize::MAX));
     let mut execs_only = fanout.subscribe(false);
     let mut with_exits = fanout.subscribe(true);
     fanout.publish(exec(1));
@@ -45,8 +45,7 @@ fn every_subscriber_gets_what_it_asked_for() {
 
 #[test]
 fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
-    let stats = Arc::new(Stats::default());
-    let fanout = Fanout::new(2, usize::MAX, stats.clone());
+    let fanout = Arc::new(Fanout::new(2, usize::MAX));
     let mut slow = fanout.subscribe(false);
     let mut fast = fanout.subscribe(false);
     for pid in 1..=5 {
@@ -73,13 +72,13 @@ fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
     assert!(!Fanout::overflowed(&slow.overflow));
     fanout.publish(exec(6));
     assert_eq!(pid_of(&again.try_recv().unwrap()), 6);
-    assert_eq!(stats.snapshot().subscriber_overflows, 1);
-    assert_eq!(stats.snapshot().subscribers, 2);
+    assert_eq!(fanout.counts().subscriber_overflows, 1);
+    assert_eq!(fanout.counts().subscribers, 2);
 }
 
 #[test]
 fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
-    let fanout = Fanout::new(1, usize::MAX, Arc::default());
+    let fanout = Arc::new(Fanout::new(1, usize::MAX));
     let slow = fanout.subscribe(false);
     fanout.publish(exec(1));
     fanout.publish(exec(2)); // overflow
@@ -92,8 +91,7 @@ fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
 
 #[test]
 fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
-    let stats = Arc::new(Stats::default());
-    let fanout = Fanout::new(4, usize::MAX, stats.clone());
+    let fanout = Arc::new(Fanout::new(4, usize::MAX));
     let mut a = fanout.subscribe(false);
     let b = fanout.subscribe(true);
     drop(b);
@@ -102,7 +100,7 @@ fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
         a.try_recv().unwrap(),
         Item::DetectorLost(l) if l.site == LossSite::Kernel
     ));
-    assert_eq!(stats.snapshot().subscribers, 1);
+    assert_eq!(fanout.counts().subscribers, 1);
     assert_eq!(
         fanout.resubscribe(&a.overflow, false).1,
         None,
@@ -120,8 +118,7 @@ fn loss(site: LossSite, count: Option<u64>) -> Item {
 
 #[test]
 fn a_loss_item_that_does_not_fit_is_reported_as_that_loss_not_as_an_event() {
-    let stats = Arc::new(Stats::default());
-    let fanout = Fanout::new(1, usize::MAX, stats.clone());
+    let fanout = Arc::new(Fanout::new(1, usize::MAX));
     let slow = fanout.subscribe(true);
     fanout.publish(exec(1)); // fills the queue
     fanout.publish(loss(LossSite::Kernel, None)); // does not fit
@@ -132,12 +129,12 @@ fn a_loss_item_that_does_not_fit_is_reported_as_that_loss_not_as_an_event() {
     let upstream = missed.upstream.expect("the kernel loss it never got");
     assert_eq!(upstream.site, LossSite::Kernel);
     assert_eq!(upstream.count, None, "the kernel does not say how many");
-    assert_eq!(stats.snapshot().subscriber_overflows, 1);
+    assert_eq!(fanout.counts().subscriber_overflows, 1);
 }
 
 #[test]
 fn a_queue_overflow_alone_is_counted_exactly_even_when_the_loss_item_was_the_last() {
-    let fanout = Fanout::new(1, usize::MAX, Arc::default());
+    let fanout = Arc::new(Fanout::new(1, usize::MAX));
     let slow = fanout.subscribe(false);
     fanout.publish(exec(1));
     fanout.publish(loss(LossSite::Detector, Some(4)));
@@ -153,7 +150,7 @@ fn a_queue_overflow_alone_is_counted_exactly_even_when_the_loss_item_was_the_las
 
 #[test]
 fn losses_missed_while_unhooked_are_merged_with_a_count_only_if_all_had_one() {
-    let fanout = Fanout::new(1, usize::MAX, Arc::default());
+    let fanout = Arc::new(Fanout::new(1, usize::MAX));
     let counted = fanout.subscribe(false);
     let mixed = fanout.subscribe(false);
     fanout.publish(exec(1));
@@ -174,4 +171,23 @@ fn losses_missed_while_unhooked_are_merged_with_a_count_only_if_all_had_one() {
         "the last loss names the site"
     );
     assert_eq!(upstream.count, None, "one of them had no count");
+}
+
+#[test]
+fn the_fanout_counts_what_it_publishes_and_who_is_hooked() {
+    let fanout = Arc::new(Fanout::new(8, usize::MAX));
+    let execs_only = fanout.subscribe(false);
+    let with_exits = fanout.subscribe(true);
+    fanout.publish(exec(1));
+    fanout.publish(exit(1));
+    fanout.publish(exec(2));
+    fanout.publish(loss(LossSite::Kernel, None));
+    let counts = fanout.counts();
+    assert_eq!((counts.execs, counts.exits), (2, 1));
+    assert_eq!(counts.subscribers, 2);
+    // A subscription dropped is unhooked at once, not at the next publish.
+    drop(execs_only);
+    assert_eq!(fanout.counts().subscribers, 1);
+    drop(with_exits);
+    assert_eq!(fanout.counts().subscribers, 0);
 }
