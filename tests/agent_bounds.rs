@@ -24,11 +24,12 @@ fn vm_hwm_kib(pid: i32) -> u64 {
 /// The documented bound (docs/operating.md#memory) for `subscribers`
 /// stalled subscribers with the default flags: 24 MiB of base (a debug
 /// build; a release agent idles near 7 MiB), and per
-/// subscriber its 4 MiB queue, 4 records of at most 64 KiB of argv (plus
-/// 16 KiB of other fields) between its task and its stream, 400 KiB of
-/// HTTP/2 send buffer and a 256 KiB snapshot chunk.
+/// subscriber its 4 MiB queue (read by its stream itself), the record
+/// being encoded for its stream (at most 64 KiB of argv plus 16 KiB of
+/// other fields), 400 KiB of HTTP/2 send buffer and a 256 KiB snapshot
+/// chunk.
 fn documented_bound_kib(subscribers: u64) -> u64 {
-    24 * 1024 + subscribers * (4 * 1024 + 4 * 80 + 400 + 256 + 80)
+    24 * 1024 + subscribers * (4 * 1024 + 80 + 400 + 256)
 }
 
 /// One subscriber that stops reading while an unprivileged-looking storm
