@@ -31,7 +31,7 @@ impl NodeClient {
     /// already there (409) instead of writing a second one.
     pub(super) fn spawn_event(&self, req: &Request, node_uid: String) {
         let this = self.clone();
-        let name = event_name(&self.node, execwatch::clock::unix_ns());
+        let name = event_name(&self.node, execwatch::internal::clock::unix_ns());
         let message = format!("{} (pid {}) matched: {}", req.comm, req.pid, req.reason);
         let at = req.at.clone();
         tokio::spawn(async move {
