@@ -123,11 +123,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
         (Box::new(nodes), source)
     };
-    if let RulesSource::File(path) = &source {
+    // What the link first subscribes with: the rules a file or the demo
+    // holds now (the source hands the same to the decision loop in a
+    // moment, so no re-subscription follows); a ConfigMap's are not known
+    // yet, so no process until they arrive.
+    let first_rules = match &source {
         // A bad file at start is a configuration error; later edits are
         // ridden out with the last good rules.
-        rules::source::load_file(path)?;
-    }
+        RulesSource::File(path) => rules::source::load_file(path)?,
+        RulesSource::Embedded => {
+            rules::Rules::parse(rules::DEFAULT_RULES).context("the embedded rules")?
+        }
+        RulesSource::ConfigMap { .. } => rules::Rules::inert(),
+    };
     if let Some(addr) = cli.metrics_addr {
         // Bound here, so a bad address stops the reclaimer at start.
         let server = metrics::server::MetricsServer::bind(addr, metrics.clone()).await?;
@@ -137,9 +145,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (link_tx, link_rx) = mpsc::channel(1024);
     let (rules_tx, rules_rx) = mpsc::channel(4);
     let (source_tx, source_rx) = mpsc::channel(4);
-    // The link subscribes with the rules' selector: inert (no process)
-    // until the first rules arrive.
-    let (selector_tx, selector_rx) = watch::channel(rules::Rules::inert().selector());
+    // The link subscribes with the rules' selector.
+    let (selector_tx, selector_rx) = watch::channel(first_rules.selector());
     tokio::spawn(follow_rules(source_rx, selector_tx, rules_tx));
     tokio::spawn(agent::link::run(
         cli.socket.clone(),
