@@ -124,12 +124,30 @@ async fn connect(socket: &std::path::Path, req: WatchRequest) -> Result<(Client,
     let mut client = execwatch::client::exec_events(socket)
         .await
         .map_err(|e| e.to_string())?;
-    let stream = client
-        .watch(req)
-        .await
-        .map_err(|s| s.to_string())?
-        .into_inner();
+    let stream = watch(&mut client, req).await.map_err(|s| s.to_string())?;
     Ok((client, stream))
+}
+
+/// Opens a stream for `req`. A selector the agent refuses (one this build
+/// thinks valid and the agent does not) must not leave the reclaimer
+/// blind: it subscribes to every process instead, which the rules then
+/// sift as before selectors.
+async fn watch(client: &mut Client, req: WatchRequest) -> Result<Stream, tonic::Status> {
+    match client.watch(req.clone()).await {
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            tracing::warn!(
+                "the agent refused the rules' selector ({}); subscribing to every process instead",
+                status.message()
+            );
+            let every = WatchRequest {
+                include_exits: req.include_exits,
+                skip_snapshot: req.skip_snapshot,
+                ..Default::default()
+            };
+            Ok(client.watch(every).await?.into_inner())
+        }
+        other => Ok(other?.into_inner()),
+    }
 }
 
 /// The stream the decision loop is fed from, and the `seq` it expects next.
@@ -194,13 +212,13 @@ async fn switch(
     tx: &mpsc::Sender<LinkEvent>,
 ) -> Result<bool, String> {
     tracing::info!("the rules changed: re-subscribing with their selector");
-    let opening = client.watch(req);
+    let opening = watch(&mut client, req);
     tokio::pin!(opening);
     let mut old_open = true;
     let mut next = loop {
         tokio::select! {
             opened = &mut opening => {
-                break opened.map_err(|s| format!("re-subscribing failed: {s}"))?.into_inner();
+                break opened.map_err(|s| format!("re-subscribing failed: {s}"))?;
             }
             msg = current.stream.message(), if old_open => match current.accept(msg) {
                 Ok(ev) => {

@@ -52,7 +52,14 @@ impl Rules {
         comms.sort();
         let mut exe_paths: Vec<String> = self.exe_paths.iter().cloned().collect();
         exe_paths.sort();
-        let mut uids: Vec<u32> = self.uids.iter().copied().collect();
+        // (uid_t) -1 is no process's uid and the agent refuses it; without
+        // it the list is the same or, left empty, wider.
+        let mut uids: Vec<u32> = self
+            .uids
+            .iter()
+            .copied()
+            .filter(|&u| u != u32::MAX)
+            .collect();
         uids.sort();
         WatchRequest {
             comms,
@@ -97,6 +104,12 @@ match_uids = [1000, 0]
         assert_eq!(s.omit_fields, ["cwd", "argv_raw"]);
         let all = rules("match_commands = [\"java\"]\nscope = \"all\"\n");
         assert!(!all.selector().outside_pods);
+    }
+
+    #[test]
+    fn the_uid_that_is_no_uid_is_left_out() {
+        let s = rules("match_commands = [\"java\"]\nmatch_uids = [4294967295, 7]\n").selector();
+        assert_eq!(s.uids, [7]);
     }
 
     #[test]
