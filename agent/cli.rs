@@ -17,6 +17,8 @@ pub const POLL_INTERVAL: (Duration, Duration) =
 /// Bounds of `health-check --timeout`.
 pub const HEALTH_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(300));
+/// Bounds of `--idle-timeout`.
+pub const IDLE_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
 /// Smallest `--receive-buffer`, in bytes (a page; the kernel's own floor is
 /// about 2 KiB).
 pub const MIN_RECEIVE_BUFFER: u32 = 4096;
@@ -122,6 +124,13 @@ pub struct RunArgs {
     /// SETTINGS_MAX_CONCURRENT_STREAMS the agent announces (1 to 1024).
     #[arg(long, env = "EXECWATCH_MAX_STREAMS_PER_CONNECTION", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_streams_per_connection: u32,
+
+    /// How long a connection may stay open with no RPC in progress (1s to
+    /// 1h); then the agent closes it, as gRPC clients expect of an idle
+    /// channel (they reconnect when they next call). A `Watch` is an RPC in
+    /// progress for as long as it runs.
+    #[arg(long, env = "EXECWATCH_IDLE_TIMEOUT", default_value = "2m", value_parser = |s: &str| execwatch::duration::parse_within(s, IDLE_TIMEOUT.0, IDLE_TIMEOUT.1))]
+    pub idle_timeout: Duration,
 
     /// Longest command line read per process, in bytes (1 to 16777216);
     /// longer ones are cut and flagged argv_truncated. A record carries at

@@ -178,6 +178,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         streams_per_connection: args.max_streams_per_connection,
         connections: args.max_connections as usize,
         connections_per_uid: args.max_connections_per_uid as usize,
+        idle_timeout: args.idle_timeout,
     };
     let stopped =
         transport::server::serve(listener, &socket, shared, peers, limits, stop, streams_end)

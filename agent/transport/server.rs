@@ -196,6 +196,8 @@ pub struct Limits {
     pub connections: usize,
     /// Connections one peer uid may have open at once.
     pub connections_per_uid: usize,
+    /// How long a connection may stay with no stream open.
+    pub idle_timeout: Duration,
 }
 
 /// Why serving ended.
@@ -251,6 +253,7 @@ pub async fn serve(
                     peers: peers.clone(),
                     max_connections: limits.connections,
                     max_per_uid: limits.connections_per_uid,
+                    idle_timeout: limits.idle_timeout,
                 },
             ),
             async {
