@@ -2,7 +2,8 @@
 //! filtered subscriber gets every matching exec and snapshot entry (by
 //! comm, by argv only, by exe only, by uid, outside or inside a pod's
 //! cgroup) and the exits of what it was sent, while an unfiltered one beside
-//! it still gets everything, complete; bad selectors are refused with
+//! it still gets everything, complete; a filtered stream that falls behind
+//! resyncs like any other; bad selectors are refused with
 //! INVALID_ARGUMENT naming the field; and the reclaimer, re-subscribing
 //! with new rules, does not miss a program started during the switch.
 #![cfg(target_os = "linux")]
@@ -282,6 +283,72 @@ async fn uids_and_outside_pods_filter_execs_and_snapshots() {
     for child in [&mut in_pod, &mut as_root, &mut on_host] {
         kill(child);
     }
+}
+
+/// A filtered subscriber that falls behind gets `lost` and a resync like
+/// any other: contiguous `seq`, a resync snapshot of what matches only,
+/// and after it the exits of what it lists.
+#[tokio::test]
+async fn a_filtered_stream_that_overflows_resyncs_with_what_matches() {
+    let agent = Agent::start(&["--queue-len=64"]);
+    let survivor_prog = UniqueProgram::new("ewsv");
+    let other_prog = UniqueProgram::new("ewsq");
+    let req = WatchRequest {
+        include_exits: true,
+        skip_snapshot: true,
+        // The storm's `true` fills the queue; the survivor must be listed.
+        comms: vec!["true".into(), survivor_prog.name.clone()],
+        ..Default::default()
+    };
+    let mut stalled = watch_small_window(&agent.socket, req).await;
+    // Hooked once the agent counts it.
+    eventually("the subscriber", WAIT, || async {
+        (agent.stats().await.subscribers == 1).then_some(())
+    })
+    .await;
+    let mut other = run_as(&other_prog, None, None);
+    let mut survivor = run_as(&survivor_prog, None, None);
+    tokio::task::spawn_blocking(|| {
+        // 300-byte arguments: see agent_loss.rs (h2's small-frame budget).
+        let pad = "x".repeat(300);
+        for _ in 0..600 {
+            Command::new("true").arg(&pad).status().unwrap();
+        }
+    })
+    .await
+    .unwrap();
+
+    let (lost, before) = until(&mut stalled, WAIT, |ev| {
+        matches!(ev.kind, Some(Kind::Lost(_)))
+    })
+    .await;
+    assert_contiguous(&before, 1);
+    let (done, resync) = until(&mut stalled, WAIT, |ev| {
+        matches!(ev.kind, Some(Kind::SnapshotComplete(_)))
+    })
+    .await;
+    assert_eq!(resync.first().map_or(done.seq, |ev| ev.seq), lost.seq + 1);
+    assert_contiguous(&resync, lost.seq + 1);
+    let listed: HashSet<i32> = resync.iter().filter_map(process).map(|p| p.pid).collect();
+    assert!(
+        listed.contains(&(survivor.id() as i32)),
+        "the resync lists the match"
+    );
+    assert!(
+        !listed.contains(&(other.id() as i32)),
+        "and only what matches"
+    );
+    for ev in before.iter().chain(&resync) {
+        if let Some(p) = process(ev) {
+            assert!(p.comm == "true" || p.comm == survivor_prog.name, "{p:?}");
+        }
+    }
+    // After the resync: the exit of what it listed, not of the other.
+    kill(&mut other);
+    let survivor_pid = survivor.id();
+    kill(&mut survivor);
+    let (_, after) = until(&mut stalled, WAIT, |ev| is_exit(ev, survivor_pid)).await;
+    assert!(!after.iter().any(|ev| is_exit(ev, other.id())));
 }
 
 /// `no_processes`: a snapshot of none, then nothing but what is not a
