@@ -13,6 +13,7 @@
 //! processes it was sent. [`Omit`] clears the fields a subscriber said it
 //! does not need.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -172,16 +173,29 @@ impl Selector {
             || p.exe.as_ref().is_some_and(|e| self.exe_paths.contains(e))
     }
 
-    /// Whether argv joined with single spaces contains an entry; joins
-    /// only when there is more than one argument.
+    /// Whether argv joined with single spaces contains an entry. Runs for
+    /// every exec under the fan-out's lock, so it joins only when there is
+    /// more than one argument, into a per-thread buffer (which keeps the
+    /// capacity of the longest command line, itself bounded by the agent's
+    /// read limit).
     fn argv_matches(&self, argv: &[String]) -> bool {
+        thread_local! {
+            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
         match argv {
             [] => false,
             [only] => self.argv_substrings.iter().any(|s| only.contains(s)),
-            _ => {
-                let line = argv.join(" ");
+            _ => LINE.with(|line| {
+                let mut line = line.borrow_mut();
+                line.clear();
+                for (i, arg) in argv.iter().enumerate() {
+                    if i > 0 {
+                        line.push(' ');
+                    }
+                    line.push_str(arg);
+                }
                 self.argv_substrings.iter().any(|s| line.contains(s))
-            }
+            }),
         }
     }
 }
