@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings};
@@ -126,11 +126,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
         (Box::new(nodes), source)
     };
-    if let RulesSource::File(path) = &source {
+    // What the link first subscribes with: the rules a file or the demo
+    // holds now (the source hands the same to the decision loop in a
+    // moment, so no re-subscription follows); a ConfigMap's are not known
+    // yet, so no process until they arrive.
+    let first_rules = match &source {
         // A bad file at start is a configuration error; later edits are
         // ridden out with the last good rules.
-        rules::source::load_file(path)?;
-    }
+        RulesSource::File(path) => rules::source::load_file(path)?,
+        RulesSource::Embedded => {
+            rules::Rules::parse(rules::DEFAULT_RULES).context("the embedded rules")?
+        }
+        RulesSource::ConfigMap { .. } => rules::Rules::inert(),
+    };
     if let Some(addr) = cli.metrics_addr {
         // Bound here, so a bad address stops the reclaimer at start.
         let server = metrics::server::MetricsServer::bind(addr, metrics.clone()).await?;
@@ -139,10 +147,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let (link_tx, link_rx) = mpsc::channel(1024);
     let (rules_tx, rules_rx) = mpsc::channel(4);
+    let (source_tx, source_rx) = mpsc::channel(4);
+    // The link subscribes with the rules' selector.
+    let (selector_tx, selector_rx) = watch::channel(first_rules.selector());
+    tokio::spawn(follow_rules(source_rx, selector_tx, rules_tx));
     tokio::spawn(agent::link::run(
         cli.socket.clone(),
         link_tx,
         metrics.clone(),
+        selector_rx,
     ));
     let when_missing = if cli.keep_rules_when_missing {
         WhenMissing::Keep
@@ -152,7 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(rules::source::run(
         source,
         when_missing,
-        rules_tx,
+        source_tx,
         metrics.clone(),
     ));
     let settings = Settings {
@@ -165,6 +178,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Hands each new rule set to the decision loop, and its selector to the
+/// link, which re-subscribes when the selector changes (only then: a
+/// re-read of the same rules costs the agent nothing).
+async fn follow_rules(
+    mut source: mpsc::Receiver<rules::Rules>,
+    selector: watch::Sender<execwatch::proto::WatchRequest>,
+    decider: mpsc::Sender<rules::Rules>,
+) {
+    while let Some(rules) = source.recv().await {
+        let next = rules.selector();
+        selector.send_if_modified(|current| {
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+        if decider.send(rules).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The rules ConfigMap's name: `--configmap`, or `reclaim-agent-<node>`,

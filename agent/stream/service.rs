@@ -14,6 +14,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::stats;
+use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared};
 use crate::transport::quota::{Over, Place, Quota};
 
@@ -89,9 +90,12 @@ impl ExecEvents for ExecEventsService {
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let uid = peer_uid(&req);
+        // A bad selector is refused before it takes a seat.
+        let choice = Choice::from_request(req.get_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let seat = self.seats.take(uid)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        subscription::spawn(self.shared.clone(), uid, req.into_inner(), tx, seat);
+        subscription::spawn(self.shared.clone(), uid, req.into_inner(), choice, tx, seat);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

@@ -23,6 +23,7 @@ use tonic::Status;
 use crate::procfs::reader::ProcReader;
 use crate::stats::Stats;
 use crate::stream::fanout::{Fanout, Item, Missed};
+use crate::stream::selector::{Choice, Filter};
 use crate::stream::service::Seat;
 use execwatch::internal::clock;
 
@@ -117,15 +118,18 @@ pub fn spawn(
     shared: Arc<Shared>,
     peer_uid: Option<u32>,
     req: WatchRequest,
+    choice: Choice,
     out: mpsc::Sender<Result<WatchEvent, Status>>,
     seat: Seat,
 ) {
     shared.stats.add_subscribers_total(1);
     let (include_exits, skip_snapshot) = (req.include_exits, req.skip_snapshot);
+    let filtered = choice.filter.is_some();
     tracing::info!(
         peer_uid,
         include_exits,
         skip_snapshot,
+        filtered,
         "subscriber connected"
     );
     tokio::spawn(async move {
@@ -136,7 +140,7 @@ pub fn spawn(
         let last_word = out.clone();
         let mut em = Emitter { seq: 0, out };
         let end = tokio::select! {
-            end = run(&shared, req, &mut em) => end,
+            end = run(&shared, req, &choice, &mut em) => end,
             _ = stop.wait_for(|stop| *stop) => Err(End::Fail(Status::unavailable(
                 "agent shutting down; reconnect to its successor",
             ), Ending::AgentStopping)),
@@ -157,6 +161,7 @@ pub fn spawn(
             include_exits,
             skip_snapshot,
             items_sent = em.seq,
+            filtered,
             duration_ms = started.elapsed().as_millis() as u64,
             ended = ending.as_str(),
             "subscriber disconnected"
@@ -165,10 +170,17 @@ pub fn spawn(
     });
 }
 
-async fn run(shared: &Shared, req: WatchRequest, em: &mut Emitter) -> Result<(), End> {
-    let mut sub = shared.fanout.subscribe(req.include_exits);
+async fn run(
+    shared: &Shared,
+    req: WatchRequest,
+    choice: &Choice,
+    em: &mut Emitter,
+) -> Result<(), End> {
+    let mut sub = shared
+        .fanout
+        .subscribe(req.include_exits, choice.filter.clone());
     if !req.skip_snapshot {
-        snapshot(shared, em, SnapshotCause::Subscribe).await?;
+        snapshot(shared, em, SnapshotCause::Subscribe, choice).await?;
     }
     let mut overflows = VecDeque::new();
     loop {
@@ -178,12 +190,16 @@ async fn run(shared: &Shared, req: WatchRequest, em: &mut Emitter) -> Result<(),
         };
         match item {
             // The last subscriber to take an event takes it without a copy.
-            Some(Item::Exec(p)) => em.emit(Kind::Exec(Arc::unwrap_or_clone(p))).await?,
+            Some(Item::Exec(p)) => {
+                let mut p = Arc::unwrap_or_clone(p);
+                choice.omit.apply(&mut p);
+                em.emit(Kind::Exec(p)).await?
+            }
             Some(Item::Exit(e)) => em.emit(Kind::Exit(e)).await?,
             Some(Item::DetectorLost(loss)) => {
                 em.emit(lost(loss.site, loss.reason.clone(), loss.count))
                     .await?;
-                snapshot(shared, em, SnapshotCause::Resync).await?;
+                snapshot(shared, em, SnapshotCause::Resync, choice).await?;
             }
             // The fan-out let go of us: either we fell behind or it shut down.
             None if !Fanout::overflowed(&sub.overflow) => return Ok(()),
@@ -205,10 +221,14 @@ async fn run(shared: &Shared, req: WatchRequest, em: &mut Emitter) -> Result<(),
                     tracing::warn!("{msg}");
                     return Err(End::Fail(Status::resource_exhausted(msg), Ending::CutOff));
                 }
-                let (next, missed) = shared.fanout.resubscribe(&sub.overflow, req.include_exits);
+                let (next, missed) = shared.fanout.resubscribe(
+                    &sub.overflow,
+                    req.include_exits,
+                    choice.filter.clone(),
+                );
                 sub = next;
                 em.emit(overflow_lost(shared.queue_len, missed)).await?;
-                snapshot(shared, em, SnapshotCause::Resync).await?;
+                snapshot(shared, em, SnapshotCause::Resync, choice).await?;
             }
         }
     }
@@ -279,10 +299,10 @@ struct Chunk {
     why: Option<String>,
 }
 
-/// Reads the records of `pids`, stopping once they weigh
-/// [`SNAPSHOT_CHUNK_BYTES`]; never waits for a client. The pids it did not
-/// get to are left in `pids`.
-fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>) -> Chunk {
+/// Reads the records of `pids` (keeping those `filter` passes), stopping
+/// once they weigh [`SNAPSHOT_CHUNK_BYTES`]; never waits for a client. The
+/// pids it did not get to are left in `pids`.
+fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>, filter: Option<&Filter>) -> Chunk {
     let mut reader = match ProcReader::open(root, max_argv) {
         Ok(reader) => reader,
         Err(e) => {
@@ -302,7 +322,9 @@ fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>) -> Chunk {
     while weight < SNAPSHOT_CHUNK_BYTES && chunk.records.len() < SNAPSHOT_CHUNK {
         let Some(pid) = pids.pop() else { break };
         match reader.read(pid, pid, Source::Snapshot) {
-            Ok(Some(p)) if !p.exited_before_inspection => {
+            Ok(Some(p))
+                if !p.exited_before_inspection && filter.is_none_or(|f| f.offer_process(&p)) =>
+            {
                 weight += prost::Message::encoded_len(&p);
                 chunk.records.push(p);
             }
@@ -323,8 +345,21 @@ fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>) -> Chunk {
 /// for the processes that failed, so none is listed twice) for up to
 /// [`SNAPSHOT_PATIENCE`]; after that the stream ends with UNAVAILABLE and
 /// no `snapshot_complete`, and the client reconnects.
-async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Result<(), End> {
+async fn snapshot(
+    shared: &Shared,
+    em: &mut Emitter,
+    cause: SnapshotCause,
+    choice: &Choice,
+) -> Result<(), End> {
     shared.stats.add_snapshots(1);
+    let filter = choice.filter.clone();
+    if filter
+        .as_ref()
+        .is_some_and(|f| f.selector().selects_nothing())
+    {
+        // Nothing to list: no need to read /proc.
+        return snapshot_complete(em, cause, 0, filter.as_deref()).await;
+    }
     let deadline = Instant::now() + SNAPSHOT_PATIENCE;
     let mut delay = Duration::from_millis(50);
     // /proc reads block, so they run on the blocking pool, but in short
@@ -355,16 +390,18 @@ async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Re
         while !pending.is_empty() {
             let permit = shared.snapshot_reads.acquire().await;
             let (mut pids, root) = (std::mem::take(&mut pending), root.clone());
+            let filter = filter.clone();
             let (chunk, rest) = blocking(move || {
-                let chunk = read_chunk(&root, max_argv, &mut pids);
+                let chunk = read_chunk(&root, max_argv, &mut pids, filter.as_deref());
                 Ok((chunk, pids))
             })
             .await
             .map_err(|e| End::Fail(Status::internal(e), Ending::SnapshotFailed))?;
             drop(permit);
             pending = rest;
-            for p in chunk.records {
+            for mut p in chunk.records {
                 count += 1;
+                choice.omit.apply(&mut p);
                 em.emit(Kind::Existing(p)).await?;
             }
             failed.extend(chunk.failed);
@@ -381,9 +418,24 @@ async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Re
         failed.reverse();
         pending = failed;
     }
+    snapshot_complete(em, cause, count, filter.as_deref()).await
+}
+
+/// Sends `snapshot_complete`; from then on a filtered stream gets only the
+/// exits of what it was sent.
+async fn snapshot_complete(
+    em: &mut Emitter,
+    cause: SnapshotCause,
+    processes: u64,
+    filter: Option<&Filter>,
+) -> Result<(), End> {
     em.emit(Kind::SnapshotComplete(SnapshotComplete {
-        processes: count,
+        processes,
         cause: cause as i32,
     }))
-    .await
+    .await?;
+    if let Some(f) = filter {
+        f.snapshot_end();
+    }
+    Ok(())
 }

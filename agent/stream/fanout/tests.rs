@@ -29,8 +29,8 @@ fn pid_of(item: &Item) -> i32 {
 #[test]
 fn every_subscriber_gets_what_it_asked_for() {
     let fanout = Fanout::new(8, usize::MAX, Arc::default());
-    let mut execs_only = fanout.subscribe(false);
-    let mut with_exits = fanout.subscribe(true);
+    let mut execs_only = fanout.subscribe(false, None);
+    let mut with_exits = fanout.subscribe(true, None);
     fanout.publish(exec(1));
     fanout.publish(exit(1));
     fanout.publish(exec(2));
@@ -47,8 +47,8 @@ fn every_subscriber_gets_what_it_asked_for() {
 fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
     let stats = Arc::new(Stats::default());
     let fanout = Fanout::new(2, usize::MAX, stats.clone());
-    let mut slow = fanout.subscribe(false);
-    let mut fast = fanout.subscribe(false);
+    let mut slow = fanout.subscribe(false, None);
+    let mut fast = fanout.subscribe(false, None);
     for pid in 1..=5 {
         fanout.publish(exec(pid));
         // The fast one keeps up.
@@ -62,7 +62,7 @@ fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
         slow.try_recv(),
         Err(mpsc::error::TryRecvError::Disconnected)
     ));
-    let (mut again, missed) = fanout.resubscribe(&slow.overflow, false);
+    let (mut again, missed) = fanout.resubscribe(&slow.overflow, false, None);
     assert_eq!(
         missed,
         Some(Missed {
@@ -80,13 +80,13 @@ fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
 #[test]
 fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
     let fanout = Fanout::new(1, usize::MAX, Arc::default());
-    let slow = fanout.subscribe(false);
+    let slow = fanout.subscribe(false, None);
     fanout.publish(exec(1));
     fanout.publish(exec(2)); // overflow
     fanout.publish(exit(1));
     fanout.publish(exit(2));
     fanout.publish(exec(3));
-    let (_again, missed) = fanout.resubscribe(&slow.overflow, false);
+    let (_again, missed) = fanout.resubscribe(&slow.overflow, false, None);
     assert_eq!(missed.unwrap().events, 2, "exec 2 and exec 3");
 }
 
@@ -94,8 +94,8 @@ fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
 fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
     let stats = Arc::new(Stats::default());
     let fanout = Fanout::new(4, usize::MAX, stats.clone());
-    let mut a = fanout.subscribe(false);
-    let b = fanout.subscribe(true);
+    let mut a = fanout.subscribe(false, None);
+    let b = fanout.subscribe(true, None);
     drop(b);
     fanout.publish(loss(LossSite::Kernel, None));
     assert!(matches!(
@@ -104,7 +104,7 @@ fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
     ));
     assert_eq!(stats.snapshot().subscribers, 1);
     assert_eq!(
-        fanout.resubscribe(&a.overflow, false).1,
+        fanout.resubscribe(&a.overflow, false, None).1,
         None,
         "never overflowed"
     );
@@ -122,11 +122,11 @@ fn loss(site: LossSite, count: Option<u64>) -> Item {
 fn a_loss_item_that_does_not_fit_is_reported_as_that_loss_not_as_an_event() {
     let stats = Arc::new(Stats::default());
     let fanout = Fanout::new(1, usize::MAX, stats.clone());
-    let slow = fanout.subscribe(true);
+    let slow = fanout.subscribe(true, None);
     fanout.publish(exec(1)); // fills the queue
     fanout.publish(loss(LossSite::Kernel, None)); // does not fit
     fanout.publish(exec(2));
-    let (_again, missed) = fanout.resubscribe(&slow.overflow, true);
+    let (_again, missed) = fanout.resubscribe(&slow.overflow, true, None);
     let missed = missed.expect("overflowed");
     assert_eq!(missed.events, 1, "only exec 2 is an event it missed");
     let upstream = missed.upstream.expect("the kernel loss it never got");
@@ -138,10 +138,10 @@ fn a_loss_item_that_does_not_fit_is_reported_as_that_loss_not_as_an_event() {
 #[test]
 fn a_queue_overflow_alone_is_counted_exactly_even_when_the_loss_item_was_the_last() {
     let fanout = Fanout::new(1, usize::MAX, Arc::default());
-    let slow = fanout.subscribe(false);
+    let slow = fanout.subscribe(false, None);
     fanout.publish(exec(1));
     fanout.publish(loss(LossSite::Detector, Some(4)));
-    let (_again, missed) = fanout.resubscribe(&slow.overflow, false);
+    let (_again, missed) = fanout.resubscribe(&slow.overflow, false, None);
     let missed = missed.unwrap();
     assert_eq!(missed.events, 0, "nothing but the loss item was dropped");
     let upstream = missed.upstream.unwrap();
@@ -154,19 +154,19 @@ fn a_queue_overflow_alone_is_counted_exactly_even_when_the_loss_item_was_the_las
 #[test]
 fn losses_missed_while_unhooked_are_merged_with_a_count_only_if_all_had_one() {
     let fanout = Fanout::new(1, usize::MAX, Arc::default());
-    let counted = fanout.subscribe(false);
-    let mixed = fanout.subscribe(false);
+    let counted = fanout.subscribe(false, None);
+    let mixed = fanout.subscribe(false, None);
     fanout.publish(exec(1));
     fanout.publish(exec(2)); // both overflow here
     fanout.publish(loss(LossSite::Detector, Some(2)));
     fanout.publish(loss(LossSite::Detector, Some(3)));
     fanout.publish(exec(3));
-    let (_a, missed) = fanout.resubscribe(&counted.overflow, false);
+    let (_a, missed) = fanout.resubscribe(&counted.overflow, false, None);
     let missed = missed.unwrap();
     assert_eq!(missed.events, 2, "exec 2 and exec 3");
     assert_eq!(missed.upstream.unwrap().count, Some(5));
     fanout.publish(loss(LossSite::Kernel, None));
-    let (_b, missed) = fanout.resubscribe(&mixed.overflow, false);
+    let (_b, missed) = fanout.resubscribe(&mixed.overflow, false, None);
     let upstream = missed.unwrap().upstream.unwrap();
     assert_eq!(
         upstream.site,
@@ -174,4 +174,35 @@ fn losses_missed_while_unhooked_are_merged_with_a_count_only_if_all_had_one() {
         "the last loss names the site"
     );
     assert_eq!(upstream.count, None, "one of them had no count");
+}
+
+#[test]
+fn a_filtered_subscriber_gets_its_processes_and_their_exits_only() {
+    use crate::stream::selector::{Filter, Selector};
+    let fanout = Fanout::new(16, usize::MAX, Arc::default());
+    let req = execwatch::proto::WatchRequest {
+        comms: vec!["java".into()],
+        include_exits: true,
+        ..Default::default()
+    };
+    let selector = Selector::from_request(&req).unwrap().unwrap();
+    let filter = Arc::new(Filter::new(selector, true, false));
+    let mut filtered = fanout.subscribe(true, Some(filter));
+    let mut all = fanout.subscribe(true, None);
+    let named = |pid: i32, comm: &str| {
+        Item::Exec(Arc::new(Process {
+            pid,
+            comm: comm.into(),
+            ..Default::default()
+        }))
+    };
+    fanout.publish(named(1, "java"));
+    fanout.publish(named(2, "sh"));
+    fanout.publish(exit(2));
+    fanout.publish(exit(1));
+    let got: Vec<_> = std::iter::from_fn(|| filtered.try_recv().ok()).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(matches!(&got[0], Item::Exec(p) if p.pid == 1));
+    assert!(matches!(&got[1], Item::Exit(e) if e.pid == 1));
+    assert_eq!(std::iter::from_fn(|| all.try_recv().ok()).count(), 4);
 }
