@@ -17,12 +17,13 @@ use std::sync::Arc;
 
 use execwatch::proto::exec_events_client::ExecEventsClient;
 use execwatch::proto::{StatsRequest, WatchEvent, WatchRequest};
+use kube::runtime::utils::Backoff as _;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::agent::stats::{self, AgentStats};
-use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use crate::node::retry;
 
 /// What the link tells the decision loop.
 #[derive(Debug)]
@@ -37,7 +38,8 @@ pub enum LinkEvent {
 
 /// Runs the link forever (until the receiver is dropped).
 pub async fn run(socket: PathBuf, tx: mpsc::Sender<LinkEvent>, metrics: Arc<Metrics>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // Waits from 50-100 ms up to 2.5-5 s.
+    let mut backoff = retry::backoff(Duration::from_millis(50), Duration::from_millis(2500));
     let mut failures = 0u64;
     loop {
         match connect(&socket).await {
@@ -88,7 +90,7 @@ pub async fn run(socket: PathBuf, tx: mpsc::Sender<LinkEvent>, metrics: Arc<Metr
                 }
             }
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
     }
 }
 
