@@ -30,7 +30,10 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line, each cause once (anyhow's own report repeats the
             // causes our errors already quote).
-            eprintln!("Error: {}", execwatch::runtime::error_chain(e.as_ref()));
+            eprintln!(
+                "Error: {}",
+                execwatch::internal::runtime::error_chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -45,7 +48,7 @@ fn try_main() -> anyhow::Result<()> {
         println!("{}", status::check(path, max_age, ready)?);
         return Ok(());
     }
-    execwatch::runtime::init_logging(cli.log_format);
+    execwatch::internal::runtime::init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -68,7 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         })?;
     }
-    let shutdown = execwatch::runtime::shutdown_signal();
+    let shutdown = execwatch::internal::runtime::shutdown_signal();
     // Inert until the first rules arrive.
     let metrics = Arc::new(metrics::Metrics::new());
     let (writer, source): (Box<dyn NodeWriter>, _) = if cli.dry_run {

@@ -23,7 +23,7 @@ use execwatch::proto::LossSite;
 use crate::procfs::reader::{Exhausted, Identity, ProcReader};
 use crate::stats::Stats;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
-use execwatch::clock;
+use execwatch::internal::clock;
 
 /// A poll detector that has taken its first inventory.
 pub struct Poller {

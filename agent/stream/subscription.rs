@@ -24,7 +24,7 @@ use crate::procfs::reader::ProcReader;
 use crate::stats::Stats;
 use crate::stream::fanout::{Fanout, Item, Missed};
 use crate::stream::service::Seat;
-use execwatch::clock;
+use execwatch::internal::clock;
 
 /// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
 const MAX_OVERFLOWS: usize = 3;

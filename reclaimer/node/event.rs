@@ -44,7 +44,10 @@ impl NodeClient {
         let at = req.at.parse().ok().map(Time);
         let event = Event {
             metadata: ObjectMeta {
-                name: Some(event_name(&self.node, execwatch::clock::unix_ns())),
+                name: Some(event_name(
+                    &self.node,
+                    execwatch::internal::clock::unix_ns(),
+                )),
                 namespace: Some(self.events_namespace.clone()),
                 ..Default::default()
             },
