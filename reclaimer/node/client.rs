@@ -162,22 +162,16 @@ impl NodeClient {
             return Ok(None);
         }
         let rv = node.metadata.resource_version.as_deref();
-        let patch = merge_patch(&req.reason, &req.at, rv);
+        let patch = Patch::Merge(merge_patch(&req.reason, &req.at, rv));
         // A merge patch, not server-side apply: `apply` here only names the
         // field manager.
         let pp = PatchParams::apply(FIELD_MANAGER);
-        match self
-            .nodes
-            .patch(&self.node, &pp, &Patch::Merge(&patch))
-            .await
-        {
-            Ok(node) => Ok(Some(node)),
-            Err(e) => {
-                // Each failed attempt counts, 409s included.
-                self.metrics.patch_errors.inc();
-                Err(self.error(Step::Patch, e))
-            }
-        }
+        let patched = self.nodes.patch(&self.node, &pp, &patch).await;
+        patched.map(Some).map_err(|e| {
+            // Each failed attempt counts, 409s included.
+            self.metrics.patch_errors.inc();
+            self.error(Step::Patch, e)
+        })
     }
 
     fn check_host(&self, node: &Node) -> Result<(), NodeError> {

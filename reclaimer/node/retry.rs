@@ -1,21 +1,16 @@
-//! The one retry policy of the reclaimer's Node and Event requests.
+//! The one retry policy of the reclaimer's Node and Event requests: an
+//! attempt (the GET, check and PATCH of a write; a GET; an Event) runs again
+//! until it succeeds or fails for a reason retrying will not fix.
 //!
-//! A request is an *attempt* (the GET, check and PATCH of a write; one GET;
-//! one Event) run again until it succeeds or fails for a reason retrying
-//! will not fix:
+//! - No answer, 408, 429 or 5xx: wait the server's `Retry-After` (at most
+//!   [`MAX_RETRY_AFTER`]) or else the next step of kube-runtime's backoff,
+//!   then run the whole attempt again (a write reads the Node afresh first).
+//! - 409 on the PATCH (the Node changed since it was read): again at once.
+//! - Anything else is the attempt's answer.
 //!
-//! - no answer (connection refused, timeout), 408, 429 or 5xx: wait, then
-//!   run the whole attempt again (a write reads the Node afresh first). The
-//!   wait is the server's `Retry-After`, at most [`MAX_RETRY_AFTER`], or else
-//!   the next step of kube-runtime's exponential backoff with jitter.
-//! - 409 on the PATCH: its `resourceVersion` precondition failed, the Node
-//!   changed meanwhile (the controller?): run the attempt again at once.
-//! - anything else is the attempt's answer.
-//!
-//! kube's `Error::Api` keeps the Status body but drops the headers, and a
-//! 429 from the API server's own throttling has its `Retry-After` only in a
-//! header. So the Node client ([`client`]) has one layer that turns a
-//! refusal carrying `Retry-After` into a [`RetryAfter`] error instead.
+//! kube's `Error::Api` keeps the Status but drops the headers, where the
+//! API server's own throttling puts its `Retry-After`; so the Node client
+//! ([`client`]) has one layer that turns such a refusal into [`RetryAfter`].
 
 use std::future::Future;
 use std::time::Duration;
