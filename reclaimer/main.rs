@@ -3,7 +3,6 @@
 //! 5-Spot controller to reclaim this node by annotating its Node.
 
 mod agent;
-mod backoff;
 mod cli;
 mod decision;
 mod metrics;
@@ -108,11 +107,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             HostId::MachineId { id, path }
         };
-        let client = kube_client(NODE_READ_TIMEOUT).await?;
+        let client = node::retry::client(kube_config(NODE_READ_TIMEOUT).await?)
+            .context("cannot build the Kubernetes client")?;
         let source = match &cli.rules_file {
             Some(path) => RulesSource::File(path.clone()),
             None => RulesSource::ConfigMap {
-                client: kube_client(WATCH_READ_TIMEOUT).await?,
+                client: kube::Client::try_from(kube_config(WATCH_READ_TIMEOUT).await?)
+                    .context("cannot build the Kubernetes client")?,
                 namespace: cli.namespace.clone(),
                 name: configmap_name(&cli, &node)?,
             },
@@ -224,18 +225,20 @@ const NODE_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// own idle timeout for a hung stream.
 const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(295);
 
-/// A Kubernetes client from the in-cluster service account or KUBECONFIG.
-async fn kube_client(read_timeout: Duration) -> anyhow::Result<kube::Client> {
+/// A Kubernetes client configuration from the in-cluster service account
+/// or KUBECONFIG.
+async fn kube_config(read_timeout: Duration) -> anyhow::Result<kube::Config> {
     let mut config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(read_timeout);
     config.write_timeout = Some(Duration::from_secs(15));
-    // node.rs retries 429/5xx itself: logged, counted in patch_errors, and
-    // Retry-After capped at a minute. kube's own retry layer would answer
-    // them first, silently and without the cap. The watcher has its own
-    // backoff.
+    // node/retry.rs retries 429/5xx itself: logged, counted in
+    // patch_errors, Retry-After capped at a minute, and a PATCH retried only
+    // after reading the Node again. kube's own retry layer would answer them
+    // first, silently, without the cap, and resend the stale PATCH. The
+    // watcher has its own backoff.
     config.default_retry = false;
-    kube::Client::try_from(config).context("cannot build the Kubernetes client")
+    Ok(config)
 }

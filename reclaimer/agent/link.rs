@@ -21,12 +21,13 @@ use std::sync::Arc;
 
 use execwatch::proto::exec_events_client::ExecEventsClient;
 use execwatch::proto::{watch_event::Kind, StatsRequest, WatchEvent, WatchRequest};
+use kube::runtime::utils::Backoff as _;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
 use crate::agent::stats::{self, AgentStats};
-use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use crate::node::retry;
 
 /// What the link tells the decision loop.
 #[derive(Debug)]
@@ -47,7 +48,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut selectors: watch::Receiver<WatchRequest>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // Waits from 50-100 ms up to 2.5-5 s.
+    let mut backoff = retry::backoff(Duration::from_millis(50), Duration::from_millis(2500));
     let mut failures = 0u64;
     loop {
         let req = request(&mut selectors);
@@ -104,7 +106,7 @@ pub async fn run(
                 }
             }
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
     }
 }
 
