@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-pub use execwatch::runtime::LogFormat;
+pub use execwatch::internal::runtime::LogFormat;
 
 use crate::procfs::redaction::patterns::{Patterns, Preset};
 
@@ -17,6 +17,8 @@ pub const POLL_INTERVAL: (Duration, Duration) =
 /// Bounds of `health-check --timeout`.
 pub const HEALTH_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(300));
+/// Bounds of `--idle-timeout`.
+pub const IDLE_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
 /// Smallest `--receive-buffer`, in bytes (a page; the kernel's own floor is
 /// about 2 KiB).
 pub const MIN_RECEIVE_BUFFER: u32 = 4096;
@@ -52,7 +54,7 @@ pub enum Command {
     /// (for exec probes).
     HealthCheck {
         /// Give up after this long (e.g. 500ms, 2s; 100ms to 5m).
-        #[arg(long, default_value = "2s", value_parser = |s: &str| execwatch::duration::parse_within(s, HEALTH_TIMEOUT.0, HEALTH_TIMEOUT.1))]
+        #[arg(long, default_value = "2s", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, HEALTH_TIMEOUT.0, HEALTH_TIMEOUT.1))]
         timeout: Duration,
     },
 }
@@ -66,7 +68,7 @@ pub struct RunArgs {
     pub detector: Detector,
 
     /// Scan interval of the poll detector (e.g. 250ms, 1s; 10ms to 1m).
-    #[arg(long, env = "EXECWATCH_POLL_INTERVAL", default_value = "250ms", value_parser = |s: &str| execwatch::duration::parse_within(s, POLL_INTERVAL.0, POLL_INTERVAL.1))]
+    #[arg(long, env = "EXECWATCH_POLL_INTERVAL", default_value = "250ms", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, POLL_INTERVAL.0, POLL_INTERVAL.1))]
     pub poll_interval: Duration,
 
     /// Socket file mode, in octal.
@@ -122,6 +124,13 @@ pub struct RunArgs {
     /// SETTINGS_MAX_CONCURRENT_STREAMS the agent announces (1 to 1024).
     #[arg(long, env = "EXECWATCH_MAX_STREAMS_PER_CONNECTION", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_streams_per_connection: u32,
+
+    /// How long a connection may stay open with no RPC in progress (1s to
+    /// 1h); then the agent closes it, as gRPC clients expect of an idle
+    /// channel (they reconnect when they next call). A `Watch` is an RPC in
+    /// progress for as long as it runs.
+    #[arg(long, env = "EXECWATCH_IDLE_TIMEOUT", default_value = "2m", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, IDLE_TIMEOUT.0, IDLE_TIMEOUT.1))]
+    pub idle_timeout: Duration,
 
     /// Longest command line read per process, in bytes (1 to 16777216);
     /// longer ones are cut and flagged argv_truncated. A record carries at

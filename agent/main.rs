@@ -30,7 +30,10 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line, each cause once (anyhow's own report repeats the
             // causes our errors already quote).
-            eprintln!("Error: {}", execwatch::runtime::error_chain(e.as_ref()));
+            eprintln!(
+                "Error: {}",
+                execwatch::internal::runtime::error_chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -43,7 +46,7 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let cli = Cli::parse();
-    execwatch::runtime::init_logging(cli.log_format);
+    execwatch::internal::runtime::init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -139,7 +142,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         }
     }
 
-    let signal = execwatch::runtime::shutdown_signal();
+    let signal = execwatch::internal::runtime::shutdown_signal();
     let stop = async move {
         tokio::select! {
             _ = signal => Stopped::Signal,
@@ -176,6 +179,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         streams_per_connection: args.max_streams_per_connection,
         connections: args.max_connections as usize,
         connections_per_uid: args.max_connections_per_uid as usize,
+        idle_timeout: args.idle_timeout,
     };
     let stopped =
         transport::server::serve(listener, &socket, shared, peers, limits, stop, streams_end)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-pub use execwatch::runtime::LogFormat;
+pub use execwatch::internal::runtime::LogFormat;
 
 /// Bounds of `--recheck-interval`: faster hammers the API server; slower
 /// leaves a cleared node disarmed for too long.
@@ -86,7 +86,7 @@ pub struct Cli {
 
     /// How often the Node is re-read while a request is outstanding (100ms
     /// to 10m).
-    #[arg(long, env = "EXECWATCH_RECHECK_INTERVAL", default_value = "10s", value_parser = |s: &str| execwatch::duration::parse_within(s, RECHECK_INTERVAL.0, RECHECK_INTERVAL.1))]
+    #[arg(long, env = "EXECWATCH_RECHECK_INTERVAL", default_value = "10s", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, RECHECK_INTERVAL.0, RECHECK_INTERVAL.1))]
     pub recheck_interval: Duration,
 
     /// Serve Prometheus metrics here (e.g. 127.0.0.1:9477). Off by default:
@@ -110,7 +110,7 @@ pub enum Command {
     /// exec probes: the pod has no port to probe).
     HealthCheck {
         /// The oldest acceptable update (10s to 60m).
-        #[arg(long, default_value = "30s", value_parser = |s: &str| execwatch::duration::parse_within(s, MAX_AGE.0, MAX_AGE.1))]
+        #[arg(long, default_value = "30s", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, MAX_AGE.0, MAX_AGE.1))]
         max_age: Duration,
         /// Also fail unless the reclaimer was streaming from the agent at
         /// that update (the readiness probe: it sees launches).

@@ -219,7 +219,7 @@ impl Decider {
         };
         tracing::info!(comm = %p.comm, pid = p.pid, pattern = %m.pattern, matcher = %m.matcher, %argv, "process matched: requesting reclaim");
         // Latency is measured from when the agent observed the process.
-        let age = execwatch::clock::unix_ns().saturating_sub(p.observed_unix_ns);
+        let age = execwatch::internal::clock::unix_ns().saturating_sub(p.observed_unix_ns);
         let observed = std::time::Instant::now()
             .checked_sub(Duration::from_nanos(age.min(3_600_000_000_000)))
             .unwrap_or_else(std::time::Instant::now);

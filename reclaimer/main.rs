@@ -3,7 +3,6 @@
 //! 5-Spot controller to reclaim this node by annotating its Node.
 
 mod agent;
-mod backoff;
 mod cli;
 mod decision;
 mod metrics;
@@ -17,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings};
@@ -31,7 +30,10 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line, each cause once (anyhow's own report repeats the
             // causes our errors already quote).
-            eprintln!("Error: {}", execwatch::runtime::error_chain(e.as_ref()));
+            eprintln!(
+                "Error: {}",
+                execwatch::internal::runtime::error_chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }
@@ -46,7 +48,7 @@ fn try_main() -> anyhow::Result<()> {
         println!("{}", status::check(path, max_age, ready)?);
         return Ok(());
     }
-    execwatch::runtime::init_logging(cli.log_format);
+    execwatch::internal::runtime::init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -69,7 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         })?;
     }
-    let shutdown = execwatch::runtime::shutdown_signal();
+    let shutdown = execwatch::internal::runtime::shutdown_signal();
     // Inert until the first rules arrive.
     let metrics = Arc::new(metrics::Metrics::new());
     let (writer, source): (Box<dyn NodeWriter>, _) = if cli.dry_run {
@@ -105,11 +107,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             HostId::MachineId { id, path }
         };
-        let client = kube_client(NODE_READ_TIMEOUT).await?;
+        let client = node::retry::client(kube_config(NODE_READ_TIMEOUT).await?)
+            .context("cannot build the Kubernetes client")?;
         let source = match &cli.rules_file {
             Some(path) => RulesSource::File(path.clone()),
             None => RulesSource::ConfigMap {
-                client: kube_client(WATCH_READ_TIMEOUT).await?,
+                client: kube::Client::try_from(kube_config(WATCH_READ_TIMEOUT).await?)
+                    .context("cannot build the Kubernetes client")?,
                 namespace: cli.namespace.clone(),
                 name: configmap_name(&cli, &node)?,
             },
@@ -123,11 +127,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
         (Box::new(nodes), source)
     };
-    if let RulesSource::File(path) = &source {
+    // What the link first subscribes with: the rules a file or the demo
+    // holds now (the source hands the same to the decision loop in a
+    // moment, so no re-subscription follows); a ConfigMap's are not known
+    // yet, so no process until they arrive.
+    let first_rules = match &source {
         // A bad file at start is a configuration error; later edits are
         // ridden out with the last good rules.
-        rules::source::load_file(path)?;
-    }
+        RulesSource::File(path) => rules::source::load_file(path)?,
+        RulesSource::Embedded => {
+            rules::Rules::parse(rules::DEFAULT_RULES).context("the embedded rules")?
+        }
+        RulesSource::ConfigMap { .. } => rules::Rules::inert(),
+    };
     if let Some(addr) = cli.metrics_addr {
         // Bound here, so a bad address stops the reclaimer at start.
         let server = metrics::server::MetricsServer::bind(addr, metrics.clone()).await?;
@@ -136,10 +148,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let (link_tx, link_rx) = mpsc::channel(1024);
     let (rules_tx, rules_rx) = mpsc::channel(4);
+    let (source_tx, source_rx) = mpsc::channel(4);
+    // The link subscribes with the rules' selector.
+    let (selector_tx, selector_rx) = watch::channel(first_rules.selector());
+    tokio::spawn(follow_rules(source_rx, selector_tx, rules_tx));
     tokio::spawn(agent::link::run(
         cli.socket.clone(),
         link_tx,
         metrics.clone(),
+        selector_rx,
     ));
     let when_missing = if cli.keep_rules_when_missing {
         WhenMissing::Keep
@@ -149,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(rules::source::run(
         source,
         when_missing,
-        rules_tx,
+        source_tx,
         metrics.clone(),
     ));
     let settings = Settings {
@@ -162,6 +179,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Hands each new rule set to the decision loop, and its selector to the
+/// link, which re-subscribes when the selector changes (only then: a
+/// re-read of the same rules costs the agent nothing).
+async fn follow_rules(
+    mut source: mpsc::Receiver<rules::Rules>,
+    selector: watch::Sender<execwatch::proto::WatchRequest>,
+    decider: mpsc::Sender<rules::Rules>,
+) {
+    while let Some(rules) = source.recv().await {
+        let next = rules.selector();
+        selector.send_if_modified(|current| {
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+        if decider.send(rules).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The rules ConfigMap's name: `--configmap`, or `reclaim-agent-<node>`,
@@ -187,18 +225,20 @@ const NODE_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// own idle timeout for a hung stream.
 const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(295);
 
-/// A Kubernetes client from the in-cluster service account or KUBECONFIG.
-async fn kube_client(read_timeout: Duration) -> anyhow::Result<kube::Client> {
+/// A Kubernetes client configuration from the in-cluster service account
+/// or KUBECONFIG.
+async fn kube_config(read_timeout: Duration) -> anyhow::Result<kube::Config> {
     let mut config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(read_timeout);
     config.write_timeout = Some(Duration::from_secs(15));
-    // node.rs retries 429/5xx itself: logged, counted in patch_errors, and
-    // Retry-After capped at a minute. kube's own retry layer would answer
-    // them first, silently and without the cap. The watcher has its own
-    // backoff.
+    // node/retry.rs retries 429/5xx itself: logged, counted in
+    // patch_errors, Retry-After capped at a minute, and a PATCH retried only
+    // after reading the Node again. kube's own retry layer would answer them
+    // first, silently, without the cap, and resend the stale PATCH. The
+    // watcher has its own backoff.
     config.default_retry = false;
-    kube::Client::try_from(config).context("cannot build the Kubernetes client")
+    Ok(config)
 }

@@ -1,7 +1,10 @@
 //! The processes running now, as the agent's stream describes them.
 //!
-//! Kept whole (not only matching ones) so that new rules — a ConfigMap armed
-//! while a JVM already runs — can be applied to what is running at once.
+//! It holds what the stream sends: the running processes the rules'
+//! selector lets through, a superset of what the rules match (not only the
+//! matching ones, so a process that stops matching is still known). New
+//! rules — a ConfigMap armed while a JVM already runs — re-subscribe, and
+//! the new stream's snapshot fills the table with what they could match.
 //! A snapshot (at connect or after `lost`) is a mark-and-sweep: entries it
 //! does not list are gone.
 

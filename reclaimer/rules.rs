@@ -107,6 +107,7 @@ use serde::Deserialize;
 
 mod matching;
 mod parse;
+mod selector;
 pub mod source;
 
 pub use parse::RulesError;

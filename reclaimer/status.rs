@@ -48,7 +48,7 @@ pub enum HealthError {
 /// Writes the status atomically (write a temporary file, then rename), so a
 /// probe never reads half a line.
 pub fn write(path: &Path, agent_connected: bool, rules: &str) -> std::io::Result<()> {
-    let now = execwatch::clock::unix_ns() / 1_000_000_000;
+    let now = execwatch::internal::clock::unix_ns() / 1_000_000_000;
     let tmp = path.with_extension("tmp");
     std::fs::write(
         &tmp,
@@ -69,7 +69,7 @@ pub fn check(path: &Path, max_age: Duration, ready: bool) -> Result<String, Heal
         .find_map(|kv| kv.strip_prefix("updated_unix="))
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| HealthError::Format(path.into()))?;
-    let now = execwatch::clock::unix_ns() / 1_000_000_000;
+    let now = execwatch::internal::clock::unix_ns() / 1_000_000_000;
     let age = Duration::from_secs(now.saturating_sub(updated));
     if age > max_age {
         return Err(HealthError::Stale {

@@ -1,16 +1,23 @@
-//! execwatch's shared library: the generated wire contract and the few types
-//! both binaries (the `agent` and the `reclaimer`) need.
-//!
-//! A custom policy engine can depend on this crate for [`proto`] and
-//! [`client::connect`] and ignore the rest.
+//! execwatch's library: the wire contract ([`proto`]) and a client for the
+//! agent's Unix socket ([`client`]). That is its whole API: a custom policy
+//! engine depends on this crate with `default-features = false` and gets
+//! those two and nothing else (no Kubernetes, clap or tracing).
 
-pub mod cgroup;
 pub mod client;
-pub mod clock;
-pub mod cn_proc;
-pub mod duration;
+
+/// Code the two binaries share with each other, the benchmark and the fuzz
+/// targets (the netlink parser, `/proc` cgroup lines, the clock, durations
+/// on the command line, logging and signals). Not part of the API: hidden
+/// from the docs, compiled only with the `bin` feature, free to change.
 #[cfg(feature = "bin")]
-pub mod runtime;
+#[doc(hidden)]
+pub mod internal {
+    pub mod cgroup;
+    pub mod clock;
+    pub mod cn_proc;
+    pub mod duration;
+    pub mod runtime;
+}
 
 /// The generated `execwatch.v1` contract (messages, client and server).
 pub mod proto {

@@ -263,3 +263,96 @@ async fn silent_and_excess_connections_are_closed_and_the_agent_stays_reachable(
     );
     assert!(logs.contains("--max-connections-per-uid"), "{logs}");
 }
+
+/// The client's HTTP/2 preface: the magic and an empty SETTINGS frame.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// The descriptors the agent holds that are sockets.
+fn sockets_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// A connection that sends part of its preface and stops is closed after
+/// the handshake deadline (5 s); one that finishes it and then opens no
+/// stream is closed after `--idle-timeout`. Both stayed open for as long
+/// as the client liked, holding a descriptor and a connection place.
+#[tokio::test]
+async fn half_prefaces_and_idle_connections_are_closed() {
+    use std::io::Write;
+    let agent = Agent::start(&["--idle-timeout=1s"]);
+    let mut half = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    half.write_all(&PREFACE[..10]).unwrap();
+    let mut idle = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    idle.write_all(PREFACE).unwrap();
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(4)),
+        "a connection with no stream stayed open past the idle timeout\n{}",
+        agent.logs()
+    );
+    let idle_closed = started.elapsed();
+    assert!(idle_closed >= Duration::from_millis(900), "{idle_closed:?}");
+    assert!(
+        !closed_within(&mut half, Duration::from_millis(1500)),
+        "the handshake deadline is 5 s, not the idle timeout"
+    );
+    assert!(
+        closed_within(&mut half, Duration::from_secs(6)),
+        "a half-sent preface stayed open past the handshake deadline\n{}",
+        agent.logs()
+    );
+    println!(
+        "idle connection closed after {idle_closed:?}, half preface after {:?}",
+        started.elapsed()
+    );
+}
+
+/// A `Watch` on a quiet stream is an RPC in progress: its connection
+/// outlives many idle timeouts and still delivers. A connection whose only
+/// call finished is closed after the timeout (its descriptor goes), and the
+/// same client calls again on a new one without noticing.
+#[tokio::test]
+async fn a_watch_is_never_idle_and_a_finished_call_frees_its_connection() {
+    let agent = Agent::start(&["--idle-timeout=1s"]);
+    let prog = UniqueProgram::new("idlewatch");
+    // Whatever this host runs meanwhile, the stream stays one RPC in
+    // progress from start to end.
+    let mut stream = agent.watch(live(false)).await;
+    let before = sockets_of(agent.pid());
+    let mut client = execwatch::client::exec_events(&agent.socket).await.unwrap();
+    client
+        .get_stats(execwatch::proto::StatsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        sockets_of(agent.pid()),
+        before + 1,
+        "the unary call's connection"
+    );
+    eventually(
+        "the finished call's connection is closed",
+        Duration::from_secs(5),
+        || async { (sockets_of(agent.pid()) == before).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let child = prog.spawn(30, &[]);
+    let pid = child.id();
+    // Live, or in the snapshot after a `lost` if another test's storm
+    // overran this reader.
+    let (ev, _) = until(&mut stream, Duration::from_secs(30), |ev| {
+        is_process(ev, pid, false) || is_process(ev, pid, true)
+    })
+    .await;
+    println!("program seen: {ev:?}");
+    stop(child);
+    // The client reconnects by itself.
+    client
+        .get_stats(execwatch::proto::StatsRequest::default())
+        .await
+        .expect("a new connection for the next call");
+}

@@ -79,6 +79,7 @@ async fn watch_with_snapshot(agent: &Agent) -> (tonic::Streaming<WatchEvent>, Ve
     let request = WatchRequest {
         include_exits: false,
         skip_snapshot: false,
+        ..Default::default()
     };
     let mut stream = agent.watch(request).await;
     let existing = snapshot(&mut stream).await;

@@ -183,3 +183,53 @@ fn grpcurl_tails_a_launch() {
     );
     assert!(text.contains("\"source\": \"SOURCE_NETLINK\""), "{text}");
 }
+
+/// The README's filtering example: selector fields in grpcurl's JSON, a
+/// snapshot of only what matches, and a bad selector refused by name.
+#[test]
+fn grpcurl_filters_by_comm() {
+    let agent = Agent::start(&[]);
+    let wanted = UniqueProgram::new("ewcurlw");
+    let other = UniqueProgram::new("ewcurlo");
+    let mut children = [wanted.spawn(30, &[]), other.spawn(30, &[])];
+    wait_exec(children[0].id(), &wanted.name);
+    wait_exec(children[1].id(), &other.name);
+    let request = format!(
+        r#"{{"comms": ["{}"], "outside_pods": true, "omit_fields": ["cwd"]}}"#,
+        wanted.name
+    );
+    let out = grpcurl_cmd()
+        .args(["-d", &request, "-max-time", "3"])
+        .arg(&agent.socket)
+        .arg("execwatch.v1.ExecEvents/Watch")
+        .output()
+        .unwrap();
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Ended by -max-time, after the snapshot.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("DeadlineExceeded"),
+        "{out:?}"
+    );
+    assert!(
+        text.contains(&format!("\"comm\": \"{}\"", wanted.name)),
+        "{text}"
+    );
+    assert!(!text.contains(&other.name), "{text}");
+    assert!(!text.contains("\"cwd\""), "{text}");
+    assert!(text.contains("\"processes\": \"1\""), "{text}");
+
+    let out = grpcurl_cmd()
+        .args(["-d", r#"{"comms": ["java", ""]}"#])
+        .arg(&agent.socket)
+        .arg("execwatch.v1.ExecEvents/Watch")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(err.contains("Code: InvalidArgument"), "{err}");
+    assert!(err.contains("comms[1]: empty string"), "{err}");
+}

@@ -424,6 +424,7 @@ async fn a_pid_reused_after_the_snapshot_is_a_new_process() {
         .watch(WatchRequest {
             include_exits: true,
             skip_snapshot: false,
+            ..Default::default()
         })
         .await;
     let snap = snapshot(&mut stream).await;

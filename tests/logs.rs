@@ -86,6 +86,7 @@ fn one_line_per_subscriber_connect_and_disconnect() {
             .watch(execwatch::proto::WatchRequest {
                 include_exits: true,
                 skip_snapshot: false,
+                ..Default::default()
             })
             .await;
         snapshot(&mut stream).await.len() as u64 + 1

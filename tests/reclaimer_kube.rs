@@ -613,3 +613,31 @@ async fn a_quiet_rules_watch_stays_open_and_an_edit_applies_at_once() {
     );
     stop(running);
 }
+
+/// Why reclaimer/node/event.rs writes a core/v1 Event itself instead of
+/// using kube-runtime's `Recorder`: this API server (1.20.2) refuses the
+/// Recorder's events.k8s.io/v1 Event about a Node, which it files in
+/// `default`. If this starts to pass, the Recorder can do the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn this_api_server_refuses_the_recorders_event_about_a_node() {
+    use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder};
+    use kube::Resource;
+    let cluster = tokio::task::block_in_place(cluster);
+    let admin = cluster.client().await;
+    let node = create_node(&admin, "recorder", None).await;
+    let recorder = Recorder::new(admin, "execwatch-test".into());
+    let event = RecorderEvent {
+        type_: EventType::Normal,
+        reason: "ReclaimRequested".into(),
+        note: Some("probe".into()),
+        action: "RequestReclaim".into(),
+        secondary: None,
+    };
+    match recorder.publish(&event, &node.object_ref(&())).await {
+        Err(kube::Error::Api(s)) if s.code == 422 => assert!(
+            s.message.contains("does not match event.namespace"),
+            "{s:?}"
+        ),
+        other => panic!("expected 422 from the 1.20 API server, got {other:?}"),
+    }
+}

@@ -15,7 +15,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::detector::socket::{NetlinkError, NetlinkSocket, Received, DATAGRAM_BUF, PROBE_TIMEOUT};
-use execwatch::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message};
+use execwatch::internal::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message};
 
 /// Environment variable that turns an agent start into the probe's no-op.
 pub const PROBE_ENV: &str = "EXECWATCH_PROBE";

@@ -22,7 +22,7 @@ use execwatch::proto::LossSite;
 
 use crate::procfs::reader::{Exhausted, Identity, ProcReader};
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
-use execwatch::clock;
+use execwatch::internal::clock;
 
 /// A poll detector that has taken its first inventory.
 pub struct Poller {

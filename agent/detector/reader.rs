@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use execwatch::clock;
-use execwatch::cn_proc::{parse_datagram, EventKind, Message, ProcEvent};
+use execwatch::internal::clock;
+use execwatch::internal::cn_proc::{parse_datagram, EventKind, Message, ProcEvent};
 use execwatch::proto::{Exit, Source};
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;

@@ -84,7 +84,7 @@ mod imp {
     use std::time::Instant;
 
     use super::{NetlinkError, Received};
-    use execwatch::cn_proc::{self, McastOp};
+    use execwatch::internal::cn_proc::{self, McastOp};
 
     /// A bound proc connector socket.
     #[derive(Debug)]
@@ -277,7 +277,7 @@ mod imp {
     use std::time::Duration;
 
     use super::{NetlinkError, Received};
-    use execwatch::cn_proc::McastOp;
+    use execwatch::internal::cn_proc::McastOp;
 
     /// Stand-in for systems without the proc connector.
     #[derive(Debug)]

@@ -18,14 +18,14 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use execwatch::cgroup;
+use execwatch::internal::cgroup;
 use execwatch::proto::{Credentials, Process, Source, Unavailable};
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::Mode;
 
 use crate::procfs::stat_line::StatLine;
-use execwatch::clock;
+use execwatch::internal::clock;
 
 /// First read size: every file read here but a long command line fits.
 const READ_CHUNK: usize = 4096;

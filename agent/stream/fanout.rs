@@ -26,6 +26,8 @@ use execwatch::proto::{Exit, LossSite, Process};
 use prost::Message;
 use tokio::sync::mpsc;
 
+use crate::stream::selector::Filter;
+
 /// One item a detector publishes.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -142,6 +144,8 @@ struct Subscriber {
     id: u64,
     tx: mpsc::Sender<(Item, usize)>,
     include_exits: bool,
+    /// The subscriber's selector, if it chose processes.
+    filter: Option<Arc<Filter>>,
     overflow: Arc<Overflow>,
     queued: Arc<AtomicUsize>,
 }
@@ -225,12 +229,22 @@ impl Fanout {
         }
     }
 
-    /// Hooks up a new subscriber; items published from now on reach it.
-    pub fn subscribe(self: &Arc<Self>, include_exits: bool) -> Subscription {
-        self.hook(&mut self.lock(), include_exits)
+    /// Hooks up a new subscriber; items published from now on reach it (of
+    /// those with a process, the ones `filter` passes).
+    pub fn subscribe(
+        self: &Arc<Self>,
+        include_exits: bool,
+        filter: Option<Arc<Filter>>,
+    ) -> Subscription {
+        self.hook(&mut self.lock(), include_exits, filter)
     }
 
-    fn hook(self: &Arc<Self>, inner: &mut Inner, include_exits: bool) -> Subscription {
+    fn hook(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        include_exits: bool,
+        filter: Option<Arc<Filter>>,
+    ) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let overflow = Arc::new(Overflow::default());
         let queued = Arc::new(AtomicUsize::new(0));
@@ -240,6 +254,7 @@ impl Fanout {
             id,
             tx,
             include_exits,
+            filter,
             overflow: overflow.clone(),
             queued: queued.clone(),
         });
@@ -258,10 +273,16 @@ impl Fanout {
         self: &Arc<Self>,
         old: &Overflow,
         include_exits: bool,
+        filter: Option<Arc<Filter>>,
     ) -> (Subscription, Option<Missed>) {
         // One critical section: no event can slip between counting and hooking.
         let mut inner = self.lock();
-        let sub = self.hook(&mut inner, include_exits);
+        // The resync snapshot that follows begins here, in order with the
+        // items the new subscription is offered.
+        if let Some(f) = &filter {
+            f.snapshot_begin();
+        }
+        let sub = self.hook(&mut inner, include_exits, filter);
         let now = inner.mark(include_exits);
         let missed = lock(&old.at).take().map(|at| {
             let upstream = (now.losses > at.losses).then(|| {
@@ -311,6 +332,20 @@ impl Fanout {
             if matches!(item, Item::Exit(_)) && !s.include_exits {
                 return true;
             }
+            if let Some(filter) = &s.filter {
+                let wanted = match &item {
+                    Item::Exec(p) => filter.offer_process(p),
+                    Item::Exit(e) => filter.offer_exit(e.pid),
+                    // The resync snapshot after this loss begins here.
+                    Item::DetectorLost(_) => {
+                        filter.snapshot_begin();
+                        true
+                    }
+                };
+                if !wanted {
+                    return true;
+                }
+            }
             // Counted before the send: the subscriber may take the item
             // (and subtract it) before this line would run after it.
             let queued = s.queued.fetch_add(bytes, Ordering::Relaxed);
@@ -324,6 +359,10 @@ impl Fanout {
             };
             if sent.is_err() {
                 s.queued.fetch_sub(bytes, Ordering::Relaxed);
+                if let (Item::DetectorLost(_), Some(filter)) = (&item, &s.filter) {
+                    // Not queued: no snapshot follows it.
+                    filter.snapshot_end();
+                }
             }
             match sent {
                 Ok(()) => true,

@@ -12,6 +12,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::stats;
+use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared, WatchStream};
 use crate::transport::quota::{Over, Place, Quota};
 
@@ -83,8 +84,11 @@ impl ExecEvents for ExecEventsService {
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let uid = peer_uid(&req);
+        // A bad selector is refused before it takes a seat.
+        let choice = Choice::from_request(req.get_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let seat = self.seats.take(uid)?;
-        let stream = subscription::watch(self.shared.clone(), uid, req.into_inner(), seat);
+        let stream = subscription::watch(self.shared.clone(), uid, req.into_inner(), choice, seat);
         Ok(Response::new(stream))
     }
 

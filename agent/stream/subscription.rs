@@ -33,8 +33,9 @@ use tonic::Status;
 use crate::procfs::reader::ProcReader;
 use crate::stats::Stats;
 use crate::stream::fanout::{Fanout, Item, Missed, Subscription};
+use crate::stream::selector::{Choice, Filter};
 use crate::stream::service::Seat;
-use execwatch::clock;
+use execwatch::internal::clock;
 
 /// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
 const MAX_OVERFLOWS: usize = 3;
@@ -88,17 +89,22 @@ pub fn watch(
     shared: Arc<Shared>,
     peer_uid: Option<u32>,
     req: WatchRequest,
+    choice: Choice,
     seat: Seat,
 ) -> WatchStream {
     shared.stats.add_subscribers_total(1);
     let (include_exits, skip_snapshot) = (req.include_exits, req.skip_snapshot);
+    let filtered = choice.filter.is_some();
     tracing::info!(
         peer_uid,
         include_exits,
         skip_snapshot,
+        filtered,
         "subscriber connected"
     );
-    let sub = shared.fanout.subscribe(include_exits);
+    let sub = shared
+        .fanout
+        .subscribe(include_exits, choice.filter.clone());
     let stop = shared.stop.clone();
     let mut until_stop = stop.clone();
     let watcher = Watcher {
@@ -108,6 +114,7 @@ pub fn watch(
             ready: VecDeque::new(),
             overflows: VecDeque::new(),
             include_exits,
+            choice,
             shared,
         },
         seq: 0,
@@ -194,21 +201,34 @@ struct Feed {
     /// When it overflowed, within [`OVERFLOW_WINDOW`].
     overflows: VecDeque<Instant>,
     include_exits: bool,
+    /// Its selector and the fields it does not need.
+    choice: Choice,
 }
 
 impl Feed {
     /// The next item: from the snapshot under way, else from the queue.
     async fn produce(&mut self) -> Result<Kind, End> {
         if let Some(snapshot) = &mut self.snapshot {
-            let kind = snapshot.next(&self.shared, &mut self.ready).await?;
+            let kind = snapshot
+                .next(&self.shared, &self.choice, &mut self.ready)
+                .await?;
             if matches!(kind, Kind::SnapshotComplete(_)) {
                 self.snapshot = None;
+                // From here on a filtered stream gets only the exits of
+                // what it was sent.
+                if let Some(f) = &self.choice.filter {
+                    f.snapshot_end();
+                }
             }
             return Ok(kind);
         }
         match self.sub.recv().await {
             // The last subscriber to take an event takes it without a copy.
-            Some(Item::Exec(p)) => Ok(Kind::Exec(Arc::unwrap_or_clone(p))),
+            Some(Item::Exec(p)) => {
+                let mut p = Arc::unwrap_or_clone(p);
+                self.choice.omit.apply(&mut p);
+                Ok(Kind::Exec(p))
+            }
             Some(Item::Exit(e)) => Ok(Kind::Exit(e)),
             Some(Item::DetectorLost(loss)) => {
                 self.snapshot = Some(Snapshot::new(SnapshotCause::Resync));
@@ -242,7 +262,8 @@ impl Feed {
             tracing::warn!("{msg}");
             return Err(End(Status::resource_exhausted(msg), "cut off"));
         }
-        let (next, missed) = fanout.resubscribe(&self.sub.overflow, self.include_exits);
+        let filter = self.choice.filter.clone();
+        let (next, missed) = fanout.resubscribe(&self.sub.overflow, self.include_exits, filter);
         self.sub = next;
         self.snapshot = Some(Snapshot::new(SnapshotCause::Resync));
         Ok(overflow_lost(fanout.queue_len(), missed))
@@ -256,6 +277,7 @@ impl Drop for Watcher {
             include_exits = self.feed.include_exits,
             skip_snapshot = self.skip_snapshot,
             items_sent = self.seq,
+            filtered = self.feed.choice.filter.is_some(),
             duration_ms = self.started.elapsed().as_millis() as u64,
             ended = self.ended.unwrap_or("client gone"),
             "subscriber disconnected"
@@ -328,10 +350,10 @@ struct Chunk {
     why: Option<String>,
 }
 
-/// Reads the records of `pids`, stopping once they weigh
-/// [`SNAPSHOT_CHUNK_BYTES`]; never waits for a client. The pids it did not
-/// get to are left in `pids`.
-fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>) -> Chunk {
+/// Reads the records of `pids` (keeping those `filter` passes), stopping
+/// once they weigh [`SNAPSHOT_CHUNK_BYTES`]; never waits for a client. The
+/// pids it did not get to are left in `pids`.
+fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>, filter: Option<&Filter>) -> Chunk {
     let mut reader = match ProcReader::open(root, max_argv) {
         Ok(reader) => reader,
         Err(e) => {
@@ -351,7 +373,9 @@ fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>) -> Chunk {
     while weight < SNAPSHOT_CHUNK_BYTES && chunk.records.len() < SNAPSHOT_CHUNK {
         let Some(pid) = pids.pop() else { break };
         match reader.read(pid, pid, Source::Snapshot) {
-            Ok(Some(p)) if !p.exited_before_inspection => {
+            Ok(Some(p))
+                if !p.exited_before_inspection && filter.is_none_or(|f| f.offer_process(&p)) =>
+            {
                 weight += prost::Message::encoded_len(&p);
                 chunk.records.push(p);
             }
@@ -406,11 +430,20 @@ impl Snapshot {
     async fn next(
         &mut self,
         shared: &Arc<Shared>,
+        choice: &Choice,
         ready: &mut VecDeque<Kind>,
     ) -> Result<Kind, End> {
+        let filter = &choice.filter;
         let deadline = *self.deadline.get_or_insert_with(|| {
             shared.stats.add_snapshots(1);
             self.delay = Duration::from_millis(50);
+            if filter
+                .as_ref()
+                .is_some_and(|f| f.selector().selects_nothing())
+            {
+                // Nothing to list: no need to read /proc.
+                self.pending = Some(Vec::new());
+            }
             Instant::now() + SNAPSHOT_PATIENCE
         });
         let (root, max_argv) = (shared.proc_root.clone(), shared.max_argv_bytes);
@@ -449,13 +482,14 @@ impl Snapshot {
                 continue;
             }
             let (mut pids, root, shared) = (std::mem::take(pending), root.clone(), shared.clone());
+            let filter = filter.clone();
             // Its own task takes the read permit and gives it back: this
             // stream is polled only while its client has room, and a permit
             // handed to a stream that is not polled would never return.
             let read = tokio::spawn(async move {
                 let _permit = shared.snapshot_reads.acquire().await;
                 blocking(move || {
-                    let chunk = read_chunk(&root, max_argv, &mut pids);
+                    let chunk = read_chunk(&root, max_argv, &mut pids, filter.as_deref());
                     Ok((chunk, pids))
                 })
                 .await
@@ -466,7 +500,10 @@ impl Snapshot {
                 .map_err(|e| End(Status::internal(e), "snapshot failed"))?;
             *pending = rest;
             self.count += chunk.records.len() as u64;
-            ready.extend(chunk.records.into_iter().map(Kind::Existing));
+            ready.extend(chunk.records.into_iter().map(|mut p| {
+                choice.omit.apply(&mut p);
+                Kind::Existing(p)
+            }));
             self.failed.extend(chunk.failed);
             self.why = chunk.why.or(self.why.take());
             if let Some(first) = ready.pop_front() {

@@ -12,19 +12,26 @@
 //! What the client sends passes through a [`Normalizer`] on its way to h2,
 //! so any `:authority` is accepted; what the agent writes is followed by
 //! [`Refusals`]. The first refusal on a connection is logged at `warn`
-//! with the peer's uid and the reason.
+//! with the peer's uid and the reason. Both directions also pass an
+//! [`Activity`], and a connection past its handshake deadline or idle
+//! timeout ends as if the client had hung up.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Instant;
 
+use nix::sys::socket::{self, MsgFlags, Shutdown};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
+use tokio::time::Sleep;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::transport::authority::Normalizer;
+use crate::transport::idle::{Activity, Expired, State};
 use crate::transport::refusal::Refusals;
 
 /// An accepted client connection.
@@ -43,12 +50,19 @@ pub struct Connection {
     refusals: Refusals,
     /// Whether a refusal was logged on this connection.
     logged: bool,
+    /// The handshake and the open streams.
+    activity: Activity,
+    /// Wakes the reader at the connection's deadline.
+    deadline: Pin<Box<Sleep>>,
+    /// The task reading, woken when the last stream closes so that it
+    /// arms the idle deadline.
+    reader: Option<Waker>,
 }
 
 impl Connection {
     /// Takes over an accepted stream, keeping its peer's address and
     /// credentials for the peer check.
-    pub fn new(stream: UnixStream) -> io::Result<Self> {
+    pub fn new(stream: UnixStream, activity: Activity) -> io::Result<Self> {
         let info = stream.connect_info();
         // Out of tokio's registration; the socket stays non-blocking.
         let fd = OwnedFd::from(stream.into_std()?);
@@ -61,6 +75,9 @@ impl Connection {
             at: 0,
             refusals: Refusals::default(),
             logged: false,
+            activity,
+            deadline: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            reader: None,
         })
     }
 
@@ -83,6 +100,13 @@ impl Connection {
             }
             let part = &buf[..buf.len().min(n)];
             n -= part.len();
+            if self.activity.agent_wrote(part) {
+                // The reader is parked on the socket; it must arm the idle
+                // deadline now.
+                if let Some(reader) = &self.reader {
+                    reader.wake_by_ref();
+                }
+            }
             if let Some(refusal) = self.refusals.follow(part) {
                 let reason = match self.normalizer.request_on(refusal.stream) {
                     Some(request) if !refusal.goaway => format!("{refusal} ({request})"),
@@ -91,6 +115,35 @@ impl Connection {
                 self.log_refusal(reason);
             }
         }
+    }
+
+    /// Whether the connection's deadline has passed; if not, makes sure the
+    /// reading task is woken at it.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
+        if !self
+            .reader
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            self.reader = Some(cx.waker().clone());
+        }
+        // Twice at most: a deadline that fired is checked once more.
+        for _ in 0..2 {
+            let State::Until(at) = self.activity.state() else {
+                return None;
+            };
+            if let Some(expired) = self.activity.expired(Instant::now()) {
+                return Some(expired);
+            }
+            let at = tokio::time::Instant::from_std(at);
+            if self.deadline.deadline() != at {
+                self.deadline.as_mut().reset(at);
+            }
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+        }
+        self.activity.expired(Instant::now())
     }
 
     /// Hands on what the normalizer produced, if anything is left.
@@ -155,6 +208,21 @@ impl AsyncRead for Connection {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        if let Some(expired) = this.poll_expired(cx) {
+            let peer_uid = this.info.peer_cred.map(|cred| cred.uid());
+            match expired {
+                Expired::Handshake => tracing::debug!(
+                    peer_uid,
+                    "closed a connection that did not finish its HTTP/2 preface in time"
+                ),
+                Expired::Idle(after) => tracing::debug!(
+                    peer_uid,
+                    "closed a connection with no RPC in progress for {after:?}"
+                ),
+            }
+            // As if the client had hung up: h2 ends the connection.
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if this.take_pending(buf) {
                 return Poll::Ready(Ok(()));
@@ -167,14 +235,7 @@ impl AsyncRead for Connection {
                 let mut guard = ready!(this.read.poll_read_ready(cx))?;
                 let unfilled = buf.initialize_unfilled();
                 let result = guard.try_io(|fd| {
-                    // SAFETY: `unfilled` is valid for writes of its length.
-                    let n = unsafe {
-                        libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
-                    };
-                    if n < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(n as usize)
+                    nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from)
                 });
                 match result {
                     Ok(Ok(n)) => n,
@@ -188,6 +249,7 @@ impl AsyncRead for Connection {
             // What passes on as read stays in place; the rest comes from
             // the pending bytes on the next turn.
             let read = &buf.initialize_unfilled()[..n];
+            this.activity.client_sent(read, Instant::now());
             let direct = this.normalizer.feed(read, &mut this.pending);
             if let Some(reason) = this.normalizer.take_refusal() {
                 this.log_refusal(reason);
@@ -208,17 +270,9 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(this.poll_write_with(cx, |fd| {
-            // SAFETY: `data` is valid for reads of its length. MSG_NOSIGNAL:
-            // a client that hung up is an error here, not a SIGPIPE.
-            let n = unsafe {
-                libc::send(
-                    fd.as_raw_fd(),
-                    data.as_ptr().cast(),
-                    data.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            result(n)
+            // MSG_NOSIGNAL: a client that hung up is an error here, not a
+            // SIGPIPE.
+            socket::send(fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
         }))?;
         this.follow_written(&[IoSlice::new(data)], written);
         Poll::Ready(Ok(written))
@@ -230,19 +284,12 @@ impl AsyncWrite for Connection {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        // The kernel takes at most IOV_MAX slices at once.
+        let bufs = &bufs[..bufs.len().min(IOV_MAX)];
         let written = ready!(this.poll_write_with(cx, |fd| {
-            // SAFETY: IoSlice is ABI-compatible with iovec; the slices are
-            // valid for reads. MSG_NOSIGNAL as in poll_write.
-            let msg = libc::msghdr {
-                msg_name: std::ptr::null_mut(),
-                msg_namelen: 0,
-                msg_iov: bufs.as_ptr() as *mut libc::iovec,
-                msg_iovlen: bufs.len().min(libc::UIO_MAXIOV as usize) as _,
-                msg_control: std::ptr::null_mut(),
-                msg_controllen: 0,
-                msg_flags: 0,
-            };
-            result(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
+            // MSG_NOSIGNAL as in poll_write.
+            socket::sendmsg::<()>(fd.as_raw_fd(), bufs, &[], MsgFlags::MSG_NOSIGNAL, None)
+                .map_err(io::Error::from)
         }))?;
         this.follow_written(bufs, written);
         Poll::Ready(Ok(written))
@@ -257,11 +304,13 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // SAFETY: plain syscall on a descriptor this connection owns.
-        let rc = unsafe { libc::shutdown(self.read.get_ref().as_raw_fd(), libc::SHUT_WR) };
-        Poll::Ready(result(rc as isize).map(|_| ()))
+        let done = socket::shutdown(self.read.get_ref().as_raw_fd(), Shutdown::Write);
+        Poll::Ready(done.map_err(io::Error::from))
     }
 }
+
+/// The most slices one `sendmsg` takes (Linux's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
 
 /// Registers `fd` with the runtime for `interest`.
 fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
@@ -269,15 +318,6 @@ fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // the AsyncFd holds it.
     unsafe { AsyncFd::register_with_interest(fd, interest) }
         .map_err(|e| io::Error::other(e.to_string()))
-}
-
-/// A syscall's return value as a result.
-fn result(n: isize) -> io::Result<usize> {
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 #[cfg(test)]
@@ -310,7 +350,11 @@ mod tests {
     #[tokio::test]
     async fn a_full_socket_waits_for_the_reader_and_loses_nothing() {
         let (ours, peer) = UnixStream::pair().unwrap();
-        let mut conn = Connection::new(ours).unwrap();
+        let mut conn = Connection::new(
+            ours,
+            Activity::new(Instant::now(), std::time::Duration::from_secs(60)),
+        )
+        .unwrap();
         let writer = tokio::spawn(async move {
             conn.write_all(&pattern()).await.unwrap();
             conn.shutdown().await.unwrap();
@@ -323,7 +367,11 @@ mod tests {
     #[tokio::test]
     async fn vectored_writes_wait_for_room_too() {
         let (ours, peer) = UnixStream::pair().unwrap();
-        let mut conn = Connection::new(ours).unwrap();
+        let mut conn = Connection::new(
+            ours,
+            Activity::new(Instant::now(), std::time::Duration::from_secs(60)),
+        )
+        .unwrap();
         let writer = tokio::spawn(async move {
             let data = pattern();
             let mut at = 0;
@@ -347,7 +395,11 @@ mod tests {
     #[tokio::test]
     async fn a_read_with_no_room_answers_at_once() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut conn = Connection::new(ours).unwrap();
+        let mut conn = Connection::new(
+            ours,
+            Activity::new(Instant::now(), std::time::Duration::from_secs(60)),
+        )
+        .unwrap();
         let mut none = [0u8; 0];
         let mut empty = ReadBuf::new(&mut none);
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -364,7 +416,11 @@ mod tests {
     #[tokio::test]
     async fn reads_pass_through_the_authority_normalizer() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut conn = Connection::new(ours).unwrap();
+        let mut conn = Connection::new(
+            ours,
+            Activity::new(Instant::now(), std::time::Duration::from_secs(60)),
+        )
+        .unwrap();
         let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         input.extend([0, 0, 7, 0x1, 0x4, 0, 0, 0, 1]); // HEADERS, END_HEADERS, stream 1
         input.extend([0x83, 0x86, 0x84, 0x41, 0x02, b'/', b's']); // POST http / :authority /s
@@ -388,7 +444,11 @@ mod tests {
     #[tokio::test]
     async fn reads_see_the_peer_and_its_credentials() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut conn = Connection::new(ours).unwrap();
+        let mut conn = Connection::new(
+            ours,
+            Activity::new(Instant::now(), std::time::Duration::from_secs(60)),
+        )
+        .unwrap();
         let cred = conn.connect_info().peer_cred.expect("peer credentials");
         assert_eq!(cred.uid(), nix::unistd::getuid().as_raw());
         peer.write_all(b"ping").await.unwrap();

@@ -6,8 +6,10 @@
 //! (`--max-connections`, `--max-connections-per-uid`) is closed at once too;
 //! the agent's own uid (its health probe) is exempt from both counts. A
 //! connection that sends nothing within [`PREFACE_DEADLINE`] is closed
-//! without ever reaching the gRPC server. Admitted connections reach tonic
-//! through a channel.
+//! without ever reaching the gRPC server; one that then does not finish
+//! its preface, or stays with no stream open for `--idle-timeout`, is
+//! closed by its [`Connection`] (see [`crate::transport::idle`]). Admitted
+//! connections reach tonic through a channel.
 //!
 //! tonic's own loop only traces an `accept` error and tries again at once:
 //! when the agent is out of descriptors the pending connection stays in the
@@ -19,7 +21,7 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
@@ -29,6 +31,7 @@ use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::stream::service::PeerCheck;
 use crate::transport::connection::Connection;
+use crate::transport::idle::Activity;
 use crate::transport::quota::{Over, Place, Quota};
 
 /// The first pause after a failed `accept`.
@@ -47,6 +50,8 @@ pub struct Admission {
     pub max_connections: usize,
     /// Connections one peer uid may have open at once.
     pub max_per_uid: usize,
+    /// How long an admitted connection may stay with no stream open.
+    pub idle_timeout: Duration,
 }
 
 /// An admitted connection: the socket and its place in the count.
@@ -80,8 +85,8 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
             _ = tx.closed() => return,
         };
-        let stream = match stream {
-            Ok((stream, _)) => stream,
+        let (stream, accepted) = match stream {
+            Ok((stream, _)) => (stream, Instant::now()),
             Err(error) => {
                 failures += 1;
                 if failures == 1 {
@@ -130,8 +135,9 @@ async fn accept_loop(
             over_limit = 0;
         }
         let tx = tx.clone();
+        let idle = Activity::new(accepted, admission.idle_timeout);
         tokio::spawn(async move {
-            if let Some(admitted) = speaks(stream, uid, place).await {
+            if let Some(admitted) = speaks(stream, uid, place, idle).await {
                 let _ = tx.send(Ok(admitted)).await;
             }
         });
@@ -140,7 +146,12 @@ async fn accept_loop(
 
 /// Waits for the client's first bytes; a connection that stays silent past
 /// [`PREFACE_DEADLINE`] is closed.
-async fn speaks(stream: UnixStream, uid: Option<u32>, place: Option<Place>) -> Option<Admitted> {
+async fn speaks(
+    stream: UnixStream,
+    uid: Option<u32>,
+    place: Option<Place>,
+    idle: Activity,
+) -> Option<Admitted> {
     match tokio::time::timeout(PREFACE_DEADLINE, first_bytes(&stream)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return None,
@@ -152,7 +163,7 @@ async fn speaks(stream: UnixStream, uid: Option<u32>, place: Option<Place>) -> O
             return None;
         }
     }
-    match Connection::new(stream) {
+    match Connection::new(stream, idle) {
         Ok(conn) => Some(Admitted {
             conn,
             _place: place,

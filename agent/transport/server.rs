@@ -196,6 +196,8 @@ pub struct Limits {
     pub connections: usize,
     /// Connections one peer uid may have open at once.
     pub connections_per_uid: usize,
+    /// How long a connection may stay with no stream open.
+    pub idle_timeout: Duration,
 }
 
 /// Why serving ended.
@@ -251,6 +253,7 @@ pub async fn serve(
                     peers: peers.clone(),
                     max_connections: limits.connections,
                     max_per_uid: limits.connections_per_uid,
+                    idle_timeout: limits.idle_timeout,
                 },
             ),
             async {
@@ -284,7 +287,7 @@ pub async fn serve(
     let _ = fs::remove_file(path);
     let _ = streams_end.send(true);
     let _ = drain_tx.send(());
-    let second = execwatch::runtime::shutdown_signal();
+    let second = execwatch::internal::runtime::shutdown_signal();
     tokio::select! {
         result = &mut server => result?,
         _ = tokio::time::sleep(STOP_GRACE) => {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use execwatch::cn_proc::{
+use execwatch::internal::cn_proc::{
     event_mask, parse_datagram, subscribe_message, EventKind, McastOp, Message, CN_IDX_PROC,
 };
 

@@ -67,6 +67,7 @@ impl Subscriber {
             let req = WatchRequest {
                 include_exits: false,
                 skip_snapshot: true,
+                ..Default::default()
             };
             client.watch(req).await.expect("Watch").into_inner()
         });

@@ -11,6 +11,14 @@ pub struct Panel {
     pub x_label: String,
     /// Label beside the y axis.
     pub y_label: String,
+    /// The lines drawn, with a legend when there are several.
+    pub series: Vec<Series>,
+}
+
+/// One line of a panel.
+pub struct Series {
+    /// What the line is, for the legend.
+    pub label: String,
     /// Points, in x order.
     pub points: Vec<(f64, f64)>,
     /// Stroke colour, e.g. "#d62728".
@@ -30,7 +38,7 @@ pub fn render(title: &str, panels: &[Panel]) -> String {
     let y_max = nice_max(
         panels
             .iter()
-            .flat_map(|p| p.points.iter().map(|q| q.1))
+            .flat_map(|p| p.series.iter().flat_map(|l| l.points.iter().map(|q| q.1)))
             .fold(0.0, f64::max),
     );
     let mut s = String::new();
@@ -55,7 +63,12 @@ pub fn render(title: &str, panels: &[Panel]) -> String {
 fn panel(s: &mut String, p: &Panel, x0: f64, y_max: f64) {
     let (left, right) = (x0 + LEFT, x0 + PANEL_W - RIGHT);
     let (top, bottom) = (TOP, HEIGHT - BOTTOM);
-    let x_max = nice_max(p.points.iter().map(|q| q.0).fold(0.0, f64::max));
+    let x_max = nice_max(
+        p.series
+            .iter()
+            .flat_map(|l| l.points.iter().map(|q| q.0))
+            .fold(0.0, f64::max),
+    );
     let px = |x: f64| left + x / x_max * (right - left);
     let py = |y: f64| bottom - y / y_max * (bottom - top);
     let _ = writeln!(
@@ -102,36 +115,54 @@ fn panel(s: &mut String, p: &Panel, x0: f64, y_max: f64) {
         r#"<text x="{lx}" y="{ly}" text-anchor="middle" transform="rotate(-90 {lx} {ly})">{}</text>"#,
         esc(&p.y_label)
     );
-    // The series, with each value written next to its point.
-    let pts: Vec<String> = p
-        .points
-        .iter()
-        .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
-        .collect();
-    let _ = writeln!(
-        s,
-        r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.5"/>"#,
-        pts.join(" "),
-        p.color
-    );
-    for (i, &(x, y)) in p.points.iter().enumerate() {
-        // The first label right of its point, clear of the y axis; the
-        // others left of theirs, above the segment that comes from the left.
-        // A white halo keeps a label readable where the line crosses it.
-        let (lx, anchor) = if i == 0 {
-            (px(x) + 7.0, "start")
-        } else {
-            (px(x) - 7.0, "end")
-        };
+    // The series, with each value written next to its point, and a legend
+    // in the top left corner when there is more than one.
+    for (k, line) in p.series.iter().enumerate() {
+        if p.series.len() > 1 {
+            let y = top + 14.0 + 16.0 * k as f64;
+            let _ = writeln!(
+                s,
+                r#"<line x1="{0:.1}" y1="{1:.1}" x2="{2:.1}" y2="{1:.1}" stroke="{3}" stroke-width="2.5"/><text x="{4:.1}" y="{5:.1}">{6}</text>"#,
+                left + 10.0,
+                y,
+                left + 30.0,
+                line.color,
+                left + 36.0,
+                y + 4.0,
+                esc(&line.label)
+            );
+        }
+        let pts: Vec<String> = line
+            .points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
         let _ = writeln!(
             s,
-            r#"<circle cx="{0:.1}" cy="{1:.1}" r="4" fill="{2}"/><text x="{lx:.1}" y="{3:.1}" text-anchor="{anchor}" fill="{2}" stroke="white" stroke-width="4" paint-order="stroke">{4}</text>"#,
-            px(x),
-            py(y),
-            p.color,
-            py(y) - 7.0,
-            tick(y)
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.5"/>"#,
+            pts.join(" "),
+            line.color
         );
+        for (i, &(x, y)) in line.points.iter().enumerate() {
+            // The first label right of its point, clear of the y axis; the
+            // others left of theirs, above the segment that comes from the
+            // left. A white halo keeps a label readable where a line
+            // crosses it.
+            let (lx, anchor) = if i == 0 {
+                (px(x) + 7.0, "start")
+            } else {
+                (px(x) - 7.0, "end")
+            };
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{0:.1}" cy="{1:.1}" r="4" fill="{2}"/><text x="{lx:.1}" y="{3:.1}" text-anchor="{anchor}" fill="{2}" stroke="white" stroke-width="4" paint-order="stroke">{4}</text>"#,
+                px(x),
+                py(y),
+                line.color,
+                py(y) - 7.0,
+                tick(y)
+            );
+        }
     }
 }
 

@@ -1,14 +1,20 @@
-//! Fuzzes the agent's `:authority` normalizer (agent/transport/authority.rs) with a
-//! client preface and frames whose header blocks are arbitrary. The input
-//! format and the checks are in agent/transport/authority/fuzz_input.rs, which `cargo test`
-//! also runs on the seeds.
+//! Fuzzes the agent's `:authority` normalizer
+//! (agent/transport/authority.rs) with a client preface and frames whose
+//! header blocks are arbitrary. The input format and the checks are in
+//! agent/transport/authority/fuzz_input.rs, which `cargo test` also runs on
+//! the seeds.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
+// The normalizer where the agent has it (`crate::transport::authority`),
+// so the shared input module's paths resolve the same here.
 #[allow(dead_code)]
 #[path = "../../agent/transport/authority.rs"]
-mod authority;
+mod normalizer;
+mod transport {
+    pub(crate) use super::normalizer as authority;
+}
 #[path = "../../agent/transport/authority/fuzz_input.rs"]
 mod authority_fuzz;
 

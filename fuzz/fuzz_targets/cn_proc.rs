@@ -6,7 +6,7 @@
 //! `to_datagram` → parse → the same event.
 #![no_main]
 
-use execwatch::cn_proc::{parse_datagram, Message, ProcEvent, NLMSG_HDR_LEN};
+use execwatch::internal::cn_proc::{parse_datagram, Message, ProcEvent, NLMSG_HDR_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fn round_trips(ev: ProcEvent) {

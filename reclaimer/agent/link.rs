@@ -3,9 +3,13 @@
 //! or fails → `Disconnected`. It survives agent restarts forever.
 //!
 //! It asks for exits too, so the decision loop knows which processes still
-//! run. Events go to the decision loop over a bounded channel; if the loop
-//! falls behind, this task waits, the agent's queue for us fills, and the
-//! agent answers with `lost` + resync — the designed path, nothing silent.
+//! run, and only for the processes the rules could match: the rules'
+//! selector ([`Rules::selector`](crate::rules::Rules::selector)), which it
+//! is handed on a watch channel. When the rules change, it re-subscribes
+//! without a gap (see [`switch`]). Events go to the decision loop over a
+//! bounded channel; if the loop falls behind, this task waits, the agent's
+//! queue for us fills, and the agent answers with `lost` + resync — the
+//! designed path, nothing silent.
 //!
 //! While connected it also reads the agent's `GetStats` every
 //! [`stats::POLL`] on the same connection, for the metrics.
@@ -16,13 +20,14 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use execwatch::proto::exec_events_client::ExecEventsClient;
-use execwatch::proto::{StatsRequest, WatchEvent, WatchRequest};
-use tokio::sync::mpsc;
+use execwatch::proto::{watch_event::Kind, StatsRequest, WatchEvent, WatchRequest};
+use kube::runtime::utils::Backoff as _;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
 use crate::agent::stats::{self, AgentStats};
-use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use crate::node::retry;
 
 /// What the link tells the decision loop.
 #[derive(Debug)]
@@ -35,40 +40,53 @@ pub enum LinkEvent {
     Disconnected,
 }
 
-/// Runs the link forever (until the receiver is dropped).
-pub async fn run(socket: PathBuf, tx: mpsc::Sender<LinkEvent>, metrics: Arc<Metrics>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// Runs the link forever (until the receiver is dropped), subscribing with
+/// the latest of `selectors`.
+pub async fn run(
+    socket: PathBuf,
+    tx: mpsc::Sender<LinkEvent>,
+    metrics: Arc<Metrics>,
+    mut selectors: watch::Receiver<WatchRequest>,
+) {
+    // Waits from 50-100 ms up to 2.5-5 s.
+    let mut backoff = retry::backoff(Duration::from_millis(50), Duration::from_millis(2500));
     let mut failures = 0u64;
     loop {
-        match connect(&socket).await {
-            Ok((client, mut stream)) => {
+        let req = request(&mut selectors);
+        match connect(&socket, req).await {
+            Ok((client, stream)) => {
                 tracing::info!(socket = %socket.display(), "connected to the agent");
-                let stats = PollStats(tokio::spawn(poll_stats(client, metrics.agent.clone())));
+                let stats = PollStats(tokio::spawn(poll_stats(
+                    client.clone(),
+                    metrics.agent.clone(),
+                )));
                 backoff.reset();
                 failures = 0;
                 if tx.send(LinkEvent::Connected).await.is_err() {
                     return;
                 }
-                let mut expected = 1;
+                let mut current = Current {
+                    stream,
+                    expected: 1,
+                };
                 let why = loop {
-                    match stream.message().await {
-                        Ok(Some(ev)) => {
-                            if ev.seq != expected {
-                                // The agent never leaves holes; if it did, do
-                                // not trust this stream.
-                                break format!(
-                                    "sequence jumped from {} to {}",
-                                    expected - 1,
-                                    ev.seq
-                                );
+                    tokio::select! {
+                        msg = current.stream.message() => match current.accept(msg) {
+                            Ok(ev) => {
+                                if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
+                                    return;
+                                }
                             }
-                            expected += 1;
-                            if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
-                                return;
+                            Err(why) => break why,
+                        },
+                        Ok(()) = selectors.changed() => {
+                            let req = request(&mut selectors);
+                            match switch(client.clone(), req, &mut current, &tx).await {
+                                Ok(true) => {}
+                                Ok(false) => return,
+                                Err(why) => break why,
                             }
                         }
-                        Ok(None) => break "the agent closed the stream".to_string(),
-                        Err(status) => break format!("the stream failed: {status}"),
                     }
                 };
                 drop(stats);
@@ -88,28 +106,199 @@ pub async fn run(socket: PathBuf, tx: mpsc::Sender<LinkEvent>, metrics: Arc<Metr
                 }
             }
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
     }
 }
 
 type Client = ExecEventsClient<Channel>;
+type Stream = tonic::Streaming<WatchEvent>;
 
-async fn connect(
-    socket: &std::path::Path,
-) -> Result<(Client, tonic::Streaming<WatchEvent>), String> {
+/// The request for the latest selector: exits too, and a snapshot.
+fn request(selectors: &mut watch::Receiver<WatchRequest>) -> WatchRequest {
+    WatchRequest {
+        include_exits: true,
+        skip_snapshot: false,
+        ..selectors.borrow_and_update().clone()
+    }
+}
+
+async fn connect(socket: &std::path::Path, req: WatchRequest) -> Result<(Client, Stream), String> {
     let mut client = execwatch::client::exec_events(socket)
         .await
         .map_err(|e| e.to_string())?;
-    let req = WatchRequest {
-        include_exits: true,
-        skip_snapshot: false,
-    };
-    let stream = client
-        .watch(req)
-        .await
-        .map_err(|s| s.to_string())?
-        .into_inner();
+    let stream = watch(&mut client, req).await.map_err(|s| s.to_string())?;
     Ok((client, stream))
+}
+
+/// Opens a stream for `req`. A selector the agent refuses (one this build
+/// thinks valid and the agent does not) must not leave the reclaimer
+/// blind: it subscribes to every process instead, which the rules then
+/// sift as before selectors.
+async fn watch(client: &mut Client, req: WatchRequest) -> Result<Stream, tonic::Status> {
+    match client.watch(req.clone()).await {
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            tracing::warn!(
+                "the agent refused the rules' selector ({}); subscribing to every process instead",
+                status.message()
+            );
+            let every = WatchRequest {
+                include_exits: req.include_exits,
+                skip_snapshot: req.skip_snapshot,
+                ..Default::default()
+            };
+            Ok(client.watch(every).await?.into_inner())
+        }
+        other => Ok(other?.into_inner()),
+    }
+}
+
+/// The stream the decision loop is fed from, and the `seq` it expects next.
+struct Current {
+    stream: Stream,
+    expected: u64,
+}
+
+impl Current {
+    /// The next item, if it is one in order.
+    fn accept(
+        &mut self,
+        msg: Result<Option<WatchEvent>, tonic::Status>,
+    ) -> Result<WatchEvent, String> {
+        match msg {
+            Ok(Some(ev)) if ev.seq == self.expected => {
+                self.expected += 1;
+                Ok(ev)
+            }
+            // The agent never leaves holes; if it did, do not trust this
+            // stream.
+            Ok(Some(ev)) => Err(format!(
+                "sequence jumped from {} to {}",
+                self.expected - 1,
+                ev.seq
+            )),
+            Ok(None) => Err("the agent closed the stream".to_string()),
+            Err(status) => Err(format!("the stream failed: {status}")),
+        }
+    }
+}
+
+/// How long the old stream is read after the new one's first item while it
+/// still delivers (see [`switch`]).
+const CATCH_UP_QUIET: Duration = Duration::from_millis(50);
+/// The longest the old stream is read after the new one's first item.
+const CATCH_UP_MAX: Duration = Duration::from_secs(2);
+
+/// Moves the decision loop from `current` to a new stream for `req`, with
+/// no launch left out in between (docs/rules.md, "New rules and the
+/// stream"):
+///
+/// 1. The new `Watch` is opened while the old stream goes on being read and
+///    forwarded. The agent hooks a subscriber into its fan-out before it
+///    sends it anything, so once the new stream's first item has arrived,
+///    every later launch the new selector wants is on the new stream.
+/// 2. The old stream is then read until it has caught up with that point:
+///    until it delivers an item the agent observed after the new stream's
+///    first item, or it is quiet for [`CATCH_UP_QUIET`] (at most
+///    [`CATCH_UP_MAX`]). What it delivers meanwhile is forwarded too (a
+///    launch reported twice is harmless: the table is keyed by pid).
+/// 3. The decision loop is told `Connected` and fed the new stream, starting
+///    with that first item: a snapshot of every running process the new
+///    rules could match.
+///
+/// `Ok(false)` if the decision loop is gone; `Err` if the new stream could
+/// not be opened (the link then reconnects, with the latest selector).
+async fn switch(
+    mut client: Client,
+    req: WatchRequest,
+    current: &mut Current,
+    tx: &mpsc::Sender<LinkEvent>,
+) -> Result<bool, String> {
+    tracing::info!("the rules changed: re-subscribing with their selector");
+    let opening = watch(&mut client, req);
+    tokio::pin!(opening);
+    let mut old_open = true;
+    let mut next = loop {
+        tokio::select! {
+            opened = &mut opening => {
+                break opened.map_err(|s| format!("re-subscribing failed: {s}"))?;
+            }
+            msg = current.stream.message(), if old_open => match current.accept(msg) {
+                Ok(ev) => {
+                    if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+                // The old stream is done with; the new one is what counts.
+                Err(_) => old_open = false,
+            },
+        }
+    };
+    let first = loop {
+        tokio::select! {
+            msg = next.message() => match msg {
+                Ok(Some(ev)) => break ev,
+                Ok(None) => return Err("the agent closed the new stream".into()),
+                Err(status) => return Err(format!("the new stream failed: {status}")),
+            },
+            msg = current.stream.message(), if old_open => match current.accept(msg) {
+                Ok(ev) => {
+                    if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+                Err(_) => old_open = false,
+            },
+        }
+    };
+    let mark = observed(&first);
+    let give_up = tokio::time::Instant::now() + CATCH_UP_MAX;
+    // Only an old stream still open can have more to deliver.
+    if old_open {
+        loop {
+            let quiet = (tokio::time::Instant::now() + CATCH_UP_QUIET).min(give_up);
+            let Ok(msg) = tokio::time::timeout_at(quiet, current.stream.message()).await else {
+                break;
+            };
+            let Ok(ev) = current.accept(msg) else { break };
+            let caught_up =
+                mark.is_some_and(|mark| observed_live(&ev).is_some_and(|at| at >= mark));
+            if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
+                return Ok(false);
+            }
+            if caught_up {
+                break;
+            }
+        }
+    }
+    *current = Current {
+        stream: next,
+        expected: 1,
+    };
+    if tx.send(LinkEvent::Connected).await.is_err() {
+        return Ok(false);
+    }
+    let first = current.accept(Ok(Some(first)))?;
+    Ok(tx.send(LinkEvent::Event(Box::new(first))).await.is_ok())
+}
+
+/// When the agent observed the process an item reports, if it reports one.
+fn observed(ev: &WatchEvent) -> Option<u64> {
+    match &ev.kind {
+        Some(Kind::Exec(p) | Kind::Existing(p)) => Some(p.observed_unix_ns),
+        Some(Kind::Exit(e)) => Some(e.observed_unix_ns),
+        _ => None,
+    }
+}
+
+/// When the agent observed a live item (exec or exit): items are published
+/// in that order, so every live item published before it has been
+/// delivered. A snapshot's records are read later than the live items that
+/// queue behind them, so they say nothing.
+fn observed_live(ev: &WatchEvent) -> Option<u64> {
+    match &ev.kind {
+        Some(Kind::Exec(_) | Kind::Exit(_)) => observed(ev),
+        _ => None,
+    }
 }
 
 /// The stats poller of one connection: stopped, and the agent's counters

@@ -56,11 +56,11 @@ impl NodeWriter for FakeNode {
             node.with(|n| {
                 n.requests.push(req.pid);
                 if n.refuse {
-                    return Err(NodeError::Refused {
-                        step: "patching",
+                    return Err(NodeError::HostMismatch {
                         node: "ws-1".into(),
-                        status: 403,
-                        message: "forbidden".into(),
+                        host: "a".into(),
+                        path: "/etc/machine-id".into(),
+                        found: "b".into(),
                     });
                 }
                 if n.requested {

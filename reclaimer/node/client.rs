@@ -3,20 +3,20 @@
 //! One request is: GET the Node → check the host's identity → if
 //! `reclaim-requested` is already `"true"`, stop (the first reason and time
 //! stand) → merge-PATCH the three annotations with the Node's
-//! `resourceVersion` as a precondition (a concurrent change by the controller
-//! is a 409, answered by reading again) → record an Event. Transient failures
-//! (connection errors, timeouts, 429 with its Retry-After, 5xx) are retried
-//! until the write lands; it lands once.
+//! `resourceVersion` as a precondition → record an Event. It runs under the
+//! one retry policy of [`super::retry`]: transient failures (connection
+//! errors, timeouts, 429 with its Retry-After, 5xx) and a 409 (the Node
+//! changed meanwhile) start it again from the GET, until the write lands;
+//! it lands once.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use http::StatusCode;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams};
-use kube::client::Body;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use crate::backoff::Backoff;
+use super::retry::{self, Step};
 use crate::metrics::Metrics;
 
 /// The annotation the 5-Spot controller acts on.
@@ -44,21 +44,25 @@ pub enum NodeError {
         /// What the Node says (empty if unset).
         found: String,
     },
-    /// The API server refused for a reason retrying will not fix.
-    #[error("{step} Node {node}: HTTP {status}: {message}")]
-    Refused {
+    /// The API server refused for a reason retrying will not fix, or the
+    /// answer could not be read.
+    #[error("Node {node}: {step} refused: {}", describe(source))]
+    Api {
         /// What was being done.
-        step: &'static str,
+        step: Step,
         /// This Node's name.
         node: String,
-        /// The HTTP status.
-        status: u16,
-        /// The API server's message.
-        message: String,
+        /// kube's error.
+        source: kube::Error,
     },
-    /// A request could not be built (a bug).
-    #[error("cannot build the {0} request: {1}")]
-    Build(&'static str, String),
+}
+
+/// kube's error, without the Debug dump its own message appends to a Status.
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("HTTP {}: {}", s.code, s.message),
+        e => e.to_string(),
+    }
 }
 
 /// What a request achieved.
@@ -103,29 +107,25 @@ pub struct Request {
 #[derive(Clone)]
 pub struct NodeClient {
     pub(super) client: kube::Client,
+    nodes: Api<Node>,
     pub(super) node: String,
     pub(super) events_namespace: String,
     host: HostId,
-    metrics: std::sync::Arc<Metrics>,
-}
-
-/// A response, whole.
-pub(super) struct Reply {
-    pub(super) status: StatusCode,
-    retry_after: Option<Duration>,
-    body: bytes::Bytes,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeClient {
-    /// A client for Node `node`, recording Events in `events_namespace`.
+    /// A client for Node `node`, recording Events in `events_namespace`, on
+    /// a client made by [`retry::client`].
     pub fn new(
         client: kube::Client,
         node: String,
         events_namespace: String,
         host: HostId,
-        metrics: std::sync::Arc<Metrics>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            nodes: Api::all(client.clone()),
             client,
             node,
             events_namespace,
@@ -136,49 +136,42 @@ impl NodeClient {
 
     /// Whether `reclaim-requested` is `"true"` on the Node now.
     pub async fn reclaim_requested(&self) -> Result<bool, NodeError> {
-        Ok(is_requested(&self.get().await?))
+        retry::until_done(|| async { Ok(is_requested(&self.get().await?)) }).await
     }
 
-    /// Writes `req` unless a request is already on the Node. Retries
-    /// transient failures until done.
+    /// Writes `req` unless a request is already on the Node.
     pub async fn request(&self, req: &Request) -> Result<Outcome, NodeError> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        loop {
-            let node = self.get().await?;
-            self.check_host(&node)?;
-            if is_requested(&node) {
-                return Ok(Outcome::AlreadyRequested);
-            }
-            let rv = node.metadata.resource_version.clone().unwrap_or_default();
-            let patch = merge_patch(&req.reason, &req.at, Some(&rv));
-            let pp = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            };
-            let http_req = kube::core::Request::new("/api/v1/nodes")
-                .patch(&self.node, &pp, &Patch::Merge(&patch))
-                .map_err(|e| NodeError::Build("patch", e.to_string()))?;
-            // After a transient failure, read again: the Node may have
-            // changed (or been requested) meanwhile.
-            let Some(r) = self.attempt("patch", http_req, &mut backoff).await else {
-                self.metrics.patch_errors.inc();
-                continue;
-            };
-            if r.status.is_success() {
-                self.metrics.patches.inc();
-                self.metrics
-                    .patch_latency
-                    .observe(req.observed.elapsed().as_secs_f64());
-                self.spawn_event(req, node.metadata.uid.unwrap_or_default());
-                return Ok(Outcome::Written);
-            }
-            self.metrics.patch_errors.inc();
-            if r.status != StatusCode::CONFLICT {
-                return Err(self.refused("patching", &r));
-            }
-            // Changed under us (the controller?): read again and decide again.
-            tracing::info!(node = %self.node, "Node changed while patching (409); reading it again");
+        let node = retry::until_done(|| self.write(req)).await?;
+        let Some(node) = node else {
+            return Ok(Outcome::AlreadyRequested);
+        };
+        self.metrics.patches.inc();
+        self.metrics
+            .patch_latency
+            .observe(req.observed.elapsed().as_secs_f64());
+        self.spawn_event(req, &node);
+        Ok(Outcome::Written)
+    }
+
+    /// One attempt at a request: the Node as patched, or `None` if a
+    /// request was there already.
+    async fn write(&self, req: &Request) -> Result<Option<Node>, NodeError> {
+        let node = self.get().await?;
+        self.check_host(&node)?;
+        if is_requested(&node) {
+            return Ok(None);
         }
+        let rv = node.metadata.resource_version.as_deref();
+        let patch = Patch::Merge(merge_patch(&req.reason, &req.at, rv));
+        // A merge patch, not server-side apply: `apply` here only names the
+        // field manager.
+        let pp = PatchParams::apply(FIELD_MANAGER);
+        let patched = self.nodes.patch(&self.node, &pp, &patch).await;
+        patched.map(Some).map_err(|e| {
+            // Each failed attempt counts, 409s included.
+            self.metrics.patch_errors.inc();
+            self.error(Step::Patch, e)
+        })
     }
 
     fn check_host(&self, node: &Node) -> Result<(), NodeError> {
@@ -202,97 +195,21 @@ impl NodeClient {
         Ok(())
     }
 
-    /// GETs the Node, retrying transient failures.
+    /// GETs the Node, once.
     async fn get(&self) -> Result<Node, NodeError> {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        loop {
-            let req = kube::core::Request::new("/api/v1/nodes")
-                .get(&self.node, &Default::default())
-                .map_err(|e| NodeError::Build("get", e.to_string()))?;
-            let Some(r) = self.attempt("GET Node", req, &mut backoff).await else {
-                continue;
-            };
-            if !r.status.is_success() {
-                return Err(self.refused("reading", &r));
-            }
-            return serde_json::from_slice(&r.body).map_err(|e| NodeError::Refused {
-                step: "reading",
-                node: self.node.clone(),
-                status: r.status.as_u16(),
-                message: format!("unparsable Node: {e}"),
-            });
-        }
+        self.nodes
+            .get(&self.node)
+            .await
+            .map_err(|e| self.error(Step::Get, e))
     }
 
-    /// Sends `req` once. A transient failure (429, 408, 5xx, or no answer
-    /// at all) is logged as `<what> refused for now` or `<what> failed`,
-    /// waited out (the server's Retry-After, at most 60 s, or the next
-    /// `backoff` delay) and yields `None`: the caller decides what to retry.
-    /// Any other answer is returned.
-    pub(super) async fn attempt(
-        &self,
-        what: &str,
-        req: http::Request<Vec<u8>>,
-        backoff: &mut Backoff,
-    ) -> Option<Reply> {
-        let wait = match self.send(req).await {
-            Ok(r) if transient(r.status) => {
-                let wait = r.retry_after.unwrap_or_else(|| backoff.next_delay());
-                tracing::warn!(node = %self.node, status = r.status.as_u16(), wait_ms = wait.as_millis() as u64, "{what} refused for now; retrying");
-                wait
-            }
-            Ok(r) => return Some(r),
-            Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(node = %self.node, wait_ms = wait.as_millis() as u64, "{what} failed ({e}); retrying");
-                wait
-            }
-        };
-        tokio::time::sleep(wait).await;
-        None
-    }
-
-    async fn send(&self, req: http::Request<Vec<u8>>) -> Result<Reply, kube::Error> {
-        let res = self.client.send(req.map(Body::from)).await?;
-        let status = res.status();
-        let retry_after = res
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            // Never wait longer than a minute on the server's say-so.
-            .map(|s| Duration::from_secs(s.min(60)));
-        let body = res.into_body().collect_bytes().await?;
-        Ok(Reply {
-            status,
-            retry_after,
-            body,
-        })
-    }
-
-    pub(super) fn refused(&self, step: &'static str, r: &Reply) -> NodeError {
-        let message = serde_json::from_slice::<serde_json::Value>(&r.body)
-            .ok()
-            .and_then(|v| {
-                v.get("message")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
-        NodeError::Refused {
+    pub(super) fn error(&self, step: Step, source: kube::Error) -> NodeError {
+        NodeError::Api {
             step,
             node: self.node.clone(),
-            status: r.status.as_u16(),
-            message,
+            source,
         }
     }
-}
-
-/// Whether a status means "try again".
-fn transient(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status.is_server_error()
 }
 
 /// Whether the Node carries an outstanding request.

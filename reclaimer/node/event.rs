@@ -1,12 +1,23 @@
-//! The Event that records a reclaim request, written in the background.
+//! The Event that records a reclaim request, written in the background
+//! under the retry policy.
+//!
+//! A core/v1 Event created through `kube::Api`, not kube-runtime's
+//! `Recorder`, because the Recorder cannot do the job here: it writes
+//! events.k8s.io/v1 Events, and the 1.20.2 API server the tests run refuses
+//! those about a cluster-scoped object anywhere but in `kube-system`
+//! ("involvedObject.namespace: Invalid value: \"\": does not match
+//! event.namespace"; `default` is allowed from kubernetes/kubernetes#100125,
+//! in 1.23 and the 1.20-1.22 patch releases of September 2021). It also
+//! names every attempt anew, where a name fixed per request makes a retry
+//! after a lost reply find the Event already there.
 
-use std::time::Duration;
-
-use http::StatusCode;
-use serde_json::json;
+use k8s_openapi::api::core::v1::{Event, EventSource, Node};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::Resource;
 
 use super::client::{NodeClient, Request, FIELD_MANAGER};
-use crate::backoff::Backoff;
+use super::retry::{self, Step};
 
 /// The longest object name (a DNS subdomain).
 const MAX_NAME: usize = 253;
@@ -26,40 +37,51 @@ pub fn event_name(node: &str, unix_ns: u64) -> String {
 }
 
 impl NodeClient {
-    /// Records the Event in the background, retrying until it exists. Its
-    /// name is fixed per request, so a retry after a lost reply finds it
-    /// already there (409) instead of writing a second one.
-    pub(super) fn spawn_event(&self, req: &Request, node_uid: String) {
+    /// Records the Event about `node` in the background, retrying until it
+    /// exists. Its name is fixed per request, so a retry after a lost reply
+    /// finds it already there (409) instead of writing a second one.
+    pub(super) fn spawn_event(&self, req: &Request, node: &Node) {
+        let at = req.at.parse().ok().map(Time);
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(event_name(
+                    &self.node,
+                    execwatch::internal::clock::unix_ns(),
+                )),
+                namespace: Some(self.events_namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: node.object_ref(&()),
+            reason: Some("ReclaimRequested".into()),
+            message: Some(format!(
+                "{} (pid {}) matched: {}",
+                req.comm, req.pid, req.reason
+            )),
+            type_: Some("Normal".into()),
+            source: Some(EventSource {
+                component: Some(FIELD_MANAGER.into()),
+                host: Some(self.node.clone()),
+            }),
+            reporting_component: Some(FIELD_MANAGER.into()),
+            reporting_instance: Some(self.node.clone()),
+            first_timestamp: at.clone(),
+            last_timestamp: at,
+            count: Some(1),
+            ..Default::default()
+        };
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.events_namespace);
         let this = self.clone();
-        let name = event_name(&self.node, execwatch::clock::unix_ns());
-        let message = format!("{} (pid {}) matched: {}", req.comm, req.pid, req.reason);
-        let at = req.at.clone();
         tokio::spawn(async move {
-            let body = json!({
-                "apiVersion": "v1", "kind": "Event",
-                "metadata": {"name": name, "namespace": this.events_namespace},
-                "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": this.node, "uid": node_uid},
-                "reason": "ReclaimRequested", "message": message, "type": "Normal",
-                "source": {"component": FIELD_MANAGER, "host": this.node},
-                "reportingComponent": FIELD_MANAGER, "reportingInstance": this.node,
-                "firstTimestamp": at, "lastTimestamp": at, "count": 1,
-            });
-            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-            let url = format!("/api/v1/namespaces/{}/events", this.events_namespace);
-            loop {
-                let req = match kube::core::Request::new(&url)
-                    .create(&Default::default(), body.to_string().into_bytes())
-                {
-                    Ok(r) => r,
-                    Err(e) => return tracing::error!("cannot build the Event request: {e}"),
-                };
-                let Some(r) = this.attempt("recording the Event", req, &mut backoff).await else {
-                    continue;
-                };
-                if !(r.status.is_success() || r.status == StatusCode::CONFLICT) {
-                    tracing::error!("{}", this.refused("recording an Event for", &r));
+            let created = retry::until_done(|| async {
+                match events.create(&PostParams::default(), &event).await {
+                    // Created by an attempt whose reply was lost.
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                    r => r.map(drop).map_err(|e| this.error(Step::Event, e)),
                 }
-                return;
+            })
+            .await;
+            if let Err(e) = created {
+                tracing::error!("{e}");
             }
         });
     }

@@ -202,8 +202,7 @@ impl Feed {
                     dropped = %rules,
                     "{what} {why}: rules dropped; this node is not armed until it holds rules again"
                 );
-                self.metrics.rules_inert.set(1);
-                let _ = self.tx.send(Rules::inert()).await;
+                self.apply(Rules::inert()).await;
             }
             // The decision loop holds no rules from a document: inert already.
             (None, _) => tracing::warn!("{what} {why}: no rules yet; this node is not armed"),
@@ -214,10 +213,16 @@ impl Feed {
         self.metrics.rule_reloads.inc();
         self.metrics.rules_invalid.set(0);
         self.metrics.rules_missing.set(0);
-        self.metrics.rules_inert.set(i64::from(rules.is_inert()));
         let summary = rules.summary();
         tracing::info!(rules = %summary, "rules loaded from {what}");
         self.in_force = Some(summary);
+        self.apply(rules).await;
+    }
+
+    /// Puts `rules` in force: the one place that hands rules to the decision
+    /// loop, and so the one that sets `rules_inert`.
+    async fn apply(&mut self, rules: Rules) {
+        self.metrics.rules_inert.set(i64::from(rules.is_inert()));
         let _ = self.tx.send(rules).await;
     }
 

@@ -306,6 +306,7 @@ pub fn live(include_exits: bool) -> WatchRequest {
     WatchRequest {
         include_exits,
         skip_snapshot: true,
+        ..Default::default()
     }
 }
 

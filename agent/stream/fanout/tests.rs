@@ -29,8 +29,8 @@ fn pid_of(item: &Item) -> i32 {
 #[test]
 fn every_subscriber_gets_what_it_asked_for() {
     let fanout = Arc::new(Fanout::new(8, usize::MAX));
-    let mut execs_only = fanout.subscribe(false);
-    let mut with_exits = fanout.subscribe(true);
+    let mut execs_only = fanout.subscribe(false, None);
+    let mut with_exits = fanout.subscribe(true, None);
     fanout.publish(exec(1));
     fanout.publish(exit(1));
     fanout.publish(exec(2));
@@ -46,8 +46,8 @@ fn every_subscriber_gets_what_it_asked_for() {
 #[test]
 fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
     let fanout = Arc::new(Fanout::new(2, usize::MAX));
-    let mut slow = fanout.subscribe(false);
-    let mut fast = fanout.subscribe(false);
+    let mut slow = fanout.subscribe(false, None);
+    let mut fast = fanout.subscribe(false, None);
     for pid in 1..=5 {
         fanout.publish(exec(pid));
         // The fast one keeps up.
@@ -61,7 +61,7 @@ fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
         slow.try_recv(),
         Err(mpsc::error::TryRecvError::Disconnected)
     ));
-    let (mut again, missed) = fanout.resubscribe(&slow.overflow, false);
+    let (mut again, missed) = fanout.resubscribe(&slow.overflow, false, None);
     assert_eq!(
         missed,
         Some(Missed {
@@ -79,21 +79,21 @@ fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
 #[test]
 fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
     let fanout = Arc::new(Fanout::new(1, usize::MAX));
-    let slow = fanout.subscribe(false);
+    let slow = fanout.subscribe(false, None);
     fanout.publish(exec(1));
     fanout.publish(exec(2)); // overflow
     fanout.publish(exit(1));
     fanout.publish(exit(2));
     fanout.publish(exec(3));
-    let (_again, missed) = fanout.resubscribe(&slow.overflow, false);
+    let (_again, missed) = fanout.resubscribe(&slow.overflow, false, None);
     assert_eq!(missed.unwrap().events, 2, "exec 2 and exec 3");
 }
 
 #[test]
 fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
     let fanout = Arc::new(Fanout::new(4, usize::MAX));
-    let mut a = fanout.subscribe(false);
-    let b = fanout.subscribe(true);
+    let mut a = fanout.subscribe(false, None);
+    let b = fanout.subscribe(true, None);
     drop(b);
     fanout.publish(loss(LossSite::Kernel, None));
     assert!(matches!(
@@ -102,7 +102,7 @@ fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
     ));
     assert_eq!(fanout.counts().subscribers, 1);
     assert_eq!(
-        fanout.resubscribe(&a.overflow, false).1,
+        fanout.resubscribe(&a.overflow, false, None).1,
         None,
         "never overflowed"
     );
@@ -119,11 +119,11 @@ fn loss(site: LossSite, count: Option<u64>) -> Item {
 #[test]
 fn a_loss_item_that_does_not_fit_is_reported_as_that_loss_not_as_an_event() {
     let fanout = Arc::new(Fanout::new(1, usize::MAX));
-    let slow = fanout.subscribe(true);
+    let slow = fanout.subscribe(true, None);
     fanout.publish(exec(1)); // fills the queue
     fanout.publish(loss(LossSite::Kernel, None)); // does not fit
     fanout.publish(exec(2));
-    let (_again, missed) = fanout.resubscribe(&slow.overflow, true);
+    let (_again, missed) = fanout.resubscribe(&slow.overflow, true, None);
     let missed = missed.expect("overflowed");
     assert_eq!(missed.events, 1, "only exec 2 is an event it missed");
     let upstream = missed.upstream.expect("the kernel loss it never got");
@@ -135,10 +135,10 @@ fn a_loss_item_that_does_not_fit_is_reported_as_that_loss_not_as_an_event() {
 #[test]
 fn a_queue_overflow_alone_is_counted_exactly_even_when_the_loss_item_was_the_last() {
     let fanout = Arc::new(Fanout::new(1, usize::MAX));
-    let slow = fanout.subscribe(false);
+    let slow = fanout.subscribe(false, None);
     fanout.publish(exec(1));
     fanout.publish(loss(LossSite::Detector, Some(4)));
-    let (_again, missed) = fanout.resubscribe(&slow.overflow, false);
+    let (_again, missed) = fanout.resubscribe(&slow.overflow, false, None);
     let missed = missed.unwrap();
     assert_eq!(missed.events, 0, "nothing but the loss item was dropped");
     let upstream = missed.upstream.unwrap();
@@ -151,19 +151,19 @@ fn a_queue_overflow_alone_is_counted_exactly_even_when_the_loss_item_was_the_las
 #[test]
 fn losses_missed_while_unhooked_are_merged_with_a_count_only_if_all_had_one() {
     let fanout = Arc::new(Fanout::new(1, usize::MAX));
-    let counted = fanout.subscribe(false);
-    let mixed = fanout.subscribe(false);
+    let counted = fanout.subscribe(false, None);
+    let mixed = fanout.subscribe(false, None);
     fanout.publish(exec(1));
     fanout.publish(exec(2)); // both overflow here
     fanout.publish(loss(LossSite::Detector, Some(2)));
     fanout.publish(loss(LossSite::Detector, Some(3)));
     fanout.publish(exec(3));
-    let (_a, missed) = fanout.resubscribe(&counted.overflow, false);
+    let (_a, missed) = fanout.resubscribe(&counted.overflow, false, None);
     let missed = missed.unwrap();
     assert_eq!(missed.events, 2, "exec 2 and exec 3");
     assert_eq!(missed.upstream.unwrap().count, Some(5));
     fanout.publish(loss(LossSite::Kernel, None));
-    let (_b, missed) = fanout.resubscribe(&mixed.overflow, false);
+    let (_b, missed) = fanout.resubscribe(&mixed.overflow, false, None);
     let upstream = missed.unwrap().upstream.unwrap();
     assert_eq!(
         upstream.site,
@@ -174,10 +174,41 @@ fn losses_missed_while_unhooked_are_merged_with_a_count_only_if_all_had_one() {
 }
 
 #[test]
+fn a_filtered_subscriber_gets_its_processes_and_their_exits_only() {
+    use crate::stream::selector::{Filter, Selector};
+    let fanout = Arc::new(Fanout::new(16, usize::MAX));
+    let req = execwatch::proto::WatchRequest {
+        comms: vec!["java".into()],
+        include_exits: true,
+        ..Default::default()
+    };
+    let selector = Selector::from_request(&req).unwrap().unwrap();
+    let filter = Arc::new(Filter::new(selector, true, false));
+    let mut filtered = fanout.subscribe(true, Some(filter));
+    let mut all = fanout.subscribe(true, None);
+    let named = |pid: i32, comm: &str| {
+        Item::Exec(Arc::new(Process {
+            pid,
+            comm: comm.into(),
+            ..Default::default()
+        }))
+    };
+    fanout.publish(named(1, "java"));
+    fanout.publish(named(2, "sh"));
+    fanout.publish(exit(2));
+    fanout.publish(exit(1));
+    let got: Vec<_> = std::iter::from_fn(|| filtered.try_recv().ok()).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(matches!(&got[0], Item::Exec(p) if p.pid == 1));
+    assert!(matches!(&got[1], Item::Exit(e) if e.pid == 1));
+    assert_eq!(std::iter::from_fn(|| all.try_recv().ok()).count(), 4);
+}
+
+#[test]
 fn the_fanout_counts_what_it_publishes_and_who_is_hooked() {
     let fanout = Arc::new(Fanout::new(8, usize::MAX));
-    let execs_only = fanout.subscribe(false);
-    let with_exits = fanout.subscribe(true);
+    let execs_only = fanout.subscribe(false, None);
+    let with_exits = fanout.subscribe(true, None);
     fanout.publish(exec(1));
     fanout.publish(exit(1));
     fanout.publish(exec(2));

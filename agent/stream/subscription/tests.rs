@@ -27,7 +27,8 @@ fn live_only(shared: &Arc<Shared>) -> WatchStream {
         skip_snapshot: true,
         ..Default::default()
     };
-    watch(shared.clone(), None, req, seat)
+    let choice = Choice::from_request(&req).unwrap();
+    watch(shared.clone(), None, req, choice, seat)
 }
 
 fn exec(pid: i32) -> Item {

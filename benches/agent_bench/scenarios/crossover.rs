@@ -8,8 +8,12 @@
 //! Netlink: the agent on default flags while rate-limited spawners run
 //! `/bin/true` at each of `--rates` (two threads above 1,000/s); plotted is
 //! the exec rate the agent handled (its GetStats `execs` over the window):
-//! ours plus whatever else ran on this shared machine. Each point is
-//! `--crossover-seconds` of utime + stime, as a percentage of one CPU.
+//! ours plus whatever else ran on this shared machine. Twice: once with a
+//! subscriber that takes every exec in full ("netlink"), once with only the
+//! dry-run reclaimer, whose rules match nothing in the load and which
+//! subscribes with them as its selector ("netlink-filtered", the production
+//! case). Each point is `--crossover-seconds` of utime + stime, as a
+//! percentage of one CPU.
 //!
 //! Per unit: netlink CPU per exec; poll CPU per process per scan, with the
 //! scan rate derived from the CPU share `c` (a scan takes about its CPU time,
@@ -24,9 +28,9 @@ use crate::children::Sleepers;
 use crate::procstat::Measured;
 use crate::report::Report;
 use crate::spawner::Load;
-use crate::svg::{self, Panel};
+use crate::svg::{self, Panel, Series};
 use crate::timing::round1;
-use crate::{agent::Agent, subscriber::Subscriber, Bench};
+use crate::{agent::Agent, reclaimer::Reclaimer, subscriber::Subscriber, Bench};
 
 /// One measured point.
 struct Point {
@@ -57,7 +61,8 @@ impl Point {
 pub fn run(b: &Bench) -> Report {
     let secs = Duration::from_secs(b.opts.crossover_seconds);
     let mut points = poll_sweep(b, secs);
-    points.extend(netlink_sweep(b, secs));
+    points.extend(netlink_sweep(b, secs, false));
+    points.extend(netlink_sweep(b, secs, true));
 
     let mut r = Report::new("crossover");
     r.row(
@@ -139,6 +144,7 @@ pub fn replot(csv: &Path, out: &Path) -> Vec<PathBuf> {
                 detector: match *f.first()? {
                     "poll" => "poll",
                     "netlink" => "netlink",
+                    "netlink-filtered" => "netlink-filtered",
                     _ => return None,
                 },
                 asked: num(1)?,
@@ -197,10 +203,29 @@ fn poll_sweep(b: &Bench, secs: Duration) -> Vec<Point> {
     points
 }
 
-/// The netlink agent at each exec rate.
-fn netlink_sweep(b: &Bench, secs: Duration) -> Vec<Point> {
+/// The netlink agent at each exec rate: with one subscriber that takes
+/// everything, or (`filtered`) with only the reclaimer, whose rules match
+/// nothing in the load.
+fn netlink_sweep(b: &Bench, secs: Duration, filtered: bool) -> Vec<Point> {
     let agent = Agent::start(b.dir.path(), "netlink");
-    let _sub = Subscriber::start(&b.rt, &agent.socket, &["/bin/true"]);
+    let (mut _sub, mut _reclaimer) = (None, None);
+    if filtered {
+        let mut reclaimer = Reclaimer::start(
+            b.dir.path(),
+            &agent.socket,
+            "ewb-nothing",
+            &b.out.join("reclaimer-crossover.log"),
+        );
+        reclaimer.wait_connected();
+        _reclaimer = Some(reclaimer);
+    } else {
+        _sub = Some(Subscriber::start(&b.rt, &agent.socket, &["/bin/true"]));
+    }
+    let detector = if filtered {
+        "netlink-filtered"
+    } else {
+        "netlink"
+    };
     let mut points = Vec::new();
     for &rate in &b.opts.rates {
         let threads = if rate > 1000 { 2 } else { 1 };
@@ -212,7 +237,7 @@ fn netlink_sweep(b: &Bench, secs: Duration) -> Vec<Point> {
         let d = agent.sample().since(&s0);
         let execs = b.rt.block_on(agent.stats()).execs - execs0;
         points.push(Point {
-            detector: "netlink",
+            detector,
             asked: rate as f64,
             achieved: spawns.len() as f64 / elapsed,
             x: execs as f64 / (d.at_ns as f64 / 1e9),
@@ -225,12 +250,14 @@ fn netlink_sweep(b: &Bench, secs: Duration) -> Vec<Point> {
 
 /// The two-panel SVG.
 fn plot(points: &[Point]) -> String {
-    let series = |d: &str| {
-        points
+    let series = |d: &str, label: &str, color| Series {
+        label: label.into(),
+        points: points
             .iter()
             .filter(|p| p.detector == d)
             .map(|p| (p.x, p.cpu_percent))
-            .collect()
+            .collect(),
+        color,
     };
     svg::render(
         "execwatch agent CPU: poll vs netlink detector",
@@ -239,15 +266,20 @@ fn plot(points: &[Point]) -> String {
                 title: "poll (250 ms interval)".into(),
                 x_label: "processes running".into(),
                 y_label: "agent CPU, % of one core".into(),
-                points: series("poll"),
-                color: "#d62728",
+                series: vec![series("poll", "poll", "#d62728")],
             },
             Panel {
                 title: "netlink (kernel-filtered)".into(),
                 x_label: "exec events per second (all on the machine)".into(),
                 y_label: "agent CPU, % of one core".into(),
-                points: series("netlink"),
-                color: "#1f77b4",
+                series: vec![
+                    series("netlink", "full records to one subscriber", "#1f77b4"),
+                    series(
+                        "netlink-filtered",
+                        "reclaimer only, rules matching nothing",
+                        "#2ca02c",
+                    ),
+                ],
             },
         ],
     )

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use execwatch::cn_proc::event_mask;
+use execwatch::internal::cn_proc::event_mask;
 
 use crate::procstat::{Measured, Sample};
 use crate::raw_listener::RawListener;

@@ -162,9 +162,9 @@ pub fn run(b: &Bench) -> Report {
         0.5,
         "ms",
     );
-    let raw_limit = 1.5 * ms(quiet.raw.p99);
+    let raw_limit = 1.3 * ms(quiet.raw.p99);
     r.target(
-        "quiet: subscriber p99 (limit = 1.5 × raw p99)",
+        "quiet: subscriber p99 (limit = 1.3 × raw p99)",
         ms(quiet.subscriber.p99),
         true,
         (raw_limit * 1000.0).round() / 1000.0,

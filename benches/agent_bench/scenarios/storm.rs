@@ -1,8 +1,13 @@
 //! Storm: two spawners fork+exec+wait `/bin/true` flat out for `--seconds`
 //! (the most this machine can do), with the agent on default flags, one
 //! gRPC subscriber, the dry-run reclaimer and the raw listener all watching.
-//! Before that, a first storm of the same length with the subscriber alone:
-//! the CPU target is "per exec, fan-out to one subscriber".
+//! Around it, two storms of the same length that price the agent against
+//! the raw listener (the floor) running beside it:
+//! - *unfiltered*: before, the subscriber alone, taking every exec as a
+//!   complete record;
+//! - *filtered*: after, with a fresh agent, the dry-run reclaimer alone,
+//!   whose rules match nothing in the storm and which subscribes with its
+//!   rules as its selector (the production case).
 //!
 //! Delivery is matched by pid against what was spawned (a sighting counts
 //! only if it comes after the spawn). CPU is the kernel's utime + stime of
@@ -18,13 +23,19 @@ use crate::raw_listener::RawListener;
 use crate::report::Report;
 use crate::spawner::Load;
 use crate::timing::round1;
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
 use crate::{agent::Agent, reclaimer::Reclaimer, subscriber::Subscriber, Bench};
 
 /// Runs the storm.
 pub fn run(b: &Bench) -> Report {
     let agent = Agent::start(b.dir.path(), "netlink");
     let sub = Subscriber::start(&b.rt, &agent.socket, &["/bin/true"]);
-    let alone = one_subscriber(b, &agent, &sub);
+    let alone = priced(b, &agent, || {
+        sub.settle(Duration::from_millis(500), Duration::from_secs(15))
+    });
     // Rules that match nothing in the storm: the reclaimer only tracks.
     let mut reclaimer = Reclaimer::start(
         b.dir.path(),
@@ -156,7 +167,6 @@ pub fn run(b: &Bench) -> Report {
         "one_subscriber_wakeups_per_exec",
         (alone.switches_per_exec * 100.0).round() / 100.0,
     );
-    let round2 = |x: f64| (x * 100.0).round() / 100.0;
     r.json(
         "agent_wakeups_per_exec",
         round2(per(da.switches, agent_execs)),
@@ -200,29 +210,100 @@ pub fn run(b: &Bench) -> Report {
         40.0,
         "MiB",
     );
+    drop(seen);
+    drop((sub, reclaimer, agent));
+
+    // The production case: only the reclaimer, nothing in the storm matching.
+    let agent = Agent::start(b.dir.path(), "netlink");
+    let mut reclaimer = Reclaimer::start(
+        b.dir.path(),
+        &agent.socket,
+        "ewb-nothing",
+        &b.out.join("reclaimer-storm-filtered.log"),
+    );
+    reclaimer.wait_connected();
+    let filtered = priced(b, &agent, || std::thread::sleep(Duration::from_millis(500)));
+    drop((reclaimer, agent));
+    for (name, phase, limit) in [
+        ("unfiltered (one subscriber, complete records)", &alone, 3.0),
+        (
+            "filtered (reclaimer only, nothing matching)",
+            &filtered,
+            1.5,
+        ),
+    ] {
+        r.row(
+            format!("agent CPU, {name}"),
+            format!(
+                "{:.1} µs per exec vs the raw listener's {:.1} µs beside it: {:.2}× ({} execs at {:.0}/s, {:.2} wake-ups per exec)",
+                phase.us_per_exec,
+                phase.raw_us_per_exec,
+                phase.over_raw(),
+                phase.execs,
+                phase.rate,
+                phase.switches_per_exec
+            ),
+        );
+        r.target(
+            &format!("agent CPU per exec over the raw floor, {name}"),
+            round2(phase.over_raw()),
+            true,
+            limit,
+            "×",
+        );
+    }
+    r.json(
+        "filtered_agent_cpu_us_per_exec",
+        round1(filtered.us_per_exec),
+    );
+    r.json(
+        "filtered_raw_cpu_us_per_exec",
+        round1(filtered.raw_us_per_exec),
+    );
+    r.json("filtered_agent_cpu_over_raw", round2(filtered.over_raw()));
+    r.json("filtered_execs", filtered.execs);
+    r.json(
+        "unfiltered_raw_cpu_us_per_exec",
+        round1(alone.raw_us_per_exec),
+    );
+    r.json("unfiltered_agent_cpu_over_raw", round2(alone.over_raw()));
     r
 }
 
-/// The agent's cost in a storm with one subscriber and nothing else.
-struct Alone {
+/// The agent's cost in a storm with its subscribers of the moment, and the
+/// raw listener's beside it.
+struct Priced {
     us_per_exec: f64,
+    raw_us_per_exec: f64,
     switches_per_exec: f64,
     execs: u64,
     rate: f64,
 }
 
-/// Runs a storm of `--seconds` with only `sub` subscribed.
-fn one_subscriber(b: &Bench, agent: &Agent, sub: &Subscriber) -> Alone {
+impl Priced {
+    /// The agent's CPU per exec as a multiple of the floor's.
+    fn over_raw(&self) -> f64 {
+        self.us_per_exec / self.raw_us_per_exec.max(1e-9)
+    }
+}
+
+/// Runs a storm of `--seconds` against `agent` as it is subscribed now,
+/// with the raw listener beside it; `settle` waits for the subscribers to
+/// drain.
+fn priced(b: &Bench, agent: &Agent, settle: impl FnOnce()) -> Priced {
+    let raw = RawListener::start().expect("start the raw netlink listener");
     std::thread::sleep(Duration::from_millis(200));
     let (stats0, a0) = (b.rt.block_on(agent.stats()), agent.sample());
     let load = Load::start(2, None);
     std::thread::sleep(Duration::from_secs(b.opts.seconds));
     let (_, seconds) = load.stop();
-    sub.settle(Duration::from_millis(500), Duration::from_secs(15));
+    settle();
     let (stats1, a1) = (b.rt.block_on(agent.stats()), agent.sample());
+    let raw = raw.stop();
     let (da, execs) = (a1.since(&a0), stats1.execs - stats0.execs);
-    Alone {
+    Priced {
         us_per_exec: da.stat_ns as f64 / 1e3 / execs.max(1) as f64,
+        raw_us_per_exec: raw.cpu_ns as f64 / 1e3 / raw.execs.max(1) as f64,
         switches_per_exec: da.switches as f64 / execs.max(1) as f64,
         execs,
         rate: execs as f64 / seconds,

@@ -663,9 +663,7 @@ impl Iterator for Messages<'_> {
 impl core::iter::FusedIterator for Messages<'_> {}
 
 #[cfg(test)]
-#[path = "cn_proc_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "cn_proc_props.rs"]
 mod props;

@@ -1,0 +1,713 @@
+//! Server-side selectors: which processes, and which of their fields, one
+//! subscriber asked for in its `WatchRequest`.
+//!
+//! A selector is a pre-filter, never a decision: the agent may send more
+//! than a subscriber asked for, never less than what matches. The semantics
+//! (how lists combine, what an unreadable field does, the limits) are the
+//! contract's, written on `WatchRequest` in `proto/execwatch/v1/execwatch.proto`;
+//! this module implements them.
+//!
+//! [`Selector`] is compiled once per subscriber from its request and answers
+//! [`Selector::wants`] for each record; [`Filter`] adds what a filtered
+//! stream needs besides, knowing which exits to send: the exits of the
+//! processes it was sent. [`Omit`] clears the fields a subscriber said it
+//! does not need.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use execwatch::proto::{Process, WatchRequest};
+
+/// Most entries one selector list may hold.
+pub const MAX_ENTRIES: usize = 1000;
+/// Longest `argv_substrings` or `exe_paths` entry, in bytes.
+pub const MAX_PATTERN_BYTES: usize = 4096;
+/// Longest `comms` entry, in bytes: what the kernel keeps of a command name.
+pub const COMM_MAX_BYTES: usize = 15;
+/// `(uid_t) -1`: not a uid (the kernel reads it as "leave unchanged").
+const NO_UID: u32 = u32::MAX;
+/// Processes a filtered stream tracks for their exits before it gives up
+/// and sends every exit (more than asked, never less).
+const MAX_TRACKED: usize = 1 << 16;
+
+/// One invalid field of a `WatchRequest`, for an INVALID_ARGUMENT status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid WatchRequest: {field}: {reason}")]
+pub struct SelectorError {
+    /// The field as the contract names it, with the index of the bad entry,
+    /// e.g. `comms[2]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SelectorError {
+    SelectorError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Everything a subscriber chose in its request, compiled.
+pub struct Choice {
+    /// Its selector, `None` if it wants every process.
+    pub filter: Option<Arc<Filter>>,
+    /// The fields it does not need.
+    pub omit: Omit,
+}
+
+impl Choice {
+    /// What `req` chose, or the first invalid field.
+    pub fn from_request(req: &WatchRequest) -> Result<Choice, SelectorError> {
+        let filter = Selector::from_request(req)?
+            .map(|s| Arc::new(Filter::new(s, req.include_exits, !req.skip_snapshot)));
+        Ok(Choice {
+            filter,
+            omit: Omit::from_request(req)?,
+        })
+    }
+}
+
+/// Which processes a subscriber wants, compiled from its request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    comms: HashSet<String>,
+    argv_substrings: Vec<String>,
+    exe_paths: HashSet<String>,
+    uids: HashSet<u32>,
+    outside_pods: bool,
+    nothing: bool,
+}
+
+impl Selector {
+    /// The selector of `req`: `None` if it selects nothing in particular
+    /// (every process is sent), or the first invalid field.
+    pub fn from_request(req: &WatchRequest) -> Result<Option<Selector>, SelectorError> {
+        check_list("comms", &req.comms, |s| {
+            if s.len() > COMM_MAX_BYTES {
+                Err(format!(
+                    "{} bytes; a command name is at most {COMM_MAX_BYTES} bytes (the kernel keeps no more)",
+                    s.len()
+                ))
+            } else {
+                Ok(())
+            }
+        })?;
+        check_list("argv_substrings", &req.argv_substrings, |s| {
+            too_long(s, MAX_PATTERN_BYTES)
+        })?;
+        check_list("exe_paths", &req.exe_paths, |s| {
+            too_long(s, MAX_PATTERN_BYTES)?;
+            if s.starts_with('/') {
+                Ok(())
+            } else {
+                Err("not an absolute path".into())
+            }
+        })?;
+        if req.uids.len() > MAX_ENTRIES {
+            return Err(invalid(
+                "uids",
+                format!("{} entries; at most {MAX_ENTRIES}", req.uids.len()),
+            ));
+        }
+        if let Some(i) = req.uids.iter().position(|&u| u == NO_UID) {
+            return Err(invalid(
+                format!("uids[{i}]"),
+                "4294967295 is (uid_t) -1, not a uid",
+            ));
+        }
+        let selector = Selector {
+            comms: req.comms.iter().cloned().collect(),
+            argv_substrings: dedup(&req.argv_substrings),
+            exe_paths: req.exe_paths.iter().cloned().collect(),
+            uids: req.uids.iter().copied().collect(),
+            outside_pods: req.outside_pods,
+            nothing: req.no_processes,
+        };
+        if selector.nothing && selector.selects_by_field() {
+            return Err(invalid(
+                "no_processes",
+                "set together with comms, argv_substrings, exe_paths, uids or outside_pods; it selects nothing, so it is set alone",
+            ));
+        }
+        Ok((selector.nothing || selector.selects_by_field()).then_some(selector))
+    }
+
+    fn selects_by_field(&self) -> bool {
+        self.has_matchers() || !self.uids.is_empty() || self.outside_pods
+    }
+
+    fn has_matchers(&self) -> bool {
+        !self.comms.is_empty() || !self.argv_substrings.is_empty() || !self.exe_paths.is_empty()
+    }
+
+    /// True if no process passes (`no_processes`): a snapshot need not even
+    /// read `/proc`.
+    pub fn selects_nothing(&self) -> bool {
+        self.nothing
+    }
+
+    /// Whether `p` passes: every filter that is set, then any matcher (or
+    /// none is set). A filter passes a field that could not be read; a
+    /// matcher never matches one.
+    pub fn wants(&self, p: &Process) -> bool {
+        if self.nothing {
+            return false;
+        }
+        if self.outside_pods && p.cgroup.as_ref().is_some_and(|c| c.in_kubernetes_pod) {
+            return false;
+        }
+        if !self.uids.is_empty() {
+            if let Some(c) = &p.credentials {
+                if !self.uids.contains(&c.uid) {
+                    return false;
+                }
+            }
+        }
+        if !self.has_matchers() {
+            return true;
+        }
+        self.comms.contains(&p.comm)
+            || (!self.argv_substrings.is_empty() && self.argv_matches(&p.argv))
+            || p.exe.as_ref().is_some_and(|e| self.exe_paths.contains(e))
+    }
+
+    /// Whether argv joined with single spaces contains an entry. Runs for
+    /// every exec under the fan-out's lock, so it joins only when there is
+    /// more than one argument, into a per-thread buffer (which keeps the
+    /// capacity of the longest command line, itself bounded by the agent's
+    /// read limit).
+    fn argv_matches(&self, argv: &[String]) -> bool {
+        thread_local! {
+            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        match argv {
+            [] => false,
+            [only] => self.argv_substrings.iter().any(|s| only.contains(s)),
+            _ => LINE.with(|line| {
+                let mut line = line.borrow_mut();
+                line.clear();
+                for (i, arg) in argv.iter().enumerate() {
+                    if i > 0 {
+                        line.push(' ');
+                    }
+                    line.push_str(arg);
+                }
+                self.argv_substrings.iter().any(|s| line.contains(s))
+            }),
+        }
+    }
+}
+
+/// Checks a list's length and each entry: not empty, then `entry`.
+fn check_list(
+    field: &str,
+    list: &[String],
+    entry: impl Fn(&str) -> Result<(), String>,
+) -> Result<(), SelectorError> {
+    if list.len() > MAX_ENTRIES {
+        return Err(invalid(
+            field,
+            format!("{} entries; at most {MAX_ENTRIES}", list.len()),
+        ));
+    }
+    for (i, s) in list.iter().enumerate() {
+        if s.is_empty() {
+            return Err(invalid(format!("{field}[{i}]"), "empty string"));
+        }
+        entry(s).map_err(|reason| invalid(format!("{field}[{i}]"), reason))?;
+    }
+    Ok(())
+}
+
+fn too_long(s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        Err(format!("{} bytes; at most {max}", s.len()))
+    } else {
+        Ok(())
+    }
+}
+
+/// `list` without repeats, in order.
+fn dedup(list: &[String]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    list.iter()
+        .filter(|s| seen.insert(s.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// The `Process` fields a subscriber does not need, cleared before sending.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Omit {
+    exe: bool,
+    argv: bool,
+    argv_raw: bool,
+    cwd: bool,
+    cgroup: bool,
+    credentials: bool,
+}
+
+impl Omit {
+    /// The omissions of `req`, or the first name that is not an omittable
+    /// field.
+    pub fn from_request(req: &WatchRequest) -> Result<Omit, SelectorError> {
+        let mut omit = Omit::default();
+        if req.omit_fields.len() > MAX_ENTRIES {
+            return Err(invalid(
+                "omit_fields",
+                format!("{} entries; at most {MAX_ENTRIES}", req.omit_fields.len()),
+            ));
+        }
+        for (i, name) in req.omit_fields.iter().enumerate() {
+            let flag = match name.as_str() {
+                "exe" => &mut omit.exe,
+                "argv" => &mut omit.argv,
+                "argv_raw" => &mut omit.argv_raw,
+                "cwd" => &mut omit.cwd,
+                "cgroup" => &mut omit.cgroup,
+                "credentials" => &mut omit.credentials,
+                _ => {
+                    return Err(invalid(
+                        format!("omit_fields[{i}]"),
+                        format!(
+                            "{name:?} is not one of exe, argv, argv_raw, cwd, cgroup, credentials"
+                        ),
+                    ))
+                }
+            };
+            *flag = true;
+        }
+        Ok(omit)
+    }
+
+    /// True if nothing is omitted.
+    pub fn is_empty(&self) -> bool {
+        *self == Omit::default()
+    }
+
+    /// Clears the omitted fields of `p`, and their `unavailable` entries.
+    pub fn apply(&self, p: &mut Process) {
+        if self.is_empty() {
+            return;
+        }
+        if self.exe {
+            p.exe = None;
+        }
+        if self.argv {
+            p.argv.clear();
+        }
+        if self.argv || self.argv_raw {
+            p.argv_raw.clear();
+        }
+        if self.cwd {
+            p.cwd = None;
+        }
+        if self.cgroup {
+            p.cgroup = None;
+        }
+        if self.credentials {
+            p.credentials = None;
+        }
+        p.unavailable.retain(|u| !self.omits(&u.field));
+    }
+
+    fn omits(&self, field: &str) -> bool {
+        match field {
+            "exe" => self.exe,
+            "argv" => self.argv,
+            "argv_raw" => self.argv || self.argv_raw,
+            "cwd" => self.cwd,
+            "cgroup" => self.cgroup,
+            "credentials" => self.credentials,
+            _ => false,
+        }
+    }
+}
+
+/// A filtered subscriber's selector, and the processes it was sent, so
+/// that it gets their exits.
+///
+/// Shared by the fan-out, which offers live items in publish order, and
+/// the subscriber's snapshots. An exit is sent if its pid was sent since
+/// the last snapshot, or while a snapshot is being taken (the snapshot may
+/// list a process whose exit the fan-out is offered before the record is
+/// read): never less than the exits of what was sent.
+#[derive(Debug)]
+pub struct Filter {
+    selector: Selector,
+    /// The subscriber asked for exits: the pids it is sent are tracked.
+    exits: bool,
+    sent: Mutex<Sent>,
+}
+
+/// The pids sent, each with the generation it was sent in.
+#[derive(Debug, Default)]
+struct Sent {
+    pids: HashMap<i32, u64>,
+    /// Snapshots begun and not yet complete.
+    snapshots: u32,
+    /// Bumped by every snapshot that begins.
+    generation: u64,
+    /// The generation when the snapshots under way began: what was sent
+    /// before and not listed again since is gone.
+    since: u64,
+    /// Too many processes to track: every exit is sent from now on.
+    every_exit: bool,
+}
+
+impl Filter {
+    /// A filter for `selector`; `exits` if the subscriber asked for exits,
+    /// `snapshot` if its stream starts with a snapshot.
+    pub fn new(selector: Selector, exits: bool, snapshot: bool) -> Filter {
+        let filter = Filter {
+            selector,
+            exits,
+            sent: Mutex::default(),
+        };
+        if snapshot {
+            filter.snapshot_begin();
+        }
+        filter
+    }
+
+    fn sent(&self) -> MutexGuard<'_, Sent> {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The selector.
+    pub fn selector(&self) -> &Selector {
+        &self.selector
+    }
+
+    /// Whether to send `p` (live or in a snapshot); if so, it is
+    /// remembered for its exit.
+    pub fn offer_process(&self, p: &Process) -> bool {
+        if !self.selector.wants(p) {
+            return false;
+        }
+        if !self.exits {
+            return true;
+        }
+        let mut sent = self.sent();
+        if sent.every_exit {
+            return true;
+        }
+        if sent.pids.len() >= MAX_TRACKED && !sent.pids.contains_key(&p.pid) {
+            sent.every_exit = true;
+            sent.pids = HashMap::new();
+            return true;
+        }
+        let generation = sent.generation;
+        sent.pids.insert(p.pid, generation);
+        true
+    }
+
+    /// Whether to send the exit of `pid`.
+    pub fn offer_exit(&self, pid: i32) -> bool {
+        let mut sent = self.sent();
+        let known = sent.pids.remove(&pid).is_some();
+        known || sent.snapshots > 0 || sent.every_exit
+    }
+
+    /// A snapshot begins: called in order with the live items offered, when
+    /// the item it follows (a loss, or the stream's start) is queued.
+    pub fn snapshot_begin(&self) {
+        let mut sent = self.sent();
+        sent.generation += 1;
+        if sent.snapshots == 0 {
+            sent.since = sent.generation;
+        }
+        sent.snapshots += 1;
+    }
+
+    /// A snapshot is complete (or one begun was not queued after all). When
+    /// none is left under way, a pid sent before they began and not listed
+    /// by them is gone, its exit sent or lost: it is forgotten.
+    pub fn snapshot_end(&self) {
+        let mut sent = self.sent();
+        sent.snapshots = sent.snapshots.saturating_sub(1);
+        if sent.snapshots == 0 {
+            let since = sent.since;
+            sent.pids.retain(|_, generation| *generation >= since);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use execwatch::proto::{Cgroup, Credentials, Unavailable};
+
+    fn process(comm: &str, argv: &[&str], exe: Option<&str>) -> Process {
+        Process {
+            pid: 42,
+            comm: comm.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            exe: exe.map(Into::into),
+            credentials: Some(Credentials {
+                uid: 1000,
+                ..Default::default()
+            }),
+            cgroup: Some(Cgroup {
+                path: "/user.slice".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn compile(req: WatchRequest) -> Selector {
+        Selector::from_request(&req)
+            .expect("valid")
+            .expect("selective")
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_empty_request_selects_nothing_in_particular() {
+        assert_eq!(Selector::from_request(&WatchRequest::default()), Ok(None));
+        let only_flags = WatchRequest {
+            include_exits: true,
+            skip_snapshot: true,
+            omit_fields: strings(&["cwd"]),
+            ..Default::default()
+        };
+        assert_eq!(Selector::from_request(&only_flags), Ok(None));
+    }
+
+    #[test]
+    fn matchers_are_exact_case_sensitive_and_any_one_is_enough() {
+        let s = compile(WatchRequest {
+            comms: strings(&["java"]),
+            argv_substrings: strings(&["-jar app"]),
+            exe_paths: strings(&["/opt/idea/bin/idea"]),
+            ..Default::default()
+        });
+        // By comm only.
+        assert!(s.wants(&process("java", &["x"], None)));
+        assert!(!s.wants(&process("Java", &["x"], None)));
+        assert!(!s.wants(&process("javac", &["x"], None)));
+        // By argv only, across arguments.
+        assert!(s.wants(&process("sh", &["java", "-jar", "app.jar"], None)));
+        assert!(!s.wants(&process("sh", &["java", "-JAR", "app.jar"], None)));
+        assert!(s.wants(&process("sh", &["-jar app"], None)));
+        // By exe only; an unreadable exe matches nothing.
+        assert!(s.wants(&process("idea.sh", &[], Some("/opt/idea/bin/idea"))));
+        assert!(!s.wants(&process("idea.sh", &[], Some("/opt/idea/bin/idea2"))));
+        assert!(!s.wants(&process("idea.sh", &[], None)));
+    }
+
+    #[test]
+    fn filters_restrict_and_let_through_what_cannot_be_told() {
+        let s = compile(WatchRequest {
+            comms: strings(&["java"]),
+            uids: vec![1000],
+            outside_pods: true,
+            ..Default::default()
+        });
+        let host = process("java", &[], None);
+        assert!(s.wants(&host));
+        let mut other_uid = host.clone();
+        other_uid.credentials.as_mut().unwrap().uid = 0;
+        assert!(!s.wants(&other_uid));
+        let mut unknown_uid = host.clone();
+        unknown_uid.credentials = None;
+        assert!(s.wants(&unknown_uid));
+        let mut in_pod = host.clone();
+        in_pod.cgroup.as_mut().unwrap().in_kubernetes_pod = true;
+        assert!(!s.wants(&in_pod));
+        let mut unknown_cgroup = host.clone();
+        unknown_cgroup.cgroup = None;
+        assert!(s.wants(&unknown_cgroup));
+        // Filters alone select every process they pass.
+        let uid_only = compile(WatchRequest {
+            uids: vec![1000],
+            ..Default::default()
+        });
+        assert!(uid_only.wants(&process("anything", &[], None)));
+        assert!(!uid_only.wants(&other_uid));
+    }
+
+    #[test]
+    fn no_processes_selects_none_and_is_set_alone() {
+        let s = compile(WatchRequest {
+            no_processes: true,
+            ..Default::default()
+        });
+        assert!(s.selects_nothing());
+        assert!(!s.wants(&process("java", &[], None)));
+        let both = WatchRequest {
+            no_processes: true,
+            uids: vec![1],
+            ..Default::default()
+        };
+        assert_eq!(
+            Selector::from_request(&both).unwrap_err().field,
+            "no_processes"
+        );
+    }
+
+    #[test]
+    fn bad_selectors_name_the_field() {
+        let field = |req: WatchRequest| Selector::from_request(&req).unwrap_err().field;
+        let comms = |list: &[&str]| WatchRequest {
+            comms: strings(list),
+            ..Default::default()
+        };
+        assert_eq!(field(comms(&["java", ""])), "comms[1]");
+        assert_eq!(field(comms(&["sixteen-bytes-xx"])), "comms[0]");
+        assert!(Selector::from_request(&comms(&["fifteen-bytes-x"])).is_ok());
+        assert_eq!(field(comms(&vec!["x"; MAX_ENTRIES + 1])), "comms");
+        assert!(Selector::from_request(&comms(&vec!["x"; MAX_ENTRIES])).is_ok());
+        let argv = WatchRequest {
+            argv_substrings: vec!["a".repeat(MAX_PATTERN_BYTES + 1)],
+            ..Default::default()
+        };
+        assert_eq!(field(argv), "argv_substrings[0]");
+        let exe = WatchRequest {
+            exe_paths: strings(&["/bin/ok", "relative/idea"]),
+            ..Default::default()
+        };
+        assert_eq!(field(exe), "exe_paths[1]");
+        let uids = WatchRequest {
+            uids: vec![0, u32::MAX],
+            ..Default::default()
+        };
+        assert_eq!(field(uids), "uids[1]");
+        let err = Selector::from_request(&comms(&[""])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid WatchRequest: comms[0]: empty string"
+        );
+        let omit = WatchRequest {
+            omit_fields: strings(&["cwd", "environ"]),
+            ..Default::default()
+        };
+        assert_eq!(
+            Omit::from_request(&omit).unwrap_err().field,
+            "omit_fields[1]"
+        );
+    }
+
+    #[test]
+    fn omitted_fields_are_cleared_with_their_unavailable_entries() {
+        let req = WatchRequest {
+            omit_fields: strings(&["cwd", "argv", "credentials"]),
+            ..Default::default()
+        };
+        let omit = Omit::from_request(&req).unwrap();
+        let mut p = process("java", &["java", "-jar"], Some("/usr/bin/java"));
+        p.cwd = Some("/home".into());
+        p.argv_raw = vec![b"java".to_vec()];
+        p.unavailable = vec![
+            Unavailable {
+                field: "cwd".into(),
+                reason: "gone".into(),
+            },
+            Unavailable {
+                field: "exe".into(),
+                reason: "gone".into(),
+            },
+        ];
+        omit.apply(&mut p);
+        assert_eq!(p.cwd, None);
+        assert!(p.argv.is_empty() && p.argv_raw.is_empty());
+        assert_eq!(p.credentials, None);
+        assert_eq!(p.exe.as_deref(), Some("/usr/bin/java"));
+        assert_eq!(p.comm, "java");
+        let left: Vec<_> = p.unavailable.iter().map(|u| u.field.as_str()).collect();
+        assert_eq!(left, ["exe"]);
+    }
+
+    fn java(pid: i32) -> Process {
+        Process {
+            pid,
+            ..process("java", &[], None)
+        }
+    }
+
+    #[test]
+    fn a_filtered_stream_gets_the_exits_of_what_it_was_sent() {
+        let f = Filter::new(
+            compile(WatchRequest {
+                comms: strings(&["java"]),
+                ..Default::default()
+            }),
+            true,
+            false,
+        );
+        assert!(f.offer_process(&java(10)));
+        assert!(!f.offer_process(&Process {
+            pid: 11,
+            ..process("sh", &[], None)
+        }));
+        assert!(f.offer_exit(10));
+        assert!(!f.offer_exit(11));
+        // Once: a later exit of that pid is another process's.
+        assert!(!f.offer_exit(10));
+    }
+
+    #[test]
+    fn every_exit_is_sent_while_a_snapshot_is_taken() {
+        let f = Filter::new(
+            compile(WatchRequest {
+                comms: strings(&["java"]),
+                ..Default::default()
+            }),
+            true,
+            true,
+        );
+        // The exit may come before the snapshot reads the process (a zombie).
+        assert!(f.offer_exit(20));
+        assert!(f.offer_process(&java(21)));
+        f.snapshot_end();
+        assert!(!f.offer_exit(20));
+        assert!(f.offer_exit(21));
+    }
+
+    #[test]
+    fn a_snapshot_forgets_what_it_does_not_list_again() {
+        let f = Filter::new(
+            compile(WatchRequest {
+                comms: strings(&["java"]),
+                ..Default::default()
+            }),
+            true,
+            false,
+        );
+        assert!(f.offer_process(&java(30)));
+        assert!(f.offer_process(&java(31)));
+        // A loss: 30's exit was dropped; the resync lists only 31. Two
+        // snapshots overlap (a second loss before the first completes).
+        f.snapshot_begin();
+        f.snapshot_begin();
+        assert!(f.offer_process(&java(31)));
+        f.snapshot_end();
+        assert!(f.offer_exit(99), "a snapshot is still under way");
+        f.snapshot_end();
+        assert!(!f.offer_exit(30));
+        assert!(f.offer_exit(31));
+    }
+
+    #[test]
+    fn too_many_tracked_processes_mean_every_exit() {
+        let f = Filter::new(
+            compile(WatchRequest {
+                comms: strings(&["java"]),
+                ..Default::default()
+            }),
+            true,
+            false,
+        );
+        for pid in 0..MAX_TRACKED as i32 + 1 {
+            assert!(f.offer_process(&java(pid)));
+        }
+        assert!(f.offer_exit(-5));
+        assert!(f.sent().pids.is_empty());
+    }
+}

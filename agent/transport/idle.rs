@@ -1,0 +1,302 @@
+//! Whether a connection is in use: its HTTP/2 handshake and its open
+//! streams, followed in the bytes each side sends.
+//!
+//! tonic (hyper, h2) has no idle timeout: a client that finishes the
+//! handshake, or only starts it, and then sends nothing holds a descriptor
+//! and a place in `--max-connections` for as long as it likes. A
+//! [`Activity`] follows the frame headers of both directions (the bytes are
+//! not changed) and tells the connection when it has had no open stream for
+//! `--idle-timeout`, or has not finished its preface within
+//! [`HANDSHAKE_DEADLINE`]; the connection then ends as if the client had
+//! hung up. A `Watch` is a stream, so a subscriber waiting for events on a
+//! quiet node is never idle.
+//!
+//! A stream opens with the client's HEADERS on a new stream id and closes
+//! with the agent's END_STREAM (gRPC ends every response with trailers) or
+//! an RST_STREAM from either side. A client that keeps sending frames with
+//! no stream open (PINGs) resets its idle time: it is alive, and it is
+//! still counted in `--max-connections`.
+
+use std::time::{Duration, Instant};
+
+/// How long a client has from its first byte to the end of its preface
+/// (the 24 magic bytes and a first frame, its SETTINGS).
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The client's connection preface, before its first frame.
+const MAGIC_LEN: usize = 24;
+const HEAD_LEN: usize = 9;
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const END_STREAM: u8 = 0x1;
+/// Streams followed at most; beyond this many (h2 refuses streams past
+/// SETTINGS_MAX_CONCURRENT_STREAMS long before) the connection simply
+/// counts as busy.
+const MAX_FOLLOWED: usize = 1024;
+
+/// One direction's frame headers, read out of the bytes as they pass.
+#[derive(Debug, Default)]
+struct Frames {
+    /// Magic bytes still expected (client direction only).
+    magic_left: usize,
+    head: [u8; HEAD_LEN],
+    head_len: usize,
+    /// Payload bytes of the current frame still to pass.
+    skip: usize,
+}
+
+/// A frame header: type, flags and stream id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+impl Frames {
+    /// Follows `bytes`, calling `on_head` for each whole frame header.
+    fn follow(&mut self, mut bytes: &[u8], mut on_head: impl FnMut(Head)) {
+        while !bytes.is_empty() {
+            if self.magic_left > 0 {
+                let n = bytes.len().min(self.magic_left);
+                self.magic_left -= n;
+                bytes = &bytes[n..];
+            } else if self.skip > 0 {
+                let n = bytes.len().min(self.skip);
+                self.skip -= n;
+                bytes = &bytes[n..];
+            } else {
+                let n = bytes.len().min(HEAD_LEN - self.head_len);
+                self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
+                self.head_len += n;
+                bytes = &bytes[n..];
+                if self.head_len == HEAD_LEN {
+                    self.head_len = 0;
+                    let h = self.head;
+                    self.skip =
+                        usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                    on_head(Head {
+                        kind: h[3],
+                        flags: h[4],
+                        stream,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// One connection's handshake and open streams, and how long it has been
+/// idle.
+#[derive(Debug)]
+pub struct Activity {
+    client: Frames,
+    agent: Frames,
+    /// Whether the client's preface is complete.
+    handshaken: bool,
+    /// The highest stream id the client opened.
+    last_opened: u32,
+    /// The streams open now.
+    open: Vec<u32>,
+    /// When the connection was accepted.
+    accepted: Instant,
+    /// When the client last sent something or the last stream closed.
+    last: Instant,
+    /// How long the connection may stay without a stream.
+    idle_timeout: Duration,
+}
+
+/// What an [`Activity`] says about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// A stream is open: no deadline.
+    Busy,
+    /// The connection ends at this instant unless something happens.
+    Until(Instant),
+}
+
+/// Why a connection is ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// The preface did not arrive within [`HANDSHAKE_DEADLINE`].
+    Handshake,
+    /// No stream was open for the idle timeout.
+    Idle(Duration),
+}
+
+impl Activity {
+    /// A connection accepted at `accepted`, ended after `idle_timeout`
+    /// without a stream.
+    pub fn new(accepted: Instant, idle_timeout: Duration) -> Self {
+        Self {
+            client: Frames {
+                magic_left: MAGIC_LEN,
+                ..Frames::default()
+            },
+            agent: Frames::default(),
+            handshaken: false,
+            last_opened: 0,
+            open: Vec::new(),
+            accepted,
+            last: accepted,
+            idle_timeout,
+        }
+    }
+
+    /// Follows bytes the client sent, at `now`.
+    pub fn client_sent(&mut self, bytes: &[u8], now: Instant) {
+        self.last = now;
+        let Self {
+            client,
+            handshaken,
+            last_opened,
+            open,
+            ..
+        } = self;
+        client.follow(bytes, |head| {
+            *handshaken = true;
+            match head.kind {
+                HEADERS if head.stream > *last_opened => {
+                    *last_opened = head.stream;
+                    if open.len() < MAX_FOLLOWED {
+                        open.push(head.stream);
+                    }
+                }
+                RST_STREAM => open.retain(|&s| s != head.stream),
+                _ => {}
+            }
+        });
+    }
+
+    /// Follows bytes the agent wrote. Returns whether the last open stream
+    /// just closed.
+    pub fn agent_wrote(&mut self, bytes: &[u8]) -> bool {
+        let was_open = !self.open.is_empty();
+        let open = &mut self.open;
+        self.agent.follow(bytes, |head| {
+            let ends = match head.kind {
+                DATA | HEADERS => head.flags & END_STREAM != 0,
+                RST_STREAM => true,
+                _ => false,
+            };
+            if ends {
+                open.retain(|&s| s != head.stream);
+            }
+        });
+        let now_idle = was_open && self.open.is_empty();
+        if now_idle {
+            self.last = Instant::now();
+        }
+        now_idle
+    }
+
+    /// Where the connection stands.
+    pub fn state(&self) -> State {
+        if !self.handshaken {
+            State::Until(self.accepted + HANDSHAKE_DEADLINE)
+        } else if self.open.is_empty() {
+            State::Until(self.last + self.idle_timeout)
+        } else {
+            State::Busy
+        }
+    }
+
+    /// Why the connection ends, if its deadline has passed at `now`.
+    pub fn expired(&self, now: Instant) -> Option<Expired> {
+        match self.state() {
+            State::Until(at) if now >= at => Some(if self.handshaken {
+                Expired::Idle(self.idle_timeout)
+            } else {
+                Expired::Handshake
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAGIC: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn preface() -> Vec<u8> {
+        let mut p = MAGIC.to_vec();
+        p.extend(frame(0x4, 0, 0, &[0; 6]));
+        p
+    }
+
+    #[test]
+    fn a_half_sent_preface_has_the_handshake_deadline() {
+        let t0 = Instant::now();
+        let mut a = Activity::new(t0, Duration::from_secs(60));
+        a.client_sent(&MAGIC[..10], t0 + Duration::from_secs(1));
+        assert_eq!(a.state(), State::Until(t0 + HANDSHAKE_DEADLINE));
+        assert_eq!(a.expired(t0 + HANDSHAKE_DEADLINE), Some(Expired::Handshake));
+    }
+
+    #[test]
+    fn a_stream_keeps_the_connection_busy_until_the_agent_ends_it() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(60);
+        let mut a = Activity::new(t0, idle);
+        let bytes = preface();
+        // One byte at a time: headers split anywhere are still read.
+        for (i, b) in bytes.iter().enumerate() {
+            a.client_sent(
+                std::slice::from_ref(b),
+                t0 + Duration::from_millis(i as u64),
+            );
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        a.client_sent(&frame(HEADERS, 0x4, 1, &[0; 40]), t1);
+        assert_eq!(a.state(), State::Busy);
+        assert_eq!(a.expired(t1 + idle * 10), None);
+        // Data without END_STREAM, then the trailers.
+        assert!(!a.agent_wrote(&frame(DATA, 0, 1, &[0; 100])));
+        let before = Instant::now();
+        assert!(a.agent_wrote(&frame(HEADERS, 0x5, 1, &[0; 20])));
+        let State::Until(at) = a.state() else {
+            panic!("idle once the trailers are out")
+        };
+        assert!(at >= before + idle && at <= Instant::now() + idle);
+        assert_eq!(a.expired(at), Some(Expired::Idle(idle)));
+    }
+
+    #[test]
+    fn resets_from_either_side_close_streams_and_trailers_from_the_client_open_none() {
+        let t0 = Instant::now();
+        let mut a = Activity::new(t0, Duration::from_secs(1));
+        let mut bytes = preface();
+        bytes.extend(frame(HEADERS, 0x4, 1, &[0; 10]));
+        bytes.extend(frame(HEADERS, 0x4, 3, &[0; 10]));
+        // The client's trailers on stream 1 open nothing new.
+        bytes.extend(frame(HEADERS, 0x5, 1, &[0; 10]));
+        bytes.extend(frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]));
+        a.client_sent(&bytes, t0);
+        assert_eq!(a.state(), State::Busy);
+        assert!(a.agent_wrote(&frame(RST_STREAM, 0, 3, &[0, 0, 0, 7])));
+        assert!(matches!(a.state(), State::Until(_)));
+    }
+
+    #[test]
+    fn client_frames_without_a_stream_reset_the_idle_time() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(2);
+        let mut a = Activity::new(t0, idle);
+        a.client_sent(&preface(), t0);
+        let t1 = t0 + Duration::from_secs(1);
+        a.client_sent(&frame(0x6, 0, 0, &[0; 8]), t1);
+        assert_eq!(a.state(), State::Until(t1 + idle));
+    }
+}
