@@ -105,49 +105,61 @@ pub fn watch(
     let sub = shared
         .fanout
         .subscribe(include_exits, choice.filter.clone());
-    let stop = shared.stop.clone();
-    let mut until_stop = stop.clone();
+    let mut stop = shared.stop.clone();
     let watcher = Watcher {
-        feed: Feed {
-            sub,
-            snapshot: (!skip_snapshot).then(|| Snapshot::new(SnapshotCause::Subscribe)),
-            ready: VecDeque::new(),
-            overflows: VecDeque::new(),
-            include_exits,
-            choice,
-            shared,
-        },
+        sub,
+        snapshot: (!skip_snapshot).then(|| Snapshot::new(SnapshotCause::Subscribe)),
+        ready: VecDeque::new(),
+        overflows: VecDeque::new(),
         seq: 0,
-        // One future for the stream's life, polled only while the stream
-        // waits: no new waiter per item.
-        stopped: Box::pin(async move {
-            let _ = until_stop.wait_for(|stop| *stop).await;
-        }),
-        stop,
+        stop: stop.clone(),
         ended: None,
+        include_exits,
         skip_snapshot,
+        choice,
         peer_uid,
         started: Instant::now(),
+        shared,
         _seat: seat,
     };
-    Box::pin(futures::stream::unfold(watcher, |mut w| async move {
-        let item = w.next().await?;
-        Some((item, w))
-    }))
+    // One future for the stream's life, polled only while the stream waits:
+    // no new waiter per item.
+    let stopped: Stopped = Box::pin(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    });
+    Box::pin(futures::stream::unfold(
+        (watcher, stopped),
+        |(mut w, mut stopped)| async move {
+            let item = w.next(&mut stopped).await?;
+            Some((item, (w, stopped)))
+        },
+    ))
 }
+
+/// Ready once the agent stops.
+type Stopped = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// One subscriber's stream: where its items come from, and how it ends.
 struct Watcher {
-    feed: Feed,
+    shared: Arc<Shared>,
+    /// Its fan-out queue.
+    sub: Subscription,
+    /// The snapshot under way, if any; live items wait in `sub` meanwhile.
+    snapshot: Option<Snapshot>,
+    /// Items read and not sent yet: the rest of one snapshot chunk.
+    ready: VecDeque<Kind>,
+    /// When it overflowed, within [`OVERFLOW_WINDOW`].
+    overflows: VecDeque<Instant>,
     /// The last `seq` sent.
     seq: u64,
-    /// Ready once the agent stops.
-    stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// The same, checked before each item without waiting.
+    /// Becomes `true` when the agent stops, checked before each item.
     stop: watch::Receiver<bool>,
     /// Set once the stream has said its last word.
     ended: Option<&'static str>,
+    include_exits: bool,
     skip_snapshot: bool,
+    /// Its selector and the fields it does not need.
+    choice: Choice,
     peer_uid: Option<u32>,
     started: Instant,
     /// Held for as long as the stream lives.
@@ -156,7 +168,7 @@ struct Watcher {
 
 impl Watcher {
     /// The next message, or `None` once the stream has ended.
-    async fn next(&mut self) -> Option<Result<WatchEvent, Status>> {
+    async fn next(&mut self, stopped: &mut Stopped) -> Option<Result<WatchEvent, Status>> {
         if self.ended.is_some() {
             return None;
         }
@@ -164,13 +176,13 @@ impl Watcher {
         // even if its queue is never empty.
         let next = if self.stop.has_changed().unwrap_or(true) {
             Err(stopping())
-        } else if let Some(kind) = self.feed.ready.pop_front() {
+        } else if let Some(kind) = self.ready.pop_front() {
             Ok(kind)
         } else {
             tokio::select! {
                 biased;
-                next = self.feed.produce() => next,
-                _ = &mut self.stopped => Err(stopping()),
+                next = self.produce() => next,
+                _ = stopped => Err(stopping()),
             }
         };
         match next {
@@ -187,25 +199,7 @@ impl Watcher {
             }
         }
     }
-}
 
-/// Where one subscriber's items come from: snapshots and its fan-out queue.
-struct Feed {
-    shared: Arc<Shared>,
-    /// Its fan-out queue.
-    sub: Subscription,
-    /// The snapshot under way, if any; live items wait in `sub` meanwhile.
-    snapshot: Option<Snapshot>,
-    /// Items read and not sent yet: the rest of one snapshot chunk.
-    ready: VecDeque<Kind>,
-    /// When it overflowed, within [`OVERFLOW_WINDOW`].
-    overflows: VecDeque<Instant>,
-    include_exits: bool,
-    /// Its selector and the fields it does not need.
-    choice: Choice,
-}
-
-impl Feed {
     /// The next item: from the snapshot under way, else from the queue.
     async fn produce(&mut self) -> Result<Kind, End> {
         if let Some(snapshot) = &mut self.snapshot {
@@ -274,10 +268,10 @@ impl Drop for Watcher {
     fn drop(&mut self) {
         tracing::info!(
             peer_uid = self.peer_uid,
-            include_exits = self.feed.include_exits,
+            include_exits = self.include_exits,
             skip_snapshot = self.skip_snapshot,
             items_sent = self.seq,
-            filtered = self.feed.choice.filter.is_some(),
+            filtered = self.choice.filter.is_some(),
             duration_ms = self.started.elapsed().as_millis() as u64,
             ended = self.ended.unwrap_or("client gone"),
             "subscriber disconnected"
