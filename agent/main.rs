@@ -96,6 +96,10 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         );
     }
     let reader = ProcReader::open(&args.proc_root, max_argv)?;
+    let bounds = Arc::new(procfs::bounded::Bounds::new(
+        args.proc_read_timeout,
+        args.max_stuck_reads as usize,
+    ));
 
     // A detector that stops says why here; the agent then stops as on
     // SIGTERM, with an error.
@@ -116,10 +120,11 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
                 "netlink detector subscribed and confirmed by a probe exec"
             );
             let (fanout, stats) = (fanout.clone(), stats.clone());
-            tokio::spawn(async move {
-                let err = detector::reader::run(detector, reader, fanout, stats).await;
+            let failed = move |err| {
                 let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
-            });
+            };
+            detector::reader::start(detector, reader, bounds.clone(), fanout, stats, failed)
+                .context("cannot start the detector thread")?;
         }
         Detector::Poll => {
             stats.set_detector("poll", "", 0);
@@ -166,6 +171,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         stats,
         proc_root: args.proc_root,
         max_argv_bytes: max_argv,
+        bounds,
         queue_len: args.queue_len as usize,
         stop: stop_rx,
         snapshot_reads: tokio::sync::Semaphore::new(SNAPSHOT_READS),

@@ -44,10 +44,10 @@ impl Poller {
     pub fn start(mut reader: ProcReader, interval: Duration) -> std::io::Result<Self> {
         let mut known = HashMap::new();
         for pid in reader.pids()? {
-            if let Some(id) = reader
-                .identity(pid)
-                .map_err(|e| std::io::Error::from(e.0))?
-            {
+            if let Some(id) = reader.identity(pid).map_err(|e| match e {
+                Exhausted::Resources(errno) => std::io::Error::from(errno),
+                stuck => std::io::Error::other(stuck),
+            })? {
                 known.insert(pid, id);
             }
         }
@@ -93,7 +93,7 @@ impl Poller {
                     errno @ (nix::errno::Errno::EMFILE
                     | nix::errno::Errno::ENFILE
                     | nix::errno::Errno::ENOMEM),
-                ) => return Ok(Err(Exhausted(errno))),
+                ) => return Ok(Err(Exhausted::Resources(errno))),
                 _ => return Err(e),
             },
         };

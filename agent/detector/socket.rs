@@ -92,9 +92,9 @@ mod imp {
         fd: OwnedFd,
     }
 
-    impl AsRawFd for NetlinkSocket {
-        fn as_raw_fd(&self) -> std::os::fd::RawFd {
-            self.fd.as_raw_fd()
+    impl AsFd for NetlinkSocket {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.fd.as_fd()
         }
     }
 
@@ -279,13 +279,13 @@ mod imp {
     use super::{NetlinkError, Received};
     use execwatch::cn_proc::McastOp;
 
-    /// Stand-in for systems without the proc connector.
+    /// Stand-in for systems without the proc connector: never made.
     #[derive(Debug)]
-    pub struct NetlinkSocket;
+    pub struct NetlinkSocket(std::convert::Infallible);
 
-    impl std::os::fd::AsRawFd for NetlinkSocket {
-        fn as_raw_fd(&self) -> std::os::fd::RawFd {
-            -1
+    impl std::os::fd::AsFd for NetlinkSocket {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            match self.0 {}
         }
     }
 

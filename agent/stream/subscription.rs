@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use execwatch::proto::{
-    watch_event::Kind, LossSite, Lost, Process, SnapshotCause, SnapshotComplete, Source,
-    WatchEvent, WatchRequest,
+    watch_event::Kind, LossSite, Lost, SnapshotCause, SnapshotComplete, WatchEvent, WatchRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
+use crate::procfs::bounded::Bounds;
 use crate::procfs::reader::ProcReader;
+use crate::procfs::snapshot::read_chunk;
 use crate::stats::Stats;
 use crate::stream::fanout::{Fanout, Item, Missed};
 use crate::stream::service::Seat;
@@ -28,11 +29,6 @@ use execwatch::clock;
 
 /// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
 const MAX_OVERFLOWS: usize = 3;
-/// Processes read per blocking-pool task during a snapshot.
-const SNAPSHOT_CHUNK: usize = 64;
-/// Encoded bytes of records read per blocking-pool task during a snapshot:
-/// what a subscriber that stops reading holds at most in snapshot records.
-const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// The window over which overflows are counted.
 const OVERFLOW_WINDOW: Duration = Duration::from_secs(60);
 
@@ -56,6 +52,8 @@ pub struct Shared {
     pub queue_len: usize,
     /// Becomes `true` when the agent stops: every stream ends.
     pub stop: watch::Receiver<bool>,
+    /// How long one process's `/proc` read may take.
+    pub bounds: Arc<Bounds>,
     /// Snapshot reads under way at once (each on a blocking-pool thread), so
     /// that many subscribers joining at once cannot crowd out the rest.
     pub snapshot_reads: tokio::sync::Semaphore,
@@ -271,51 +269,6 @@ async fn again(delay: &mut Duration, deadline: Instant, why: &str) -> Result<(),
     Ok(())
 }
 
-/// What reading one chunk of a snapshot gave.
-struct Chunk {
-    records: Vec<Process>,
-    /// Pids whose reads failed for the agent's own reasons, with why.
-    failed: Vec<i32>,
-    why: Option<String>,
-}
-
-/// Reads the records of `pids`, stopping once they weigh
-/// [`SNAPSHOT_CHUNK_BYTES`]; never waits for a client. The pids it did not
-/// get to are left in `pids`.
-fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>) -> Chunk {
-    let mut reader = match ProcReader::open(root, max_argv) {
-        Ok(reader) => reader,
-        Err(e) => {
-            return Chunk {
-                records: Vec::new(),
-                failed: std::mem::take(pids),
-                why: Some(e.to_string()),
-            }
-        }
-    };
-    let mut chunk = Chunk {
-        records: Vec::new(),
-        failed: Vec::new(),
-        why: None,
-    };
-    let mut weight = 0;
-    while weight < SNAPSHOT_CHUNK_BYTES && chunk.records.len() < SNAPSHOT_CHUNK {
-        let Some(pid) = pids.pop() else { break };
-        match reader.read(pid, pid, Source::Snapshot) {
-            Ok(Some(p)) if !p.exited_before_inspection => {
-                weight += prost::Message::encoded_len(&p);
-                chunk.records.push(p);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                chunk.failed.push(pid);
-                chunk.why = Some(e.to_string());
-            }
-        }
-    }
-    chunk
-}
-
 /// Sends every running process as `existing`, then `snapshot_complete`.
 ///
 /// Never presented as whole when it is not: a listing or a record that
@@ -354,13 +307,11 @@ async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Re
         let mut why = None;
         while !pending.is_empty() {
             let permit = shared.snapshot_reads.acquire().await;
-            let (mut pids, root) = (std::mem::take(&mut pending), root.clone());
-            let (chunk, rest) = blocking(move || {
-                let chunk = read_chunk(&root, max_argv, &mut pids);
-                Ok((chunk, pids))
-            })
-            .await
-            .map_err(|e| End::Fail(Status::internal(e), Ending::SnapshotFailed))?;
+            let pids = std::mem::take(&mut pending);
+            let bounds = shared.bounds.clone();
+            let (chunk, rest) = read_chunk(root.clone(), max_argv, bounds, pids)
+                .await
+                .map_err(|e| End::Fail(Status::internal(e), Ending::SnapshotFailed))?;
             drop(permit);
             pending = rest;
             for p in chunk.records {
