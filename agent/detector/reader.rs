@@ -45,8 +45,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::detector::netlink::NetlinkDetector;
 use crate::detector::socket::{NetlinkError, NetlinkSocket, Received, DATAGRAM_BUF};
-use crate::procfs::bounded::{stuck_record, Admit, Bounds, Slot, Watched};
+use crate::procfs::bounded::{stuck_record, Admit, Slot, Watched};
 use crate::procfs::reader::{blank, Exhausted, Outcome, ProcReader};
+use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 
@@ -81,9 +82,7 @@ struct Context {
     execs: NetlinkSocket,
     exits: Option<NetlinkSocket>,
     rcvbuf: usize,
-    /// Never read with: each thread reads with its own copy.
-    procfs: ProcReader,
-    bounds: Arc<Bounds>,
+    procfs: Arc<ProcSource>,
     fanout: Arc<Fanout>,
     stats: Arc<Stats>,
     watched: Watched<Backlog>,
@@ -108,8 +107,7 @@ impl From<NetlinkError> for Stop {
 /// socket fails, `failed` is called with why, once.
 pub fn start(
     detector: NetlinkDetector,
-    procfs: ProcReader,
-    bounds: Arc<Bounds>,
+    procfs: Arc<ProcSource>,
     fanout: Arc<Fanout>,
     stats: Arc<Stats>,
     failed: impl FnOnce(NetlinkError) + Send + 'static,
@@ -120,7 +118,6 @@ pub fn start(
         exits: detector.exits,
         rcvbuf,
         procfs,
-        bounds,
         fanout,
         stats,
         watched: Watched::new(Backlog::default()),
@@ -135,7 +132,7 @@ pub fn start(
 
 /// Starts the reading thread of `generation`.
 fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
-    let reader = ctx.procfs.try_clone();
+    let reader = ctx.procfs.reader();
     std::thread::Builder::new()
         .name(format!("netlink-{generation}"))
         .spawn(move || {
@@ -157,7 +154,7 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
 /// Gives up overdue reads, forever: each one's record is published as it
 /// stands and a fresh thread takes over the rest.
 fn watchdog(ctx: &Arc<Context>) {
-    ctx.watched.watch(&ctx.bounds, |slot, p| {
+    ctx.watched.watch(ctx.procfs.bounds(), |slot, p| {
         publish_exec(ctx, p);
         if let Err(e) = spawn_reader(ctx.clone(), slot.generation()) {
             ctx.fail(NetlinkError::Recv(e));
@@ -176,7 +173,7 @@ impl Context {
 
 /// Publishes an exec's record, redacted.
 fn publish_exec(ctx: &Context, mut p: Process) {
-    crate::procfs::redaction::apply(&mut p);
+    ctx.procfs.finish(&mut p);
     if p.exited_before_inspection {
         ctx.stats.add_exited_before_inspection(1);
     }
@@ -355,11 +352,11 @@ impl ReaderThread {
         let ctx = self.ctx.clone();
         let mut record = blank(pid, tgid, Source::Netlink);
         record.kernel_timestamp_ns = timestamp_ns;
-        match ctx.bounds.admit(pid) {
+        match ctx.procfs.bounds().admit(pid) {
             Admit::Go => {}
             Admit::Stuck => {
                 let _slot = self.slot()?;
-                let mut p = stuck_record(pid, tgid, Source::Netlink, &ctx.bounds);
+                let mut p = stuck_record(pid, tgid, Source::Netlink, ctx.procfs.bounds());
                 p.kernel_timestamp_ns = timestamp_ns;
                 publish_exec(&ctx, p);
                 return Ok(());
@@ -367,7 +364,7 @@ impl ReaderThread {
             Admit::Full(n) => return self.unreadable(Exhausted::Stuck(n)),
         }
         if self.reader.is_err() {
-            self.reader = ctx.procfs.try_clone();
+            self.reader = ctx.procfs.reader();
         }
         let reader = match &mut self.reader {
             Ok(reader) => reader,
@@ -384,7 +381,7 @@ impl ReaderThread {
         if slot.generation() != self.generation {
             // Given up meanwhile: the watchdog published the record.
             drop(slot);
-            ctx.bounds.returned(pid);
+            ctx.procfs.bounds().returned(pid);
             return Err(Stop::Stale);
         }
         let p = slot.end();
@@ -434,10 +431,10 @@ impl ReaderThread {
             None => return Ok(()),
         };
         let works = match error {
-            Exhausted::Stuck(_) => !self.ctx.bounds.full(),
+            Exhausted::Stuck(_) => !self.ctx.procfs.bounds().full(),
             Exhausted::Resources(_) => {
                 if self.reader.is_err() {
-                    self.reader = self.ctx.procfs.try_clone();
+                    self.reader = self.ctx.procfs.reader();
                 }
                 self.reader.as_mut().is_ok_and(|r| r.probe().is_ok())
             }

@@ -7,4 +7,5 @@ pub mod bounded;
 pub mod reader;
 pub mod redaction;
 pub mod snapshot;
+pub mod source;
 pub mod stat_line;

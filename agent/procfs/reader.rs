@@ -161,8 +161,9 @@ impl ProcReader {
     }
 
     /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
-    /// which never exec and are not processes a user launches. Unbounded:
-    /// for callers that may wait as long as `/proc` takes (tests).
+    /// which never exec and are not processes a user launches. Unbounded
+    /// (for the poll detector, on a thread of its own, and tests), and not
+    /// redacted: see [`crate::procfs::source::ProcSource::finish`].
     pub fn read(
         &mut self,
         pid: i32,
@@ -171,10 +172,7 @@ impl ProcReader {
     ) -> Result<Option<Process>, Exhausted> {
         let mut p = blank(pid, tgid, source);
         match self.read_into(pid, &mut p)? {
-            Outcome::Read => {
-                crate::procfs::redaction::apply(&mut p);
-                Ok(Some(p))
-            }
+            Outcome::Read => Ok(Some(p)),
             Outcome::KernelThread | Outcome::Abandoned => Ok(None),
         }
     }

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use execwatch::proto::{Process, Source};
 
-use crate::procfs::bounded::{stuck_record, Admit, Bounds, Watched};
-use crate::procfs::reader::{blank, Exhausted, Outcome, ProcReader};
+use crate::procfs::bounded::{stuck_record, Admit, Watched};
+use crate::procfs::reader::{blank, Exhausted, Outcome};
+use crate::procfs::source::ProcSource;
 
 /// Processes read per blocking-pool task during a snapshot.
 pub const CHUNK: usize = 64;
@@ -40,9 +41,7 @@ struct Progress {
 /// longer than the deadline for one process. Returns the chunk and the
 /// pids it did not get to.
 pub async fn read_chunk(
-    root: String,
-    max_argv: usize,
-    bounds: Arc<Bounds>,
+    source: Arc<ProcSource>,
     pids: Vec<i32>,
 ) -> Result<(Chunk, Vec<i32>), String> {
     let watched = Arc::new(Watched::new(Progress {
@@ -51,9 +50,10 @@ pub async fn read_chunk(
         weight: 0,
     }));
     let reading = {
-        let (watched, bounds) = (watched.clone(), bounds.clone());
-        tokio::task::spawn_blocking(move || read_blocking(&root, max_argv, &watched, &bounds))
+        let (watched, source) = (watched.clone(), source.clone());
+        tokio::task::spawn_blocking(move || read_blocking(&source, &watched))
     };
+    let bounds = source.bounds();
     tokio::pin!(reading);
     loop {
         let due = watched.lock().due(bounds.deadline());
@@ -65,10 +65,10 @@ pub async fn read_chunk(
             }
             _ = tokio::time::sleep_until(check.into()) => {
                 let mut slot = watched.lock();
-                if let Some(mut p) = slot.give_up(&bounds, Instant::now()) {
+                if let Some(mut p) = slot.give_up(bounds, Instant::now()) {
                     // The thread is left behind; this chunk ends here with
                     // what it read, and the rest goes to the next one.
-                    crate::procfs::redaction::apply(&mut p);
+                    source.finish(&mut p);
                     slot.state.chunk.records.push(p);
                     break;
                 }
@@ -84,9 +84,10 @@ pub async fn read_chunk(
 }
 
 /// The blocking part of [`read_chunk`], as generation 0 of `watched`.
-fn read_blocking(root: &str, max_argv: usize, watched: &Watched<Progress>, bounds: &Bounds) {
+fn read_blocking(source: &ProcSource, watched: &Watched<Progress>) {
     const GENERATION: u64 = 0;
-    let mut reader = match ProcReader::open(root, max_argv) {
+    let bounds = source.bounds();
+    let mut reader = match source.reader() {
         Ok(reader) => reader,
         Err(e) => {
             let mut slot = watched.lock();
@@ -134,7 +135,7 @@ fn read_blocking(root: &str, max_argv: usize, watched: &Watched<Progress>, bound
         let progress = &mut slot.state;
         match (read, p) {
             (Ok(Outcome::Read), Some(mut p)) if !p.exited_before_inspection => {
-                crate::procfs::redaction::apply(&mut p);
+                source.finish(&mut p);
                 progress.weight += prost::Message::encoded_len(&p);
                 progress.chunk.records.push(p);
             }

@@ -19,9 +19,8 @@ use execwatch::proto::{
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use crate::procfs::bounded::Bounds;
-use crate::procfs::reader::ProcReader;
 use crate::procfs::snapshot::read_chunk;
+use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
 use crate::stream::fanout::{Fanout, Item, Missed};
 use crate::stream::service::Seat;
@@ -44,16 +43,12 @@ pub struct Shared {
     pub fanout: Arc<Fanout>,
     /// Counters.
     pub stats: Arc<Stats>,
-    /// The `/proc` mount snapshots read.
-    pub proc_root: String,
-    /// Command-line read limit for snapshot entries.
-    pub max_argv_bytes: usize,
+    /// Where and how snapshots read processes.
+    pub procfs: Arc<ProcSource>,
     /// Queue length, quoted in `lost` markers.
     pub queue_len: usize,
     /// Becomes `true` when the agent stops: every stream ends.
     pub stop: watch::Receiver<bool>,
-    /// How long one process's `/proc` read may take.
-    pub bounds: Arc<Bounds>,
     /// Snapshot reads under way at once (each on a blocking-pool thread), so
     /// that many subscribers joining at once cannot crowd out the rest.
     pub snapshot_reads: tokio::sync::Semaphore,
@@ -284,14 +279,13 @@ async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Re
     // chunks that never wait for the client: a subscriber that stops
     // reading holds this task (one per subscriber), never a pool thread,
     // and at most one chunk of records.
-    let (root, max_argv) = (shared.proc_root.clone(), shared.max_argv_bytes);
     let mut pending = loop {
-        let root = root.clone();
+        let procfs = shared.procfs.clone();
         let listed = blocking(move || {
-            let reader = ProcReader::open(&root, max_argv).map_err(|e| e.to_string())?;
+            let reader = procfs.reader().map_err(|e| e.to_string())?;
             reader
                 .pids()
-                .map_err(|e| format!("cannot list {root}: {e}"))
+                .map_err(|e| format!("cannot list {}: {e}", procfs.root()))
         })
         .await;
         match listed {
@@ -308,8 +302,7 @@ async fn snapshot(shared: &Shared, em: &mut Emitter, cause: SnapshotCause) -> Re
         while !pending.is_empty() {
             let permit = shared.snapshot_reads.acquire().await;
             let pids = std::mem::take(&mut pending);
-            let bounds = shared.bounds.clone();
-            let (chunk, rest) = read_chunk(root.clone(), max_argv, bounds, pids)
+            let (chunk, rest) = read_chunk(shared.procfs.clone(), pids)
                 .await
                 .map_err(|e| End::Fail(Status::internal(e), Ending::SnapshotFailed))?;
             drop(permit);
