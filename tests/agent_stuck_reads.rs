@@ -101,15 +101,39 @@ fn go(child: &mut Child) {
     child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
 }
 
+/// Reads until an event satisfies `pred`; returns it and everything
+/// before. Fails with the agent's log after `wait`.
+async fn until_logged(
+    agent: &Agent,
+    stream: &mut Streaming<WatchEvent>,
+    wait: Duration,
+    mut pred: impl FnMut(&WatchEvent) -> bool,
+) -> (WatchEvent, Vec<WatchEvent>) {
+    let mut before = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(ev))) if pred(&ev) => return (ev, before),
+            Ok(Ok(Some(ev))) => before.push(ev),
+            other => panic!(
+                "no such event within {wait:?} ({other:?}) after {} others; agent log:\n{}",
+                before.len(),
+                agent.logs()
+            ),
+        }
+    }
+}
+
 /// The `exec` of `comm` by `pid` on `stream` (the shell that becomes it
 /// has an exec of its own).
 async fn exec_of(
+    agent: &Agent,
     stream: &mut Streaming<WatchEvent>,
     pid: u32,
     comm: &str,
     wait: Duration,
 ) -> Process {
-    let (ev, _) = until(stream, wait, |ev| match &ev.kind {
+    let (ev, _) = until_logged(agent, stream, wait, |ev| match &ev.kind {
         Some(Kind::Exec(p)) => p.pid == pid as i32 && p.comm == comm,
         _ => false,
     })
@@ -135,13 +159,22 @@ async fn a_process_whose_cmdline_hangs_does_not_stall_the_agent() {
     let stuck_prog = UniqueProgram::new("ewstuck");
     let mut held = held_exec(&stuck_prog.path);
     let pid = held.id();
+    // The shell's own exec is read before the file hangs.
+    exec_of(&agent, &mut stream, pid, "sh", Duration::from_secs(10)).await;
     let mut stuck = StuckFile::over(pid, "cmdline");
     go(&mut held);
     let sent = Instant::now();
 
     // Its record arrives once the read is given up, with what was read
     // before the stuck file and the rest named.
-    let p = exec_of(&mut stream, pid, &stuck_prog.name, DEADLINE + SLACK * 4).await;
+    let p = exec_of(
+        &agent,
+        &mut stream,
+        pid,
+        &stuck_prog.name,
+        DEADLINE + SLACK * 4,
+    )
+    .await;
     let took = sent.elapsed();
     assert!(took < DEADLINE + SLACK, "took {took:?}: {p:?}");
     assert_eq!(p.comm, stuck_prog.name, "read before cmdline: {p:?}");
@@ -159,13 +192,21 @@ async fn a_process_whose_cmdline_hangs_does_not_stall_the_agent() {
     // Other execs are still delivered promptly, while that read hangs.
     let free = UniqueProgram::new("ewfree");
     for _ in 0..3 {
-        let mut child = free.spawn(0, &[]);
+        // Alive until read: a process gone first has fields missing anyway.
+        let child = free.spawn(30, &[]);
         let started = Instant::now();
-        let q = exec_of(&mut stream, child.id(), &free.name, Duration::from_secs(10)).await;
+        let q = exec_of(
+            &agent,
+            &mut stream,
+            child.id(),
+            &free.name,
+            Duration::from_secs(10),
+        )
+        .await;
         assert!(started.elapsed() < SLACK, "took {:?}", started.elapsed());
         assert_eq!(q.comm, free.name);
         assert!(q.unavailable.is_empty(), "{q:?}");
-        child.wait().unwrap();
+        stop(child);
     }
 
     // The health check answers.
@@ -199,7 +240,7 @@ async fn a_process_whose_cmdline_hangs_does_not_stall_the_agent() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut child = free.spawn(0, &[]);
-    let (_, before) = until(&mut stream, Duration::from_secs(10), |ev| {
+    let (_, before) = until_logged(&agent, &mut stream, Duration::from_secs(10), |ev| {
         is_process(ev, child.id(), false)
     })
     .await;
@@ -277,9 +318,24 @@ async fn beyond_the_stuck_reads_allowed_execs_are_reported_as_lost() {
     let mut stream = agent.watch(live(false)).await;
     let prog = UniqueProgram::new("ewcap");
     let mut first = held_exec(&prog.path);
+    exec_of(
+        &agent,
+        &mut stream,
+        first.id(),
+        "sh",
+        Duration::from_secs(10),
+    )
+    .await;
     let mut stuck = StuckFile::over(first.id(), "cmdline");
     go(&mut first);
-    let p = exec_of(&mut stream, first.id(), &prog.name, Duration::from_secs(10)).await;
+    let p = exec_of(
+        &agent,
+        &mut stream,
+        first.id(),
+        &prog.name,
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(reason(&p, "argv").is_some(), "{p:?}");
 
     // The one thread allowed is stuck: these are not read.
@@ -293,7 +349,7 @@ async fn beyond_the_stuck_reads_allowed_execs_are_reported_as_lost() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     stuck.release();
-    let (lost, before) = until(&mut stream, Duration::from_secs(10), |ev| {
+    let (lost, before) = until_logged(&agent, &mut stream, Duration::from_secs(10), |ev| {
         matches!(ev.kind, Some(Kind::Lost(_)))
     })
     .await;
