@@ -266,7 +266,8 @@ async fn a_process_whose_cmdline_hangs_does_not_stall_the_agent() {
 /// Without an exec to report it first, a snapshot meets the stuck file
 /// itself: the read is given up, the snapshot completes, and the snapshot
 /// permits are not held (three more subscribers, more than there are
-/// permits, complete theirs too).
+/// permits, complete theirs too). SIGTERM then stops the agent at once,
+/// the stuck thread notwithstanding.
 #[tokio::test]
 async fn a_snapshot_does_not_wait_for_a_process_whose_cmdline_hangs() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -304,6 +305,18 @@ async fn a_snapshot_does_not_wait_for_a_process_whose_cmdline_hangs() {
             assert!(why.contains("has not returned"), "{why}");
         }
     }
+
+    // SIGTERM stops it promptly while a reading thread is still stuck.
+    let mut agent = agent;
+    let asked = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{status}:\n{}", agent.logs());
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
     drop(stuck);
     stop(child);
 }
