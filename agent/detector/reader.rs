@@ -157,7 +157,7 @@ fn watchdog(ctx: &Arc<Context>) {
     ctx.watched.watch(ctx.procfs.bounds(), |slot, p| {
         publish_exec(ctx, p);
         if let Err(e) = spawn_reader(ctx.clone(), slot.generation()) {
-            ctx.fail(NetlinkError::Recv(e));
+            ctx.fail(NetlinkError::Thread(e));
         }
     });
 }

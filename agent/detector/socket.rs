@@ -35,6 +35,10 @@ pub enum NetlinkError {
     /// recv(2) failed for a reason other than overflow.
     #[error("reading the proc connector failed: {0}")]
     Recv(#[source] io::Error),
+    /// No thread could be started to go on reading after a `/proc` read
+    /// was given up.
+    #[error("cannot start a thread to read the proc connector: {0}")]
+    Thread(#[source] io::Error),
     /// This build has no netlink support.
     #[cfg_attr(target_os = "linux", allow(dead_code))]
     #[error("the netlink detector needs Linux; use --detector=poll")]
