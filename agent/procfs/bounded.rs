@@ -23,7 +23,7 @@
 //! The normal path hands nothing between threads: the reading thread puts
 //! each field into the record under a mutex that nobody else takes unless a
 //! read is overdue, and the watchdog sleeps until the read under way is due
-//! (or, after a quiet second, until a read starts).
+//! (or, after a deadline's time without reads, until a read starts).
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -33,8 +33,10 @@ use execwatch::proto::{Process, Source};
 
 use crate::procfs::reader::{blank, unavailable, Field, Sink};
 
-/// Watchdog periods without any read before it sleeps until one starts.
-const QUIET_TICKS: u32 = 4;
+/// Watchdog periods (one deadline each) without any read before it sleeps
+/// until one starts. While reads keep coming it never sleeps that way, so
+/// starting a read wakes nobody.
+const QUIET_TICKS: u32 = 1;
 
 /// How long a read may take and how many may be left behind.
 #[derive(Debug)]
