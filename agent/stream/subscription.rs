@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use execwatch::proto::{
-    watch_event::Kind, LossSite, Lost, Process, SnapshotCause, SnapshotComplete, Source,
-    WatchEvent, WatchRequest,
+    watch_event::Kind, LossSite, Lost, SnapshotCause, SnapshotComplete, WatchEvent, WatchRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use crate::procfs::reader::ProcReader;
+use crate::procfs::snapshot::read_chunk;
+use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
 use crate::stream::fanout::{Fanout, Item, Missed};
 use crate::stream::selector::{Choice, Filter};
@@ -29,11 +29,6 @@ use execwatch::internal::clock;
 
 /// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
 const MAX_OVERFLOWS: usize = 3;
-/// Processes read per blocking-pool task during a snapshot.
-const SNAPSHOT_CHUNK: usize = 64;
-/// Encoded bytes of records read per blocking-pool task during a snapshot:
-/// what a subscriber that stops reading holds at most in snapshot records.
-const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// The window over which overflows are counted.
 const OVERFLOW_WINDOW: Duration = Duration::from_secs(60);
 
@@ -49,10 +44,8 @@ pub struct Shared {
     pub fanout: Arc<Fanout>,
     /// Counters.
     pub stats: Arc<Stats>,
-    /// The `/proc` mount snapshots read.
-    pub proc_root: String,
-    /// Command-line read limit for snapshot entries.
-    pub max_argv_bytes: usize,
+    /// Where and how snapshots read processes.
+    pub procfs: Arc<ProcSource>,
     /// Queue length, quoted in `lost` markers.
     pub queue_len: usize,
     /// Becomes `true` when the agent stops: every stream ends.
@@ -291,53 +284,6 @@ async fn again(delay: &mut Duration, deadline: Instant, why: &str) -> Result<(),
     Ok(())
 }
 
-/// What reading one chunk of a snapshot gave.
-struct Chunk {
-    records: Vec<Process>,
-    /// Pids whose reads failed for the agent's own reasons, with why.
-    failed: Vec<i32>,
-    why: Option<String>,
-}
-
-/// Reads the records of `pids` (keeping those `filter` passes), stopping
-/// once they weigh [`SNAPSHOT_CHUNK_BYTES`]; never waits for a client. The
-/// pids it did not get to are left in `pids`.
-fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>, filter: Option<&Filter>) -> Chunk {
-    let mut reader = match ProcReader::open(root, max_argv) {
-        Ok(reader) => reader,
-        Err(e) => {
-            return Chunk {
-                records: Vec::new(),
-                failed: std::mem::take(pids),
-                why: Some(e.to_string()),
-            }
-        }
-    };
-    let mut chunk = Chunk {
-        records: Vec::new(),
-        failed: Vec::new(),
-        why: None,
-    };
-    let mut weight = 0;
-    while weight < SNAPSHOT_CHUNK_BYTES && chunk.records.len() < SNAPSHOT_CHUNK {
-        let Some(pid) = pids.pop() else { break };
-        match reader.read(pid, pid, Source::Snapshot) {
-            Ok(Some(p))
-                if !p.exited_before_inspection && filter.is_none_or(|f| f.offer_process(&p)) =>
-            {
-                weight += prost::Message::encoded_len(&p);
-                chunk.records.push(p);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                chunk.failed.push(pid);
-                chunk.why = Some(e.to_string());
-            }
-        }
-    }
-    chunk
-}
-
 /// Sends every running process as `existing`, then `snapshot_complete`.
 ///
 /// Never presented as whole when it is not: a listing or a record that
@@ -366,14 +312,13 @@ async fn snapshot(
     // chunks that never wait for the client: a subscriber that stops
     // reading holds this task (one per subscriber), never a pool thread,
     // and at most one chunk of records.
-    let (root, max_argv) = (shared.proc_root.clone(), shared.max_argv_bytes);
     let mut pending = loop {
-        let root = root.clone();
+        let procfs = shared.procfs.clone();
         let listed = blocking(move || {
-            let reader = ProcReader::open(&root, max_argv).map_err(|e| e.to_string())?;
+            let reader = procfs.reader().map_err(|e| e.to_string())?;
             reader
                 .pids()
-                .map_err(|e| format!("cannot list {root}: {e}"))
+                .map_err(|e| format!("cannot list {}: {e}", procfs.root()))
         })
         .await;
         match listed {
@@ -389,17 +334,16 @@ async fn snapshot(
         let mut why = None;
         while !pending.is_empty() {
             let permit = shared.snapshot_reads.acquire().await;
-            let (mut pids, root) = (std::mem::take(&mut pending), root.clone());
-            let filter = filter.clone();
-            let (chunk, rest) = blocking(move || {
-                let chunk = read_chunk(&root, max_argv, &mut pids, filter.as_deref());
-                Ok((chunk, pids))
-            })
-            .await
-            .map_err(|e| End::Fail(Status::internal(e), Ending::SnapshotFailed))?;
+            let pids = std::mem::take(&mut pending);
+            let (chunk, rest) = read_chunk(shared.procfs.clone(), pids)
+                .await
+                .map_err(|e| End::Fail(Status::internal(e), Ending::SnapshotFailed))?;
             drop(permit);
             pending = rest;
             for mut p in chunk.records {
+                if !filter.as_ref().is_none_or(|f| f.offer_process(&p)) {
+                    continue;
+                }
                 count += 1;
                 choice.omit.apply(&mut p);
                 em.emit(Kind::Existing(p)).await?;
