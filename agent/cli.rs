@@ -14,6 +14,10 @@ use crate::procfs::redaction::patterns::{Patterns, Preset};
 /// slower ones make the poll detector useless for reclaiming.
 pub const POLL_INTERVAL: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(60));
+/// Bounds of `--proc-read-timeout`: below, a busy node's slow but honest
+/// reads would be cut; above, one stuck process delays events by a minute.
+pub const PROC_READ_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(60));
 /// Bounds of `health-check --timeout`.
 pub const HEALTH_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(300));
@@ -137,6 +141,18 @@ pub struct RunArgs {
     /// most twice this in argv and argv_raw together.
     #[arg(long, env = "EXECWATCH_MAX_ARGV_BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1..=16 << 20))]
     pub max_argv_bytes: u32,
+
+    /// Longest one process's /proc read may take (e.g. 250ms; 10ms to 1m).
+    /// A read still under way then is given up: the record goes out with
+    /// the fields not read named in `unavailable`, and the thread stuck in
+    /// the read is left behind.
+    #[arg(long, env = "EXECWATCH_PROC_READ_TIMEOUT", default_value = "250ms", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, PROC_READ_TIMEOUT.0, PROC_READ_TIMEOUT.1))]
+    pub proc_read_timeout: Duration,
+
+    /// Threads stuck in /proc reads left behind at once (1 to 1024); while
+    /// this many are stuck, no read starts and execs are reported as lost.
+    #[arg(long, env = "EXECWATCH_MAX_STUCK_READS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_stuck_reads: u32,
 
     /// The procfs mount to read.
     #[arg(long, env = "EXECWATCH_PROC", default_value = "/proc")]
@@ -264,6 +280,8 @@ mod tests {
             &["--max-connections=1", "--max-connections-per-uid=65536"],
             &["--max-connections=65536", "--max-connections-per-uid=1"],
             &["--max-streams-per-connection=1024"],
+            &["--proc-read-timeout=10ms", "--max-stuck-reads=1"],
+            &["--proc-read-timeout=1m", "--max-stuck-reads=1024"],
             &["health-check", "--timeout=100ms"],
             &["health-check", "--timeout=5m"],
         ] {
@@ -323,6 +341,11 @@ mod tests {
                 &["--max-streams-per-connection=0"],
                 &["--max-streams-per-connection", "1..=1024"],
             ),
+            (
+                &["--proc-read-timeout=9ms"],
+                &["--proc-read-timeout", "from 10ms to 1m"],
+            ),
+            (&["--max-stuck-reads=0"], &["--max-stuck-reads", "1..=1024"]),
             (
                 &["health-check", "--timeout=99ms"],
                 &["--timeout", "from 100ms to 5m"],

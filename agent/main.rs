@@ -18,7 +18,8 @@ use clap::Parser;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::cli::{Cli, Command, Detector, RunArgs};
-use crate::procfs::reader::ProcReader;
+use crate::procfs::bounded::Bounds;
+use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
 use crate::stream::fanout::Fanout;
 use crate::stream::subscription::Shared;
@@ -85,11 +86,9 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         args.queue_len as usize,
         args.queue_bytes as usize,
     ));
-    let max_argv = args.max_argv_bytes as usize;
-    // Before the first record is read: every reader redacts from then on.
-    if let Some(redactor) = redactor(&args) {
+    let redactor = redactor(&args);
+    if let Some(redactor) = &redactor {
         let (in_argument, next_argument) = redactor.counts();
-        procfs::redaction::install(redactor);
         tracing::info!(
             in_argument,
             next_argument,
@@ -97,7 +96,14 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             procfs::redaction::REDACTED
         );
     }
-    let reader = ProcReader::open(&args.proc_root, max_argv)?;
+    // One description of how processes are read, for the detector and the
+    // snapshots alike.
+    let procfs = Arc::new(ProcSource::open(
+        &args.proc_root,
+        args.max_argv_bytes as usize,
+        redactor,
+        Bounds::new(args.proc_read_timeout, args.max_stuck_reads as usize),
+    )?);
 
     // A detector that stops says why here; the agent then stops as on
     // SIGTERM, with an error.
@@ -118,14 +124,15 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
                 "netlink detector subscribed and confirmed by a probe exec"
             );
             let (fanout, stats) = (fanout.clone(), stats.clone());
-            tokio::spawn(async move {
-                let err = detector::reader::run(detector, reader, fanout, stats).await;
+            let failed = move |err| {
                 let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
-            });
+            };
+            detector::reader::start(detector, procfs.clone(), fanout, stats, failed)
+                .context("cannot start the detector thread")?;
         }
         Detector::Poll => {
             stats.set_detector("poll", "", 0);
-            let poller = detector::poll::Poller::start(reader, args.poll_interval)
+            let poller = detector::poll::Poller::start(procfs.clone(), args.poll_interval)
                 .with_context(|| format!("cannot scan {}", args.proc_root))?;
             tracing::info!(
                 interval_ms = args.poll_interval.as_millis() as u64,
@@ -166,8 +173,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
     let shared = Arc::new(Shared {
         fanout,
         stats,
-        proc_root: args.proc_root,
-        max_argv_bytes: max_argv,
+        procfs,
         stop: stop_rx,
         snapshot_reads: tokio::sync::Semaphore::new(SNAPSHOT_READS),
     });

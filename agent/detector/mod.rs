@@ -2,7 +2,6 @@
 //! (rung 2) reads the kernel's proc connector; the poll detector (rung 1)
 //! scans `/proc` when the connector is unavailable.
 
-pub mod exit_socket;
 pub mod netlink;
 pub mod poll;
 pub mod reader;

@@ -21,11 +21,13 @@ use execwatch::proto::{Exit, Source};
 use execwatch::proto::LossSite;
 
 use crate::procfs::reader::{Exhausted, Identity, ProcReader};
+use crate::procfs::source::ProcSource;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 use execwatch::internal::clock;
 
 /// A poll detector that has taken its first inventory.
 pub struct Poller {
+    source: Arc<ProcSource>,
     reader: ProcReader,
     interval: Duration,
     /// pid -> identity of the process last seen under that pid.
@@ -40,17 +42,16 @@ impl Poller {
     /// subscribers get running processes from their own snapshot). Done
     /// before the socket exists, so a launch after a client connects is
     /// never mistaken for part of the inventory.
-    pub fn start(mut reader: ProcReader, interval: Duration) -> std::io::Result<Self> {
+    pub fn start(source: Arc<ProcSource>, interval: Duration) -> std::io::Result<Self> {
+        let mut reader = source.reader().map_err(to_io)?;
         let mut known = HashMap::new();
         for pid in reader.pids()? {
-            if let Some(id) = reader
-                .identity(pid)
-                .map_err(|e| std::io::Error::from(e.0))?
-            {
+            if let Some(id) = reader.identity(pid).map_err(to_io)? {
                 known.insert(pid, id);
             }
         }
         Ok(Self {
+            source,
             reader,
             interval,
             known,
@@ -92,7 +93,7 @@ impl Poller {
                     errno @ (nix::errno::Errno::EMFILE
                     | nix::errno::Errno::ENFILE
                     | nix::errno::Errno::ENOMEM),
-                ) => return Ok(Err(Exhausted(errno))),
+                ) => return Ok(Err(Exhausted::Resources(errno))),
                 _ => return Err(e),
             },
         };
@@ -127,12 +128,13 @@ impl Poller {
                     return Ok(Err(e));
                 }
             };
-            if let Some(p) = read {
+            if let Some(mut p) = read {
                 if p.start_ticks != id.start_ticks && p.start_ticks != 0 {
                     // Reused again between the two reads; the next scan has it.
                     alive.remove(&pid);
                     continue;
                 }
+                self.source.finish(&mut p);
                 fanout.publish(Item::Exec(Arc::new(p)));
             }
         }
@@ -141,6 +143,14 @@ impl Poller {
         }
         self.known = alive;
         Ok(Ok(()))
+    }
+}
+
+/// An error of the first inventory, which stops the agent's start.
+fn to_io(e: Exhausted) -> std::io::Error {
+    match e {
+        Exhausted::Resources(errno) => errno.into(),
+        stuck => std::io::Error::other(stuck),
     }
 }
 

@@ -1,46 +1,53 @@
-//! Reading the proc connector: one task on the agent's runtime thread.
+//! Reading the proc connector: one thread of its own, and a watchdog.
+//!
+//! The reading thread waits on the netlink sockets, reads each exec's
+//! `/proc/<pid>` record and publishes it. It runs apart from the agent's
+//! runtime thread because a `/proc` read may block (the target's memory-map
+//! lock, a stuck FUSE or NFS mount, anything mounted over a `/proc` file):
+//! the streams, the health check and shutdown never wait on it. Each read is
+//! bounded ([`crate::procfs::bounded`]): one that is still under way after
+//! `--proc-read-timeout` is given up by the watchdog, which publishes what
+//! was read with the rest in `unavailable`, leaves the thread behind and
+//! starts a fresh one on the events still to do. A thread left behind
+//! publishes nothing, ever: its generation is stale.
 //!
 //! Each wake-up costs more than everything done for an event (about 10 µs on
 //! a small VM against 1–3 µs to read and parse a queued datagram), so the
 //! reader is built to wake as rarely as it can without delaying a launch:
 //!
-//! - The sockets sit in the runtime's own epoll set. A wake-up drains every
-//!   queued datagram, and publishing wakes the subscribers' tasks on this
-//!   same thread: no hand-off between threads.
+//! - A wake-up drains every queued datagram; the read, the record and the
+//!   publish happen on this thread, with no hand-off in between.
 //! - Exec events wake the reader at once. Exit events (a socket of their own
 //!   when the kernel filters) do not: they are read with the next exec, or by
 //!   a sweep at most [`EXIT_BATCH`] after the first one arrives, so a storm
 //!   of short-lived processes costs one wake-up per exec, not two.
 //!
 //! An exec whose `/proc` record cannot be read because the agent is out of
-//! descriptors or memory is not published as an empty record: it is counted,
-//! and once reads work again (the next exec that reads, or a probe every
-//! [`RETRY`]) one `lost` (site detector) with that count goes out, so every
-//! subscriber resyncs from a snapshot.
+//! descriptors or memory, or has as many reads stuck as it allows, is not
+//! published as an empty record: it is counted, and once reads work again
+//! (the next exec that reads, or a check every [`RETRY`]) one `lost` (site
+//! detector) with that count goes out, so every subscriber resyncs from a
+//! snapshot.
 //!
 //! The reader never waits on a subscriber ([`Fanout::publish`] only ever
-//! `try_send`s). It shares the thread with the subscribers' tasks, so their
-//! encoding can delay it by microseconds, never block it; a long delay is
-//! absorbed by the kernel's receive buffer, and an overflow there is reported
-//! in the stream as `lost`.
+//! `try_send`s); a long delay of its own is absorbed by the kernel's receive
+//! buffer, and an overflow there is reported in the stream as `lost`.
 
-use std::future::Future;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use execwatch::internal::clock;
 use execwatch::internal::cn_proc::{parse_datagram, EventKind, Message, ProcEvent};
-use execwatch::proto::{Exit, Source};
-use tokio::io::unix::AsyncFd;
-use tokio::time::Instant;
+use execwatch::proto::{Exit, LossSite, Process, Source};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use execwatch::proto::LossSite;
-
-use crate::detector::exit_socket::{register, ExitSocket};
 use crate::detector::netlink::NetlinkDetector;
 use crate::detector::socket::{NetlinkError, NetlinkSocket, Received, DATAGRAM_BUF};
-use crate::procfs::reader::{Exhausted, ProcReader};
+use crate::procfs::bounded::{stuck_record, Admit, Slot, Watched};
+use crate::procfs::reader::{blank, Exhausted, Outcome, ProcReader};
+use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 
@@ -50,14 +57,6 @@ pub const EXIT_BATCH: Duration = Duration::from_millis(10);
 /// How often reads are tried again while `/proc` cannot be read.
 pub const RETRY: Duration = Duration::from_millis(100);
 
-/// What woke the reader.
-enum Wake {
-    Exec,
-    ExitArrived,
-    Sweep,
-    Retry,
-}
-
 /// Execs whose records could not be read, not yet reported.
 struct Unread {
     count: u64,
@@ -65,260 +64,416 @@ struct Unread {
     retry_at: Instant,
 }
 
-/// The reader's state: its sockets, where records go, reused buffers.
-struct Pump {
-    execs: AsyncFd<NetlinkSocket>,
-    exits: Option<ExitSocket>,
-    rcvbuf: usize,
-    procfs: ProcReader,
-    fanout: Arc<Fanout>,
-    stats: Arc<Stats>,
-    buf: Vec<u8>,
-    events: Vec<ProcEvent>,
+/// What outlives a reading thread left behind: events drained from the
+/// sockets but not handled yet, and the losses not reported yet.
+#[derive(Default)]
+struct Backlog {
+    events: VecDeque<ProcEvent>,
+    /// The kernel overflowed after the events in `events`.
+    overrun: bool,
     unread: Option<Unread>,
 }
 
-/// Reads events until a socket fails, publishing each. Returns the failure.
-pub async fn run(
-    detector: NetlinkDetector,
-    procfs: ProcReader,
+/// Called once with why the detector stopped.
+type OnFailure = Box<dyn FnOnce(NetlinkError) + Send>;
+
+/// What every generation of reading thread works with.
+struct Context {
+    execs: NetlinkSocket,
+    exits: Option<NetlinkSocket>,
+    rcvbuf: usize,
+    procfs: Arc<ProcSource>,
     fanout: Arc<Fanout>,
     stats: Arc<Stats>,
-) -> NetlinkError {
+    watched: Watched<Backlog>,
+    failed: Mutex<Option<OnFailure>>,
+}
+
+/// Why a reading thread stopped.
+enum Stop {
+    /// It was left behind: another thread reads now.
+    Stale,
+    /// A socket failed: the detector stops.
+    Failed(NetlinkError),
+}
+
+impl From<NetlinkError> for Stop {
+    fn from(e: NetlinkError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// Starts reading events on a thread of its own, with its watchdog. If a
+/// socket fails, `failed` is called with why, once.
+pub fn start(
+    detector: NetlinkDetector,
+    procfs: Arc<ProcSource>,
+    fanout: Arc<Fanout>,
+    stats: Arc<Stats>,
+    failed: impl FnOnce(NetlinkError) + Send + 'static,
+) -> std::io::Result<()> {
     let rcvbuf = detector.receive_buffer();
-    let execs = match register(detector.execs) {
-        Ok(fd) => fd,
-        Err(e) => return e,
-    };
-    let exits = match detector.exits.map(register).transpose() {
-        Ok(fd) => fd.map(ExitSocket::Watched),
-        Err(e) => return e,
-    };
-    let mut pump = Pump {
-        execs,
-        exits,
+    let ctx = Arc::new(Context {
+        execs: detector.execs,
+        exits: detector.exits,
         rcvbuf,
         procfs,
         fanout,
         stats,
-        buf: vec![0u8; DATAGRAM_BUF],
-        events: Vec::with_capacity(64),
-        unread: None,
-    };
-    loop {
-        // A parked exit socket is out of the epoll set until its sweep is
-        // due, so arriving exits cost no wake-ups meanwhile.
-        let exits = pump.exits.as_ref();
-        let (watched, sweep) = (
-            exits.and_then(ExitSocket::watched),
-            exits.and_then(ExitSocket::due),
-        );
-        let retry = pump.unread.as_ref().map(|u| u.retry_at);
-        let wake = tokio::select! {
-            biased;
-            ready = pump.execs.readable() => ready.map(|_| Wake::Exec),
-            _ = sleep_until(sweep) => Ok(Wake::Sweep),
-            ready = readable(watched) => ready.map(|_| Wake::ExitArrived),
-            _ = sleep_until(retry) => Ok(Wake::Retry),
-        };
-        let result = match wake {
-            Err(e) => return NetlinkError::Recv(e),
-            Ok(Wake::ExitArrived) => {
-                pump.park_exits();
-                continue;
+        watched: Watched::new(Backlog::default()),
+        failed: Mutex::new(Some(Box::new(failed))),
+    });
+    spawn_reader(ctx.clone(), 0)?;
+    std::thread::Builder::new()
+        .name("proc-watchdog".into())
+        .spawn(move || watchdog(&ctx))?;
+    Ok(())
+}
+
+/// Starts the reading thread of `generation`.
+fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
+    let reader = ctx.procfs.reader();
+    std::thread::Builder::new()
+        .name(format!("netlink-{generation}"))
+        .spawn(move || {
+            let mut thread = ReaderThread {
+                generation,
+                reader,
+                buf: vec![0u8; DATAGRAM_BUF],
+                drained: Vec::with_capacity(64),
+                exits_due: None,
+                ctx,
+            };
+            if let Err(Stop::Failed(e)) = thread.run() {
+                thread.ctx.fail(e);
             }
-            Ok(Wake::Exec) => {
-                // Exits that follow this exec are swept with the next exec
-                // or soon after, without a wake-up of their own.
-                pump.park_exits();
-                pump.pass()
-            }
-            Ok(Wake::Sweep) => pump.pass().and_then(|()| pump.watch_exits()),
-            Ok(Wake::Retry) => {
-                pump.retry();
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            return e;
+        })
+        .map(drop)
+}
+
+/// Gives up overdue reads, forever: each one's record is published as it
+/// stands and a fresh thread takes over the rest.
+fn watchdog(ctx: &Arc<Context>) {
+    ctx.watched.watch(ctx.procfs.bounds(), |slot, p| {
+        publish_exec(ctx, p);
+        if let Err(e) = spawn_reader(ctx.clone(), slot.generation()) {
+            ctx.fail(NetlinkError::Thread(e));
+        }
+    });
+}
+
+impl Context {
+    fn fail(&self, e: NetlinkError) {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(failed) = failed {
+            failed(e);
         }
     }
 }
 
-/// Sleeps until `deadline`; never returns without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// Publishes an exec's record, redacted.
+fn publish_exec(ctx: &Context, mut p: Process) {
+    ctx.procfs.finish(&mut p);
+    if p.exited_before_inspection {
+        ctx.stats.add_exited_before_inspection(1);
     }
+    ctx.fanout.publish(Item::Exec(Arc::new(p)));
 }
 
-/// Waits until `fd` is readable; never returns without a socket.
-async fn readable(fd: Option<&AsyncFd<NetlinkSocket>>) -> std::io::Result<()> {
-    match fd {
-        Some(fd) => fd.readable().await.map(|_| ()),
-        None => std::future::pending().await,
-    }
+/// One generation of reading thread.
+struct ReaderThread {
+    ctx: Arc<Context>,
+    generation: u64,
+    /// Its own `/proc` handle (a copy may fail for want of descriptors: then
+    /// reads count as loss and the copy is tried again).
+    reader: Result<ProcReader, Exhausted>,
+    buf: Vec<u8>,
+    drained: Vec<ProcEvent>,
+    /// The exit socket is left out of the wait until this sweep.
+    exits_due: Option<Instant>,
 }
 
-impl Pump {
-    /// Takes the exit socket out of the epoll set until a sweep
-    /// [`EXIT_BATCH`] from now, unless it is parked already.
-    fn park_exits(&mut self) {
-        let due = Instant::now() + EXIT_BATCH;
-        self.exits = self.exits.take().map(|exits| exits.park(due));
+impl ReaderThread {
+    /// Reads and publishes until the thread is left behind or a socket fails.
+    fn run(&mut self) -> Result<(), Stop> {
+        // A thread left behind may have left events and losses to report.
+        self.flush()?;
+        loop {
+            let retry_at = self.slot()?.state.unread.as_ref().map(|u| u.retry_at);
+            let wake = [self.exits_due, retry_at].into_iter().flatten().min();
+            let (exec_ready, exit_ready) = self.wait(wake)?;
+            let now = Instant::now();
+            if exec_ready {
+                // Exits that follow this exec are swept with the next exec
+                // or soon after, without a wake-up of their own.
+                self.park_exits(now);
+                self.pass()?;
+            } else if self.exits_due.is_some_and(|due| due <= now) {
+                self.pass()?;
+                self.exits_due = None;
+            } else if exit_ready {
+                self.park_exits(now);
+            } else if retry_at.is_some_and(|at| at <= now) {
+                self.retry()?;
+            }
+        }
     }
 
-    /// Puts the exit socket back into the epoll set.
-    fn watch_exits(&mut self) -> Result<(), NetlinkError> {
-        self.exits = self.exits.take().map(ExitSocket::watch).transpose()?;
-        Ok(())
+    /// The shared slot, if this thread is still the one that reads.
+    fn slot(&self) -> Result<MutexGuard<'_, Slot<Backlog>>, Stop> {
+        current(&self.ctx, self.generation)
+    }
+
+    /// Waits until the exec socket (or the exit socket, unless parked) is
+    /// readable, or until `wake`. Returns which are readable.
+    fn wait(&self, wake: Option<Instant>) -> Result<(bool, bool), NetlinkError> {
+        let timeout = match wake {
+            // Rounded up: a rest below a millisecond still waits.
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        let execs = self.ctx.execs.as_fd();
+        let exits = match (&self.ctx.exits, self.exits_due) {
+            (Some(exits), None) => Some(exits.as_fd()),
+            _ => None,
+        };
+        let mut fds = [
+            PollFd::new(execs, PollFlags::POLLIN),
+            PollFd::new(exits.unwrap_or(execs), PollFlags::POLLIN),
+        ];
+        let watched = if exits.is_some() { 2 } else { 1 };
+        match nix::poll::poll(&mut fds[..watched], timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok((false, false)),
+            Err(e) => return Err(NetlinkError::Recv(e.into())),
+        }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        Ok((ready(&fds[0]), watched == 2 && ready(&fds[1])))
+    }
+
+    /// Leaves the exit socket out of the wait until a sweep [`EXIT_BATCH`]
+    /// from `now`, unless it is out already.
+    fn park_exits(&mut self, now: Instant) {
+        if self.ctx.exits.is_some() && self.exits_due.is_none() {
+            self.exits_due = Some(now + EXIT_BATCH);
+        }
     }
 
     /// Reads everything queued on both sockets and publishes it in kernel
     /// order.
-    fn pass(&mut self) -> Result<(), NetlinkError> {
+    fn pass(&mut self) -> Result<(), Stop> {
         loop {
             // Exits first: every exec that precedes an exit read now is
             // already queued on the exec socket (a process cannot exit before
             // its exec event is sent), so sorting the two by timestamp puts
             // each exit after its exec.
-            let mut overrun = match &self.exits {
-                Some(exits) => {
-                    if let Some(fd) = exits.watched() {
-                        clear_readiness(fd);
-                    }
-                    drain(exits.socket(), &mut self.buf, &mut self.events, &self.stats)?
-                }
+            let ctx = self.ctx.clone();
+            let mut overrun = match &ctx.exits {
+                Some(exits) => drain(exits, &mut self.buf, &mut self.drained, &ctx.stats)?,
                 None => false,
             };
-            let exits_read = self.events.len();
-            clear_readiness(&self.execs);
-            overrun |= drain(
-                self.execs.get_ref(),
-                &mut self.buf,
-                &mut self.events,
-                &self.stats,
-            )?;
-            if exits_read > 0 && exits_read < self.events.len() {
-                self.events.sort_by_key(|ev| ev.timestamp_ns);
+            let exits_read = self.drained.len();
+            overrun |= drain(&ctx.execs, &mut self.buf, &mut self.drained, &ctx.stats)?;
+            if exits_read > 0 && exits_read < self.drained.len() {
+                self.drained.sort_by_key(|ev| ev.timestamp_ns);
             }
-            let mut events = std::mem::take(&mut self.events);
-            for ev in events.drain(..) {
-                self.handle(ev);
-            }
-            self.events = events;
-            if !overrun {
+            let mut slot = current(&ctx, self.generation)?;
+            slot.state.events.extend(self.drained.drain(..));
+            slot.state.overrun |= overrun;
+            drop(slot);
+            if !self.flush()? {
                 return Ok(());
             }
-            // Everything read before the overflow is out; the marker goes
-            // here, then the rest of the queue is read.
-            self.stats.add_kernel_overruns(1);
-            let reason = format!(
-                "the kernel dropped events: the agent's netlink receive buffer ({} bytes) overflowed (ENOBUFS)",
-                self.rcvbuf
-            );
-            tracing::warn!("{reason}; subscribers will resync");
-            self.fanout
-                .publish(Item::DetectorLost(Arc::new(DetectorLoss {
-                    site: LossSite::Kernel,
-                    reason,
-                    count: None,
-                })));
+            // The marker went out after everything read before the
+            // overflow; now the rest of the queue.
+        }
+    }
+
+    /// Handles the backlog, then reports a kernel overflow that followed
+    /// it. Returns whether there was one.
+    fn flush(&mut self) -> Result<bool, Stop> {
+        loop {
+            let mut slot = self.slot()?;
+            let Some(ev) = slot.state.events.pop_front() else {
+                if !std::mem::take(&mut slot.state.overrun) {
+                    return Ok(false);
+                }
+                let ctx = &self.ctx;
+                ctx.stats.add_kernel_overruns(1);
+                let reason = format!(
+                    "the kernel dropped events: the agent's netlink receive buffer ({} bytes) overflowed (ENOBUFS)",
+                    ctx.rcvbuf
+                );
+                tracing::warn!("{reason}; subscribers will resync");
+                ctx.fanout
+                    .publish(Item::DetectorLost(Arc::new(DetectorLoss {
+                        site: LossSite::Kernel,
+                        reason,
+                        count: None,
+                    })));
+                return Ok(true);
+            };
+            match ev.kind {
+                EventKind::Exec { pid, tgid } => {
+                    drop(slot);
+                    self.exec(pid, tgid, ev.timestamp_ns)?;
+                }
+                // Thread exits are noise: only a leader's exit ends a process.
+                EventKind::Exit {
+                    pid,
+                    tgid,
+                    exit_code,
+                    exit_signal,
+                    ..
+                } if pid == tgid => {
+                    self.ctx.fanout.publish(Item::Exit(Exit {
+                        pid,
+                        tgid,
+                        exit_code,
+                        exit_signal,
+                        kernel_timestamp_ns: ev.timestamp_ns,
+                        observed_unix_ns: clock::unix_ns(),
+                        source: Source::Netlink as i32,
+                    }));
+                }
+                _ => self.ctx.stats.add_ignored_kernel_events(1),
+            }
+        }
+    }
+
+    /// Reads and publishes one exec's record, under the watchdog.
+    fn exec(&mut self, pid: i32, tgid: i32, timestamp_ns: u64) -> Result<(), Stop> {
+        let ctx = self.ctx.clone();
+        let mut record = blank(pid, tgid, Source::Netlink);
+        record.kernel_timestamp_ns = timestamp_ns;
+        match ctx.procfs.bounds().admit(pid) {
+            Admit::Go => {}
+            Admit::Stuck => {
+                let _slot = self.slot()?;
+                let mut p = stuck_record(pid, tgid, Source::Netlink, ctx.procfs.bounds());
+                p.kernel_timestamp_ns = timestamp_ns;
+                publish_exec(&ctx, p);
+                return Ok(());
+            }
+            Admit::Full(n) => return self.unreadable(Exhausted::Stuck(n)),
+        }
+        if self.reader.is_err() {
+            self.reader = ctx.procfs.reader();
+        }
+        let reader = match &mut self.reader {
+            Ok(reader) => reader,
+            Err(e) => {
+                let e = *e;
+                return self.unreadable(e);
+            }
+        };
+        let mut slot = current(&ctx, self.generation)?;
+        ctx.watched.begin(&mut slot, record);
+        drop(slot);
+        let read = reader.read_into(pid, &mut ctx.watched.tracker(self.generation));
+        let mut slot = ctx.watched.lock();
+        if slot.generation() != self.generation {
+            // Given up meanwhile: the watchdog published the record.
+            drop(slot);
+            ctx.procfs.bounds().returned(pid);
+            return Err(Stop::Stale);
+        }
+        let p = slot.end();
+        match (read, p) {
+            (Ok(Outcome::Read), Some(p)) => {
+                // The loss goes out before this record: subscribers resync,
+                // then get it.
+                recovered(&ctx, &mut slot.state);
+                publish_exec(&ctx, p);
+                Ok(())
+            }
+            (Err(e), _) => {
+                drop(slot);
+                self.unreadable(e)
+            }
+            (Ok(_), _) => {
+                ctx.stats.add_ignored_kernel_events(1);
+                Ok(())
+            }
         }
     }
 
     /// Counts an exec whose record could not be read.
-    fn unreadable(&mut self, error: Exhausted) {
-        self.stats.add_unreadable_execs(1);
-        match &mut self.unread {
+    fn unreadable(&mut self, error: Exhausted) -> Result<(), Stop> {
+        self.ctx.stats.add_unreadable_execs(1);
+        let mut slot = self.slot()?;
+        match &mut slot.state.unread {
             Some(unread) => unread.count += 1,
             None => {
                 tracing::warn!(
                     "{error}: exec events are counted and reported as lost once reads work again"
                 );
-                self.unread = Some(Unread {
+                slot.state.unread = Some(Unread {
                     count: 1,
                     error,
                     retry_at: Instant::now() + RETRY,
                 });
             }
         }
-    }
-
-    /// Reports the execs that could not be read, now that reads work.
-    fn recovered(&mut self) {
-        let Some(unread) = self.unread.take() else {
-            return;
-        };
-        let reason = format!(
-            "{} exec events could not be read from /proc ({}); subscribers resync",
-            unread.count, unread.error
-        );
-        tracing::warn!("{reason}");
-        self.fanout
-            .publish(Item::DetectorLost(Arc::new(DetectorLoss {
-                site: LossSite::Detector,
-                reason,
-                count: Some(unread.count),
-            })));
+        Ok(())
     }
 
     /// While reads fail: do they work again?
-    fn retry(&mut self) {
-        match self.procfs.probe() {
-            Ok(()) => self.recovered(),
-            Err(_) => {
-                if let Some(unread) = &mut self.unread {
-                    unread.retry_at = Instant::now() + RETRY;
+    fn retry(&mut self) -> Result<(), Stop> {
+        let error = match &self.slot()?.state.unread {
+            Some(unread) => unread.error,
+            None => return Ok(()),
+        };
+        let works = match error {
+            Exhausted::Stuck(_) => !self.ctx.procfs.bounds().full(),
+            Exhausted::Resources(_) => {
+                if self.reader.is_err() {
+                    self.reader = self.ctx.procfs.reader();
                 }
+                self.reader.as_mut().is_ok_and(|r| r.probe().is_ok())
             }
+        };
+        let ctx = self.ctx.clone();
+        let mut slot = self.slot()?;
+        if works {
+            recovered(&ctx, &mut slot.state);
+        } else if let Some(unread) = &mut slot.state.unread {
+            unread.retry_at = Instant::now() + RETRY;
         }
+        Ok(())
     }
+}
 
-    /// Turns one kernel event into a published item.
-    fn handle(&mut self, ev: ProcEvent) {
-        match ev.kind {
-            EventKind::Exec { pid, tgid } => {
-                let mut p = match self.procfs.read(pid, tgid, Source::Netlink) {
-                    Ok(Some(p)) => p,
-                    Ok(None) => {
-                        self.stats.add_ignored_kernel_events(1);
-                        return;
-                    }
-                    Err(e) => return self.unreadable(e),
-                };
-                // The loss goes out before this record: subscribers resync,
-                // then get it.
-                self.recovered();
-                let (fanout, stats) = (&self.fanout, &self.stats);
-                p.kernel_timestamp_ns = ev.timestamp_ns;
-                if p.exited_before_inspection {
-                    stats.add_exited_before_inspection(1);
-                }
-                fanout.publish(Item::Exec(Arc::new(p)));
-            }
-            // Thread exits are noise: only a leader's exit ends a process.
-            EventKind::Exit {
-                pid,
-                tgid,
-                exit_code,
-                exit_signal,
-                ..
-            } if pid == tgid => {
-                self.fanout.publish(Item::Exit(Exit {
-                    pid,
-                    tgid,
-                    exit_code,
-                    exit_signal,
-                    kernel_timestamp_ns: ev.timestamp_ns,
-                    observed_unix_ns: clock::unix_ns(),
-                    source: Source::Netlink as i32,
-                }));
-            }
-            _ => self.stats.add_ignored_kernel_events(1),
-        }
+/// The shared slot, if the thread of `generation` is still the one that
+/// reads.
+fn current(ctx: &Context, generation: u64) -> Result<MutexGuard<'_, Slot<Backlog>>, Stop> {
+    let slot = ctx.watched.lock();
+    if slot.generation() != generation {
+        return Err(Stop::Stale);
     }
+    Ok(slot)
+}
+
+/// Reports the execs that could not be read, now that reads work.
+fn recovered(ctx: &Context, backlog: &mut Backlog) {
+    let Some(unread) = backlog.unread.take() else {
+        return;
+    };
+    let reason = format!(
+        "{} exec events could not be read from /proc ({}); subscribers resync",
+        unread.count, unread.error
+    );
+    tracing::warn!("{reason}");
+    ctx.fanout
+        .publish(Item::DetectorLost(Arc::new(DetectorLoss {
+            site: LossSite::Detector,
+            reason,
+            count: Some(unread.count),
+        })));
 }
 
 /// Appends every event queued on `sock` to `events`, up to an overflow.
@@ -346,15 +501,5 @@ fn drain(
                 }
             }
         }
-    }
-}
-
-/// Forgets the readiness the runtime has recorded for `fd`, before it is
-/// drained: a datagram that arrives after this marks it readable again, so
-/// none can be left unread without a wake-up.
-fn clear_readiness(fd: &AsyncFd<NetlinkSocket>) {
-    let mut cx = Context::from_waker(Waker::noop());
-    if let Poll::Ready(Ok(mut guard)) = std::pin::pin!(fd.readable()).poll(&mut cx) {
-        guard.clear_ready();
     }
 }

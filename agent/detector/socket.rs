@@ -35,6 +35,10 @@ pub enum NetlinkError {
     /// recv(2) failed for a reason other than overflow.
     #[error("reading the proc connector failed: {0}")]
     Recv(#[source] io::Error),
+    /// No thread could be started to go on reading after a `/proc` read
+    /// was given up.
+    #[error("cannot start a thread to read the proc connector: {0}")]
+    Thread(#[source] io::Error),
     /// This build has no netlink support.
     #[cfg_attr(target_os = "linux", allow(dead_code))]
     #[error("the netlink detector needs Linux; use --detector=poll")]
@@ -83,6 +87,9 @@ mod imp {
     use std::time::Duration;
     use std::time::Instant;
 
+    use nix::errno::Errno;
+    use nix::sys::socket::{self, sockopt, MsgFlags, NetlinkAddr};
+
     use super::{NetlinkError, Received};
     use execwatch::internal::cn_proc::{self, McastOp};
 
@@ -92,9 +99,9 @@ mod imp {
         fd: OwnedFd,
     }
 
-    impl AsRawFd for NetlinkSocket {
-        fn as_raw_fd(&self) -> std::os::fd::RawFd {
-            self.fd.as_raw_fd()
+    impl AsFd for NetlinkSocket {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.fd.as_fd()
         }
     }
 
@@ -102,42 +109,37 @@ mod imp {
         /// Opens the socket, joins the proc group and asks for a receive
         /// buffer of `rcvbuf` bytes. Returns the socket and the size granted.
         pub fn open(rcvbuf: usize) -> Result<(Self, usize), NetlinkError> {
-            // SAFETY: plain syscall; the fd is owned right after.
+            // nix names no NETLINK_CONNECTOR protocol (its SockProtocol is a
+            // closed enum), so this one call is libc's.
+            // SAFETY: socket(2) reads and writes no memory of ours, and a
+            // descriptor it returns is new and owned by nobody else, so the
+            // OwnedFd may own (and close) it.
             let fd = unsafe {
-                libc::socket(
+                match libc::socket(
                     libc::AF_NETLINK,
                     libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
                     libc::NETLINK_CONNECTOR,
-                )
+                ) {
+                    -1 => None,
+                    raw => Some(OwnedFd::from_raw_fd(raw)),
+                }
             };
-            if fd < 0 {
+            let Some(fd) = fd else {
                 return Err(NetlinkError::Socket(io::Error::last_os_error()));
-            }
-            // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-            let sock = Self {
-                fd: unsafe { OwnedFd::from_raw_fd(fd) },
             };
-            // SAFETY: sockaddr_nl is plain data; zero is a valid value.
-            let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-            addr.nl_family = libc::AF_NETLINK as u16;
-            addr.nl_groups = cn_proc::CN_IDX_PROC;
-            // SAFETY: addr is a valid sockaddr_nl of the given length.
-            let rc = unsafe {
-                libc::bind(
-                    sock.fd.as_raw_fd(),
-                    &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_nl>() as u32,
-                )
-            };
-            if rc < 0 {
-                let source = io::Error::last_os_error();
-                let hint = match source.raw_os_error() {
-                    Some(libc::EPERM) => {
+            let sock = Self { fd };
+            let group = NetlinkAddr::new(0, cn_proc::CN_IDX_PROC);
+            if let Err(errno) = socket::bind(sock.fd.as_raw_fd(), &group) {
+                let hint = match errno {
+                    Errno::EPERM => {
                         " (kernels before 6.6 let only CAP_NET_ADMIN join: see deploy/overlays/kernel-pre-6.6)"
                     }
                     _ => "",
                 };
-                return Err(NetlinkError::Bind { source, hint });
+                return Err(NetlinkError::Bind {
+                    source: errno.into(),
+                    hint,
+                });
             }
             let granted = sock.set_rcvbuf(rcvbuf);
             Ok((sock, granted))
@@ -146,74 +148,29 @@ mod imp {
         /// Raises the receive buffer: SO_RCVBUFFORCE passes the system limit
         /// but needs CAP_NET_ADMIN; SO_RCVBUF is capped at net.core.rmem_max.
         fn set_rcvbuf(&self, bytes: usize) -> usize {
-            let val = bytes.min(i32::MAX as usize / 2) as libc::c_int;
-            for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-                if self.setsockopt(opt, val).is_ok() {
-                    break;
-                }
+            let val = bytes.min(i32::MAX as usize / 2);
+            if socket::setsockopt(&self.fd, sockopt::RcvBufForce, &val).is_err() {
+                let _ = socket::setsockopt(&self.fd, sockopt::RcvBuf, &val);
             }
-            self.getsockopt(libc::SO_RCVBUF).unwrap_or(0) as usize
-        }
-
-        fn setsockopt(&self, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
-            // SAFETY: val is a c_int that lives across the call.
-            let rc = unsafe {
-                libc::setsockopt(
-                    self.fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &val as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as u32,
-                )
-            };
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        }
-
-        fn getsockopt(&self, opt: libc::c_int) -> io::Result<libc::c_int> {
-            let mut val: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: val and len are valid for writes of their sizes.
-            let rc = unsafe {
-                libc::getsockopt(
-                    self.fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &mut val as *mut libc::c_int as *mut libc::c_void,
-                    &mut len,
-                )
-            };
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(val)
+            socket::getsockopt(&self.fd, sockopt::RcvBuf).unwrap_or(0)
         }
 
         /// Sends LISTEN (or IGNORE). `filter` is the kernel-side event mask
         /// (kernels >= 6.6); `None` sends the legacy form that gets all events.
         pub fn subscribe(&self, op: McastOp, filter: Option<u32>) -> Result<(), NetlinkError> {
             let msg = cn_proc::subscribe_message(op, filter, 0, std::process::id());
-            // SAFETY: msg is a live buffer of msg.len() bytes.
-            let rc = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    msg.as_ptr() as *const libc::c_void,
-                    msg.len(),
-                    0,
-                )
-            };
-            if rc < 0 {
-                let source = io::Error::last_os_error();
-                let hint = match source.raw_os_error() {
-                    Some(libc::ECONNREFUSED) => {
+            if let Err(errno) = socket::send(self.fd.as_raw_fd(), &msg, MsgFlags::empty()) {
+                let hint = match errno {
+                    Errno::ECONNREFUSED => {
                         " (the proc connector only exists in the initial network namespace: run with hostNetwork)"
                     }
-                    Some(libc::EPERM) => " (kernels before 6.6 need CAP_NET_ADMIN to subscribe)",
+                    Errno::EPERM => " (kernels before 6.6 need CAP_NET_ADMIN to subscribe)",
                     _ => "",
                 };
-                return Err(NetlinkError::Subscribe { source, hint });
+                return Err(NetlinkError::Subscribe {
+                    source: errno.into(),
+                    hint,
+                });
             }
             Ok(())
         }
@@ -228,11 +185,11 @@ mod imp {
             timeout: Option<Duration>,
         ) -> Result<Received, NetlinkError> {
             let Some(timeout) = timeout else {
-                return self.recv_flags(buf, 0);
+                return self.recv_flags(buf, MsgFlags::empty());
             };
             let deadline = Instant::now() + timeout;
             while super::wait_readable(self.fd.as_fd(), deadline).map_err(NetlinkError::Recv)? {
-                match self.recv_flags(buf, libc::MSG_DONTWAIT)? {
+                match self.recv_flags(buf, MsgFlags::MSG_DONTWAIT)? {
                     Received::Timeout => continue,
                     received => return Ok(received),
                 }
@@ -243,29 +200,17 @@ mod imp {
         /// Receives one datagram if one is queued, without waiting:
         /// `Timeout` if none is.
         pub fn try_recv(&self, buf: &mut [u8]) -> Result<Received, NetlinkError> {
-            self.recv_flags(buf, libc::MSG_DONTWAIT)
+            self.recv_flags(buf, MsgFlags::MSG_DONTWAIT)
         }
 
-        fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> Result<Received, NetlinkError> {
+        fn recv_flags(&self, buf: &mut [u8], flags: MsgFlags) -> Result<Received, NetlinkError> {
             loop {
-                // SAFETY: buf is valid for writes of buf.len() bytes.
-                let n = unsafe {
-                    libc::recv(
-                        self.fd.as_raw_fd(),
-                        buf.as_mut_ptr() as *mut libc::c_void,
-                        buf.len(),
-                        flags,
-                    )
-                };
-                if n >= 0 {
-                    return Ok(Received::Datagram(n as usize));
-                }
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ENOBUFS) => return Ok(Received::Overrun),
-                    Some(libc::EAGAIN) => return Ok(Received::Timeout),
-                    _ => return Err(NetlinkError::Recv(err)),
+                match socket::recv(self.fd.as_raw_fd(), buf, flags) {
+                    Ok(n) => return Ok(Received::Datagram(n)),
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::ENOBUFS) => return Ok(Received::Overrun),
+                    Err(Errno::EAGAIN) => return Ok(Received::Timeout),
+                    Err(errno) => return Err(NetlinkError::Recv(errno.into())),
                 }
             }
         }
@@ -279,13 +224,13 @@ mod imp {
     use super::{NetlinkError, Received};
     use execwatch::internal::cn_proc::McastOp;
 
-    /// Stand-in for systems without the proc connector.
+    /// Stand-in for systems without the proc connector: never made.
     #[derive(Debug)]
-    pub struct NetlinkSocket;
+    pub struct NetlinkSocket(std::convert::Infallible);
 
-    impl std::os::fd::AsRawFd for NetlinkSocket {
-        fn as_raw_fd(&self) -> std::os::fd::RawFd {
-            -1
+    impl std::os::fd::AsFd for NetlinkSocket {
+        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+            match self.0 {}
         }
     }
 

@@ -1,7 +1,11 @@
 //! Everything the agent reads from `/proc/<pid>`: the record reader, the
-//! `stat` line parser, and the redaction applied to command lines before a
-//! record leaves the agent.
+//! `stat` line parser, the bound on how long a read may take, snapshot
+//! chunks, and the redaction applied to command lines before a record leaves
+//! the agent.
 
+pub mod bounded;
 pub mod reader;
 pub mod redaction;
+pub mod snapshot;
+pub mod source;
 pub mod stat_line;

@@ -50,16 +50,27 @@ pub struct ProcReader {
     max_argv_bytes: usize,
 }
 
-/// A read failed because the agent itself ran out of something (descriptors,
-/// memory): nothing is known about the process, and the caller must say so.
+/// A read failed, or was not started, because the agent itself ran out of
+/// something: nothing is known about the process, and the caller must say
+/// so (as loss).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the agent cannot read /proc: {}", .0.desc())]
-pub struct Exhausted(pub Errno);
+pub enum Exhausted {
+    /// Out of descriptors or memory.
+    #[error("the agent cannot read /proc: {}", .0.desc())]
+    Resources(Errno),
+    /// This many reads are stuck in `/proc`, the most the agent leaves
+    /// behind (see [`crate::procfs::bounded`]); no other is started until
+    /// one returns.
+    #[error("the agent cannot read /proc: {0} reads are stuck there (--max-stuck-reads); no other starts until one returns")]
+    Stuck(usize),
+}
 
 /// Passes `e` on, unless it is the agent's own exhaustion.
 fn own(e: Errno) -> Result<Errno, Exhausted> {
     match e {
-        Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOBUFS => Err(Exhausted(e)),
+        Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOBUFS => {
+            Err(Exhausted::Resources(e))
+        }
         e => Ok(e),
     }
 }
@@ -92,6 +103,18 @@ impl ProcReader {
             proc_dir,
             buf: Vec::with_capacity(4096),
             max_argv_bytes,
+        })
+    }
+
+    /// Another reader of the same mount, for another thread.
+    pub fn try_clone(&self) -> Result<ProcReader, Exhausted> {
+        let proc_dir = self.proc_dir.try_clone().map_err(|e| {
+            Exhausted::Resources(e.raw_os_error().map_or(Errno::EMFILE, Errno::from_raw))
+        })?;
+        Ok(Self {
+            proc_dir,
+            buf: Vec::with_capacity(4096),
+            max_argv_bytes: self.max_argv_bytes,
         })
     }
 
@@ -138,20 +161,27 @@ impl ProcReader {
     }
 
     /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
-    /// which never exec and are not processes a user launches.
+    /// which never exec and are not processes a user launches. Unbounded
+    /// (for the poll detector, on a thread of its own, and tests), and not
+    /// redacted: see [`crate::procfs::source::ProcSource::finish`].
     pub fn read(
         &mut self,
         pid: i32,
         tgid: i32,
         source: Source,
     ) -> Result<Option<Process>, Exhausted> {
-        let mut p = Process {
-            pid,
-            tgid,
-            source: source as i32,
-            observed_unix_ns: clock::unix_ns(),
-            ..Default::default()
-        };
+        let mut p = blank(pid, tgid, source);
+        match self.read_into(pid, &mut p)? {
+            Outcome::Read => Ok(Some(p)),
+            Outcome::KernelThread | Outcome::Abandoned => Ok(None),
+        }
+    }
+
+    /// Reads the record of `pid` into `sink`, one field at a time, so that
+    /// a read given up midway (see [`crate::procfs::bounded`]) still leaves
+    /// every field read so far and the name of the one under way. The
+    /// record in the sink starts as [`blank`] makes it.
+    pub fn read_into(&mut self, pid: i32, sink: &mut impl Sink) -> Result<Outcome, Exhausted> {
         let dir = match openat(
             &self.proc_dir,
             pid.to_string().as_str(),
@@ -160,65 +190,236 @@ impl ProcReader {
         ) {
             Ok(dir) => dir,
             Err(e) => {
-                gone(&mut p, "all", own(e)?);
-                return Ok(Some(p));
+                let e = own(e)?;
+                return Ok(done(sink.put(|p| gone(p, "all", e), None)));
             }
         };
+        if !sink.put(|_| {}, Some(Field::Comm)) {
+            return Ok(Outcome::Abandoned);
+        }
 
         match read_at(&dir, "stat", &mut self.buf, 4096).map(|_| StatLine::parse(&self.buf)) {
             Ok(Some(stat)) => {
                 if stat.flags & PF_KTHREAD != 0 {
-                    return Ok(None);
+                    return Ok(Outcome::KernelThread);
                 }
-                p.comm = String::from_utf8_lossy(stat.comm).into_owned();
-                p.ppid = stat.ppid;
-                p.start_ticks = stat.start_ticks;
-                if stat.exited() {
-                    // Reaping pending: the exit already happened, and a
-                    // snapshot must not list it as running (its exit event
-                    // may have gone by before the subscriber joined).
-                    p.exited_before_inspection = true;
-                    unavailable(
-                        &mut p,
-                        "argv",
-                        "process exited (zombie) before it could be inspected".into(),
-                    );
-                    return Ok(Some(p));
+                let exited = stat.exited();
+                let next = (!exited).then_some(Field::Credentials);
+                let kept = sink.put(
+                    |p| {
+                        p.comm = String::from_utf8_lossy(stat.comm).into_owned();
+                        p.ppid = stat.ppid;
+                        p.start_ticks = stat.start_ticks;
+                        if exited {
+                            // Reaping pending: the exit already happened, and
+                            // a snapshot must not list it as running (its
+                            // exit event may have gone by before the
+                            // subscriber joined).
+                            p.exited_before_inspection = true;
+                            unavailable(
+                                p,
+                                "argv",
+                                "process exited (zombie) before it could be inspected".into(),
+                            );
+                        }
+                    },
+                    next,
+                );
+                if !kept || exited {
+                    return Ok(done(kept));
                 }
             }
-            Ok(None) => unavailable(&mut p, "comm", "unparsable /proc/<pid>/stat".into()),
+            Ok(None) => {
+                let put =
+                    |p: &mut Process| unavailable(p, "comm", "unparsable /proc/<pid>/stat".into());
+                if !sink.put(put, Some(Field::Credentials)) {
+                    return Ok(Outcome::Abandoned);
+                }
+            }
             Err(e) => {
-                gone(&mut p, "all", own(e)?);
-                return Ok(Some(p));
+                let e = own(e)?;
+                return Ok(done(sink.put(|p| gone(p, "all", e), None)));
             }
         }
 
-        match read_at(&dir, "status", &mut self.buf, 8192) {
-            Ok(_) => p.credentials = parse_credentials(&self.buf),
-            Err(e) => missing(&mut p, "credentials", own(e)?),
+        let read = read_at(&dir, "status", &mut self.buf, 8192);
+        let read = match read {
+            Ok(_) => Ok(parse_credentials(&self.buf)),
+            Err(e) => Err(own(e)?),
+        };
+        let put = |p: &mut Process| match read {
+            Ok(credentials) => p.credentials = credentials,
+            Err(e) => missing(p, "credentials", e),
+        };
+        if !sink.put(put, Some(Field::Argv)) {
+            return Ok(Outcome::Abandoned);
         }
 
         let limit = self.max_argv_bytes;
-        match read_at(&dir, "cmdline", &mut self.buf, limit + 1) {
-            Ok(_) => set_argv(&mut p, &self.buf, limit),
-            Err(e) => missing(&mut p, "argv", own(e)?),
+        let read = read_at(&dir, "cmdline", &mut self.buf, limit + 1);
+        let read = match read {
+            Ok(_) => Ok(&self.buf),
+            Err(e) => Err(own(e)?),
+        };
+        let put = |p: &mut Process| match read {
+            Ok(cmdline) => set_argv(p, cmdline, limit),
+            Err(e) => missing(p, "argv", e),
+        };
+        if !sink.put(put, Some(Field::Cgroup)) {
+            return Ok(Outcome::Abandoned);
         }
 
-        match read_at(&dir, "cgroup", &mut self.buf, 8192) {
-            Ok(_) => p.cgroup = Some(cgroup::classify(&String::from_utf8_lossy(&self.buf))),
-            Err(e) => missing(&mut p, "cgroup", own(e)?),
+        let read = read_at(&dir, "cgroup", &mut self.buf, 8192);
+        let read = match read {
+            Ok(_) => Ok(cgroup::classify(&String::from_utf8_lossy(&self.buf))),
+            Err(e) => Err(own(e)?),
+        };
+        let put = |p: &mut Process| match read {
+            Ok(cgroup) => p.cgroup = Some(cgroup),
+            Err(e) => missing(p, "cgroup", e),
+        };
+        if !sink.put(put, Some(Field::Exe)) {
+            return Ok(Outcome::Abandoned);
         }
 
-        match readlinkat(&dir, "exe") {
-            Ok(path) => p.exe = Some(path.to_string_lossy().into_owned()),
-            Err(e) => missing(&mut p, "exe", own(e)?),
+        let read = match readlinkat(&dir, "exe") {
+            Ok(path) => Ok(path.to_string_lossy().into_owned()),
+            Err(e) => Err(own(e)?),
+        };
+        let put = |p: &mut Process| match read {
+            Ok(path) => p.exe = Some(path),
+            Err(e) => missing(p, "exe", e),
+        };
+        if !sink.put(put, Some(Field::Cwd)) {
+            return Ok(Outcome::Abandoned);
         }
-        match readlinkat(&dir, "cwd") {
-            Ok(path) => p.cwd = Some(path.to_string_lossy().into_owned()),
-            Err(e) => missing(&mut p, "cwd", own(e)?),
+
+        let read = match readlinkat(&dir, "cwd") {
+            Ok(path) => Ok(path.to_string_lossy().into_owned()),
+            Err(e) => Err(own(e)?),
+        };
+        let put = |p: &mut Process| match read {
+            Ok(path) => p.cwd = Some(path),
+            Err(e) => missing(p, "cwd", e),
+        };
+        Ok(done(sink.put(put, None)))
+    }
+}
+
+/// A record with only what the caller knows before reading `/proc`.
+pub fn blank(pid: i32, tgid: i32, source: Source) -> Process {
+    Process {
+        pid,
+        tgid,
+        source: source as i32,
+        observed_unix_ns: clock::unix_ns(),
+        ..Default::default()
+    }
+}
+
+/// What [`ProcReader::read_into`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The record in the sink is complete (fields that could not be read
+    /// are named in `unavailable`).
+    Read,
+    /// A kernel thread: no record.
+    KernelThread,
+    /// The sink refused to take more: the read was given up meanwhile.
+    Abandoned,
+}
+
+/// The outcome of a read whose last field was `kept` or not.
+fn done(kept: bool) -> Outcome {
+    if kept {
+        Outcome::Read
+    } else {
+        Outcome::Abandoned
+    }
+}
+
+/// The parts of a record, in the order [`ProcReader::read_into`] reads
+/// them; each is one `/proc/<pid>` file or link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `/proc/<pid>` itself.
+    All,
+    /// `stat`: comm, ppid, start time.
+    Comm,
+    /// `status`: uids and gids.
+    Credentials,
+    /// `cmdline`.
+    Argv,
+    /// `cgroup`.
+    Cgroup,
+    /// The `exe` link.
+    Exe,
+    /// The `cwd` link.
+    Cwd,
+}
+
+impl Field {
+    const ORDER: [Field; 7] = [
+        Field::All,
+        Field::Comm,
+        Field::Credentials,
+        Field::Argv,
+        Field::Cgroup,
+        Field::Exe,
+        Field::Cwd,
+    ];
+
+    /// The name `unavailable` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::All => "all",
+            Field::Comm => "comm",
+            Field::Credentials => "credentials",
+            Field::Argv => "argv",
+            Field::Cgroup => "cgroup",
+            Field::Exe => "exe",
+            Field::Cwd => "cwd",
         }
-        crate::procfs::redaction::apply(&mut p);
-        Ok(Some(p))
+    }
+
+    /// The file under `/proc/<pid>` it comes from.
+    pub fn file(self) -> &'static str {
+        match self {
+            Field::All => "",
+            Field::Comm => "stat",
+            Field::Credentials => "status",
+            Field::Argv => "cmdline",
+            Field::Cgroup => "cgroup",
+            Field::Exe => "exe",
+            Field::Cwd => "cwd",
+        }
+    }
+
+    /// The fields read after this one.
+    pub fn later(self) -> &'static [Field] {
+        let at = Self::ORDER.iter().position(|f| *f == self).unwrap_or(0);
+        match self {
+            // Nothing but the directory could be read: one entry says so.
+            Field::All => &[],
+            _ => &Self::ORDER[at + 1..],
+        }
+    }
+}
+
+/// Where [`ProcReader::read_into`] puts a record as it reads it.
+pub trait Sink {
+    /// Applies `f` (what was just read) to the record, then notes that
+    /// `next` is being read (`None`: the read is over). Returns `false` if
+    /// the read was given up meanwhile: the reader stops at once and must
+    /// not touch the record again.
+    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool;
+}
+
+/// A record read without a bound fills itself.
+impl Sink for Process {
+    fn put(&mut self, f: impl FnOnce(&mut Process), _next: Option<Field>) -> bool {
+        f(self);
+        true
     }
 }
 
@@ -358,7 +559,8 @@ fn missing(p: &mut Process, field: &str, e: Errno) {
     unavailable(p, field, reason(e));
 }
 
-fn unavailable(p: &mut Process, field: &str, reason: String) {
+/// Names `field` in `p.unavailable` with `reason`.
+pub fn unavailable(p: &mut Process, field: &str, reason: String) {
     p.unavailable.push(Unavailable {
         field: field.to_string(),
         reason,

@@ -1,9 +1,10 @@
 //! Redaction of secrets in command lines, before a record leaves the agent.
 //!
 //! Command lines can carry secrets (`--password=hunter2`). With redaction
-//! configured, every record the agent builds (live exec events of either
-//! detector and every snapshot entry: all come from `ProcReader::read`) has
-//! the matching text replaced by [`REDACTED`] and `argv_redacted` set.
+//! configured, every record the agent sends (live exec events of either
+//! detector and every snapshot entry: all leave through
+//! [`crate::procfs::source::ProcSource::finish`]) has the matching text
+//! replaced by [`REDACTED`] and `argv_redacted` set.
 //!
 //! Two kinds of pattern (Rust `regex` syntax, searched for anywhere in one
 //! argument; anchor with `^` and `$`):
@@ -20,22 +21,14 @@
 //! what they select is replaced. A non-UTF-8 argument is matched as the lossy
 //! string consumers see in `argv`, and the same stretch is replaced in its
 //! exact bytes (`argv_raw`), so both stay consistent.
-//!
-//! The configuration is process-wide and set once at start, before any
-//! record is read ([`install`]): every `ProcReader` then redacts, so no path
-//! that reads `/proc` can forget to. Without it, [`apply`] is one atomic load.
 
 use std::ops::Range;
-use std::sync::OnceLock;
 
 use execwatch::proto::Process;
 use regex::Regex;
 
 /// What replaces redacted text.
 pub const REDACTED: &str = "<redacted>";
-
-/// The process-wide configuration, if any.
-static REDACTOR: OnceLock<Redactor> = OnceLock::new();
 
 /// Compiled redaction patterns.
 #[derive(Debug, Clone, Default)]
@@ -199,19 +192,6 @@ fn lossy_to_raw(raw: &[u8]) -> Vec<usize> {
     }
     map.push(at);
     map
-}
-
-/// Sets the process-wide configuration; call once, before any record is
-/// read. Later calls are ignored and return false.
-pub fn install(redactor: Redactor) -> bool {
-    REDACTOR.set(redactor).is_ok()
-}
-
-/// Redacts `p` with the process-wide configuration, if there is one.
-pub fn apply(p: &mut Process) {
-    if let Some(redactor) = REDACTOR.get() {
-        redactor.redact(p);
-    }
 }
 
 pub mod patterns;

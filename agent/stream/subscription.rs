@@ -23,27 +23,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use execwatch::proto::{
-    watch_event::Kind, LossSite, Lost, Process, SnapshotCause, SnapshotComplete, Source,
-    WatchEvent, WatchRequest,
+    watch_event::Kind, LossSite, Lost, SnapshotCause, SnapshotComplete, WatchEvent, WatchRequest,
 };
 use futures::Stream;
 use tokio::sync::watch;
 use tonic::Status;
 
-use crate::procfs::reader::ProcReader;
+use crate::procfs::snapshot::read_chunk;
+use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
 use crate::stream::fanout::{Fanout, Item, Missed, Subscription};
-use crate::stream::selector::{Choice, Filter};
+use crate::stream::selector::Choice;
 use crate::stream::service::Seat;
 use execwatch::internal::clock;
 
 /// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
 const MAX_OVERFLOWS: usize = 3;
-/// Processes read per blocking-pool task during a snapshot.
-const SNAPSHOT_CHUNK: usize = 64;
-/// Encoded bytes of records read per blocking-pool task during a snapshot:
-/// what a subscriber that stops reading holds at most in snapshot records.
-const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 /// The window over which overflows are counted.
 const OVERFLOW_WINDOW: Duration = Duration::from_secs(60);
 
@@ -57,10 +52,8 @@ pub struct Shared {
     pub fanout: Arc<Fanout>,
     /// Counters.
     pub stats: Arc<Stats>,
-    /// The `/proc` mount snapshots read.
-    pub proc_root: String,
-    /// Command-line read limit for snapshot entries.
-    pub max_argv_bytes: usize,
+    /// Where and how snapshots read processes.
+    pub procfs: Arc<ProcSource>,
     /// Becomes `true` when the agent stops: every stream ends.
     pub stop: watch::Receiver<bool>,
     /// Snapshot reads under way at once (each on a blocking-pool thread), so
@@ -336,53 +329,6 @@ async fn again(delay: &mut Duration, deadline: Instant, why: &str) -> Result<(),
     Ok(())
 }
 
-/// What reading one chunk of a snapshot gave.
-struct Chunk {
-    records: Vec<Process>,
-    /// Pids whose reads failed for the agent's own reasons, with why.
-    failed: Vec<i32>,
-    why: Option<String>,
-}
-
-/// Reads the records of `pids` (keeping those `filter` passes), stopping
-/// once they weigh [`SNAPSHOT_CHUNK_BYTES`]; never waits for a client. The
-/// pids it did not get to are left in `pids`.
-fn read_chunk(root: &str, max_argv: usize, pids: &mut Vec<i32>, filter: Option<&Filter>) -> Chunk {
-    let mut reader = match ProcReader::open(root, max_argv) {
-        Ok(reader) => reader,
-        Err(e) => {
-            return Chunk {
-                records: Vec::new(),
-                failed: std::mem::take(pids),
-                why: Some(e.to_string()),
-            }
-        }
-    };
-    let mut chunk = Chunk {
-        records: Vec::new(),
-        failed: Vec::new(),
-        why: None,
-    };
-    let mut weight = 0;
-    while weight < SNAPSHOT_CHUNK_BYTES && chunk.records.len() < SNAPSHOT_CHUNK {
-        let Some(pid) = pids.pop() else { break };
-        match reader.read(pid, pid, Source::Snapshot) {
-            Ok(Some(p))
-                if !p.exited_before_inspection && filter.is_none_or(|f| f.offer_process(&p)) =>
-            {
-                weight += prost::Message::encoded_len(&p);
-                chunk.records.push(p);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                chunk.failed.push(pid);
-                chunk.why = Some(e.to_string());
-            }
-        }
-    }
-    chunk
-}
-
 /// A snapshot under way: every running process as `existing`, then
 /// `snapshot_complete`.
 ///
@@ -440,15 +386,14 @@ impl Snapshot {
             }
             Instant::now() + SNAPSHOT_PATIENCE
         });
-        let (root, max_argv) = (shared.proc_root.clone(), shared.max_argv_bytes);
         loop {
             let Some(pending) = &mut self.pending else {
-                let root = root.clone();
+                let procfs = shared.procfs.clone();
                 let listed = blocking(move || {
-                    let reader = ProcReader::open(&root, max_argv).map_err(|e| e.to_string())?;
+                    let reader = procfs.reader().map_err(|e| e.to_string())?;
                     reader
                         .pids()
-                        .map_err(|e| format!("cannot list {root}: {e}"))
+                        .map_err(|e| format!("cannot list {}: {e}", procfs.root()))
                 })
                 .await;
                 match listed {
@@ -475,29 +420,29 @@ impl Snapshot {
                 self.pending = Some(failed);
                 continue;
             }
-            let (mut pids, root, shared) = (std::mem::take(pending), root.clone(), shared.clone());
-            let filter = filter.clone();
-            // Its own task takes the read permit and gives it back: this
-            // stream is polled only while its client has room, and a permit
-            // handed to a stream that is not polled would never return.
+            let (pids, shared) = (std::mem::take(pending), shared.clone());
+            // Its own task takes the read permit and gives it back, and
+            // keeps the read's deadline: this stream is polled only while
+            // its client has room, and a permit handed to a stream that is
+            // not polled would never return.
             let read = tokio::spawn(async move {
                 let _permit = shared.snapshot_reads.acquire().await;
-                blocking(move || {
-                    let chunk = read_chunk(&root, max_argv, &mut pids, filter.as_deref());
-                    Ok((chunk, pids))
-                })
-                .await
+                read_chunk(shared.procfs.clone(), pids).await
             });
             let (chunk, rest) = read
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
                 .map_err(|e| End(Status::internal(e), "snapshot failed"))?;
             *pending = rest;
-            self.count += chunk.records.len() as u64;
-            ready.extend(chunk.records.into_iter().map(|mut p| {
+            let wanted = chunk
+                .records
+                .into_iter()
+                .filter(|p| filter.as_ref().is_none_or(|f| f.offer_process(p)));
+            for mut p in wanted {
+                self.count += 1;
                 choice.omit.apply(&mut p);
-                Kind::Existing(p)
-            }));
+                ready.push_back(Kind::Existing(p));
+            }
             self.failed.extend(chunk.failed);
             self.why = chunk.why.or(self.why.take());
             if let Some(first) = ready.pop_front() {

@@ -2,7 +2,9 @@
 //! and resync after an overflow, the cut-off, and the end on shutdown.
 
 use super::*;
+use crate::procfs::bounded::Bounds;
 use crate::transport::quota::Quota;
+use execwatch::proto::Process;
 use futures::StreamExt;
 use tonic::Code;
 
@@ -13,8 +15,9 @@ fn agent(queue_len: usize) -> (watch::Sender<bool>, Arc<Shared>) {
     let shared = Arc::new(Shared {
         fanout: Arc::new(Fanout::new(queue_len, usize::MAX)),
         stats: Arc::default(),
-        proc_root: "/proc".into(),
-        max_argv_bytes: 4096,
+        procfs: Arc::new(
+            ProcSource::open("/proc", 4096, None, Bounds::new(Duration::from_secs(5), 8)).unwrap(),
+        ),
         stop,
         snapshot_reads: tokio::sync::Semaphore::new(2),
     });

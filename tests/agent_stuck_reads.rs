@@ -1,0 +1,387 @@
+//! Processes whose `/proc` files never answer (issue 16), against the real
+//! kernel: a FIFO bind-mounted over `/proc/<pid>/cmdline` makes every open of
+//! that file block until a writer comes, as a read on a stuck FUSE or NFS
+//! mount, or one waiting for a memory-map lock, would. The agent must go on
+//! streaming, answer its health check, complete snapshots and stop on
+//! SIGTERM, and report the stuck process with the field it could not read in
+//! `unavailable`, within `--proc-read-timeout` and some slack.
+//!
+//! Needs root (bind mounts). The tests take a lock: a stuck process of one
+//! test would be in the other tests' snapshots and count against their
+//! agents' `--max-stuck-reads`.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use execwatch::proto::{watch_event::Kind, LossSite, Process, WatchEvent, WatchRequest};
+use support::*;
+use tonic::Streaming;
+
+/// The agent's default `--proc-read-timeout`.
+const DEADLINE: Duration = Duration::from_millis(250);
+/// What a busy shared test machine may add to it.
+const SLACK: Duration = Duration::from_millis(1750);
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A FIFO mounted over a `/proc` file: opening that file blocks until the
+/// FIFO gets a writer. Unmounted, and every blocked open let go, on drop
+/// (also when the test fails).
+struct StuckFile {
+    _dir: tempfile::TempDir,
+    fifo: PathBuf,
+    target: PathBuf,
+    mounted: bool,
+}
+
+impl StuckFile {
+    fn over(pid: u32, file: &str) -> StuckFile {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stuck.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let target = PathBuf::from(format!("/proc/{pid}/{file}"));
+        let out = Command::new("mount")
+            .arg("--bind")
+            .arg(&fifo)
+            .arg(&target)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount over {target:?}: {out:?}");
+        StuckFile {
+            _dir: dir,
+            fifo,
+            target,
+            mounted: true,
+        }
+    }
+
+    /// Unmounts it (new opens reach the real file again) and lets go of
+    /// every open still blocked in the FIFO: they get it, and end-of-file.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.mounted) {
+            let _ = Command::new("umount").arg("-l").arg(&self.target).output();
+        }
+        // Opening for writing without blocking works while a reader waits
+        // (ENXIO when none does); closing it gives them end-of-file.
+        use std::os::unix::fs::OpenOptionsExt;
+        for _ in 0..3 {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.fifo);
+        }
+    }
+}
+
+impl Drop for StuckFile {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// `sh` holding still until a line arrives on its stdin, then executing
+/// `program 30`: the test gets to set up its `/proc` files in between.
+fn held_exec(program: &Path) -> Child {
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("read x; exec {} 30", program.display()))
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    wait_exec(child.id(), "sh");
+    child
+}
+
+fn go(child: &mut Child) {
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+}
+
+/// Reads until an event satisfies `pred`; returns it and everything
+/// before. Fails with the agent's log after `wait`.
+async fn until_logged(
+    agent: &Agent,
+    stream: &mut Streaming<WatchEvent>,
+    wait: Duration,
+    mut pred: impl FnMut(&WatchEvent) -> bool,
+) -> (WatchEvent, Vec<WatchEvent>) {
+    let mut before = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(ev))) if pred(&ev) => return (ev, before),
+            Ok(Ok(Some(ev))) => before.push(ev),
+            other => panic!(
+                "no such event within {wait:?} ({other:?}) after {} others; agent log:\n{}",
+                before.len(),
+                agent.logs()
+            ),
+        }
+    }
+}
+
+/// The `exec` of `comm` by `pid` on `stream` (the shell that becomes it
+/// has an exec of its own).
+async fn exec_of(
+    agent: &Agent,
+    stream: &mut Streaming<WatchEvent>,
+    pid: u32,
+    comm: &str,
+    wait: Duration,
+) -> Process {
+    let (ev, _) = until_logged(agent, stream, wait, |ev| match &ev.kind {
+        Some(Kind::Exec(p)) => p.pid == pid as i32 && p.comm == comm,
+        _ => false,
+    })
+    .await;
+    match ev.kind {
+        Some(Kind::Exec(p)) => p,
+        other => unreachable!("{other:?}"),
+    }
+}
+
+fn reason<'a>(p: &'a Process, field: &str) -> Option<&'a str> {
+    p.unavailable
+        .iter()
+        .find(|u| u.field == field)
+        .map(|u| u.reason.as_str())
+}
+
+#[tokio::test]
+async fn a_process_whose_cmdline_hangs_does_not_stall_the_agent() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut agent = Agent::start(&[]);
+    let mut stream = agent.watch(live(false)).await;
+    let stuck_prog = UniqueProgram::new("ewstuck");
+    let mut held = held_exec(&stuck_prog.path);
+    let pid = held.id();
+    // The shell's own exec is read before the file hangs.
+    exec_of(&agent, &mut stream, pid, "sh", Duration::from_secs(10)).await;
+    let mut stuck = StuckFile::over(pid, "cmdline");
+    go(&mut held);
+    let sent = Instant::now();
+
+    // Its record arrives once the read is given up, with what was read
+    // before the stuck file and the rest named.
+    let p = exec_of(
+        &agent,
+        &mut stream,
+        pid,
+        &stuck_prog.name,
+        DEADLINE + SLACK * 4,
+    )
+    .await;
+    let took = sent.elapsed();
+    assert!(took < DEADLINE + SLACK, "took {took:?}: {p:?}");
+    assert_eq!(p.comm, stuck_prog.name, "read before cmdline: {p:?}");
+    assert!(p.credentials.is_some(), "read before cmdline: {p:?}");
+    let why = reason(&p, "argv").unwrap_or_else(|| panic!("argv not named: {p:?}"));
+    assert!(
+        why.contains("timed out after 250ms") && why.contains("cmdline"),
+        "{why}"
+    );
+    for later in ["cgroup", "exe", "cwd"] {
+        assert!(reason(&p, later).is_some(), "{later} not named: {p:?}");
+    }
+    assert!(p.argv.is_empty() && !p.exited_before_inspection, "{p:?}");
+
+    // Other execs are still delivered promptly, while that read hangs.
+    let free = UniqueProgram::new("ewfree");
+    for _ in 0..3 {
+        // Alive until read: a process gone first has fields missing anyway.
+        let child = free.spawn(30, &[]);
+        let started = Instant::now();
+        let q = exec_of(
+            &agent,
+            &mut stream,
+            child.id(),
+            &free.name,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(started.elapsed() < SLACK, "took {:?}", started.elapsed());
+        assert_eq!(q.comm, free.name);
+        assert!(q.unavailable.is_empty(), "{q:?}");
+        stop(child);
+    }
+
+    // The health check answers.
+    let health = health_check_as(&agent.socket, 0);
+    assert!(health.status.success(), "{health:?}");
+
+    // A snapshot completes, and lists the process as one that cannot be
+    // read rather than hanging on it.
+    let mut fresh = agent.watch(WatchRequest::default()).await;
+    let listed = tokio::time::timeout(Duration::from_secs(10), snapshot(&mut fresh))
+        .await
+        .expect("the snapshot completes");
+    let entry = listed
+        .iter()
+        .find(|ev| is_process(ev, pid, true))
+        .unwrap_or_else(|| panic!("pid {pid} not in the snapshot"));
+    let Some(Kind::Existing(entry)) = &entry.kind else {
+        unreachable!()
+    };
+    assert!(!entry.unavailable.is_empty(), "{entry:?}");
+
+    // Let the stuck read return: the thread left behind publishes nothing.
+    stuck.release();
+    let logs = agent.logs();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .logs()
+        .contains("a /proc read given up earlier has returned")
+    {
+        assert!(Instant::now() < deadline, "never returned:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut child = free.spawn(0, &[]);
+    let (_, before) = until_logged(&agent, &mut stream, Duration::from_secs(10), |ev| {
+        is_process(ev, child.id(), false)
+    })
+    .await;
+    child.wait().unwrap();
+    assert!(
+        !before.iter().any(|ev| is_process(ev, pid, false)),
+        "a second record of {pid}: {before:?}"
+    );
+
+    // SIGTERM still stops it promptly.
+    let asked = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{status}:\n{}", agent.logs());
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    stop(held);
+}
+
+/// Without an exec to report it first, a snapshot meets the stuck file
+/// itself: the read is given up, the snapshot completes, and the snapshot
+/// permits are not held (three more subscribers, more than there are
+/// permits, complete theirs too). SIGTERM then stops the agent at once,
+/// the stuck thread notwithstanding.
+#[tokio::test]
+async fn a_snapshot_does_not_wait_for_a_process_whose_cmdline_hangs() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prog = UniqueProgram::new("ewsnap");
+    let child = prog.spawn(30, &[]);
+    wait_exec(child.id(), &prog.name);
+    let pid = child.id();
+    let agent = Agent::start(&[]);
+    let stuck = StuckFile::over(pid, "cmdline");
+    for round in 0..4 {
+        let mut stream = agent.watch(WatchRequest::default()).await;
+        let started = Instant::now();
+        let listed = tokio::time::timeout(Duration::from_secs(10), snapshot(&mut stream))
+            .await
+            .unwrap_or_else(|_| panic!("snapshot {round} never completed"));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let entry = listed
+            .iter()
+            .find_map(|ev| match &ev.kind {
+                Some(Kind::Existing(p)) if p.pid == pid as i32 => Some(p.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("pid {pid} not in snapshot {round}"));
+        if round == 0 {
+            assert_eq!(entry.comm, prog.name, "{entry:?}");
+            let why = reason(&entry, "argv").unwrap_or_else(|| panic!("{entry:?}"));
+            assert!(why.contains("timed out after 250ms"), "{why}");
+        } else {
+            // Not read again while the first read is stuck.
+            let why = reason(&entry, "all").unwrap_or_else(|| panic!("{entry:?}"));
+            assert!(why.contains("has not returned"), "{why}");
+        }
+    }
+
+    // SIGTERM stops it promptly while a reading thread is still stuck.
+    let mut agent = agent;
+    let asked = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{status}:\n{}", agent.logs());
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(stuck);
+    stop(child);
+}
+
+/// Beyond `--max-stuck-reads`, reads are not started: execs are counted as
+/// loss, never sent as empty records, and reported as `lost` (site
+/// detector) with their count once a stuck read returns.
+#[tokio::test]
+async fn beyond_the_stuck_reads_allowed_execs_are_reported_as_lost() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let agent = Agent::start(&["--max-stuck-reads=1"]);
+    let mut stream = agent.watch(live(false)).await;
+    let prog = UniqueProgram::new("ewcap");
+    let mut first = held_exec(&prog.path);
+    exec_of(
+        &agent,
+        &mut stream,
+        first.id(),
+        "sh",
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut stuck = StuckFile::over(first.id(), "cmdline");
+    go(&mut first);
+    let p = exec_of(
+        &agent,
+        &mut stream,
+        first.id(),
+        &prog.name,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(reason(&p, "argv").is_some(), "{p:?}");
+
+    // The one thread allowed is stuck: these are not read.
+    let free = UniqueProgram::new("ewcapfree");
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let mut child = free.spawn(0, &[]);
+        pids.push(child.id());
+        child.wait().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stuck.release();
+    let (lost, before) = until_logged(&agent, &mut stream, Duration::from_secs(10), |ev| {
+        matches!(ev.kind, Some(Kind::Lost(_)))
+    })
+    .await;
+    for pid in &pids {
+        assert!(
+            !before.iter().any(|ev| is_process(ev, *pid, false)),
+            "an exec read beyond the limit was sent: {before:?}"
+        );
+    }
+    let Some(Kind::Lost(lost)) = lost.kind else {
+        unreachable!()
+    };
+    assert_eq!(lost.site, LossSite::Detector as i32, "{lost:?}");
+    assert!(lost.count_known && lost.count >= 3, "{lost:?}");
+    assert!(lost.reason.contains("stuck"), "{}", lost.reason);
+    // Then the resync, complete.
+    let listed = tokio::time::timeout(Duration::from_secs(10), snapshot(&mut stream))
+        .await
+        .expect("the resync completes");
+    assert!(listed.iter().any(|ev| is_process(ev, first.id(), true)));
+    stop(first);
+}
