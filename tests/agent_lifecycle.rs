@@ -17,7 +17,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 /// Waits for `child` to exit; returns its status and how long that took.
-fn wait_exit(child: &mut Child, timeout: Duration) -> (ExitStatus, Duration) {
+async fn wait_exit(child: &mut Child, timeout: Duration) -> (ExitStatus, Duration) {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -27,7 +27,9 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> (ExitStatus, Duration) {
             started.elapsed() < timeout,
             "still running {timeout:?} after the signal"
         );
-        std::thread::sleep(Duration::from_millis(5));
+        // Yields, so this test's own clients keep reading meanwhile: the
+        // agent's last word must not wait on a client this test froze.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -69,8 +71,11 @@ async fn stops_at_once(sig: Signal, never_reading: usize) {
     assert!(storm.len() > 50, "the storm ran");
     let _ = next(&mut reader, Duration::from_secs(5)).await;
 
+    // The live reader goes on reading while the agent stops, as a real one
+    // does: the agent's last word comes after whatever it had queued.
+    let reading = tokio::spawn(async move { end_of(&mut reader).await });
     agent.signal(sig);
-    let (status, took) = wait_exit(&mut agent.child, Duration::from_secs(10));
+    let (status, took) = wait_exit(&mut agent.child, Duration::from_secs(10)).await;
     println!(
         "{sig:?} with 1 reader, 1 health watcher and {never_reading} clients that never read: the agent exited in {took:?}"
     );
@@ -81,7 +86,7 @@ async fn stops_at_once(sig: Signal, never_reading: usize) {
         agent.logs()
     );
     assert!(!agent.socket.exists(), "the socket was removed");
-    let ended = end_of(&mut reader).await.expect_err("ended with a status");
+    let ended = reading.await.unwrap().expect_err("ended with a status");
     assert_eq!(ended.code(), Code::Unavailable, "{ended}");
     assert!(ended.message().contains("shutting down"), "{ended}");
     // Health said NOT_SERVING before the connection went.
@@ -190,7 +195,7 @@ async fn a_failed_detector_stops_the_agent_cleanly_with_an_error() {
     assert!(matches!(first.kind, Some(Kind::SnapshotComplete(_))));
 
     std::fs::set_permissions(&fake_proc, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let (status, took) = wait_exit(&mut child, Duration::from_secs(10));
+    let (status, took) = wait_exit(&mut child, Duration::from_secs(10)).await;
     println!("the agent stopped {took:?} after its /proc became unreadable");
     assert_eq!(status.code(), Some(1), "{}", logs());
     let ended = end_of(&mut stream).await.expect_err("ended with a status");
