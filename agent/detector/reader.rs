@@ -22,6 +22,19 @@
 //!   a sweep at most [`EXIT_BATCH`] after the first one arrives, so a storm
 //!   of short-lived processes costs one wake-up per exec, not two.
 //!
+//! Each exec is read only as far as some subscriber could want it (lazy
+//! enrichment): before the read the thread takes the fan-out's [`Interest`],
+//! the union of the hooked subscribers' selectors. With no subscriber
+//! wanting any process, `/proc` is not read at all; with subscribers that
+//! select by comm alone, `stat` is read and, if the comm is in none of their
+//! lists, nothing more. Such an exec is never published, only counted
+//! ([`Fanout::skip_exec`]): no subscriber's selector could have passed it,
+//! so nobody misses it, its exit goes to nobody who was not sent it, and
+//! loss accounting and sequence numbers see what they saw when it was
+//! published to nobody. The interest is taken after the exec was received,
+//! so a subscriber hooked after it is hooked after the exec: its snapshot
+//! covers that process as it covers any that started just before it joined.
+//!
 //! An exec whose `/proc` record cannot be read because the agent is out of
 //! descriptors or memory, or has as many reads stuck as it allows, is not
 //! published as an empty record: it is counted, and once reads work again
@@ -50,6 +63,7 @@ use crate::procfs::reader::{blank, Exhausted, Outcome, ProcReader};
 use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
+use crate::stream::selector::Interest;
 
 /// Longest an exit event waits to be read when no exec comes along.
 pub const EXIT_BATCH: Duration = Duration::from_millis(10);
@@ -348,6 +362,14 @@ impl ReaderThread {
     /// Reads and publishes one exec's record, under the watchdog.
     fn exec(&mut self, pid: i32, tgid: i32, timestamp_ns: u64) -> Result<(), Stop> {
         let ctx = self.ctx.clone();
+        // Taken now, after the exec was received: see the module's comment.
+        let interest = ctx.fanout.interest();
+        if *interest == Interest::Nothing {
+            // Still the reading thread (a stale one touches nothing).
+            let _slot = self.slot()?;
+            ctx.fanout.skip_exec();
+            return Ok(());
+        }
         let mut record = blank(pid, tgid, Source::Netlink);
         record.kernel_timestamp_ns = timestamp_ns;
         match ctx.procfs.bounds().admit(pid) {
@@ -374,7 +396,8 @@ impl ReaderThread {
         let mut slot = current(&ctx, self.generation)?;
         ctx.watched.begin(&mut slot, record);
         drop(slot);
-        let read = reader.read_into(pid, &mut ctx.watched.tracker(self.generation));
+        let tracker = &mut ctx.watched.tracker(self.generation);
+        let read = reader.read_into(pid, tracker, |comm| interest.may_want(comm));
         let mut slot = ctx.watched.lock();
         if slot.generation() != self.generation {
             // Given up meanwhile: the watchdog published the record.
@@ -389,6 +412,12 @@ impl ReaderThread {
                 // then get it.
                 recovered(&ctx, &mut slot.state);
                 publish_exec(&ctx, p);
+                Ok(())
+            }
+            (Ok(Outcome::Unwanted), _) => {
+                // `stat` was read: reads work.
+                recovered(&ctx, &mut slot.state);
+                ctx.fanout.skip_exec();
                 Ok(())
             }
             (Err(e), _) => {

@@ -7,6 +7,11 @@
 //! process: if it exits and its pid is reused mid-read, the remaining reads
 //! fail instead of describing the newcomer.
 //!
+//! The caller may stop the read after `stat` ([`ProcReader::read_into`]'s
+//! `wanted`): the netlink detector does when the comm alone tells that no
+//! subscriber could want the process, and then a non-matching exec costs
+//! two syscalls and no more.
+//!
 //! A field that cannot be read is left empty and named in `unavailable` with
 //! the reason; a process that is gone yields a record with only what the
 //! caller already knew and `exited_before_inspection` set. A read that fails
@@ -171,9 +176,9 @@ impl ProcReader {
         source: Source,
     ) -> Result<Option<Process>, Exhausted> {
         let mut p = blank(pid, tgid, source);
-        match self.read_into(pid, &mut p)? {
+        match self.read_into(pid, &mut p, |_| true)? {
             Outcome::Read => Ok(Some(p)),
-            Outcome::KernelThread | Outcome::Abandoned => Ok(None),
+            Outcome::KernelThread | Outcome::Abandoned | Outcome::Unwanted => Ok(None),
         }
     }
 
@@ -181,7 +186,17 @@ impl ProcReader {
     /// a read given up midway (see [`crate::procfs::bounded`]) still leaves
     /// every field read so far and the name of the one under way. The
     /// record in the sink starts as [`blank`] makes it.
-    pub fn read_into(&mut self, pid: i32, sink: &mut impl Sink) -> Result<Outcome, Exhausted> {
+    ///
+    /// `wanted` is asked once, with the comm as `stat` gives it (bytes, as
+    /// the kernel keeps them): if it says no, the read stops there with
+    /// [`Outcome::Unwanted`], the record holding what `stat` gave. It is not
+    /// asked if `stat` cannot be parsed (the read goes on).
+    pub fn read_into(
+        &mut self,
+        pid: i32,
+        sink: &mut impl Sink,
+        wanted: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<Outcome, Exhausted> {
         let dir = match openat(
             &self.proc_dir,
             pid.to_string().as_str(),
@@ -204,7 +219,8 @@ impl ProcReader {
                     return Ok(Outcome::KernelThread);
                 }
                 let exited = stat.exited();
-                let next = (!exited).then_some(Field::Credentials);
+                let unwanted = !wanted(stat.comm);
+                let next = (!exited && !unwanted).then_some(Field::Credentials);
                 let kept = sink.put(
                     |p| {
                         p.comm = String::from_utf8_lossy(stat.comm).into_owned();
@@ -225,6 +241,9 @@ impl ProcReader {
                     },
                     next,
                 );
+                if kept && unwanted {
+                    return Ok(Outcome::Unwanted);
+                }
                 if !kept || exited {
                     return Ok(done(kept));
                 }
@@ -327,6 +346,9 @@ pub enum Outcome {
     KernelThread,
     /// The sink refused to take more: the read was given up meanwhile.
     Abandoned,
+    /// The caller's `wanted` ruled the process out by its comm: the read
+    /// stopped after `stat`, and the record is for nobody.
+    Unwanted,
 }
 
 /// The outcome of a read whose last field was `kept` or not.

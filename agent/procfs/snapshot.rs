@@ -124,7 +124,7 @@ fn read_blocking(source: &ProcSource, watched: &Watched<Progress>) {
         }
         watched.begin(&mut slot, blank(pid, pid, Source::Snapshot));
         drop(slot);
-        let read = reader.read_into(pid, &mut watched.tracker(GENERATION));
+        let read = reader.read_into(pid, &mut watched.tracker(GENERATION), |_| true);
         let mut slot = watched.lock();
         if slot.generation() != GENERATION {
             drop(slot);

@@ -12,7 +12,17 @@
 //!
 //! The fan-out owns the counts of what it publishes (execs, exits), of the
 //! subscribers hooked to it and of their overflows; `GetStats` reads them
-//! here ([`Fanout::counts`]), and nothing else keeps a copy.
+//! here ([`Fanout::counts`]), and nothing else keeps a copy. An exec the
+//! detector did not read in full because no subscriber could want it
+//! ([`Fanout::skip_exec`]) counts as one published to nobody.
+//!
+//! It also keeps the union of its hooked subscribers' selectors, the
+//! [`Interest`] the detector reads before each exec ([`Fanout::interest`]).
+//! It is worked out again only when a subscriber is hooked or unhooked,
+//! and a subscriber's share is in it before the subscriber is hooked: an
+//! exec the detector decides on with an older interest happened before the
+//! subscriber was hooked, so that subscriber's snapshot, taken after, is
+//! what covers it (see `Fanout::hook`).
 //!
 //! What the `lost` says is exact: the events published while the subscriber
 //! was unhooked are counted, and a detector loss it missed in that time
@@ -20,13 +30,13 @@
 //! its site, and with a count only if every missed loss had one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use execwatch::proto::{Exit, LossSite, Process};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::stream::selector::Filter;
+use crate::stream::selector::{Filter, Interest};
 
 /// One item a detector publishes.
 #[derive(Debug, Clone)]
@@ -164,6 +174,11 @@ struct Inner {
 }
 
 impl Inner {
+    /// The union of the hooked subscribers' selectors.
+    fn interest(&self) -> Interest {
+        Interest::of(self.subscribers.iter().map(|s| &s.filter).map(selector))
+    }
+
     /// The totals now, as a subscriber of these kinds counts them.
     fn mark(&self, include_exits: bool) -> Mark {
         Mark {
@@ -178,7 +193,8 @@ impl Inner {
 /// The fan-out's counts, as `GetStats` reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
-    /// Exec events published.
+    /// Exec events published, and those skipped because no subscriber
+    /// could want them.
     pub execs: u64,
     /// Exit events published.
     pub exits: u64,
@@ -192,6 +208,9 @@ pub struct Counts {
 /// The subscriber registry shared by the detector and the gRPC service.
 pub struct Fanout {
     inner: Mutex<Inner>,
+    /// What the subscribers in `inner` could want, written only under
+    /// `inner`'s lock; the detector reads it without that lock.
+    interest: RwLock<Arc<Interest>>,
     queue_len: usize,
     queue_bytes: usize,
 }
@@ -204,6 +223,7 @@ impl Fanout {
     pub fn new(queue_len: usize, queue_bytes: usize) -> Self {
         Self {
             inner: Mutex::default(),
+            interest: RwLock::default(),
             queue_len: queue_len.max(1),
             queue_bytes,
         }
@@ -211,6 +231,32 @@ impl Fanout {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         lock(&self.inner)
+    }
+
+    /// What the hooked subscribers could want of a new process, now. Cheap
+    /// (a read lock and a reference count), read once per exec.
+    pub fn interest(&self) -> Arc<Interest> {
+        self.interest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets the interest to that of `inner`'s subscribers (the caller holds
+    /// `inner`'s lock, so two updates cannot cross).
+    fn set_interest(&self, interest: Interest) {
+        let mut current = self.interest.write().unwrap_or_else(|e| e.into_inner());
+        if **current != interest {
+            *current = Arc::new(interest);
+        }
+    }
+
+    /// An exec the detector did not read in full because the interest
+    /// ruled it out: counted as if published to nobody, which is what it
+    /// would have been. A subscriber unhooked meanwhile is told of it in
+    /// its `lost` count like of any other exec.
+    pub fn skip_exec(&self) {
+        self.lock().execs += 1;
     }
 
     /// How many items each subscriber's queue holds at most.
@@ -250,6 +296,15 @@ impl Fanout {
         let queued = Arc::new(AtomicUsize::new(0));
         inner.next_id += 1;
         let id = inner.next_id;
+        // Its share of the interest first: once it is hooked, every exec
+        // the detector decides on after this is read for it. One decided
+        // on before was seen by the detector, so it happened, before this
+        // hook: such a process is covered by the snapshot that follows the
+        // hook (if it still runs), exactly as when it was published just
+        // before the hook.
+        let selectors = inner.subscribers.iter().map(|s| &s.filter);
+        let selectors = selectors.chain([&filter]).map(selector);
+        self.set_interest(Interest::of(selectors));
         inner.subscribers.push(Subscriber {
             id,
             tx,
@@ -328,6 +383,7 @@ impl Fanout {
         let bytes = item.bytes();
         let queue_bytes = self.queue_bytes;
         let mut unhooked = 0;
+        let hooked = inner.subscribers.len();
         inner.subscribers.retain(|s| {
             if matches!(item, Item::Exit(_)) && !s.include_exits {
                 return true;
@@ -381,12 +437,27 @@ impl Fanout {
             }
         });
         inner.overflows += unhooked;
+        if inner.subscribers.len() < hooked {
+            // Narrower now: reading more than the rest want until then
+            // only sends nobody more.
+            self.set_interest(inner.interest());
+        }
     }
 
     /// Forgets subscriber `id` if it is still hooked.
     fn unhook(&self, id: u64) {
-        self.lock().subscribers.retain(|s| s.id != id);
+        let mut inner = self.lock();
+        let hooked = inner.subscribers.len();
+        inner.subscribers.retain(|s| s.id != id);
+        if inner.subscribers.len() < hooked {
+            self.set_interest(inner.interest());
+        }
     }
+}
+
+/// The selector of a subscriber's filter, `None` if it wants everything.
+fn selector(filter: &Option<Arc<Filter>>) -> Option<&crate::stream::selector::Selector> {
+    filter.as_deref().map(Filter::selector)
 }
 
 /// Locks `m`; a panic elsewhere leaves plain values behind, still usable.

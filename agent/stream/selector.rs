@@ -11,7 +11,9 @@
 //! [`Selector::wants`] for each record; [`Filter`] adds what a filtered
 //! stream needs besides, knowing which exits to send: the exits of the
 //! processes it was sent. [`Omit`] clears the fields a subscriber said it
-//! does not need.
+//! does not need. [`Interest`] is the union of every hooked subscriber's
+//! selector, as much as the detector needs to know to read a new process
+//! only as far as some subscriber could want it.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -148,6 +150,14 @@ impl Selector {
         self.nothing
     }
 
+    /// The comms, if they are the only matchers: then [`Selector::wants`]
+    /// passes no process whose comm is not among them, whatever its other
+    /// fields (the filters only narrow).
+    fn only_comms(&self) -> Option<&HashSet<String>> {
+        let other = !self.argv_substrings.is_empty() || !self.exe_paths.is_empty();
+        (!self.comms.is_empty() && !other).then_some(&self.comms)
+    }
+
     /// Whether `p` passes: every filter that is set, then any matcher (or
     /// none is set). A filter passes a field that could not be read; a
     /// matcher never matches one.
@@ -196,6 +206,63 @@ impl Selector {
                 }
                 self.argv_substrings.iter().any(|s| line.contains(s))
             }),
+        }
+    }
+}
+
+/// What the hooked subscribers could want of a new process, all together:
+/// how much of `/proc/<pid>` the detector must read before it knows that
+/// nobody will be sent the record.
+///
+/// Never narrower than the union of the selectors it was built from: a
+/// process it rules out is one that no [`Selector::wants`] of them passes,
+/// whatever the fields not read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Interest {
+    /// Nobody wants any process (no subscriber, or only `no_processes`
+    /// ones): `/proc` is not read at all.
+    #[default]
+    Nothing,
+    /// Every subscriber selects by comm alone (filters besides): a process
+    /// whose comm is in none of their lists is read no further than `stat`.
+    Comms(HashSet<String>),
+    /// Some subscriber may want any process (it is unfiltered, or matches
+    /// argv or the executable): every record is read in full.
+    All,
+}
+
+impl Interest {
+    /// The union of the selectors of some subscribers, `None` for one that
+    /// wants every process.
+    pub fn of<'a>(selectors: impl IntoIterator<Item = Option<&'a Selector>>) -> Interest {
+        let mut union = Interest::Nothing;
+        for selector in selectors {
+            let Some(selector) = selector else {
+                return Interest::All;
+            };
+            if selector.selects_nothing() {
+                continue;
+            }
+            let Some(comms) = selector.only_comms() else {
+                return Interest::All;
+            };
+            match &mut union {
+                Interest::Comms(all) => all.extend(comms.iter().cloned()),
+                _ => union = Interest::Comms(comms.clone()),
+            }
+        }
+        union
+    }
+
+    /// Whether a process with this comm (the bytes of `/proc/<pid>/stat`)
+    /// may be wanted by someone: false only if no selector in the union
+    /// could pass it. Compared as the record would carry it, so that the
+    /// answer is the one [`Selector::wants`] would give on the full record.
+    pub fn may_want(&self, comm: &[u8]) -> bool {
+        match self {
+            Interest::Nothing => false,
+            Interest::Comms(comms) => comms.contains(String::from_utf8_lossy(comm).as_ref()),
+            Interest::All => true,
         }
     }
 }
@@ -592,6 +659,75 @@ mod tests {
             Omit::from_request(&omit).unwrap_err().field,
             "omit_fields[1]"
         );
+    }
+
+    #[test]
+    fn the_interest_is_the_union_of_what_the_selectors_could_pass() {
+        let comms = |list: &[&str]| {
+            compile(WatchRequest {
+                comms: strings(list),
+                uids: vec![1000],
+                outside_pods: true,
+                ..Default::default()
+            })
+        };
+        let nothing = compile(WatchRequest {
+            no_processes: true,
+            ..Default::default()
+        });
+        let by_argv = compile(WatchRequest {
+            comms: strings(&["java"]),
+            argv_substrings: strings(&["-jar"]),
+            ..Default::default()
+        });
+        let by_exe = compile(WatchRequest {
+            exe_paths: strings(&["/usr/bin/java"]),
+            ..Default::default()
+        });
+        let by_uid = compile(WatchRequest {
+            uids: vec![0],
+            ..Default::default()
+        });
+        assert_eq!(Interest::of([]), Interest::Nothing);
+        assert_eq!(Interest::of([Some(&nothing)]), Interest::Nothing);
+        let (java, idea) = (comms(&["java"]), comms(&["idea", "java"]));
+        let union = Interest::of([Some(&java), Some(&nothing), Some(&idea)]);
+        assert_eq!(
+            union,
+            Interest::Comms(["java", "idea"].map(String::from).into())
+        );
+        assert!(union.may_want(b"java") && union.may_want(b"idea"));
+        assert!(!union.may_want(b"javac") && !union.may_want(b""));
+        // Compared as the record's comm: invalid UTF-8 as replaced there.
+        let odd = comms(&["a\u{fffd}"]);
+        assert!(Interest::of([Some(&odd)]).may_want(b"a\xff"));
+        assert!(odd.wants(&process("a\u{fffd}", &[], None)));
+        for any in [None, Some(&by_argv), Some(&by_exe), Some(&by_uid)] {
+            assert_eq!(Interest::of([Some(&java), any]), Interest::All);
+            assert!(Interest::All.may_want(b"anything"));
+        }
+        assert!(!Interest::Nothing.may_want(b"java"));
+    }
+
+    #[test]
+    fn a_comm_the_interest_rules_out_is_one_no_selector_wants() {
+        // Whatever the other fields, unreadable or not.
+        let s = compile(WatchRequest {
+            comms: strings(&["java"]),
+            uids: vec![1000],
+            outside_pods: true,
+            ..Default::default()
+        });
+        let interest = Interest::of([Some(&s)]);
+        let mut bare = process("sh", &["java"], Some("/usr/bin/java"));
+        for p in [bare.clone(), {
+            bare.credentials = None;
+            bare.cgroup = None;
+            bare
+        }] {
+            assert!(!interest.may_want(p.comm.as_bytes()));
+            assert!(!s.wants(&p));
+        }
     }
 
     #[test]

@@ -201,3 +201,44 @@ fn a_non_utf8_command_line_is_capped_raw_and_lossy_together() {
     assert_eq!(p.argv, ["java", "-version"]);
     assert!(p.argv_raw.is_empty() && !p.argv_truncated);
 }
+
+/// A sink that notes which field the reader says it reads next.
+#[derive(Default)]
+struct Steps {
+    record: Process,
+    next: Vec<Option<Field>>,
+}
+
+impl Sink for Steps {
+    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool {
+        f(&mut self.record);
+        self.next.push(next);
+        true
+    }
+}
+
+#[test]
+fn an_unwanted_comm_stops_the_read_after_stat() {
+    let pid = std::process::id() as i32;
+    let mut asked = Vec::new();
+    let mut unwanted = Steps::default();
+    let outcome = reader().read_into(pid, &mut unwanted, |comm| {
+        asked.push(comm.to_vec());
+        false
+    });
+    assert_eq!(outcome, Ok(Outcome::Unwanted));
+    let own_comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(asked, [own_comm.trim_end().as_bytes()]);
+    // Nothing after `stat` is even begun.
+    assert_eq!(unwanted.next, [Some(Field::Comm), None]);
+    assert_eq!(unwanted.record.comm, own_comm.trim_end());
+    assert!(unwanted.record.credentials.is_none() && unwanted.record.argv.is_empty());
+
+    let mut wanted = Steps::default();
+    let outcome = reader().read_into(pid, &mut wanted, |_| true);
+    assert_eq!(outcome, Ok(Outcome::Read));
+    let order = [Field::Comm, Field::Credentials, Field::Argv, Field::Cgroup];
+    let order = order.into_iter().chain([Field::Exe, Field::Cwd]).map(Some);
+    assert_eq!(wanted.next, order.chain([None]).collect::<Vec<_>>());
+    assert!(wanted.record.credentials.is_some() && !wanted.record.argv.is_empty());
+}

@@ -222,3 +222,56 @@ fn the_fanout_counts_what_it_publishes_and_who_is_hooked() {
     drop(with_exits);
     assert_eq!(fanout.counts().subscribers, 0);
 }
+
+fn comms_filter(comms: &[&str]) -> Arc<crate::stream::selector::Filter> {
+    use crate::stream::selector::{Filter, Selector};
+    let req = execwatch::proto::WatchRequest {
+        comms: comms.iter().map(|c| c.to_string()).collect(),
+        ..Default::default()
+    };
+    let selector = Selector::from_request(&req).unwrap().unwrap();
+    Arc::new(Filter::new(selector, false, false))
+}
+
+#[test]
+fn the_interest_follows_who_is_hooked() {
+    let comms = |list: &[&str]| Interest::Comms(list.iter().map(|c| c.to_string()).collect());
+    let fanout = Arc::new(Fanout::new(1, usize::MAX));
+    assert_eq!(*fanout.interest(), Interest::Nothing);
+    let java = fanout.subscribe(false, Some(comms_filter(&["java"])));
+    assert_eq!(*fanout.interest(), comms(&["java"]));
+    let idea = fanout.subscribe(true, Some(comms_filter(&["idea"])));
+    assert_eq!(*fanout.interest(), comms(&["java", "idea"]));
+    let all = fanout.subscribe(false, None);
+    assert_eq!(*fanout.interest(), Interest::All);
+    // Unhooked for overflowing: out of the interest until it re-subscribes.
+    fanout.publish(exec(1));
+    fanout.publish(exec(2));
+    assert!(Fanout::overflowed(&all.overflow));
+    assert_eq!(*fanout.interest(), comms(&["java", "idea"]));
+    let (again, _) = fanout.resubscribe(&all.overflow, false, None);
+    assert_eq!(*fanout.interest(), Interest::All);
+    drop((all, again));
+    drop(java);
+    assert_eq!(*fanout.interest(), comms(&["idea"]));
+    drop(idea);
+    assert_eq!(*fanout.interest(), Interest::Nothing);
+}
+
+#[test]
+fn a_skipped_exec_counts_as_one_published_to_nobody() {
+    let fanout = Arc::new(Fanout::new(1, usize::MAX));
+    let mut java = fanout.subscribe(false, Some(comms_filter(&["java"])));
+    let slow = fanout.subscribe(true, None);
+    fanout.publish(exec(1));
+    fanout.publish(exec(2));
+    assert!(Fanout::overflowed(&slow.overflow));
+    fanout.skip_exec();
+    fanout.publish(exit(2));
+    assert!(java.try_recv().is_err(), "a skipped exec is sent to nobody");
+    assert_eq!(fanout.counts().execs, 3);
+    let (_again, missed) = fanout.resubscribe(&slow.overflow, true, None);
+    // The exec that did not fit, the skipped one and the exit: as many as
+    // when the skipped exec was published to nobody.
+    assert_eq!(missed.unwrap().events, 3);
+}
