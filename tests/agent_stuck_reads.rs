@@ -6,6 +6,9 @@
 //! SIGTERM, and report the stuck process with the field it could not read in
 //! `unavailable`, within `--proc-read-timeout` and some slack.
 //!
+//! The same trick shows lazy enrichment (issue 15): a file the agent does
+//! not read for an exec no subscriber could want never hangs it.
+//!
 //! Needs root (bind mounts). The tests take a lock: a stuck process of one
 //! test would be in the other tests' snapshots and count against their
 //! agents' `--max-stuck-reads`.
@@ -384,4 +387,134 @@ async fn beyond_the_stuck_reads_allowed_execs_are_reported_as_lost() {
         .expect("the resync completes");
     assert!(listed.iter().any(|ev| is_process(ev, first.id(), true)));
     stop(first);
+}
+
+/// Waits until `pid`'s comm is `comm`, reading `comm` only (its `cmdline`
+/// or `stat` may be the stuck file).
+fn wait_comm(pid: u32, comm: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end()
+        != comm
+    {
+        assert!(Instant::now() < deadline, "pid {pid} never became {comm}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Every field read, none named in `unavailable`.
+fn assert_complete(p: &Process) {
+    assert!(p.unavailable.is_empty(), "{p:?}");
+    assert!(!p.argv.is_empty() && p.credentials.is_some(), "{p:?}");
+    assert!(
+        p.cgroup.is_some() && p.exe.is_some() && p.cwd.is_some(),
+        "{p:?}"
+    );
+}
+
+/// What the watchdog logs when it gives a read up.
+const GIVEN_UP: &str = "took longer than";
+
+/// Lazy enrichment (issue 15): while every subscriber selects by comm
+/// alone, an exec whose comm none of them lists is read no further than
+/// `stat`, so a `cmdline` that would hang is never opened, while a
+/// matching exec is still delivered complete and GetStats still counts
+/// both. Once an unfiltered subscriber joins, every exec is read in full
+/// again: the same hanging `cmdline` is met (the control that shows the
+/// trick sees a read), and other records are complete.
+#[tokio::test]
+async fn with_only_comm_selectors_an_unwanted_exec_is_read_no_further_than_stat() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let agent = Agent::start(&[]);
+    let wanted = UniqueProgram::new("ewwant");
+    let unwanted = UniqueProgram::new("ewskip");
+    let mut filtered = agent
+        .watch(WatchRequest {
+            comms: vec![wanted.name.clone()],
+            skip_snapshot: true,
+            ..Default::default()
+        })
+        .await;
+    let before = agent.stats().await.execs;
+    let mut held = held_exec(&unwanted.path);
+    let skipped = held.id();
+    let stuck = StuckFile::over(skipped, "cmdline");
+    go(&mut held);
+    wait_comm(skipped, &unwanted.name);
+    // Execed after it: read after it, by the same thread.
+    let child = wanted.spawn(30, &["1"]);
+    let (ev, others) = until_logged(&agent, &mut filtered, Duration::from_secs(10), |ev| {
+        is_process(ev, child.id(), false)
+    })
+    .await;
+    let Some(Kind::Exec(p)) = ev.kind else {
+        unreachable!()
+    };
+    assert_eq!(p.argv.len(), 3, "{p:?}");
+    assert_complete(&p);
+    assert!(others.is_empty(), "only what it selected: {others:?}");
+    let logs = agent.logs();
+    assert!(!logs.contains(GIVEN_UP), "a read hung:\n{logs}");
+    // The shell, the unwanted exec and the wanted one, of which only the
+    // last was published.
+    let execs = agent.stats().await.execs;
+    assert!(execs >= before + 3, "{before} -> {execs}");
+    drop(stuck);
+    stop(held);
+
+    // An unfiltered subscriber joins: the same kind of exec is read in full.
+    let mut all = agent.watch(live(false)).await;
+    let mut held = held_exec(&unwanted.path);
+    let read = held.id();
+    let _stuck = StuckFile::over(read, "cmdline");
+    go(&mut held);
+    let p = exec_of(&agent, &mut all, read, &unwanted.name, DEADLINE + SLACK * 4).await;
+    let why = reason(&p, "argv").unwrap_or_else(|| panic!("cmdline not read: {p:?}"));
+    assert!(why.contains("timed out after 250ms"), "{why}");
+    let other = unwanted.spawn(30, &["1"]);
+    let p = exec_of(&agent, &mut all, other.id(), &unwanted.name, SLACK * 4).await;
+    assert_complete(&p);
+    // The filtered subscriber still gets only its own.
+    let again = wanted.spawn(30, &[]);
+    let (_, others) = until_logged(&agent, &mut filtered, SLACK * 4, |ev| {
+        is_process(ev, again.id(), false)
+    })
+    .await;
+    assert!(others.is_empty(), "only what it selected: {others:?}");
+    for child in [child, held, other, again] {
+        stop(child);
+    }
+}
+
+/// With no subscriber that wants any process (here one that asked for
+/// none), `/proc` is not read at all: a `stat` that would hang is never
+/// opened, and the exec is still counted.
+#[tokio::test]
+async fn with_no_subscriber_wanting_processes_proc_is_not_read() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let agent = Agent::start(&[]);
+    let _none = agent
+        .watch(WatchRequest {
+            no_processes: true,
+            include_exits: true,
+            skip_snapshot: true,
+            ..Default::default()
+        })
+        .await;
+    let before = agent.stats().await.execs;
+    let prog = UniqueProgram::new("ewnone");
+    let mut held = held_exec(&prog.path);
+    let pid = held.id();
+    let stuck = StuckFile::over(pid, "stat");
+    go(&mut held);
+    wait_comm(pid, &prog.name);
+    // A read would have begun at once and been given up by now.
+    tokio::time::sleep(DEADLINE + SLACK).await;
+    let logs = agent.logs();
+    assert!(!logs.contains(GIVEN_UP), "a read hung:\n{logs}");
+    let execs = agent.stats().await.execs;
+    assert!(execs >= before + 2, "{before} -> {execs}");
+    drop(stuck);
+    stop(held);
 }
