@@ -386,6 +386,18 @@ impl ReaderThread {
         if self.reader.is_err() {
             self.reader = ctx.procfs.reader();
         }
+        if let (Interest::Comms(_), Ok(reader)) = (&*interest, &mut self.reader) {
+            // Most execs are nobody's: their comm alone says so, without
+            // `stat`. When it cannot tell, the read below decides after
+            // `stat` as usual.
+            if reader.comm_wanted(pid, |comm| interest.may_want(comm)) == Some(false) {
+                let mut slot = self.slot()?;
+                // A file was read: reads work.
+                recovered(&ctx, &mut slot.state);
+                ctx.fanout.skip_exec();
+                return Ok(());
+            }
+        }
         let reader = match &mut self.reader {
             Ok(reader) => reader,
             Err(e) => {

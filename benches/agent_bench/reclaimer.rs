@@ -2,8 +2,8 @@
 //! decides.
 //!
 //! Decision time is read off its log: with `--log-format=json` every match
-//! writes one line `{"fields":{"message":"process matched: requesting
-//! reclaim","pid":…},…}` to stderr in a single write. Its stderr is a pipe
+//! writes one line `{…,"message":"process matched: requesting
+//! reclaim",…,"pid":…,…}` to stderr in a single write. Its stderr is a pipe
 //! to a thread here that reads `CLOCK_MONOTONIC` as soon as a line arrives,
 //! before parsing it. The measured time therefore includes the pipe and this
 //! thread's wake-up (a few µs), never the log's own wall-clock timestamp.
@@ -157,10 +157,9 @@ fn read_log(stderr: impl Read, sink: &Mutex<Decisions>, copy: std::fs::File) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        let fields = &v["fields"];
         let mut d = sink.lock().unwrap_or_else(|e| e.into_inner());
-        if fields["message"].as_str() == Some("process matched: requesting reclaim") {
-            if let Some(pid) = fields["pid"].as_i64() {
+        if v["message"].as_str() == Some("process matched: requesting reclaim") {
+            if let Some(pid) = v["pid"].as_i64() {
                 d.matched.record(pid as i32, at);
             }
         } else if matches!(v["level"].as_str(), Some("WARN" | "ERROR")) && d.problems.len() < 20 {

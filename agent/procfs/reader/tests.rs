@@ -242,3 +242,38 @@ fn an_unwanted_comm_stops_the_read_after_stat() {
     assert_eq!(wanted.next, order.chain([None]).collect::<Vec<_>>());
     assert!(wanted.record.credentials.is_some() && !wanted.record.argv.is_empty());
 }
+
+/// The comm check reads what `stat` would give for a plain comm, says
+/// "cannot tell" for a comm the kernel escapes in `/proc/<pid>/comm` and
+/// for a process that is gone, and never answers for one it did not read.
+#[test]
+fn the_comm_check_matches_stat_and_gives_up_on_what_it_cannot_tell() {
+    let mut r = reader();
+    let mut child = shell_with(&[]);
+    let pid = child.id() as i32;
+    let seen = std::cell::RefCell::new(Vec::new());
+    let wanted = r.comm_wanted(pid, |comm| {
+        seen.borrow_mut().push(comm.to_vec());
+        comm == b"sh"
+    });
+    assert_eq!(wanted, Some(true));
+    assert_eq!(seen.borrow().as_slice(), [b"sh".to_vec()]);
+    assert_eq!(r.comm_wanted(pid, |_| false), Some(false));
+    // A comm with a backslash: some kernels escape characters in the comm
+    // file (always with a backslash), never in stat, so the check leaves it
+    // to stat. Only a thread's own group may rename it: this test's thread.
+    let tid = nix::unistd::gettid().as_raw();
+    std::fs::write("/proc/thread-self/comm", "a\\b").expect("rename this thread");
+    assert_eq!(
+        r.comm_wanted(tid, |_| panic!("asked about an escaped comm")),
+        None
+    );
+    let stat = r.read(tid, tid, Source::Netlink).unwrap().unwrap();
+    assert_eq!(stat.comm, "a\\b");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        r.comm_wanted(pid, |_| panic!("asked about a gone process")),
+        None
+    );
+}
