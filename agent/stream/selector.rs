@@ -760,6 +760,15 @@ mod tests {
         assert_eq!(left, ["exe"]);
     }
 
+    /// A filter on comm `java` that wants exits, with no snapshot yet.
+    fn java_filter() -> Filter {
+        let selector = compile(WatchRequest {
+            comms: strings(&["java"]),
+            ..Default::default()
+        });
+        Filter::new(selector, true, false)
+    }
+
     fn java(pid: i32) -> Process {
         Process {
             pid,
@@ -769,14 +778,7 @@ mod tests {
 
     #[test]
     fn a_filtered_stream_gets_the_exits_of_what_it_was_sent() {
-        let f = Filter::new(
-            compile(WatchRequest {
-                comms: strings(&["java"]),
-                ..Default::default()
-            }),
-            true,
-            false,
-        );
+        let f = java_filter();
         assert!(f.offer_process(&java(10)));
         assert!(!f.offer_process(&Process {
             pid: 11,
@@ -808,14 +810,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_forgets_what_it_does_not_list_again() {
-        let f = Filter::new(
-            compile(WatchRequest {
-                comms: strings(&["java"]),
-                ..Default::default()
-            }),
-            true,
-            false,
-        );
+        let f = java_filter();
         assert!(f.offer_process(&java(30)));
         assert!(f.offer_process(&java(31)));
         // A loss: 30's exit was dropped; the resync lists only 31. Two
@@ -832,14 +827,7 @@ mod tests {
 
     #[test]
     fn too_many_tracked_processes_mean_every_exit() {
-        let f = Filter::new(
-            compile(WatchRequest {
-                comms: strings(&["java"]),
-                ..Default::default()
-            }),
-            true,
-            false,
-        );
+        let f = java_filter();
         for pid in 0..MAX_TRACKED as i32 + 1 {
             assert!(f.offer_process(&java(pid)));
         }

@@ -325,6 +325,12 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A connection that will not time out during a test.
+    fn connection(ours: UnixStream) -> Connection {
+        let idle = Activity::new(Instant::now(), std::time::Duration::from_secs(60));
+        Connection::new(ours, idle).unwrap()
+    }
+
     /// Far more than a Unix socket's buffer, so writes must wait for room.
     const LEN: usize = 8 << 20;
 
@@ -350,11 +356,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_socket_waits_for_the_reader_and_loses_nothing() {
         let (ours, peer) = UnixStream::pair().unwrap();
-        let mut conn = Connection::new(
-            ours,
-            Activity::new(Instant::now(), std::time::Duration::from_secs(60)),
-        )
-        .unwrap();
+        let mut conn = connection(ours);
         let writer = tokio::spawn(async move {
             conn.write_all(&pattern()).await.unwrap();
             conn.shutdown().await.unwrap();
@@ -367,11 +369,7 @@ mod tests {
     #[tokio::test]
     async fn vectored_writes_wait_for_room_too() {
         let (ours, peer) = UnixStream::pair().unwrap();
-        let mut conn = Connection::new(
-            ours,
-            Activity::new(Instant::now(), std::time::Duration::from_secs(60)),
-        )
-        .unwrap();
+        let mut conn = connection(ours);
         let writer = tokio::spawn(async move {
             let data = pattern();
             let mut at = 0;
@@ -395,11 +393,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_with_no_room_answers_at_once() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut conn = Connection::new(
-            ours,
-            Activity::new(Instant::now(), std::time::Duration::from_secs(60)),
-        )
-        .unwrap();
+        let mut conn = connection(ours);
         let mut none = [0u8; 0];
         let mut empty = ReadBuf::new(&mut none);
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -416,11 +410,7 @@ mod tests {
     #[tokio::test]
     async fn reads_pass_through_the_authority_normalizer() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut conn = Connection::new(
-            ours,
-            Activity::new(Instant::now(), std::time::Duration::from_secs(60)),
-        )
-        .unwrap();
+        let mut conn = connection(ours);
         let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         input.extend([0, 0, 7, 0x1, 0x4, 0, 0, 0, 1]); // HEADERS, END_HEADERS, stream 1
         input.extend([0x83, 0x86, 0x84, 0x41, 0x02, b'/', b's']); // POST http / :authority /s
@@ -444,11 +434,7 @@ mod tests {
     #[tokio::test]
     async fn reads_see_the_peer_and_its_credentials() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        let mut conn = Connection::new(
-            ours,
-            Activity::new(Instant::now(), std::time::Duration::from_secs(60)),
-        )
-        .unwrap();
+        let mut conn = connection(ours);
         let cred = conn.connect_info().peer_cred.expect("peer credentials");
         assert_eq!(cred.uid(), nix::unistd::getuid().as_raw());
         peer.write_all(b"ping").await.unwrap();
