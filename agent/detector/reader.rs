@@ -59,7 +59,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use crate::detector::netlink::NetlinkDetector;
 use crate::detector::socket::{NetlinkError, NetlinkSocket, Received, DATAGRAM_BUF};
 use crate::procfs::bounded::{stuck_record, Admit, Slot, Watched};
-use crate::procfs::reader::{blank, Exhausted, Outcome, ProcReader};
+use crate::procfs::reader::{blank, CommCheck, Exhausted, Outcome, ProcReader};
 use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
@@ -390,10 +390,17 @@ impl ReaderThread {
             // Most execs are nobody's: their comm alone says so, without
             // `stat`. When it cannot tell, the read below decides after
             // `stat` as usual.
-            if reader.comm_wanted(pid, |comm| interest.may_want(comm)) == Some(false) {
+            let check = reader.comm_wanted(pid, |comm| interest.may_want(comm));
+            if matches!(check, CommCheck::Unwanted | CommCheck::Gone) {
                 let mut slot = self.slot()?;
-                // A file was read: reads work.
+                // A file was looked up: reads work.
                 recovered(&ctx, &mut slot.state);
+                if check == CommCheck::Gone {
+                    // Counted as when its record was read and found empty;
+                    // it goes to nobody, as no comm selector takes a
+                    // record without a comm.
+                    ctx.stats.add_exited_before_inspection(1);
+                }
                 ctx.fanout.skip_exec();
                 return Ok(());
             }

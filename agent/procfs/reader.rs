@@ -167,37 +167,49 @@ impl ProcReader {
 
     /// Whether `wanted` takes the comm of `pid`, read from
     /// `/proc/<pid>/comm` alone: one `openat` relative to the mount and one
-    /// `read`, cheaper than `stat` for the execs nobody selects. `None` when
-    /// it cannot tell (the process is gone or the file unreadable, or the
-    /// comm holds a backslash: some kernels escape characters in that file,
-    /// always with a backslash, where `stat` gives them raw); the caller
-    /// then reads the record as usual. Reading a
-    /// comm takes no lock of the process's memory and touches no file
-    /// system of its, so it needs no time bound.
-    pub fn comm_wanted(&mut self, pid: i32, wanted: impl Fn(&[u8]) -> bool) -> Option<bool> {
+    /// `read`, cheaper than `stat` for the execs nobody selects.
+    /// [`CommCheck::Unknown`] when it cannot tell (the file is unreadable,
+    /// or the comm holds a backslash: some kernels escape characters in that
+    /// file, always with a backslash, where `stat` gives them raw); the
+    /// caller then reads the record as usual. Reading a comm takes no lock
+    /// of the process's memory and touches no file system of its, so it
+    /// needs no time bound.
+    pub fn comm_wanted(&mut self, pid: i32, wanted: impl Fn(&[u8]) -> bool) -> CommCheck {
         let mut path = [0u8; 24];
         let len = {
             use std::io::Write;
             let mut at = &mut path[..];
-            write!(at, "{pid}/comm").ok()?;
+            if write!(at, "{pid}/comm").is_err() {
+                return CommCheck::Unknown;
+            }
             24 - at.len()
         };
-        let path = std::str::from_utf8(&path[..len]).ok()?;
-        let fd = openat(
-            &self.proc_dir,
-            path,
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
+        let Ok(path) = std::str::from_utf8(&path[..len]) else {
+            return CommCheck::Unknown;
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        let fd = match openat(&self.proc_dir, path, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ESRCH) => return CommCheck::Gone,
+            Err(_) => return CommCheck::Unknown,
+        };
         // TASK_COMM_LEN is 16; the kernel adds a newline.
         let mut buf = [0u8; 64];
-        let n = nix::unistd::read(&fd, &mut buf).ok()?;
-        let comm = buf[..n].strip_suffix(b"\n")?;
-        if comm.contains(&b'\\') {
-            return None;
+        let n = match nix::unistd::read(&fd, &mut buf) {
+            Ok(n) => n,
+            Err(Errno::ESRCH) => return CommCheck::Gone,
+            Err(_) => return CommCheck::Unknown,
+        };
+        match buf[..n].strip_suffix(b"\n") {
+            Some(comm) if !comm.contains(&b'\\') => {
+                if wanted(comm) {
+                    CommCheck::Wanted
+                } else {
+                    CommCheck::Unwanted
+                }
+            }
+            _ => CommCheck::Unknown,
         }
-        Some(wanted(comm))
     }
 
     /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
@@ -358,6 +370,20 @@ impl ProcReader {
         };
         Ok(done(sink.put(put, None)))
     }
+}
+
+/// What [`ProcReader::comm_wanted`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommCheck {
+    /// The comm passes the check.
+    Wanted,
+    /// The comm fails the check.
+    Unwanted,
+    /// The process was reaped before its comm could be read: its record
+    /// would have no comm, which no comm selector matches.
+    Gone,
+    /// The comm file could not tell; read the record.
+    Unknown,
 }
 
 /// A record with only what the caller knows before reading `/proc`.

@@ -256,9 +256,9 @@ fn the_comm_check_matches_stat_and_gives_up_on_what_it_cannot_tell() {
         seen.borrow_mut().push(comm.to_vec());
         comm == b"sh"
     });
-    assert_eq!(wanted, Some(true));
+    assert_eq!(wanted, CommCheck::Wanted);
     assert_eq!(seen.borrow().as_slice(), [b"sh".to_vec()]);
-    assert_eq!(r.comm_wanted(pid, |_| false), Some(false));
+    assert_eq!(r.comm_wanted(pid, |_| false), CommCheck::Unwanted);
     // A comm with a backslash: some kernels escape characters in the comm
     // file (always with a backslash), never in stat, so the check leaves it
     // to stat. Only a thread's own group may rename it: this test's thread.
@@ -266,7 +266,7 @@ fn the_comm_check_matches_stat_and_gives_up_on_what_it_cannot_tell() {
     std::fs::write("/proc/thread-self/comm", "a\\b").expect("rename this thread");
     assert_eq!(
         r.comm_wanted(tid, |_| panic!("asked about an escaped comm")),
-        None
+        CommCheck::Unknown
     );
     let stat = r.read(tid, tid, Source::Netlink).unwrap().unwrap();
     assert_eq!(stat.comm, "a\\b");
@@ -274,6 +274,6 @@ fn the_comm_check_matches_stat_and_gives_up_on_what_it_cannot_tell() {
     child.wait().unwrap();
     assert_eq!(
         r.comm_wanted(pid, |_| panic!("asked about a gone process")),
-        None
+        CommCheck::Gone
     );
 }
