@@ -224,7 +224,8 @@ pub enum Interest {
     #[default]
     Nothing,
     /// Every subscriber selects by comm alone (filters besides): a process
-    /// whose comm is in none of their lists is read no further than `stat`.
+    /// whose comm is in none of their lists is read no further than its
+    /// comm.
     Comms(HashSet<String>),
     /// Some subscriber may want any process (it is unfiltered, or matches
     /// argv or the executable): every record is read in full.
