@@ -127,6 +127,19 @@ async fn until_logged(
     }
 }
 
+/// SIGTERM stops `agent` within 3 s, with exit status 0.
+fn stops_promptly(agent: &mut Agent) {
+    let asked = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{status}:\n{}", agent.logs());
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
 /// The `exec` of `comm` by `pid` on `stream` (the shell that becomes it
 /// has an exec of its own).
 async fn exec_of(
@@ -254,15 +267,7 @@ async fn a_process_whose_cmdline_hangs_does_not_stall_the_agent() {
     );
 
     // SIGTERM still stops it promptly.
-    let asked = Instant::now();
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = agent.child.wait().unwrap();
-    assert!(status.success(), "{status}:\n{}", agent.logs());
-    assert!(
-        asked.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        asked.elapsed()
-    );
+    stops_promptly(&mut agent);
     stop(held);
 }
 
@@ -311,15 +316,7 @@ async fn a_snapshot_does_not_wait_for_a_process_whose_cmdline_hangs() {
 
     // SIGTERM stops it promptly while a reading thread is still stuck.
     let mut agent = agent;
-    let asked = Instant::now();
-    agent.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = agent.child.wait().unwrap();
-    assert!(status.success(), "{status}:\n{}", agent.logs());
-    assert!(
-        asked.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        asked.elapsed()
-    );
+    stops_promptly(&mut agent);
     drop(stuck);
     stop(child);
 }
@@ -418,13 +415,13 @@ const GIVEN_UP: &str = "took longer than";
 
 /// Lazy enrichment (issue 15): while every subscriber selects by comm
 /// alone, an exec whose comm none of them lists is read no further than
-/// `stat`, so a `cmdline` that would hang is never opened, while a
+/// its comm, so a `cmdline` that would hang is never opened, while a
 /// matching exec is still delivered complete and GetStats still counts
 /// both. Once an unfiltered subscriber joins, every exec is read in full
 /// again: the same hanging `cmdline` is met (the control that shows the
 /// trick sees a read), and other records are complete.
 #[tokio::test]
-async fn with_only_comm_selectors_an_unwanted_exec_is_read_no_further_than_stat() {
+async fn with_only_comm_selectors_an_unwanted_exec_is_read_no_further_than_its_comm() {
     let _one = ONE_AT_A_TIME.lock().await;
     let agent = Agent::start(&[]);
     let wanted = UniqueProgram::new("ewwant");
