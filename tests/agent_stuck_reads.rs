@@ -386,6 +386,66 @@ async fn beyond_the_stuck_reads_allowed_execs_are_reported_as_lost() {
     stop(first);
 }
 
+/// At the stuck-read limit, an exec that a comm selector rules out is still
+/// ruled out by its comm (a read that needs no time bound) and goes to
+/// nobody: it is not an exec the agent failed to read, so no `lost` and no
+/// resync follows for it. The next wanted launch, once the stuck read is
+/// back, arrives complete with nothing before it.
+#[tokio::test]
+async fn at_the_stuck_read_limit_an_exec_nobody_selects_is_not_lost() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let agent = Agent::start(&["--max-stuck-reads=1"]);
+    let wanted = UniqueProgram::new("ewlimwant");
+    let mut filtered = agent
+        .watch(WatchRequest {
+            comms: vec![wanted.name.clone()],
+            skip_snapshot: true,
+            ..Default::default()
+        })
+        .await;
+    let mut first = held_exec(&wanted.path);
+    let mut stuck = StuckFile::over(first.id(), "cmdline");
+    go(&mut first);
+    let p = exec_of(
+        &agent,
+        &mut filtered,
+        first.id(),
+        &wanted.name,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(reason(&p, "argv").is_some(), "{p:?}");
+
+    // The one thread allowed is stuck; these are nobody's.
+    let other = UniqueProgram::new("ewlimother");
+    let others: Vec<Child> = (0..3).map(|_| other.spawn(2, &[])).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stuck.release();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.logs().contains("given up earlier has returned") {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck read never returned:\n{}",
+            agent.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let next = wanted.spawn(30, &["1"]);
+    let (ev, before) = until_logged(&agent, &mut filtered, Duration::from_secs(10), |ev| {
+        is_process(ev, next.id(), false)
+    })
+    .await;
+    assert!(before.is_empty(), "nothing before it, no lost: {before:?}");
+    let Some(Kind::Exec(p)) = ev.kind else {
+        unreachable!()
+    };
+    assert_complete(&p);
+    for child in others.into_iter().chain([first, next]) {
+        stop(child);
+    }
+}
+
 /// Waits until `pid`'s comm is `comm`, reading `comm` only (its `cmdline`
 /// or `stat` may be the stuck file).
 fn wait_comm(pid: u32, comm: &str) {

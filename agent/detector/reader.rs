@@ -371,8 +371,35 @@ impl ReaderThread {
             ctx.fanout.skip_exec();
             return Ok(());
         }
-        let mut record = blank(pid, tgid, Source::Netlink);
-        record.kernel_timestamp_ns = timestamp_ns;
+        if self.reader.is_err() {
+            self.reader = ctx.procfs.reader();
+        }
+        if let (Interest::Comms(_), Ok(reader)) = (&*interest, &mut self.reader) {
+            // Most execs are nobody's: their comm alone says so, without
+            // `stat`, before anything else (reading a comm needs no time
+            // bound, so not even a full set of stuck reads makes an exec
+            // nobody wants count as loss). When it cannot tell, the read
+            // below decides after `stat` as usual.
+            let check = reader.comm_wanted(pid, |comm| interest.may_want(comm));
+            if matches!(check, CommCheck::Unwanted | CommCheck::Gone) {
+                let mut slot = self.slot()?;
+                // A file was looked up: descriptors are back, if they had
+                // run out (whether stuck reads have returned, `retry`
+                // finds out).
+                let unread = slot.state.unread.as_ref().map(|u| u.error);
+                if matches!(unread, Some(Exhausted::Resources(_))) {
+                    recovered(&ctx, &mut slot.state);
+                }
+                if check == CommCheck::Gone {
+                    // Counted as when its record was read and found empty;
+                    // it goes to nobody, as no comm selector takes a
+                    // record without a comm.
+                    ctx.stats.add_exited_before_inspection(1);
+                }
+                ctx.fanout.skip_exec();
+                return Ok(());
+            }
+        }
         match ctx.procfs.bounds().admit(pid) {
             Admit::Go => {}
             Admit::Stuck => {
@@ -384,28 +411,8 @@ impl ReaderThread {
             }
             Admit::Full(n) => return self.unreadable(Exhausted::Stuck(n)),
         }
-        if self.reader.is_err() {
-            self.reader = ctx.procfs.reader();
-        }
-        if let (Interest::Comms(_), Ok(reader)) = (&*interest, &mut self.reader) {
-            // Most execs are nobody's: their comm alone says so, without
-            // `stat`. When it cannot tell, the read below decides after
-            // `stat` as usual.
-            let check = reader.comm_wanted(pid, |comm| interest.may_want(comm));
-            if matches!(check, CommCheck::Unwanted | CommCheck::Gone) {
-                let mut slot = self.slot()?;
-                // A file was looked up: reads work.
-                recovered(&ctx, &mut slot.state);
-                if check == CommCheck::Gone {
-                    // Counted as when its record was read and found empty;
-                    // it goes to nobody, as no comm selector takes a
-                    // record without a comm.
-                    ctx.stats.add_exited_before_inspection(1);
-                }
-                ctx.fanout.skip_exec();
-                return Ok(());
-            }
-        }
+        let mut record = blank(pid, tgid, Source::Netlink);
+        record.kernel_timestamp_ns = timestamp_ns;
         let reader = match &mut self.reader {
             Ok(reader) => reader,
             Err(e) => {
