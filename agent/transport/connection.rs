@@ -10,9 +10,10 @@
 //! the next write gets through.
 //!
 //! What the client sends passes through a [`Normalizer`] on its way to h2,
-//! so any `:authority` is accepted; what the agent writes is followed by
-//! [`Refusals`]. The first refusal on a connection is logged at `warn`
-//! with the peer's uid and the reason. Both directions also pass an
+//! so any `:authority` is accepted; the frames the agent writes are
+//! followed by one [`Frames`], which tells the [`Activity`] when streams
+//! end and shows each [`Refusal`]. The first refusal on a connection is logged at `warn`
+//! with the peer's uid and the reason. The client's bytes also pass the
 //! [`Activity`], and a connection past its handshake deadline or idle
 //! timeout ends as if the client had hung up.
 
@@ -31,8 +32,9 @@ use tokio::time::Sleep;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::transport::authority::Normalizer;
+use crate::transport::frame::Frames;
 use crate::transport::idle::{Activity, Expired, State};
-use crate::transport::refusal::Refusals;
+use crate::transport::refusal::Refusal;
 
 /// An accepted client connection.
 pub struct Connection {
@@ -46,8 +48,8 @@ pub struct Connection {
     /// What the normalizer produced that h2 has not read yet, from `at`.
     pending: Vec<u8>,
     at: usize,
-    /// The agent's bytes on their way to the client.
-    refusals: Refusals,
+    /// The agent's frames on their way to the client.
+    written: Frames,
     /// Whether a refusal was logged on this connection.
     logged: bool,
     /// The handshake and the open streams.
@@ -73,7 +75,7 @@ impl Connection {
             normalizer: Normalizer::new(),
             pending: Vec::new(),
             at: 0,
-            refusals: Refusals::default(),
+            written: Frames::default(),
             logged: false,
             activity,
             deadline: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
@@ -100,14 +102,24 @@ impl Connection {
             }
             let part = &buf[..buf.len().min(n)];
             n -= part.len();
-            if self.activity.agent_wrote(part) {
-                // The reader is parked on the socket; it must arm the idle
-                // deadline now.
-                if let Some(reader) = &self.reader {
-                    reader.wake_by_ref();
+            let Self {
+                written,
+                activity,
+                reader,
+                ..
+            } = self;
+            let mut refusal = None;
+            written.follow(part, |frame| {
+                if activity.agent_wrote(frame.head) {
+                    // The reader is parked on the socket; it must arm the
+                    // idle deadline now.
+                    if let Some(reader) = reader {
+                        reader.wake_by_ref();
+                    }
                 }
-            }
-            if let Some(refusal) = self.refusals.follow(part) {
+                refusal = refusal.or(Refusal::of(frame));
+            });
+            if let Some(refusal) = refusal {
                 let reason = match self.normalizer.request_on(refusal.stream) {
                     Some(request) if !refusal.goaway => format!("{refusal} ({request})"),
                     _ => refusal.to_string(),
