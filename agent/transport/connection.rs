@@ -34,6 +34,7 @@ use tonic::transport::server::{Connected, UdsConnectInfo};
 use crate::transport::authority::Normalizer;
 use crate::transport::frame::Frames;
 use crate::transport::idle::{Activity, Expired, State};
+use crate::transport::quota::Place;
 use crate::transport::refusal::Refusal;
 
 /// An accepted client connection.
@@ -59,12 +60,15 @@ pub struct Connection {
     /// The task reading, woken when the last stream closes so that it
     /// arms the idle deadline.
     reader: Option<Waker>,
+    /// Its place in the connection count (none for the agent's own uid),
+    /// given back when it closes.
+    _place: Option<Place>,
 }
 
 impl Connection {
     /// Takes over an accepted stream, keeping its peer's address and
-    /// credentials for the peer check.
-    pub fn new(stream: UnixStream, activity: Activity) -> io::Result<Self> {
+    /// credentials for the peer check, and its place in the count.
+    pub fn new(stream: UnixStream, activity: Activity, place: Option<Place>) -> io::Result<Self> {
         let info = stream.connect_info();
         // Out of tokio's registration; the socket stays non-blocking.
         let fd = OwnedFd::from(stream.into_std()?);
@@ -80,6 +84,7 @@ impl Connection {
             activity,
             deadline: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             reader: None,
+            _place: place,
         })
     }
 
@@ -340,7 +345,7 @@ mod tests {
     /// A connection that will not time out during a test.
     fn connection(ours: UnixStream) -> Connection {
         let idle = Activity::new(Instant::now(), std::time::Duration::from_secs(60));
-        Connection::new(ours, idle).unwrap()
+        Connection::new(ours, idle, None).unwrap()
     }
 
     /// Far more than a Unix socket's buffer, so writes must wait for room.
