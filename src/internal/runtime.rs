@@ -32,20 +32,8 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// An error and its causes on one line, `outer: cause: root`, each cause
-/// once: a cause whose text the line already holds (an error that quotes
-/// its source in its own message) is not repeated.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = err.to_string();
-    for cause in std::iter::successors(err.source(), |e| e.source()) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
-}
+/// An error and its causes on one line, each cause once.
+pub use crate::client::error_chain;
 
 /// Installs SIGTERM and SIGINT handlers now and returns a future that
 /// completes when either arrives. Call it before the process announces
