@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use execwatch::proto::{Exit, LossSite, Process};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::stream::selector::{Filter, Interest};
 
@@ -406,12 +406,12 @@ impl Fanout {
             // (and subtract it) before this line would run after it.
             let queued = s.queued.fetch_add(bytes, Ordering::Relaxed);
             let sent = if queued > 0 && queued + bytes > queue_bytes {
-                Err(mpsc::error::TrySendError::Full(()))
+                Err(TrySendError::Full(()))
             } else {
-                s.tx.try_send((item.clone(), bytes)).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
-                    mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
-                })
+                // Reserved before the item is cloned: a full queue costs
+                // no clone.
+                s.tx.try_reserve()
+                    .map(|permit| permit.send((item.clone(), bytes)))
             };
             if sent.is_err() {
                 s.queued.fetch_sub(bytes, Ordering::Relaxed);
@@ -422,7 +422,7 @@ impl Fanout {
             }
             match sent {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(())) => {
+                Err(TrySendError::Full(())) => {
                     let at = if s.include_exits { before.1 } else { before.0 };
                     *lock(&s.overflow.at) = Some(at);
                     tracing::warn!(
@@ -433,7 +433,7 @@ impl Fanout {
                     false
                 }
                 // The stream ended (its subscription unhooks it too).
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(TrySendError::Closed(())) => false,
             }
         });
         inner.overflows += unhooked;
