@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use execwatch::proto::exec_events_server::ExecEvents;
 use execwatch::proto::{Stats, StatsRequest, WatchRequest};
 use tokio::net::unix::UCred;
+use tonic::service::Interceptor;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -234,9 +235,12 @@ impl PeerCheck {
         }
         false
     }
+}
 
-    /// The interceptor: admits or refuses one request.
-    pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
+/// The interceptor every service on the socket is wrapped in: admits or
+/// refuses one request.
+impl Interceptor for PeerCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let cred = peer_cred(&req);
         if self.admits(cred.map(|c| c.uid()), cred.and_then(|c| c.pid())) {
             Ok(req)

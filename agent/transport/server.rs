@@ -19,7 +19,6 @@ use tonic_health::ServingStatus;
 use crate::transport::listener::{self, Admission};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::{Request, Status};
 
 use crate::stream::service::{ExecEventsService, PeerCheck, Seats};
 use crate::stream::subscription::Shared;
@@ -227,25 +226,24 @@ pub async fn serve(
         .set_serving::<ExecEventsServer<ExecEventsService>>()
         .await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
-        .add_service(guarded(
+        .add_service(InterceptedService::new(
             ExecEventsServer::new(ExecEventsService::new(shared, limits.seats)),
-            &peers,
+            peers.clone(),
         ))
-        .add_service(guarded(health_service, &peers))
-        .add_service(guarded(reflection_v1, &peers))
-        .add_service(guarded(reflection_v1alpha, &peers))
+        .add_service(InterceptedService::new(health_service, peers.clone()))
+        .add_service(InterceptedService::new(reflection_v1, peers.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, peers.clone()))
         .serve_with_incoming_shutdown(
             listener::incoming(
                 listener,
@@ -296,13 +294,4 @@ pub async fn serve(
         _ = second => tracing::info!("second signal: exiting now"),
     }
     Ok(why)
-}
-
-/// Wraps `svc` so every request passes the peer check first.
-fn guarded<S>(
-    svc: S,
-    peers: &PeerCheck,
-) -> InterceptedService<S, impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone> {
-    let peers = peers.clone();
-    InterceptedService::new(svc, move |req| peers.check(req))
 }
