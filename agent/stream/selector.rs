@@ -15,10 +15,10 @@
 //! selector, as much as the detector needs to know to read a new process
 //! only as far as some subscriber could want it.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use execwatch::internal::argv;
 use execwatch::proto::{Process, WatchRequest};
 
 /// Most entries one selector list may hold.
@@ -179,34 +179,9 @@ impl Selector {
             return true;
         }
         self.comms.contains(&p.comm)
-            || (!self.argv_substrings.is_empty() && self.argv_matches(&p.argv))
+            || (!self.argv_substrings.is_empty()
+                && argv::find_in(&p.argv, &self.argv_substrings).is_some())
             || p.exe.as_ref().is_some_and(|e| self.exe_paths.contains(e))
-    }
-
-    /// Whether argv joined with single spaces contains an entry. Runs for
-    /// every exec under the fan-out's lock, so it joins only when there is
-    /// more than one argument, into a per-thread buffer (which keeps the
-    /// capacity of the longest command line, itself bounded by the agent's
-    /// read limit).
-    fn argv_matches(&self, argv: &[String]) -> bool {
-        thread_local! {
-            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
-        }
-        match argv {
-            [] => false,
-            [only] => self.argv_substrings.iter().any(|s| only.contains(s)),
-            _ => LINE.with(|line| {
-                let mut line = line.borrow_mut();
-                line.clear();
-                for (i, arg) in argv.iter().enumerate() {
-                    if i > 0 {
-                        line.push(' ');
-                    }
-                    line.push_str(arg);
-                }
-                self.argv_substrings.iter().any(|s| line.contains(s))
-            }),
-        }
     }
 }
 
