@@ -285,14 +285,7 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = ready!(this.poll_write_with(cx, |fd| {
-            // MSG_NOSIGNAL: a client that hung up is an error here, not a
-            // SIGPIPE.
-            socket::send(fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
-        }))?;
-        this.follow_written(&[IoSlice::new(data)], written);
-        Poll::Ready(Ok(written))
+        self.poll_write_vectored(cx, &[IoSlice::new(data)])
     }
 
     fn poll_write_vectored(
@@ -304,7 +297,8 @@ impl AsyncWrite for Connection {
         // The kernel takes at most IOV_MAX slices at once.
         let bufs = &bufs[..bufs.len().min(IOV_MAX)];
         let written = ready!(this.poll_write_with(cx, |fd| {
-            // MSG_NOSIGNAL as in poll_write.
+            // MSG_NOSIGNAL: a client that hung up is an error here, not a
+            // SIGPIPE.
             socket::sendmsg::<()>(fd.as_raw_fd(), bufs, &[], MsgFlags::MSG_NOSIGNAL, None)
                 .map_err(io::Error::from)
         }))?;
