@@ -252,8 +252,10 @@ impl Normalizer {
         let Head { len, kind, .. } = head;
         let raw = self.head.bytes;
         let in_block = self.opened.is_some();
-        let header_frame = kind == HEADERS && !in_block
-            || kind == CONTINUATION && in_block && head.stream == self.opened_stream();
+        let header_frame = match self.opened {
+            None => kind == HEADERS,
+            Some(opened) => kind == CONTINUATION && head.stream == opened.stream,
+        };
         if !header_frame || len > MAX_FRAME {
             if in_block {
                 // h2 refuses a block broken off by another frame, or by an
@@ -413,13 +415,7 @@ impl Normalizer {
     }
 
     fn refuse(&mut self, why: String) {
-        if self.refusal.is_none() {
-            self.refusal = Some(why);
-        }
-    }
-
-    fn opened_stream(&self) -> u32 {
-        self.opened.map_or(0, |o| o.stream)
+        self.refusal.get_or_insert(why);
     }
 }
 
