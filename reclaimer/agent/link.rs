@@ -250,8 +250,13 @@ async fn switch(
                 break;
             };
             let Ok(ev) = current.accept(msg) else { break };
-            let caught_up =
-                mark.is_some_and(|mark| observed_live(&ev).is_some_and(|at| at >= mark));
+            // Live items (execs, exits) are published in the order the agent
+            // observed them, so one observed after the mark means every live
+            // item before it has been delivered. A snapshot's records are
+            // read later than the live items that queue behind them, so they
+            // say nothing.
+            let live = matches!(ev.kind, Some(Kind::Exec(_) | Kind::Exit(_)));
+            let caught_up = live && observed(&ev).zip(mark).is_some_and(|(at, mark)| at >= mark);
             if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
                 return Ok(false);
             }
@@ -276,17 +281,6 @@ fn observed(ev: &WatchEvent) -> Option<u64> {
     match &ev.kind {
         Some(Kind::Exec(p) | Kind::Existing(p)) => Some(p.observed_unix_ns),
         Some(Kind::Exit(e)) => Some(e.observed_unix_ns),
-        _ => None,
-    }
-}
-
-/// When the agent observed a live item (exec or exit): items are published
-/// in that order, so every live item published before it has been
-/// delivered. A snapshot's records are read later than the live items that
-/// queue behind them, so they say nothing.
-fn observed_live(ev: &WatchEvent) -> Option<u64> {
-    match &ev.kind {
-        Some(Kind::Exec(_) | Kind::Exit(_)) => observed(ev),
         _ => None,
     }
 }
