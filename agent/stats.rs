@@ -11,6 +11,7 @@ use std::time::Instant;
 use execwatch::proto;
 
 use crate::stream::fanout::Counts;
+use execwatch::internal::runtime::lock;
 
 /// Counters since start, each monotonic.
 #[derive(Debug)]
@@ -75,18 +76,13 @@ impl Default for Stats {
 impl Stats {
     /// Records which detector runs, its subscription mode and buffer size.
     pub fn set_detector(&self, name: &str, mode: &str, receive_buffer_bytes: u64) {
-        *self.detector.lock().unwrap_or_else(|e| e.into_inner()) =
-            (name.to_string(), mode.to_string(), receive_buffer_bytes);
+        *lock(&self.detector) = (name.to_string(), mode.to_string(), receive_buffer_bytes);
     }
 
     /// The counters as the wire contract carries them, with the fan-out's
     /// `published` counts.
     pub fn snapshot(&self, published: Counts) -> proto::Stats {
-        let (detector, subscription_mode, receive_buffer_bytes) = self
-            .detector
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let (detector, subscription_mode, receive_buffer_bytes) = lock(&self.detector).clone();
         let mut stats = proto::Stats {
             detector,
             subscription_mode,

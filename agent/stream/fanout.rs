@@ -37,6 +37,7 @@ use prost::Message;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::stream::selector::{Filter, Interest};
+use execwatch::internal::runtime::lock;
 
 /// One item a detector publishes.
 #[derive(Debug, Clone)]
@@ -458,11 +459,6 @@ impl Fanout {
 /// The selector of a subscriber's filter, `None` if it wants everything.
 fn selector(filter: &Option<Arc<Filter>>) -> Option<&crate::stream::selector::Selector> {
     filter.as_deref().map(Filter::selector)
-}
-
-/// Locks `m`; a panic elsewhere leaves plain values behind, still usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -16,9 +16,10 @@
 //! only as far as some subscriber could want it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use execwatch::internal::argv;
+use execwatch::internal::runtime::lock;
 use execwatch::proto::{Process, WatchRequest};
 
 /// Most entries one selector list may hold.
@@ -415,10 +416,6 @@ impl Filter {
         filter
     }
 
-    fn sent(&self) -> MutexGuard<'_, Sent> {
-        self.sent.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The selector.
     pub fn selector(&self) -> &Selector {
         &self.selector
@@ -433,7 +430,7 @@ impl Filter {
         if !self.exits {
             return true;
         }
-        let mut sent = self.sent();
+        let mut sent = lock(&self.sent);
         if sent.every_exit {
             return true;
         }
@@ -449,7 +446,7 @@ impl Filter {
 
     /// Whether to send the exit of `pid`.
     pub fn offer_exit(&self, pid: i32) -> bool {
-        let mut sent = self.sent();
+        let mut sent = lock(&self.sent);
         let known = sent.pids.remove(&pid).is_some();
         known || sent.snapshots > 0 || sent.every_exit
     }
@@ -457,7 +454,7 @@ impl Filter {
     /// A snapshot begins: called in order with the live items offered, when
     /// the item it follows (a loss, or the stream's start) is queued.
     pub fn snapshot_begin(&self) {
-        let mut sent = self.sent();
+        let mut sent = lock(&self.sent);
         sent.generation += 1;
         if sent.snapshots == 0 {
             sent.since = sent.generation;
@@ -469,7 +466,7 @@ impl Filter {
     /// none is left under way, a pid sent before they began and not listed
     /// by them is gone, its exit sent or lost: it is forgotten.
     pub fn snapshot_end(&self) {
-        let mut sent = self.sent();
+        let mut sent = lock(&self.sent);
         sent.snapshots = sent.snapshots.saturating_sub(1);
         if sent.snapshots == 0 {
             let since = sent.since;
@@ -808,6 +805,6 @@ mod tests {
             assert!(f.offer_process(&java(pid)));
         }
         assert!(f.offer_exit(-5));
-        assert!(f.sent().pids.is_empty());
+        assert!(lock(&f.sent).pids.is_empty());
     }
 }

@@ -17,6 +17,7 @@ use crate::stats;
 use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared, WatchStream};
 use crate::transport::quota::{Over, Place, Quota};
+use execwatch::internal::runtime::lock;
 
 /// Serves `Watch` and `GetStats`.
 pub struct ExecEventsService {
@@ -216,11 +217,7 @@ impl PeerCheck {
         if uid.is_some_and(|uid| allowed.contains(&uid)) {
             return true;
         }
-        let refusal = self
-            .refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .refuse(uid, pid, Instant::now());
+        let refusal = lock(&self.refusals).refuse(uid, pid, Instant::now());
         if refusal.new_peer {
             self.stats.add_peers_denied(1);
         }

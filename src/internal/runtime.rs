@@ -1,5 +1,7 @@
 //! Process plumbing both binaries share: log set-up, the one-line report of
-//! a fatal error, and the shutdown signal.
+//! a fatal error, the shutdown signal, and how a lock is taken.
+
+use std::sync::{Mutex, MutexGuard};
 
 /// Log output format (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +36,13 @@ pub fn init_logging(format: LogFormat) {
 
 /// An error and its causes on one line, each cause once.
 pub use crate::client::error_chain;
+
+/// Locks `m`. A panic elsewhere leaves plain values behind (every state
+/// behind these locks is written whole or counted), still usable: the
+/// poison is ignored rather than spread.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Installs SIGTERM and SIGINT handlers now and returns a future that
 /// completes when either arrives. Call it before the process announces
