@@ -108,12 +108,7 @@ impl Selector {
                 Err("not an absolute path".into())
             }
         })?;
-        if req.uids.len() > MAX_ENTRIES {
-            return Err(invalid(
-                "uids",
-                format!("{} entries; at most {MAX_ENTRIES}", req.uids.len()),
-            ));
-        }
+        check_len("uids", req.uids.len())?;
         if let Some(i) = req.uids.iter().position(|&u| u == NO_UID) {
             return Err(invalid(
                 format!("uids[{i}]"),
@@ -250,17 +245,23 @@ fn check_list(
     list: &[String],
     entry: impl Fn(&str) -> Result<(), String>,
 ) -> Result<(), SelectorError> {
-    if list.len() > MAX_ENTRIES {
-        return Err(invalid(
-            field,
-            format!("{} entries; at most {MAX_ENTRIES}", list.len()),
-        ));
-    }
+    check_len(field, list.len())?;
     for (i, s) in list.iter().enumerate() {
         if s.is_empty() {
             return Err(invalid(format!("{field}[{i}]"), "empty string"));
         }
         entry(s).map_err(|reason| invalid(format!("{field}[{i}]"), reason))?;
+    }
+    Ok(())
+}
+
+/// Checks a list's length.
+fn check_len(field: &str, len: usize) -> Result<(), SelectorError> {
+    if len > MAX_ENTRIES {
+        return Err(invalid(
+            field,
+            format!("{len} entries; at most {MAX_ENTRIES}"),
+        ));
     }
     Ok(())
 }
@@ -298,12 +299,7 @@ impl Omit {
     /// field.
     pub fn from_request(req: &WatchRequest) -> Result<Omit, SelectorError> {
         let mut omit = Omit::default();
-        if req.omit_fields.len() > MAX_ENTRIES {
-            return Err(invalid(
-                "omit_fields",
-                format!("{} entries; at most {MAX_ENTRIES}", req.omit_fields.len()),
-            ));
-        }
+        check_len("omit_fields", req.omit_fields.len())?;
         for (i, name) in req.omit_fields.iter().enumerate() {
             let flag = match name.as_str() {
                 "exe" => &mut omit.exe,
