@@ -107,18 +107,12 @@ impl Connection {
             }
             let part = &buf[..buf.len().min(n)];
             n -= part.len();
-            let Self {
-                written,
-                activity,
-                reader,
-                ..
-            } = self;
             let mut refusal = None;
-            written.follow(part, |frame| {
-                if activity.agent_wrote(frame.head) {
+            self.written.follow(part, |frame| {
+                if self.activity.agent_wrote(frame.head) {
                     // The reader is parked on the socket; it must arm the
                     // idle deadline now.
-                    if let Some(reader) = reader {
+                    if let Some(reader) = &self.reader {
                         reader.wake_by_ref();
                     }
                 }

@@ -86,24 +86,17 @@ impl Activity {
     /// Follows bytes the client sent, at `now`.
     pub fn client_sent(&mut self, bytes: &[u8], now: Instant) {
         self.last = now;
-        let Self {
-            client,
-            handshaken,
-            last_opened,
-            open,
-            ..
-        } = self;
-        client.follow(bytes, |frame| {
+        self.client.follow(bytes, |frame| {
             let head = frame.head;
-            *handshaken = true;
+            self.handshaken = true;
             match head.kind {
-                HEADERS if head.stream > *last_opened => {
-                    *last_opened = head.stream;
-                    if open.len() < MAX_FOLLOWED {
-                        open.push(head.stream);
+                HEADERS if head.stream > self.last_opened => {
+                    self.last_opened = head.stream;
+                    if self.open.len() < MAX_FOLLOWED {
+                        self.open.push(head.stream);
                     }
                 }
-                RST_STREAM => open.retain(|&s| s != head.stream),
+                RST_STREAM => self.open.retain(|&s| s != head.stream),
                 _ => {}
             }
         });
