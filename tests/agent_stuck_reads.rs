@@ -484,6 +484,46 @@ async fn with_only_comm_selectors_an_unwanted_exec_is_read_no_further_than_its_c
     }
 }
 
+/// The poll detector is lazy too: while the only subscriber selects by
+/// comm, a new program whose comm it does not list costs the scan the
+/// `stat` it reads of every process anyway and no more. Its `cmdline`,
+/// which would hang the scanning thread for good (poll reads have no time
+/// bound), is never opened, and a wanted launch after it arrives complete.
+#[tokio::test]
+async fn the_poll_detector_reads_an_unwanted_program_no_further_than_its_stat() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let agent = Agent::start(&["--detector", "poll", "--poll-interval", "50ms"]);
+    let wanted = UniqueProgram::new("ewpwant");
+    let unwanted = UniqueProgram::new("ewpskip");
+    let mut filtered = agent
+        .watch(WatchRequest {
+            comms: vec![wanted.name.clone()],
+            skip_snapshot: true,
+            ..Default::default()
+        })
+        .await;
+    let mut held = held_exec(&unwanted.path);
+    let skipped = held.id();
+    let stuck = StuckFile::over(skipped, "cmdline");
+    go(&mut held);
+    wait_comm(skipped, &unwanted.name);
+    // Scans enough to have met it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let child = wanted.spawn(30, &["1"]);
+    let (ev, others) = until_logged(&agent, &mut filtered, Duration::from_secs(10), |ev| {
+        is_process(ev, child.id(), false)
+    })
+    .await;
+    let Some(Kind::Exec(p)) = ev.kind else {
+        unreachable!()
+    };
+    assert_complete(&p);
+    assert!(others.is_empty(), "only what it selected: {others:?}");
+    drop(stuck);
+    stop(held);
+    stop(child);
+}
+
 /// With no subscriber that wants any process (here one that asked for
 /// none), `/proc` is not read at all: a `stat` that would hang is never
 /// opened, and the exec is still counted.

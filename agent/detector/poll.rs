@@ -8,6 +8,11 @@
 //! one interval (and an exec that keeps the comm, such as a program
 //! re-executing itself). Pids that vanish between scans are reported as exits.
 //!
+//! A new process is read in full only if some subscriber's selector could
+//! want it ([`crate::stream::selector::Interest`]): with none, or with comm
+//! selectors its comm is in none of, the `stat` every scan reads anyway is
+//! all it costs.
+//!
 //! A scan the agent cannot finish for a reason of its own (out of
 //! descriptors or memory) changes nothing it knows and is reported once as
 //! `lost` (site detector); the next scan that works finds what it missed.
@@ -117,7 +122,15 @@ impl Poller {
                 // The pid was reused: the process we knew under it is gone.
                 publish_exit(fanout, pid);
             }
-            // New pid, reused pid, or a new program in a known process.
+            // New pid, reused pid, or a new program in a known process: read
+            // only as far as some subscriber could want it (the stat just
+            // read holds the comm). Such an exec is counted, not published,
+            // as the netlink detector does (crate::detector::reader); a
+            // subscriber that joins later finds it in its snapshot.
+            if !fanout.interest().may_want(id.comm_name()) {
+                fanout.skip_exec();
+                continue;
+            }
             let read = match reader.read(pid, pid, Source::Poll) {
                 Ok(read) => read,
                 Err(e) => {

@@ -15,8 +15,9 @@
 //! a small VM against 1–3 µs to read and parse a queued datagram), so the
 //! reader is built to wake as rarely as it can without delaying a launch:
 //!
-//! - A wake-up drains every queued datagram; the read, the record and the
-//!   publish happen on this thread, with no hand-off in between.
+//! - A wake-up drains every queued datagram, up to [`BATCH`] per system
+//!   call (recvmmsg); the read, the record and the publish happen on this
+//!   thread, with no hand-off in between.
 //! - Exec events wake the reader at once. Exit events (a socket of their own
 //!   when the kernel filters) do not: they are read with the next exec, or by
 //!   a sweep at most [`EXIT_BATCH`] after the first one arrives, so a storm
@@ -57,7 +58,7 @@ use execwatch::proto::{Exit, LossSite, Process, Source};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::detector::netlink::NetlinkDetector;
-use crate::detector::socket::{NetlinkError, NetlinkSocket, Received, DATAGRAM_BUF};
+use crate::detector::socket::{Batch, NetlinkError, NetlinkSocket, Received, BATCH};
 use crate::procfs::bounded::{stuck_record, Admit, Slot, Watched};
 use crate::procfs::reader::{blank, CommCheck, Exhausted, Outcome, ProcReader};
 use crate::procfs::source::ProcSource;
@@ -153,7 +154,7 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
             let mut thread = ReaderThread {
                 generation,
                 reader,
-                buf: vec![0u8; DATAGRAM_BUF],
+                batch: Batch::default(),
                 drained: Vec::with_capacity(64),
                 exits_due: None,
                 ctx,
@@ -201,7 +202,7 @@ struct ReaderThread {
     /// Its own `/proc` handle (a copy may fail for want of descriptors: then
     /// reads count as loss and the copy is tried again).
     reader: Result<ProcReader, Exhausted>,
-    buf: Vec<u8>,
+    batch: Batch,
     drained: Vec<ProcEvent>,
     /// The exit socket is left out of the wait until this sweep.
     exits_due: Option<Instant>,
@@ -287,11 +288,11 @@ impl ReaderThread {
             // each exit after its exec.
             let ctx = self.ctx.clone();
             let mut overrun = match &ctx.exits {
-                Some(exits) => drain(exits, &mut self.buf, &mut self.drained, &ctx.stats)?,
+                Some(exits) => drain(exits, &mut self.batch, &mut self.drained, &ctx.stats)?,
                 None => false,
             };
             let exits_read = self.drained.len();
-            overrun |= drain(&ctx.execs, &mut self.buf, &mut self.drained, &ctx.stats)?;
+            overrun |= drain(&ctx.execs, &mut self.batch, &mut self.drained, &ctx.stats)?;
             if exits_read > 0 && exits_read < self.drained.len() {
                 self.drained.sort_by_key(|ev| ev.timestamp_ns);
             }
@@ -529,17 +530,17 @@ fn recovered(ctx: &Context, backlog: &mut Backlog) {
 /// queued).
 fn drain(
     sock: &NetlinkSocket,
-    buf: &mut [u8],
+    batch: &mut Batch,
     events: &mut Vec<ProcEvent>,
     stats: &Stats,
 ) -> Result<bool, NetlinkError> {
     loop {
-        let n = match sock.try_recv(buf)? {
+        let n = match sock.try_recv_batch(batch)? {
             Received::Datagram(n) => n,
             Received::Timeout => return Ok(false),
             Received::Overrun => return Ok(true),
         };
-        for message in parse_datagram(&buf[..n]) {
+        for message in batch.datagrams(n).flat_map(parse_datagram) {
             match message {
                 Ok(Message::Event(ev)) => events.push(ev),
                 Ok(_) => stats.add_ignored_kernel_events(1),
@@ -548,6 +549,11 @@ fn drain(
                     tracing::warn!("skipping malformed proc connector message: {e}");
                 }
             }
+        }
+        // A short batch emptied the queue: no call to hear so. Anything
+        // that arrived since makes the socket readable again.
+        if n < BATCH {
+            return Ok(false);
         }
     }
 }

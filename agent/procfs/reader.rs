@@ -48,6 +48,14 @@ pub struct Identity {
     pub comm: [u8; 16],
 }
 
+impl Identity {
+    /// The comm without its NUL padding.
+    pub fn comm_name(&self) -> &[u8] {
+        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        &self.comm[..len]
+    }
+}
+
 /// Reads process records from one `/proc` mount.
 pub struct ProcReader {
     proc_dir: OwnedFd,
