@@ -185,22 +185,14 @@ pub enum KernelFilter {
 }
 
 /// Detection mechanism.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum Detector {
     /// Kernel-pushed exec events (Linux).
+    // The default: the agent builds for Linux alone.
+    #[default]
     Netlink,
     /// Periodic scan of /proc.
     Poll,
-}
-
-impl Default for Detector {
-    fn default() -> Self {
-        if cfg!(target_os = "linux") {
-            Detector::Netlink
-        } else {
-            Detector::Poll
-        }
-    }
 }
 
 /// Parses an octal file mode such as `0660`.

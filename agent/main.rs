@@ -178,18 +178,20 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
         snapshot_reads: tokio::sync::Semaphore::new(SNAPSHOT_READS),
     });
     let limits = transport::server::Limits {
+        admission: transport::listener::Admission {
+            peers,
+            max_connections: args.max_connections as usize,
+            max_per_uid: args.max_connections_per_uid as usize,
+            idle_timeout: args.idle_timeout,
+        },
         seats: stream::service::Seats::new(
             args.max_subscribers as usize,
             args.max_subscribers_per_uid as usize,
         ),
         streams_per_connection: args.max_streams_per_connection,
-        connections: args.max_connections as usize,
-        connections_per_uid: args.max_connections_per_uid as usize,
-        idle_timeout: args.idle_timeout,
     };
     let stopped =
-        transport::server::serve(listener, &socket, shared, peers, limits, stop, streams_end)
-            .await?;
+        transport::server::serve(listener, &socket, shared, limits, stop, streams_end).await?;
     tracing::info!("stopped; socket removed");
     Ok(stopped)
 }

@@ -11,27 +11,33 @@ use std::time::Instant;
 use execwatch::proto;
 
 use crate::stream::fanout::Counts;
+use execwatch::internal::runtime::lock;
 
 /// Counters since start, each monotonic.
 #[derive(Debug)]
 pub struct Stats {
     started: Instant,
     detector: Mutex<(String, String, u64)>,
-    ignored_kernel_events: AtomicU64,
-    kernel_overruns: AtomicU64,
-    exited_before_inspection: AtomicU64,
-    subscribers_total: AtomicU64,
-    subscribers_cut_off: AtomicU64,
-    snapshots: AtomicU64,
-    peers_denied: AtomicU64,
-    parse_errors: AtomicU64,
-    unreadable_execs: AtomicU64,
+    counts: Counters,
 }
 
+/// Declares the counters (each a `GetStats` field of the same name), an
+/// `add_` method for each, and their copy into a `GetStats` answer.
 macro_rules! counters {
     ($($(#[$doc:meta])* $add:ident => $field:ident;)*) => {
+        /// The counters, zero at start.
+        #[derive(Debug, Default)]
+        struct Counters {
+            $($field: AtomicU64,)*
+        }
+
         impl Stats {
-            $($(#[$doc])* pub fn $add(&self, n: u64) { self.$field.fetch_add(n, Relaxed); })*
+            $($(#[$doc])* pub fn $add(&self, n: u64) { self.counts.$field.fetch_add(n, Relaxed); })*
+
+            /// Copies every counter into `into`.
+            fn load_counts(&self, into: &mut proto::Stats) {
+                $(into.$field = self.counts.$field.load(Relaxed);)*
+            }
         }
     };
 }
@@ -62,15 +68,7 @@ impl Default for Stats {
         Self {
             started: Instant::now(),
             detector: Mutex::default(),
-            ignored_kernel_events: AtomicU64::new(0),
-            kernel_overruns: AtomicU64::new(0),
-            exited_before_inspection: AtomicU64::new(0),
-            subscribers_total: AtomicU64::new(0),
-            subscribers_cut_off: AtomicU64::new(0),
-            snapshots: AtomicU64::new(0),
-            peers_denied: AtomicU64::new(0),
-            parse_errors: AtomicU64::new(0),
-            unreadable_execs: AtomicU64::new(0),
+            counts: Counters::default(),
         }
     }
 }
@@ -78,36 +76,25 @@ impl Default for Stats {
 impl Stats {
     /// Records which detector runs, its subscription mode and buffer size.
     pub fn set_detector(&self, name: &str, mode: &str, receive_buffer_bytes: u64) {
-        *self.detector.lock().unwrap_or_else(|e| e.into_inner()) =
-            (name.to_string(), mode.to_string(), receive_buffer_bytes);
+        *lock(&self.detector) = (name.to_string(), mode.to_string(), receive_buffer_bytes);
     }
 
     /// The counters as the wire contract carries them, with the fan-out's
     /// `published` counts.
     pub fn snapshot(&self, published: Counts) -> proto::Stats {
-        let (detector, subscription_mode, receive_buffer_bytes) = self
-            .detector
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        proto::Stats {
+        let (detector, subscription_mode, receive_buffer_bytes) = lock(&self.detector).clone();
+        let mut stats = proto::Stats {
             detector,
             subscription_mode,
             receive_buffer_bytes,
             execs: published.execs,
             exits: published.exits,
-            ignored_kernel_events: self.ignored_kernel_events.load(Relaxed),
-            kernel_overruns: self.kernel_overruns.load(Relaxed),
-            exited_before_inspection: self.exited_before_inspection.load(Relaxed),
             subscribers: published.subscribers,
-            subscribers_total: self.subscribers_total.load(Relaxed),
             subscriber_overflows: published.subscriber_overflows,
-            subscribers_cut_off: self.subscribers_cut_off.load(Relaxed),
-            snapshots: self.snapshots.load(Relaxed),
-            peers_denied: self.peers_denied.load(Relaxed),
             uptime_seconds: self.started.elapsed().as_secs(),
-            parse_errors: self.parse_errors.load(Relaxed),
-            unreadable_execs: self.unreadable_execs.load(Relaxed),
-        }
+            ..proto::Stats::default()
+        };
+        self.load_counts(&mut stats);
+        stats
     }
 }

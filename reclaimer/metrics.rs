@@ -63,7 +63,7 @@ impl Metrics {
     /// Every counter at zero and `rules_inert` at 1 (the reclaimer starts
     /// without rules), registered.
     pub fn new() -> Self {
-        let m = Metrics {
+        let mut m = Metrics {
             events: Counter::default(),
             matches: Counter::default(),
             patches: Counter::default(),
@@ -80,47 +80,42 @@ impl Metrics {
             registry: Registry::default(),
         };
         m.rules_inert.set(1);
-        m.with_registry()
-    }
-
-    fn with_registry(mut self) -> Self {
-        let mut registry = Registry::default();
-        let own = registry.sub_registry_with_prefix("execwatch_reclaimer");
+        let own = m.registry.sub_registry_with_prefix("execwatch_reclaimer");
         // prometheus-client appends `_total` to counters and a final period
         // to help texts.
         let counters = [
             (
                 "events",
                 "Stream items received from the agent (execs, snapshot entries, exits, markers)",
-                &self.events,
+                &m.events,
             ),
             (
                 "matches",
                 "Processes matched by the rules (each firing decision)",
-                &self.matches,
+                &m.matches,
             ),
             (
                 "patches",
                 "Reclaim annotations written to the Node",
-                &self.patches,
+                &m.patches,
             ),
             (
                 "patch_errors",
                 "Failed Node patch attempts (each retry counts, 409s included)",
-                &self.patch_errors,
+                &m.patch_errors,
             ),
-            ("reconnects", "Agent stream reconnects", &self.reconnects),
+            ("reconnects", "Agent stream reconnects", &m.reconnects),
             (
                 "lost_markers",
                 "Lost markers received from the agent",
-                &self.lost_markers,
+                &m.lost_markers,
             ),
             (
                 "rule_reloads",
                 "Rule sets loaded (inert ones included)",
-                &self.rule_reloads,
+                &m.rule_reloads,
             ),
-            ("rule_errors", "Rule documents rejected", &self.rule_errors),
+            ("rule_errors", "Rule documents rejected", &m.rule_errors),
         ];
         for (name, help, counter) in counters {
             own.register(name, help, counter.clone());
@@ -128,9 +123,9 @@ impl Metrics {
         let up = Gauge::<i64>::default();
         up.set(1);
         let gauges = [
-            ("rules_invalid", "1 while the current rules document is invalid (the last good rules are in force)", &self.rules_invalid),
-            ("rules_inert", "1 while the loaded rules never fire", &self.rules_inert),
-            ("rules_missing", "1 while the rules source has no document (the node is disarmed unless --keep-rules-when-missing)", &self.rules_missing),
+            ("rules_invalid", "1 while the current rules document is invalid (the last good rules are in force)", &m.rules_invalid),
+            ("rules_inert", "1 while the loaded rules never fire", &m.rules_inert),
+            ("rules_missing", "1 while the rules source has no document (the node is disarmed unless --keep-rules-when-missing)", &m.rules_missing),
             ("up", "Always 1 while the reclaimer runs", &up),
         ];
         for (name, help, gauge) in gauges {
@@ -140,13 +135,12 @@ impl Metrics {
             "patch_latency",
             "From the agent observing the process to the Node patch being accepted",
             Unit::Seconds,
-            self.patch_latency.clone(),
+            m.patch_latency.clone(),
         );
-        registry
+        m.registry
             .sub_registry_with_prefix("execwatch_agent")
-            .register_collector(Box::new(self.agent.clone()));
-        self.registry = registry;
-        self
+            .register_collector(Box::new(m.agent.clone()));
+        m
     }
 
     /// The registry in `format`.

@@ -13,7 +13,7 @@ use crate::proto::exec_events_client::ExecEventsClient;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The HTTP/2 connection over the socket could not be set up.
-    #[error("cannot connect to the agent at {path}: {}", chain(error))]
+    #[error("cannot connect to the agent at {path}: {}", error_chain(error))]
     Connect {
         /// The socket path that was dialled.
         path: PathBuf,
@@ -29,24 +29,23 @@ pub enum ConnectError {
     },
 }
 
-/// The error and its causes on one line: tonic's transport error alone says
-/// only "transport error", the cause (no such file, permission denied) is
-/// what an operator needs.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut last = text.clone();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        // Wrappers often repeat their cause's message; say it once.
-        let this = c.to_string();
-        if this != last {
-            text.push_str(": ");
-            text.push_str(&this);
+/// An error and its causes on one line, `outer: cause: root`, each cause
+/// once: a cause whose text the line already holds (an error that quotes
+/// its source in its own message) is not repeated. Here because tonic's
+/// transport error alone says only "transport error", and the cause (no
+/// such file, permission denied) is what an operator needs; the binaries
+/// report their fatal errors with it too (`internal::runtime`).
+#[doc(hidden)]
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    for cause in std::iter::successors(err.source(), |e| e.source()) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
         }
-        last = this;
-        cause = c.source();
     }
-    text
+    line
 }
 
 /// Opens a gRPC channel to the agent listening on the Unix socket `path`.

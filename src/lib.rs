@@ -12,6 +12,7 @@ pub mod client;
 #[cfg(feature = "bin")]
 #[doc(hidden)]
 pub mod internal {
+    pub mod argv;
     pub mod cgroup;
     pub mod clock;
     pub mod cn_proc;

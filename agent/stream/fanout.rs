@@ -34,9 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use execwatch::proto::{Exit, LossSite, Process};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::stream::selector::{Filter, Interest};
+use execwatch::internal::runtime::lock;
 
 /// One item a detector publishes.
 #[derive(Debug, Clone)]
@@ -406,12 +407,12 @@ impl Fanout {
             // (and subtract it) before this line would run after it.
             let queued = s.queued.fetch_add(bytes, Ordering::Relaxed);
             let sent = if queued > 0 && queued + bytes > queue_bytes {
-                Err(mpsc::error::TrySendError::Full(()))
+                Err(TrySendError::Full(()))
             } else {
-                s.tx.try_send((item.clone(), bytes)).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
-                    mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
-                })
+                // Reserved before the item is cloned: a full queue costs
+                // no clone.
+                s.tx.try_reserve()
+                    .map(|permit| permit.send((item.clone(), bytes)))
             };
             if sent.is_err() {
                 s.queued.fetch_sub(bytes, Ordering::Relaxed);
@@ -422,7 +423,7 @@ impl Fanout {
             }
             match sent {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(())) => {
+                Err(TrySendError::Full(())) => {
                     let at = if s.include_exits { before.1 } else { before.0 };
                     *lock(&s.overflow.at) = Some(at);
                     tracing::warn!(
@@ -433,7 +434,7 @@ impl Fanout {
                     false
                 }
                 // The stream ended (its subscription unhooks it too).
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(TrySendError::Closed(())) => false,
             }
         });
         inner.overflows += unhooked;
@@ -458,11 +459,6 @@ impl Fanout {
 /// The selector of a subscriber's filter, `None` if it wants everything.
 fn selector(filter: &Option<Arc<Filter>>) -> Option<&crate::stream::selector::Selector> {
     filter.as_deref().map(Filter::selector)
-}
-
-/// Locks `m`; a panic elsewhere leaves plain values behind, still usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -15,10 +15,11 @@
 //! selector, as much as the detector needs to know to read a new process
 //! only as far as some subscriber could want it.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
+use execwatch::internal::argv;
+use execwatch::internal::runtime::lock;
 use execwatch::proto::{Process, WatchRequest};
 
 /// Most entries one selector list may hold.
@@ -107,12 +108,7 @@ impl Selector {
                 Err("not an absolute path".into())
             }
         })?;
-        if req.uids.len() > MAX_ENTRIES {
-            return Err(invalid(
-                "uids",
-                format!("{} entries; at most {MAX_ENTRIES}", req.uids.len()),
-            ));
-        }
+        check_len("uids", req.uids.len())?;
         if let Some(i) = req.uids.iter().position(|&u| u == NO_UID) {
             return Err(invalid(
                 format!("uids[{i}]"),
@@ -179,34 +175,9 @@ impl Selector {
             return true;
         }
         self.comms.contains(&p.comm)
-            || (!self.argv_substrings.is_empty() && self.argv_matches(&p.argv))
+            || (!self.argv_substrings.is_empty()
+                && argv::find_in(&p.argv, &self.argv_substrings).is_some())
             || p.exe.as_ref().is_some_and(|e| self.exe_paths.contains(e))
-    }
-
-    /// Whether argv joined with single spaces contains an entry. Runs for
-    /// every exec under the fan-out's lock, so it joins only when there is
-    /// more than one argument, into a per-thread buffer (which keeps the
-    /// capacity of the longest command line, itself bounded by the agent's
-    /// read limit).
-    fn argv_matches(&self, argv: &[String]) -> bool {
-        thread_local! {
-            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
-        }
-        match argv {
-            [] => false,
-            [only] => self.argv_substrings.iter().any(|s| only.contains(s)),
-            _ => LINE.with(|line| {
-                let mut line = line.borrow_mut();
-                line.clear();
-                for (i, arg) in argv.iter().enumerate() {
-                    if i > 0 {
-                        line.push(' ');
-                    }
-                    line.push_str(arg);
-                }
-                self.argv_substrings.iter().any(|s| line.contains(s))
-            }),
-        }
     }
 }
 
@@ -274,17 +245,23 @@ fn check_list(
     list: &[String],
     entry: impl Fn(&str) -> Result<(), String>,
 ) -> Result<(), SelectorError> {
-    if list.len() > MAX_ENTRIES {
-        return Err(invalid(
-            field,
-            format!("{} entries; at most {MAX_ENTRIES}", list.len()),
-        ));
-    }
+    check_len(field, list.len())?;
     for (i, s) in list.iter().enumerate() {
         if s.is_empty() {
             return Err(invalid(format!("{field}[{i}]"), "empty string"));
         }
         entry(s).map_err(|reason| invalid(format!("{field}[{i}]"), reason))?;
+    }
+    Ok(())
+}
+
+/// Checks a list's length.
+fn check_len(field: &str, len: usize) -> Result<(), SelectorError> {
+    if len > MAX_ENTRIES {
+        return Err(invalid(
+            field,
+            format!("{len} entries; at most {MAX_ENTRIES}"),
+        ));
     }
     Ok(())
 }
@@ -322,12 +299,7 @@ impl Omit {
     /// field.
     pub fn from_request(req: &WatchRequest) -> Result<Omit, SelectorError> {
         let mut omit = Omit::default();
-        if req.omit_fields.len() > MAX_ENTRIES {
-            return Err(invalid(
-                "omit_fields",
-                format!("{} entries; at most {MAX_ENTRIES}", req.omit_fields.len()),
-            ));
-        }
+        check_len("omit_fields", req.omit_fields.len())?;
         for (i, name) in req.omit_fields.iter().enumerate() {
             let flag = match name.as_str() {
                 "exe" => &mut omit.exe,
@@ -440,10 +412,6 @@ impl Filter {
         filter
     }
 
-    fn sent(&self) -> MutexGuard<'_, Sent> {
-        self.sent.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The selector.
     pub fn selector(&self) -> &Selector {
         &self.selector
@@ -458,7 +426,7 @@ impl Filter {
         if !self.exits {
             return true;
         }
-        let mut sent = self.sent();
+        let mut sent = lock(&self.sent);
         if sent.every_exit {
             return true;
         }
@@ -474,7 +442,7 @@ impl Filter {
 
     /// Whether to send the exit of `pid`.
     pub fn offer_exit(&self, pid: i32) -> bool {
-        let mut sent = self.sent();
+        let mut sent = lock(&self.sent);
         let known = sent.pids.remove(&pid).is_some();
         known || sent.snapshots > 0 || sent.every_exit
     }
@@ -482,7 +450,7 @@ impl Filter {
     /// A snapshot begins: called in order with the live items offered, when
     /// the item it follows (a loss, or the stream's start) is queued.
     pub fn snapshot_begin(&self) {
-        let mut sent = self.sent();
+        let mut sent = lock(&self.sent);
         sent.generation += 1;
         if sent.snapshots == 0 {
             sent.since = sent.generation;
@@ -494,7 +462,7 @@ impl Filter {
     /// none is left under way, a pid sent before they began and not listed
     /// by them is gone, its exit sent or lost: it is forgotten.
     pub fn snapshot_end(&self) {
-        let mut sent = self.sent();
+        let mut sent = lock(&self.sent);
         sent.snapshots = sent.snapshots.saturating_sub(1);
         if sent.snapshots == 0 {
             let since = sent.since;
@@ -833,6 +801,6 @@ mod tests {
             assert!(f.offer_process(&java(pid)));
         }
         assert!(f.offer_exit(-5));
-        assert!(f.sent().pids.is_empty());
+        assert!(lock(&f.sent).pids.is_empty());
     }
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use execwatch::proto::exec_events_server::ExecEvents;
 use execwatch::proto::{Stats, StatsRequest, WatchRequest};
+use tokio::net::unix::UCred;
+use tonic::service::Interceptor;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -15,6 +17,7 @@ use crate::stats;
 use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared, WatchStream};
 use crate::transport::quota::{Over, Place, Quota};
+use execwatch::internal::runtime::lock;
 
 /// Serves `Watch` and `GetStats`.
 pub struct ExecEventsService {
@@ -59,20 +62,9 @@ impl Seats {
     }
 }
 
-/// The peer's uid, from the socket's credentials.
-fn peer_uid<T>(req: &Request<T>) -> Option<u32> {
-    req.extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .map(|cred| cred.uid())
-}
-
-/// The peer's pid, from the socket's credentials.
-fn peer_pid<T>(req: &Request<T>) -> Option<i32> {
-    req.extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .and_then(|cred| cred.pid())
+/// The peer's credentials, from the socket.
+fn peer_cred<T>(req: &Request<T>) -> Option<UCred> {
+    req.extensions().get::<UdsConnectInfo>()?.peer_cred
 }
 
 #[tonic::async_trait]
@@ -83,7 +75,7 @@ impl ExecEvents for ExecEventsService {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let uid = peer_uid(&req);
+        let uid = peer_cred(&req).map(|cred| cred.uid());
         // A bad selector is refused before it takes a seat.
         let choice = Choice::from_request(req.get_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -134,9 +126,11 @@ struct Refusals {
 }
 
 /// One uid's refusals in its current window.
+#[derive(Default)]
 struct UidRefusals {
-    /// When the current window began (with a logged line).
-    logged_at: Instant,
+    /// When the current window began (with a logged line); `None` before
+    /// the uid's first refusal.
+    logged_at: Option<Instant>,
     /// Peers (pids) refused in the current window.
     peers: HashSet<Option<i32>>,
     /// Refused peers, and refusals (connections or requests), since the
@@ -157,40 +151,26 @@ struct Refusal {
 impl Refusals {
     fn refuse(&mut self, uid: Option<u32>, pid: Option<i32>, now: Instant) -> Refusal {
         if self.by_uid.len() >= MAX_REFUSED_UIDS {
-            self.by_uid
-                .retain(|_, r| now.duration_since(r.logged_at) < REFUSAL_WINDOW);
+            self.by_uid.retain(|_, r| !r.window_over(now));
             if self.by_uid.len() >= MAX_REFUSED_UIDS {
                 // That many uids refused within a minute: start over rather
                 // than grow (each uid then logs once more).
                 self.by_uid.clear();
             }
         }
-        let Some(r) = self.by_uid.get_mut(&uid) else {
-            self.by_uid.insert(
-                uid,
-                UidRefusals {
-                    logged_at: now,
-                    peers: HashSet::from([pid]),
-                    unlogged_peers: 0,
-                    unlogged_refusals: 0,
-                },
-            );
-            return Refusal {
-                new_peer: true,
-                log: Some((0, 0)),
-            };
-        };
-        if now.duration_since(r.logged_at) >= REFUSAL_WINDOW {
-            let unlogged = (r.unlogged_peers, r.unlogged_refusals);
+        let r = self.by_uid.entry(uid).or_default();
+        if r.window_over(now) {
+            // A new window, opened with a line saying what the last one
+            // did not log.
+            let log = Some((r.unlogged_peers, r.unlogged_refusals));
             *r = UidRefusals {
-                logged_at: now,
+                logged_at: Some(now),
                 peers: HashSet::from([pid]),
-                unlogged_peers: 0,
-                unlogged_refusals: 0,
+                ..UidRefusals::default()
             };
             return Refusal {
                 new_peer: true,
-                log: Some(unlogged),
+                log,
             };
         }
         let new_peer = r.peers.len() >= MAX_REFUSED_PEERS || r.peers.insert(pid);
@@ -200,6 +180,14 @@ impl Refusals {
             new_peer,
             log: None,
         }
+    }
+}
+
+impl UidRefusals {
+    /// Whether a refusal at `now` opens a new window.
+    fn window_over(&self, now: Instant) -> bool {
+        self.logged_at
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_WINDOW)
     }
 }
 
@@ -229,11 +217,7 @@ impl PeerCheck {
         if uid.is_some_and(|uid| allowed.contains(&uid)) {
             return true;
         }
-        let refusal = self
-            .refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .refuse(uid, pid, Instant::now());
+        let refusal = lock(&self.refusals).refuse(uid, pid, Instant::now());
         if refusal.new_peer {
             self.stats.add_peers_denied(1);
         }
@@ -248,10 +232,14 @@ impl PeerCheck {
         }
         false
     }
+}
 
-    /// The interceptor: admits or refuses one request.
-    pub fn check(&self, req: Request<()>) -> Result<Request<()>, Status> {
-        if self.admits(peer_uid(&req), peer_pid(&req)) {
+/// The interceptor every service on the socket is wrapped in: admits or
+/// refuses one request.
+impl Interceptor for PeerCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let cred = peer_cred(&req);
+        if self.admits(cred.map(|c| c.uid()), cred.and_then(|c| c.pid())) {
             Ok(req)
         } else {
             Err(Status::permission_denied("permission denied"))

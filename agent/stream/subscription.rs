@@ -304,15 +304,6 @@ fn lost(site: LossSite, reason: String, count: Option<u64>) -> Kind {
     })
 }
 
-/// Runs blocking `/proc` work off the runtime thread.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
-}
-
 /// Waits before another try at a snapshot read, or gives up at `deadline`.
 async fn again(delay: &mut Duration, deadline: Instant, why: &str) -> Result<(), End> {
     if Instant::now() + *delay > deadline {
@@ -389,13 +380,15 @@ impl Snapshot {
         loop {
             let Some(pending) = &mut self.pending else {
                 let procfs = shared.procfs.clone();
-                let listed = blocking(move || {
+                // Off the runtime thread: /proc may block.
+                let listed = tokio::task::spawn_blocking(move || {
                     let reader = procfs.reader().map_err(|e| e.to_string())?;
                     reader
                         .pids()
                         .map_err(|e| format!("cannot list {}: {e}", procfs.root()))
                 })
-                .await;
+                .await
+                .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")));
                 match listed {
                     Ok(mut pids) => {
                         // Read in listing order (the chunks pop from the end).

@@ -32,16 +32,11 @@
 //! that is not valid for h2 either, and nothing follows it: h2 ends the
 //! connection with GOAWAY, as it would have.
 //!
-//! The HTTP/2 frame, and the HEADERS payload (RFC 9113 §4.1, §6.2):
+//! The HEADERS payload (RFC 9113 §6.2), after the frame header
+//! ([`frame`](super::frame)):
 //!
 //! ```text
 //!  +-----------------------------------------------+
-//!  |                 Length (24)                   |  bytes 0..3
-//!  +---------------+---------------+---------------+
-//!  |   Type (8)    |   Flags (8)   |                  bytes 3, 4
-//!  +-+-------------+---------------+---------------+
-//!  |R|          Stream Identifier (31)             |  bytes 5..9
-//!  +=+=============================================+
 //!  | [Pad Length (8)]          if PADDED (0x8)     |
 //!  | [E|Stream Dependency (31), Weight (8)]        |
 //!  |                           if PRIORITY (0x20)  |
@@ -54,22 +49,11 @@ use std::ops::Range;
 
 use loona_hpack::Decoder;
 
-/// What every HTTP/2 client sends first.
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// A frame header's length.
-const HEAD_LEN: usize = 9;
-const LENGTH: Range<usize> = 0..3;
-const TYPE: usize = 3;
-const FLAGS: usize = 4;
-const STREAM: Range<usize> = 5..9;
+use crate::transport::frame::{
+    Head, HeadBuf, CONTINUATION, END_HEADERS, END_STREAM, HEADERS, HEAD_LEN, PADDED, PREFACE,
+    PRIORITY, PUSH_PROMISE,
+};
 
-const HEADERS: u8 = 0x1;
-const PUSH_PROMISE: u8 = 0x5;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
 /// Stream dependency and weight, after PRIORITY.
 const PRIORITY_LEN: usize = 5;
 
@@ -103,8 +87,7 @@ pub struct Normalizer {
     decoder: Decoder<'static>,
     step: Step,
     /// The frame header being read, when it arrives in pieces.
-    head: [u8; HEAD_LEN],
-    head_len: usize,
+    head: HeadBuf,
     /// The frames of the header block being read, as the client sent them.
     held: Vec<u8>,
     /// Where the current frame starts in `held`.
@@ -158,8 +141,7 @@ impl Normalizer {
         Self {
             decoder,
             step: Step::Preface(0),
-            head: [0; HEAD_LEN],
-            head_len: 0,
+            head: HeadBuf::default(),
             held: Vec::new(),
             frame_at: 0,
             block: Vec::new(),
@@ -201,20 +183,17 @@ impl Normalizer {
                     at += n;
                 }
                 Step::Head => {
-                    let n = rest.len().min(HEAD_LEN - self.head_len);
-                    self.head[self.head_len..self.head_len + n].copy_from_slice(&rest[..n]);
-                    self.head_len += n;
-                    if self.head_len < HEAD_LEN {
-                        // Comes out with the rest of the header.
-                        emit.hold();
-                        at += n;
-                        continue;
-                    }
-                    self.head_len = 0;
-                    // The header's bytes in `input`, when all of them are.
-                    let whole = (n == HEAD_LEN).then_some(at..at + n);
+                    let (n, head) = self.head.take(rest);
                     at += n;
-                    self.on_head(whole, &mut emit);
+                    match head {
+                        // Comes out with the rest of the header.
+                        None => emit.hold(),
+                        // With where the header sits in `input`, when all
+                        // of it does.
+                        Some(head) => {
+                            self.on_head(head, (n == HEAD_LEN).then_some(at - n..at), &mut emit)
+                        }
+                    }
                 }
                 Step::Pass(left) => {
                     let n = rest.len().min(left);
@@ -269,15 +248,14 @@ impl Normalizer {
 
     /// A whole frame header has arrived (`whole`: where it sits in the
     /// input, if it came in one piece).
-    fn on_head(&mut self, whole: Option<Range<usize>>, emit: &mut Emit<'_>) {
-        let head = self.head;
-        let len = usize::from(head[LENGTH.start]) << 16
-            | usize::from(head[LENGTH.start + 1]) << 8
-            | usize::from(head[LENGTH.start + 2]);
-        let kind = head[TYPE];
+    fn on_head(&mut self, head: Head, whole: Option<Range<usize>>, emit: &mut Emit<'_>) {
+        let Head { len, kind, .. } = head;
+        let raw = self.head.bytes;
         let in_block = self.opened.is_some();
-        let header_frame = kind == HEADERS && !in_block
-            || kind == CONTINUATION && in_block && stream_of(&head) == self.opened_stream();
+        let header_frame = match self.opened {
+            None => kind == HEADERS,
+            Some(opened) => kind == CONTINUATION && head.stream == opened.stream,
+        };
         if !header_frame || len > MAX_FRAME {
             if in_block {
                 // h2 refuses a block broken off by another frame, or by an
@@ -286,7 +264,7 @@ impl Normalizer {
                     emit,
                     "a header block was interrupted or had an oversized frame",
                 );
-                emit.extend(&head);
+                emit.extend(&raw);
                 return;
             }
             if kind == CONTINUATION || kind == PUSH_PROMISE || len > MAX_FRAME {
@@ -307,12 +285,12 @@ impl Normalizer {
             }
             match whole {
                 Some(range) => emit.pass(range),
-                None => emit.extend(&head),
+                None => emit.extend(&raw),
             }
             return;
         }
         self.frame_at = self.held.len();
-        self.held.extend_from_slice(&head);
+        self.held.extend_from_slice(&raw);
         emit.hold();
         if self.held.len() + len > MAX_HELD {
             self.give_up(emit, "a header block was longer than h2 accepts");
@@ -327,10 +305,8 @@ impl Normalizer {
     /// A whole HEADERS or CONTINUATION frame is held.
     fn on_frame(&mut self, emit: &mut Emit<'_>) {
         self.step = Step::Head;
-        let frame = &self.held[self.frame_at..];
-        let flags = frame[FLAGS];
-        let stream = stream_of(frame);
-        let payload = &frame[HEAD_LEN..];
+        let (head, payload) = self.held[self.frame_at..].split_at(HEAD_LEN);
+        let Head { flags, stream, .. } = Head::parse(head.try_into().expect("a whole header"));
         if self.opened.is_none() {
             match headers_payload(stream, flags, payload) {
                 Some((priority, fragment)) => {
@@ -439,13 +415,7 @@ impl Normalizer {
     }
 
     fn refuse(&mut self, why: String) {
-        if self.refusal.is_none() {
-            self.refusal = Some(why);
-        }
-    }
-
-    fn opened_stream(&self) -> u32 {
-        self.opened.map_or(0, |o| o.stream)
+        self.refusal.get_or_insert(why);
     }
 }
 
@@ -479,11 +449,6 @@ impl Emit<'_> {
         self.in_place = false;
         self.out.extend_from_slice(bytes);
     }
-}
-
-/// The stream identifier of a frame header.
-fn stream_of(head: &[u8]) -> u32 {
-    u32::from_be_bytes([head[STREAM.start], head[6], head[7], head[8]]) & 0x7fff_ffff
 }
 
 /// A HEADERS payload's priority fields and header fragment, or `None` when
@@ -569,11 +534,13 @@ fn write_block(opened: Opened, block: &[u8], emit: &mut Emit<'_>) {
 
 /// A frame header.
 fn frame_head(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; HEAD_LEN] {
-    let len = (len as u32).to_be_bytes();
-    let stream = stream.to_be_bytes();
-    [
-        len[1], len[2], len[3], kind, flags, stream[0], stream[1], stream[2], stream[3],
-    ]
+    Head {
+        len,
+        kind,
+        flags,
+        stream,
+    }
+    .encode()
 }
 
 #[cfg(test)]

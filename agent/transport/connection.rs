@@ -10,9 +10,10 @@
 //! the next write gets through.
 //!
 //! What the client sends passes through a [`Normalizer`] on its way to h2,
-//! so any `:authority` is accepted; what the agent writes is followed by
-//! [`Refusals`]. The first refusal on a connection is logged at `warn`
-//! with the peer's uid and the reason. Both directions also pass an
+//! so any `:authority` is accepted; the frames the agent writes are
+//! followed by one [`Frames`], which tells the [`Activity`] when streams
+//! end and shows each [`Refusal`]. The first refusal on a connection is logged at `warn`
+//! with the peer's uid and the reason. The client's bytes also pass the
 //! [`Activity`], and a connection past its handshake deadline or idle
 //! timeout ends as if the client had hung up.
 
@@ -31,8 +32,10 @@ use tokio::time::Sleep;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::transport::authority::Normalizer;
+use crate::transport::frame::Frames;
 use crate::transport::idle::{Activity, Expired, State};
-use crate::transport::refusal::Refusals;
+use crate::transport::quota::Place;
+use crate::transport::refusal::Refusal;
 
 /// An accepted client connection.
 pub struct Connection {
@@ -46,8 +49,8 @@ pub struct Connection {
     /// What the normalizer produced that h2 has not read yet, from `at`.
     pending: Vec<u8>,
     at: usize,
-    /// The agent's bytes on their way to the client.
-    refusals: Refusals,
+    /// The agent's frames on their way to the client.
+    written: Frames,
     /// Whether a refusal was logged on this connection.
     logged: bool,
     /// The handshake and the open streams.
@@ -57,12 +60,15 @@ pub struct Connection {
     /// The task reading, woken when the last stream closes so that it
     /// arms the idle deadline.
     reader: Option<Waker>,
+    /// Its place in the connection count (none for the agent's own uid),
+    /// given back when it closes.
+    _place: Option<Place>,
 }
 
 impl Connection {
     /// Takes over an accepted stream, keeping its peer's address and
-    /// credentials for the peer check.
-    pub fn new(stream: UnixStream, activity: Activity) -> io::Result<Self> {
+    /// credentials for the peer check, and its place in the count.
+    pub fn new(stream: UnixStream, activity: Activity, place: Option<Place>) -> io::Result<Self> {
         let info = stream.connect_info();
         // Out of tokio's registration; the socket stays non-blocking.
         let fd = OwnedFd::from(stream.into_std()?);
@@ -73,11 +79,12 @@ impl Connection {
             normalizer: Normalizer::new(),
             pending: Vec::new(),
             at: 0,
-            refusals: Refusals::default(),
+            written: Frames::default(),
             logged: false,
             activity,
             deadline: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             reader: None,
+            _place: place,
         })
     }
 
@@ -100,14 +107,18 @@ impl Connection {
             }
             let part = &buf[..buf.len().min(n)];
             n -= part.len();
-            if self.activity.agent_wrote(part) {
-                // The reader is parked on the socket; it must arm the idle
-                // deadline now.
-                if let Some(reader) = &self.reader {
-                    reader.wake_by_ref();
+            let mut refusal = None;
+            self.written.follow(part, |frame| {
+                if self.activity.agent_wrote(frame.head) {
+                    // The reader is parked on the socket; it must arm the
+                    // idle deadline now.
+                    if let Some(reader) = &self.reader {
+                        reader.wake_by_ref();
+                    }
                 }
-            }
-            if let Some(refusal) = self.refusals.follow(part) {
+                refusal = refusal.or(Refusal::of(frame));
+            });
+            if let Some(refusal) = refusal {
                 let reason = match self.normalizer.request_on(refusal.stream) {
                     Some(request) if !refusal.goaway => format!("{refusal} ({request})"),
                     _ => refusal.to_string(),
@@ -268,14 +279,7 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = ready!(this.poll_write_with(cx, |fd| {
-            // MSG_NOSIGNAL: a client that hung up is an error here, not a
-            // SIGPIPE.
-            socket::send(fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
-        }))?;
-        this.follow_written(&[IoSlice::new(data)], written);
-        Poll::Ready(Ok(written))
+        self.poll_write_vectored(cx, &[IoSlice::new(data)])
     }
 
     fn poll_write_vectored(
@@ -287,7 +291,8 @@ impl AsyncWrite for Connection {
         // The kernel takes at most IOV_MAX slices at once.
         let bufs = &bufs[..bufs.len().min(IOV_MAX)];
         let written = ready!(this.poll_write_with(cx, |fd| {
-            // MSG_NOSIGNAL as in poll_write.
+            // MSG_NOSIGNAL: a client that hung up is an error here, not a
+            // SIGPIPE.
             socket::sendmsg::<()>(fd.as_raw_fd(), bufs, &[], MsgFlags::MSG_NOSIGNAL, None)
                 .map_err(io::Error::from)
         }))?;
@@ -328,7 +333,7 @@ mod tests {
     /// A connection that will not time out during a test.
     fn connection(ours: UnixStream) -> Connection {
         let idle = Activity::new(Instant::now(), std::time::Duration::from_secs(60));
-        Connection::new(ours, idle).unwrap()
+        Connection::new(ours, idle, None).unwrap()
     }
 
     /// Far more than a Unix socket's buffer, so writes must wait for room.

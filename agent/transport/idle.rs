@@ -4,8 +4,9 @@
 //! tonic (hyper, h2) has no idle timeout: a client that finishes the
 //! handshake, or only starts it, and then sends nothing holds a descriptor
 //! and a place in `--max-connections` for as long as it likes. A
-//! [`Activity`] follows the frame headers of both directions (the bytes are
-//! not changed) and tells the connection when it has had no open stream for
+//! [`Activity`] follows the frame headers of both directions (the client's
+//! itself, the agent's as the connection reports them; the bytes are not
+//! changed) and tells the connection when it has had no open stream for
 //! `--idle-timeout`, or has not finished its preface within
 //! [`HANDSHAKE_DEADLINE`]; the connection then ends as if the client had
 //! hung up. A `Watch` is a stream, so a subscriber waiting for events on a
@@ -19,81 +20,22 @@
 
 use std::time::{Duration, Instant};
 
+use crate::transport::frame::{Frames, Head, DATA, END_STREAM, HEADERS, RST_STREAM};
+
 /// How long a client has from its first byte to the end of its preface
 /// (the 24 magic bytes and a first frame, its SETTINGS).
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 
-/// The client's connection preface, before its first frame.
-const MAGIC_LEN: usize = 24;
-const HEAD_LEN: usize = 9;
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const END_STREAM: u8 = 0x1;
 /// Streams followed at most; beyond this many (h2 refuses streams past
 /// SETTINGS_MAX_CONCURRENT_STREAMS long before) the connection simply
 /// counts as busy.
 const MAX_FOLLOWED: usize = 1024;
-
-/// One direction's frame headers, read out of the bytes as they pass.
-#[derive(Debug, Default)]
-struct Frames {
-    /// Magic bytes still expected (client direction only).
-    magic_left: usize,
-    head: [u8; HEAD_LEN],
-    head_len: usize,
-    /// Payload bytes of the current frame still to pass.
-    skip: usize,
-}
-
-/// A frame header: type, flags and stream id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Head {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-}
-
-impl Frames {
-    /// Follows `bytes`, calling `on_head` for each whole frame header.
-    fn follow(&mut self, mut bytes: &[u8], mut on_head: impl FnMut(Head)) {
-        while !bytes.is_empty() {
-            if self.magic_left > 0 {
-                let n = bytes.len().min(self.magic_left);
-                self.magic_left -= n;
-                bytes = &bytes[n..];
-            } else if self.skip > 0 {
-                let n = bytes.len().min(self.skip);
-                self.skip -= n;
-                bytes = &bytes[n..];
-            } else {
-                let n = bytes.len().min(HEAD_LEN - self.head_len);
-                self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
-                self.head_len += n;
-                bytes = &bytes[n..];
-                if self.head_len == HEAD_LEN {
-                    self.head_len = 0;
-                    let h = self.head;
-                    self.skip =
-                        usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-                    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-                    on_head(Head {
-                        kind: h[3],
-                        flags: h[4],
-                        stream,
-                    });
-                }
-            }
-        }
-    }
-}
 
 /// One connection's handshake and open streams, and how long it has been
 /// idle.
 #[derive(Debug)]
 pub struct Activity {
     client: Frames,
-    agent: Frames,
     /// Whether the client's preface is complete.
     handshaken: bool,
     /// The highest stream id the client opened.
@@ -131,11 +73,7 @@ impl Activity {
     /// without a stream.
     pub fn new(accepted: Instant, idle_timeout: Duration) -> Self {
         Self {
-            client: Frames {
-                magic_left: MAGIC_LEN,
-                ..Frames::default()
-            },
-            agent: Frames::default(),
+            client: Frames::client(),
             handshaken: false,
             last_opened: 0,
             open: Vec::new(),
@@ -148,43 +86,34 @@ impl Activity {
     /// Follows bytes the client sent, at `now`.
     pub fn client_sent(&mut self, bytes: &[u8], now: Instant) {
         self.last = now;
-        let Self {
-            client,
-            handshaken,
-            last_opened,
-            open,
-            ..
-        } = self;
-        client.follow(bytes, |head| {
-            *handshaken = true;
+        self.client.follow(bytes, |frame| {
+            let head = frame.head;
+            self.handshaken = true;
             match head.kind {
-                HEADERS if head.stream > *last_opened => {
-                    *last_opened = head.stream;
-                    if open.len() < MAX_FOLLOWED {
-                        open.push(head.stream);
+                HEADERS if head.stream > self.last_opened => {
+                    self.last_opened = head.stream;
+                    if self.open.len() < MAX_FOLLOWED {
+                        self.open.push(head.stream);
                     }
                 }
-                RST_STREAM => open.retain(|&s| s != head.stream),
+                RST_STREAM => self.open.retain(|&s| s != head.stream),
                 _ => {}
             }
         });
     }
 
-    /// Follows bytes the agent wrote. Returns whether the last open stream
-    /// just closed.
-    pub fn agent_wrote(&mut self, bytes: &[u8]) -> bool {
+    /// Follows a frame the agent wrote (its bytes followed by the
+    /// connection). Returns whether the last open stream just closed.
+    pub fn agent_wrote(&mut self, head: Head) -> bool {
+        let ends = match head.kind {
+            DATA | HEADERS => head.flags & END_STREAM != 0,
+            RST_STREAM => true,
+            _ => false,
+        };
         let was_open = !self.open.is_empty();
-        let open = &mut self.open;
-        self.agent.follow(bytes, |head| {
-            let ends = match head.kind {
-                DATA | HEADERS => head.flags & END_STREAM != 0,
-                RST_STREAM => true,
-                _ => false,
-            };
-            if ends {
-                open.retain(|&s| s != head.stream);
-            }
-        });
+        if ends {
+            self.open.retain(|&s| s != head.stream);
+        }
         let now_idle = was_open && self.open.is_empty();
         if now_idle {
             self.last = Instant::now();
@@ -230,6 +159,13 @@ mod tests {
         f
     }
 
+    /// Follows whole frames the agent wrote, as a connection does.
+    fn wrote(a: &mut Activity, bytes: &[u8]) -> bool {
+        let mut now_idle = false;
+        Frames::default().follow(bytes, |frame| now_idle |= a.agent_wrote(frame.head));
+        now_idle
+    }
+
     fn preface() -> Vec<u8> {
         let mut p = MAGIC.to_vec();
         p.extend(frame(0x4, 0, 0, &[0; 6]));
@@ -263,9 +199,9 @@ mod tests {
         assert_eq!(a.state(), State::Busy);
         assert_eq!(a.expired(t1 + idle * 10), None);
         // Data without END_STREAM, then the trailers.
-        assert!(!a.agent_wrote(&frame(DATA, 0, 1, &[0; 100])));
+        assert!(!wrote(&mut a, &frame(DATA, 0, 1, &[0; 100])));
         let before = Instant::now();
-        assert!(a.agent_wrote(&frame(HEADERS, 0x5, 1, &[0; 20])));
+        assert!(wrote(&mut a, &frame(HEADERS, 0x5, 1, &[0; 20])));
         let State::Until(at) = a.state() else {
             panic!("idle once the trailers are out")
         };
@@ -285,7 +221,7 @@ mod tests {
         bytes.extend(frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]));
         a.client_sent(&bytes, t0);
         assert_eq!(a.state(), State::Busy);
-        assert!(a.agent_wrote(&frame(RST_STREAM, 0, 3, &[0, 0, 0, 7])));
+        assert!(wrote(&mut a, &frame(RST_STREAM, 0, 3, &[0, 0, 0, 7])));
         assert!(matches!(a.state(), State::Until(_)));
     }
 

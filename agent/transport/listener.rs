@@ -18,16 +18,12 @@
 //! after a growing pause (up to [`MAX_PAUSE`]), and the recovery is logged
 //! with how many attempts failed.
 
-use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::io;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::stream::service::PeerCheck;
 use crate::transport::connection::Connection;
@@ -54,18 +50,12 @@ pub struct Admission {
     pub idle_timeout: Duration,
 }
 
-/// An admitted connection: the socket and its place in the count.
-pub struct Admitted {
-    conn: Connection,
-    _place: Option<Place>,
-}
-
 /// The connections admitted on `listener`, for tonic's server. Accepting
 /// stops when the stream is dropped (the server stops).
 pub fn incoming(
     listener: UnixListener,
     admission: Admission,
-) -> ReceiverStream<io::Result<Admitted>> {
+) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(accept_loop(listener, admission, tx));
     ReceiverStream::new(rx)
@@ -74,7 +64,7 @@ pub fn incoming(
 async fn accept_loop(
     listener: UnixListener,
     admission: Admission,
-    tx: mpsc::Sender<io::Result<Admitted>>,
+    tx: mpsc::Sender<io::Result<Connection>>,
 ) {
     let own_uid = Some(nix::unistd::geteuid().as_raw());
     let quota = Quota::new(admission.max_connections, admission.max_per_uid);
@@ -137,8 +127,8 @@ async fn accept_loop(
         let tx = tx.clone();
         let idle = Activity::new(accepted, admission.idle_timeout);
         tokio::spawn(async move {
-            if let Some(admitted) = speaks(stream, uid, place, idle).await {
-                let _ = tx.send(Ok(admitted)).await;
+            if let Some(conn) = speaks(stream, uid, place, idle).await {
+                let _ = tx.send(Ok(conn)).await;
             }
         });
     }
@@ -151,7 +141,7 @@ async fn speaks(
     uid: Option<u32>,
     place: Option<Place>,
     idle: Activity,
-) -> Option<Admitted> {
+) -> Option<Connection> {
     match tokio::time::timeout(PREFACE_DEADLINE, first_bytes(&stream)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return None,
@@ -163,16 +153,9 @@ async fn speaks(
             return None;
         }
     }
-    match Connection::new(stream, idle) {
-        Ok(conn) => Some(Admitted {
-            conn,
-            _place: place,
-        }),
-        Err(e) => {
-            tracing::warn!("cannot take over an accepted connection: {e}");
-            None
-        }
-    }
+    Connection::new(stream, idle, place)
+        .inspect_err(|e| tracing::warn!("cannot take over an accepted connection: {e}"))
+        .ok()
 }
 
 /// Returns once the client has sent something (or hung up), without
@@ -197,53 +180,5 @@ async fn first_bytes(stream: &UnixStream) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
-    }
-}
-
-impl Connected for Admitted {
-    type ConnectInfo = UdsConnectInfo;
-
-    fn connect_info(&self) -> UdsConnectInfo {
-        self.conn.connect_info()
-    }
-}
-
-impl AsyncRead for Admitted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Admitted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.conn).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.conn).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.conn.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.conn).poll_shutdown(cx)
     }
 }

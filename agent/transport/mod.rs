@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod connection;
+pub mod frame;
 pub mod idle;
 pub mod listener;
 pub mod quota;

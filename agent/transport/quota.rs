@@ -2,8 +2,9 @@
 //! place given back when its holder is dropped. Connections and subscribers
 //! are each bounded by one.
 
+use execwatch::internal::runtime::lock;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// Places held by peer uid (`None`: a peer whose credentials are unknown).
 type Held = Arc<Mutex<HashMap<Option<u32>, usize>>>;
@@ -70,11 +71,6 @@ impl Drop for Place {
             }
         }
     }
-}
-
-/// Locks the counts; a panic elsewhere leaves plain numbers behind.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

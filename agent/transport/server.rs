@@ -19,9 +19,8 @@ use tonic_health::ServingStatus;
 use crate::transport::listener::{self, Admission};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::{Request, Status};
 
-use crate::stream::service::{ExecEventsService, PeerCheck, Seats};
+use crate::stream::service::{ExecEventsService, Seats};
 use crate::stream::subscription::Shared;
 
 /// Why the socket could not be served.
@@ -186,18 +185,15 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
 /// stops; a client that does not read is not waited for longer.
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
 
-/// How much one socket serves at once.
+/// Whom one socket serves, and how much at once.
 pub struct Limits {
+    /// Who may connect (the peer check, also applied to every request),
+    /// how many connections at once, and how long they may idle.
+    pub admission: Admission,
     /// Subscribers in total and per peer uid.
     pub seats: Seats,
     /// HTTP/2 streams one connection may have open.
     pub streams_per_connection: u32,
-    /// Connections open at once, in total (the agent's own uid aside).
-    pub connections: usize,
-    /// Connections one peer uid may have open at once.
-    pub connections_per_uid: usize,
-    /// How long a connection may stay with no stream open.
-    pub idle_timeout: Duration,
 }
 
 /// Why serving ended.
@@ -217,7 +213,6 @@ pub async fn serve(
     listener: UnixListener,
     path: &Path,
     shared: Arc<Shared>,
-    peers: PeerCheck,
     limits: Limits,
     stop: impl Future<Output = Stopped>,
     streams_end: watch::Sender<bool>,
@@ -227,39 +222,28 @@ pub async fn serve(
         .set_serving::<ExecEventsServer<ExecEventsService>>()
         .await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let peers = limits.admission.peers.clone();
     let server = Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
-        .add_service(guarded(
+        .add_service(InterceptedService::new(
             ExecEventsServer::new(ExecEventsService::new(shared, limits.seats)),
-            &peers,
+            peers.clone(),
         ))
-        .add_service(guarded(health_service, &peers))
-        .add_service(guarded(reflection_v1, &peers))
-        .add_service(guarded(reflection_v1alpha, &peers))
-        .serve_with_incoming_shutdown(
-            listener::incoming(
-                listener,
-                Admission {
-                    peers: peers.clone(),
-                    max_connections: limits.connections,
-                    max_per_uid: limits.connections_per_uid,
-                    idle_timeout: limits.idle_timeout,
-                },
-            ),
-            async {
-                let _ = drain_rx.await;
-            },
-        );
+        .add_service(InterceptedService::new(health_service, peers.clone()))
+        .add_service(InterceptedService::new(reflection_v1, peers.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, peers))
+        .serve_with_incoming_shutdown(listener::incoming(listener, limits.admission), async {
+            let _ = drain_rx.await;
+        });
     tokio::pin!(server);
     let why = tokio::select! {
         result = &mut server => {
@@ -296,13 +280,4 @@ pub async fn serve(
         _ = second => tracing::info!("second signal: exiting now"),
     }
     Ok(why)
-}
-
-/// Wraps `svc` so every request passes the peer check first.
-fn guarded<S>(
-    svc: S,
-    peers: &PeerCheck,
-) -> InterceptedService<S, impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone> {
-    let peers = peers.clone();
-    InterceptedService::new(svc, move |req| peers.check(req))
 }

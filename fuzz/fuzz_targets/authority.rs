@@ -8,11 +8,16 @@
 use libfuzzer_sys::fuzz_target;
 
 // The normalizer where the agent has it (`crate::transport::authority`),
-// so the shared input module's paths resolve the same here.
+// with the frame headers it reads (`crate::transport::frame`), so the
+// shared input module's paths resolve the same here.
 #[allow(dead_code)]
 #[path = "../../agent/transport/authority.rs"]
 mod normalizer;
+#[allow(dead_code)]
+#[path = "../../agent/transport/frame.rs"]
+mod frame_headers;
 mod transport {
+    pub(crate) use super::frame_headers as frame;
     pub(crate) use super::normalizer as authority;
 }
 #[path = "../../agent/transport/authority/fuzz_input.rs"]

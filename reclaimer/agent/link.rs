@@ -56,10 +56,10 @@ pub async fn run(
         match connect(&socket, req).await {
             Ok((client, stream)) => {
                 tracing::info!(socket = %socket.display(), "connected to the agent");
-                let stats = PollStats(tokio::spawn(poll_stats(
-                    client.clone(),
+                let stats = PollStats(
+                    tokio::spawn(poll_stats(client.clone(), metrics.agent.clone())),
                     metrics.agent.clone(),
-                )));
+                );
                 backoff.reset();
                 failures = 0;
                 if tx.send(LinkEvent::Connected).await.is_err() {
@@ -214,32 +214,22 @@ async fn switch(
     tx: &mpsc::Sender<LinkEvent>,
 ) -> Result<bool, String> {
     tracing::info!("the rules changed: re-subscribing with their selector");
-    let opening = watch(&mut client, req);
-    tokio::pin!(opening);
-    let mut old_open = true;
-    let mut next = loop {
-        tokio::select! {
-            opened = &mut opening => {
-                break opened.map_err(|s| format!("re-subscribing failed: {s}"))?;
-            }
-            msg = current.stream.message(), if old_open => match current.accept(msg) {
-                Ok(ev) => {
-                    if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
-                        return Ok(false);
-                    }
-                }
-                // The old stream is done with; the new one is what counts.
-                Err(_) => old_open = false,
-            },
+    // The new stream, opened and with its first item.
+    let opening = async move {
+        let mut next = watch(&mut client, req)
+            .await
+            .map_err(|s| format!("re-subscribing failed: {s}"))?;
+        match next.message().await {
+            Ok(Some(first)) => Ok((next, first)),
+            Ok(None) => Err("the agent closed the new stream".to_string()),
+            Err(status) => Err(format!("the new stream failed: {status}")),
         }
     };
-    let first = loop {
+    tokio::pin!(opening);
+    let mut old_open = true;
+    let (next, first) = loop {
         tokio::select! {
-            msg = next.message() => match msg {
-                Ok(Some(ev)) => break ev,
-                Ok(None) => return Err("the agent closed the new stream".into()),
-                Err(status) => return Err(format!("the new stream failed: {status}")),
-            },
+            opened = &mut opening => break opened?,
             msg = current.stream.message(), if old_open => match current.accept(msg) {
                 Ok(ev) => {
                     if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
@@ -260,8 +250,13 @@ async fn switch(
                 break;
             };
             let Ok(ev) = current.accept(msg) else { break };
-            let caught_up =
-                mark.is_some_and(|mark| observed_live(&ev).is_some_and(|at| at >= mark));
+            // Live items (execs, exits) are published in the order the agent
+            // observed them, so one observed after the mark means every live
+            // item before it has been delivered. A snapshot's records are
+            // read later than the live items that queue behind them, so they
+            // say nothing.
+            let live = matches!(ev.kind, Some(Kind::Exec(_) | Kind::Exit(_)));
+            let caught_up = live && observed(&ev).zip(mark).is_some_and(|(at, mark)| at >= mark);
             if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
                 return Ok(false);
             }
@@ -290,31 +285,22 @@ fn observed(ev: &WatchEvent) -> Option<u64> {
     }
 }
 
-/// When the agent observed a live item (exec or exit): items are published
-/// in that order, so every live item published before it has been
-/// delivered. A snapshot's records are read later than the live items that
-/// queue behind them, so they say nothing.
-fn observed_live(ev: &WatchEvent) -> Option<u64> {
-    match &ev.kind {
-        Some(Kind::Exec(_) | Kind::Exit(_)) => observed(ev),
-        _ => None,
-    }
-}
-
 /// The stats poller of one connection: stopped, and the agent's counters
 /// forgotten, when the connection ends (this is dropped).
-struct PollStats(tokio::task::JoinHandle<()>);
+struct PollStats(tokio::task::JoinHandle<()>, Arc<AgentStats>);
 
 impl Drop for PollStats {
     fn drop(&mut self) {
+        // Aborted, the poller is never polled again (the reclaimer's
+        // runtime has one thread): nothing sets the counters after this.
         self.0.abort();
+        self.1.clear();
     }
 }
 
 /// Reads the agent's counters now and every [`stats::POLL`]. A failed
 /// read forgets them (the stream's own end says why the agent is gone).
 async fn poll_stats(mut client: Client, stats: Arc<AgentStats>) {
-    let _forget = Forget(stats.clone());
     let mut tick = tokio::time::interval(stats::POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -335,12 +321,3 @@ async fn poll_stats(mut client: Client, stats: Arc<AgentStats>) {
 
 /// How long one `GetStats` may take.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Clears the agent's counters when the poller ends, aborted included.
-struct Forget(Arc<AgentStats>);
-
-impl Drop for Forget {
-    fn drop(&mut self) {
-        self.0.clear();
-    }
-}

@@ -10,6 +10,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use execwatch::internal::runtime::lock;
 use execwatch::proto::Stats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -27,23 +28,18 @@ pub struct AgentStats(Mutex<Option<Stats>>);
 impl AgentStats {
     /// Keeps `stats` as the agent's current counters.
     pub fn set(&self, stats: Stats) {
-        *self.lock() = Some(stats);
+        *lock(&self.0) = Some(stats);
     }
 
     /// The agent is gone: its counters are unknown.
     pub fn clear(&self) {
-        *self.lock() = None;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Stats>> {
-        // The data is replaced whole, never left half-written.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.0) = None;
     }
 }
 
 impl Collector for AgentStats {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(s) = self.lock().clone() else {
+        let Some(s) = lock(&self.0).clone() else {
             return Ok(());
         };
         // Names follow the Stats fields; the counter of subscribers accepted

@@ -9,6 +9,7 @@
 //! read timeout and an overall deadline: a client that connects and stalls
 //! cannot hold a descriptor for long.
 
+use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,7 +100,11 @@ impl MetricsServer {
                     tokio::spawn(serve_connection(stream, self.app.clone(), self.timeouts));
                 }
                 // The client gave up before we took it: nothing to wait for.
-                Err(e) if is_connection_error(&e) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ConnectionAborted | ConnectionReset | ConnectionRefused
+                    ) => {}
                 Err(e) => {
                     failures += 1;
                     if failures == 1 {
@@ -113,14 +118,6 @@ impl MetricsServer {
             }
         }
     }
-}
-
-fn is_connection_error(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | ConnectionRefused
-    )
 }
 
 /// One connection, one request: keep-alive is off (a scrape every few

@@ -1,8 +1,7 @@
 //! Matching a process against the rules: the hot path, run for every exec
 //! on the node.
 
-use std::cell::RefCell;
-
+use execwatch::internal::argv;
 use execwatch::proto::Process;
 
 use super::{Match, MatcherKind, Rules, Scope, COMM_MAX_BYTES};
@@ -45,7 +44,7 @@ impl Rules {
         }
 
         if !self.argv_substrings.is_empty() {
-            if let Some(pattern) = self.find_in_argv(&p.argv) {
+            if let Some(pattern) = argv::find_in(&p.argv, &self.argv_substrings) {
                 return Some(Match {
                     pattern: pattern.clone(),
                     matcher: MatcherKind::ArgvSubstring,
@@ -63,36 +62,6 @@ impl Rules {
         }
 
         None
-    }
-
-    /// The first argv substring (in document order) found in `argv` joined
-    /// with single spaces.
-    fn find_in_argv(&self, argv: &[String]) -> Option<&String> {
-        let find = |line: &str| {
-            self.argv_substrings
-                .iter()
-                .find(|s| line.contains(s.as_str()))
-        };
-        match argv {
-            [] => None,
-            [only] => find(only),
-            _ => {
-                thread_local! {
-                    static JOINED: RefCell<String> = const { RefCell::new(String::new()) };
-                }
-                JOINED.with(|buf| {
-                    let mut joined = buf.borrow_mut();
-                    joined.clear();
-                    for (i, arg) in argv.iter().enumerate() {
-                        if i > 0 {
-                            joined.push(' ');
-                        }
-                        joined.push_str(arg);
-                    }
-                    find(&joined)
-                })
-            }
-        }
     }
 }
 

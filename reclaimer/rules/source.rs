@@ -128,7 +128,9 @@ pub async fn run(
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(watcher::Event::Init) => seen_in_init = false,
-                    Ok(watcher::Event::InitApply(cm)) => {
+                    // An Apply after InitDone sets `seen_in_init` too; it
+                    // is read only at the next InitDone, after an Init.
+                    Ok(watcher::Event::InitApply(cm) | watcher::Event::Apply(cm)) => {
                         seen_in_init = true;
                         feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY)))
                             .await;
@@ -137,10 +139,6 @@ pub async fn run(
                         feed.missing(&what, "is absent").await
                     }
                     Ok(watcher::Event::InitDone) => {}
-                    Ok(watcher::Event::Apply(cm)) => {
-                        feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY)))
-                            .await
-                    }
                     Ok(watcher::Event::Delete(_)) => feed.missing(&what, "was deleted").await,
                     Err(e) => tracing::warn!("watching {what}: {e}; retrying"),
                 }

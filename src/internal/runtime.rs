@@ -1,5 +1,7 @@
 //! Process plumbing both binaries share: log set-up, the one-line report of
-//! a fatal error, and the shutdown signal.
+//! a fatal error, the shutdown signal, and how a lock is taken.
+
+use std::sync::{Mutex, MutexGuard};
 
 /// Log output format (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,19 +34,14 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// An error and its causes on one line, `outer: cause: root`, each cause
-/// once: a cause whose text the line already holds (an error that quotes
-/// its source in its own message) is not repeated.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = err.to_string();
-    for cause in std::iter::successors(err.source(), |e| e.source()) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
+/// An error and its causes on one line, each cause once.
+pub use crate::client::error_chain;
+
+/// Locks `m`. A panic elsewhere leaves plain values behind (every state
+/// behind these locks is written whole or counted), still usable: the
+/// poison is ignored rather than spread.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Installs SIGTERM and SIGINT handlers now and returns a future that

@@ -41,12 +41,13 @@ fn frames(bytes: &[u8]) -> Vec<Frame> {
     let mut frames = Vec::new();
     while !rest.is_empty() {
         assert!(rest.len() >= HEAD_LEN, "a whole frame header");
-        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let head = Head::parse(rest[..HEAD_LEN].try_into().unwrap());
+        let len = head.len;
         assert!(rest.len() >= HEAD_LEN + len, "a whole frame");
         frames.push(Frame {
-            kind: rest[TYPE],
-            flags: rest[FLAGS],
-            stream: stream_of(rest),
+            kind: head.kind,
+            flags: head.flags,
+            stream: head.stream,
             payload: rest[HEAD_LEN..HEAD_LEN + len].to_vec(),
         });
         rest = &rest[HEAD_LEN + len..];
