@@ -442,6 +442,10 @@ impl Filter {
 
     /// Whether to send the exit of `pid`.
     pub fn offer_exit(&self, pid: i32) -> bool {
+        // Not even while a snapshot is taken: that snapshot lists nothing.
+        if self.selector.selects_nothing() {
+            return false;
+        }
         let mut sent = lock(&self.sent);
         let known = sent.pids.remove(&pid).is_some();
         known || sent.snapshots > 0 || sent.every_exit
@@ -757,6 +761,22 @@ mod tests {
         assert!(!f.offer_exit(11));
         // Once: a later exit of that pid is another process's.
         assert!(!f.offer_exit(10));
+    }
+
+    #[test]
+    fn no_processes_gets_no_exit_even_while_its_snapshot_is_taken() {
+        let f = Filter::new(
+            compile(WatchRequest {
+                no_processes: true,
+                include_exits: true,
+                ..Default::default()
+            }),
+            true,
+            true,
+        );
+        assert!(!f.offer_process(&java(21)));
+        assert!(!f.offer_exit(21));
+        assert!(!f.offer_exit(22), "its snapshot lists nothing");
     }
 
     #[test]
