@@ -25,16 +25,26 @@ pub const HEAD_LEN: usize = 9;
 /// The client's connection preface, before its first frame.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Frame type DATA.
 pub const DATA: u8 = 0x0;
+/// Frame type HEADERS.
 pub const HEADERS: u8 = 0x1;
+/// Frame type RST_STREAM.
 pub const RST_STREAM: u8 = 0x3;
+/// Frame type PUSH_PROMISE.
 pub const PUSH_PROMISE: u8 = 0x5;
+/// Frame type GOAWAY.
 pub const GOAWAY: u8 = 0x7;
+/// Frame type CONTINUATION.
 pub const CONTINUATION: u8 = 0x9;
 
+/// Flag END_STREAM (DATA, HEADERS).
 pub const END_STREAM: u8 = 0x1;
+/// Flag END_HEADERS (HEADERS, PUSH_PROMISE, CONTINUATION).
 pub const END_HEADERS: u8 = 0x4;
+/// Flag PADDED (DATA, HEADERS, PUSH_PROMISE).
 pub const PADDED: u8 = 0x8;
+/// Flag PRIORITY (HEADERS).
 pub const PRIORITY: u8 = 0x20;
 
 /// The payload bytes a [`Frames`] reports with each header: enough for a
@@ -46,7 +56,9 @@ pub const START_LEN: usize = 8;
 pub struct Head {
     /// The payload's length.
     pub len: usize,
+    /// The frame type.
     pub kind: u8,
+    /// The frame's flags.
     pub flags: u8,
     /// The stream identifier, without the reserved bit.
     pub stream: u32,
@@ -97,6 +109,7 @@ impl HeadBuf {
 /// A frame as [`Frames`] reports it.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<'a> {
+    /// Its header.
     pub head: Head,
     /// The first `min(len, START_LEN)` payload bytes.
     pub start: &'a [u8],
