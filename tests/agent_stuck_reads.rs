@@ -127,6 +127,28 @@ async fn until_logged(
     }
 }
 
+/// Executes `prog` with its `cmdline` stuck, and returns it once `stream`
+/// got its record with that file given up. With `sees_sh` the stream gets
+/// the `sh` it is executed from too: that record is awaited before the
+/// file is stuck, so only `prog` meets it.
+async fn stuck_exec(
+    agent: &Agent,
+    stream: &mut Streaming<WatchEvent>,
+    prog: &UniqueProgram,
+    sees_sh: bool,
+) -> (Child, StuckFile) {
+    let mut child = held_exec(&prog.path);
+    let wait = Duration::from_secs(10);
+    if sees_sh {
+        exec_of(agent, stream, child.id(), "sh", wait).await;
+    }
+    let stuck = StuckFile::over(child.id(), "cmdline");
+    go(&mut child);
+    let p = exec_of(agent, stream, child.id(), &prog.name, wait).await;
+    assert!(reason(&p, "argv").is_some(), "{p:?}");
+    (child, stuck)
+}
+
 /// SIGTERM stops `agent` within 3 s, with exit status 0.
 fn stops_promptly(agent: &mut Agent) {
     let asked = Instant::now();
@@ -330,26 +352,7 @@ async fn beyond_the_stuck_reads_allowed_execs_are_reported_as_lost() {
     let agent = Agent::start(&["--max-stuck-reads=1"]);
     let mut stream = agent.watch(live(false)).await;
     let prog = UniqueProgram::new("ewcap");
-    let mut first = held_exec(&prog.path);
-    exec_of(
-        &agent,
-        &mut stream,
-        first.id(),
-        "sh",
-        Duration::from_secs(10),
-    )
-    .await;
-    let mut stuck = StuckFile::over(first.id(), "cmdline");
-    go(&mut first);
-    let p = exec_of(
-        &agent,
-        &mut stream,
-        first.id(),
-        &prog.name,
-        Duration::from_secs(10),
-    )
-    .await;
-    assert!(reason(&p, "argv").is_some(), "{p:?}");
+    let (first, mut stuck) = stuck_exec(&agent, &mut stream, &prog, true).await;
 
     // The one thread allowed is stuck: these are not read.
     let free = UniqueProgram::new("ewcapfree");
@@ -403,18 +406,7 @@ async fn at_the_stuck_read_limit_an_exec_nobody_selects_is_not_lost() {
             ..Default::default()
         })
         .await;
-    let mut first = held_exec(&wanted.path);
-    let mut stuck = StuckFile::over(first.id(), "cmdline");
-    go(&mut first);
-    let p = exec_of(
-        &agent,
-        &mut filtered,
-        first.id(),
-        &wanted.name,
-        Duration::from_secs(10),
-    )
-    .await;
-    assert!(reason(&p, "argv").is_some(), "{p:?}");
+    let (first, mut stuck) = stuck_exec(&agent, &mut filtered, &wanted, false).await;
 
     // The one thread allowed is stuck; these are nobody's.
     let other = UniqueProgram::new("ewlimother");
