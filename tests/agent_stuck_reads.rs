@@ -536,6 +536,34 @@ async fn with_only_comm_selectors_an_unwanted_exec_is_read_no_further_than_its_c
     }
 }
 
+/// The poll detector's reads are bounded too: a program whose `cmdline`
+/// hangs is published when its read is given up, with that field named,
+/// the scans go on (a later launch arrives complete), and SIGTERM is
+/// prompt. Before, the scanning thread hung in the read for good.
+#[tokio::test]
+async fn the_poll_detector_gives_up_a_read_that_hangs_and_scans_on() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut agent = Agent::start(&["--detector", "poll", "--poll-interval", "50ms"]);
+    let mut stream = agent.watch(live(false)).await;
+    let prog = UniqueProgram::new("ewpstuck");
+    let asked = Instant::now();
+    let (held, stuck) = stuck_exec(&agent, &mut stream, &prog, true).await;
+    eprintln!(
+        "the poll detector published the hanging program after {:?}",
+        asked.elapsed()
+    );
+    let logs = agent.logs();
+    assert!(logs.contains(GIVEN_UP), "no read was given up:\n{logs}");
+    let after = UniqueProgram::new("ewpafter");
+    let later = after.spawn(30, &["1"]);
+    let p = exec_of(&agent, &mut stream, later.id(), &after.name, SLACK * 4).await;
+    assert_complete(&p);
+    stops_promptly(&mut agent);
+    drop(stuck);
+    stop(held);
+    stop(later);
+}
+
 /// The poll detector is lazy too: while the only subscriber selects by
 /// comm, a new program whose comm it does not list costs the scan the
 /// `stat` it reads of every process anyway and no more. Its `cmdline`,

@@ -8,7 +8,9 @@
 //! one interval (and an exec that keeps the comm, such as a program
 //! re-executing itself). Pids that vanish between scans are reported as exits.
 //!
-//! A new process is read in full only if some subscriber's selector could
+//! A new process's record is read by a worker ([`WorkerReader`]), so a
+//! read that hangs is given up at `--proc-read-timeout` and the scans go
+//! on. A new process is read in full only if some subscriber's selector could
 //! want it ([`crate::stream::selector::Interest`]): with none, or with comm
 //! selectors its comm is in none of, the `stat` every scan reads anyway is
 //! all it costs.
@@ -27,13 +29,18 @@ use execwatch::proto::LossSite;
 
 use crate::procfs::reader::{Exhausted, Identity, ProcReader};
 use crate::procfs::source::ProcSource;
+use crate::procfs::worker::WorkerReader;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 use execwatch::internal::clock;
 
 /// A poll detector that has taken its first inventory.
 pub struct Poller {
     source: Arc<ProcSource>,
+    /// Lists `/proc` and reads each process's `stat`, which takes no lock
+    /// of the process and so needs no time bound.
     reader: ProcReader,
+    /// Reads new processes' records, each bounded in time.
+    records: WorkerReader,
     interval: Duration,
     /// pid -> identity of the process last seen under that pid.
     known: HashMap<i32, Identity>,
@@ -56,6 +63,7 @@ impl Poller {
             }
         }
         Ok(Self {
+            records: WorkerReader::new(source.clone()),
             source,
             reader,
             interval,
@@ -131,7 +139,7 @@ impl Poller {
                 fanout.skip_exec();
                 continue;
             }
-            let read = match reader.read(pid, pid, Source::Poll) {
+            let read = match self.records.read(pid, Source::Poll) {
                 Ok(read) => read,
                 Err(e) => {
                     // Not published: the next scan that works reports it.

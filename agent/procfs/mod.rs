@@ -1,6 +1,7 @@
 //! Everything the agent reads from `/proc/<pid>`: the record reader, the
 //! `stat` line parser, the bound on how long a read may take, snapshot
-//! chunks, and the redaction applied to command lines before a record leaves
+//! chunks, the worker that bounds the poll detector's reads, and the
+//! redaction applied to command lines before a record leaves
 //! the agent.
 
 pub mod bounded;
@@ -9,3 +10,4 @@ pub mod redaction;
 pub mod snapshot;
 pub mod source;
 pub mod stat_line;
+pub mod worker;

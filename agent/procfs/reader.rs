@@ -222,8 +222,10 @@ impl ProcReader {
 
     /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
     /// which never exec and are not processes a user launches. Unbounded
-    /// (for the poll detector, on a thread of its own, and tests), and not
-    /// redacted: see [`crate::procfs::source::ProcSource::finish`].
+    /// (for tests; the agent's reads are bounded, see
+    /// [`crate::procfs::bounded`]), and not redacted: see
+    /// [`crate::procfs::source::ProcSource::finish`].
+    #[cfg(test)]
     pub fn read(
         &mut self,
         pid: i32,

@@ -1,0 +1,153 @@
+//! A bounded read for a caller that waits for it: the read runs on a worker
+//! thread, and the caller, which must not hang, waits at most the deadline.
+//!
+//! The poll detector reads a new process's record this way: its scans go on
+//! if a read hangs, as the netlink detector's do ([`crate::detector::reader`]
+//! watches its own thread instead, because a hand-off per exec would cost a
+//! wake-up, which a poll scan can afford). A read still under way at the
+//! deadline is given up as [`crate::procfs::bounded`] describes: the record
+//! comes back with what was read and the rest named in `unavailable`, the
+//! worker is left behind, and the next read starts a fresh one.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use execwatch::proto::{Process, Source};
+use nix::errno::Errno;
+
+use crate::procfs::bounded::{stuck_record, Admit, Watched};
+use crate::procfs::reader::{blank, Exhausted, Outcome};
+use crate::procfs::source::ProcSource;
+
+/// The one generation a worker reads as; given up, its slot moves past it.
+const GENERATION: u64 = 0;
+
+/// Reads records on a worker thread, each bounded in time.
+pub struct WorkerReader {
+    source: Arc<ProcSource>,
+    worker: Option<Worker>,
+}
+
+/// One worker thread, and the way to it and back.
+struct Worker {
+    watched: Arc<Watched<()>>,
+    jobs: Sender<i32>,
+    done: Receiver<Result<Outcome, Exhausted>>,
+}
+
+impl WorkerReader {
+    /// No worker yet: the first read starts one.
+    pub fn new(source: Arc<ProcSource>) -> Self {
+        Self {
+            source,
+            worker: None,
+        }
+    }
+
+    /// Reads the record of `pid` (a thread-group leader) as
+    /// [`crate::procfs::reader::ProcReader::read_into`] does, waiting at
+    /// most the deadline; `None` for a kernel thread. Not redacted: see
+    /// [`ProcSource::finish`]. A process whose
+    /// earlier read is still stuck gets [`stuck_record`] without a read.
+    pub fn read(&mut self, pid: i32, source: Source) -> Result<Option<Process>, Exhausted> {
+        let bounds = self.source.bounds();
+        match bounds.admit(pid) {
+            Admit::Go => {}
+            Admit::Stuck => return Ok(Some(stuck_record(pid, pid, source, bounds))),
+            Admit::Full(n) => return Err(Exhausted::Stuck(n)),
+        }
+        let worker = match &mut self.worker {
+            Some(worker) => worker,
+            None => self.worker.insert(Worker::start(self.source.clone())?),
+        };
+        let answer = worker.read(pid, source, &self.source);
+        if !matches!(answer, Answer::Done(_)) {
+            // Left behind (it says it is back and ends), or gone.
+            self.worker = None;
+        }
+        match answer {
+            Answer::Done(read) => read,
+            Answer::GivenUp(p) => Ok(Some(p)),
+            // Only a bug ends a worker otherwise; the caller tries again.
+            Answer::Lost => Err(Exhausted::Resources(Errno::EAGAIN)),
+        }
+    }
+}
+
+/// How one read on a worker ended.
+enum Answer {
+    /// It finished in time.
+    Done(Result<Option<Process>, Exhausted>),
+    /// It was given up: the record as it stands.
+    GivenUp(Process),
+    /// The worker is gone.
+    Lost,
+}
+
+impl Worker {
+    fn start(source: Arc<ProcSource>) -> Result<Self, Exhausted> {
+        let mut reader = source.reader()?;
+        let watched = Arc::new(Watched::new(()));
+        let (jobs, jobs_rx) = mpsc::channel::<i32>();
+        let (done_tx, done) = mpsc::channel();
+        let shared = watched.clone();
+        std::thread::Builder::new()
+            .name("proc-worker".into())
+            .spawn(move || {
+                // Ends when the caller drops its end, or once left behind.
+                for pid in jobs_rx {
+                    let read = reader.read_into(pid, &mut shared.tracker(GENERATION), |_| true);
+                    if shared.lock().generation() != GENERATION {
+                        source.bounds().returned(pid);
+                        return;
+                    }
+                    if done_tx.send(read).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| {
+                Exhausted::Resources(e.raw_os_error().map_or(Errno::EAGAIN, Errno::from_raw))
+            })?;
+        Ok(Self {
+            watched,
+            jobs,
+            done,
+        })
+    }
+
+    /// Has the worker read `pid`, waiting at most the deadline.
+    fn read(&self, pid: i32, kind: Source, source: &ProcSource) -> Answer {
+        let bounds = source.bounds();
+        let mut slot = self.watched.lock();
+        self.watched.begin(&mut slot, blank(pid, pid, kind));
+        drop(slot);
+        let started = Instant::now();
+        if self.jobs.send(pid).is_err() {
+            return Answer::Lost;
+        }
+        let read = match self.done.recv_timeout(bounds.deadline()) {
+            Ok(read) => read,
+            Err(RecvTimeoutError::Timeout) => {
+                let mut slot = self.watched.lock();
+                let overdue = (started + bounds.deadline()).max(Instant::now());
+                if let Some(p) = slot.give_up(bounds, overdue) {
+                    return Answer::GivenUp(p);
+                }
+                // It finished just now: its answer is on the way.
+                drop(slot);
+                match self.done.recv() {
+                    Ok(read) => read,
+                    Err(_) => return Answer::Lost,
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return Answer::Lost,
+        };
+        let p = self.watched.lock().end();
+        Answer::Done(read.map(|outcome| match (outcome, p) {
+            (Outcome::Read, Some(p)) => Some(p),
+            _ => None,
+        }))
+    }
+}
