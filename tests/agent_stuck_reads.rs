@@ -149,6 +149,31 @@ async fn stuck_exec(
     (child, stuck)
 }
 
+/// A live stream of the execs of `comm` alone.
+async fn watch_comm(agent: &Agent, comm: &str) -> Streaming<WatchEvent> {
+    agent
+        .watch(WatchRequest {
+            comms: vec![comm.to_string()],
+            skip_snapshot: true,
+            ..Default::default()
+        })
+        .await
+}
+
+/// The `exec` of `pid` on `stream` within 10 s, and what came before it.
+async fn exec_and_before(
+    agent: &Agent,
+    stream: &mut Streaming<WatchEvent>,
+    pid: u32,
+) -> (Process, Vec<WatchEvent>) {
+    let wait = Duration::from_secs(10);
+    let (ev, before) = until_logged(agent, stream, wait, |ev| is_process(ev, pid, false)).await;
+    match ev.kind {
+        Some(Kind::Exec(p)) => (p, before),
+        other => unreachable!("{other:?}"),
+    }
+}
+
 /// SIGTERM stops `agent` within 3 s, with exit status 0.
 fn stops_promptly(agent: &mut Agent) {
     let asked = Instant::now();
@@ -399,13 +424,7 @@ async fn at_the_stuck_read_limit_an_exec_nobody_selects_is_not_lost() {
     let _one = ONE_AT_A_TIME.lock().await;
     let agent = Agent::start(&["--max-stuck-reads=1"]);
     let wanted = UniqueProgram::new("ewlimwant");
-    let mut filtered = agent
-        .watch(WatchRequest {
-            comms: vec![wanted.name.clone()],
-            skip_snapshot: true,
-            ..Default::default()
-        })
-        .await;
+    let mut filtered = watch_comm(&agent, &wanted.name).await;
     let (first, mut stuck) = stuck_exec(&agent, &mut filtered, &wanted, false).await;
 
     // The one thread allowed is stuck; these are nobody's.
@@ -424,14 +443,8 @@ async fn at_the_stuck_read_limit_an_exec_nobody_selects_is_not_lost() {
     }
 
     let next = wanted.spawn(30, &["1"]);
-    let (ev, before) = until_logged(&agent, &mut filtered, Duration::from_secs(10), |ev| {
-        is_process(ev, next.id(), false)
-    })
-    .await;
+    let (p, before) = exec_and_before(&agent, &mut filtered, next.id()).await;
     assert!(before.is_empty(), "nothing before it, no lost: {before:?}");
-    let Some(Kind::Exec(p)) = ev.kind else {
-        unreachable!()
-    };
     assert_complete(&p);
     for child in others.into_iter().chain([first, next]) {
         stop(child);
@@ -478,13 +491,7 @@ async fn with_only_comm_selectors_an_unwanted_exec_is_read_no_further_than_its_c
     let agent = Agent::start(&[]);
     let wanted = UniqueProgram::new("ewwant");
     let unwanted = UniqueProgram::new("ewskip");
-    let mut filtered = agent
-        .watch(WatchRequest {
-            comms: vec![wanted.name.clone()],
-            skip_snapshot: true,
-            ..Default::default()
-        })
-        .await;
+    let mut filtered = watch_comm(&agent, &wanted.name).await;
     let before = agent.stats().await.execs;
     let mut held = held_exec(&unwanted.path);
     let skipped = held.id();
@@ -493,13 +500,7 @@ async fn with_only_comm_selectors_an_unwanted_exec_is_read_no_further_than_its_c
     wait_comm(skipped, &unwanted.name);
     // Execed after it: read after it, by the same thread.
     let child = wanted.spawn(30, &["1"]);
-    let (ev, others) = until_logged(&agent, &mut filtered, Duration::from_secs(10), |ev| {
-        is_process(ev, child.id(), false)
-    })
-    .await;
-    let Some(Kind::Exec(p)) = ev.kind else {
-        unreachable!()
-    };
+    let (p, others) = exec_and_before(&agent, &mut filtered, child.id()).await;
     assert_eq!(p.argv.len(), 3, "{p:?}");
     assert_complete(&p);
     assert!(others.is_empty(), "only what it selected: {others:?}");
@@ -567,21 +568,15 @@ async fn the_poll_detector_gives_up_a_read_that_hangs_and_scans_on() {
 /// The poll detector is lazy too: while the only subscriber selects by
 /// comm, a new program whose comm it does not list costs the scan the
 /// `stat` it reads of every process anyway and no more. Its `cmdline`,
-/// which would hang the scanning thread for good (poll reads have no time
-/// bound), is never opened, and a wanted launch after it arrives complete.
+/// which would hang (until the read is given up), is never opened, and a
+/// wanted launch after it arrives complete.
 #[tokio::test]
 async fn the_poll_detector_reads_an_unwanted_program_no_further_than_its_stat() {
     let _one = ONE_AT_A_TIME.lock().await;
     let agent = Agent::start(&["--detector", "poll", "--poll-interval", "50ms"]);
     let wanted = UniqueProgram::new("ewpwant");
     let unwanted = UniqueProgram::new("ewpskip");
-    let mut filtered = agent
-        .watch(WatchRequest {
-            comms: vec![wanted.name.clone()],
-            skip_snapshot: true,
-            ..Default::default()
-        })
-        .await;
+    let mut filtered = watch_comm(&agent, &wanted.name).await;
     let mut held = held_exec(&unwanted.path);
     let skipped = held.id();
     let stuck = StuckFile::over(skipped, "cmdline");
@@ -590,15 +585,11 @@ async fn the_poll_detector_reads_an_unwanted_program_no_further_than_its_stat() 
     // Scans enough to have met it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let child = wanted.spawn(30, &["1"]);
-    let (ev, others) = until_logged(&agent, &mut filtered, Duration::from_secs(10), |ev| {
-        is_process(ev, child.id(), false)
-    })
-    .await;
-    let Some(Kind::Exec(p)) = ev.kind else {
-        unreachable!()
-    };
+    let (p, others) = exec_and_before(&agent, &mut filtered, child.id()).await;
     assert_complete(&p);
     assert!(others.is_empty(), "only what it selected: {others:?}");
+    let logs = agent.logs();
+    assert!(!logs.contains(GIVEN_UP), "a read hung:\n{logs}");
     drop(stuck);
     stop(held);
     stop(child);
