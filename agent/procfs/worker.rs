@@ -151,3 +151,40 @@ impl Worker {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::procfs::bounded::Bounds;
+
+    fn reader() -> WorkerReader {
+        let bounds = Bounds::new(Duration::from_secs(5), 2);
+        WorkerReader::new(Arc::new(
+            ProcSource::open("/proc", 4096, None, bounds).unwrap(),
+        ))
+    }
+
+    #[test]
+    fn a_read_in_time_comes_back_whole_and_the_worker_stays() {
+        let mut r = reader();
+        let me = std::process::id() as i32;
+        for _ in 0..2 {
+            let p = r.read(me, Source::Poll).unwrap().expect("this process");
+            assert_eq!(p.pid, me);
+            assert!(!p.comm.is_empty() && !p.argv.is_empty(), "{p:?}");
+            assert!(p.unavailable.is_empty(), "{p:?}");
+        }
+        assert!(r.worker.is_some(), "one worker serves every read");
+    }
+
+    #[test]
+    fn a_kernel_thread_has_no_record_and_a_gone_pid_is_flagged() {
+        let mut r = reader();
+        // kthreadd.
+        assert!(r.read(2, Source::Poll).unwrap().is_none());
+        let gone = r.read(i32::MAX, Source::Poll).unwrap().expect("a record");
+        assert!(gone.exited_before_inspection, "{gone:?}");
+    }
+}
