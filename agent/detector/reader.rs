@@ -19,9 +19,13 @@
 //!   call (recvmmsg); the read, the record and the publish happen on this
 //!   thread, with no hand-off in between.
 //! - Exec events wake the reader at once. Exit events (a socket of their own
-//!   when the kernel filters) do not: they are read with the next exec, or by
-//!   a sweep at most [`EXIT_BATCH`] after the first one arrives, so a storm
-//!   of short-lived processes costs one wake-up per exec, not two.
+//!   when the kernel filters) do not: they are read just before the next
+//!   exec that is published (so that each exit still goes out after its
+//!   exec and before a later one, [`ReaderThread::sync`]), or by a sweep at
+//!   most [`EXIT_BATCH`] after the first one arrives. A storm of
+//!   short-lived processes costs one wake-up per exec, not two, and while
+//!   nobody selects the execs, their exits are read sixteen to a system
+//!   call at each sweep.
 //!
 //! Each exec is read only as far as some subscriber could want it (lazy
 //! enrichment): before the read the thread takes the fan-out's [`Interest`],
@@ -157,6 +161,8 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
                 batch: Batch::default(),
                 drained: Vec::with_capacity(64),
                 exits_due: None,
+                synced: false,
+                checked: None,
                 ctx,
             };
             if let Err(Stop::Failed(e)) = thread.run() {
@@ -206,6 +212,12 @@ struct ReaderThread {
     drained: Vec<ProcEvent>,
     /// The exit socket is left out of the wait until this sweep.
     exits_due: Option<Instant>,
+    /// The exits queued when this pass began have been read: an exec may
+    /// be published (see [`ReaderThread::sync`]).
+    synced: bool,
+    /// The exec put back by the last [`ReaderThread::sync`] after its comm
+    /// passed: not checked again.
+    checked: Option<(i32, u64)>,
 }
 
 impl ReaderThread {
@@ -218,14 +230,18 @@ impl ReaderThread {
             let wake = [self.exits_due, retry_at].into_iter().flatten().min();
             let (exec_ready, exit_ready) = self.wait(wake)?;
             let now = Instant::now();
-            if exec_ready {
-                // Exits that follow this exec are swept with the next exec
-                // or soon after, without a wake-up of their own.
-                self.park_exits(now);
-                self.pass()?;
-            } else if self.exits_due.is_some_and(|due| due <= now) {
-                self.pass()?;
+            let sweep = self.exits_due.is_some_and(|due| due <= now);
+            if sweep {
                 self.exits_due = None;
+            }
+            if exec_ready || sweep {
+                // Exits that follow an exec are read with the next exec
+                // that is published, or by the sweep soon after, without a
+                // wake-up of their own; execs never keep the sweep waiting.
+                if exec_ready {
+                    self.park_exits(now);
+                }
+                self.pass(sweep)?;
             } else if exit_ready {
                 self.park_exits(now);
             } else if retry_at.is_some_and(|at| at <= now) {
@@ -278,24 +294,13 @@ impl ReaderThread {
         }
     }
 
-    /// Reads everything queued on both sockets and publishes it in kernel
-    /// order.
-    fn pass(&mut self) -> Result<(), Stop> {
+    /// Reads everything queued on the exec socket (and with `exits`, on
+    /// the exit socket first) and handles it in kernel order.
+    fn pass(&mut self, exits: bool) -> Result<(), Stop> {
+        self.synced = exits || self.ctx.exits.is_none();
         loop {
-            // Exits first: every exec that precedes an exit read now is
-            // already queued on the exec socket (a process cannot exit before
-            // its exec event is sent), so sorting the two by timestamp puts
-            // each exit after its exec.
+            let overrun = self.drain(self.synced)?;
             let ctx = self.ctx.clone();
-            let mut overrun = match &ctx.exits {
-                Some(exits) => drain(exits, &mut self.batch, &mut self.drained, &ctx.stats)?,
-                None => false,
-            };
-            let exits_read = self.drained.len();
-            overrun |= drain(&ctx.execs, &mut self.batch, &mut self.drained, &ctx.stats)?;
-            if exits_read > 0 && exits_read < self.drained.len() {
-                self.drained.sort_by_key(|ev| ev.timestamp_ns);
-            }
             let mut slot = current(&ctx, self.generation)?;
             slot.state.events.extend(self.drained.drain(..));
             slot.state.overrun |= overrun;
@@ -306,6 +311,45 @@ impl ReaderThread {
             // The marker went out after everything read before the
             // overflow; now the rest of the queue.
         }
+    }
+
+    /// Reads what is queued into `drained`, in kernel order: with `exits`,
+    /// the exit socket first. Every exec that precedes an exit read then is
+    /// already queued on the exec socket (a process cannot exit before its
+    /// exec event is sent), so sorting the two by timestamp puts each exit
+    /// after its exec. Returns whether a socket overflowed.
+    fn drain(&mut self, exits: bool) -> Result<bool, Stop> {
+        let ctx = self.ctx.clone();
+        let mut overrun = match (&ctx.exits, exits) {
+            (Some(sock), true) => drain(sock, &mut self.batch, &mut self.drained, &ctx.stats)?,
+            _ => false,
+        };
+        let exits_read = self.drained.len();
+        overrun |= drain(&ctx.execs, &mut self.batch, &mut self.drained, &ctx.stats)?;
+        if exits_read > 0 && exits_read < self.drained.len() {
+            self.drained.sort_by_key(|ev| ev.timestamp_ns);
+        }
+        Ok(overrun)
+    }
+
+    /// Before the first exec of a pass that is published: reads the exits
+    /// queued meanwhile (and the execs after them) into the backlog, in
+    /// kernel order, with `ev` put back in its place. An exit whose process
+    /// ran before `ev` (perhaps under `ev`'s pid) so goes out before it.
+    /// Passes that publish nothing never read the exit socket: their exits
+    /// wait for the sweep.
+    fn sync(&mut self, ev: ProcEvent) -> Result<(), Stop> {
+        let overrun = self.drain(true)?;
+        let ctx = self.ctx.clone();
+        let mut slot = current(&ctx, self.generation)?;
+        let backlog = &mut slot.state.events;
+        backlog.push_front(ev);
+        backlog.extend(self.drained.drain(..));
+        backlog.make_contiguous().sort_by_key(|ev| ev.timestamp_ns);
+        slot.state.overrun |= overrun;
+        drop(slot);
+        self.synced = true;
+        Ok(())
     }
 
     /// Handles the backlog, then reports a kernel overflow that followed
@@ -374,7 +418,8 @@ impl ReaderThread {
         if self.reader.is_err() {
             self.reader = ctx.procfs.reader();
         }
-        if let (Interest::Comms(_), Ok(reader)) = (&*interest, &mut self.reader) {
+        let checked = self.checked.take() == Some((pid, timestamp_ns));
+        if let (Interest::Comms(_), Ok(reader), false) = (&*interest, &mut self.reader, checked) {
             // Most execs are nobody's: their comm alone says so, without
             // `stat`, before anything else (reading a comm needs no time
             // bound, so not even a full set of stuck reads makes an exec
@@ -399,6 +444,17 @@ impl ReaderThread {
                 ctx.fanout.skip_exec();
                 return Ok(());
             }
+        }
+        if !self.synced {
+            if *interest != Interest::All {
+                self.checked = Some((pid, timestamp_ns));
+            }
+            let kind = EventKind::Exec { pid, tgid };
+            return self.sync(ProcEvent {
+                cpu: 0,
+                timestamp_ns,
+                kind,
+            });
         }
         match ctx.procfs.bounds().admit(pid) {
             Admit::Go => {}
