@@ -451,6 +451,16 @@ async fn at_the_stuck_read_limit_an_exec_nobody_selects_is_not_lost() {
     }
 }
 
+/// Executes `prog` with its `/proc/<pid>/<file>` stuck, and returns once
+/// it runs (told by its comm alone).
+fn run_with_stuck(prog: &UniqueProgram, file: &str) -> (Child, StuckFile) {
+    let mut held = held_exec(&prog.path);
+    let stuck = StuckFile::over(held.id(), file);
+    go(&mut held);
+    wait_comm(held.id(), &prog.name);
+    (held, stuck)
+}
+
 /// Waits until `pid`'s comm is `comm`, reading `comm` only (its `cmdline`
 /// or `stat` may be the stuck file).
 fn wait_comm(pid: u32, comm: &str) {
@@ -478,6 +488,12 @@ fn assert_complete(p: &Process) {
 /// What the watchdog logs when it gives a read up.
 const GIVEN_UP: &str = "took longer than";
 
+/// No `/proc` read of `agent` has hung (been given up) so far.
+fn no_read_given_up(agent: &Agent) {
+    let logs = agent.logs();
+    assert!(!logs.contains(GIVEN_UP), "a read hung:\n{logs}");
+}
+
 /// Lazy enrichment (issue 15): while every subscriber selects by comm
 /// alone, an exec whose comm none of them lists is read no further than
 /// its comm, so a `cmdline` that would hang is never opened, while a
@@ -493,19 +509,14 @@ async fn with_only_comm_selectors_an_unwanted_exec_is_read_no_further_than_its_c
     let unwanted = UniqueProgram::new("ewskip");
     let mut filtered = watch_comm(&agent, &wanted.name).await;
     let before = agent.stats().await.execs;
-    let mut held = held_exec(&unwanted.path);
-    let skipped = held.id();
-    let stuck = StuckFile::over(skipped, "cmdline");
-    go(&mut held);
-    wait_comm(skipped, &unwanted.name);
+    let (held, stuck) = run_with_stuck(&unwanted, "cmdline");
     // Execed after it: read after it, by the same thread.
     let child = wanted.spawn(30, &["1"]);
     let (p, others) = exec_and_before(&agent, &mut filtered, child.id()).await;
     assert_eq!(p.argv.len(), 3, "{p:?}");
     assert_complete(&p);
     assert!(others.is_empty(), "only what it selected: {others:?}");
-    let logs = agent.logs();
-    assert!(!logs.contains(GIVEN_UP), "a read hung:\n{logs}");
+    no_read_given_up(&agent);
     // The shell, the unwanted exec and the wanted one, of which only the
     // last was published.
     let execs = agent.stats().await.execs;
@@ -577,19 +588,14 @@ async fn the_poll_detector_reads_an_unwanted_program_no_further_than_its_stat() 
     let wanted = UniqueProgram::new("ewpwant");
     let unwanted = UniqueProgram::new("ewpskip");
     let mut filtered = watch_comm(&agent, &wanted.name).await;
-    let mut held = held_exec(&unwanted.path);
-    let skipped = held.id();
-    let stuck = StuckFile::over(skipped, "cmdline");
-    go(&mut held);
-    wait_comm(skipped, &unwanted.name);
+    let (held, stuck) = run_with_stuck(&unwanted, "cmdline");
     // Scans enough to have met it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let child = wanted.spawn(30, &["1"]);
     let (p, others) = exec_and_before(&agent, &mut filtered, child.id()).await;
     assert_complete(&p);
     assert!(others.is_empty(), "only what it selected: {others:?}");
-    let logs = agent.logs();
-    assert!(!logs.contains(GIVEN_UP), "a read hung:\n{logs}");
+    no_read_given_up(&agent);
     drop(stuck);
     stop(held);
     stop(child);
@@ -612,15 +618,10 @@ async fn with_no_subscriber_wanting_processes_proc_is_not_read() {
         .await;
     let before = agent.stats().await.execs;
     let prog = UniqueProgram::new("ewnone");
-    let mut held = held_exec(&prog.path);
-    let pid = held.id();
-    let stuck = StuckFile::over(pid, "stat");
-    go(&mut held);
-    wait_comm(pid, &prog.name);
+    let (held, stuck) = run_with_stuck(&prog, "stat");
     // A read would have begun at once and been given up by now.
     tokio::time::sleep(DEADLINE + SLACK).await;
-    let logs = agent.logs();
-    assert!(!logs.contains(GIVEN_UP), "a read hung:\n{logs}");
+    no_read_given_up(&agent);
     let execs = agent.stats().await.execs;
     assert!(execs >= before + 2, "{before} -> {execs}");
     drop(stuck);

@@ -82,14 +82,12 @@ pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> 
 
 #[cfg(target_os = "linux")]
 mod imp {
-    use std::io;
+    use std::io::{self, IoSliceMut};
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
     use std::time::Duration;
     use std::time::Instant;
 
     use nix::errno::Errno;
-    use std::io::IoSliceMut;
-
     use nix::sys::socket::{self, sockopt, MsgFlags, NetlinkAddr};
 
     use super::{Batch, NetlinkError, Received, BATCH, DATAGRAM_BUF};

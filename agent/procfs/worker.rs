@@ -123,16 +123,15 @@ impl Worker {
         let mut slot = self.watched.lock();
         self.watched.begin(&mut slot, blank(pid, pid, kind));
         drop(slot);
-        let started = Instant::now();
         if self.jobs.send(pid).is_err() {
             return Answer::Lost;
         }
         let read = match self.done.recv_timeout(bounds.deadline()) {
             Ok(read) => read,
             Err(RecvTimeoutError::Timeout) => {
+                // A deadline after this read began: overdue, unless done.
                 let mut slot = self.watched.lock();
-                let overdue = (started + bounds.deadline()).max(Instant::now());
-                if let Some(p) = slot.give_up(bounds, overdue) {
+                if let Some(p) = slot.give_up(bounds, Instant::now()) {
                     return Answer::GivenUp(p);
                 }
                 // It finished just now: its answer is on the way.
