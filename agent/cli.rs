@@ -18,6 +18,9 @@ pub const POLL_INTERVAL: (Duration, Duration) =
 /// reads would be cut; above, one stuck process delays events by a minute.
 pub const PROC_READ_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(60));
+/// Bounds of `--coalesce`: below a millisecond there is little to gain;
+/// above, a launch during a storm would wait noticeably.
+pub const COALESCE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
 /// Bounds of `health-check --timeout`.
 pub const HEALTH_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(300));
@@ -94,6 +97,20 @@ pub struct RunArgs {
     /// subscribes the way older kernels need (every event, filtered here).
     #[arg(long, env = "EXECWATCH_KERNEL_FILTER", value_enum, default_value_t = KernelFilter::Auto)]
     pub kernel_filter: KernelFilter,
+
+    /// Exec storm threshold, in execs a second (0 to 1000000; 0: never):
+    /// while the node launches at least this many programs a second (a
+    /// build, not a person), the netlink reader wakes at most once per
+    /// `--coalesce` and takes what queued meanwhile in one pass.
+    #[arg(long, env = "EXECWATCH_COALESCE_ABOVE", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub coalesce_above: u32,
+
+    /// During an exec storm (`--coalesce-above`), the netlink reader's rest
+    /// between wake-ups (1ms to 50ms): a launch then reaches subscribers at
+    /// most this much later, and the agent spends a wake-up per rest
+    /// instead of one per exec.
+    #[arg(long, env = "EXECWATCH_COALESCE", default_value = "2ms", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, COALESCE.0, COALESCE.1))]
+    pub coalesce: Duration,
 
     /// Events each subscriber may have queued before it gets `lost` and a
     /// resync (1 to 1000000).
@@ -274,6 +291,8 @@ mod tests {
             &["--max-streams-per-connection=1024"],
             &["--proc-read-timeout=10ms", "--max-stuck-reads=1"],
             &["--proc-read-timeout=1m", "--max-stuck-reads=1024"],
+            &["--coalesce=1ms", "--coalesce-above=0"],
+            &["--coalesce=50ms", "--coalesce-above=1000000"],
             &["health-check", "--timeout=100ms"],
             &["health-check", "--timeout=5m"],
         ] {
@@ -338,6 +357,12 @@ mod tests {
                 &["--proc-read-timeout", "from 10ms to 1m"],
             ),
             (&["--max-stuck-reads=0"], &["--max-stuck-reads", "1..=1024"]),
+            (&["--coalesce=51ms"], &["--coalesce", "from 1ms to 50ms"]),
+            (&["--coalesce=0ms"], &["--coalesce", "greater than zero"]),
+            (
+                &["--coalesce-above=1000001"],
+                &["--coalesce-above", "0..=1000000"],
+            ),
             (
                 &["health-check", "--timeout=99ms"],
                 &["--timeout", "from 100ms to 5m"],

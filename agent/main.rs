@@ -127,7 +127,11 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             let failed = move |err| {
                 let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
             };
-            detector::reader::start(detector, procfs.clone(), fanout, stats, failed)
+            let pace = detector::reader::Pace {
+                above: (args.coalesce_above > 0).then_some(args.coalesce_above),
+                rest: args.coalesce,
+            };
+            detector::reader::start(detector, pace, procfs.clone(), fanout, stats, failed)
                 .context("cannot start the detector thread")?;
         }
         Detector::Poll => {

@@ -27,6 +27,15 @@
 //!   nobody selects the execs, their exits are read sixteen to a system
 //!   call at each sweep.
 //!
+//! Under an exec storm (a build launching thousands of programs a second)
+//! a wake-up per exec would be most of the agent's cost. The reader counts
+//! the execs it reads over windows of [`RATE_WINDOW`]; while their rate is
+//! at or above [`Pace::above`], it rests [`Pace::rest`] after each pass and
+//! takes whatever queued meanwhile in the next one: one wake-up per rest,
+//! and a launch reaches its subscribers at most that much later. Below the
+//! rate it waits on the sockets as before, and a launch is read the moment
+//! it is queued. The rest ends early for the exit sweep and the retries.
+//!
 //! Each exec is read only as far as some subscriber could want it (lazy
 //! enrichment): before the read the thread takes the fan-out's [`Interest`],
 //! the union of the hooked subscribers' selectors. With no subscriber
@@ -76,6 +85,44 @@ pub const EXIT_BATCH: Duration = Duration::from_millis(10);
 /// How often reads are tried again while `/proc` cannot be read.
 pub const RETRY: Duration = Duration::from_millis(100);
 
+/// How long the exec rate is measured over before the reader decides
+/// whether the node is under an exec storm.
+pub const RATE_WINDOW: Duration = Duration::from_millis(100);
+
+/// How the reader paces its wake-ups under an exec storm
+/// (`--coalesce-above`, `--coalesce`).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Execs a second from which the reader rests between passes; `None`:
+    /// never.
+    pub above: Option<u32>,
+    /// How long it rests.
+    pub rest: Duration,
+}
+
+/// The exec rate, measured over windows of [`RATE_WINDOW`].
+struct Rate {
+    since: Instant,
+    execs: u64,
+    /// The last window's rate was at or above the storm threshold.
+    storm: bool,
+}
+
+impl Rate {
+    /// Counts `execs` read `now`; at the end of a window, decides whether
+    /// the node is under a storm.
+    fn count(&mut self, execs: usize, now: Instant, above: Option<u32>) {
+        let Some(above) = above else { return };
+        self.execs += execs as u64;
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= RATE_WINDOW {
+            self.storm = self.execs as f64 >= f64::from(above) * elapsed.as_secs_f64();
+            self.since = now;
+            self.execs = 0;
+        }
+    }
+}
+
 /// Execs whose records could not be read, not yet reported.
 struct Unread {
     count: u64,
@@ -101,6 +148,7 @@ struct Context {
     execs: NetlinkSocket,
     exits: Option<NetlinkSocket>,
     rcvbuf: usize,
+    pace: Pace,
     procfs: Arc<ProcSource>,
     fanout: Arc<Fanout>,
     stats: Arc<Stats>,
@@ -126,6 +174,7 @@ impl From<NetlinkError> for Stop {
 /// socket fails, `failed` is called with why, once.
 pub fn start(
     detector: NetlinkDetector,
+    pace: Pace,
     procfs: Arc<ProcSource>,
     fanout: Arc<Fanout>,
     stats: Arc<Stats>,
@@ -136,6 +185,7 @@ pub fn start(
         execs: detector.execs,
         exits: detector.exits,
         rcvbuf,
+        pace,
         procfs,
         fanout,
         stats,
@@ -163,6 +213,12 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
                 exits_due: None,
                 synced: false,
                 checked: None,
+                rate: Rate {
+                    since: Instant::now(),
+                    execs: 0,
+                    storm: false,
+                },
+                rest: None,
                 ctx,
             };
             if let Err(Stop::Failed(e)) = thread.run() {
@@ -218,6 +274,9 @@ struct ReaderThread {
     /// The exec put back by the last [`ReaderThread::sync`] after its comm
     /// passed: not checked again.
     checked: Option<(i32, u64)>,
+    rate: Rate,
+    /// Under a storm: the next wait begins with a rest until then.
+    rest: Option<Instant>,
 }
 
 impl ReaderThread {
@@ -228,7 +287,16 @@ impl ReaderThread {
         loop {
             let retry_at = self.slot()?.state.unread.as_ref().map(|u| u.retry_at);
             let wake = [self.exits_due, retry_at].into_iter().flatten().min();
-            let (exec_ready, exit_ready) = self.wait(wake)?;
+            let (exec_ready, exit_ready) = match self.rest.take() {
+                Some(until) => {
+                    let until = wake.map_or(until, |w| w.min(until));
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                    // Only a look: if nothing queued during the rest, the
+                    // next turn waits on the sockets again.
+                    self.wait(Some(Instant::now()))?
+                }
+                None => self.wait(wake)?,
+            };
             let now = Instant::now();
             let sweep = self.exits_due.is_some_and(|due| due <= now);
             if sweep {
@@ -242,6 +310,9 @@ impl ReaderThread {
                     self.park_exits(now);
                 }
                 self.pass(sweep)?;
+                if self.rate.storm {
+                    self.rest = Some(now + self.ctx.pace.rest);
+                }
             } else if exit_ready {
                 self.park_exits(now);
             } else if retry_at.is_some_and(|at| at <= now) {
@@ -326,6 +397,8 @@ impl ReaderThread {
         };
         let exits_read = self.drained.len();
         overrun |= drain(&ctx.execs, &mut self.batch, &mut self.drained, &ctx.stats)?;
+        let execs_read = self.drained.len() - exits_read;
+        self.rate.count(execs_read, Instant::now(), ctx.pace.above);
         if exits_read > 0 && exits_read < self.drained.len() {
             self.drained.sort_by_key(|ev| ev.timestamp_ns);
         }
@@ -618,5 +691,45 @@ fn drain(
         if n < BATCH {
             return Ok(false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(since: Instant) -> Rate {
+        Rate {
+            since,
+            execs: 0,
+            storm: false,
+        }
+    }
+
+    #[test]
+    fn a_storm_is_a_window_whose_rate_reaches_the_threshold() {
+        let t0 = Instant::now();
+        let mut r = rate(t0);
+        let above = Some(1000);
+        // 99 execs in the first 100 ms: 990 a second, no storm.
+        r.count(60, t0 + Duration::from_millis(10), above);
+        assert!(!r.storm, "undecided before the window ends");
+        r.count(39, t0 + RATE_WINDOW, above);
+        assert!(!r.storm);
+        // 100 in the next: 1000 a second, a storm from now on.
+        r.count(100, t0 + 2 * RATE_WINDOW, above);
+        assert!(r.storm);
+        // It lasts until a window falls short, however long it was: here
+        // a quiet second ends by one exec.
+        r.count(1, t0 + 2 * RATE_WINDOW + Duration::from_secs(1), above);
+        assert!(!r.storm);
+    }
+
+    #[test]
+    fn with_no_threshold_there_is_never_a_storm() {
+        let t0 = Instant::now();
+        let mut r = rate(t0);
+        r.count(1_000_000, t0 + RATE_WINDOW, None);
+        assert!(!r.storm);
     }
 }
