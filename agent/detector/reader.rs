@@ -116,7 +116,14 @@ impl Rate {
         self.execs += execs as u64;
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed >= RATE_WINDOW {
-            self.storm = self.execs as f64 >= f64::from(above) * elapsed.as_secs_f64();
+            let rate = self.execs as f64 / elapsed.as_secs_f64();
+            let storm = rate >= f64::from(above);
+            if storm != self.storm {
+                // Debug only: a build whose rate hovers at the threshold
+                // would flip it every window.
+                tracing::debug!(execs_per_s = rate as u64, storm, "exec storm pacing");
+            }
+            self.storm = storm;
             self.since = now;
             self.execs = 0;
         }
