@@ -29,12 +29,13 @@
 //!
 //! Under an exec storm (a build launching thousands of programs a second)
 //! a wake-up per exec would be most of the agent's cost. The reader counts
-//! the execs it reads over windows of [`RATE_WINDOW`]; while their rate is
-//! at or above [`Pace::above`], it rests [`Pace::rest`] after each pass and
-//! takes whatever queued meanwhile in the next one: one wake-up per rest,
-//! and a launch reaches its subscribers at most that much later. Below the
-//! rate it waits on the sockets as before, and a launch is read the moment
-//! it is queued. The rest ends early for the exit sweep and the retries.
+//! the execs it reads over windows of [`RATE_WINDOW`]; from a window whose
+//! rate reaches [`Pace::above`] to one that falls below two thirds of it,
+//! it rests [`Pace::rest`] after each pass and takes whatever queued
+//! meanwhile in the next one: one wake-up per rest, and a launch reaches
+//! its subscribers at most that much later. Otherwise it waits on the
+//! sockets as before, and a launch is read the moment it is queued. The
+//! rest ends early for the exit sweep and the retries.
 //!
 //! Each exec is read only as far as some subscriber could want it (lazy
 //! enrichment): before the read the thread takes the fan-out's [`Interest`],
@@ -110,17 +111,22 @@ struct Rate {
 
 impl Rate {
     /// Counts `execs` read `now`; at the end of a window, decides whether
-    /// the node is under a storm.
+    /// the node is under a storm: one starts with a window at or above
+    /// `above` execs a second and ends with one below two thirds of that,
+    /// so a build whose rate hovers about the threshold is paced
+    /// throughout, not every other window.
     fn count(&mut self, execs: usize, now: Instant, above: Option<u32>) {
         let Some(above) = above else { return };
         self.execs += execs as u64;
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed >= RATE_WINDOW {
             let rate = self.execs as f64 / elapsed.as_secs_f64();
-            let storm = rate >= f64::from(above);
+            let storm = if self.storm {
+                rate * 3.0 >= f64::from(above) * 2.0
+            } else {
+                rate >= f64::from(above)
+            };
             if storm != self.storm {
-                // Debug only: a build whose rate hovers at the threshold
-                // would flip it every window.
                 tracing::debug!(execs_per_s = rate as u64, storm, "exec storm pacing");
             }
             self.storm = storm;
@@ -726,9 +732,16 @@ mod tests {
         // 100 in the next: 1000 a second, a storm from now on.
         r.count(100, t0 + 2 * RATE_WINDOW, above);
         assert!(r.storm);
-        // It lasts until a window falls short, however long it was: here
-        // a quiet second ends by one exec.
-        r.count(1, t0 + 2 * RATE_WINDOW + Duration::from_secs(1), above);
+        // It lasts while windows keep two thirds of the rate...
+        r.count(67, t0 + 3 * RATE_WINDOW, above);
+        assert!(r.storm);
+        // ...and ends with one that falls below, however long it was:
+        // here a quiet second ended by one exec.
+        r.count(1, t0 + 3 * RATE_WINDOW + Duration::from_secs(1), above);
+        assert!(!r.storm);
+        // A new storm needs the full rate again.
+        let t1 = t0 + 3 * RATE_WINDOW + Duration::from_secs(1);
+        r.count(99, t1 + RATE_WINDOW, above);
         assert!(!r.storm);
     }
 
