@@ -99,8 +99,9 @@ pub struct RunArgs {
     pub kernel_filter: KernelFilter,
 
     /// Exec storm threshold, in execs a second (0 to 1000000; 0: never):
-    /// while the node launches at least this many programs a second (a
-    /// build, not a person), the netlink reader wakes at most once per
+    /// from a 100 ms window in which the node launches at least this many
+    /// programs a second (a build, not a person) to one with less than two
+    /// thirds of that, the netlink reader wakes at most once per
     /// `--coalesce` and takes what queued meanwhile in one pass.
     #[arg(long, env = "EXECWATCH_COALESCE_ABOVE", default_value_t = 1500, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub coalesce_above: u32,
