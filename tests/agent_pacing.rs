@@ -36,12 +36,17 @@ fn reader_sleeps(agent: &Agent) -> u64 {
     panic!("no netlink-0 thread under {task}");
 }
 
+/// The tests storm one at a time: each agent sees every exec on the node,
+/// and one test's storm would pace the other's agent.
+static ONE_STORM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Spawner threads of the storm: one alone reaches a few hundred execs a
 /// second on a loaded CI machine, too few to tell the readers apart.
 const SPAWNERS: usize = 3;
 
 #[tokio::test]
 async fn under_a_storm_the_reader_wakes_once_per_rest_and_every_launch_still_arrives_in_order() {
+    let _alone = ONE_STORM.lock().await;
     // One agent that counts any rate from 50 execs a second as a storm and
     // rests 20 ms, one that never rests: the same storm reaches both.
     let paced = Agent::start(&["--coalesce-above=50", "--coalesce=20ms"]);
@@ -125,5 +130,47 @@ async fn under_a_storm_the_reader_wakes_once_per_rest_and_every_launch_still_arr
     assert!(
         paced_sleeps <= paced_limit,
         "the paced reader slept {paced_sleeps} times in {seconds:.1} s for {execs} execs (eager: {eager_sleeps})"
+    );
+}
+
+#[tokio::test]
+async fn without_the_kernel_filter_only_execs_count_towards_a_storm() {
+    let _alone = ONE_STORM.lock().await;
+    // Unfiltered, the socket carries a fork, an exec and an exit per
+    // launch: 200 launches a second are some 600 events, but only 200
+    // execs, under the threshold of 400.
+    let agent = Agent::start(&[
+        "--kernel-filter=off",
+        "--coalesce-above=400",
+        "--coalesce=20ms",
+    ]);
+    let prog = UniqueProgram::new("ewnofl");
+    let mut stream = agent.watch(live(false)).await;
+
+    let before = reader_sleeps(&agent);
+    let path = prog.path.clone();
+    let pids =
+        tokio::task::spawn_blocking(move || exec_storm(&path, &["0"], Duration::from_secs(2), 200))
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sleeps = reader_sleeps(&agent) - before;
+
+    let storm: std::collections::HashSet<i32> = pids.iter().map(|&p| p as i32).collect();
+    for &pid in &pids {
+        let (ev, _) = until(
+            &mut stream,
+            WAIT,
+            |ev| matches!(&ev.kind, Some(Kind::Exec(p)) if storm.contains(&p.pid)),
+        )
+        .await;
+        assert!(is_process(&ev, pid, false), "expected {pid}, got {ev:?}");
+    }
+    // Not paced: the reader woke for about every event (paced, it would
+    // have slept about 50 times a second).
+    let execs = pids.len() as u64;
+    assert!(
+        sleeps >= execs,
+        "the reader slept {sleeps} times for {execs} execs: it paced itself"
     );
 }

@@ -410,7 +410,12 @@ impl ReaderThread {
         };
         let exits_read = self.drained.len();
         overrun |= drain(&ctx.execs, &mut self.batch, &mut self.drained, &ctx.stats)?;
-        let execs_read = self.drained.len() - exits_read;
+        // Without the kernel's filter the exec socket carries every event
+        // (forks, exits, ...): only execs count towards a storm.
+        let execs_read = self.drained[exits_read..]
+            .iter()
+            .filter(|ev| matches!(ev.kind, EventKind::Exec { .. }))
+            .count();
         self.rate.count(execs_read, Instant::now(), ctx.pace.above);
         if exits_read > 0 && exits_read < self.drained.len() {
             self.drained.sort_by_key(|ev| ev.timestamp_ns);
