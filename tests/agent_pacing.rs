@@ -11,8 +11,9 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use execwatch::proto::watch_event::Kind;
+use execwatch::proto::{watch_event::Kind, WatchEvent};
 use support::*;
+use tonic::Streaming;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -43,6 +44,47 @@ static ONE_STORM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Spawner threads of the storm: one alone reaches a few hundred execs a
 /// second on a loaded CI machine, too few to tell the readers apart.
 const SPAWNERS: usize = 3;
+
+/// Reads `stream` until every launch in `spawned` (one list per spawner,
+/// in the order it started them) has arrived, and asserts each arrived
+/// once and in its spawner's order (spawners' launches interleave, and
+/// other programs the node ran meanwhile come in between). Returns how
+/// many there were.
+async fn assert_arrive_in_order(
+    stream: &mut Streaming<WatchEvent>,
+    name: &str,
+    spawned: &[Vec<u32>],
+) -> u64 {
+    let storm: HashMap<i32, (usize, usize)> = spawned
+        .iter()
+        .enumerate()
+        .flat_map(|(s, pids)| {
+            pids.iter()
+                .enumerate()
+                .map(move |(i, &p)| (p as i32, (s, i)))
+        })
+        .collect();
+    let mut next = vec![0; spawned.len()];
+    for _ in 0..storm.len() {
+        let (ev, _) = until(
+            stream,
+            WAIT,
+            |ev| matches!(&ev.kind, Some(Kind::Exec(p)) if storm.contains_key(&p.pid)),
+        )
+        .await;
+        let Some(Kind::Exec(p)) = &ev.kind else {
+            unreachable!()
+        };
+        let (s, i) = storm[&p.pid];
+        assert_eq!(
+            i, next[s],
+            "{name}: pid {} is launch {i} of spawner {s}, expected launch {}",
+            p.pid, next[s]
+        );
+        next[s] += 1;
+    }
+    storm.len() as u64
+}
 
 #[tokio::test]
 async fn under_a_storm_the_reader_wakes_once_per_rest_and_every_launch_still_arrives_in_order() {
@@ -78,40 +120,9 @@ async fn under_a_storm_the_reader_wakes_once_per_rest_and_every_launch_still_arr
     let after = [reader_sleeps(&paced), reader_sleeps(&eager)];
     let seconds = started.elapsed().as_secs_f64();
 
-    // Every launch of the storm arrives once, and each spawner's in the
-    // order it started them (the spawners' launches interleave, and other
-    // programs the node ran meanwhile come in between).
-    let storm: HashMap<i32, (usize, usize)> = spawned
-        .iter()
-        .enumerate()
-        .flat_map(|(s, pids)| {
-            pids.iter()
-                .enumerate()
-                .map(move |(i, &p)| (p as i32, (s, i)))
-        })
-        .collect();
-    let execs = storm.len() as u64;
-    for (stream, name) in streams.iter_mut().zip(["paced", "eager"]) {
-        let mut next = [0; SPAWNERS];
-        for _ in 0..execs {
-            let (ev, _) = until(
-                stream,
-                WAIT,
-                |ev| matches!(&ev.kind, Some(Kind::Exec(p)) if storm.contains_key(&p.pid)),
-            )
-            .await;
-            let Some(Kind::Exec(p)) = &ev.kind else {
-                unreachable!()
-            };
-            let (s, i) = storm[&p.pid];
-            assert_eq!(
-                i, next[s],
-                "{name}: pid {} is launch {i} of spawner {s}, expected launch {}",
-                p.pid, next[s]
-            );
-            next[s] += 1;
-        }
-    }
+    let [paced_stream, eager_stream] = &mut streams;
+    let execs = assert_arrive_in_order(paced_stream, "paced", &spawned).await;
+    assert_arrive_in_order(eager_stream, "eager", &spawned).await;
 
     let [paced_sleeps, eager_sleeps] = [after[0] - before[0], after[1] - before[1]];
     // Without pacing, a wake-up for nearly every exec (and some for the
@@ -156,19 +167,9 @@ async fn without_the_kernel_filter_only_execs_count_towards_a_storm() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sleeps = reader_sleeps(&agent) - before;
 
-    let storm: std::collections::HashSet<i32> = pids.iter().map(|&p| p as i32).collect();
-    for &pid in &pids {
-        let (ev, _) = until(
-            &mut stream,
-            WAIT,
-            |ev| matches!(&ev.kind, Some(Kind::Exec(p)) if storm.contains(&p.pid)),
-        )
-        .await;
-        assert!(is_process(&ev, pid, false), "expected {pid}, got {ev:?}");
-    }
+    let execs = assert_arrive_in_order(&mut stream, "unfiltered", &[pids]).await;
     // Not paced: the reader woke for about every event (paced, it would
     // have slept about 50 times a second).
-    let execs = pids.len() as u64;
     assert!(
         sleeps >= execs,
         "the reader slept {sleeps} times for {execs} execs: it paced itself"
