@@ -188,7 +188,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             max_per_uid: args.max_connections_per_uid as usize,
             idle_timeout: args.idle_timeout,
         },
-        seats: stream::service::Seats::new(
+        seats: transport::quota::Quota::new(
             args.max_subscribers as usize,
             args.max_subscribers_per_uid as usize,
         ),

@@ -21,34 +21,18 @@ use execwatch::internal::runtime::lock;
 
 /// Serves `Watch` and `GetStats`.
 pub struct ExecEventsService {
-    shared: Arc<Shared>,
-    seats: Seats,
+    /// What every subscriber's stream needs.
+    pub shared: Arc<Shared>,
+    /// How many subscribers may be served at once, in total and per peer
+    /// uid; each holds its place for as long as its stream lives.
+    pub seats: Quota,
 }
 
 impl ExecEventsService {
-    /// A service over the shared state, serving at most `seats` subscribers.
-    pub fn new(shared: Arc<Shared>, seats: Seats) -> Self {
-        Self { shared, seats }
-    }
-}
-
-/// How many subscribers may be served at once, in total and per peer uid.
-#[derive(Clone)]
-pub struct Seats(Quota);
-
-/// One subscriber's seat, given back when the subscription ends.
-pub type Seat = Place;
-
-impl Seats {
-    /// At most `total` subscribers, `per_uid` of them for one peer uid.
-    pub fn new(total: usize, per_uid: usize) -> Self {
-        Self(Quota::new(total, per_uid))
-    }
-
     /// A seat for a subscriber from `uid`, or the reason there is none.
-    fn take(&self, uid: Option<u32>) -> Result<Seat, Status> {
+    fn seat(&self, uid: Option<u32>) -> Result<Place, Status> {
         let peer = uid.map_or("unknown".into(), |u| u.to_string());
-        self.0.take(uid).map_err(|over| {
+        self.seats.take(uid).map_err(|over| {
             tracing::warn!(peer_uid = uid, "refused a subscriber: {over:?}");
             Status::resource_exhausted(match over {
                 Over::Total(n) => format!(
@@ -79,7 +63,7 @@ impl ExecEvents for ExecEventsService {
         // A bad selector is refused before it takes a seat.
         let choice = Choice::from_request(req.get_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let seat = self.seats.take(uid)?;
+        let seat = self.seat(uid)?;
         let stream = subscription::watch(self.shared.clone(), uid, req.into_inner(), choice, seat);
         Ok(Response::new(stream))
     }

@@ -34,7 +34,7 @@ use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
 use crate::stream::fanout::{Fanout, Item, Missed, Subscription};
 use crate::stream::selector::Choice;
-use crate::stream::service::Seat;
+use crate::transport::quota::Place;
 use execwatch::internal::clock;
 
 /// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
@@ -83,7 +83,7 @@ pub fn watch(
     peer_uid: Option<u32>,
     req: WatchRequest,
     choice: Choice,
-    seat: Seat,
+    seat: Place,
 ) -> WatchStream {
     shared.stats.add_subscribers_total(1);
     let (include_exits, skip_snapshot) = (req.include_exits, req.skip_snapshot);
@@ -156,7 +156,7 @@ struct Watcher {
     peer_uid: Option<u32>,
     started: Instant,
     /// Held for as long as the stream lives.
-    _seat: Seat,
+    _seat: Place,
 }
 
 impl Watcher {

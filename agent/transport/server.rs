@@ -20,8 +20,9 @@ use crate::transport::listener::{self, Admission};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::stream::service::{ExecEventsService, Seats};
+use crate::stream::service::ExecEventsService;
 use crate::stream::subscription::Shared;
+use crate::transport::quota::Quota;
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +192,7 @@ pub struct Limits {
     /// how many connections at once, and how long they may idle.
     pub admission: Admission,
     /// Subscribers in total and per peer uid.
-    pub seats: Seats,
+    pub seats: Quota,
     /// HTTP/2 streams one connection may have open.
     pub streams_per_connection: u32,
 }
@@ -235,7 +236,10 @@ pub async fn serve(
     let server = Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
         .add_service(InterceptedService::new(
-            ExecEventsServer::new(ExecEventsService::new(shared, limits.seats)),
+            ExecEventsServer::new(ExecEventsService {
+                shared,
+                seats: limits.seats,
+            }),
             peers.clone(),
         ))
         .add_service(InterceptedService::new(health_service, peers.clone()))
