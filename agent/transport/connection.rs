@@ -33,7 +33,7 @@ use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::transport::authority::Normalizer;
 use crate::transport::frame::Frames;
-use crate::transport::idle::{Activity, Expired, State};
+use crate::transport::idle::{Activity, Expired};
 use crate::transport::quota::Place;
 use crate::transport::refusal::Refusal;
 
@@ -140,9 +140,7 @@ impl Connection {
         }
         // Twice at most: a deadline that fired is checked once more.
         for _ in 0..2 {
-            let State::Until(at) = self.activity.state() else {
-                return None;
-            };
+            let at = self.activity.deadline()?;
             if let Some(expired) = self.activity.expired(Instant::now()) {
                 return Some(expired);
             }

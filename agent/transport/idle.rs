@@ -50,15 +50,6 @@ pub struct Activity {
     idle_timeout: Duration,
 }
 
-/// What an [`Activity`] says about the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// A stream is open: no deadline.
-    Busy,
-    /// The connection ends at this instant unless something happens.
-    Until(Instant),
-}
-
 /// Why a connection is ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
@@ -121,27 +112,26 @@ impl Activity {
         now_idle
     }
 
-    /// Where the connection stands.
-    pub fn state(&self) -> State {
+    /// When the connection ends unless something happens first; `None`
+    /// while a stream is open.
+    pub fn deadline(&self) -> Option<Instant> {
         if !self.handshaken {
-            State::Until(self.accepted + HANDSHAKE_DEADLINE)
+            Some(self.accepted + HANDSHAKE_DEADLINE)
         } else if self.open.is_empty() {
-            State::Until(self.last + self.idle_timeout)
+            Some(self.last + self.idle_timeout)
         } else {
-            State::Busy
+            None
         }
     }
 
     /// Why the connection ends, if its deadline has passed at `now`.
     pub fn expired(&self, now: Instant) -> Option<Expired> {
-        match self.state() {
-            State::Until(at) if now >= at => Some(if self.handshaken {
-                Expired::Idle(self.idle_timeout)
-            } else {
-                Expired::Handshake
-            }),
-            _ => None,
-        }
+        self.deadline().filter(|at| now >= *at)?;
+        Some(if self.handshaken {
+            Expired::Idle(self.idle_timeout)
+        } else {
+            Expired::Handshake
+        })
     }
 }
 
@@ -177,7 +167,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Activity::new(t0, Duration::from_secs(60));
         a.client_sent(&MAGIC[..10], t0 + Duration::from_secs(1));
-        assert_eq!(a.state(), State::Until(t0 + HANDSHAKE_DEADLINE));
+        assert_eq!(a.deadline(), Some(t0 + HANDSHAKE_DEADLINE));
         assert_eq!(a.expired(t0 + HANDSHAKE_DEADLINE), Some(Expired::Handshake));
     }
 
@@ -196,13 +186,13 @@ mod tests {
         }
         let t1 = t0 + Duration::from_secs(1);
         a.client_sent(&frame(HEADERS, 0x4, 1, &[0; 40]), t1);
-        assert_eq!(a.state(), State::Busy);
+        assert_eq!(a.deadline(), None);
         assert_eq!(a.expired(t1 + idle * 10), None);
         // Data without END_STREAM, then the trailers.
         assert!(!wrote(&mut a, &frame(DATA, 0, 1, &[0; 100])));
         let before = Instant::now();
         assert!(wrote(&mut a, &frame(HEADERS, 0x5, 1, &[0; 20])));
-        let State::Until(at) = a.state() else {
+        let Some(at) = a.deadline() else {
             panic!("idle once the trailers are out")
         };
         assert!(at >= before + idle && at <= Instant::now() + idle);
@@ -220,9 +210,9 @@ mod tests {
         bytes.extend(frame(HEADERS, 0x5, 1, &[0; 10]));
         bytes.extend(frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]));
         a.client_sent(&bytes, t0);
-        assert_eq!(a.state(), State::Busy);
+        assert_eq!(a.deadline(), None);
         assert!(wrote(&mut a, &frame(RST_STREAM, 0, 3, &[0, 0, 0, 7])));
-        assert!(matches!(a.state(), State::Until(_)));
+        assert!(a.deadline().is_some());
     }
 
     #[test]
@@ -233,6 +223,6 @@ mod tests {
         a.client_sent(&preface(), t0);
         let t1 = t0 + Duration::from_secs(1);
         a.client_sent(&frame(0x6, 0, 0, &[0; 8]), t1);
-        assert_eq!(a.state(), State::Until(t1 + idle));
+        assert_eq!(a.deadline(), Some(t1 + idle));
     }
 }
