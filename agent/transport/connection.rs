@@ -57,9 +57,9 @@ pub struct Connection {
     activity: Activity,
     /// Wakes the reader at the connection's deadline.
     deadline: Pin<Box<Sleep>>,
-    /// The task reading, woken when the last stream closes so that it
-    /// arms the idle deadline.
-    reader: Option<Waker>,
+    /// The task reading (no-op until it first reads), woken when the last
+    /// stream closes so that it arms the idle deadline.
+    reader: Waker,
     /// Its place in the connection count (none for the agent's own uid),
     /// given back when it closes.
     _place: Option<Place>,
@@ -83,7 +83,7 @@ impl Connection {
             logged: false,
             activity,
             deadline: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
-            reader: None,
+            reader: Waker::noop().clone(),
             _place: place,
         })
     }
@@ -112,9 +112,7 @@ impl Connection {
                 if self.activity.agent_wrote(frame.head) {
                     // The reader is parked on the socket; it must arm the
                     // idle deadline now.
-                    if let Some(reader) = &self.reader {
-                        reader.wake_by_ref();
-                    }
+                    self.reader.wake_by_ref();
                 }
                 refusal = refusal.or(Refusal::of(frame));
             });
@@ -131,13 +129,8 @@ impl Connection {
     /// Whether the connection's deadline has passed; if not, makes sure the
     /// reading task is woken at it.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<Expired> {
-        if !self
-            .reader
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            self.reader = Some(cx.waker().clone());
-        }
+        // Cloned only if the task changed (`Waker::clone_from` checks).
+        self.reader.clone_from(cx.waker());
         // Twice at most: a deadline that fired is checked once more.
         for _ in 0..2 {
             let at = self.activity.deadline()?;
