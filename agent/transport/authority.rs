@@ -154,8 +154,16 @@ impl Normalizer {
     /// Takes `input`, the next bytes from the client. The first `n` bytes
     /// (the returned count) go on to h2 as they are; the rest is taken in,
     /// and what h2 must read after those `n` bytes is appended to `out`.
-    /// `out` must be empty: all of it was handed on before.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+    /// `out` must be empty: all of it was handed on before. Each frame
+    /// header the client sent is handed to `on_frame` as it is read (none
+    /// after a frame h2 refuses the connection for), so that the idle
+    /// timeout follows the client's frames without a second reader.
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        mut on_frame: impl FnMut(Head),
+    ) -> usize {
         debug_assert!(out.is_empty());
         let mut emit = Emit {
             input,
@@ -191,6 +199,7 @@ impl Normalizer {
                         // With where the header sits in `input`, when all
                         // of it does.
                         Some(head) => {
+                            on_frame(head);
                             self.on_head(head, (n == HEAD_LEN).then_some(at - n..at), &mut emit)
                         }
                     }

@@ -13,9 +13,9 @@
 //! so any `:authority` is accepted; the frames the agent writes are
 //! followed by one [`Frames`], which tells the [`Activity`] when streams
 //! end and shows each [`Refusal`]. The first refusal on a connection is logged at `warn`
-//! with the peer's uid and the reason. The client's bytes also pass the
-//! [`Activity`], and a connection past its handshake deadline or idle
-//! timeout ends as if the client had hung up.
+//! with the peer's uid and the reason. The normalizer also hands the
+//! client's frame headers to the [`Activity`], and a connection past its
+//! handshake deadline or idle timeout ends as if the client had hung up.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -251,8 +251,11 @@ impl AsyncRead for Connection {
             // What passes on as read stays in place; the rest comes from
             // the pending bytes on the next turn.
             let read = &buf.initialize_unfilled()[..n];
-            this.activity.client_sent(read, Instant::now());
-            let direct = this.normalizer.feed(read, &mut this.pending);
+            this.activity.client_sent(Instant::now());
+            let activity = &mut this.activity;
+            let direct = this.normalizer.feed(read, &mut this.pending, |head| {
+                activity.client_frame(head);
+            });
             if let Some(reason) = this.normalizer.take_refusal() {
                 this.log_refusal(reason);
             }

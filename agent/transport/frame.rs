@@ -13,12 +13,13 @@
 //!  +-----------------------------------------------+
 //! ```
 //!
-//! [`Frames`] follows one direction of a connection and reports each
-//! frame's header with the start of its payload; the idle timeout
+//! [`Frames`] follows what the agent writes and reports each frame's
+//! header with the start of its payload; the idle timeout
 //! ([`Activity`](super::idle::Activity)) and the refusal log
 //! ([`Refusal`](super::refusal::Refusal)) both read the agent's frames from
-//! one of them. The `:authority` normalizer holds bytes back and so reads
-//! its headers with a [`HeadBuf`] of its own.
+//! it. The client's frames are read by the `:authority` normalizer, which
+//! holds bytes back and so reads its headers with a [`HeadBuf`] of its own
+//! (and hands them to the idle timeout too).
 
 /// A frame header's length.
 pub const HEAD_LEN: usize = 9;
@@ -115,11 +116,9 @@ pub struct Frame<'a> {
     pub start: &'a [u8],
 }
 
-/// Follows the frames of one direction of a connection.
+/// Follows the frames the agent writes on a connection.
 #[derive(Debug, Default)]
 pub struct Frames {
-    /// Preface bytes still to pass (client direction only).
-    preface_left: usize,
     head: HeadBuf,
     /// The frame whose payload start is being read.
     frame: Option<Head>,
@@ -130,14 +129,6 @@ pub struct Frames {
 }
 
 impl Frames {
-    /// Follows what a client sends: the preface, then frames.
-    pub fn client() -> Self {
-        Self {
-            preface_left: PREFACE.len(),
-            ..Self::default()
-        }
-    }
-
     /// Follows `bytes`, calling `on_frame` for each frame once its header
     /// and the start of its payload have passed.
     pub fn follow(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
@@ -156,11 +147,7 @@ impl Frames {
             if bytes.is_empty() {
                 return;
             }
-            let n = if self.preface_left > 0 {
-                let n = bytes.len().min(self.preface_left);
-                self.preface_left -= n;
-                n
-            } else if let Some(head) = self.frame {
+            let n = if let Some(head) = self.frame {
                 let at = self.start_len;
                 let n = bytes.len().min(head.len.min(START_LEN) - at);
                 self.start[at..at + n].copy_from_slice(&bytes[..n]);

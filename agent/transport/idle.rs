@@ -5,8 +5,8 @@
 //! handshake, or only starts it, and then sends nothing holds a descriptor
 //! and a place in `--max-connections` for as long as it likes. A
 //! [`Activity`] follows the frame headers of both directions (the client's
-//! itself, the agent's as the connection reports them; the bytes are not
-//! changed) and tells the connection when it has had no open stream for
+//! as the `:authority` normalizer reads them, the agent's as the connection
+//! reports them; the bytes are not changed) and tells the connection when it has had no open stream for
 //! `--idle-timeout`, or has not finished its preface within
 //! [`HANDSHAKE_DEADLINE`]; the connection then ends as if the client had
 //! hung up. A `Watch` is a stream, so a subscriber waiting for events on a
@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::transport::frame::{Frames, Head, DATA, END_STREAM, HEADERS, RST_STREAM};
+use crate::transport::frame::{Head, DATA, END_STREAM, HEADERS, RST_STREAM};
 
 /// How long a client has from its first byte to the end of its preface
 /// (the 24 magic bytes and a first frame, its SETTINGS).
@@ -35,7 +35,6 @@ const MAX_FOLLOWED: usize = 1024;
 /// idle.
 #[derive(Debug)]
 pub struct Activity {
-    client: Frames,
     /// Whether the client's preface is complete.
     handshaken: bool,
     /// The highest stream id the client opened.
@@ -64,7 +63,6 @@ impl Activity {
     /// without a stream.
     pub fn new(accepted: Instant, idle_timeout: Duration) -> Self {
         Self {
-            client: Frames::client(),
             handshaken: false,
             last_opened: 0,
             open: Vec::new(),
@@ -74,23 +72,25 @@ impl Activity {
         }
     }
 
-    /// Follows bytes the client sent, at `now`.
-    pub fn client_sent(&mut self, bytes: &[u8], now: Instant) {
+    /// The client sent something, at `now`.
+    pub fn client_sent(&mut self, now: Instant) {
         self.last = now;
-        self.client.follow(bytes, |frame| {
-            let head = frame.head;
-            self.handshaken = true;
-            match head.kind {
-                HEADERS if head.stream > self.last_opened => {
-                    self.last_opened = head.stream;
-                    if self.open.len() < MAX_FOLLOWED {
-                        self.open.push(head.stream);
-                    }
+    }
+
+    /// Follows the header of a frame the client sent (read by the
+    /// connection's normalizer): the first one ends the preface.
+    pub fn client_frame(&mut self, head: Head) {
+        self.handshaken = true;
+        match head.kind {
+            HEADERS if head.stream > self.last_opened => {
+                self.last_opened = head.stream;
+                if self.open.len() < MAX_FOLLOWED {
+                    self.open.push(head.stream);
                 }
-                RST_STREAM => self.open.retain(|&s| s != head.stream),
-                _ => {}
             }
-        });
+            RST_STREAM => self.open.retain(|&s| s != head.stream),
+            _ => {}
+        }
     }
 
     /// Follows a frame the agent wrote (its bytes followed by the
@@ -138,6 +138,8 @@ impl Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::authority::Normalizer;
+    use crate::transport::frame::Frames;
 
     const MAGIC: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -148,6 +150,16 @@ mod tests {
         f.extend_from_slice(payload);
         f
     }
+
+    /// Follows bytes the client sent at `now`, as a connection does: its
+    /// normalizer reads the frame headers.
+    fn sent(a: &mut Activity, client: &mut Normalizer, bytes: &[u8], now: Instant) {
+        a.client_sent(now);
+        client.feed(bytes, &mut Vec::new(), |head| a.client_frame(head));
+    }
+
+    /// A valid header block (`:method POST`) for the client's HEADERS.
+    const BLOCK: &[u8] = &[0x83];
 
     /// Follows whole frames the agent wrote, as a connection does.
     fn wrote(a: &mut Activity, bytes: &[u8]) -> bool {
@@ -166,7 +178,13 @@ mod tests {
     fn a_half_sent_preface_has_the_handshake_deadline() {
         let t0 = Instant::now();
         let mut a = Activity::new(t0, Duration::from_secs(60));
-        a.client_sent(&MAGIC[..10], t0 + Duration::from_secs(1));
+        let mut client = Normalizer::new();
+        sent(
+            &mut a,
+            &mut client,
+            &MAGIC[..10],
+            t0 + Duration::from_secs(1),
+        );
         assert_eq!(a.deadline(), Some(t0 + HANDSHAKE_DEADLINE));
         assert_eq!(a.expired(t0 + HANDSHAKE_DEADLINE), Some(Expired::Handshake));
     }
@@ -176,16 +194,15 @@ mod tests {
         let t0 = Instant::now();
         let idle = Duration::from_secs(60);
         let mut a = Activity::new(t0, idle);
+        let mut client = Normalizer::new();
         let bytes = preface();
         // One byte at a time: headers split anywhere are still read.
         for (i, b) in bytes.iter().enumerate() {
-            a.client_sent(
-                std::slice::from_ref(b),
-                t0 + Duration::from_millis(i as u64),
-            );
+            let at = t0 + Duration::from_millis(i as u64);
+            sent(&mut a, &mut client, std::slice::from_ref(b), at);
         }
         let t1 = t0 + Duration::from_secs(1);
-        a.client_sent(&frame(HEADERS, 0x4, 1, &[0; 40]), t1);
+        sent(&mut a, &mut client, &frame(HEADERS, 0x4, 1, BLOCK), t1);
         assert_eq!(a.deadline(), None);
         assert_eq!(a.expired(t1 + idle * 10), None);
         // Data without END_STREAM, then the trailers.
@@ -204,12 +221,12 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Activity::new(t0, Duration::from_secs(1));
         let mut bytes = preface();
-        bytes.extend(frame(HEADERS, 0x4, 1, &[0; 10]));
-        bytes.extend(frame(HEADERS, 0x4, 3, &[0; 10]));
+        bytes.extend(frame(HEADERS, 0x4, 1, BLOCK));
+        bytes.extend(frame(HEADERS, 0x4, 3, BLOCK));
         // The client's trailers on stream 1 open nothing new.
-        bytes.extend(frame(HEADERS, 0x5, 1, &[0; 10]));
+        bytes.extend(frame(HEADERS, 0x5, 1, BLOCK));
         bytes.extend(frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]));
-        a.client_sent(&bytes, t0);
+        sent(&mut a, &mut Normalizer::new(), &bytes, t0);
         assert_eq!(a.deadline(), None);
         assert!(wrote(&mut a, &frame(RST_STREAM, 0, 3, &[0, 0, 0, 7])));
         assert!(a.deadline().is_some());
@@ -220,9 +237,10 @@ mod tests {
         let t0 = Instant::now();
         let idle = Duration::from_secs(2);
         let mut a = Activity::new(t0, idle);
-        a.client_sent(&preface(), t0);
+        let mut client = Normalizer::new();
+        sent(&mut a, &mut client, &preface(), t0);
         let t1 = t0 + Duration::from_secs(1);
-        a.client_sent(&frame(0x6, 0, 0, &[0; 8]), t1);
+        sent(&mut a, &mut client, &frame(0x6, 0, 0, &[0; 8]), t1);
         assert_eq!(a.deadline(), Some(t1 + idle));
     }
 }
