@@ -127,12 +127,6 @@ struct Opened {
     priority: Option<[u8; PRIORITY_LEN]>,
 }
 
-impl Default for Normalizer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Normalizer {
     /// A normalizer for a new connection, before the client preface.
     pub fn new() -> Self {
