@@ -30,7 +30,7 @@
 //! its site, and with a count only if every missed loss had one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use execwatch::proto::{Exit, LossSite, Process};
 use prost::Message;
@@ -230,10 +230,6 @@ impl Fanout {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        lock(&self.inner)
-    }
-
     /// What the hooked subscribers could want of a new process, now. Cheap
     /// (a read lock and a reference count), read once per exec.
     pub fn interest(&self) -> Arc<Interest> {
@@ -257,7 +253,7 @@ impl Fanout {
     /// would have been. A subscriber unhooked meanwhile is told of it in
     /// its `lost` count like of any other exec.
     pub fn skip_exec(&self) {
-        self.lock().execs += 1;
+        lock(&self.inner).execs += 1;
     }
 
     /// How many items each subscriber's queue holds at most.
@@ -267,7 +263,7 @@ impl Fanout {
 
     /// What was published and who is hooked, now.
     pub fn counts(&self) -> Counts {
-        let inner = self.lock();
+        let inner = lock(&self.inner);
         Counts {
             execs: inner.execs,
             exits: inner.exits,
@@ -283,7 +279,7 @@ impl Fanout {
         include_exits: bool,
         filter: Option<Arc<Filter>>,
     ) -> Subscription {
-        self.hook(&mut self.lock(), include_exits, filter)
+        self.hook(&mut lock(&self.inner), include_exits, filter)
     }
 
     fn hook(
@@ -332,7 +328,7 @@ impl Fanout {
         filter: Option<Arc<Filter>>,
     ) -> (Subscription, Option<Missed>) {
         // One critical section: no event can slip between counting and hooking.
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         // The resync snapshot that follows begins here, in order with the
         // items the new subscription is offered.
         if let Some(f) = &filter {
@@ -365,7 +361,7 @@ impl Fanout {
     /// Delivers `item` to every subscriber that wants it. Never blocks on a
     /// subscriber: a full queue unhooks that subscriber.
     pub fn publish(&self, item: Item) {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         // The totals before this item: what an unhooked subscriber missed
         // starts with it.
         let before = (inner.mark(false), inner.mark(true));
@@ -447,7 +443,7 @@ impl Fanout {
 
     /// Forgets subscriber `id` if it is still hooked.
     fn unhook(&self, id: u64) {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         let hooked = inner.subscribers.len();
         inner.subscribers.retain(|s| s.id != id);
         if inner.subscribers.len() < hooked {
