@@ -160,25 +160,15 @@ async fn speaks(
 
 /// Returns once the client has sent something (or hung up), without
 /// taking it: tokio's readiness alone may be a false alarm, so it is
-/// confirmed by a peek.
+/// confirmed by a peek (`async_io` waits again when the peek would block).
 async fn first_bytes(stream: &UnixStream) -> io::Result<()> {
     use nix::sys::socket::{recv, MsgFlags};
     use std::os::fd::AsRawFd;
-    loop {
-        stream.readable().await?;
-        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
-            let mut byte = [0u8; 1];
-            recv(
-                stream.as_raw_fd(),
-                &mut byte,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-            )
-            .map_err(io::Error::from)
-        });
-        match peeked {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    let mut byte = [0u8; 1];
+    let peek = || {
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        recv(stream.as_raw_fd(), &mut byte, flags).map_err(io::Error::from)
+    };
+    stream.async_io(tokio::io::Interest::READABLE, peek).await?;
+    Ok(())
 }
