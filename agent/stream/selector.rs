@@ -301,25 +301,30 @@ impl Omit {
         let mut omit = Omit::default();
         check_len("omit_fields", req.omit_fields.len())?;
         for (i, name) in req.omit_fields.iter().enumerate() {
-            let flag = match name.as_str() {
-                "exe" => &mut omit.exe,
-                "argv" => &mut omit.argv,
-                "argv_raw" => &mut omit.argv_raw,
-                "cwd" => &mut omit.cwd,
-                "cgroup" => &mut omit.cgroup,
-                "credentials" => &mut omit.credentials,
-                _ => {
-                    return Err(invalid(
-                        format!("omit_fields[{i}]"),
-                        format!(
-                            "{name:?} is not one of exe, argv, argv_raw, cwd, cgroup, credentials"
-                        ),
-                    ))
-                }
+            let Some(flag) = omit.flag(name) else {
+                return Err(invalid(
+                    format!("omit_fields[{i}]"),
+                    format!("{name:?} is not one of exe, argv, argv_raw, cwd, cgroup, credentials"),
+                ));
             };
             *flag = true;
         }
+        // argv_raw is argv as the kernel has it: omitting argv omits both.
+        omit.argv_raw |= omit.argv;
         Ok(omit)
+    }
+
+    /// The flag of the field the contract calls `name`, if it is omittable.
+    fn flag(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "exe" => &mut self.exe,
+            "argv" => &mut self.argv,
+            "argv_raw" => &mut self.argv_raw,
+            "cwd" => &mut self.cwd,
+            "cgroup" => &mut self.cgroup,
+            "credentials" => &mut self.credentials,
+            _ => return None,
+        })
     }
 
     /// True if nothing is omitted.
@@ -338,7 +343,7 @@ impl Omit {
         if self.argv {
             p.argv.clear();
         }
-        if self.argv || self.argv_raw {
+        if self.argv_raw {
             p.argv_raw.clear();
         }
         if self.cwd {
@@ -350,19 +355,10 @@ impl Omit {
         if self.credentials {
             p.credentials = None;
         }
-        p.unavailable.retain(|u| !self.omits(&u.field));
-    }
-
-    fn omits(&self, field: &str) -> bool {
-        match field {
-            "exe" => self.exe,
-            "argv" => self.argv,
-            "argv_raw" => self.argv || self.argv_raw,
-            "cwd" => self.cwd,
-            "cgroup" => self.cgroup,
-            "credentials" => self.credentials,
-            _ => false,
-        }
+        // A copy, to look its flags up by name.
+        let mut omit = *self;
+        p.unavailable
+            .retain(|u| !omit.flag(&u.field).is_some_and(|f| *f));
     }
 }
 
