@@ -115,9 +115,13 @@ impl Selector {
                 "4294967295 is (uid_t) -1, not a uid",
             ));
         }
+        // Each substring once: every record's argv is searched for each.
+        let mut argv_substrings = req.argv_substrings.clone();
+        argv_substrings.sort_unstable();
+        argv_substrings.dedup();
         let selector = Selector {
             comms: req.comms.iter().cloned().collect(),
-            argv_substrings: dedup(&req.argv_substrings),
+            argv_substrings,
             exe_paths: req.exe_paths.iter().cloned().collect(),
             uids: req.uids.iter().copied().collect(),
             outside_pods: req.outside_pods,
@@ -272,15 +276,6 @@ fn too_long(s: &str, max: usize) -> Result<(), String> {
     } else {
         Ok(())
     }
-}
-
-/// `list` without repeats, in order.
-fn dedup(list: &[String]) -> Vec<String> {
-    let mut seen = HashSet::new();
-    list.iter()
-        .filter(|s| seen.insert(s.as_str()))
-        .cloned()
-        .collect()
 }
 
 /// The `Process` fields a subscriber does not need, cleared before sending.
