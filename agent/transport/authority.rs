@@ -47,6 +47,7 @@
 
 use std::ops::Range;
 
+use bytes::BytesMut;
 use loona_hpack::Decoder;
 
 use crate::transport::frame::{
@@ -155,7 +156,7 @@ impl Normalizer {
     pub fn feed(
         &mut self,
         input: &[u8],
-        out: &mut Vec<u8>,
+        out: &mut BytesMut,
         mut on_frame: impl FnMut(Head),
     ) -> usize {
         debug_assert!(out.is_empty());
@@ -429,7 +430,7 @@ struct Emit<'a> {
     /// The input bytes passed on in place.
     direct: usize,
     in_place: bool,
-    out: &'a mut Vec<u8>,
+    out: &'a mut BytesMut,
 }
 
 impl Emit<'_> {

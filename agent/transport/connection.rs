@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Instant;
 
+use bytes::{Buf, BytesMut};
 use nix::sys::socket::{self, MsgFlags, Shutdown};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -46,9 +47,8 @@ pub struct Connection {
     info: UdsConnectInfo,
     /// The client's bytes on their way to h2.
     normalizer: Normalizer,
-    /// What the normalizer produced that h2 has not read yet, from `at`.
-    pending: Vec<u8>,
-    at: usize,
+    /// What the normalizer produced that h2 has not read yet.
+    pending: BytesMut,
     /// The agent's frames on their way to the client.
     written: Frames,
     /// Whether a refusal was logged on this connection.
@@ -77,8 +77,7 @@ impl Connection {
             write: None,
             info,
             normalizer: Normalizer::new(),
-            pending: Vec::new(),
-            at: 0,
+            pending: BytesMut::new(),
             written: Frames::default(),
             logged: false,
             activity,
@@ -150,16 +149,12 @@ impl Connection {
 
     /// Hands on what the normalizer produced, if anything is left.
     fn take_pending(&mut self, buf: &mut ReadBuf<'_>) -> bool {
-        if self.at == self.pending.len() {
+        if self.pending.is_empty() {
             return false;
         }
-        let n = buf.remaining().min(self.pending.len() - self.at);
-        buf.put_slice(&self.pending[self.at..self.at + n]);
-        self.at += n;
-        if self.at == self.pending.len() {
-            self.pending.clear();
-            self.at = 0;
-        }
+        let n = buf.remaining().min(self.pending.len());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
         true
     }
 

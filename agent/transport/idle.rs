@@ -155,7 +155,9 @@ mod tests {
     /// normalizer reads the frame headers.
     fn sent(a: &mut Activity, client: &mut Normalizer, bytes: &[u8], now: Instant) {
         a.client_sent(now);
-        client.feed(bytes, &mut Vec::new(), |head| a.client_frame(head));
+        client.feed(bytes, &mut bytes::BytesMut::new(), |head| {
+            a.client_frame(head)
+        });
     }
 
     /// A valid header block (`:method POST`) for the client's HEADERS.

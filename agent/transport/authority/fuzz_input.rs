@@ -53,7 +53,7 @@ fn normalize(input: &[u8], piece: usize) -> (Vec<u8>, Option<String>) {
     let mut normalizer = Normalizer::new();
     let mut seen = Vec::new();
     for chunk in input.chunks(piece) {
-        let mut out = Vec::new();
+        let mut out = bytes::BytesMut::new();
         let direct = normalizer.feed(chunk, &mut out, |_| {});
         assert!(direct <= chunk.len());
         seen.extend_from_slice(&chunk[..direct]);

@@ -13,7 +13,7 @@ type Field = (Vec<u8>, Vec<u8>);
 fn run(normalizer: &mut Normalizer, chunks: &[&[u8]]) -> Vec<u8> {
     let mut seen = Vec::new();
     for chunk in chunks {
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         let direct = normalizer.feed(chunk, &mut out, |_| {});
         seen.extend_from_slice(&chunk[..direct]);
         seen.extend_from_slice(&out);
@@ -135,7 +135,7 @@ fn control_and_data_frames_pass_in_place() {
         b'h', b'i',
     ]);
     let mut normalizer = Normalizer::new();
-    let mut out = Vec::new();
+    let mut out = BytesMut::new();
     assert_eq!(normalizer.feed(&input, &mut out, |_| {}), input.len());
     assert!(out.is_empty(), "nothing copied");
 }
