@@ -454,7 +454,7 @@ impl Fanout {
 
 /// The selector of a subscriber's filter, `None` if it wants everything.
 fn selector(filter: &Option<Arc<Filter>>) -> Option<&crate::stream::selector::Selector> {
-    filter.as_deref().map(Filter::selector)
+    filter.as_deref().map(|f| &f.selector)
 }
 
 #[cfg(test)]

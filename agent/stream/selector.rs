@@ -367,7 +367,8 @@ impl Omit {
 /// read): never less than the exits of what was sent.
 #[derive(Debug)]
 pub struct Filter {
-    selector: Selector,
+    /// What the subscriber selected.
+    pub selector: Selector,
     /// The subscriber asked for exits: the pids it is sent are tracked.
     exits: bool,
     sent: Mutex<Sent>,
@@ -401,11 +402,6 @@ impl Filter {
             filter.snapshot_begin();
         }
         filter
-    }
-
-    /// The selector.
-    pub fn selector(&self) -> &Selector {
-        &self.selector
     }
 
     /// Whether to send `p` (live or in a snapshot); if so, it is

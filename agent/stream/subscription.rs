@@ -370,7 +370,7 @@ impl Snapshot {
             self.delay = Duration::from_millis(50);
             if filter
                 .as_ref()
-                .is_some_and(|f| f.selector().selects_nothing())
+                .is_some_and(|f| f.selector.selects_nothing())
             {
                 // Nothing to list: no need to read /proc.
                 self.pending = Some(Vec::new());
