@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use execwatch::client::MAX_SOCKET_PATH;
 use execwatch::proto::{exec_events_server::ExecEventsServer, FILE_DESCRIPTOR_SET};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -35,16 +34,6 @@ pub enum ServeError {
         /// Why.
         #[source]
         source: io::Error,
-    },
-    /// The socket path does not fit in a Unix socket address.
-    #[error("the socket path {path} is {len} bytes long; a Unix socket path holds at most {max} (choose a shorter --socket)")]
-    PathTooLong {
-        /// The socket.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-        /// The limit ([`MAX_SOCKET_PATH`]).
-        max: usize,
     },
     /// A file that is not a directory sits where the socket's directory
     /// (or one of its parents) should be.
@@ -115,17 +104,9 @@ pub enum ServeError {
 }
 
 /// Binds `path` with file mode `mode`, replacing a stale socket (one nobody
-/// answers on) and refusing a live one.
+/// answers on) and refusing a live one. The path's length was checked with
+/// the command line (`execwatch::client::socket_path`), the only caller.
 pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
-    let len = path.as_os_str().len();
-    if len > MAX_SOCKET_PATH {
-        // Also checked on the command line; a library caller may skip that.
-        return Err(ServeError::PathTooLong {
-            path: path.into(),
-            len,
-            max: MAX_SOCKET_PATH,
-        });
-    }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
         // The nearest existing ancestor must be a directory; create_dir_all
