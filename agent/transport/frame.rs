@@ -119,11 +119,10 @@ pub struct Frame<'a> {
 /// Follows the frames the agent writes on a connection.
 #[derive(Debug, Default)]
 pub struct Frames {
-    head: HeadBuf,
-    /// The frame whose payload start is being read.
-    frame: Option<Head>,
-    start: [u8; START_LEN],
-    start_len: usize,
+    /// The current frame's header, then the start of its payload, as far
+    /// as they have passed.
+    got: [u8; HEAD_LEN + START_LEN],
+    got_len: usize,
     /// Payload bytes of the current frame still to pass, after its start.
     skip: usize,
 }
@@ -132,41 +131,37 @@ impl Frames {
     /// Follows `bytes`, calling `on_frame` for each frame once its header
     /// and the start of its payload have passed.
     pub fn follow(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(Frame<'_>)) {
-        loop {
-            if let Some(head) = self.frame {
-                let want = head.len.min(START_LEN);
-                if self.start_len == want {
-                    self.frame = None;
-                    self.skip = head.len - want;
-                    on_frame(Frame {
-                        head,
-                        start: &self.start[..want],
-                    });
-                }
-            }
-            if bytes.is_empty() {
-                return;
-            }
-            let n = if let Some(head) = self.frame {
-                let at = self.start_len;
-                let n = bytes.len().min(head.len.min(START_LEN) - at);
-                self.start[at..at + n].copy_from_slice(&bytes[..n]);
-                self.start_len += n;
-                n
-            } else if self.skip > 0 {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
                 let n = bytes.len().min(self.skip);
                 self.skip -= n;
-                n
-            } else {
-                let (n, head) = self.head.take(bytes);
-                if head.is_some() {
-                    self.frame = head;
-                    self.start_len = 0;
-                }
-                n
-            };
+                bytes = &bytes[n..];
+                continue;
+            }
+            let want = HEAD_LEN + self.head().map_or(0, |h| h.len.min(START_LEN));
+            let n = bytes.len().min(want - self.got_len);
+            self.got[self.got_len..self.got_len + n].copy_from_slice(&bytes[..n]);
+            self.got_len += n;
             bytes = &bytes[n..];
+            // Reported as soon as it is whole: a frame with no payload at
+            // the end of `bytes` too.
+            if let Some(head) = self.head() {
+                let start = head.len.min(START_LEN);
+                if self.got_len == HEAD_LEN + start {
+                    on_frame(Frame {
+                        head,
+                        start: &self.got[HEAD_LEN..self.got_len],
+                    });
+                    (self.got_len, self.skip) = (0, head.len - start);
+                }
+            }
         }
+    }
+
+    /// The current frame's header, once all of it has passed.
+    fn head(&self) -> Option<Head> {
+        let bytes = self.got.first_chunk::<HEAD_LEN>()?;
+        (self.got_len >= HEAD_LEN).then(|| Head::parse(bytes))
     }
 }
 
@@ -246,7 +241,7 @@ mod tests {
         );
         assert_eq!(found.stream, 7);
         assert_eq!(refusals(&mut frames, &[], 1), []);
-        assert_eq!((frames.head.len, frames.skip), (0, 0), "in step");
-        assert_eq!(frames.frame, None, "in step");
+        assert_eq!((frames.got_len, frames.skip), (0, 0), "in step");
+        assert_eq!(frames.head(), None, "in step");
     }
 }
