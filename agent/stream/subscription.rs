@@ -232,13 +232,8 @@ impl Watcher {
     fn overflowed(&mut self) -> Result<Kind, End> {
         let now = Instant::now();
         let overflows = &mut self.overflows;
+        overflows.retain(|t| now.duration_since(*t) <= OVERFLOW_WINDOW);
         overflows.push_back(now);
-        while overflows
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > OVERFLOW_WINDOW)
-        {
-            overflows.pop_front();
-        }
         let fanout = &self.shared.fanout;
         if overflows.len() > MAX_OVERFLOWS {
             self.shared.stats.add_subscribers_cut_off(1);
