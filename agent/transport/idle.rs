@@ -6,11 +6,11 @@
 //! and a place in `--max-connections` for as long as it likes. A
 //! [`Activity`] follows the frame headers of both directions (the client's
 //! as the `:authority` normalizer reads them, the agent's as the connection
-//! reports them; the bytes are not changed) and tells the connection when it has had no open stream for
-//! `--idle-timeout`, or has not finished its preface within
-//! [`HANDSHAKE_DEADLINE`]; the connection then ends as if the client had
-//! hung up. A `Watch` is a stream, so a subscriber waiting for events on a
-//! quiet node is never idle.
+//! reports them; the bytes are not changed) and tells the connection when
+//! it has had no open stream for `--idle-timeout`, or has not finished its
+//! preface within [`HANDSHAKE_DEADLINE`]; the connection then ends as if
+//! the client had hung up. A `Watch` is a stream, so a subscriber waiting
+//! for events on a quiet node is never idle.
 //!
 //! A stream opens with the client's HEADERS on a new stream id and closes
 //! with the agent's END_STREAM (gRPC ends every response with trailers) or
