@@ -11,22 +11,24 @@
 //!    ◀─────────────────────────────────────────────────┘ match fires again
 //! ```
 //!
-//! Node I/O goes through a [`NodeWriter`] and runs in spawned jobs that
-//! report back on a channel, so the loop never stops reading the agent's
-//! stream. In `--dry-run` there is no Node: a request counts as outstanding
+//! Node I/O goes through a [`NodeWriter`] and runs in background jobs (a
+//! `JoinSet` whose results the loop collects), so the loop never stops
+//! reading the agent's stream. In `--dry-run` there is no Node: a request counts as outstanding
 //! until no matching process runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use execwatch::proto::{watch_event::Kind, Process};
+use futures::FutureExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::agent::link::LinkEvent;
 use crate::metrics::Metrics;
 use crate::node::client::{self, NodeError, Outcome};
-use crate::node::writer::{Job, NodeWriter, Sent};
+use crate::node::writer::{NodeWriter, Sent};
 use crate::process_table::ProcessTable;
 use crate::rules::{Match, Rules};
 
@@ -68,14 +70,14 @@ pub struct Decider {
     writer: Box<dyn NodeWriter>,
     settings: Settings,
     metrics: Arc<Metrics>,
-    jobs_tx: mpsc::Sender<JobResult>,
-    jobs_rx: mpsc::Receiver<JobResult>,
+    /// Node I/O in flight, run in the background so that the loop goes on
+    /// reading the stream meanwhile.
+    jobs: JoinSet<JobResult>,
 }
 
 impl Decider {
     /// A decider that starts inert until the first rules arrive.
     pub fn new(writer: Box<dyn NodeWriter>, settings: Settings, metrics: Arc<Metrics>) -> Self {
-        let (jobs_tx, jobs_rx) = mpsc::channel(4);
         // With a real Node, start by finding out whether a request is already
         // there (e.g. written before a restart): treat it as outstanding
         // until the first check says otherwise.
@@ -93,8 +95,7 @@ impl Decider {
             writer,
             settings,
             metrics,
-            jobs_tx,
-            jobs_rx,
+            jobs: JoinSet::new(),
         }
     }
 
@@ -119,14 +120,14 @@ impl Decider {
                     Some(r) => self.on_rules(r),
                     None => return,
                 },
-                Some(job) = self.jobs_rx.recv() => self.on_job(job),
+                Some(Ok(job)) = self.jobs.join_next() => self.on_job(job),
                 _ = tick.tick() => self.on_tick(),
                 _ = status_tick.tick() => self.write_status(),
                 _ = &mut shutdown => {
                     if self.state == State::Writing {
                         tracing::info!("waiting up to {WRITE_GRACE:?} for the Node write in progress");
-                        match tokio::time::timeout(WRITE_GRACE, self.jobs_rx.recv()).await {
-                            Ok(Some(job)) => self.on_job(job),
+                        match tokio::time::timeout(WRITE_GRACE, self.jobs.join_next()).await {
+                            Ok(Some(Ok(job))) => self.on_job(job),
                             // Not lost: the process still runs, so the next
                             // start finds it in the agent's snapshot and
                             // writes then.
@@ -233,19 +234,10 @@ impl Decider {
         self.state = match self.writer.request(req) {
             Sent::Now => State::Requested,
             Sent::Pending(job) => {
-                self.spawn(job, JobResult::Written);
+                self.jobs.spawn(job.map(JobResult::Written));
                 State::Writing
             }
         };
-    }
-
-    /// Runs `job` in the background; its result comes back on the jobs
-    /// channel.
-    fn spawn<T: Send + 'static>(&self, job: Job<T>, report: fn(Result<T, NodeError>) -> JobResult) {
-        let tx = self.jobs_tx.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(report(job.await)).await;
-        });
     }
 
     fn on_job(&mut self, job: JobResult) {
@@ -288,7 +280,8 @@ impl Decider {
             }
             State::Requested if self.writer.holds_requests() && !self.checking => {
                 self.checking = true;
-                self.spawn(self.writer.requested(), JobResult::Checked);
+                self.jobs
+                    .spawn(self.writer.requested().map(JobResult::Checked));
             }
             _ => {}
         }
