@@ -16,7 +16,7 @@ fn blank_documents() {
 
 fn feed(when_missing: WhenMissing) -> (Feed, mpsc::Receiver<Rules>, Arc<Metrics>) {
     let (tx, rx) = mpsc::channel(8);
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new());
     let feed = Feed {
         tx,
         metrics: metrics.clone(),
