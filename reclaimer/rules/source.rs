@@ -20,11 +20,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use execwatch::proto::WatchRequest;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::rules::{Rules, DEFAULT_RULES, MAX_DOCUMENT_BYTES};
@@ -94,15 +95,18 @@ pub enum WhenMissing {
     Keep,
 }
 
-/// Sends every new rule set on `tx`, forever.
+/// Sends every new rule set on `tx`, and its selector on `selector`,
+/// forever.
 pub async fn run(
     source: RulesSource,
     when_missing: WhenMissing,
     tx: mpsc::Sender<Rules>,
+    selector: watch::Sender<WatchRequest>,
     metrics: Arc<Metrics>,
 ) {
     let mut feed = Feed {
         tx,
+        selector,
         metrics,
         when_missing,
         in_force: None,
@@ -149,6 +153,8 @@ pub async fn run(
 
 struct Feed {
     tx: mpsc::Sender<Rules>,
+    /// The link subscribes with the selector of the rules in force.
+    selector: watch::Sender<WatchRequest>,
     metrics: Arc<Metrics>,
     when_missing: WhenMissing,
     /// Summary of the rules from a document in force; `None` while the
@@ -218,9 +224,17 @@ impl Feed {
     }
 
     /// Puts `rules` in force: the one place that hands rules to the decision
-    /// loop, and so the one that sets `rules_inert`.
+    /// loop, and so the one that sets `rules_inert`. Their selector goes to
+    /// the link, which re-subscribes when it changes (only then: a re-read of
+    /// the same rules costs the agent nothing).
     async fn apply(&mut self, rules: Rules) {
         self.metrics.rules_inert.set(i64::from(rules.is_inert()));
+        let next = rules.selector();
+        self.selector.send_if_modified(|current| {
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
         let _ = self.tx.send(rules).await;
     }
 

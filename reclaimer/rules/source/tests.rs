@@ -19,6 +19,7 @@ fn feed(when_missing: WhenMissing) -> (Feed, mpsc::Receiver<Rules>, Arc<Metrics>
     let metrics = Arc::new(Metrics::new());
     let feed = Feed {
         tx,
+        selector: watch::channel(WatchRequest::default()).0,
         metrics: metrics.clone(),
         when_missing,
         in_force: None,
