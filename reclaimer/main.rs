@@ -134,7 +134,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let first_rules = match &source {
         // A bad file at start is a configuration error; later edits are
         // ridden out with the last good rules.
-        RulesSource::File(path) => rules::source::load_file(path)?,
+        RulesSource::File(path) => {
+            let text = rules::source::read_capped(path)
+                .with_context(|| format!("cannot read the rules file {}", path.display()))?;
+            rules::Rules::parse(&text)
+                .with_context(|| format!("the rules file {} is invalid", path.display()))?
+        }
         RulesSource::Embedded => {
             rules::Rules::parse(rules::DEFAULT_RULES).context("the embedded rules")?
         }

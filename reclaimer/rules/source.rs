@@ -50,42 +50,6 @@ pub enum RulesSource {
     Embedded,
 }
 
-/// Error reading the initial rules file.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The file could not be read.
-    #[error("cannot read the rules file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: ReadError,
-    },
-    /// The file does not parse.
-    #[error("the rules file {path} is invalid: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: crate::rules::RulesError,
-    },
-}
-
-/// Loads the rules file once, strictly (used at start-up, where a bad file
-/// is a configuration error, not something to ride out).
-pub fn load_file(path: &std::path::Path) -> Result<Rules, SourceError> {
-    let text = read_capped(path).map_err(|source| SourceError::Read {
-        path: path.into(),
-        source,
-    })?;
-    Rules::parse(&text).map_err(|source| SourceError::Parse {
-        path: path.into(),
-        source,
-    })
-}
-
 /// What to do when the source holds no rules document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WhenMissing {
@@ -288,7 +252,7 @@ pub enum ReadError {
 /// Opened without blocking and checked before any read: a FIFO (or a
 /// device) swapped in at the path must not hang the reclaimer's only
 /// thread in `open` or `read`.
-fn read_capped(path: &std::path::Path) -> Result<String, ReadError> {
+pub fn read_capped(path: &std::path::Path) -> Result<String, ReadError> {
     use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
