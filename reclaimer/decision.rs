@@ -211,8 +211,6 @@ impl Decider {
 
     fn fire(&mut self, p: &Process, m: Match) {
         self.metrics.matches.inc();
-        let reason = m.reason();
-        let at = client::rfc3339_now();
         let argv = if self.settings.log_argv {
             p.argv.join(" ")
         } else {
@@ -225,8 +223,8 @@ impl Decider {
             .checked_sub(Duration::from_nanos(age.min(3_600_000_000_000)))
             .unwrap_or_else(std::time::Instant::now);
         let req = client::Request {
-            reason,
-            at,
+            reason: m.reason(),
+            at: client::rfc3339_now(),
             comm: p.comm.clone(),
             pid: p.pid,
             observed,
@@ -259,13 +257,12 @@ impl Decider {
             JobResult::Checked(result) => {
                 self.checking = false;
                 match result {
-                    Ok(true) => {}
                     Ok(false) if self.state == State::Requested => {
                         tracing::info!("no reclaim request on the Node (cleared by the controller, or none yet); armed");
                         self.state = State::Idle;
                         self.evaluate_table();
                     }
-                    Ok(false) => {}
+                    Ok(_) => {}
                     Err(e) => tracing::warn!("cannot re-read the Node: {e}"),
                 }
             }
