@@ -140,8 +140,7 @@ impl NodeClient {
 
     /// Writes `req` unless a request is already on the Node.
     pub async fn request(&self, req: &Request) -> Result<Outcome, NodeError> {
-        let node = retry::until_done(|| self.write(req)).await?;
-        let Some(node) = node else {
+        let Some(node) = retry::until_done(|| self.write(req)).await? else {
             return Ok(Outcome::AlreadyRequested);
         };
         self.metrics.patches.inc();

@@ -22,11 +22,9 @@ impl Rules {
         if self.scope == Scope::Host && p.cgroup.as_ref().is_some_and(|c| c.in_kubernetes_pod) {
             return None;
         }
-        if !self.uids.is_empty() {
-            match &p.credentials {
-                Some(c) if self.uids.contains(&c.uid) => {}
-                _ => return None,
-            }
+        let uid = p.credentials.as_ref().map(|c| c.uid);
+        if !self.uids.is_empty() && !uid.is_some_and(|u| self.uids.contains(&u)) {
+            return None;
         }
 
         // The agent's comm is at most 15 bytes before its lossy UTF-8
