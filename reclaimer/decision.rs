@@ -65,7 +65,6 @@ pub struct Decider {
     rules: Rules,
     table: ProcessTable,
     state: State,
-    checking: bool,
     agent_connected: bool,
     writer: Box<dyn NodeWriter>,
     settings: Settings,
@@ -90,7 +89,6 @@ impl Decider {
             rules: Rules::inert(),
             table: ProcessTable::default(),
             state,
-            checking: false,
             agent_connected: false,
             writer,
             settings,
@@ -254,18 +252,13 @@ impl Decider {
                     until: Instant::now() + self.settings.recheck,
                 };
             }
-            JobResult::Checked(result) => {
-                self.checking = false;
-                match result {
-                    Ok(false) if self.state == State::Requested => {
-                        tracing::info!("no reclaim request on the Node (cleared by the controller, or none yet); armed");
-                        self.state = State::Idle;
-                        self.evaluate_table();
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("cannot re-read the Node: {e}"),
-                }
+            JobResult::Checked(Ok(false)) if self.state == State::Requested => {
+                tracing::info!("no reclaim request on the Node (cleared by the controller, or none yet); armed");
+                self.state = State::Idle;
+                self.evaluate_table();
             }
+            JobResult::Checked(Ok(_)) => {}
+            JobResult::Checked(Err(e)) => tracing::warn!("cannot re-read the Node: {e}"),
         }
     }
 
@@ -275,8 +268,8 @@ impl Decider {
                 self.state = State::Idle;
                 self.evaluate_table();
             }
-            State::Requested if self.writer.holds_requests() && !self.checking => {
-                self.checking = true;
+            // In Requested the only job can be a re-read: one at a time.
+            State::Requested if self.writer.holds_requests() && self.jobs.is_empty() => {
                 self.jobs
                     .spawn(self.writer.requested().map(JobResult::Checked));
             }

@@ -319,7 +319,7 @@ async fn dry_run_holds_a_request_while_a_match_runs() {
     d.on_link(exit(99));
     assert_eq!(d.state, State::Requested);
     d.on_tick();
-    assert!(!d.checking, "no Node to re-read");
+    assert!(d.jobs.is_empty(), "no Node to re-read");
     d.on_link(exit(11));
     assert_eq!(d.state, State::Idle, "released: no java runs");
     assert_eq!(d.metrics.matches.get(), 1);
