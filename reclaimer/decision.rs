@@ -11,22 +11,24 @@
 //!    ◀─────────────────────────────────────────────────┘ match fires again
 //! ```
 //!
-//! Node I/O goes through a [`NodeWriter`] and runs in spawned jobs that
-//! report back on a channel, so the loop never stops reading the agent's
-//! stream. In `--dry-run` there is no Node: a request counts as outstanding
+//! Node I/O goes through a [`NodeWriter`] and runs in background jobs (a
+//! `JoinSet` whose results the loop collects), so the loop never stops
+//! reading the agent's stream. In `--dry-run` there is no Node: a request counts as outstanding
 //! until no matching process runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use execwatch::proto::{watch_event::Kind, Process};
+use futures::FutureExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::agent::link::LinkEvent;
 use crate::metrics::Metrics;
 use crate::node::client::{self, NodeError, Outcome};
-use crate::node::writer::{Job, NodeWriter, Sent};
+use crate::node::writer::{NodeWriter, Sent};
 use crate::process_table::ProcessTable;
 use crate::rules::{Match, Rules};
 
@@ -63,19 +65,18 @@ pub struct Decider {
     rules: Rules,
     table: ProcessTable,
     state: State,
-    checking: bool,
     agent_connected: bool,
     writer: Box<dyn NodeWriter>,
     settings: Settings,
     metrics: Arc<Metrics>,
-    jobs_tx: mpsc::Sender<JobResult>,
-    jobs_rx: mpsc::Receiver<JobResult>,
+    /// Node I/O in flight, run in the background so that the loop goes on
+    /// reading the stream meanwhile.
+    jobs: JoinSet<JobResult>,
 }
 
 impl Decider {
     /// A decider that starts inert until the first rules arrive.
     pub fn new(writer: Box<dyn NodeWriter>, settings: Settings, metrics: Arc<Metrics>) -> Self {
-        let (jobs_tx, jobs_rx) = mpsc::channel(4);
         // With a real Node, start by finding out whether a request is already
         // there (e.g. written before a restart): treat it as outstanding
         // until the first check says otherwise.
@@ -88,13 +89,11 @@ impl Decider {
             rules: Rules::inert(),
             table: ProcessTable::default(),
             state,
-            checking: false,
             agent_connected: false,
             writer,
             settings,
             metrics,
-            jobs_tx,
-            jobs_rx,
+            jobs: JoinSet::new(),
         }
     }
 
@@ -119,14 +118,14 @@ impl Decider {
                     Some(r) => self.on_rules(r),
                     None => return,
                 },
-                Some(job) = self.jobs_rx.recv() => self.on_job(job),
+                Some(Ok(job)) = self.jobs.join_next() => self.on_job(job),
                 _ = tick.tick() => self.on_tick(),
                 _ = status_tick.tick() => self.write_status(),
                 _ = &mut shutdown => {
                     if self.state == State::Writing {
                         tracing::info!("waiting up to {WRITE_GRACE:?} for the Node write in progress");
-                        match tokio::time::timeout(WRITE_GRACE, self.jobs_rx.recv()).await {
-                            Ok(Some(job)) => self.on_job(job),
+                        match tokio::time::timeout(WRITE_GRACE, self.jobs.join_next()).await {
+                            Ok(Some(Ok(job))) => self.on_job(job),
                             // Not lost: the process still runs, so the next
                             // start finds it in the agent's snapshot and
                             // writes then.
@@ -210,8 +209,6 @@ impl Decider {
 
     fn fire(&mut self, p: &Process, m: Match) {
         self.metrics.matches.inc();
-        let reason = m.reason();
-        let at = client::rfc3339_now();
         let argv = if self.settings.log_argv {
             p.argv.join(" ")
         } else {
@@ -224,8 +221,8 @@ impl Decider {
             .checked_sub(Duration::from_nanos(age.min(3_600_000_000_000)))
             .unwrap_or_else(std::time::Instant::now);
         let req = client::Request {
-            reason,
-            at,
+            reason: m.reason(),
+            at: client::rfc3339_now(),
             comm: p.comm.clone(),
             pid: p.pid,
             observed,
@@ -233,19 +230,10 @@ impl Decider {
         self.state = match self.writer.request(req) {
             Sent::Now => State::Requested,
             Sent::Pending(job) => {
-                self.spawn(job, JobResult::Written);
+                self.jobs.spawn(job.map(JobResult::Written));
                 State::Writing
             }
         };
-    }
-
-    /// Runs `job` in the background; its result comes back on the jobs
-    /// channel.
-    fn spawn<T: Send + 'static>(&self, job: Job<T>, report: fn(Result<T, NodeError>) -> JobResult) {
-        let tx = self.jobs_tx.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(report(job.await)).await;
-        });
     }
 
     fn on_job(&mut self, job: JobResult) {
@@ -264,19 +252,13 @@ impl Decider {
                     until: Instant::now() + self.settings.recheck,
                 };
             }
-            JobResult::Checked(result) => {
-                self.checking = false;
-                match result {
-                    Ok(true) => {}
-                    Ok(false) if self.state == State::Requested => {
-                        tracing::info!("no reclaim request on the Node (cleared by the controller, or none yet); armed");
-                        self.state = State::Idle;
-                        self.evaluate_table();
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("cannot re-read the Node: {e}"),
-                }
+            JobResult::Checked(Ok(false)) if self.state == State::Requested => {
+                tracing::info!("no reclaim request on the Node (cleared by the controller, or none yet); armed");
+                self.state = State::Idle;
+                self.evaluate_table();
             }
+            JobResult::Checked(Ok(_)) => {}
+            JobResult::Checked(Err(e)) => tracing::warn!("cannot re-read the Node: {e}"),
         }
     }
 
@@ -286,9 +268,10 @@ impl Decider {
                 self.state = State::Idle;
                 self.evaluate_table();
             }
-            State::Requested if self.writer.holds_requests() && !self.checking => {
-                self.checking = true;
-                self.spawn(self.writer.requested(), JobResult::Checked);
+            // In Requested the only job can be a re-read: one at a time.
+            State::Requested if self.writer.holds_requests() && self.jobs.is_empty() => {
+                self.jobs
+                    .spawn(self.writer.requested().map(JobResult::Checked));
             }
             _ => {}
         }

@@ -134,7 +134,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let first_rules = match &source {
         // A bad file at start is a configuration error; later edits are
         // ridden out with the last good rules.
-        RulesSource::File(path) => rules::source::load_file(path)?,
+        RulesSource::File(path) => {
+            let text = rules::source::read_capped(path)
+                .with_context(|| format!("cannot read the rules file {}", path.display()))?;
+            rules::Rules::parse(&text)
+                .with_context(|| format!("the rules file {} is invalid", path.display()))?
+        }
         RulesSource::Embedded => {
             rules::Rules::parse(rules::DEFAULT_RULES).context("the embedded rules")?
         }
@@ -148,10 +153,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let (link_tx, link_rx) = mpsc::channel(1024);
     let (rules_tx, rules_rx) = mpsc::channel(4);
-    let (source_tx, source_rx) = mpsc::channel(4);
     // The link subscribes with the rules' selector.
     let (selector_tx, selector_rx) = watch::channel(first_rules.selector());
-    tokio::spawn(follow_rules(source_rx, selector_tx, rules_tx));
     tokio::spawn(agent::link::run(
         cli.socket.clone(),
         link_tx,
@@ -166,7 +169,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(rules::source::run(
         source,
         when_missing,
-        source_tx,
+        rules_tx,
+        selector_tx,
         metrics.clone(),
     ));
     let settings = Settings {
@@ -179,27 +183,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Hands each new rule set to the decision loop, and its selector to the
-/// link, which re-subscribes when the selector changes (only then: a
-/// re-read of the same rules costs the agent nothing).
-async fn follow_rules(
-    mut source: mpsc::Receiver<rules::Rules>,
-    selector: watch::Sender<execwatch::proto::WatchRequest>,
-    decider: mpsc::Sender<rules::Rules>,
-) {
-    while let Some(rules) = source.recv().await {
-        let next = rules.selector();
-        selector.send_if_modified(|current| {
-            let changed = *current != next;
-            *current = next;
-            changed
-        });
-        if decider.send(rules).await.is_err() {
-            return;
-        }
-    }
 }
 
 /// The rules ConfigMap's name: `--configmap`, or `reclaim-agent-<node>`,

@@ -9,7 +9,7 @@ use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 use crate::agent::stats::AgentStats;
 
@@ -53,90 +53,51 @@ pub struct Metrics {
     registry: Registry,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
     /// Every counter at zero and `rules_inert` at 1 (the reclaimer starts
     /// without rules), registered.
     pub fn new() -> Self {
-        let mut m = Metrics {
-            events: Counter::default(),
-            matches: Counter::default(),
-            patches: Counter::default(),
-            patch_errors: Counter::default(),
-            patch_latency: Histogram::new(PATCH_LATENCY_BUCKETS),
-            reconnects: Counter::default(),
-            lost_markers: Counter::default(),
-            rule_reloads: Counter::default(),
-            rule_errors: Counter::default(),
-            rules_invalid: Gauge::default(),
-            rules_inert: Gauge::default(),
-            rules_missing: Gauge::default(),
-            agent: Arc::default(),
-            registry: Registry::default(),
-        };
-        m.rules_inert.set(1);
-        let own = m.registry.sub_registry_with_prefix("execwatch_reclaimer");
+        let mut registry = Registry::default();
+        let own = registry.sub_registry_with_prefix("execwatch_reclaimer");
         // prometheus-client appends `_total` to counters and a final period
         // to help texts.
-        let counters = [
-            (
-                "events",
-                "Stream items received from the agent (execs, snapshot entries, exits, markers)",
-                &m.events,
-            ),
-            (
-                "matches",
-                "Processes matched by the rules (each firing decision)",
-                &m.matches,
-            ),
-            (
-                "patches",
-                "Reclaim annotations written to the Node",
-                &m.patches,
-            ),
-            (
-                "patch_errors",
-                "Failed Node patch attempts (each retry counts, 409s included)",
-                &m.patch_errors,
-            ),
-            ("reconnects", "Agent stream reconnects", &m.reconnects),
-            (
-                "lost_markers",
-                "Lost markers received from the agent",
-                &m.lost_markers,
-            ),
-            (
-                "rule_reloads",
-                "Rule sets loaded (inert ones included)",
-                &m.rule_reloads,
-            ),
-            ("rule_errors", "Rule documents rejected", &m.rule_errors),
-        ];
-        for (name, help, counter) in counters {
-            own.register(name, help, counter.clone());
-        }
-        let up = Gauge::<i64>::default();
-        up.set(1);
-        let gauges = [
-            ("rules_invalid", "1 while the current rules document is invalid (the last good rules are in force)", &m.rules_invalid),
-            ("rules_inert", "1 while the loaded rules never fire", &m.rules_inert),
-            ("rules_missing", "1 while the rules source has no document (the node is disarmed unless --keep-rules-when-missing)", &m.rules_missing),
-            ("up", "Always 1 while the reclaimer runs", &up),
-        ];
-        for (name, help, gauge) in gauges {
-            own.register(name, help, gauge.clone());
-        }
+        registered::<Gauge>(own, "up", "Always 1 while the reclaimer runs").set(1);
+        let patch_latency = Histogram::new(PATCH_LATENCY_BUCKETS);
         own.register_with_unit(
             "patch_latency",
             "From the agent observing the process to the Node patch being accepted",
             Unit::Seconds,
-            m.patch_latency.clone(),
+            patch_latency.clone(),
         );
+        let mut m = Metrics {
+            events: registered(
+                own,
+                "events",
+                "Stream items received from the agent (execs, snapshot entries, exits, markers)",
+            ),
+            matches: registered(
+                own,
+                "matches",
+                "Processes matched by the rules (each firing decision)",
+            ),
+            patches: registered(own, "patches", "Reclaim annotations written to the Node"),
+            patch_errors: registered(
+                own,
+                "patch_errors",
+                "Failed Node patch attempts (each retry counts, 409s included)",
+            ),
+            reconnects: registered(own, "reconnects", "Agent stream reconnects"),
+            lost_markers: registered(own, "lost_markers", "Lost markers received from the agent"),
+            rule_reloads: registered(own, "rule_reloads", "Rule sets loaded (inert ones included)"),
+            rule_errors: registered(own, "rule_errors", "Rule documents rejected"),
+            rules_invalid: registered(own, "rules_invalid", "1 while the current rules document is invalid (the last good rules are in force)"),
+            rules_inert: registered(own, "rules_inert", "1 while the loaded rules never fire"),
+            rules_missing: registered(own, "rules_missing", "1 while the rules source has no document (the node is disarmed unless --keep-rules-when-missing)"),
+            patch_latency,
+            agent: Arc::default(),
+            registry,
+        };
+        m.rules_inert.set(1);
         m.registry
             .sub_registry_with_prefix("execwatch_agent")
             .register_collector(Box::new(m.agent.clone()));
@@ -153,6 +114,13 @@ impl Metrics {
         };
         out
     }
+}
+
+/// A new metric of type `M`, registered in `registry` as `name`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// The two exposition formats a scraper may ask for.

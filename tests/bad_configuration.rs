@@ -141,6 +141,32 @@ fn an_unwritable_status_file_stops_the_reclaimer_at_start() {
     }
 }
 
+/// A rules file too large to be a rules document stops the reclaimer at
+/// start, with the file and its real size named (it is refused before a
+/// byte is read).
+#[test]
+fn a_huge_rules_file_stops_the_reclaimer_at_start_with_the_path_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.toml");
+    std::fs::write(&path, "#".repeat(3 << 20)).unwrap();
+    let socket = dir.path().join("agent.sock");
+    let args = [
+        "--dry-run",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--rules-file",
+        path.to_str().unwrap(),
+    ];
+    let out = run_as(env!("CARGO_BIN_EXE_reclaimer"), &args, 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = format!(
+        "Error: cannot read the rules file {}: the file is 3145728 bytes long",
+        path.display()
+    );
+    assert!(err.contains(&line), "no {line:?} in {err}");
+}
+
 #[test]
 fn an_emptied_or_deleted_rules_file_keeps_the_rules_when_asked() {
     let agent = Agent::start(&[]);

@@ -23,6 +23,7 @@ use execwatch::proto::exec_events_client::ExecEventsClient;
 use execwatch::proto::{watch_event::Kind, StatsRequest, WatchEvent, WatchRequest};
 use kube::runtime::utils::Backoff as _;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::agent::stats::{self, AgentStats};
@@ -56,10 +57,10 @@ pub async fn run(
         match connect(&socket, req).await {
             Ok((client, stream)) => {
                 tracing::info!(socket = %socket.display(), "connected to the agent");
-                let stats = PollStats(
-                    tokio::spawn(poll_stats(client.clone(), metrics.agent.clone())),
-                    metrics.agent.clone(),
-                );
+                // The stats poller of this connection: a JoinSet aborts it
+                // when dropped, on every way out of the connection.
+                let mut stats = JoinSet::new();
+                stats.spawn(poll_stats(client.clone(), metrics.agent.clone()));
                 backoff.reset();
                 failures = 0;
                 if tx.send(LinkEvent::Connected).await.is_err() {
@@ -89,7 +90,11 @@ pub async fn run(
                         }
                     }
                 };
+                // Aborted, the poller is never polled again (the reclaimer's
+                // runtime has one thread): nothing sets the agent's counters
+                // after they are forgotten here.
                 drop(stats);
+                metrics.agent.clear();
                 metrics.reconnects.inc();
                 tracing::warn!("lost the agent stream ({why}); reconnecting");
                 if tx.send(LinkEvent::Disconnected).await.is_err() {
@@ -282,19 +287,6 @@ fn observed(ev: &WatchEvent) -> Option<u64> {
         Some(Kind::Exec(p) | Kind::Existing(p)) => Some(p.observed_unix_ns),
         Some(Kind::Exit(e)) => Some(e.observed_unix_ns),
         _ => None,
-    }
-}
-
-/// The stats poller of one connection: stopped, and the agent's counters
-/// forgotten, when the connection ends (this is dropped).
-struct PollStats(tokio::task::JoinHandle<()>, Arc<AgentStats>);
-
-impl Drop for PollStats {
-    fn drop(&mut self) {
-        // Aborted, the poller is never polled again (the reclaimer's
-        // runtime has one thread): nothing sets the counters after this.
-        self.0.abort();
-        self.1.clear();
     }
 }
 

@@ -8,7 +8,7 @@ use execwatch::proto::{Exit, Lost, SnapshotComplete, WatchEvent};
 
 use super::*;
 use crate::node::client::Request;
-use crate::node::writer::DryRun;
+use crate::node::writer::{DryRun, Job};
 
 const RECHECK: Duration = Duration::from_secs(10);
 const JAVA: &str = r#"match_commands = ["java"]"#;
@@ -143,7 +143,7 @@ fn lost() -> LinkEvent {
 
 /// Applies the next result of a background job, as the loop would.
 async fn settle(d: &mut Decider) {
-    let job = d.jobs_rx.recv().await.expect("a job result");
+    let job = d.jobs.join_next().await.expect("a job result").unwrap();
     d.on_job(job);
 }
 
@@ -319,7 +319,7 @@ async fn dry_run_holds_a_request_while_a_match_runs() {
     d.on_link(exit(99));
     assert_eq!(d.state, State::Requested);
     d.on_tick();
-    assert!(!d.checking, "no Node to re-read");
+    assert!(d.jobs.is_empty(), "no Node to re-read");
     d.on_link(exit(11));
     assert_eq!(d.state, State::Idle, "released: no java runs");
     assert_eq!(d.metrics.matches.get(), 1);

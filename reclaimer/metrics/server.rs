@@ -32,18 +32,16 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// only when connections close, so retrying at once would spin.
 const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 
-/// Error starting the metrics server.
+/// Error starting the metrics server: the address cannot be bound (in use,
+/// not local, no permission).
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The address cannot be bound (in use, not local, no permission).
-    #[error("cannot serve metrics on {addr}: {source}")]
-    Bind {
-        /// `--metrics-addr`.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+#[error("cannot serve metrics on {addr}: {source}")]
+pub struct ServeError {
+    /// `--metrics-addr`.
+    pub addr: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// A bound metrics listener, not yet serving.
@@ -65,7 +63,7 @@ impl MetricsServer {
     pub async fn bind(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Self, ServeError> {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| ServeError::Bind { addr, source })?;
+            .map_err(|source| ServeError { addr, source })?;
         Ok(Self {
             listener,
             app: router(metrics),

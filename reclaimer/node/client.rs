@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Event, Node};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
@@ -106,10 +106,10 @@ pub struct Request {
 /// Reads and writes one Node.
 #[derive(Clone)]
 pub struct NodeClient {
-    pub(super) client: kube::Client,
     nodes: Api<Node>,
+    /// Where the Events go.
+    pub(super) events: Api<Event>,
     pub(super) node: String,
-    pub(super) events_namespace: String,
     host: HostId,
     metrics: Arc<Metrics>,
 }
@@ -125,10 +125,9 @@ impl NodeClient {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            nodes: Api::all(client.clone()),
-            client,
+            events: Api::namespaced(client.clone(), &events_namespace),
+            nodes: Api::all(client),
             node,
-            events_namespace,
             host,
             metrics,
         }
@@ -141,8 +140,7 @@ impl NodeClient {
 
     /// Writes `req` unless a request is already on the Node.
     pub async fn request(&self, req: &Request) -> Result<Outcome, NodeError> {
-        let node = retry::until_done(|| self.write(req)).await?;
-        let Some(node) = node else {
+        let Some(node) = retry::until_done(|| self.write(req)).await? else {
             return Ok(Outcome::AlreadyRequested);
         };
         self.metrics.patches.inc();

@@ -13,7 +13,7 @@
 
 use k8s_openapi::api::core::v1::{Event, EventSource, Node};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, PostParams};
 use kube::Resource;
 
 use super::client::{NodeClient, Request, FIELD_MANAGER};
@@ -48,7 +48,7 @@ impl NodeClient {
                     &self.node,
                     execwatch::internal::clock::unix_ns(),
                 )),
-                namespace: Some(self.events_namespace.clone()),
+                namespace: self.events.namespace().map(Into::into),
                 ..Default::default()
             },
             involved_object: node.object_ref(&()),
@@ -69,11 +69,10 @@ impl NodeClient {
             count: Some(1),
             ..Default::default()
         };
-        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.events_namespace);
         let this = self.clone();
         tokio::spawn(async move {
             let created = retry::until_done(|| async {
-                match events.create(&PostParams::default(), &event).await {
+                match this.events.create(&PostParams::default(), &event).await {
                     // Created by an attempt whose reply was lost.
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
                     r => r.map(drop).map_err(|e| this.error(Step::Event, e)),

@@ -22,11 +22,9 @@ impl Rules {
         if self.scope == Scope::Host && p.cgroup.as_ref().is_some_and(|c| c.in_kubernetes_pod) {
             return None;
         }
-        if !self.uids.is_empty() {
-            match &p.credentials {
-                Some(c) if self.uids.contains(&c.uid) => {}
-                _ => return None,
-            }
+        let uid = p.credentials.as_ref().map(|c| c.uid);
+        if !self.uids.is_empty() && !uid.is_some_and(|u| self.uids.contains(&u)) {
+            return None;
         }
 
         // The agent's comm is at most 15 bytes before its lossy UTF-8
@@ -36,32 +34,22 @@ impl Rules {
             .commands
             .get(p.comm.as_str())
             .or_else(|| self.commands.get(comm_prefix(&p.comm)?));
-        if let Some(pattern) = command {
-            return Some(Match {
-                pattern: pattern.clone(),
-                matcher: MatcherKind::Command,
-            });
-        }
-
-        if !self.argv_substrings.is_empty() {
-            if let Some(pattern) = argv::find_in(&p.argv, &self.argv_substrings) {
-                return Some(Match {
-                    pattern: pattern.clone(),
-                    matcher: MatcherKind::ArgvSubstring,
-                });
-            }
-        }
-
-        if let Some(exe) = &p.exe {
-            if let Some(pattern) = self.exe_paths.get(exe.as_str()) {
-                return Some(Match {
-                    pattern: pattern.clone(),
-                    matcher: MatcherKind::ExePath,
-                });
-            }
-        }
-
-        None
+        // Matchers in their fixed order, each tried only if the ones before
+        // missed; argv is joined only when there is a list to search.
+        let argv = || {
+            let any = !self.argv_substrings.is_empty();
+            any.then(|| argv::find_in(&p.argv, &self.argv_substrings))
+                .flatten()
+        };
+        let exe = || self.exe_paths.get(p.exe.as_deref()?);
+        let (pattern, matcher) = command
+            .map(|c| (c, MatcherKind::Command))
+            .or_else(|| Some((argv()?, MatcherKind::ArgvSubstring)))
+            .or_else(|| Some((exe()?, MatcherKind::ExePath)))?;
+        Some(Match {
+            pattern: pattern.clone(),
+            matcher,
+        })
     }
 }
 

@@ -152,27 +152,23 @@ impl Rules {
         }
         let doc: Document = toml::from_str(toml).map_err(|e| {
             let mut message = e.message().trim_end().to_owned();
-            let (line, column) = match e.span() {
-                Some(span) => {
-                    // serde's type errors ("invalid type: string, expected
-                    // i64") do not say which key; the position does. A
-                    // syntax error is not about the key before it.
-                    let about_a_value = ["invalid ", "unknown variant"]
-                        .iter()
-                        .any(|p| message.starts_with(p));
-                    if let Some(key) = key_at(toml, span.start).filter(|_| about_a_value) {
-                        if !message.contains(key) {
-                            message = format!("`{key}`: {message}");
-                        }
+            let at = e.span().map(|span| {
+                // serde's type errors ("invalid type: string, expected
+                // i64") do not say which key; the position does. A syntax
+                // error is not about the key before it.
+                let about_a_value = ["invalid ", "unknown variant"]
+                    .iter()
+                    .any(|p| message.starts_with(p));
+                if let Some(key) = key_at(toml, span.start).filter(|_| about_a_value) {
+                    if !message.contains(key) {
+                        message = format!("`{key}`: {message}");
                     }
-                    let (l, c) = position(toml, span.start);
-                    (Some(l), Some(c))
                 }
-                None => (None, None),
-            };
+                position(toml, span.start)
+            });
             RulesError::Parse {
-                line,
-                column,
+                line: at.map(|(line, _)| line),
+                column: at.map(|(_, column)| column),
                 message,
             }
         })?;

@@ -20,11 +20,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use execwatch::proto::WatchRequest;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::rules::{Rules, DEFAULT_RULES, MAX_DOCUMENT_BYTES};
@@ -49,42 +50,6 @@ pub enum RulesSource {
     Embedded,
 }
 
-/// Error reading the initial rules file.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The file could not be read.
-    #[error("cannot read the rules file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: ReadError,
-    },
-    /// The file does not parse.
-    #[error("the rules file {path} is invalid: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: crate::rules::RulesError,
-    },
-}
-
-/// Loads the rules file once, strictly (used at start-up, where a bad file
-/// is a configuration error, not something to ride out).
-pub fn load_file(path: &std::path::Path) -> Result<Rules, SourceError> {
-    let text = read_capped(path).map_err(|source| SourceError::Read {
-        path: path.into(),
-        source,
-    })?;
-    Rules::parse(&text).map_err(|source| SourceError::Parse {
-        path: path.into(),
-        source,
-    })
-}
-
 /// What to do when the source holds no rules document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WhenMissing {
@@ -94,15 +59,18 @@ pub enum WhenMissing {
     Keep,
 }
 
-/// Sends every new rule set on `tx`, forever.
+/// Sends every new rule set on `tx`, and its selector on `selector`,
+/// forever.
 pub async fn run(
     source: RulesSource,
     when_missing: WhenMissing,
     tx: mpsc::Sender<Rules>,
+    selector: watch::Sender<WatchRequest>,
     metrics: Arc<Metrics>,
 ) {
     let mut feed = Feed {
         tx,
+        selector,
         metrics,
         when_missing,
         in_force: None,
@@ -149,6 +117,8 @@ pub async fn run(
 
 struct Feed {
     tx: mpsc::Sender<Rules>,
+    /// The link subscribes with the selector of the rules in force.
+    selector: watch::Sender<WatchRequest>,
     metrics: Arc<Metrics>,
     when_missing: WhenMissing,
     /// Summary of the rules from a document in force; `None` while the
@@ -218,9 +188,17 @@ impl Feed {
     }
 
     /// Puts `rules` in force: the one place that hands rules to the decision
-    /// loop, and so the one that sets `rules_inert`.
+    /// loop, and so the one that sets `rules_inert`. Their selector goes to
+    /// the link, which re-subscribes when it changes (only then: a re-read of
+    /// the same rules costs the agent nothing).
     async fn apply(&mut self, rules: Rules) {
         self.metrics.rules_inert.set(i64::from(rules.is_inert()));
+        let next = rules.selector();
+        self.selector.send_if_modified(|current| {
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
         let _ = self.tx.send(rules).await;
     }
 
@@ -274,7 +252,7 @@ pub enum ReadError {
 /// Opened without blocking and checked before any read: a FIFO (or a
 /// device) swapped in at the path must not hang the reclaimer's only
 /// thread in `open` or `read`.
-fn read_capped(path: &std::path::Path) -> Result<String, ReadError> {
+pub fn read_capped(path: &std::path::Path) -> Result<String, ReadError> {
     use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
