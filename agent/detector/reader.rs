@@ -69,10 +69,10 @@ use std::time::{Duration, Instant};
 use execwatch::internal::clock;
 use execwatch::internal::cn_proc::{parse_datagram, EventKind, Message, ProcEvent};
 use execwatch::proto::{Exit, LossSite, Process, Source};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 
 use crate::detector::netlink::NetlinkDetector;
-use crate::detector::socket::{Batch, NetlinkError, NetlinkSocket, Received, BATCH};
+use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket, Received, BATCH};
 use crate::procfs::bounded::{stuck_record, Admit, Slot, Watched};
 use crate::procfs::reader::{blank, CommCheck, Exhausted, Outcome, ProcReader};
 use crate::procfs::source::ProcSource;
@@ -342,15 +342,6 @@ impl ReaderThread {
     /// Waits until the exec socket (or the exit socket, unless parked) is
     /// readable, or until `wake`. Returns which are readable.
     fn wait(&self, wake: Option<Instant>) -> Result<(bool, bool), NetlinkError> {
-        let timeout = match wake {
-            // Rounded up: a rest below a millisecond still waits.
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
-            None => PollTimeout::NONE,
-        };
         let execs = self.ctx.execs.as_fd();
         let exits = match (&self.ctx.exits, self.exits_due) {
             (Some(exits), None) => Some(exits.as_fd()),
@@ -361,7 +352,7 @@ impl ReaderThread {
             PollFd::new(exits.unwrap_or(execs), PollFlags::POLLIN),
         ];
         let watched = if exits.is_some() { 2 } else { 1 };
-        match nix::poll::poll(&mut fds[..watched], timeout) {
+        match nix::poll::poll(&mut fds[..watched], poll_timeout(wake)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return Ok((false, false)),
             Err(e) => return Err(NetlinkError::Recv(e.into())),
@@ -691,7 +682,7 @@ fn drain(
     loop {
         let n = match sock.try_recv_batch(batch)? {
             Received::Datagram(n) => n,
-            Received::Timeout => return Ok(false),
+            Received::Empty => return Ok(false),
             Received::Overrun => return Ok(true),
         };
         for message in batch.datagrams(n).flat_map(parse_datagram) {
