@@ -20,6 +20,7 @@
 //! the agent's trouble, not the process, so callers report it as loss.
 
 use std::ffi::OsStr;
+use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -183,20 +184,15 @@ impl ProcReader {
     /// of the process's memory and touches no file system of its, so it
     /// needs no time bound.
     pub fn comm_wanted(&mut self, pid: i32, wanted: impl Fn(&[u8]) -> bool) -> CommCheck {
+        // Formatted on the stack: no allocation for an exec nobody wants.
         let mut path = [0u8; 24];
-        let len = {
-            use std::io::Write;
-            let mut at = &mut path[..];
-            if write!(at, "{pid}/comm").is_err() {
-                return CommCheck::Unknown;
-            }
-            24 - at.len()
-        };
-        let Ok(path) = std::str::from_utf8(&path[..len]) else {
+        let mut at = &mut path[..];
+        if write!(at, "{pid}/comm").is_err() {
             return CommCheck::Unknown;
-        };
+        }
+        let len = 24 - at.len();
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-        let fd = match openat(&self.proc_dir, path, flags, Mode::empty()) {
+        let fd = match openat(&self.proc_dir, &path[..len], flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT | Errno::ESRCH) => return CommCheck::Gone,
             Err(_) => return CommCheck::Unknown,
@@ -318,68 +314,55 @@ impl ProcReader {
             }
         }
 
-        let read = read_at(&dir, "status", &mut self.buf, 8192);
-        let read = match read {
-            Ok(_) => Ok(parse_credentials(&self.buf)),
-            Err(e) => Err(own(e)?),
-        };
-        let put = |p: &mut Process| match read {
-            Ok(credentials) => p.credentials = credentials,
-            Err(e) => missing(p, "credentials", e),
-        };
-        if !sink.put(put, Some(Field::Argv)) {
+        let read =
+            read_at(&dir, "status", &mut self.buf, 8192).map(|_| parse_credentials(&self.buf));
+        if !fill(sink, Field::Credentials, read, |p, c| p.credentials = c)? {
             return Ok(Outcome::Abandoned);
         }
 
         let limit = self.max_argv_bytes;
-        let read = read_at(&dir, "cmdline", &mut self.buf, limit + 1);
-        let read = match read {
-            Ok(_) => Ok(&self.buf),
-            Err(e) => Err(own(e)?),
-        };
-        let put = |p: &mut Process| match read {
-            Ok(cmdline) => set_argv(p, cmdline, limit),
-            Err(e) => missing(p, "argv", e),
-        };
-        if !sink.put(put, Some(Field::Cgroup)) {
+        let read = read_at(&dir, "cmdline", &mut self.buf, limit + 1).map(|_| &self.buf);
+        if !fill(sink, Field::Argv, read, |p, args| set_argv(p, args, limit))? {
             return Ok(Outcome::Abandoned);
         }
 
-        let read = read_at(&dir, "cgroup", &mut self.buf, 8192);
-        let read = match read {
-            Ok(_) => Ok(cgroup::classify(&String::from_utf8_lossy(&self.buf))),
-            Err(e) => Err(own(e)?),
-        };
-        let put = |p: &mut Process| match read {
-            Ok(cgroup) => p.cgroup = Some(cgroup),
-            Err(e) => missing(p, "cgroup", e),
-        };
-        if !sink.put(put, Some(Field::Exe)) {
+        let read = read_at(&dir, "cgroup", &mut self.buf, 8192)
+            .map(|_| cgroup::classify(&String::from_utf8_lossy(&self.buf)));
+        if !fill(sink, Field::Cgroup, read, |p, c| p.cgroup = Some(c))? {
             return Ok(Outcome::Abandoned);
         }
 
-        let read = match readlinkat(&dir, "exe") {
-            Ok(path) => Ok(path.to_string_lossy().into_owned()),
-            Err(e) => Err(own(e)?),
-        };
-        let put = |p: &mut Process| match read {
-            Ok(path) => p.exe = Some(path),
-            Err(e) => missing(p, "exe", e),
-        };
-        if !sink.put(put, Some(Field::Cwd)) {
+        let read = readlinkat(&dir, "exe").map(|path| path.to_string_lossy().into_owned());
+        if !fill(sink, Field::Exe, read, |p, path| p.exe = Some(path))? {
             return Ok(Outcome::Abandoned);
         }
 
-        let read = match readlinkat(&dir, "cwd") {
-            Ok(path) => Ok(path.to_string_lossy().into_owned()),
-            Err(e) => Err(own(e)?),
-        };
-        let put = |p: &mut Process| match read {
-            Ok(path) => p.cwd = Some(path),
-            Err(e) => missing(p, "cwd", e),
-        };
-        Ok(done(sink.put(put, None)))
+        let read = readlinkat(&dir, "cwd").map(|path| path.to_string_lossy().into_owned());
+        Ok(done(fill(sink, Field::Cwd, read, |p, path| {
+            p.cwd = Some(path)
+        })?))
     }
+}
+
+/// Puts one field's read into `sink` (the value `set` stores, or why the
+/// field is missing) and notes that the next field is being read. A failure
+/// of the agent's own stops the whole read instead. Returns whether the
+/// sink took it (see [`Sink::put`]).
+fn fill<T>(
+    sink: &mut impl Sink,
+    field: Field,
+    read: Result<T, Errno>,
+    set: impl FnOnce(&mut Process, T),
+) -> Result<bool, Exhausted> {
+    let read = match read {
+        Ok(value) => Ok(value),
+        Err(e) => Err(own(e)?),
+    };
+    let put = |p: &mut Process| match read {
+        Ok(value) => set(p, value),
+        Err(e) => missing(p, field.name(), e),
+    };
+    Ok(sink.put(put, field.next()))
 }
 
 /// What [`ProcReader::comm_wanted`] found.
@@ -452,6 +435,7 @@ pub enum Field {
 }
 
 impl Field {
+    /// Every field, in order (each one's index is its discriminant).
     const ORDER: [Field; 7] = [
         Field::All,
         Field::Comm,
@@ -488,13 +472,17 @@ impl Field {
         }
     }
 
+    /// The field read after this one.
+    fn next(self) -> Option<Field> {
+        Self::ORDER.get(self as usize + 1).copied()
+    }
+
     /// The fields read after this one.
     pub fn later(self) -> &'static [Field] {
-        let at = Self::ORDER.iter().position(|f| *f == self).unwrap_or(0);
         match self {
             // Nothing but the directory could be read: one entry says so.
             Field::All => &[],
-            _ => &Self::ORDER[at + 1..],
+            _ => &Self::ORDER[self as usize + 1..],
         }
     }
 }
