@@ -33,11 +33,6 @@ use execwatch::proto::{Process, Source};
 
 use crate::procfs::reader::{blank, unavailable, Field, Sink};
 
-/// Watchdog periods (one deadline each) without any read before it sleeps
-/// until one starts. While reads keep coming it never sleeps that way, so
-/// starting a read wakes nobody.
-const QUIET_TICKS: u32 = 1;
-
 /// How long a read may take and how many may be left behind.
 #[derive(Debug)]
 pub struct Bounds {
@@ -209,7 +204,7 @@ impl<T> Watched<T> {
     /// record.
     pub fn watch(&self, bounds: &Bounds, mut given_up: impl FnMut(&mut Slot<T>, Process)) {
         let mut slot = self.lock();
-        let (mut quiet, mut seen) = (0, slot.reads);
+        let mut seen = slot.reads;
         loop {
             let now = Instant::now();
             if let Some(p) = slot.give_up(bounds, now) {
@@ -217,24 +212,21 @@ impl<T> Watched<T> {
                 continue;
             }
             if let Some(due) = slot.due(bounds.deadline) {
-                quiet = 0;
                 slot = self.wait(slot, Some(due.saturating_duration_since(now)));
                 continue;
             }
-            if slot.reads == seen {
-                quiet += 1;
-            } else {
-                (quiet, seen) = (0, slot.reads);
-            }
-            if quiet < QUIET_TICKS {
+            if slot.reads != seen {
+                // Reads keep coming: look again in a period (one deadline),
+                // so that starting a read wakes nobody.
+                seen = slot.reads;
                 slot = self.wait(slot, Some(bounds.deadline));
                 continue;
             }
-            // Quiet for a while: sleep until a read starts, instead of
-            // waking every period for nothing.
+            // A period without any read: sleep until one starts, instead
+            // of waking every period for nothing.
             slot.watchdog_idle = true;
             slot = self.wait(slot, None);
-            (quiet, seen) = (0, slot.reads);
+            seen = slot.reads;
         }
     }
 
@@ -243,14 +235,15 @@ impl<T> Watched<T> {
         slot: MutexGuard<'a, Slot<T>>,
         timeout: Option<Duration>,
     ) -> MutexGuard<'a, Slot<T>> {
-        let woke = match timeout {
-            Some(t) => match self.wake.wait_timeout(slot, t) {
-                Ok((slot, _)) => Ok(slot),
-                Err(e) => Ok(e.into_inner().0),
-            },
-            None => self.wake.wait(slot),
-        };
-        woke.unwrap_or_else(|e| e.into_inner())
+        match timeout {
+            Some(t) => {
+                self.wake
+                    .wait_timeout(slot, t)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => self.wake.wait(slot).unwrap_or_else(|e| e.into_inner()),
+        }
     }
 }
 
