@@ -461,7 +461,7 @@ impl ReaderThread {
             match ev.kind {
                 EventKind::Exec { pid, tgid } => {
                     drop(slot);
-                    self.exec(pid, tgid, ev.timestamp_ns)?;
+                    self.exec(ev, pid, tgid)?;
                 }
                 // Thread exits are noise: only a leader's exit ends a process.
                 EventKind::Exit {
@@ -486,8 +486,10 @@ impl ReaderThread {
         }
     }
 
-    /// Reads and publishes one exec's record, under the watchdog.
-    fn exec(&mut self, pid: i32, tgid: i32, timestamp_ns: u64) -> Result<(), Stop> {
+    /// Reads and publishes the record of `ev`, an exec of `pid` (thread)
+    /// and `tgid`, under the watchdog.
+    fn exec(&mut self, ev: ProcEvent, pid: i32, tgid: i32) -> Result<(), Stop> {
+        let timestamp_ns = ev.timestamp_ns;
         let ctx = self.ctx.clone();
         // Taken now, after the exec was received: see the module's comment.
         let interest = ctx.fanout.interest();
@@ -531,12 +533,7 @@ impl ReaderThread {
             if *interest != Interest::All {
                 self.checked = Some((pid, timestamp_ns));
             }
-            let kind = EventKind::Exec { pid, tgid };
-            return self.sync(ProcEvent {
-                cpu: 0,
-                timestamp_ns,
-                kind,
-            });
+            return self.sync(ev);
         }
         match ctx.procfs.bounds().admit(pid) {
             Admit::Go => {}
