@@ -51,32 +51,12 @@ pub enum StartError {
     Silent(std::time::Duration),
 }
 
-/// How the subscription filters events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The kernel sends only exec and exit events (>= 6.6).
-    KernelFiltered,
-    /// The kernel sends everything; the agent drops what it does not want.
-    UserspaceFiltered,
-}
-
-impl Mode {
-    /// The name used in logs and stats.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::KernelFiltered => "kernel-filtered",
-            Mode::UserspaceFiltered => "userspace-filtered",
-        }
-    }
-}
-
 /// Subscribed, confirmed sockets, ready to be read.
 pub struct NetlinkDetector {
-    /// Exec events; in [`Mode::UserspaceFiltered`], every event.
+    /// Exec events; without the kernel's filter, every event.
     pub(crate) execs: NetlinkSocket,
-    /// Exit events, in [`Mode::KernelFiltered`] only.
+    /// Exit events, when the kernel filters (>= 6.6).
     pub(crate) exits: Option<NetlinkSocket>,
-    mode: Mode,
     rcvbuf: usize,
 }
 
@@ -114,7 +94,6 @@ impl NetlinkDetector {
                 return Ok(Some(Self {
                     execs,
                     exits: Some(exits),
-                    mode: Mode::KernelFiltered,
                     rcvbuf,
                 }));
             }
@@ -141,14 +120,20 @@ impl NetlinkDetector {
         Ok(Self {
             execs,
             exits: None,
-            mode: Mode::UserspaceFiltered,
             rcvbuf,
         })
     }
 
-    /// The subscription mode in force.
-    pub fn mode(&self) -> Mode {
-        self.mode
+    /// How the subscription in force filters events, as logs and stats
+    /// name it: `kernel-filtered` (the kernel sends only exec and exit
+    /// events, >= 6.6) or `userspace-filtered` (it sends everything; the
+    /// agent drops what it does not want).
+    pub fn mode(&self) -> &'static str {
+        if self.exits.is_some() {
+            "kernel-filtered"
+        } else {
+            "userspace-filtered"
+        }
     }
 
     /// The receive buffer the kernel granted each socket, in bytes.
