@@ -80,7 +80,7 @@ pub enum Exhausted {
 }
 
 /// Passes `e` on, unless it is the agent's own exhaustion.
-fn own(e: Errno) -> Result<Errno, Exhausted> {
+pub fn own(e: Errno) -> Result<Errno, Exhausted> {
     match e {
         Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOBUFS => {
             Err(Exhausted::Resources(e))
