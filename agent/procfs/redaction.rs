@@ -138,16 +138,12 @@ impl Redactor {
 
 /// Applies `edit` to one argument's text and, for a lossy argv, its bytes.
 fn edit_argument(text: &mut String, raw: Option<&mut Vec<u8>>, edit: Edit) {
-    let spans = match edit {
-        Edit::Whole => None,
-        Edit::Spans(spans) => Some(spans),
-    };
     if let Some(raw) = raw {
         // The text must be what the bytes read as; if it ever is not, the
         // offsets cannot be trusted and the whole argument goes.
         let map = (String::from_utf8_lossy(raw) == text.as_str()).then(|| lossy_to_raw(raw));
-        match (&spans, map) {
-            (Some(spans), Some(map)) => {
+        match (&edit, map) {
+            (Edit::Spans(spans), Some(map)) => {
                 let raw_spans: Vec<_> = spans.iter().map(|s| map[s.start]..map[s.end]).collect();
                 *raw = replace(raw, &raw_spans, REDACTED.as_bytes());
             }
@@ -156,10 +152,12 @@ fn edit_argument(text: &mut String, raw: Option<&mut Vec<u8>>, edit: Edit) {
         *text = String::from_utf8_lossy(raw).into_owned();
         return;
     }
-    *text = match spans {
-        Some(spans) => String::from_utf8(replace(text.as_bytes(), &spans, REDACTED.as_bytes()))
-            .expect("spans of a str match lie on char boundaries"),
-        None => REDACTED.to_owned(),
+    *text = match edit {
+        Edit::Spans(spans) => {
+            String::from_utf8(replace(text.as_bytes(), &spans, REDACTED.as_bytes()))
+                .expect("spans of a str match lie on char boundaries")
+        }
+        Edit::Whole => REDACTED.to_owned(),
     };
 }
 
