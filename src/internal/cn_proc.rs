@@ -174,20 +174,18 @@ pub enum ParseError {
 
 /// The subscription operation (`enum proc_cn_mcast_op`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 pub enum McastOp {
     /// `PROC_CN_MCAST_LISTEN`: start receiving events.
-    Listen,
+    Listen = PROC_CN_MCAST_LISTEN,
     /// `PROC_CN_MCAST_IGNORE`: stop receiving events.
-    Ignore,
+    Ignore = PROC_CN_MCAST_IGNORE,
 }
 
 impl McastOp {
     /// The value on the wire.
     pub const fn code(self) -> u32 {
-        match self {
-            McastOp::Listen => PROC_CN_MCAST_LISTEN,
-            McastOp::Ignore => PROC_CN_MCAST_IGNORE,
-        }
+        self as u32
     }
 }
 
