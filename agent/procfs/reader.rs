@@ -435,55 +435,42 @@ pub enum Field {
 }
 
 impl Field {
-    /// Every field, in order (each one's index is its discriminant).
-    const ORDER: [Field; 7] = [
-        Field::All,
-        Field::Comm,
-        Field::Credentials,
-        Field::Argv,
-        Field::Cgroup,
-        Field::Exe,
-        Field::Cwd,
+    /// Every field in reading order (each one's index is its discriminant),
+    /// with the name `unavailable` gives it and the file under `/proc/<pid>`
+    /// it comes from.
+    const TABLE: [(Field, &'static str, &'static str); 7] = [
+        (Field::All, "all", ""),
+        (Field::Comm, "comm", "stat"),
+        (Field::Credentials, "credentials", "status"),
+        (Field::Argv, "argv", "cmdline"),
+        (Field::Cgroup, "cgroup", "cgroup"),
+        (Field::Exe, "exe", "exe"),
+        (Field::Cwd, "cwd", "cwd"),
     ];
 
     /// The name `unavailable` gives it.
     pub fn name(self) -> &'static str {
-        match self {
-            Field::All => "all",
-            Field::Comm => "comm",
-            Field::Credentials => "credentials",
-            Field::Argv => "argv",
-            Field::Cgroup => "cgroup",
-            Field::Exe => "exe",
-            Field::Cwd => "cwd",
-        }
+        Self::TABLE[self as usize].1
     }
 
     /// The file under `/proc/<pid>` it comes from.
     pub fn file(self) -> &'static str {
-        match self {
-            Field::All => "",
-            Field::Comm => "stat",
-            Field::Credentials => "status",
-            Field::Argv => "cmdline",
-            Field::Cgroup => "cgroup",
-            Field::Exe => "exe",
-            Field::Cwd => "cwd",
-        }
+        Self::TABLE[self as usize].2
     }
 
     /// The field read after this one.
     fn next(self) -> Option<Field> {
-        Self::ORDER.get(self as usize + 1).copied()
+        Self::TABLE.get(self as usize + 1).map(|f| f.0)
     }
 
     /// The fields read after this one.
-    pub fn later(self) -> &'static [Field] {
-        match self {
-            // Nothing but the directory could be read: one entry says so.
-            Field::All => &[],
-            _ => &Self::ORDER[self as usize + 1..],
-        }
+    pub fn later(self) -> impl Iterator<Item = Field> {
+        // Nothing but the directory could be read: one entry says so.
+        let first = match self {
+            Field::All => Self::TABLE.len(),
+            _ => self as usize + 1,
+        };
+        Self::TABLE[first..].iter().map(|f| f.0)
     }
 }
 

@@ -277,3 +277,12 @@ fn the_comm_check_matches_stat_and_gives_up_on_what_it_cannot_tell() {
         CommCheck::Gone
     );
 }
+
+#[test]
+fn the_field_table_is_in_reading_order() {
+    for (at, (field, ..)) in Field::TABLE.iter().enumerate() {
+        assert_eq!(*field as usize, at, "{field:?}");
+    }
+    assert_eq!(Field::Cwd.next(), None);
+    assert_eq!(Field::All.later().count(), 0);
+}
