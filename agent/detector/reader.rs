@@ -73,7 +73,7 @@ use nix::poll::{PollFd, PollFlags};
 
 use crate::detector::netlink::NetlinkDetector;
 use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket, Received, BATCH};
-use crate::procfs::bounded::{stuck_record, Admit, Slot, Watched};
+use crate::procfs::bounded::{Admit, Slot, Watched};
 use crate::procfs::reader::{blank, CommCheck, Exhausted, Outcome, ProcReader};
 use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
@@ -535,16 +535,15 @@ impl ReaderThread {
             }
             return self.sync(ev);
         }
-        match ctx.procfs.bounds().admit(pid) {
-            Admit::Go => {}
-            Admit::Stuck => {
+        match ctx.procfs.bounds().admit(pid, tgid, Source::Netlink) {
+            Ok(Admit::Go) => {}
+            Ok(Admit::Stuck(mut p)) => {
                 let _slot = self.slot()?;
-                let mut p = stuck_record(pid, tgid, Source::Netlink, ctx.procfs.bounds());
                 p.kernel_timestamp_ns = timestamp_ns;
-                publish_exec(&ctx, p);
+                publish_exec(&ctx, *p);
                 return Ok(());
             }
-            Admit::Full(n) => return self.unreadable(Exhausted::Stuck(n)),
+            Err(e) => return self.unreadable(e),
         }
         let mut record = blank(pid, tgid, Source::Netlink);
         record.kernel_timestamp_ns = timestamp_ns;

@@ -16,7 +16,7 @@ use std::time::Instant;
 use execwatch::proto::{Process, Source};
 use nix::errno::Errno;
 
-use crate::procfs::bounded::{stuck_record, Admit, Watched};
+use crate::procfs::bounded::{Admit, Watched};
 use crate::procfs::reader::{blank, Exhausted, Outcome};
 use crate::procfs::source::ProcSource;
 
@@ -49,13 +49,11 @@ impl WorkerReader {
     /// [`crate::procfs::reader::ProcReader::read_into`] does, waiting at
     /// most the deadline; `None` for a kernel thread. Not redacted: see
     /// [`ProcSource::finish`]. A process whose
-    /// earlier read is still stuck gets [`stuck_record`] without a read.
+    /// earlier read is still stuck gets a record that says so, without a
+    /// read ([`Admit::Stuck`]).
     pub fn read(&mut self, pid: i32, source: Source) -> Result<Option<Process>, Exhausted> {
-        let bounds = self.source.bounds();
-        match bounds.admit(pid) {
-            Admit::Go => {}
-            Admit::Stuck => return Ok(Some(stuck_record(pid, pid, source, bounds))),
-            Admit::Full(n) => return Err(Exhausted::Stuck(n)),
+        if let Admit::Stuck(p) = self.source.bounds().admit(pid, pid, source)? {
+            return Ok(Some(*p));
         }
         let worker = match &mut self.worker {
             Some(worker) => worker,
