@@ -205,14 +205,10 @@ impl ProcReader {
             Err(_) => return CommCheck::Unknown,
         };
         match buf[..n].strip_suffix(b"\n") {
-            Some(comm) if !comm.contains(&b'\\') => {
-                if wanted(comm) {
-                    CommCheck::Wanted
-                } else {
-                    CommCheck::Unwanted
-                }
-            }
-            _ => CommCheck::Unknown,
+            Some(comm) if comm.contains(&b'\\') => CommCheck::Unknown,
+            Some(comm) if wanted(comm) => CommCheck::Wanted,
+            Some(_) => CommCheck::Unwanted,
+            None => CommCheck::Unknown,
         }
     }
 
