@@ -63,24 +63,16 @@ impl Redactor {
     pub fn redact(&self, p: &mut Process) -> bool {
         // Decide on the original arguments first, so that one redaction
         // never hides or creates another pattern's match.
-        let follows: Vec<bool> = std::iter::once(false)
-            .chain(
-                p.argv
-                    .iter()
-                    .map(|a| self.next.iter().any(|r| r.is_match(a))),
-            )
-            .collect();
-        let edits: Vec<Option<Edit>> = follows
-            .iter()
-            .zip(&p.argv)
-            .map(|(&follows, arg)| {
-                if follows {
-                    Some(Edit::Whole)
-                } else {
-                    self.spans(arg)
-                }
-            })
-            .collect();
+        let mut edits = Vec::with_capacity(p.argv.len());
+        let mut follows = false;
+        for arg in &p.argv {
+            edits.push(if follows {
+                Some(Edit::Whole)
+            } else {
+                self.spans(arg)
+            });
+            follows = self.next.iter().any(|r| r.is_match(arg));
+        }
         if p.argv_lossy && p.argv_raw.len() != p.argv.len() && edits.iter().any(Option::is_some) {
             // Bytes that do not line up with the text cannot be redacted by
             // position: drop them rather than let a secret through.
