@@ -311,10 +311,7 @@ impl ReaderThread {
                 None => self.wait(wake)?,
             };
             let now = Instant::now();
-            let sweep = self.exits_due.is_some_and(|due| due <= now);
-            if sweep {
-                self.exits_due = None;
-            }
+            let sweep = self.exits_due.take_if(|due| *due <= now).is_some();
             if exec_ready || sweep {
                 // Exits that follow an exec are read with the next exec
                 // that is published, or by the sweep soon after, without a
@@ -343,10 +340,8 @@ impl ReaderThread {
     /// readable, or until `wake`. Returns which are readable.
     fn wait(&self, wake: Option<Instant>) -> Result<(bool, bool), NetlinkError> {
         let execs = self.ctx.execs.as_fd();
-        let exits = match (&self.ctx.exits, self.exits_due) {
-            (Some(exits), None) => Some(exits.as_fd()),
-            _ => None,
-        };
+        let exits = self.ctx.exits.as_ref().filter(|_| self.exits_due.is_none());
+        let exits = exits.map(AsFd::as_fd);
         let mut fds = [
             PollFd::new(execs, PollFlags::POLLIN),
             PollFd::new(exits.unwrap_or(execs), PollFlags::POLLIN),
