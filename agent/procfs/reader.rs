@@ -21,7 +21,7 @@
 
 use std::ffi::OsStr;
 use std::io::Write as _;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use execwatch::internal::cgroup;
@@ -135,15 +135,16 @@ impl ProcReader {
     /// Whether the agent can open a file under `/proc` right now (after an
     /// [`Exhausted`] read: have descriptors come back?).
     pub fn probe(&mut self) -> Result<(), Exhausted> {
-        match read_at(&self.proc_dir, "self/stat", &mut self.buf, 4096) {
-            Err(e) => own(e).map(drop),
-            Ok(_) => Ok(()),
+        if let Err(e) = read_at(&self.proc_dir, "self/stat", &mut self.buf, 4096) {
+            own(e)?;
         }
+        Ok(())
     }
 
     /// The pids currently listed in `/proc` (thread-group leaders only).
     pub fn pids(&self) -> std::io::Result<Vec<i32>> {
-        let dir = std::fs::read_dir(fd_path(&self.proc_dir))?;
+        // The mount, by its descriptor: `/proc/self/fd/<n>`.
+        let dir = std::fs::read_dir(format!("/proc/self/fd/{}", self.proc_dir.as_raw_fd()))?;
         Ok(dir
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
@@ -485,12 +486,6 @@ impl Sink for Process {
         f(self);
         true
     }
-}
-
-/// `/proc/self/fd/<n>`: a path naming an open directory fd.
-fn fd_path(fd: &impl AsFd) -> String {
-    use std::os::fd::AsRawFd;
-    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
 
 /// Reads at most `limit` bytes of `name` under `dir` into `buf`.
