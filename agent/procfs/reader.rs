@@ -213,25 +213,6 @@ impl ProcReader {
         }
     }
 
-    /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
-    /// which never exec and are not processes a user launches. Unbounded
-    /// (for tests; the agent's reads are bounded, see
-    /// [`crate::procfs::bounded`]), and not redacted: see
-    /// [`crate::procfs::source::ProcSource::finish`].
-    #[cfg(test)]
-    pub fn read(
-        &mut self,
-        pid: i32,
-        tgid: i32,
-        source: Source,
-    ) -> Result<Option<Process>, Exhausted> {
-        let mut p = blank(pid, tgid, source);
-        match self.read_into(pid, &mut p, |_| true)? {
-            Outcome::Read => Ok(Some(p)),
-            Outcome::KernelThread | Outcome::Abandoned | Outcome::Unwanted => Ok(None),
-        }
-    }
-
     /// Reads the record of `pid` into `sink`, one field at a time, so that
     /// a read given up midway (see [`crate::procfs::bounded`]) still leaves
     /// every field read so far and the name of the one under way. The

@@ -18,6 +18,21 @@ fn wait_for_comm(pid: u32, comm: &str) {
     panic!("pid {pid} never became {comm}");
 }
 
+impl ProcReader {
+    /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
+    /// which never exec and are not processes a user launches. Unbounded
+    /// (for tests; the agent's reads are bounded, see
+    /// [`crate::procfs::bounded`]), and not redacted: see
+    /// [`crate::procfs::source::ProcSource::finish`].
+    fn read(&mut self, pid: i32, tgid: i32, source: Source) -> Result<Option<Process>, Exhausted> {
+        let mut p = blank(pid, tgid, source);
+        match self.read_into(pid, &mut p, |_| true)? {
+            Outcome::Read => Ok(Some(p)),
+            Outcome::KernelThread | Outcome::Abandoned | Outcome::Unwanted => Ok(None),
+        }
+    }
+}
+
 fn reader() -> ProcReader {
     ProcReader::open("/proc", 64 * 1024).expect("open /proc")
 }
