@@ -648,10 +648,9 @@ impl Iterator for Messages<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.rest.is_empty() {
-            match self.step() {
-                Ok(None) => {}
-                Ok(Some(message)) => return Some(Ok(message)),
-                Err(e) => return Some(Err(e)),
+            // A message to skip is `Ok(None)`: on to the next one.
+            if let Some(item) = self.step().transpose() {
+                return Some(item);
             }
         }
         None
