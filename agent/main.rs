@@ -116,7 +116,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             let detector =
                 detector::netlink::NetlinkDetector::start(args.receive_buffer as usize, filter)
                     .context("the netlink detector could not start (try --detector=poll)")?;
-            let mode = detector.mode().name();
+            let mode = detector.mode();
             stats.set_detector("netlink", mode, detector.receive_buffer() as u64);
             tracing::info!(
                 mode,

@@ -11,14 +11,18 @@
 //! unfiltered subscription (older kernels ignore the 8-byte form) and filters
 //! here.
 
+use std::os::fd::AsFd;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::detector::socket::{NetlinkError, NetlinkSocket, Received, DATAGRAM_BUF, PROBE_TIMEOUT};
+use crate::detector::socket::{wait_readable, Batch, NetlinkError, NetlinkSocket, Received};
 use execwatch::internal::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message};
 
 /// Environment variable that turns an agent start into the probe's no-op.
 pub const PROBE_ENV: &str = "EXECWATCH_PROBE";
+
+/// How long the start-up probe waits to see its own exec.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long the exec socket is watched for events it should not get.
 const FILTER_CHECK: Duration = Duration::from_millis(50);
@@ -47,32 +51,12 @@ pub enum StartError {
     Silent(std::time::Duration),
 }
 
-/// How the subscription filters events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The kernel sends only exec and exit events (>= 6.6).
-    KernelFiltered,
-    /// The kernel sends everything; the agent drops what it does not want.
-    UserspaceFiltered,
-}
-
-impl Mode {
-    /// The name used in logs and stats.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::KernelFiltered => "kernel-filtered",
-            Mode::UserspaceFiltered => "userspace-filtered",
-        }
-    }
-}
-
 /// Subscribed, confirmed sockets, ready to be read.
 pub struct NetlinkDetector {
-    /// Exec events; in [`Mode::UserspaceFiltered`], every event.
+    /// Exec events; without the kernel's filter, every event.
     pub(crate) execs: NetlinkSocket,
-    /// Exit events, in [`Mode::KernelFiltered`] only.
+    /// Exit events, when the kernel filters (>= 6.6).
     pub(crate) exits: Option<NetlinkSocket>,
-    mode: Mode,
     rcvbuf: usize,
 }
 
@@ -110,7 +94,6 @@ impl NetlinkDetector {
                 return Ok(Some(Self {
                     execs,
                     exits: Some(exits),
-                    mode: Mode::KernelFiltered,
                     rcvbuf,
                 }));
             }
@@ -137,14 +120,20 @@ impl NetlinkDetector {
         Ok(Self {
             execs,
             exits: None,
-            mode: Mode::UserspaceFiltered,
             rcvbuf,
         })
     }
 
-    /// The subscription mode in force.
-    pub fn mode(&self) -> Mode {
-        self.mode
+    /// How the subscription in force filters events, as logs and stats
+    /// name it: `kernel-filtered` (the kernel sends only exec and exit
+    /// events, >= 6.6) or `userspace-filtered` (it sends everything; the
+    /// agent drops what it does not want).
+    pub fn mode(&self) -> &'static str {
+        if self.exits.is_some() {
+            "kernel-filtered"
+        } else {
+            "userspace-filtered"
+        }
     }
 
     /// The receive buffer the kernel granted each socket, in bytes.
@@ -191,18 +180,20 @@ fn wait_for(
     timeout: Duration,
 ) -> Result<Seen, StartError> {
     let deadline = Instant::now() + timeout;
-    let mut buf = vec![0u8; DATAGRAM_BUF];
+    let mut batch = Batch::default();
     let mut seen = Seen {
         probe: false,
         foreign: false,
     };
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let n = match sock.recv(&mut buf, Some(left))? {
+    while !seen.probe
+        && Instant::now() < deadline
+        && wait_readable(sock.as_fd(), deadline).map_err(NetlinkError::Recv)?
+    {
+        let n = match sock.try_recv_batch(&mut batch)? {
             Received::Datagram(n) => n,
-            Received::Overrun => continue,
-            Received::Timeout => break,
+            Received::Overrun | Received::Empty => continue,
         };
-        for message in parse_datagram(&buf[..n]).flatten() {
+        for message in batch.datagrams(n).flat_map(parse_datagram).flatten() {
             let Message::Event(ev) = message else {
                 continue;
             };
@@ -225,9 +216,6 @@ fn wait_for(
                 }
                 _ => seen.foreign = true,
             }
-        }
-        if seen.probe {
-            break;
         }
     }
     Ok(seen)

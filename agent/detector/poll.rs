@@ -23,11 +23,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use execwatch::proto::{Exit, Source};
+use execwatch::proto::{Exit, LossSite, Source};
+use nix::errno::Errno;
 
-use execwatch::proto::LossSite;
-
-use crate::procfs::reader::{Exhausted, Identity, ProcReader};
+use crate::procfs::reader::{own, Exhausted, Identity, ProcReader};
 use crate::procfs::source::ProcSource;
 use crate::procfs::worker::WorkerReader;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
@@ -101,12 +100,8 @@ impl Poller {
         let reader = &mut self.reader;
         let pids = match reader.pids() {
             Ok(pids) => pids,
-            Err(e) => match e.raw_os_error().map(nix::errno::Errno::from_raw) {
-                Some(
-                    errno @ (nix::errno::Errno::EMFILE
-                    | nix::errno::Errno::ENFILE
-                    | nix::errno::Errno::ENOMEM),
-                ) => return Ok(Err(Exhausted::Resources(errno))),
+            Err(e) => match e.raw_os_error().map(|raw| own(Errno::from_raw(raw))) {
+                Some(Err(exhausted)) => return Ok(Err(exhausted)),
                 _ => return Err(e),
             },
         };

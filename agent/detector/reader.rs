@@ -69,11 +69,11 @@ use std::time::{Duration, Instant};
 use execwatch::internal::clock;
 use execwatch::internal::cn_proc::{parse_datagram, EventKind, Message, ProcEvent};
 use execwatch::proto::{Exit, LossSite, Process, Source};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 
 use crate::detector::netlink::NetlinkDetector;
-use crate::detector::socket::{Batch, NetlinkError, NetlinkSocket, Received, BATCH};
-use crate::procfs::bounded::{stuck_record, Admit, Slot, Watched};
+use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket, Received, BATCH};
+use crate::procfs::bounded::{Admit, Slot, Watched};
 use crate::procfs::reader::{blank, CommCheck, Exhausted, Outcome, ProcReader};
 use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
@@ -311,10 +311,7 @@ impl ReaderThread {
                 None => self.wait(wake)?,
             };
             let now = Instant::now();
-            let sweep = self.exits_due.is_some_and(|due| due <= now);
-            if sweep {
-                self.exits_due = None;
-            }
+            let sweep = self.exits_due.take_if(|due| *due <= now).is_some();
             if exec_ready || sweep {
                 // Exits that follow an exec are read with the next exec
                 // that is published, or by the sweep soon after, without a
@@ -342,26 +339,15 @@ impl ReaderThread {
     /// Waits until the exec socket (or the exit socket, unless parked) is
     /// readable, or until `wake`. Returns which are readable.
     fn wait(&self, wake: Option<Instant>) -> Result<(bool, bool), NetlinkError> {
-        let timeout = match wake {
-            // Rounded up: a rest below a millisecond still waits.
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
-            None => PollTimeout::NONE,
-        };
         let execs = self.ctx.execs.as_fd();
-        let exits = match (&self.ctx.exits, self.exits_due) {
-            (Some(exits), None) => Some(exits.as_fd()),
-            _ => None,
-        };
+        let exits = self.ctx.exits.as_ref().filter(|_| self.exits_due.is_none());
+        let exits = exits.map(AsFd::as_fd);
         let mut fds = [
             PollFd::new(execs, PollFlags::POLLIN),
             PollFd::new(exits.unwrap_or(execs), PollFlags::POLLIN),
         ];
         let watched = if exits.is_some() { 2 } else { 1 };
-        match nix::poll::poll(&mut fds[..watched], timeout) {
+        match nix::poll::poll(&mut fds[..watched], poll_timeout(wake)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return Ok((false, false)),
             Err(e) => return Err(NetlinkError::Recv(e.into())),
@@ -470,7 +456,7 @@ impl ReaderThread {
             match ev.kind {
                 EventKind::Exec { pid, tgid } => {
                     drop(slot);
-                    self.exec(pid, tgid, ev.timestamp_ns)?;
+                    self.exec(ev, pid, tgid)?;
                 }
                 // Thread exits are noise: only a leader's exit ends a process.
                 EventKind::Exit {
@@ -495,8 +481,10 @@ impl ReaderThread {
         }
     }
 
-    /// Reads and publishes one exec's record, under the watchdog.
-    fn exec(&mut self, pid: i32, tgid: i32, timestamp_ns: u64) -> Result<(), Stop> {
+    /// Reads and publishes the record of `ev`, an exec of `pid` (thread)
+    /// and `tgid`, under the watchdog.
+    fn exec(&mut self, ev: ProcEvent, pid: i32, tgid: i32) -> Result<(), Stop> {
+        let timestamp_ns = ev.timestamp_ns;
         let ctx = self.ctx.clone();
         // Taken now, after the exec was received: see the module's comment.
         let interest = ctx.fanout.interest();
@@ -540,23 +528,17 @@ impl ReaderThread {
             if *interest != Interest::All {
                 self.checked = Some((pid, timestamp_ns));
             }
-            let kind = EventKind::Exec { pid, tgid };
-            return self.sync(ProcEvent {
-                cpu: 0,
-                timestamp_ns,
-                kind,
-            });
+            return self.sync(ev);
         }
-        match ctx.procfs.bounds().admit(pid) {
-            Admit::Go => {}
-            Admit::Stuck => {
+        match ctx.procfs.bounds().admit(pid, tgid, Source::Netlink) {
+            Ok(Admit::Go) => {}
+            Ok(Admit::Stuck(mut p)) => {
                 let _slot = self.slot()?;
-                let mut p = stuck_record(pid, tgid, Source::Netlink, ctx.procfs.bounds());
                 p.kernel_timestamp_ns = timestamp_ns;
-                publish_exec(&ctx, p);
+                publish_exec(&ctx, *p);
                 return Ok(());
             }
-            Admit::Full(n) => return self.unreadable(Exhausted::Stuck(n)),
+            Err(e) => return self.unreadable(e),
         }
         let mut record = blank(pid, tgid, Source::Netlink);
         record.kernel_timestamp_ns = timestamp_ns;
@@ -691,7 +673,7 @@ fn drain(
     loop {
         let n = match sock.try_recv_batch(batch)? {
             Received::Datagram(n) => n,
-            Received::Timeout => return Ok(false),
+            Received::Empty => return Ok(false),
             Received::Overrun => return Ok(true),
         };
         for message in batch.datagrams(n).flat_map(parse_datagram) {

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Why the proc connector could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,24 +52,18 @@ pub enum Received {
     Datagram(usize),
     /// The receive buffer overflowed (ENOBUFS): events were dropped.
     Overrun,
-    /// Nothing arrived within the timeout (or, for
-    /// [`NetlinkSocket::try_recv`], nothing is queued).
-    Timeout,
+    /// Nothing is queued.
+    Empty,
 }
 
 /// Waits until `fd` is readable or has an error pending (`true`), or until
 /// `deadline` (`false`). A signal that interrupts the wait only shortens it.
 pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::poll::{poll, PollFd, PollFlags};
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        // Rounded up: a rest below a millisecond still waits.
-        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
+        match poll(&mut fds, poll_timeout(Some(deadline))) {
             Ok(0) => return Ok(false),
             // POLLIN, POLLERR, POLLHUP or POLLNVAL: a read answers now.
             Ok(_) => return Ok(true),
@@ -80,12 +74,21 @@ pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> 
     }
 }
 
+/// A poll(2) timeout that ends at `deadline` (never, if `None`), rounded
+/// up: a wait below a millisecond still waits.
+pub fn poll_timeout(deadline: Option<Instant>) -> nix::poll::PollTimeout {
+    let Some(deadline) = deadline else {
+        return nix::poll::PollTimeout::NONE;
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX)
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use std::io::{self, IoSliceMut};
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-    use std::time::Duration;
-    use std::time::Instant;
 
     use nix::errno::Errno;
     use nix::sys::socket::{self, sockopt, MsgFlags, NetlinkAddr};
@@ -175,32 +178,10 @@ mod imp {
             Ok(())
         }
 
-        /// Receives one datagram into `buf`, waiting at most `timeout`
-        /// (forever if `None`). With a timeout it never blocks past it:
-        /// an interrupted or spurious wake-up waits again for the rest, and
-        /// a pending socket error is read without waiting.
-        pub fn recv(
-            &self,
-            buf: &mut [u8],
-            timeout: Option<Duration>,
-        ) -> Result<Received, NetlinkError> {
-            let Some(timeout) = timeout else {
-                return self.recv_flags(buf, MsgFlags::empty());
-            };
-            let deadline = Instant::now() + timeout;
-            while super::wait_readable(self.fd.as_fd(), deadline).map_err(NetlinkError::Recv)? {
-                match self.recv_flags(buf, MsgFlags::MSG_DONTWAIT)? {
-                    Received::Timeout => continue,
-                    received => return Ok(received),
-                }
-            }
-            Ok(Received::Timeout)
-        }
-
         /// Receives the datagrams queued, up to [`BATCH`], in one
         /// recvmmsg(2) without waiting: one system call for a burst instead
         /// of one per datagram and one more to learn the queue is empty.
-        /// `Timeout` if none is queued; an overflow behind datagrams
+        /// `Empty` if none is queued; an overflow behind datagrams
         /// received now is reported by the next call.
         pub fn try_recv_batch(&self, batch: &mut Batch) -> Result<Received, NetlinkError> {
             loop {
@@ -208,7 +189,7 @@ mod imp {
                     Ok(n) => return Ok(Received::Datagram(n)),
                     Err(Errno::EINTR) => continue,
                     Err(Errno::ENOBUFS) => return Ok(Received::Overrun),
-                    Err(Errno::EAGAIN) => return Ok(Received::Timeout),
+                    Err(Errno::EAGAIN) => return Ok(Received::Empty),
                     Err(errno) => return Err(NetlinkError::Recv(errno.into())),
                 }
             }
@@ -221,32 +202,17 @@ mod imp {
                 std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
             let flags = MsgFlags::MSG_DONTWAIT;
             let received = socket::recvmmsg(self.fd.as_raw_fd(), headers, &mut iovs, flags, None)?;
-            let mut n = 0;
-            for (len, msg) in lens.iter_mut().zip(received) {
-                *len = msg.bytes;
-                n += 1;
-            }
-            Ok(n)
-        }
-
-        fn recv_flags(&self, buf: &mut [u8], flags: MsgFlags) -> Result<Received, NetlinkError> {
-            loop {
-                match socket::recv(self.fd.as_raw_fd(), buf, flags) {
-                    Ok(n) => return Ok(Received::Datagram(n)),
-                    Err(Errno::EINTR) => continue,
-                    Err(Errno::ENOBUFS) => return Ok(Received::Overrun),
-                    Err(Errno::EAGAIN) => return Ok(Received::Timeout),
-                    Err(errno) => return Err(NetlinkError::Recv(errno.into())),
-                }
-            }
+            Ok(lens
+                .iter_mut()
+                .zip(received)
+                .map(|(len, msg)| *len = msg.bytes)
+                .count())
         }
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
-    use std::time::Duration;
-
     use super::{NetlinkError, Received};
     use execwatch::internal::cn_proc::McastOp;
 
@@ -271,14 +237,6 @@ mod imp {
         }
         /// Unreachable: no socket can be opened.
         pub fn try_recv_batch(&self, _batch: &mut super::Batch) -> Result<Received, NetlinkError> {
-            Err(NetlinkError::Unsupported)
-        }
-        /// Unreachable: no socket can be opened.
-        pub fn recv(
-            &self,
-            _buf: &mut [u8],
-            _t: Option<Duration>,
-        ) -> Result<Received, NetlinkError> {
             Err(NetlinkError::Unsupported)
         }
     }
@@ -321,13 +279,11 @@ impl Batch {
     }
 }
 
-/// How long the start-up probe waits to see its own exec.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+    use std::time::Duration;
 
     extern "C" fn nothing(_: nix::libc::c_int) {}
 

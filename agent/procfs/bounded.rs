@@ -31,12 +31,7 @@ use std::time::{Duration, Instant};
 
 use execwatch::proto::{Process, Source};
 
-use crate::procfs::reader::{blank, unavailable, Field, Sink};
-
-/// Watchdog periods (one deadline each) without any read before it sleeps
-/// until one starts. While reads keep coming it never sleeps that way, so
-/// starting a read wakes nobody.
-const QUIET_TICKS: u32 = 1;
+use crate::procfs::reader::{blank, unavailable, Exhausted, Field, Sink};
 
 /// How long a read may take and how many may be left behind.
 #[derive(Debug)]
@@ -48,15 +43,13 @@ pub struct Bounds {
 }
 
 /// Whether a read of one process may start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Admit {
     /// Read it.
     Go,
-    /// A read of this process is stuck: report it with [`stuck_record`].
-    Stuck,
-    /// This many reads are stuck, the most allowed: do not read, report
-    /// loss.
-    Full(usize),
+    /// An earlier read of this process is stuck: do not read, publish this
+    /// record, which says so.
+    Stuck(Box<Process>),
 }
 
 impl Bounds {
@@ -78,17 +71,29 @@ impl Bounds {
         self.stuck.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a read of `pid` may start now.
-    pub fn admit(&self, pid: i32) -> Admit {
+    /// Whether a read of `pid` (in thread group `tgid`, for a record from
+    /// `source`) may start now. An error when as many reads are stuck as
+    /// allowed: do not read, report loss.
+    pub fn admit(&self, pid: i32, tgid: i32, source: Source) -> Result<Admit, Exhausted> {
         let stuck = self.stuck();
         if stuck.contains_key(&pid) {
-            return Admit::Stuck;
+            drop(stuck);
+            let mut p = blank(pid, tgid, source);
+            unavailable(
+                &mut p,
+                Field::All.name(),
+                format!(
+                    "an earlier read of /proc/{pid} timed out after {:?} and has not returned; not read again until it does",
+                    self.deadline
+                ),
+            );
+            return Ok(Admit::Stuck(Box::new(p)));
         }
         let n: usize = stuck.values().sum();
         if n >= self.max_stuck {
-            return Admit::Full(n);
+            return Err(Exhausted::Stuck(n));
         }
-        Admit::Go
+        Ok(Admit::Go)
     }
 
     /// Whether no more reads may be left behind.
@@ -119,20 +124,6 @@ impl Bounds {
             "a /proc read given up earlier has returned"
         );
     }
-}
-
-/// The record of a process whose earlier read is still stuck.
-pub fn stuck_record(pid: i32, tgid: i32, source: Source, bounds: &Bounds) -> Process {
-    let mut p = blank(pid, tgid, source);
-    unavailable(
-        &mut p,
-        Field::All.name(),
-        format!(
-            "an earlier read of /proc/{pid} timed out after {:?} and has not returned; not read again until it does",
-            bounds.deadline
-        ),
-    );
-    p
 }
 
 /// The read under way.
@@ -209,7 +200,7 @@ impl<T> Watched<T> {
     /// record.
     pub fn watch(&self, bounds: &Bounds, mut given_up: impl FnMut(&mut Slot<T>, Process)) {
         let mut slot = self.lock();
-        let (mut quiet, mut seen) = (0, slot.reads);
+        let mut seen = slot.reads;
         loop {
             let now = Instant::now();
             if let Some(p) = slot.give_up(bounds, now) {
@@ -217,24 +208,21 @@ impl<T> Watched<T> {
                 continue;
             }
             if let Some(due) = slot.due(bounds.deadline) {
-                quiet = 0;
                 slot = self.wait(slot, Some(due.saturating_duration_since(now)));
                 continue;
             }
-            if slot.reads == seen {
-                quiet += 1;
-            } else {
-                (quiet, seen) = (0, slot.reads);
-            }
-            if quiet < QUIET_TICKS {
+            if slot.reads != seen {
+                // Reads keep coming: look again in a period (one deadline),
+                // so that starting a read wakes nobody.
+                seen = slot.reads;
                 slot = self.wait(slot, Some(bounds.deadline));
                 continue;
             }
-            // Quiet for a while: sleep until a read starts, instead of
-            // waking every period for nothing.
+            // A period without any read: sleep until one starts, instead
+            // of waking every period for nothing.
             slot.watchdog_idle = true;
             slot = self.wait(slot, None);
-            (quiet, seen) = (0, slot.reads);
+            seen = slot.reads;
         }
     }
 
@@ -243,14 +231,15 @@ impl<T> Watched<T> {
         slot: MutexGuard<'a, Slot<T>>,
         timeout: Option<Duration>,
     ) -> MutexGuard<'a, Slot<T>> {
-        let woke = match timeout {
-            Some(t) => match self.wake.wait_timeout(slot, t) {
-                Ok((slot, _)) => Ok(slot),
-                Err(e) => Ok(e.into_inner().0),
-            },
-            None => self.wake.wait(slot),
-        };
-        woke.unwrap_or_else(|e| e.into_inner())
+        match timeout {
+            Some(t) => {
+                self.wake
+                    .wait_timeout(slot, t)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => self.wake.wait(slot).unwrap_or_else(|e| e.into_inner()),
+        }
     }
 }
 
@@ -359,12 +348,15 @@ mod tests {
         assert_eq!(fields, ["argv", "cgroup", "exe", "cwd"]);
         assert!(p.unavailable[0].reason.contains("/proc/42/cmdline"));
         assert!(!tracker.put(|p| p.comm = "late".into(), None), "stale");
-        assert_eq!(bounds.admit(42), Admit::Stuck);
-        assert_eq!(bounds.admit(7), Admit::Go);
+        let admit = |pid| bounds.admit(pid, pid, Source::Netlink);
+        assert!(
+            matches!(admit(42), Ok(Admit::Stuck(p)) if p.unavailable[0].reason.contains("/proc/42 timed out"))
+        );
+        assert!(matches!(admit(7), Ok(Admit::Go)));
         bounds.left_behind(8);
-        assert_eq!(bounds.admit(7), Admit::Full(2));
+        assert!(matches!(admit(7), Err(Exhausted::Stuck(2))));
         bounds.returned(42);
-        assert_eq!(bounds.admit(42), Admit::Go);
+        assert!(matches!(admit(42), Ok(Admit::Go)));
     }
 
     #[test]

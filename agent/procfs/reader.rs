@@ -20,7 +20,8 @@
 //! the agent's trouble, not the process, so callers report it as loss.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::Write as _;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use execwatch::internal::cgroup;
@@ -79,7 +80,7 @@ pub enum Exhausted {
 }
 
 /// Passes `e` on, unless it is the agent's own exhaustion.
-fn own(e: Errno) -> Result<Errno, Exhausted> {
+pub fn own(e: Errno) -> Result<Errno, Exhausted> {
     match e {
         Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOBUFS => {
             Err(Exhausted::Resources(e))
@@ -134,15 +135,16 @@ impl ProcReader {
     /// Whether the agent can open a file under `/proc` right now (after an
     /// [`Exhausted`] read: have descriptors come back?).
     pub fn probe(&mut self) -> Result<(), Exhausted> {
-        match read_at(&self.proc_dir, "self/stat", &mut self.buf, 4096) {
-            Err(e) => own(e).map(drop),
-            Ok(_) => Ok(()),
+        if let Err(e) = read_at(&self.proc_dir, "self/stat", &mut self.buf, 4096) {
+            own(e)?;
         }
+        Ok(())
     }
 
     /// The pids currently listed in `/proc` (thread-group leaders only).
     pub fn pids(&self) -> std::io::Result<Vec<i32>> {
-        let dir = std::fs::read_dir(fd_path(&self.proc_dir))?;
+        // The mount, by its descriptor: `/proc/self/fd/<n>`.
+        let dir = std::fs::read_dir(format!("/proc/self/fd/{}", self.proc_dir.as_raw_fd()))?;
         Ok(dir
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
@@ -183,20 +185,15 @@ impl ProcReader {
     /// of the process's memory and touches no file system of its, so it
     /// needs no time bound.
     pub fn comm_wanted(&mut self, pid: i32, wanted: impl Fn(&[u8]) -> bool) -> CommCheck {
+        // Formatted on the stack: no allocation for an exec nobody wants.
         let mut path = [0u8; 24];
-        let len = {
-            use std::io::Write;
-            let mut at = &mut path[..];
-            if write!(at, "{pid}/comm").is_err() {
-                return CommCheck::Unknown;
-            }
-            24 - at.len()
-        };
-        let Ok(path) = std::str::from_utf8(&path[..len]) else {
+        let mut at = &mut path[..];
+        if write!(at, "{pid}/comm").is_err() {
             return CommCheck::Unknown;
-        };
+        }
+        let len = 24 - at.len();
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-        let fd = match openat(&self.proc_dir, path, flags, Mode::empty()) {
+        let fd = match openat(&self.proc_dir, &path[..len], flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT | Errno::ESRCH) => return CommCheck::Gone,
             Err(_) => return CommCheck::Unknown,
@@ -209,33 +206,10 @@ impl ProcReader {
             Err(_) => return CommCheck::Unknown,
         };
         match buf[..n].strip_suffix(b"\n") {
-            Some(comm) if !comm.contains(&b'\\') => {
-                if wanted(comm) {
-                    CommCheck::Wanted
-                } else {
-                    CommCheck::Unwanted
-                }
-            }
-            _ => CommCheck::Unknown,
-        }
-    }
-
-    /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
-    /// which never exec and are not processes a user launches. Unbounded
-    /// (for tests; the agent's reads are bounded, see
-    /// [`crate::procfs::bounded`]), and not redacted: see
-    /// [`crate::procfs::source::ProcSource::finish`].
-    #[cfg(test)]
-    pub fn read(
-        &mut self,
-        pid: i32,
-        tgid: i32,
-        source: Source,
-    ) -> Result<Option<Process>, Exhausted> {
-        let mut p = blank(pid, tgid, source);
-        match self.read_into(pid, &mut p, |_| true)? {
-            Outcome::Read => Ok(Some(p)),
-            Outcome::KernelThread | Outcome::Abandoned | Outcome::Unwanted => Ok(None),
+            Some(comm) if comm.contains(&b'\\') => CommCheck::Unknown,
+            Some(comm) if wanted(comm) => CommCheck::Wanted,
+            Some(_) => CommCheck::Unwanted,
+            None => CommCheck::Unknown,
         }
     }
 
@@ -318,68 +292,55 @@ impl ProcReader {
             }
         }
 
-        let read = read_at(&dir, "status", &mut self.buf, 8192);
-        let read = match read {
-            Ok(_) => Ok(parse_credentials(&self.buf)),
-            Err(e) => Err(own(e)?),
-        };
-        let put = |p: &mut Process| match read {
-            Ok(credentials) => p.credentials = credentials,
-            Err(e) => missing(p, "credentials", e),
-        };
-        if !sink.put(put, Some(Field::Argv)) {
+        let read =
+            read_at(&dir, "status", &mut self.buf, 8192).map(|_| parse_credentials(&self.buf));
+        if !fill(sink, Field::Credentials, read, |p, c| p.credentials = c)? {
             return Ok(Outcome::Abandoned);
         }
 
         let limit = self.max_argv_bytes;
-        let read = read_at(&dir, "cmdline", &mut self.buf, limit + 1);
-        let read = match read {
-            Ok(_) => Ok(&self.buf),
-            Err(e) => Err(own(e)?),
-        };
-        let put = |p: &mut Process| match read {
-            Ok(cmdline) => set_argv(p, cmdline, limit),
-            Err(e) => missing(p, "argv", e),
-        };
-        if !sink.put(put, Some(Field::Cgroup)) {
+        let read = read_at(&dir, "cmdline", &mut self.buf, limit + 1).map(|_| &self.buf);
+        if !fill(sink, Field::Argv, read, |p, args| set_argv(p, args, limit))? {
             return Ok(Outcome::Abandoned);
         }
 
-        let read = read_at(&dir, "cgroup", &mut self.buf, 8192);
-        let read = match read {
-            Ok(_) => Ok(cgroup::classify(&String::from_utf8_lossy(&self.buf))),
-            Err(e) => Err(own(e)?),
-        };
-        let put = |p: &mut Process| match read {
-            Ok(cgroup) => p.cgroup = Some(cgroup),
-            Err(e) => missing(p, "cgroup", e),
-        };
-        if !sink.put(put, Some(Field::Exe)) {
+        let read = read_at(&dir, "cgroup", &mut self.buf, 8192)
+            .map(|_| cgroup::classify(&String::from_utf8_lossy(&self.buf)));
+        if !fill(sink, Field::Cgroup, read, |p, c| p.cgroup = Some(c))? {
             return Ok(Outcome::Abandoned);
         }
 
-        let read = match readlinkat(&dir, "exe") {
-            Ok(path) => Ok(path.to_string_lossy().into_owned()),
-            Err(e) => Err(own(e)?),
-        };
-        let put = |p: &mut Process| match read {
-            Ok(path) => p.exe = Some(path),
-            Err(e) => missing(p, "exe", e),
-        };
-        if !sink.put(put, Some(Field::Cwd)) {
+        let read = readlinkat(&dir, "exe").map(|path| path.to_string_lossy().into_owned());
+        if !fill(sink, Field::Exe, read, |p, path| p.exe = Some(path))? {
             return Ok(Outcome::Abandoned);
         }
 
-        let read = match readlinkat(&dir, "cwd") {
-            Ok(path) => Ok(path.to_string_lossy().into_owned()),
-            Err(e) => Err(own(e)?),
-        };
-        let put = |p: &mut Process| match read {
-            Ok(path) => p.cwd = Some(path),
-            Err(e) => missing(p, "cwd", e),
-        };
-        Ok(done(sink.put(put, None)))
+        let read = readlinkat(&dir, "cwd").map(|path| path.to_string_lossy().into_owned());
+        Ok(done(fill(sink, Field::Cwd, read, |p, path| {
+            p.cwd = Some(path)
+        })?))
     }
+}
+
+/// Puts one field's read into `sink` (the value `set` stores, or why the
+/// field is missing) and notes that the next field is being read. A failure
+/// of the agent's own stops the whole read instead. Returns whether the
+/// sink took it (see [`Sink::put`]).
+fn fill<T>(
+    sink: &mut impl Sink,
+    field: Field,
+    read: Result<T, Errno>,
+    set: impl FnOnce(&mut Process, T),
+) -> Result<bool, Exhausted> {
+    let read = match read {
+        Ok(value) => Ok(value),
+        Err(e) => Err(own(e)?),
+    };
+    let put = |p: &mut Process| match read {
+        Ok(value) => set(p, value),
+        Err(e) => missing(p, field.name(), e),
+    };
+    Ok(sink.put(put, field.next()))
 }
 
 /// What [`ProcReader::comm_wanted`] found.
@@ -452,50 +413,42 @@ pub enum Field {
 }
 
 impl Field {
-    const ORDER: [Field; 7] = [
-        Field::All,
-        Field::Comm,
-        Field::Credentials,
-        Field::Argv,
-        Field::Cgroup,
-        Field::Exe,
-        Field::Cwd,
+    /// Every field in reading order (each one's index is its discriminant),
+    /// with the name `unavailable` gives it and the file under `/proc/<pid>`
+    /// it comes from.
+    const TABLE: [(Field, &'static str, &'static str); 7] = [
+        (Field::All, "all", ""),
+        (Field::Comm, "comm", "stat"),
+        (Field::Credentials, "credentials", "status"),
+        (Field::Argv, "argv", "cmdline"),
+        (Field::Cgroup, "cgroup", "cgroup"),
+        (Field::Exe, "exe", "exe"),
+        (Field::Cwd, "cwd", "cwd"),
     ];
 
     /// The name `unavailable` gives it.
     pub fn name(self) -> &'static str {
-        match self {
-            Field::All => "all",
-            Field::Comm => "comm",
-            Field::Credentials => "credentials",
-            Field::Argv => "argv",
-            Field::Cgroup => "cgroup",
-            Field::Exe => "exe",
-            Field::Cwd => "cwd",
-        }
+        Self::TABLE[self as usize].1
     }
 
     /// The file under `/proc/<pid>` it comes from.
     pub fn file(self) -> &'static str {
-        match self {
-            Field::All => "",
-            Field::Comm => "stat",
-            Field::Credentials => "status",
-            Field::Argv => "cmdline",
-            Field::Cgroup => "cgroup",
-            Field::Exe => "exe",
-            Field::Cwd => "cwd",
-        }
+        Self::TABLE[self as usize].2
+    }
+
+    /// The field read after this one.
+    fn next(self) -> Option<Field> {
+        Self::TABLE.get(self as usize + 1).map(|f| f.0)
     }
 
     /// The fields read after this one.
-    pub fn later(self) -> &'static [Field] {
-        let at = Self::ORDER.iter().position(|f| *f == self).unwrap_or(0);
-        match self {
-            // Nothing but the directory could be read: one entry says so.
-            Field::All => &[],
-            _ => &Self::ORDER[at + 1..],
-        }
+    pub fn later(self) -> impl Iterator<Item = Field> {
+        // Nothing but the directory could be read: one entry says so.
+        let first = match self {
+            Field::All => Self::TABLE.len(),
+            _ => self as usize + 1,
+        };
+        Self::TABLE[first..].iter().map(|f| f.0)
     }
 }
 
@@ -514,12 +467,6 @@ impl Sink for Process {
         f(self);
         true
     }
-}
-
-/// `/proc/self/fd/<n>`: a path naming an open directory fd.
-fn fd_path(fd: &impl AsFd) -> String {
-    use std::os::fd::AsRawFd;
-    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
 
 /// Reads at most `limit` bytes of `name` under `dir` into `buf`.

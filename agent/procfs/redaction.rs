@@ -63,24 +63,16 @@ impl Redactor {
     pub fn redact(&self, p: &mut Process) -> bool {
         // Decide on the original arguments first, so that one redaction
         // never hides or creates another pattern's match.
-        let follows: Vec<bool> = std::iter::once(false)
-            .chain(
-                p.argv
-                    .iter()
-                    .map(|a| self.next.iter().any(|r| r.is_match(a))),
-            )
-            .collect();
-        let edits: Vec<Option<Edit>> = follows
-            .iter()
-            .zip(&p.argv)
-            .map(|(&follows, arg)| {
-                if follows {
-                    Some(Edit::Whole)
-                } else {
-                    self.spans(arg)
-                }
-            })
-            .collect();
+        let mut edits = Vec::with_capacity(p.argv.len());
+        let mut follows = false;
+        for arg in &p.argv {
+            edits.push(if follows {
+                Some(Edit::Whole)
+            } else {
+                self.spans(arg)
+            });
+            follows = self.next.iter().any(|r| r.is_match(arg));
+        }
         if p.argv_lossy && p.argv_raw.len() != p.argv.len() && edits.iter().any(Option::is_some) {
             // Bytes that do not line up with the text cannot be redacted by
             // position: drop them rather than let a secret through.
@@ -138,16 +130,12 @@ impl Redactor {
 
 /// Applies `edit` to one argument's text and, for a lossy argv, its bytes.
 fn edit_argument(text: &mut String, raw: Option<&mut Vec<u8>>, edit: Edit) {
-    let spans = match edit {
-        Edit::Whole => None,
-        Edit::Spans(spans) => Some(spans),
-    };
     if let Some(raw) = raw {
         // The text must be what the bytes read as; if it ever is not, the
         // offsets cannot be trusted and the whole argument goes.
         let map = (String::from_utf8_lossy(raw) == text.as_str()).then(|| lossy_to_raw(raw));
-        match (&spans, map) {
-            (Some(spans), Some(map)) => {
+        match (&edit, map) {
+            (Edit::Spans(spans), Some(map)) => {
                 let raw_spans: Vec<_> = spans.iter().map(|s| map[s.start]..map[s.end]).collect();
                 *raw = replace(raw, &raw_spans, REDACTED.as_bytes());
             }
@@ -156,10 +144,12 @@ fn edit_argument(text: &mut String, raw: Option<&mut Vec<u8>>, edit: Edit) {
         *text = String::from_utf8_lossy(raw).into_owned();
         return;
     }
-    *text = match spans {
-        Some(spans) => String::from_utf8(replace(text.as_bytes(), &spans, REDACTED.as_bytes()))
-            .expect("spans of a str match lie on char boundaries"),
-        None => REDACTED.to_owned(),
+    *text = match edit {
+        Edit::Spans(spans) => {
+            String::from_utf8(replace(text.as_bytes(), &spans, REDACTED.as_bytes()))
+                .expect("spans of a str match lie on char boundaries")
+        }
+        Edit::Whole => REDACTED.to_owned(),
     };
 }
 

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use execwatch::proto::{Process, Source};
 
-use crate::procfs::bounded::{stuck_record, Admit, Watched};
-use crate::procfs::reader::{blank, Exhausted, Outcome};
+use crate::procfs::bounded::{Admit, Watched};
+use crate::procfs::reader::{blank, Outcome};
 use crate::procfs::source::ProcSource;
 
 /// Processes read per blocking-pool task during a snapshot.
@@ -109,16 +109,15 @@ fn read_blocking(source: &ProcSource, watched: &Watched<Progress>) {
         let Some(pid) = progress.pids.pop() else {
             return;
         };
-        match bounds.admit(pid) {
-            Admit::Go => {}
-            Admit::Stuck => {
-                let p = stuck_record(pid, pid, Source::Snapshot, bounds);
-                progress.chunk.records.push(p);
+        match bounds.admit(pid, pid, Source::Snapshot) {
+            Ok(Admit::Go) => {}
+            Ok(Admit::Stuck(p)) => {
+                progress.chunk.records.push(*p);
                 continue;
             }
-            Admit::Full(n) => {
+            Err(e) => {
                 progress.chunk.failed.push(pid);
-                progress.chunk.why = Some(Exhausted::Stuck(n).to_string());
+                progress.chunk.why = Some(e.to_string());
                 continue;
             }
         }

@@ -16,7 +16,7 @@ use std::time::Instant;
 use execwatch::proto::{Process, Source};
 use nix::errno::Errno;
 
-use crate::procfs::bounded::{stuck_record, Admit, Watched};
+use crate::procfs::bounded::{Admit, Bounds, Watched};
 use crate::procfs::reader::{blank, Exhausted, Outcome};
 use crate::procfs::source::ProcSource;
 
@@ -49,40 +49,25 @@ impl WorkerReader {
     /// [`crate::procfs::reader::ProcReader::read_into`] does, waiting at
     /// most the deadline; `None` for a kernel thread. Not redacted: see
     /// [`ProcSource::finish`]. A process whose
-    /// earlier read is still stuck gets [`stuck_record`] without a read.
+    /// earlier read is still stuck gets a record that says so, without a
+    /// read ([`Admit::Stuck`]).
     pub fn read(&mut self, pid: i32, source: Source) -> Result<Option<Process>, Exhausted> {
-        let bounds = self.source.bounds();
-        match bounds.admit(pid) {
-            Admit::Go => {}
-            Admit::Stuck => return Ok(Some(stuck_record(pid, pid, source, bounds))),
-            Admit::Full(n) => return Err(Exhausted::Stuck(n)),
+        if let Admit::Stuck(p) = self.source.bounds().admit(pid, pid, source)? {
+            return Ok(Some(*p));
         }
         let worker = match &mut self.worker {
             Some(worker) => worker,
             None => self.worker.insert(Worker::start(self.source.clone())?),
         };
-        let answer = worker.read(pid, source, &self.source);
-        if !matches!(answer, Answer::Done(_)) {
-            // Left behind (it says it is back and ends), or gone.
+        let read = worker.read(pid, source, self.source.bounds());
+        if read.is_none() || worker.watched.lock().generation() != GENERATION {
+            // Gone, or left behind (it says it is back and ends): the next
+            // read starts a fresh one.
             self.worker = None;
         }
-        match answer {
-            Answer::Done(read) => read,
-            Answer::GivenUp(p) => Ok(Some(p)),
-            // Only a bug ends a worker otherwise; the caller tries again.
-            Answer::Lost => Err(Exhausted::Resources(Errno::EAGAIN)),
-        }
+        // Only a bug ends a worker otherwise; the caller tries again.
+        read.unwrap_or(Err(Exhausted::Resources(Errno::EAGAIN)))
     }
-}
-
-/// How one read on a worker ended.
-enum Answer {
-    /// It finished in time.
-    Done(Result<Option<Process>, Exhausted>),
-    /// It was given up: the record as it stands.
-    GivenUp(Process),
-    /// The worker is gone.
-    Lost,
 }
 
 impl Worker {
@@ -117,34 +102,34 @@ impl Worker {
         })
     }
 
-    /// Has the worker read `pid`, waiting at most the deadline.
-    fn read(&self, pid: i32, kind: Source, source: &ProcSource) -> Answer {
-        let bounds = source.bounds();
+    /// Has the worker read `pid`, waiting at most the deadline: a read
+    /// given up then comes back as it stands. `None` if the worker is gone.
+    fn read(
+        &self,
+        pid: i32,
+        kind: Source,
+        bounds: &Bounds,
+    ) -> Option<Result<Option<Process>, Exhausted>> {
         let mut slot = self.watched.lock();
         self.watched.begin(&mut slot, blank(pid, pid, kind));
         drop(slot);
-        if self.jobs.send(pid).is_err() {
-            return Answer::Lost;
-        }
+        self.jobs.send(pid).ok()?;
         let read = match self.done.recv_timeout(bounds.deadline()) {
             Ok(read) => read,
             Err(RecvTimeoutError::Timeout) => {
                 // A deadline after this read began: overdue, unless done.
                 let mut slot = self.watched.lock();
                 if let Some(p) = slot.give_up(bounds, Instant::now()) {
-                    return Answer::GivenUp(p);
+                    return Some(Ok(Some(p)));
                 }
                 // It finished just now: its answer is on the way.
                 drop(slot);
-                match self.done.recv() {
-                    Ok(read) => read,
-                    Err(_) => return Answer::Lost,
-                }
+                self.done.recv().ok()?
             }
-            Err(RecvTimeoutError::Disconnected) => return Answer::Lost,
+            Err(RecvTimeoutError::Disconnected) => return None,
         };
         let p = self.watched.lock().end();
-        Answer::Done(read.map(|outcome| match (outcome, p) {
+        Some(read.map(|outcome| match (outcome, p) {
             (Outcome::Read, Some(p)) => Some(p),
             _ => None,
         }))
@@ -156,7 +141,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::procfs::bounded::Bounds;
 
     fn reader() -> WorkerReader {
         let bounds = Bounds::new(Duration::from_secs(5), 2);

@@ -174,20 +174,18 @@ pub enum ParseError {
 
 /// The subscription operation (`enum proc_cn_mcast_op`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 pub enum McastOp {
     /// `PROC_CN_MCAST_LISTEN`: start receiving events.
-    Listen,
+    Listen = PROC_CN_MCAST_LISTEN,
     /// `PROC_CN_MCAST_IGNORE`: stop receiving events.
-    Ignore,
+    Ignore = PROC_CN_MCAST_IGNORE,
 }
 
 impl McastOp {
     /// The value on the wire.
     pub const fn code(self) -> u32 {
-        match self {
-            McastOp::Listen => PROC_CN_MCAST_LISTEN,
-            McastOp::Ignore => PROC_CN_MCAST_IGNORE,
-        }
+        self as u32
     }
 }
 
@@ -650,10 +648,9 @@ impl Iterator for Messages<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.rest.is_empty() {
-            match self.step() {
-                Ok(None) => {}
-                Ok(Some(message)) => return Some(Ok(message)),
-                Err(e) => return Some(Err(e)),
+            // A message to skip is `Ok(None)`: on to the next one.
+            if let Some(item) = self.step().transpose() {
+                return Some(item);
             }
         }
         None

@@ -18,6 +18,21 @@ fn wait_for_comm(pid: u32, comm: &str) {
     panic!("pid {pid} never became {comm}");
 }
 
+impl ProcReader {
+    /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
+    /// which never exec and are not processes a user launches. Unbounded
+    /// (for tests; the agent's reads are bounded, see
+    /// [`crate::procfs::bounded`]), and not redacted: see
+    /// [`crate::procfs::source::ProcSource::finish`].
+    fn read(&mut self, pid: i32, tgid: i32, source: Source) -> Result<Option<Process>, Exhausted> {
+        let mut p = blank(pid, tgid, source);
+        match self.read_into(pid, &mut p, |_| true)? {
+            Outcome::Read => Ok(Some(p)),
+            Outcome::KernelThread | Outcome::Abandoned | Outcome::Unwanted => Ok(None),
+        }
+    }
+}
+
 fn reader() -> ProcReader {
     ProcReader::open("/proc", 64 * 1024).expect("open /proc")
 }
@@ -276,4 +291,13 @@ fn the_comm_check_matches_stat_and_gives_up_on_what_it_cannot_tell() {
         r.comm_wanted(pid, |_| panic!("asked about a gone process")),
         CommCheck::Gone
     );
+}
+
+#[test]
+fn the_field_table_is_in_reading_order() {
+    for (at, (field, ..)) in Field::TABLE.iter().enumerate() {
+        assert_eq!(*field as usize, at, "{field:?}");
+    }
+    assert_eq!(Field::Cwd.next(), None);
+    assert_eq!(Field::All.later().count(), 0);
 }
