@@ -17,7 +17,7 @@
 //!   returns: its records say so at once (a second read would only get stuck
 //!   behind the first).
 //! - At most [`Bounds::max_stuck`] threads are left behind at once. Beyond
-//!   that no read is started ([`Admit::Full`]): the callers report the
+//!   that no read is started ([`Exhausted::Stuck`]): the callers report the
 //!   process as loss, never as an empty record, until one returns.
 //!
 //! The normal path hands nothing between threads: the reading thread puts
@@ -255,7 +255,7 @@ impl<T> Slot<T> {
     }
 
     /// When the read under way is due, if one is.
-    pub fn due(&self, deadline: Duration) -> Option<Instant> {
+    fn due(&self, deadline: Duration) -> Option<Instant> {
         let current = self.current.as_ref()?;
         current.reading.map(|_| current.since + deadline)
     }

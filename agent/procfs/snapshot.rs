@@ -1,16 +1,14 @@
 //! Reading the records of a snapshot, a chunk at a time, on the blocking
-//! pool, each process bounded in time ([`crate::procfs::bounded`]): a
-//! process whose read hangs holds neither the snapshot nor its permit for
-//! longer than the deadline.
+//! pool, each process bounded in time by a [`WorkerReader`], as the poll
+//! detector's are: a process whose read hangs holds neither the snapshot
+//! nor its permit for longer than the deadline.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use execwatch::proto::{Process, Source};
 
-use crate::procfs::bounded::{Admit, Watched};
-use crate::procfs::reader::{blank, Outcome};
 use crate::procfs::source::ProcSource;
+use crate::procfs::worker::WorkerReader;
 
 /// Processes read per blocking-pool task during a snapshot.
 pub const CHUNK: usize = 64;
@@ -29,120 +27,36 @@ pub struct Chunk {
     pub why: Option<String>,
 }
 
-/// What outlives a reading thread left behind.
-struct Progress {
-    pids: Vec<i32>,
-    chunk: Chunk,
-    weight: usize,
-}
-
 /// Reads the records of `pids` (popped from the end) until they weigh
 /// [`CHUNK_BYTES`] or number [`CHUNK`]; never waits for a client, nor
 /// longer than the deadline for one process. Returns the chunk and the
 /// pids it did not get to.
 pub async fn read_chunk(
     source: Arc<ProcSource>,
-    pids: Vec<i32>,
+    mut pids: Vec<i32>,
 ) -> Result<(Chunk, Vec<i32>), String> {
-    let watched = Arc::new(Watched::new(Progress {
-        pids,
-        chunk: Chunk::default(),
-        weight: 0,
-    }));
-    let reading = {
-        let (watched, source) = (watched.clone(), source.clone());
-        tokio::task::spawn_blocking(move || read_blocking(&source, &watched))
-    };
-    let bounds = source.bounds();
-    tokio::pin!(reading);
-    loop {
-        let due = watched.lock().due(bounds.deadline());
-        let check = due.unwrap_or_else(|| Instant::now() + bounds.deadline());
-        tokio::select! {
-            done = &mut reading => {
-                done.map_err(|e| format!("snapshot task failed: {e}"))?;
+    tokio::task::spawn_blocking(move || {
+        let mut reader = WorkerReader::new(source.clone());
+        let (mut chunk, mut weight) = (Chunk::default(), 0);
+        while weight < CHUNK_BYTES && chunk.records.len() < CHUNK {
+            let Some(pid) = pids.pop() else {
                 break;
-            }
-            _ = tokio::time::sleep_until(check.into()) => {
-                let mut slot = watched.lock();
-                if let Some(mut p) = slot.give_up(bounds, Instant::now()) {
-                    // The thread is left behind; this chunk ends here with
-                    // what it read, and the rest goes to the next one.
+            };
+            match reader.read(pid, Source::Snapshot) {
+                Ok(Some(mut p)) if !p.exited_before_inspection => {
                     source.finish(&mut p);
-                    slot.state.chunk.records.push(p);
-                    break;
+                    weight += prost::Message::encoded_len(&p);
+                    chunk.records.push(p);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    chunk.failed.push(pid);
+                    chunk.why = Some(e.to_string());
                 }
             }
         }
-    }
-    let mut slot = watched.lock();
-    let progress = &mut slot.state;
-    Ok((
-        std::mem::take(&mut progress.chunk),
-        std::mem::take(&mut progress.pids),
-    ))
-}
-
-/// The blocking part of [`read_chunk`], as generation 0 of `watched`.
-fn read_blocking(source: &ProcSource, watched: &Watched<Progress>) {
-    const GENERATION: u64 = 0;
-    let bounds = source.bounds();
-    let mut reader = match source.reader() {
-        Ok(reader) => reader,
-        Err(e) => {
-            let mut slot = watched.lock();
-            let progress = &mut slot.state;
-            progress.chunk.failed = std::mem::take(&mut progress.pids);
-            progress.chunk.why = Some(e.to_string());
-            return;
-        }
-    };
-    loop {
-        let mut slot = watched.lock();
-        if slot.generation() != GENERATION {
-            return;
-        }
-        let progress = &mut slot.state;
-        if progress.weight >= CHUNK_BYTES || progress.chunk.records.len() >= CHUNK {
-            return;
-        }
-        let Some(pid) = progress.pids.pop() else {
-            return;
-        };
-        match bounds.admit(pid, pid, Source::Snapshot) {
-            Ok(Admit::Go) => {}
-            Ok(Admit::Stuck(p)) => {
-                progress.chunk.records.push(*p);
-                continue;
-            }
-            Err(e) => {
-                progress.chunk.failed.push(pid);
-                progress.chunk.why = Some(e.to_string());
-                continue;
-            }
-        }
-        watched.begin(&mut slot, blank(pid, pid, Source::Snapshot));
-        drop(slot);
-        let read = reader.read_into(pid, &mut watched.tracker(GENERATION), |_| true);
-        let mut slot = watched.lock();
-        if slot.generation() != GENERATION {
-            drop(slot);
-            bounds.returned(pid);
-            return;
-        }
-        let p = slot.end();
-        let progress = &mut slot.state;
-        match (read, p) {
-            (Ok(Outcome::Read), Some(mut p)) if !p.exited_before_inspection => {
-                source.finish(&mut p);
-                progress.weight += prost::Message::encoded_len(&p);
-                progress.chunk.records.push(p);
-            }
-            (Ok(_), _) => {}
-            (Err(e), _) => {
-                progress.chunk.failed.push(pid);
-                progress.chunk.why = Some(e.to_string());
-            }
-        }
-    }
+        (chunk, pids)
+    })
+    .await
+    .map_err(|e| format!("snapshot task failed: {e}"))
 }

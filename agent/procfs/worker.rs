@@ -1,10 +1,11 @@
 //! A bounded read for a caller that waits for it: the read runs on a worker
 //! thread, and the caller, which must not hang, waits at most the deadline.
 //!
-//! The poll detector reads a new process's record this way: its scans go on
-//! if a read hangs, as the netlink detector's do ([`crate::detector::reader`]
-//! watches its own thread instead, because a hand-off per exec would cost a
-//! wake-up, which a poll scan can afford). A read still under way at the
+//! The poll detector reads a new process's record this way, and so do
+//! snapshots ([`crate::procfs::snapshot`]): its scans go on if a read hangs,
+//! as the netlink detector's do ([`crate::detector::reader`] watches its own
+//! thread instead, because a hand-off per exec would cost a wake-up, which a
+//! poll scan or a snapshot can afford). A read still under way at the
 //! deadline is given up as [`crate::procfs::bounded`] describes: the record
 //! comes back with what was read and the rest named in `unavailable`, the
 //! worker is left behind, and the next read starts a fresh one.
