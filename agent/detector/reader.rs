@@ -68,6 +68,7 @@ use std::time::{Duration, Instant};
 
 use execwatch::internal::clock;
 use execwatch::internal::cn_proc::{parse_datagram, EventKind, Message, ProcEvent};
+use execwatch::internal::runtime::lock;
 use execwatch::proto::{Exit, LossSite, Process, Source};
 use nix::poll::{PollFd, PollFlags};
 
@@ -254,7 +255,7 @@ fn watchdog(ctx: &Arc<Context>) {
 
 impl Context {
     fn fail(&self, e: NetlinkError) {
-        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let failed = lock(&self.failed).take();
         if let Some(failed) = failed {
             failed(e);
         }

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use execwatch::internal::runtime::lock;
 use execwatch::proto::{Process, Source};
 
 use crate::procfs::reader::{blank, unavailable, Exhausted, Field, Sink};
@@ -67,15 +68,11 @@ impl Bounds {
         self.deadline
     }
 
-    fn stuck(&self) -> MutexGuard<'_, HashMap<i32, usize>> {
-        self.stuck.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Whether a read of `pid` (in thread group `tgid`, for a record from
     /// `source`) may start now. An error when as many reads are stuck as
     /// allowed: do not read, report loss.
     pub fn admit(&self, pid: i32, tgid: i32, source: Source) -> Result<Admit, Exhausted> {
-        let stuck = self.stuck();
+        let stuck = lock(&self.stuck);
         if stuck.contains_key(&pid) {
             drop(stuck);
             let mut p = blank(pid, tgid, source);
@@ -98,20 +95,20 @@ impl Bounds {
 
     /// Whether no more reads may be left behind.
     pub fn full(&self) -> bool {
-        self.stuck().values().sum::<usize>() >= self.max_stuck
+        lock(&self.stuck).values().sum::<usize>() >= self.max_stuck
     }
 
     /// A read of `pid` was given up; its thread is left behind. Returns how
     /// many are now.
     fn left_behind(&self, pid: i32) -> usize {
-        let mut stuck = self.stuck();
+        let mut stuck = lock(&self.stuck);
         *stuck.entry(pid).or_default() += 1;
         stuck.values().sum()
     }
 
     /// A read of `pid` that was left behind has returned.
     pub fn returned(&self, pid: i32) {
-        let mut stuck = self.stuck();
+        let mut stuck = lock(&self.stuck);
         if let Some(n) = stuck.get_mut(&pid) {
             *n -= 1;
             if *n == 0 {
@@ -170,7 +167,7 @@ impl<T> Watched<T> {
 
     /// Locks the slot.
     pub fn lock(&self) -> MutexGuard<'_, Slot<T>> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.slot)
     }
 
     /// Starts watching a read that fills `record`.
