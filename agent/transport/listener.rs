@@ -5,11 +5,11 @@
 //! before any HTTP/2. A peer over its share of connections
 //! (`--max-connections`, `--max-connections-per-uid`) is closed at once too;
 //! the agent's own uid (its health probe) is exempt from both counts. A
-//! connection that sends nothing within [`PREFACE_DEADLINE`] is closed
-//! without ever reaching the gRPC server; one that then does not finish
-//! its preface, or stays with no stream open for `--idle-timeout`, is
-//! closed by its [`Connection`] (see [`crate::transport::idle`]). Admitted
-//! connections reach tonic through a channel.
+//! connection that has not finished its HTTP/2 preface 5 s after it was
+//! accepted (one that sends nothing included), or stays with no stream open
+//! for `--idle-timeout`, is closed by its [`Connection`] (see
+//! [`crate::transport::idle`]). Admitted connections reach tonic through a
+//! channel.
 //!
 //! tonic's own loop only traces an `accept` error and tries again at once:
 //! when the agent is out of descriptors the pending connection stays in the
@@ -21,22 +21,19 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::stream::service::PeerCheck;
 use crate::transport::connection::Connection;
 use crate::transport::idle::Activity;
-use crate::transport::quota::{Over, Place, Quota};
+use crate::transport::quota::{Over, Quota};
 
 /// The first pause after a failed `accept`.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
 /// The longest pause between attempts.
 pub const MAX_PAUSE: Duration = Duration::from_secs(1);
-/// How long a new connection may stay silent before it is closed: an HTTP/2
-/// client sends its preface at once.
-pub const PREFACE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Who may connect, and how many at once.
 pub struct Admission {
@@ -124,51 +121,14 @@ async fn accept_loop(
             tracing::info!(closed = over_limit, "connections admitted again");
             over_limit = 0;
         }
-        let tx = tx.clone();
         let idle = Activity::new(accepted, admission.idle_timeout);
-        tokio::spawn(async move {
-            if let Some(conn) = speaks(stream, uid, place, idle).await {
-                let _ = tx.send(Ok(conn)).await;
+        match Connection::new(stream, idle, place) {
+            Ok(conn) => {
+                if tx.send(Ok(conn)).await.is_err() {
+                    return;
+                }
             }
-        });
-    }
-}
-
-/// Waits for the client's first bytes; a connection that stays silent past
-/// [`PREFACE_DEADLINE`] is closed.
-async fn speaks(
-    stream: UnixStream,
-    uid: Option<u32>,
-    place: Option<Place>,
-    idle: Activity,
-) -> Option<Connection> {
-    match tokio::time::timeout(PREFACE_DEADLINE, first_bytes(&stream)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return None,
-        Err(_) => {
-            tracing::debug!(
-                peer_uid = uid,
-                "closed a connection that sent nothing within {PREFACE_DEADLINE:?}"
-            );
-            return None;
+            Err(e) => tracing::warn!("cannot take over an accepted connection: {e}"),
         }
     }
-    Connection::new(stream, idle, place)
-        .inspect_err(|e| tracing::warn!("cannot take over an accepted connection: {e}"))
-        .ok()
-}
-
-/// Returns once the client has sent something (or hung up), without
-/// taking it: tokio's readiness alone may be a false alarm, so it is
-/// confirmed by a peek (`async_io` waits again when the peek would block).
-async fn first_bytes(stream: &UnixStream) -> io::Result<()> {
-    use nix::sys::socket::{recv, MsgFlags};
-    use std::os::fd::AsRawFd;
-    let mut byte = [0u8; 1];
-    let peek = || {
-        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-        recv(stream.as_raw_fd(), &mut byte, flags).map_err(io::Error::from)
-    };
-    stream.async_io(tokio::io::Interest::READABLE, peek).await?;
-    Ok(())
 }
