@@ -89,25 +89,24 @@ pub async fn run(
             name,
         } => {
             let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
             let what = format!("ConfigMap {namespace}/{name}");
-            let mut stream = watcher(api, config).default_backoff().boxed();
-            let mut seen_in_init = false;
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Init) => seen_in_init = false,
-                    // An Apply after InitDone sets `seen_in_init` too; it
-                    // is read only at the next InitDone, after an Init.
-                    Ok(watcher::Event::InitApply(cm) | watcher::Event::Apply(cm)) => {
-                        seen_in_init = true;
+            // Some(ConfigMap) when it is found or changes, None when it is
+            // deleted or a (re-)list does not find it.
+            let mut stream = watcher::watch_object(api, &name).default_backoff().boxed();
+            // Whether the last news was the ConfigMap itself: its absence
+            // then is a deletion.
+            let mut seen = false;
+            while let Some(news) = stream.next().await {
+                match news {
+                    Ok(Some(cm)) => {
+                        seen = true;
                         feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY)))
                             .await;
                     }
-                    Ok(watcher::Event::InitDone) if !seen_in_init => {
-                        feed.missing(&what, "is absent").await
+                    Ok(None) if std::mem::take(&mut seen) => {
+                        feed.missing(&what, "was deleted").await
                     }
-                    Ok(watcher::Event::InitDone) => {}
-                    Ok(watcher::Event::Delete(_)) => feed.missing(&what, "was deleted").await,
+                    Ok(None) => feed.missing(&what, "is absent").await,
                     Err(e) => tracing::warn!("watching {what}: {e}; retrying"),
                 }
             }
