@@ -28,7 +28,7 @@ use kube::Api;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
-use crate::rules::{Rules, DEFAULT_RULES, MAX_DOCUMENT_BYTES};
+use crate::rules::{Rules, MAX_DOCUMENT_BYTES};
 
 /// The ConfigMap data key holding the rules.
 pub const DATA_KEY: &str = "reclaim.toml";
@@ -46,8 +46,8 @@ pub enum RulesSource {
     },
     /// A TOML file, re-read when its modification time or size changes.
     File(PathBuf),
-    /// The built-in demo rules.
-    Embedded,
+    /// The built-in demo rules, parsed.
+    Embedded(Rules),
 }
 
 /// What to do when the source holds no rules document.
@@ -77,8 +77,7 @@ pub async fn run(
         key: matches!(source, RulesSource::ConfigMap { .. }).then_some(DATA_KEY),
     };
     match source {
-        RulesSource::Embedded => {
-            let rules = Rules::parse(DEFAULT_RULES).expect("the embedded rules parse");
+        RulesSource::Embedded(rules) => {
             feed.good("embedded demo rules", rules).await;
             std::future::pending::<()>().await;
         }
