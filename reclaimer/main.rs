@@ -22,7 +22,7 @@ use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings};
 use crate::node::client::{HostId, NodeClient};
 use crate::node::writer::{DryRun, NodeWriter};
-use crate::rules::source::{RulesSource, WhenMissing};
+use crate::rules::source::RulesSource;
 
 fn main() -> std::process::ExitCode {
     match try_main() {
@@ -158,14 +158,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         metrics.clone(),
         selector_rx,
     ));
-    let when_missing = if cli.keep_rules_when_missing {
-        WhenMissing::Keep
-    } else {
-        WhenMissing::Disarm
-    };
     tokio::spawn(rules::source::run(
         source,
-        when_missing,
+        cli.keep_rules_when_missing,
         rules_tx,
         selector_tx,
         metrics.clone(),

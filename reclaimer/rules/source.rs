@@ -50,20 +50,13 @@ pub enum RulesSource {
     Embedded(Rules),
 }
 
-/// What to do when the source holds no rules document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhenMissing {
-    /// Drop the rules in force: the node is disarmed (5-Spot's contract).
-    Disarm,
-    /// Keep the rules in force until a document arrives again.
-    Keep,
-}
-
 /// Sends every new rule set on `tx`, and its selector on `selector`,
-/// forever.
+/// forever. Without a document, the rules in force are dropped (the node
+/// is disarmed: 5-Spot's contract) unless `keep_rules_when_missing`
+/// (`--keep-rules-when-missing`) keeps them until a document arrives again.
 pub async fn run(
     source: RulesSource,
-    when_missing: WhenMissing,
+    keep_rules_when_missing: bool,
     tx: mpsc::Sender<Rules>,
     selector: watch::Sender<WatchRequest>,
     metrics: Arc<Metrics>,
@@ -72,7 +65,7 @@ pub async fn run(
         tx,
         selector,
         metrics,
-        when_missing,
+        keep_rules_when_missing,
         in_force: None,
         key: matches!(source, RulesSource::ConfigMap { .. }).then_some(DATA_KEY),
     };
@@ -118,7 +111,9 @@ struct Feed {
     /// The link subscribes with the selector of the rules in force.
     selector: watch::Sender<WatchRequest>,
     metrics: Arc<Metrics>,
-    when_missing: WhenMissing,
+    /// `--keep-rules-when-missing`: keep the rules in force without a
+    /// document, instead of disarming.
+    keep_rules_when_missing: bool,
     /// Summary of the rules from a document in force; `None` while the
     /// decision loop holds no such rules (at start, or after a disarm).
     in_force: Option<String>,
@@ -148,13 +143,13 @@ impl Feed {
     }
 
     /// `what` holds no rules document: disarm, or keep the rules in force
-    /// with [`WhenMissing::Keep`]. Not a reload: no rule set was loaded.
+    /// with `--keep-rules-when-missing`. Not a reload: no rule set was loaded.
     async fn missing(&mut self, what: &str, why: &str) {
         // No document is not an invalid one.
         self.metrics.rules_invalid.set(0);
         self.metrics.rules_missing.set(1);
-        match (self.in_force.take(), self.when_missing) {
-            (Some(rules), WhenMissing::Keep) => {
+        match self.in_force.take() {
+            Some(rules) if self.keep_rules_when_missing => {
                 tracing::warn!(
                     rules = %rules,
                     "{what} {why}: keeping the rules in force until it holds rules again \
@@ -163,7 +158,8 @@ impl Feed {
                 );
                 self.in_force = Some(rules);
             }
-            (Some(rules), WhenMissing::Disarm) => {
+            // Disarm: 5-Spot's contract.
+            Some(rules) => {
                 tracing::warn!(
                     dropped = %rules,
                     "{what} {why}: rules dropped; this node is not armed until it holds rules again"
@@ -171,7 +167,7 @@ impl Feed {
                 self.apply(Rules::inert()).await;
             }
             // The decision loop holds no rules from a document: inert already.
-            (None, _) => tracing::warn!("{what} {why}: no rules yet; this node is not armed"),
+            None => tracing::warn!("{what} {why}: no rules yet; this node is not armed"),
         }
     }
 
