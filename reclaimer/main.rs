@@ -22,7 +22,7 @@ use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings};
 use crate::node::client::{HostId, NodeClient};
 use crate::node::writer::{DryRun, NodeWriter};
-use crate::rules::source::{RulesSource, WhenMissing};
+use crate::rules::source::RulesSource;
 
 fn main() -> std::process::ExitCode {
     match try_main() {
@@ -74,17 +74,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = execwatch::internal::runtime::shutdown_signal();
     // Inert until the first rules arrive.
     let metrics = Arc::new(metrics::Metrics::new());
-    let (writer, source): (Box<dyn NodeWriter>, _) = if cli.dry_run {
+    let writer: Box<dyn NodeWriter> = if cli.dry_run {
         tracing::info!("dry-run: decisions are logged, the Kubernetes API is never contacted");
         let node = cli
             .node_name
             .clone()
             .unwrap_or_else(|| "<this node>".into());
-        let source = match &cli.rules_file {
-            Some(path) => RulesSource::File(path.clone()),
-            None => RulesSource::Embedded,
-        };
-        (Box::new(DryRun { node }), source)
+        Box::new(DryRun { node })
     } else {
         let Some(node) = cli.node_name.clone() else {
             bail!("--node-name (or NODE_NAME) is required unless --dry-run");
@@ -109,41 +105,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         let client = node::retry::client(kube_config(NODE_READ_TIMEOUT).await?)
             .context("cannot build the Kubernetes client")?;
-        let source = match &cli.rules_file {
-            Some(path) => RulesSource::File(path.clone()),
-            None => RulesSource::ConfigMap {
-                client: kube::Client::try_from(kube_config(WATCH_READ_TIMEOUT).await?)
-                    .context("cannot build the Kubernetes client")?,
-                namespace: cli.namespace.clone(),
-                name: configmap_name(&cli, &node)?,
-            },
-        };
-        let nodes = NodeClient::new(
+        Box::new(NodeClient::new(
             client,
             node,
             cli.events_namespace.clone(),
             host,
             metrics.clone(),
-        );
-        (Box::new(nodes), source)
+        ))
     };
-    // What the link first subscribes with: the rules a file or the demo
-    // holds now (the source hands the same to the decision loop in a
-    // moment, so no re-subscription follows); a ConfigMap's are not known
-    // yet, so no process until they arrive.
-    let first_rules = match &source {
+    // The rules' source, and what the link first subscribes with: the rules
+    // a file or the demo holds now (the source hands the same to the
+    // decision loop in a moment, so no re-subscription follows); a
+    // ConfigMap's are not known yet, so no process until they arrive.
+    let (source, first_rules) = match (&cli.rules_file, &cli.node_name) {
         // A bad file at start is a configuration error; later edits are
         // ridden out with the last good rules.
-        RulesSource::File(path) => {
+        (Some(path), _) => {
             let text = rules::source::read_capped(path)
                 .with_context(|| format!("cannot read the rules file {}", path.display()))?;
-            rules::Rules::parse(&text)
-                .with_context(|| format!("the rules file {} is invalid", path.display()))?
+            let rules = rules::Rules::parse(&text)
+                .with_context(|| format!("the rules file {} is invalid", path.display()))?;
+            (RulesSource::File(path.clone()), rules)
         }
-        RulesSource::Embedded => {
-            rules::Rules::parse(rules::DEFAULT_RULES).context("the embedded rules")?
+        (None, Some(node)) if !cli.dry_run => {
+            let source = RulesSource::ConfigMap {
+                client: kube::Client::try_from(kube_config(WATCH_READ_TIMEOUT).await?)
+                    .context("cannot build the Kubernetes client")?,
+                namespace: cli.namespace.clone(),
+                name: configmap_name(&cli, node)?,
+            };
+            (source, rules::Rules::inert())
         }
-        RulesSource::ConfigMap { .. } => rules::Rules::inert(),
+        // A dry-run without a rules file: the demo rules.
+        (None, _) => {
+            let rules = rules::Rules::parse(rules::DEFAULT_RULES).context("the embedded rules")?;
+            (RulesSource::Embedded(rules.clone()), rules)
+        }
     };
     if let Some(addr) = cli.metrics_addr {
         // Bound here, so a bad address stops the reclaimer at start.
@@ -161,14 +158,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         metrics.clone(),
         selector_rx,
     ));
-    let when_missing = if cli.keep_rules_when_missing {
-        WhenMissing::Keep
-    } else {
-        WhenMissing::Disarm
-    };
     tokio::spawn(rules::source::run(
         source,
-        when_missing,
+        cli.keep_rules_when_missing,
         rules_tx,
         selector_tx,
         metrics.clone(),

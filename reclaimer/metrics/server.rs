@@ -74,15 +74,10 @@ impl MetricsServer {
         })
     }
 
-    /// The address actually bound.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
     /// Serves until the process ends. A failed accept is logged once per
     /// streak, retried after [`ACCEPT_RETRY`], and its end logged too.
     pub async fn run(self) {
-        let addr = self.local_addr().ok();
+        let addr = self.listener.local_addr().ok();
         tracing::info!(addr = ?addr, "serving metrics on /metrics");
         let mut failures = 0u64;
         loop {
@@ -177,7 +172,7 @@ mod tests {
             .await
             .unwrap();
         server.timeouts = timeouts;
-        let addr = server.local_addr().unwrap();
+        let addr = server.listener.local_addr().unwrap();
         tokio::spawn(server.run());
         addr
     }

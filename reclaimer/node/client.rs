@@ -134,20 +134,20 @@ impl NodeClient {
     }
 
     /// Whether `reclaim-requested` is `"true"` on the Node now.
-    pub async fn reclaim_requested(&self) -> Result<bool, NodeError> {
+    pub async fn reclaim_requested(self) -> Result<bool, NodeError> {
         retry::until_done(|| async { Ok(is_requested(&self.get().await?)) }).await
     }
 
     /// Writes `req` unless a request is already on the Node.
-    pub async fn request(&self, req: &Request) -> Result<Outcome, NodeError> {
-        let Some(node) = retry::until_done(|| self.write(req)).await? else {
+    pub async fn request(self, req: Request) -> Result<Outcome, NodeError> {
+        let Some(node) = retry::until_done(|| self.write(&req)).await? else {
             return Ok(Outcome::AlreadyRequested);
         };
         self.metrics.patches.inc();
         self.metrics
             .patch_latency
             .observe(req.observed.elapsed().as_secs_f64());
-        self.spawn_event(req, &node);
+        self.spawn_event(&req, &node);
         Ok(Outcome::Written)
     }
 

@@ -37,19 +37,19 @@ pub trait NodeWriter: Send {
     fn requested(&self) -> Job<bool>;
 }
 
+// Each job owns a clone of the client (a few cheap handles), so that it
+// runs in the background.
 impl NodeWriter for NodeClient {
     fn holds_requests(&self) -> bool {
         true
     }
 
     fn request(&self, req: Request) -> Sent {
-        let client = self.clone();
-        Sent::Pending(Box::pin(async move { client.request(&req).await }))
+        Sent::Pending(Box::pin(self.clone().request(req)))
     }
 
     fn requested(&self) -> Job<bool> {
-        let client = self.clone();
-        Box::pin(async move { client.reclaim_requested().await })
+        Box::pin(self.clone().reclaim_requested())
     }
 }
 

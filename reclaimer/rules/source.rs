@@ -28,7 +28,7 @@ use kube::Api;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
-use crate::rules::{Rules, DEFAULT_RULES, MAX_DOCUMENT_BYTES};
+use crate::rules::{Rules, MAX_DOCUMENT_BYTES};
 
 /// The ConfigMap data key holding the rules.
 pub const DATA_KEY: &str = "reclaim.toml";
@@ -46,24 +46,17 @@ pub enum RulesSource {
     },
     /// A TOML file, re-read when its modification time or size changes.
     File(PathBuf),
-    /// The built-in demo rules.
-    Embedded,
-}
-
-/// What to do when the source holds no rules document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhenMissing {
-    /// Drop the rules in force: the node is disarmed (5-Spot's contract).
-    Disarm,
-    /// Keep the rules in force until a document arrives again.
-    Keep,
+    /// The built-in demo rules, parsed.
+    Embedded(Rules),
 }
 
 /// Sends every new rule set on `tx`, and its selector on `selector`,
-/// forever.
+/// forever. Without a document, the rules in force are dropped (the node
+/// is disarmed: 5-Spot's contract) unless `keep_rules_when_missing`
+/// (`--keep-rules-when-missing`) keeps them until a document arrives again.
 pub async fn run(
     source: RulesSource,
-    when_missing: WhenMissing,
+    keep_rules_when_missing: bool,
     tx: mpsc::Sender<Rules>,
     selector: watch::Sender<WatchRequest>,
     metrics: Arc<Metrics>,
@@ -72,13 +65,12 @@ pub async fn run(
         tx,
         selector,
         metrics,
-        when_missing,
+        keep_rules_when_missing,
         in_force: None,
         key: matches!(source, RulesSource::ConfigMap { .. }).then_some(DATA_KEY),
     };
     match source {
-        RulesSource::Embedded => {
-            let rules = Rules::parse(DEFAULT_RULES).expect("the embedded rules parse");
+        RulesSource::Embedded(rules) => {
             feed.good("embedded demo rules", rules).await;
             std::future::pending::<()>().await;
         }
@@ -89,25 +81,24 @@ pub async fn run(
             name,
         } => {
             let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
             let what = format!("ConfigMap {namespace}/{name}");
-            let mut stream = watcher(api, config).default_backoff().boxed();
-            let mut seen_in_init = false;
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Init) => seen_in_init = false,
-                    // An Apply after InitDone sets `seen_in_init` too; it
-                    // is read only at the next InitDone, after an Init.
-                    Ok(watcher::Event::InitApply(cm) | watcher::Event::Apply(cm)) => {
-                        seen_in_init = true;
+            // Some(ConfigMap) when it is found or changes, None when it is
+            // deleted or a (re-)list does not find it.
+            let mut stream = watcher::watch_object(api, &name).default_backoff().boxed();
+            // Whether the last news was the ConfigMap itself: its absence
+            // then is a deletion.
+            let mut seen = false;
+            while let Some(news) = stream.next().await {
+                match news {
+                    Ok(Some(cm)) => {
+                        seen = true;
                         feed.document(&what, cm.data.as_ref().and_then(|d| d.get(DATA_KEY)))
                             .await;
                     }
-                    Ok(watcher::Event::InitDone) if !seen_in_init => {
-                        feed.missing(&what, "is absent").await
+                    Ok(None) if std::mem::take(&mut seen) => {
+                        feed.missing(&what, "was deleted").await
                     }
-                    Ok(watcher::Event::InitDone) => {}
-                    Ok(watcher::Event::Delete(_)) => feed.missing(&what, "was deleted").await,
+                    Ok(None) => feed.missing(&what, "is absent").await,
                     Err(e) => tracing::warn!("watching {what}: {e}; retrying"),
                 }
             }
@@ -120,7 +111,9 @@ struct Feed {
     /// The link subscribes with the selector of the rules in force.
     selector: watch::Sender<WatchRequest>,
     metrics: Arc<Metrics>,
-    when_missing: WhenMissing,
+    /// `--keep-rules-when-missing`: keep the rules in force without a
+    /// document, instead of disarming.
+    keep_rules_when_missing: bool,
     /// Summary of the rules from a document in force; `None` while the
     /// decision loop holds no such rules (at start, or after a disarm).
     in_force: Option<String>,
@@ -150,13 +143,13 @@ impl Feed {
     }
 
     /// `what` holds no rules document: disarm, or keep the rules in force
-    /// with [`WhenMissing::Keep`]. Not a reload: no rule set was loaded.
+    /// with `--keep-rules-when-missing`. Not a reload: no rule set was loaded.
     async fn missing(&mut self, what: &str, why: &str) {
         // No document is not an invalid one.
         self.metrics.rules_invalid.set(0);
         self.metrics.rules_missing.set(1);
-        match (self.in_force.take(), self.when_missing) {
-            (Some(rules), WhenMissing::Keep) => {
+        match self.in_force.take() {
+            Some(rules) if self.keep_rules_when_missing => {
                 tracing::warn!(
                     rules = %rules,
                     "{what} {why}: keeping the rules in force until it holds rules again \
@@ -165,7 +158,8 @@ impl Feed {
                 );
                 self.in_force = Some(rules);
             }
-            (Some(rules), WhenMissing::Disarm) => {
+            // Disarm: 5-Spot's contract.
+            Some(rules) => {
                 tracing::warn!(
                     dropped = %rules,
                     "{what} {why}: rules dropped; this node is not armed until it holds rules again"
@@ -173,7 +167,7 @@ impl Feed {
                 self.apply(Rules::inert()).await;
             }
             // The decision loop holds no rules from a document: inert already.
-            (None, _) => tracing::warn!("{what} {why}: no rules yet; this node is not armed"),
+            None => tracing::warn!("{what} {why}: no rules yet; this node is not armed"),
         }
     }
 

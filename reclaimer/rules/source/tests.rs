@@ -14,14 +14,18 @@ fn blank_documents() {
     }
 }
 
-fn feed(when_missing: WhenMissing) -> (Feed, mpsc::Receiver<Rules>, Arc<Metrics>) {
+/// `--keep-rules-when-missing` off (5-Spot's contract) and on.
+const DISARM: bool = false;
+const KEEP: bool = true;
+
+fn feed(keep_rules_when_missing: bool) -> (Feed, mpsc::Receiver<Rules>, Arc<Metrics>) {
     let (tx, rx) = mpsc::channel(8);
     let metrics = Arc::new(Metrics::new());
     let feed = Feed {
         tx,
         selector: watch::channel(WatchRequest::default()).0,
         metrics: metrics.clone(),
-        when_missing,
+        keep_rules_when_missing,
         in_force: None,
         key: Some(DATA_KEY),
     };
@@ -36,7 +40,7 @@ const WHAT: &str = "ConfigMap ns/reclaim-agent-n";
 /// the node as it is: inert.
 #[tokio::test]
 async fn no_document_disarms() {
-    let (mut feed, mut rx, metrics) = feed(WhenMissing::Disarm);
+    let (mut feed, mut rx, metrics) = feed(DISARM);
     let missing = || metrics.rules_missing.get();
     let inert = || metrics.rules_inert.get();
     feed.missing(WHAT, "is absent").await;
@@ -75,17 +79,17 @@ async fn no_document_disarms() {
 /// documents that were applied, nothing else.
 #[tokio::test]
 async fn no_document_is_not_counted_as_a_reload() {
-    for when_missing in [WhenMissing::Disarm, WhenMissing::Keep] {
-        let (mut feed, _rx, metrics) = feed(when_missing);
+    for keep in [DISARM, KEEP] {
+        let (mut feed, _rx, metrics) = feed(keep);
         let reloads = || metrics.rule_reloads.get();
         feed.missing(WHAT, "is absent").await;
         feed.document(WHAT, None).await;
-        assert_eq!(reloads(), 0, "{when_missing:?}: nothing was loaded");
+        assert_eq!(reloads(), 0, "keep={keep}: nothing was loaded");
         feed.document(WHAT, Some(&"match_commands = []".to_owned()))
             .await;
-        assert_eq!(reloads(), 1, "{when_missing:?}: inert rules are rules");
+        assert_eq!(reloads(), 1, "keep={keep}: inert rules are rules");
         feed.missing(WHAT, "was deleted").await;
-        assert_eq!(reloads(), 1, "{when_missing:?}");
+        assert_eq!(reloads(), 1, "keep={keep}");
     }
 }
 
@@ -94,7 +98,7 @@ async fn no_document_is_not_counted_as_a_reload() {
 /// document means inert.
 #[tokio::test]
 async fn no_document_keeps_the_rules_in_force_when_asked() {
-    let (mut feed, mut rx, metrics) = feed(WhenMissing::Keep);
+    let (mut feed, mut rx, metrics) = feed(KEEP);
     let what = WHAT;
     let missing = || metrics.rules_missing.get();
     feed.missing(what, "is absent").await;
