@@ -1,8 +1,8 @@
 //! The agent's counters, shared by the detector, the subscriptions and the
 //! service. What the fan-out publishes (execs, exits), who is hooked to it
 //! and their overflows are the fan-out's own counts
-//! ([`crate::stream::fanout::Counts`]), read from there when `GetStats`
-//! asks, never copied here.
+//! ([`crate::stream::fanout::Fanout::counts`]), read from there when
+//! `GetStats` asks, never copied here.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use execwatch::proto;
 
-use crate::stream::fanout::Counts;
 use execwatch::internal::runtime::lock;
 
 /// Counters since start, each monotonic.
@@ -79,20 +78,16 @@ impl Stats {
         *lock(&self.detector) = (name.to_string(), mode.to_string(), receive_buffer_bytes);
     }
 
-    /// The counters as the wire contract carries them, with the fan-out's
-    /// `published` counts.
-    pub fn snapshot(&self, published: Counts) -> proto::Stats {
+    /// The counters as the wire contract carries them, added to the
+    /// fan-out's `published` counts (its fields of the same answer).
+    pub fn snapshot(&self, published: proto::Stats) -> proto::Stats {
         let (detector, subscription_mode, receive_buffer_bytes) = lock(&self.detector).clone();
         let mut stats = proto::Stats {
             detector,
             subscription_mode,
             receive_buffer_bytes,
-            execs: published.execs,
-            exits: published.exits,
-            subscribers: published.subscribers,
-            subscriber_overflows: published.subscriber_overflows,
             uptime_seconds: self.started.elapsed().as_secs(),
-            ..proto::Stats::default()
+            ..published
         };
         self.load_counts(&mut stats);
         stats

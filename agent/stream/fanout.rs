@@ -12,7 +12,8 @@
 //!
 //! The fan-out owns the counts of what it publishes (execs, exits), of the
 //! subscribers hooked to it and of their overflows; `GetStats` reads them
-//! here ([`Fanout::counts`]), and nothing else keeps a copy. An exec the
+//! here ([`Fanout::counts`], those fields of its answer), and nothing else
+//! keeps a copy. An exec the
 //! detector did not read in full because no subscriber could want it
 //! ([`Fanout::skip_exec`]) counts as one published to nobody.
 //!
@@ -32,7 +33,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use execwatch::proto::{Exit, LossSite, Process};
+use execwatch::proto::{self, Exit, LossSite, Process};
 use prost::Message;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
@@ -191,21 +192,6 @@ impl Inner {
     }
 }
 
-/// The fan-out's counts, as `GetStats` reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    /// Exec events published, and those skipped because no subscriber
-    /// could want them.
-    pub execs: u64,
-    /// Exit events published.
-    pub exits: u64,
-    /// Subscribers hooked now (one unhooked for falling behind is not,
-    /// until it re-subscribes).
-    pub subscribers: u64,
-    /// Subscriber queues that overflowed.
-    pub subscriber_overflows: u64,
-}
-
 /// The subscriber registry shared by the detector and the gRPC service.
 pub struct Fanout {
     inner: Mutex<Inner>,
@@ -261,14 +247,19 @@ impl Fanout {
         self.queue_len
     }
 
-    /// What was published and who is hooked, now.
-    pub fn counts(&self) -> Counts {
+    /// What was published and who is hooked, now: the fan-out's fields of
+    /// a `GetStats` answer, the others left at zero. `execs` counts the
+    /// execs skipped because no subscriber could want them too;
+    /// `subscribers` leaves out one unhooked for falling behind until it
+    /// re-subscribes.
+    pub fn counts(&self) -> proto::Stats {
         let inner = lock(&self.inner);
-        Counts {
+        proto::Stats {
             execs: inner.execs,
             exits: inner.exits,
             subscribers: inner.subscribers.len() as u64,
             subscriber_overflows: inner.overflows,
+            ..proto::Stats::default()
         }
     }
 
