@@ -6,7 +6,7 @@
 //! and gets the event with `try_send`. That queue is read by the
 //! subscriber's gRPC response stream itself, with nothing in between. A
 //! subscriber whose queue is full is unhooked on the spot: its queue is left
-//! to drain, then its stream finds the [`Overflow`] record, re-subscribes,
+//! to drain, then its stream finds where it overflowed, re-subscribes,
 //! tells its client `lost` and sends a fresh snapshot. The detector and the
 //! other subscribers never notice.
 //!
@@ -88,13 +88,16 @@ pub struct Missed {
     pub upstream: Option<DetectorLoss>,
 }
 
-/// Why a subscriber was unhooked, read by its stream task once its queue is
-/// drained.
+/// One subscriber's queue as the fan-out and the subscriber's end both
+/// see it.
 #[derive(Debug, Default)]
-pub struct Overflow {
-    /// Where the fan-out stood just before the item that did not fit;
-    /// `None` while the subscriber is hooked.
-    at: Mutex<Option<Mark>>,
+struct Queue {
+    /// Bytes queued now.
+    bytes: AtomicUsize,
+    /// Where the fan-out stood just before the item that did not fit, when
+    /// it unhooked the subscriber; `None` while it is hooked. Read by its
+    /// stream once the queue is drained.
+    overflow: Mutex<Option<Mark>>,
 }
 
 /// The fan-out's running totals at one point, to subtract from later ones.
@@ -110,17 +113,13 @@ struct Mark {
     counted: u64,
 }
 
-/// A subscriber's end: its queue and its overflow record. Dropping it
-/// unhooks the subscriber.
+/// A subscriber's end of its queue. Dropping it unhooks the subscriber.
 pub struct Subscription {
     /// Items in publish order.
     /// Each item with the bytes it was counted as, so that taking it out
     /// subtracts exactly that without weighing it again.
     rx: mpsc::Receiver<(Item, usize)>,
-    /// Set when the fan-out unhooked this subscriber.
-    pub overflow: Arc<Overflow>,
-    /// Bytes queued for it now.
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     /// Its entry in the registry, and the registry.
     id: u64,
     fanout: Arc<Fanout>,
@@ -139,15 +138,20 @@ impl Subscription {
     /// its queue is empty.
     pub async fn recv(&mut self) -> Option<Item> {
         let (item, bytes) = self.rx.recv().await?;
-        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        self.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
         Some(item)
+    }
+
+    /// Whether the fan-out unhooked this subscriber for falling behind.
+    pub fn overflowed(&self) -> bool {
+        lock(&self.queue.overflow).is_some()
     }
 
     /// The next item if one is queued.
     #[cfg(test)]
     pub fn try_recv(&mut self) -> Result<Item, mpsc::error::TryRecvError> {
         let (item, bytes) = self.rx.try_recv()?;
-        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        self.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(item)
     }
 }
@@ -158,8 +162,7 @@ struct Subscriber {
     include_exits: bool,
     /// The subscriber's selector, if it chose processes.
     filter: Option<Arc<Filter>>,
-    overflow: Arc<Overflow>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
 }
 
 #[derive(Default)]
@@ -178,7 +181,8 @@ struct Inner {
 impl Inner {
     /// The union of the hooked subscribers' selectors.
     fn interest(&self) -> Interest {
-        Interest::of(self.subscribers.iter().map(|s| &s.filter).map(selector))
+        let filters = self.subscribers.iter().map(|s| s.filter.as_deref());
+        Interest::of(filters.map(|f| f.map(|f| &f.selector)))
     }
 
     /// The totals now, as a subscriber of these kinds counts them.
@@ -280,31 +284,27 @@ impl Fanout {
         filter: Option<Arc<Filter>>,
     ) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_len);
-        let overflow = Arc::new(Overflow::default());
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(Queue::default());
         inner.next_id += 1;
         let id = inner.next_id;
-        // Its share of the interest first: once it is hooked, every exec
-        // the detector decides on after this is read for it. One decided
-        // on before was seen by the detector, so it happened, before this
-        // hook: such a process is covered by the snapshot that follows the
-        // hook (if it still runs), exactly as when it was published just
-        // before the hook.
-        let selectors = inner.subscribers.iter().map(|s| &s.filter);
-        let selectors = selectors.chain([&filter]).map(selector);
-        self.set_interest(Interest::of(selectors));
         inner.subscribers.push(Subscriber {
             id,
             tx,
             include_exits,
             filter,
-            overflow: overflow.clone(),
-            queued: queued.clone(),
+            queue: queue.clone(),
         });
+        // Its share of the interest in the same critical section as the
+        // hook, so before anything is published to it: every exec the
+        // detector decides on after this is read for it. One decided on
+        // before was seen by the detector, so it happened, before this
+        // hook: such a process is covered by the snapshot that follows the
+        // hook (if it still runs), exactly as when it was published just
+        // before the hook.
+        self.set_interest(inner.interest());
         Subscription {
             rx,
-            overflow,
-            queued,
+            queue,
             id,
             fanout: self.clone(),
         }
@@ -314,7 +314,7 @@ impl Fanout {
     /// what was missed in between (`None` if it never overflowed).
     pub fn resubscribe(
         self: &Arc<Self>,
-        old: &Overflow,
+        old: &Subscription,
         include_exits: bool,
         filter: Option<Arc<Filter>>,
     ) -> (Subscription, Option<Missed>) {
@@ -327,7 +327,7 @@ impl Fanout {
         }
         let sub = self.hook(&mut inner, include_exits, filter);
         let now = inner.mark(include_exits);
-        let missed = lock(&old.at).take().map(|at| {
+        let missed = lock(&old.queue.overflow).take().map(|at| {
             let upstream = (now.losses > at.losses).then(|| {
                 let last = inner.last_loss.as_deref().cloned();
                 let last = last.expect("a loss was published");
@@ -342,11 +342,6 @@ impl Fanout {
             }
         });
         (sub, missed)
-    }
-
-    /// Whether this subscription was unhooked for falling behind.
-    pub fn overflowed(overflow: &Overflow) -> bool {
-        lock(&overflow.at).is_some()
     }
 
     /// Delivers `item` to every subscriber that wants it. Never blocks on a
@@ -392,7 +387,7 @@ impl Fanout {
             }
             // Counted before the send: the subscriber may take the item
             // (and subtract it) before this line would run after it.
-            let queued = s.queued.fetch_add(bytes, Ordering::Relaxed);
+            let queued = s.queue.bytes.fetch_add(bytes, Ordering::Relaxed);
             let sent = if queued > 0 && queued + bytes > queue_bytes {
                 Err(TrySendError::Full(()))
             } else {
@@ -402,7 +397,7 @@ impl Fanout {
                     .map(|permit| permit.send((item.clone(), bytes)))
             };
             if sent.is_err() {
-                s.queued.fetch_sub(bytes, Ordering::Relaxed);
+                s.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
                 if let (Item::DetectorLost(_), Some(filter)) = (&item, &s.filter) {
                     // Not queued: no snapshot follows it.
                     filter.snapshot_end();
@@ -412,7 +407,7 @@ impl Fanout {
                 Ok(()) => true,
                 Err(TrySendError::Full(())) => {
                     let at = if s.include_exits { before.1 } else { before.0 };
-                    *lock(&s.overflow.at) = Some(at);
+                    *lock(&s.queue.overflow) = Some(at);
                     tracing::warn!(
                         subscriber = s.id,
                         "subscriber queue full; it will get a lost marker and a resync"
@@ -441,11 +436,6 @@ impl Fanout {
             self.set_interest(inner.interest());
         }
     }
-}
-
-/// The selector of a subscriber's filter, `None` if it wants everything.
-fn selector(filter: &Option<Arc<Filter>>) -> Option<&crate::stream::selector::Selector> {
-    filter.as_deref().map(|f| &f.selector)
 }
 
 #[cfg(test)]

@@ -223,7 +223,7 @@ impl Watcher {
             }
             // The fan-out let go of us, which it does only when we fell
             // behind (it outlives every subscription).
-            None if !Fanout::overflowed(&self.sub.overflow) => Err(stopping()),
+            None if !self.sub.overflowed() => Err(stopping()),
             None => self.overflowed(),
         }
     }
@@ -245,7 +245,7 @@ impl Watcher {
             return Err(End(Status::resource_exhausted(msg), "cut off"));
         }
         let filter = self.choice.filter.clone();
-        let (next, missed) = fanout.resubscribe(&self.sub.overflow, self.include_exits, filter);
+        let (next, missed) = fanout.resubscribe(&self.sub, self.include_exits, filter);
         self.sub = next;
         self.snapshot = Some(Snapshot::new(SnapshotCause::Resync));
         Ok(overflow_lost(fanout.queue_len(), missed))

@@ -54,14 +54,14 @@ fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
         assert_eq!(pid_of(&fast.try_recv().unwrap()), pid);
     }
     // Queue of 2: pids 1 and 2 fit, 3 overflowed, 4 and 5 were never offered.
-    assert!(Fanout::overflowed(&slow.overflow));
+    assert!(slow.overflowed());
     assert_eq!(pid_of(&slow.try_recv().unwrap()), 1);
     assert_eq!(pid_of(&slow.try_recv().unwrap()), 2);
     assert!(matches!(
         slow.try_recv(),
         Err(mpsc::error::TryRecvError::Disconnected)
     ));
-    let (mut again, missed) = fanout.resubscribe(&slow.overflow, false, None);
+    let (mut again, missed) = fanout.resubscribe(&slow, false, None);
     assert_eq!(
         missed,
         Some(Missed {
@@ -69,7 +69,7 @@ fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
             upstream: None
         })
     );
-    assert!(!Fanout::overflowed(&slow.overflow));
+    assert!(!slow.overflowed());
     fanout.publish(exec(6));
     assert_eq!(pid_of(&again.try_recv().unwrap()), 6);
     assert_eq!(fanout.counts().subscriber_overflows, 1);
@@ -85,7 +85,7 @@ fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
     fanout.publish(exit(1));
     fanout.publish(exit(2));
     fanout.publish(exec(3));
-    let (_again, missed) = fanout.resubscribe(&slow.overflow, false, None);
+    let (_again, missed) = fanout.resubscribe(&slow, false, None);
     assert_eq!(missed.unwrap().events, 2, "exec 2 and exec 3");
 }
 
@@ -102,7 +102,7 @@ fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
     ));
     assert_eq!(fanout.counts().subscribers, 1);
     assert_eq!(
-        fanout.resubscribe(&a.overflow, false, None).1,
+        fanout.resubscribe(&a, false, None).1,
         None,
         "never overflowed"
     );
@@ -123,7 +123,7 @@ fn a_loss_item_that_does_not_fit_is_reported_as_that_loss_not_as_an_event() {
     fanout.publish(exec(1)); // fills the queue
     fanout.publish(loss(LossSite::Kernel, None)); // does not fit
     fanout.publish(exec(2));
-    let (_again, missed) = fanout.resubscribe(&slow.overflow, true, None);
+    let (_again, missed) = fanout.resubscribe(&slow, true, None);
     let missed = missed.expect("overflowed");
     assert_eq!(missed.events, 1, "only exec 2 is an event it missed");
     let upstream = missed.upstream.expect("the kernel loss it never got");
@@ -138,7 +138,7 @@ fn a_queue_overflow_alone_is_counted_exactly_even_when_the_loss_item_was_the_las
     let slow = fanout.subscribe(false, None);
     fanout.publish(exec(1));
     fanout.publish(loss(LossSite::Detector, Some(4)));
-    let (_again, missed) = fanout.resubscribe(&slow.overflow, false, None);
+    let (_again, missed) = fanout.resubscribe(&slow, false, None);
     let missed = missed.unwrap();
     assert_eq!(missed.events, 0, "nothing but the loss item was dropped");
     let upstream = missed.upstream.unwrap();
@@ -158,12 +158,12 @@ fn losses_missed_while_unhooked_are_merged_with_a_count_only_if_all_had_one() {
     fanout.publish(loss(LossSite::Detector, Some(2)));
     fanout.publish(loss(LossSite::Detector, Some(3)));
     fanout.publish(exec(3));
-    let (_a, missed) = fanout.resubscribe(&counted.overflow, false, None);
+    let (_a, missed) = fanout.resubscribe(&counted, false, None);
     let missed = missed.unwrap();
     assert_eq!(missed.events, 2, "exec 2 and exec 3");
     assert_eq!(missed.upstream.unwrap().count, Some(5));
     fanout.publish(loss(LossSite::Kernel, None));
-    let (_b, missed) = fanout.resubscribe(&mixed.overflow, false, None);
+    let (_b, missed) = fanout.resubscribe(&mixed, false, None);
     let upstream = missed.unwrap().upstream.unwrap();
     assert_eq!(
         upstream.site,
@@ -247,9 +247,9 @@ fn the_interest_follows_who_is_hooked() {
     // Unhooked for overflowing: out of the interest until it re-subscribes.
     fanout.publish(exec(1));
     fanout.publish(exec(2));
-    assert!(Fanout::overflowed(&all.overflow));
+    assert!(all.overflowed());
     assert_eq!(*fanout.interest(), comms(&["java", "idea"]));
-    let (again, _) = fanout.resubscribe(&all.overflow, false, None);
+    let (again, _) = fanout.resubscribe(&all, false, None);
     assert_eq!(*fanout.interest(), Interest::All);
     drop((all, again));
     drop(java);
@@ -265,12 +265,12 @@ fn a_skipped_exec_counts_as_one_published_to_nobody() {
     let slow = fanout.subscribe(true, None);
     fanout.publish(exec(1));
     fanout.publish(exec(2));
-    assert!(Fanout::overflowed(&slow.overflow));
+    assert!(slow.overflowed());
     fanout.skip_exec();
     fanout.publish(exit(2));
     assert!(java.try_recv().is_err(), "a skipped exec is sent to nobody");
     assert_eq!(fanout.counts().execs, 3);
-    let (_again, missed) = fanout.resubscribe(&slow.overflow, true, None);
+    let (_again, missed) = fanout.resubscribe(&slow, true, None);
     // The exec that did not fit, the skipped one and the exit: as many as
     // when the skipped exec was published to nobody.
     assert_eq!(missed.unwrap().events, 3);
