@@ -102,7 +102,6 @@ pub fn watch(
     let watcher = Watcher {
         sub,
         snapshot: (!skip_snapshot).then(|| Snapshot::new(SnapshotCause::Subscribe)),
-        ready: VecDeque::new(),
         overflows: VecDeque::new(),
         seq: 0,
         stop: stop.clone(),
@@ -139,8 +138,6 @@ struct Watcher {
     sub: Subscription,
     /// The snapshot under way, if any; live items wait in `sub` meanwhile.
     snapshot: Option<Snapshot>,
-    /// Items read and not sent yet: the rest of one snapshot chunk.
-    ready: VecDeque<Kind>,
     /// When it overflowed, within [`OVERFLOW_WINDOW`].
     overflows: VecDeque<Instant>,
     /// The last `seq` sent.
@@ -169,8 +166,6 @@ impl Watcher {
         // even if its queue is never empty.
         let next = if self.stop.has_changed().unwrap_or(true) {
             Err(stopping())
-        } else if let Some(kind) = self.ready.pop_front() {
-            Ok(kind)
         } else {
             tokio::select! {
                 biased;
@@ -196,9 +191,7 @@ impl Watcher {
     /// The next item: from the snapshot under way, else from the queue.
     async fn produce(&mut self) -> Result<Kind, End> {
         if let Some(snapshot) = &mut self.snapshot {
-            let kind = snapshot
-                .next(&self.shared, &self.choice, &mut self.ready)
-                .await?;
+            let kind = snapshot.next(&self.shared, &self.choice).await?;
             if matches!(kind, Kind::SnapshotComplete(_)) {
                 self.snapshot = None;
                 // From here on a filtered stream gets only the exits of
@@ -336,6 +329,8 @@ struct Snapshot {
     delay: Duration,
     /// Pids still to read, last first; `None` until `/proc` is listed.
     pending: Option<Vec<i32>>,
+    /// Records read and not sent yet: the rest of one chunk.
+    ready: VecDeque<Kind>,
     /// Pids whose reads failed in this pass, and the last reason.
     failed: Vec<i32>,
     why: Option<String>,
@@ -351,14 +346,9 @@ impl Snapshot {
         }
     }
 
-    /// The next item: a record (the rest of its chunk goes to `ready`), or
+    /// The next item: a record (the rest of its chunk waits in `ready`), or
     /// `snapshot_complete` once every process is read.
-    async fn next(
-        &mut self,
-        shared: &Arc<Shared>,
-        choice: &Choice,
-        ready: &mut VecDeque<Kind>,
-    ) -> Result<Kind, End> {
+    async fn next(&mut self, shared: &Arc<Shared>, choice: &Choice) -> Result<Kind, End> {
         let filter = &choice.filter;
         let deadline = *self.deadline.get_or_insert_with(|| {
             shared.stats.add_snapshots(1);
@@ -373,6 +363,9 @@ impl Snapshot {
             Instant::now() + SNAPSHOT_PATIENCE
         });
         loop {
+            if let Some(kind) = self.ready.pop_front() {
+                return Ok(kind);
+            }
             let Some(pending) = &mut self.pending else {
                 let procfs = shared.procfs.clone();
                 // Off the runtime thread: /proc may block.
@@ -429,13 +422,10 @@ impl Snapshot {
             for mut p in wanted {
                 self.count += 1;
                 choice.omit.apply(&mut p);
-                ready.push_back(Kind::Existing(p));
+                self.ready.push_back(Kind::Existing(p));
             }
             self.failed.extend(chunk.failed);
             self.why = chunk.why.or(self.why.take());
-            if let Some(first) = ready.pop_front() {
-                return Ok(first);
-            }
         }
     }
 }
