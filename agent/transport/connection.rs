@@ -147,17 +147,6 @@ impl Connection {
         self.activity.expired(Instant::now())
     }
 
-    /// Hands on what the normalizer produced, if anything is left.
-    fn take_pending(&mut self, buf: &mut ReadBuf<'_>) -> bool {
-        if self.pending.is_empty() {
-            return false;
-        }
-        let n = buf.remaining().min(self.pending.len());
-        buf.put_slice(&self.pending[..n]);
-        self.pending.advance(n);
-        true
-    }
-
     /// Runs the non-blocking write `op`, waiting for writability only if
     /// the socket is full.
     fn poll_write_with(
@@ -221,7 +210,11 @@ impl AsyncRead for Connection {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if this.take_pending(buf) {
+            // What the normalizer produced goes first.
+            if !this.pending.is_empty() {
+                let n = buf.remaining().min(this.pending.len());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
                 return Poll::Ready(Ok(()));
             }
             if this.normalizer.closed() {
