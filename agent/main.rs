@@ -174,13 +174,19 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
     );
     let peers = stream::service::PeerCheck::new(&args.allow_uid, stats.clone());
     let (streams_end, stop_rx) = tokio::sync::watch::channel(false);
-    let shared = Arc::new(Shared {
-        fanout,
-        stats,
-        procfs,
-        stop: stop_rx,
-        snapshot_reads: tokio::sync::Semaphore::new(SNAPSHOT_READS),
-    });
+    let exec_events = stream::service::ExecEventsService {
+        shared: Arc::new(Shared {
+            fanout,
+            stats,
+            procfs,
+            stop: stop_rx,
+            snapshot_reads: tokio::sync::Semaphore::new(SNAPSHOT_READS),
+        }),
+        seats: transport::quota::Quota::new(
+            args.max_subscribers as usize,
+            args.max_subscribers_per_uid as usize,
+        ),
+    };
     let limits = transport::server::Limits {
         admission: transport::listener::Admission {
             peers,
@@ -188,14 +194,10 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             max_per_uid: args.max_connections_per_uid as usize,
             idle_timeout: args.idle_timeout,
         },
-        seats: transport::quota::Quota::new(
-            args.max_subscribers as usize,
-            args.max_subscribers_per_uid as usize,
-        ),
         streams_per_connection: args.max_streams_per_connection,
     };
     let stopped =
-        transport::server::serve(listener, &socket, shared, limits, stop, streams_end).await?;
+        transport::server::serve(listener, &socket, exec_events, limits, stop, streams_end).await?;
     tracing::info!("stopped; socket removed");
     Ok(stopped)
 }

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use execwatch::proto::{exec_events_server::ExecEventsServer, FILE_DESCRIPTOR_SET};
@@ -20,8 +19,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::stream::service::ExecEventsService;
-use crate::stream::subscription::Shared;
-use crate::transport::quota::Quota;
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -167,13 +164,12 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
 /// stops; a client that does not read is not waited for longer.
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
 
-/// Whom one socket serves, and how much at once.
+/// Whom one socket serves, and how much at once (the subscribers in total
+/// and per peer uid are the [`ExecEventsService`]'s own seats).
 pub struct Limits {
     /// Who may connect (the peer check, also applied to every request),
     /// how many connections at once, and how long they may idle.
     pub admission: Admission,
-    /// Subscribers in total and per peer uid.
-    pub seats: Quota,
     /// HTTP/2 streams one connection may have open.
     pub streams_per_connection: u32,
 }
@@ -187,14 +183,15 @@ pub enum Stopped {
     DetectorFailed(String),
 }
 
-/// Serves every service on `listener` until `stop` says why to stop, then
+/// Serves `exec_events` and the other services on `listener` until `stop`
+/// says why to stop, then
 /// stops at once: health says NOT_SERVING, the socket is removed, every
 /// open `Watch` ends with UNAVAILABLE, and connections get [`STOP_GRACE`]
 /// to close (a second signal cuts even that short).
 pub async fn serve(
     listener: UnixListener,
     path: &Path,
-    shared: Arc<Shared>,
+    exec_events: ExecEventsService,
     limits: Limits,
     stop: impl Future<Output = Stopped>,
     streams_end: watch::Sender<bool>,
@@ -217,10 +214,7 @@ pub async fn serve(
     let server = Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
         .add_service(InterceptedService::new(
-            ExecEventsServer::new(ExecEventsService {
-                shared,
-                seats: limits.seats,
-            }),
+            ExecEventsServer::new(exec_events),
             peers.clone(),
         ))
         .add_service(InterceptedService::new(health_service, peers.clone()))
