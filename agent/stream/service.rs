@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::stats;
 use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared, WatchStream};
-use crate::transport::quota::{Over, Place, Quota};
+use crate::transport::quota::{Over, Quota};
 use execwatch::internal::runtime::lock;
 
 /// Serves `Watch` and `GetStats`.
@@ -26,24 +26,6 @@ pub struct ExecEventsService {
     /// How many subscribers may be served at once, in total and per peer
     /// uid; each holds its place for as long as its stream lives.
     pub seats: Quota,
-}
-
-impl ExecEventsService {
-    /// A seat for a subscriber from `uid`, or the reason there is none.
-    fn seat(&self, uid: Option<u32>) -> Result<Place, Status> {
-        let peer = uid.map_or("unknown".into(), |u| u.to_string());
-        self.seats.take(uid).map_err(|over| {
-            tracing::warn!(peer_uid = uid, "refused a subscriber: {over:?}");
-            Status::resource_exhausted(match over {
-                Over::Total(n) => format!(
-                    "the agent already serves {n} subscribers (--max-subscribers); try again later"
-                ),
-                Over::PerUid(n) => format!(
-                    "uid {peer} already has {n} subscribers (--max-subscribers-per-uid); close one first"
-                ),
-            })
-        })
-    }
 }
 
 /// The peer's credentials, from the socket.
@@ -63,7 +45,18 @@ impl ExecEvents for ExecEventsService {
         // A bad selector is refused before it takes a seat.
         let choice = Choice::from_request(req.get_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let seat = self.seat(uid)?;
+        let seat = self.seats.take(uid).map_err(|over| {
+            tracing::warn!(peer_uid = uid, "refused a subscriber: {over:?}");
+            let peer = uid.map_or("unknown".into(), |u| u.to_string());
+            Status::resource_exhausted(match over {
+                Over::Total(n) => format!(
+                    "the agent already serves {n} subscribers (--max-subscribers); try again later"
+                ),
+                Over::PerUid(n) => format!(
+                    "uid {peer} already has {n} subscribers (--max-subscribers-per-uid); close one first"
+                ),
+            })
+        })?;
         let stream = subscription::watch(self.shared.clone(), uid, req.into_inner(), choice, seat);
         Ok(Response::new(stream))
     }
