@@ -396,16 +396,14 @@ impl Fanout {
                 s.tx.try_reserve()
                     .map(|permit| permit.send((item.clone(), bytes)))
             };
-            if sent.is_err() {
-                s.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
-                if let (Item::DetectorLost(_), Some(filter)) = (&item, &s.filter) {
-                    // Not queued: no snapshot follows it.
-                    filter.snapshot_end();
-                }
-            }
             match sent {
                 Ok(()) => true,
                 Err(TrySendError::Full(())) => {
+                    s.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
+                    if let (Item::DetectorLost(_), Some(filter)) = (&item, &s.filter) {
+                        // Not queued: no snapshot follows it.
+                        filter.snapshot_end();
+                    }
                     let at = if s.include_exits { before.1 } else { before.0 };
                     *lock(&s.queue.overflow) = Some(at);
                     tracing::warn!(
@@ -415,7 +413,8 @@ impl Fanout {
                     unhooked += 1;
                     false
                 }
-                // The stream ended (its subscription unhooks it too).
+                // The stream ended (its subscription unhooks it too), and
+                // its queue and filter with it: nothing to give back.
                 Err(TrySendError::Closed(())) => false,
             }
         });
