@@ -268,10 +268,7 @@ impl Normalizer {
                     emit,
                     "a header block was interrupted or had an oversized frame",
                 );
-                emit.extend(&raw);
-                return;
-            }
-            if kind == CONTINUATION || kind == PUSH_PROMISE || len > MAX_FRAME {
+            } else if kind == CONTINUATION || kind == PUSH_PROMISE || len > MAX_FRAME {
                 // h2 refuses a CONTINUATION out of place, a PUSH_PROMISE
                 // from a client (whose header block the normalizer would
                 // have to follow), or a frame over its limit, and the
@@ -281,12 +278,10 @@ impl Normalizer {
                 ));
                 self.step = Step::Verbatim;
             } else {
-                self.step = if len == 0 {
-                    Step::Head
-                } else {
-                    Step::Pass(len)
-                };
+                // An empty payload passes as nothing on the next turn.
+                self.step = Step::Pass(len);
             }
+            // After the held frames if it gave up (then nothing is in place).
             match whole {
                 Some(range) => emit.pass(range),
                 None => emit.extend(&raw),
