@@ -307,21 +307,17 @@ impl Normalizer {
         let (head, payload) = self.held[self.frame_at..].split_at(HEAD_LEN);
         let Head { flags, stream, .. } = Head::parse(head.try_into().expect("a whole header"));
         if self.opened.is_none() {
-            match headers_payload(stream, flags, payload) {
-                Some((priority, fragment)) => {
-                    self.block.extend_from_slice(&payload[fragment]);
-                    self.opened = Some(Opened {
-                        stream,
-                        end_stream: flags & END_STREAM != 0,
-                        priority,
-                    });
-                }
-                None => {
-                    // h2 refuses the connection for this frame itself.
-                    self.give_up(emit, "a HEADERS frame had bad padding, priority or stream");
-                    return;
-                }
-            }
+            let Some((priority, fragment)) = headers_payload(stream, flags, payload) else {
+                // h2 refuses the connection for this frame itself.
+                self.give_up(emit, "a HEADERS frame had bad padding, priority or stream");
+                return;
+            };
+            self.block.extend_from_slice(&payload[fragment]);
+            self.opened = Some(Opened {
+                stream,
+                end_stream: flags & END_STREAM != 0,
+                priority,
+            });
         } else {
             self.block.extend_from_slice(payload);
         }
