@@ -104,7 +104,6 @@ pub fn watch(
         snapshot: (!skip_snapshot).then(|| Snapshot::new(SnapshotCause::Subscribe)),
         overflows: VecDeque::new(),
         seq: 0,
-        stop: stop.clone(),
         ended: None,
         include_exits,
         skip_snapshot,
@@ -142,8 +141,6 @@ struct Watcher {
     overflows: VecDeque<Instant>,
     /// The last `seq` sent.
     seq: u64,
-    /// Becomes `true` when the agent stops, checked before each item.
-    stop: watch::Receiver<bool>,
     /// Set once the stream has said its last word.
     ended: Option<&'static str>,
     include_exits: bool,
@@ -162,9 +159,10 @@ impl Watcher {
         if self.ended.is_some() {
             return None;
         }
-        // A plain atomic load: the agent stopping ends the stream at once,
-        // even if its queue is never empty.
-        let next = if self.stop.has_changed().unwrap_or(true) {
+        // A plain atomic load (the shared receiver never marks the stop
+        // seen): the agent stopping ends the stream at once, even if its
+        // queue is never empty.
+        let next = if self.shared.stop.has_changed().unwrap_or(true) {
             Err(stopping())
         } else {
             tokio::select! {
