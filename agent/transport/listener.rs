@@ -96,25 +96,22 @@ async fn accept_loop(
         {
             continue;
         }
-        let place = if uid == own_uid {
-            None
-        } else {
-            match quota.take(uid) {
-                Ok(place) => Some(place),
-                Err(over) => {
-                    let why = match over {
-                        Over::Total(n) => format!("{n} connections are open (--max-connections)"),
-                        Over::PerUid(n) => {
-                            format!("this uid has {n} connections open (--max-connections-per-uid)")
-                        }
-                    };
-                    // Said once per run of refusals, not per connection.
-                    over_limit += 1;
-                    if over_limit == 1 {
-                        tracing::warn!(peer_uid = uid, "closing new connections: {why}");
+        // The agent's own uid (its health probe) takes no place.
+        let place = match (uid != own_uid).then(|| quota.take(uid)).transpose() {
+            Ok(place) => place,
+            Err(over) => {
+                let why = match over {
+                    Over::Total(n) => format!("{n} connections are open (--max-connections)"),
+                    Over::PerUid(n) => {
+                        format!("this uid has {n} connections open (--max-connections-per-uid)")
                     }
-                    continue;
+                };
+                // Said once per run of refusals, not per connection.
+                over_limit += 1;
+                if over_limit == 1 {
+                    tracing::warn!(peer_uid = uid, "closing new connections: {why}");
                 }
+                continue;
             }
         };
         if over_limit > 0 {
