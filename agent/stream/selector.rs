@@ -58,6 +58,10 @@ pub struct Choice {
     pub filter: Option<Arc<Filter>>,
     /// The fields it does not need.
     pub omit: Omit,
+    /// Whether it wants exits too.
+    pub include_exits: bool,
+    /// Whether it starts with live events, without a snapshot.
+    pub skip_snapshot: bool,
 }
 
 impl Choice {
@@ -68,6 +72,8 @@ impl Choice {
         Ok(Choice {
             filter,
             omit: Omit::from_request(req)?,
+            include_exits: req.include_exits,
+            skip_snapshot: req.skip_snapshot,
         })
     }
 }

@@ -57,7 +57,7 @@ impl ExecEvents for ExecEventsService {
                 ),
             })
         })?;
-        let stream = subscription::watch(self.shared.clone(), uid, req.into_inner(), choice, seat);
+        let stream = subscription::watch(self.shared.clone(), uid, choice, seat);
         Ok(Response::new(stream))
     }
 

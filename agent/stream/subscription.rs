@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use execwatch::proto::{
-    watch_event::Kind, LossSite, Lost, SnapshotCause, SnapshotComplete, WatchEvent, WatchRequest,
+    watch_event::Kind, LossSite, Lost, SnapshotCause, SnapshotComplete, WatchEvent,
 };
 use futures::Stream;
 use tokio::sync::watch;
@@ -81,32 +81,27 @@ fn stopping() -> End {
 pub fn watch(
     shared: Arc<Shared>,
     peer_uid: Option<u32>,
-    req: WatchRequest,
     choice: Choice,
     seat: Place,
 ) -> WatchStream {
     shared.stats.add_subscribers_total(1);
-    let (include_exits, skip_snapshot) = (req.include_exits, req.skip_snapshot);
-    let filtered = choice.filter.is_some();
     tracing::info!(
         peer_uid,
-        include_exits,
-        skip_snapshot,
-        filtered,
+        include_exits = choice.include_exits,
+        skip_snapshot = choice.skip_snapshot,
+        filtered = choice.filter.is_some(),
         "subscriber connected"
     );
     let sub = shared
         .fanout
-        .subscribe(include_exits, choice.filter.clone());
+        .subscribe(choice.include_exits, choice.filter.clone());
     let mut stop = shared.stop.clone();
     let watcher = Watcher {
         sub,
-        snapshot: (!skip_snapshot).then(|| Snapshot::new(SnapshotCause::Subscribe)),
+        snapshot: (!choice.skip_snapshot).then(|| Snapshot::new(SnapshotCause::Subscribe)),
         overflows: VecDeque::new(),
         seq: 0,
         ended: None,
-        include_exits,
-        skip_snapshot,
         choice,
         peer_uid,
         started: Instant::now(),
@@ -143,9 +138,8 @@ struct Watcher {
     seq: u64,
     /// Set once the stream has said its last word.
     ended: Option<&'static str>,
-    include_exits: bool,
-    skip_snapshot: bool,
-    /// Its selector and the fields it does not need.
+    /// What it chose: its selector, the fields it does not need, exits,
+    /// a snapshot.
     choice: Choice,
     peer_uid: Option<u32>,
     started: Instant,
@@ -236,7 +230,7 @@ impl Watcher {
             return Err(End(Status::resource_exhausted(msg), "cut off"));
         }
         let filter = self.choice.filter.clone();
-        let (next, missed) = fanout.resubscribe(&self.sub, self.include_exits, filter);
+        let (next, missed) = fanout.resubscribe(&self.sub, self.choice.include_exits, filter);
         self.sub = next;
         self.snapshot = Some(Snapshot::new(SnapshotCause::Resync));
         Ok(overflow_lost(fanout.queue_len(), missed))
@@ -247,8 +241,8 @@ impl Drop for Watcher {
     fn drop(&mut self) {
         tracing::info!(
             peer_uid = self.peer_uid,
-            include_exits = self.include_exits,
-            skip_snapshot = self.skip_snapshot,
+            include_exits = self.choice.include_exits,
+            skip_snapshot = self.choice.skip_snapshot,
             items_sent = self.seq,
             filtered = self.choice.filter.is_some(),
             duration_ms = self.started.elapsed().as_millis() as u64,

@@ -4,7 +4,7 @@
 use super::*;
 use crate::procfs::bounded::Bounds;
 use crate::transport::quota::Quota;
-use execwatch::proto::Process;
+use execwatch::proto::{Process, WatchRequest};
 use futures::StreamExt;
 use tonic::Code;
 
@@ -31,7 +31,7 @@ fn live_only(shared: &Arc<Shared>) -> WatchStream {
         ..Default::default()
     };
     let choice = Choice::from_request(&req).unwrap();
-    watch(shared.clone(), None, req, choice, seat)
+    watch(shared.clone(), None, choice, seat)
 }
 
 fn exec(pid: i32) -> Item {
