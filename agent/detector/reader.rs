@@ -299,7 +299,7 @@ impl ReaderThread {
         // A thread left behind may have left events and losses to report.
         self.flush()?;
         loop {
-            let retry_at = self.slot()?.state.unread.as_ref().map(|u| u.retry_at);
+            let retry_at = self.backlog().state.unread.as_ref().map(|u| u.retry_at);
             let wake = [self.exits_due, retry_at].into_iter().flatten().min();
             let (exec_ready, exit_ready) = match self.rest.take() {
                 Some(until) => {
@@ -327,14 +327,16 @@ impl ReaderThread {
             } else if exit_ready {
                 self.park_exits(now);
             } else if retry_at.is_some_and(|at| at <= now) {
-                self.retry()?;
+                self.retry();
             }
         }
     }
 
-    /// The shared slot, if this thread is still the one that reads.
-    fn slot(&self) -> Result<MutexGuard<'_, Slot<Backlog>>, Stop> {
-        current(&self.ctx, self.generation)
+    /// The shared slot, and in it the backlog. A thread is left behind
+    /// only while it reads a record, and learns so as soon as the read
+    /// returns ([`ReaderThread::exec`]): anywhere else, it still reads.
+    fn backlog(&self) -> MutexGuard<'_, Slot<Backlog>> {
+        self.ctx.watched.lock()
     }
 
     /// Waits until the exec socket (or the exit socket, unless parked) is
@@ -371,8 +373,7 @@ impl ReaderThread {
         self.synced = exits || self.ctx.exits.is_none();
         loop {
             let overrun = self.drain(self.synced)?;
-            let ctx = self.ctx.clone();
-            let mut slot = current(&ctx, self.generation)?;
+            let mut slot = self.ctx.watched.lock();
             slot.state.events.extend(self.drained.drain(..));
             slot.state.overrun |= overrun;
             drop(slot);
@@ -418,8 +419,7 @@ impl ReaderThread {
     /// wait for the sweep.
     fn sync(&mut self, ev: ProcEvent) -> Result<(), Stop> {
         let overrun = self.drain(true)?;
-        let ctx = self.ctx.clone();
-        let mut slot = current(&ctx, self.generation)?;
+        let mut slot = self.ctx.watched.lock();
         let backlog = &mut slot.state.events;
         backlog.push_front(ev);
         backlog.extend(self.drained.drain(..));
@@ -434,7 +434,7 @@ impl ReaderThread {
     /// it. Returns whether there was one.
     fn flush(&mut self) -> Result<bool, Stop> {
         loop {
-            let mut slot = self.slot()?;
+            let mut slot = self.backlog();
             let Some(ev) = slot.state.events.pop_front() else {
                 if !std::mem::take(&mut slot.state.overrun) {
                     return Ok(false);
@@ -490,8 +490,6 @@ impl ReaderThread {
         // Taken now, after the exec was received: see the module's comment.
         let interest = ctx.fanout.interest();
         if *interest == Interest::Nothing {
-            // Still the reading thread (a stale one touches nothing).
-            let _slot = self.slot()?;
             ctx.fanout.skip_exec();
             return Ok(());
         }
@@ -507,7 +505,7 @@ impl ReaderThread {
             // below decides after `stat` as usual.
             let check = reader.comm_wanted(pid, |comm| interest.may_want(comm));
             if matches!(check, CommCheck::Unwanted | CommCheck::Gone) {
-                let mut slot = self.slot()?;
+                let mut slot = self.backlog();
                 // A file was looked up: descriptors are back, if they had
                 // run out (whether stuck reads have returned, `retry`
                 // finds out).
@@ -531,28 +529,22 @@ impl ReaderThread {
             }
             return self.sync(ev);
         }
-        match ctx.procfs.bounds().admit(pid, tgid, Source::Netlink) {
-            Ok(Admit::Go) => {}
-            Ok(Admit::Stuck(mut p)) => {
-                let _slot = self.slot()?;
+        let admit = ctx.procfs.bounds().admit(pid, tgid, Source::Netlink);
+        let reader = match (admit, &mut self.reader) {
+            (Ok(Admit::Go), Ok(reader)) => reader,
+            (Ok(Admit::Stuck(mut p)), _) => {
                 p.kernel_timestamp_ns = timestamp_ns;
                 publish_exec(&ctx, *p);
                 return Ok(());
             }
-            Err(e) => return self.unreadable(e),
-        }
-        let mut record = blank(pid, tgid, Source::Netlink);
-        record.kernel_timestamp_ns = timestamp_ns;
-        let reader = match &mut self.reader {
-            Ok(reader) => reader,
-            Err(e) => {
-                let e = *e;
-                return self.unreadable(e);
+            (Err(e), _) | (Ok(Admit::Go), &mut Err(e)) => {
+                self.unreadable(e);
+                return Ok(());
             }
         };
-        let mut slot = current(&ctx, self.generation)?;
-        ctx.watched.begin(&mut slot, record);
-        drop(slot);
+        let mut record = blank(pid, tgid, Source::Netlink);
+        record.kernel_timestamp_ns = timestamp_ns;
+        ctx.watched.begin(&mut ctx.watched.lock(), record);
         let tracker = &mut ctx.watched.tracker(self.generation);
         let read = reader.read_into(pid, tracker, |comm| interest.may_want(comm));
         let mut slot = ctx.watched.lock();
@@ -579,7 +571,8 @@ impl ReaderThread {
             }
             (Err(e), _) => {
                 drop(slot);
-                self.unreadable(e)
+                self.unreadable(e);
+                Ok(())
             }
             (Ok(_), _) => {
                 ctx.stats.add_ignored_kernel_events(1);
@@ -589,9 +582,9 @@ impl ReaderThread {
     }
 
     /// Counts an exec whose record could not be read.
-    fn unreadable(&mut self, error: Exhausted) -> Result<(), Stop> {
+    fn unreadable(&mut self, error: Exhausted) {
         self.ctx.stats.add_unreadable_execs(1);
-        let mut slot = self.slot()?;
+        let mut slot = self.backlog();
         match &mut slot.state.unread {
             Some(unread) => unread.count += 1,
             None => {
@@ -605,14 +598,12 @@ impl ReaderThread {
                 });
             }
         }
-        Ok(())
     }
 
     /// While reads fail: do they work again?
-    fn retry(&mut self) -> Result<(), Stop> {
-        let error = match &self.slot()?.state.unread {
-            Some(unread) => unread.error,
-            None => return Ok(()),
+    fn retry(&mut self) {
+        let Some(error) = self.backlog().state.unread.as_ref().map(|u| u.error) else {
+            return;
         };
         let works = match error {
             Exhausted::Stuck(_) => !self.ctx.procfs.bounds().full(),
@@ -623,25 +614,13 @@ impl ReaderThread {
                 self.reader.as_mut().is_ok_and(|r| r.probe().is_ok())
             }
         };
-        let ctx = self.ctx.clone();
-        let mut slot = self.slot()?;
+        let mut slot = self.backlog();
         if works {
-            recovered(&ctx, &mut slot.state);
+            recovered(&self.ctx, &mut slot.state);
         } else if let Some(unread) = &mut slot.state.unread {
             unread.retry_at = Instant::now() + RETRY;
         }
-        Ok(())
     }
-}
-
-/// The shared slot, if the thread of `generation` is still the one that
-/// reads.
-fn current(ctx: &Context, generation: u64) -> Result<MutexGuard<'_, Slot<Backlog>>, Stop> {
-    let slot = ctx.watched.lock();
-    if slot.generation() != generation {
-        return Err(Stop::Stale);
-    }
-    Ok(slot)
 }
 
 /// Reports the execs that could not be read, now that reads work.
