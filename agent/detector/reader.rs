@@ -232,7 +232,6 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
                     execs: 0,
                     storm: false,
                 },
-                rest: None,
                 ctx,
             };
             if let Err(Stop::Failed(e)) = thread.run() {
@@ -289,8 +288,6 @@ struct ReaderThread {
     /// passed: not checked again.
     checked: Option<(i32, u64)>,
     rate: Rate,
-    /// Under a storm: the next wait begins with a rest until then.
-    rest: Option<Instant>,
 }
 
 impl ReaderThread {
@@ -298,10 +295,12 @@ impl ReaderThread {
     fn run(&mut self) -> Result<(), Stop> {
         // A thread left behind may have left events and losses to report.
         self.flush()?;
+        // Under a storm: the next wait begins with a rest until then.
+        let mut rest = None;
         loop {
             let retry_at = self.backlog().state.unread.as_ref().map(|u| u.retry_at);
             let wake = [self.exits_due, retry_at].into_iter().flatten().min();
-            let (exec_ready, exit_ready) = match self.rest.take() {
+            let (exec_ready, exit_ready) = match rest.take() {
                 Some(until) => {
                     let until = wake.map_or(until, |w| w.min(until));
                     std::thread::sleep(until.saturating_duration_since(Instant::now()));
@@ -322,7 +321,7 @@ impl ReaderThread {
                 }
                 self.pass(sweep)?;
                 if self.rate.storm {
-                    self.rest = Some(now + self.ctx.pace.rest);
+                    rest = Some(now + self.ctx.pace.rest);
                 }
             } else if exit_ready {
                 self.park_exits(now);
@@ -544,7 +543,7 @@ impl ReaderThread {
         };
         let mut record = blank(pid, tgid, Source::Netlink);
         record.kernel_timestamp_ns = timestamp_ns;
-        ctx.watched.begin(&mut ctx.watched.lock(), record);
+        ctx.watched.begin(record);
         let tracker = &mut ctx.watched.tracker(self.generation);
         let read = reader.read_into(pid, tracker, |comm| interest.may_want(comm));
         let mut slot = ctx.watched.lock();

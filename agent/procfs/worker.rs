@@ -111,9 +111,7 @@ impl Worker {
         kind: Source,
         bounds: &Bounds,
     ) -> Option<Result<Option<Process>, Exhausted>> {
-        let mut slot = self.watched.lock();
-        self.watched.begin(&mut slot, blank(pid, pid, kind));
-        drop(slot);
+        self.watched.begin(blank(pid, pid, kind));
         self.jobs.send(pid).ok()?;
         let read = match self.done.recv_timeout(bounds.deadline()) {
             Ok(read) => read,
