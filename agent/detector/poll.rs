@@ -31,6 +31,7 @@ use crate::procfs::source::ProcSource;
 use crate::procfs::worker::WorkerReader;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 use execwatch::internal::clock;
+use execwatch::internal::cn_proc::comm_bytes;
 
 /// A poll detector that has taken its first inventory.
 pub struct Poller {
@@ -130,7 +131,7 @@ impl Poller {
             // read holds the comm). Such an exec is counted, not published,
             // as the netlink detector does (crate::detector::reader); a
             // subscriber that joins later finds it in its snapshot.
-            if !fanout.interest().may_want(id.comm_name()) {
+            if !fanout.interest().may_want(comm_bytes(&id.comm)) {
                 fanout.skip_exec();
                 continue;
             }
