@@ -223,7 +223,6 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
                 generation,
                 reader,
                 batch: Batch::default(),
-                drained: Vec::with_capacity(64),
                 exits_due: None,
                 synced: false,
                 checked: None,
@@ -278,7 +277,6 @@ struct ReaderThread {
     /// reads count as loss and the copy is tried again).
     reader: Result<ProcReader, Exhausted>,
     batch: Batch,
-    drained: Vec<ProcEvent>,
     /// The exit socket is left out of the wait until this sweep.
     exits_due: Option<Instant>,
     /// The exits queued when this pass began have been read: an exec may
@@ -371,11 +369,7 @@ impl ReaderThread {
     fn pass(&mut self, exits: bool) -> Result<(), Stop> {
         self.synced = exits || self.ctx.exits.is_none();
         loop {
-            let overrun = self.drain(self.synced)?;
-            let mut slot = self.ctx.watched.lock();
-            slot.state.events.extend(self.drained.drain(..));
-            slot.state.overrun |= overrun;
-            drop(slot);
+            self.drain(self.synced, None)?;
             if !self.flush()? {
                 return Ok(());
             }
@@ -384,30 +378,40 @@ impl ReaderThread {
         }
     }
 
-    /// Reads what is queued into `drained`, in kernel order: with `exits`,
-    /// the exit socket first. Every exec that precedes an exit read then is
-    /// already queued on the exec socket (a process cannot exit before its
-    /// exec event is sent), so sorting the two by timestamp puts each exit
-    /// after its exec. Returns whether a socket overflowed.
-    fn drain(&mut self, exits: bool) -> Result<bool, Stop> {
-        let ctx = self.ctx.clone();
-        let mut overrun = match (&ctx.exits, exits) {
-            (Some(sock), true) => drain(sock, &mut self.batch, &mut self.drained, &ctx.stats)?,
-            _ => false,
-        };
-        let exits_read = self.drained.len();
-        overrun |= drain(&ctx.execs, &mut self.batch, &mut self.drained, &ctx.stats)?;
+    /// Reads what is queued into the backlog, in kernel order: with
+    /// `exits`, the exit socket first. Every exec that precedes an exit read
+    /// then is already queued on the exec socket (a process cannot exit
+    /// before its exec event is sent), so sorting the two by timestamp puts
+    /// each exit after its exec. An overflow is noted in the backlog.
+    /// `put_back`, an event taken from the backlog, goes back to its front
+    /// first, and the whole backlog is sorted.
+    fn drain(&mut self, exits: bool, put_back: Option<ProcEvent>) -> Result<(), Stop> {
+        let ctx = &self.ctx;
+        let mut slot = ctx.watched.lock();
+        let backlog = &mut slot.state;
+        let sort_all = put_back.is_some();
+        if let Some(ev) = put_back {
+            backlog.events.push_front(ev);
+        }
+        let start = backlog.events.len();
+        if let (Some(sock), true) = (&ctx.exits, exits) {
+            backlog.overrun |= drain(sock, &mut self.batch, &mut backlog.events, &ctx.stats)?;
+        }
+        let exits_end = backlog.events.len();
+        backlog.overrun |= drain(&ctx.execs, &mut self.batch, &mut backlog.events, &ctx.stats)?;
         // Without the kernel's filter the exec socket carries every event
         // (forks, exits, ...): only execs count towards a storm.
-        let execs_read = self.drained[exits_read..]
-            .iter()
+        let execs_read = backlog
+            .events
+            .range(exits_end..)
             .filter(|ev| matches!(ev.kind, EventKind::Exec { .. }))
             .count();
         self.rate.count(execs_read, Instant::now(), ctx.pace.above);
-        if exits_read > 0 && exits_read < self.drained.len() {
-            self.drained.sort_by_key(|ev| ev.timestamp_ns);
+        let events = &mut backlog.events;
+        if sort_all || (exits_end > start && exits_end < events.len()) {
+            events.make_contiguous().sort_by_key(|ev| ev.timestamp_ns);
         }
-        Ok(overrun)
+        Ok(())
     }
 
     /// Before the first exec of a pass that is published: reads the exits
@@ -417,14 +421,7 @@ impl ReaderThread {
     /// Passes that publish nothing never read the exit socket: their exits
     /// wait for the sweep.
     fn sync(&mut self, ev: ProcEvent) -> Result<(), Stop> {
-        let overrun = self.drain(true)?;
-        let mut slot = self.ctx.watched.lock();
-        let backlog = &mut slot.state.events;
-        backlog.push_front(ev);
-        backlog.extend(self.drained.drain(..));
-        backlog.make_contiguous().sort_by_key(|ev| ev.timestamp_ns);
-        slot.state.overrun |= overrun;
-        drop(slot);
+        self.drain(true, Some(ev))?;
         self.synced = true;
         Ok(())
     }
@@ -646,7 +643,7 @@ fn recovered(ctx: &Context, backlog: &mut Backlog) {
 fn drain(
     sock: &NetlinkSocket,
     batch: &mut Batch,
-    events: &mut Vec<ProcEvent>,
+    events: &mut VecDeque<ProcEvent>,
     stats: &Stats,
 ) -> Result<bool, NetlinkError> {
     loop {
@@ -657,7 +654,7 @@ fn drain(
         };
         for message in batch.datagrams(n).flat_map(parse_datagram) {
             match message {
-                Ok(Message::Event(ev)) => events.push(ev),
+                Ok(Message::Event(ev)) => events.push_back(ev),
                 Ok(_) => stats.add_ignored_kernel_events(1),
                 Err(e) => {
                     stats.add_parse_errors(1);
