@@ -550,31 +550,25 @@ impl ReaderThread {
             ctx.procfs.bounds().returned(pid);
             return Err(Stop::Stale);
         }
-        let p = slot.end();
-        match (read, p) {
+        match (read, slot.end()) {
             (Ok(Outcome::Read), Some(p)) => {
                 // The loss goes out before this record: subscribers resync,
                 // then get it.
                 recovered(&ctx, &mut slot.state);
                 publish_exec(&ctx, p);
-                Ok(())
             }
             (Ok(Outcome::Unwanted), _) => {
                 // `stat` was read: reads work.
                 recovered(&ctx, &mut slot.state);
                 ctx.fanout.skip_exec();
-                Ok(())
             }
             (Err(e), _) => {
                 drop(slot);
                 self.unreadable(e);
-                Ok(())
             }
-            (Ok(_), _) => {
-                ctx.stats.add_ignored_kernel_events(1);
-                Ok(())
-            }
+            (Ok(_), _) => ctx.stats.add_ignored_kernel_events(1),
         }
+        Ok(())
     }
 
     /// Counts an exec whose record could not be read.
