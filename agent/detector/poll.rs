@@ -135,8 +135,10 @@ impl Poller {
                 fanout.skip_exec();
                 continue;
             }
-            let read = match self.records.read(pid, Source::Poll) {
-                Ok(read) => read,
+            let mut p = match self.records.read(pid, Source::Poll) {
+                Ok(Some(p)) => p,
+                // A kernel thread.
+                Ok(None) => continue,
                 Err(e) => {
                     // Not published: the next scan that works reports it.
                     alive.remove(&pid);
@@ -145,15 +147,13 @@ impl Poller {
                     return Ok(Err(e));
                 }
             };
-            if let Some(mut p) = read {
-                if p.start_ticks != id.start_ticks && p.start_ticks != 0 {
-                    // Reused again between the two reads; the next scan has it.
-                    alive.remove(&pid);
-                    continue;
-                }
-                self.source.finish(&mut p);
-                fanout.publish(Item::Exec(Arc::new(p)));
+            if p.start_ticks != id.start_ticks && p.start_ticks != 0 {
+                // Reused again between the two reads; the next scan has it.
+                alive.remove(&pid);
+                continue;
             }
+            self.source.finish(&mut p);
+            fanout.publish(Item::Exec(Arc::new(p)));
         }
         for pid in self.known.keys().filter(|pid| !alive.contains_key(pid)) {
             publish_exit(fanout, *pid);
