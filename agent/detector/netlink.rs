@@ -83,13 +83,13 @@ impl NetlinkDetector {
         exits.subscribe(McastOp::Listen, Some(event_mask::EXIT))?;
         let mut child = spawn_probe()?;
         let target = child.id() as i32;
-        let exec = wait_for(&execs, &mut child, target, Wanted::Exec, PROBE_TIMEOUT)?;
+        let exec = wait_for(&execs, &mut child, target, event_mask::EXEC, PROBE_TIMEOUT)?;
         let _ = child.wait();
         if exec.probe && !exec.foreign {
-            let exit = wait_for(&exits, &mut child, target, Wanted::Exit, PROBE_TIMEOUT)?;
+            let exit = wait_for(&exits, &mut child, target, event_mask::EXIT, PROBE_TIMEOUT)?;
             // A kernel without the filter sends a socket everything once
             // anyone listens: the probe's exit would reach the exec socket.
-            let leak = wait_for(&execs, &mut child, -1, Wanted::Exec, FILTER_CHECK)?;
+            let leak = wait_for(&execs, &mut child, -1, event_mask::EXEC, FILTER_CHECK)?;
             if exit.probe && !exit.foreign && !leak.foreign {
                 return Ok(Some(Self {
                     execs,
@@ -112,7 +112,7 @@ impl NetlinkDetector {
         execs.subscribe(McastOp::Listen, None)?;
         let mut child = spawn_probe()?;
         let target = child.id() as i32;
-        let seen = wait_for(&execs, &mut child, target, Wanted::Exec, PROBE_TIMEOUT)?;
+        let seen = wait_for(&execs, &mut child, target, event_mask::EXEC, PROBE_TIMEOUT)?;
         let _ = child.wait();
         if !seen.probe {
             return Err(StartError::Silent(PROBE_TIMEOUT));
@@ -142,13 +142,6 @@ impl NetlinkDetector {
     }
 }
 
-/// Which of the probe's events a socket must show.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wanted {
-    Exec,
-    Exit,
-}
-
 /// Executes the agent's own binary as a no-op.
 fn spawn_probe() -> Result<Child, StartError> {
     let exe = "/proc/self/exe";
@@ -162,6 +155,7 @@ fn spawn_probe() -> Result<Child, StartError> {
 }
 
 /// What a socket showed while waiting for the probe.
+#[derive(Default)]
 struct Seen {
     /// The probe's wanted event arrived.
     probe: bool,
@@ -169,22 +163,20 @@ struct Seen {
     foreign: bool,
 }
 
-/// Waits up to `timeout` for the probe's exec or exit event on `sock`,
-/// noting any event of another kind. An error ack from the kernel is a
+/// Waits up to `timeout` for the probe's exec or exit event (`wanted`:
+/// [`event_mask::EXEC`] or [`event_mask::EXIT`]) on `sock`, noting any event
+/// of another kind. An error ack from the kernel is a
 /// refusal.
 fn wait_for(
     sock: &NetlinkSocket,
     child: &mut Child,
     target: i32,
-    wanted: Wanted,
+    wanted: u32,
     timeout: Duration,
 ) -> Result<Seen, StartError> {
     let deadline = Instant::now() + timeout;
     let mut batch = Batch::default();
-    let mut seen = Seen {
-        probe: false,
-        foreign: false,
-    };
+    let mut seen = Seen::default();
     while !seen.probe
         && Instant::now() < deadline
         && wait_readable(sock.as_fd(), deadline).map_err(NetlinkError::Recv)?
@@ -208,10 +200,10 @@ fn wait_for(
                     return Err(StartError::Refused(err, hint));
                 }
                 EventKind::Ack { .. } => {}
-                EventKind::Exec { tgid, .. } if wanted == Wanted::Exec => {
+                EventKind::Exec { tgid, .. } if wanted == event_mask::EXEC => {
                     seen.probe |= tgid == target;
                 }
-                EventKind::Exit { pid, .. } if wanted == Wanted::Exit => {
+                EventKind::Exit { pid, .. } if wanted == event_mask::EXIT => {
                     seen.probe |= pid == target;
                 }
                 _ => seen.foreign = true,

@@ -31,6 +31,7 @@ use crate::procfs::source::ProcSource;
 use crate::procfs::worker::WorkerReader;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 use execwatch::internal::clock;
+use execwatch::internal::cn_proc::comm_bytes;
 
 /// A poll detector that has taken its first inventory.
 pub struct Poller {
@@ -130,12 +131,14 @@ impl Poller {
             // read holds the comm). Such an exec is counted, not published,
             // as the netlink detector does (crate::detector::reader); a
             // subscriber that joins later finds it in its snapshot.
-            if !fanout.interest().may_want(id.comm_name()) {
+            if !fanout.interest().may_want(comm_bytes(&id.comm)) {
                 fanout.skip_exec();
                 continue;
             }
-            let read = match self.records.read(pid, Source::Poll) {
-                Ok(read) => read,
+            let mut p = match self.records.read(pid, Source::Poll) {
+                Ok(Some(p)) => p,
+                // A kernel thread.
+                Ok(None) => continue,
                 Err(e) => {
                     // Not published: the next scan that works reports it.
                     alive.remove(&pid);
@@ -144,15 +147,13 @@ impl Poller {
                     return Ok(Err(e));
                 }
             };
-            if let Some(mut p) = read {
-                if p.start_ticks != id.start_ticks && p.start_ticks != 0 {
-                    // Reused again between the two reads; the next scan has it.
-                    alive.remove(&pid);
-                    continue;
-                }
-                self.source.finish(&mut p);
-                fanout.publish(Item::Exec(Arc::new(p)));
+            if p.start_ticks != id.start_ticks && p.start_ticks != 0 {
+                // Reused again between the two reads; the next scan has it.
+                alive.remove(&pid);
+                continue;
             }
+            self.source.finish(&mut p);
+            fanout.publish(Item::Exec(Arc::new(p)));
         }
         for pid in self.known.keys().filter(|pid| !alive.contains_key(pid)) {
             publish_exit(fanout, *pid);

@@ -223,7 +223,6 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
                 generation,
                 reader,
                 batch: Batch::default(),
-                drained: Vec::with_capacity(64),
                 exits_due: None,
                 synced: false,
                 checked: None,
@@ -232,7 +231,6 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
                     execs: 0,
                     storm: false,
                 },
-                rest: None,
                 ctx,
             };
             if let Err(Stop::Failed(e)) = thread.run() {
@@ -279,7 +277,6 @@ struct ReaderThread {
     /// reads count as loss and the copy is tried again).
     reader: Result<ProcReader, Exhausted>,
     batch: Batch,
-    drained: Vec<ProcEvent>,
     /// The exit socket is left out of the wait until this sweep.
     exits_due: Option<Instant>,
     /// The exits queued when this pass began have been read: an exec may
@@ -289,8 +286,6 @@ struct ReaderThread {
     /// passed: not checked again.
     checked: Option<(i32, u64)>,
     rate: Rate,
-    /// Under a storm: the next wait begins with a rest until then.
-    rest: Option<Instant>,
 }
 
 impl ReaderThread {
@@ -298,10 +293,12 @@ impl ReaderThread {
     fn run(&mut self) -> Result<(), Stop> {
         // A thread left behind may have left events and losses to report.
         self.flush()?;
+        // Under a storm: the next wait begins with a rest until then.
+        let mut rest = None;
         loop {
-            let retry_at = self.slot()?.state.unread.as_ref().map(|u| u.retry_at);
+            let retry_at = self.backlog().state.unread.as_ref().map(|u| u.retry_at);
             let wake = [self.exits_due, retry_at].into_iter().flatten().min();
-            let (exec_ready, exit_ready) = match self.rest.take() {
+            let (exec_ready, exit_ready) = match rest.take() {
                 Some(until) => {
                     let until = wake.map_or(until, |w| w.min(until));
                     std::thread::sleep(until.saturating_duration_since(Instant::now()));
@@ -322,19 +319,21 @@ impl ReaderThread {
                 }
                 self.pass(sweep)?;
                 if self.rate.storm {
-                    self.rest = Some(now + self.ctx.pace.rest);
+                    rest = Some(now + self.ctx.pace.rest);
                 }
             } else if exit_ready {
                 self.park_exits(now);
             } else if retry_at.is_some_and(|at| at <= now) {
-                self.retry()?;
+                self.retry();
             }
         }
     }
 
-    /// The shared slot, if this thread is still the one that reads.
-    fn slot(&self) -> Result<MutexGuard<'_, Slot<Backlog>>, Stop> {
-        current(&self.ctx, self.generation)
+    /// The shared slot, and in it the backlog. A thread is left behind
+    /// only while it reads a record, and learns so as soon as the read
+    /// returns ([`ReaderThread::exec`]): anywhere else, it still reads.
+    fn backlog(&self) -> MutexGuard<'_, Slot<Backlog>> {
+        self.ctx.watched.lock()
     }
 
     /// Waits until the exec socket (or the exit socket, unless parked) is
@@ -370,12 +369,7 @@ impl ReaderThread {
     fn pass(&mut self, exits: bool) -> Result<(), Stop> {
         self.synced = exits || self.ctx.exits.is_none();
         loop {
-            let overrun = self.drain(self.synced)?;
-            let ctx = self.ctx.clone();
-            let mut slot = current(&ctx, self.generation)?;
-            slot.state.events.extend(self.drained.drain(..));
-            slot.state.overrun |= overrun;
-            drop(slot);
+            self.drain(self.synced, None)?;
             if !self.flush()? {
                 return Ok(());
             }
@@ -384,30 +378,40 @@ impl ReaderThread {
         }
     }
 
-    /// Reads what is queued into `drained`, in kernel order: with `exits`,
-    /// the exit socket first. Every exec that precedes an exit read then is
-    /// already queued on the exec socket (a process cannot exit before its
-    /// exec event is sent), so sorting the two by timestamp puts each exit
-    /// after its exec. Returns whether a socket overflowed.
-    fn drain(&mut self, exits: bool) -> Result<bool, Stop> {
-        let ctx = self.ctx.clone();
-        let mut overrun = match (&ctx.exits, exits) {
-            (Some(sock), true) => drain(sock, &mut self.batch, &mut self.drained, &ctx.stats)?,
-            _ => false,
-        };
-        let exits_read = self.drained.len();
-        overrun |= drain(&ctx.execs, &mut self.batch, &mut self.drained, &ctx.stats)?;
+    /// Reads what is queued into the backlog, in kernel order: with
+    /// `exits`, the exit socket first. Every exec that precedes an exit read
+    /// then is already queued on the exec socket (a process cannot exit
+    /// before its exec event is sent), so sorting the two by timestamp puts
+    /// each exit after its exec. An overflow is noted in the backlog.
+    /// `put_back`, an event taken from the backlog, goes back to its front
+    /// first, and the whole backlog is sorted.
+    fn drain(&mut self, exits: bool, put_back: Option<ProcEvent>) -> Result<(), Stop> {
+        let ctx = &self.ctx;
+        let mut slot = ctx.watched.lock();
+        let backlog = &mut slot.state;
+        let sort_all = put_back.is_some();
+        if let Some(ev) = put_back {
+            backlog.events.push_front(ev);
+        }
+        let start = backlog.events.len();
+        if let (Some(sock), true) = (&ctx.exits, exits) {
+            backlog.overrun |= drain(sock, &mut self.batch, &mut backlog.events, &ctx.stats)?;
+        }
+        let exits_end = backlog.events.len();
+        backlog.overrun |= drain(&ctx.execs, &mut self.batch, &mut backlog.events, &ctx.stats)?;
         // Without the kernel's filter the exec socket carries every event
         // (forks, exits, ...): only execs count towards a storm.
-        let execs_read = self.drained[exits_read..]
-            .iter()
+        let execs_read = backlog
+            .events
+            .range(exits_end..)
             .filter(|ev| matches!(ev.kind, EventKind::Exec { .. }))
             .count();
         self.rate.count(execs_read, Instant::now(), ctx.pace.above);
-        if exits_read > 0 && exits_read < self.drained.len() {
-            self.drained.sort_by_key(|ev| ev.timestamp_ns);
+        let events = &mut backlog.events;
+        if sort_all || (exits_end > start && exits_end < events.len()) {
+            events.make_contiguous().sort_by_key(|ev| ev.timestamp_ns);
         }
-        Ok(overrun)
+        Ok(())
     }
 
     /// Before the first exec of a pass that is published: reads the exits
@@ -417,15 +421,7 @@ impl ReaderThread {
     /// Passes that publish nothing never read the exit socket: their exits
     /// wait for the sweep.
     fn sync(&mut self, ev: ProcEvent) -> Result<(), Stop> {
-        let overrun = self.drain(true)?;
-        let ctx = self.ctx.clone();
-        let mut slot = current(&ctx, self.generation)?;
-        let backlog = &mut slot.state.events;
-        backlog.push_front(ev);
-        backlog.extend(self.drained.drain(..));
-        backlog.make_contiguous().sort_by_key(|ev| ev.timestamp_ns);
-        slot.state.overrun |= overrun;
-        drop(slot);
+        self.drain(true, Some(ev))?;
         self.synced = true;
         Ok(())
     }
@@ -434,7 +430,7 @@ impl ReaderThread {
     /// it. Returns whether there was one.
     fn flush(&mut self) -> Result<bool, Stop> {
         loop {
-            let mut slot = self.slot()?;
+            let mut slot = self.backlog();
             let Some(ev) = slot.state.events.pop_front() else {
                 if !std::mem::take(&mut slot.state.overrun) {
                     return Ok(false);
@@ -490,8 +486,6 @@ impl ReaderThread {
         // Taken now, after the exec was received: see the module's comment.
         let interest = ctx.fanout.interest();
         if *interest == Interest::Nothing {
-            // Still the reading thread (a stale one touches nothing).
-            let _slot = self.slot()?;
             ctx.fanout.skip_exec();
             return Ok(());
         }
@@ -507,7 +501,7 @@ impl ReaderThread {
             // below decides after `stat` as usual.
             let check = reader.comm_wanted(pid, |comm| interest.may_want(comm));
             if matches!(check, CommCheck::Unwanted | CommCheck::Gone) {
-                let mut slot = self.slot()?;
+                let mut slot = self.backlog();
                 // A file was looked up: descriptors are back, if they had
                 // run out (whether stuck reads have returned, `retry`
                 // finds out).
@@ -531,28 +525,22 @@ impl ReaderThread {
             }
             return self.sync(ev);
         }
-        match ctx.procfs.bounds().admit(pid, tgid, Source::Netlink) {
-            Ok(Admit::Go) => {}
-            Ok(Admit::Stuck(mut p)) => {
-                let _slot = self.slot()?;
+        let admit = ctx.procfs.bounds().admit(pid, tgid, Source::Netlink);
+        let reader = match (admit, &mut self.reader) {
+            (Ok(Admit::Go), Ok(reader)) => reader,
+            (Ok(Admit::Stuck(mut p)), _) => {
                 p.kernel_timestamp_ns = timestamp_ns;
                 publish_exec(&ctx, *p);
                 return Ok(());
             }
-            Err(e) => return self.unreadable(e),
-        }
-        let mut record = blank(pid, tgid, Source::Netlink);
-        record.kernel_timestamp_ns = timestamp_ns;
-        let reader = match &mut self.reader {
-            Ok(reader) => reader,
-            Err(e) => {
-                let e = *e;
-                return self.unreadable(e);
+            (Err(e), _) | (Ok(Admit::Go), &mut Err(e)) => {
+                self.unreadable(e);
+                return Ok(());
             }
         };
-        let mut slot = current(&ctx, self.generation)?;
-        ctx.watched.begin(&mut slot, record);
-        drop(slot);
+        let mut record = blank(pid, tgid, Source::Netlink);
+        record.kernel_timestamp_ns = timestamp_ns;
+        ctx.watched.begin(record);
         let tracker = &mut ctx.watched.tracker(self.generation);
         let read = reader.read_into(pid, tracker, |comm| interest.may_want(comm));
         let mut slot = ctx.watched.lock();
@@ -562,36 +550,31 @@ impl ReaderThread {
             ctx.procfs.bounds().returned(pid);
             return Err(Stop::Stale);
         }
-        let p = slot.end();
-        match (read, p) {
+        match (read, slot.end()) {
             (Ok(Outcome::Read), Some(p)) => {
                 // The loss goes out before this record: subscribers resync,
                 // then get it.
                 recovered(&ctx, &mut slot.state);
                 publish_exec(&ctx, p);
-                Ok(())
             }
             (Ok(Outcome::Unwanted), _) => {
                 // `stat` was read: reads work.
                 recovered(&ctx, &mut slot.state);
                 ctx.fanout.skip_exec();
-                Ok(())
             }
             (Err(e), _) => {
                 drop(slot);
-                self.unreadable(e)
+                self.unreadable(e);
             }
-            (Ok(_), _) => {
-                ctx.stats.add_ignored_kernel_events(1);
-                Ok(())
-            }
+            (Ok(_), _) => ctx.stats.add_ignored_kernel_events(1),
         }
+        Ok(())
     }
 
     /// Counts an exec whose record could not be read.
-    fn unreadable(&mut self, error: Exhausted) -> Result<(), Stop> {
+    fn unreadable(&mut self, error: Exhausted) {
         self.ctx.stats.add_unreadable_execs(1);
-        let mut slot = self.slot()?;
+        let mut slot = self.backlog();
         match &mut slot.state.unread {
             Some(unread) => unread.count += 1,
             None => {
@@ -605,14 +588,12 @@ impl ReaderThread {
                 });
             }
         }
-        Ok(())
     }
 
     /// While reads fail: do they work again?
-    fn retry(&mut self) -> Result<(), Stop> {
-        let error = match &self.slot()?.state.unread {
-            Some(unread) => unread.error,
-            None => return Ok(()),
+    fn retry(&mut self) {
+        let Some(error) = self.backlog().state.unread.as_ref().map(|u| u.error) else {
+            return;
         };
         let works = match error {
             Exhausted::Stuck(_) => !self.ctx.procfs.bounds().full(),
@@ -623,25 +604,13 @@ impl ReaderThread {
                 self.reader.as_mut().is_ok_and(|r| r.probe().is_ok())
             }
         };
-        let ctx = self.ctx.clone();
-        let mut slot = self.slot()?;
+        let mut slot = self.backlog();
         if works {
-            recovered(&ctx, &mut slot.state);
+            recovered(&self.ctx, &mut slot.state);
         } else if let Some(unread) = &mut slot.state.unread {
             unread.retry_at = Instant::now() + RETRY;
         }
-        Ok(())
     }
-}
-
-/// The shared slot, if the thread of `generation` is still the one that
-/// reads.
-fn current(ctx: &Context, generation: u64) -> Result<MutexGuard<'_, Slot<Backlog>>, Stop> {
-    let slot = ctx.watched.lock();
-    if slot.generation() != generation {
-        return Err(Stop::Stale);
-    }
-    Ok(slot)
 }
 
 /// Reports the execs that could not be read, now that reads work.
@@ -668,7 +637,7 @@ fn recovered(ctx: &Context, backlog: &mut Backlog) {
 fn drain(
     sock: &NetlinkSocket,
     batch: &mut Batch,
-    events: &mut Vec<ProcEvent>,
+    events: &mut VecDeque<ProcEvent>,
     stats: &Stats,
 ) -> Result<bool, NetlinkError> {
     loop {
@@ -679,7 +648,7 @@ fn drain(
         };
         for message in batch.datagrams(n).flat_map(parse_datagram) {
             match message {
-                Ok(Message::Event(ev)) => events.push(ev),
+                Ok(Message::Event(ev)) => events.push_back(ev),
                 Ok(_) => stats.add_ignored_kernel_events(1),
                 Err(e) => {
                     stats.add_parse_errors(1);

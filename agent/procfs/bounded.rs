@@ -171,7 +171,8 @@ impl<T> Watched<T> {
     }
 
     /// Starts watching a read that fills `record`.
-    pub fn begin(&self, slot: &mut Slot<T>, record: Process) {
+    pub fn begin(&self, record: Process) {
+        let mut slot = self.lock();
         slot.current = Some(Current {
             record,
             reading: Some(Field::All),
@@ -204,38 +205,28 @@ impl<T> Watched<T> {
                 given_up(&mut slot, p);
                 continue;
             }
-            if let Some(due) = slot.due(bounds.deadline) {
-                slot = self.wait(slot, Some(due.saturating_duration_since(now)));
-                continue;
-            }
-            if slot.reads != seen {
-                // Reads keep coming: look again in a period (one deadline),
-                // so that starting a read wakes nobody.
-                seen = slot.reads;
-                slot = self.wait(slot, Some(bounds.deadline));
-                continue;
-            }
-            // A period without any read: sleep until one starts, instead
-            // of waking every period for nothing.
-            slot.watchdog_idle = true;
-            slot = self.wait(slot, None);
-            seen = slot.reads;
-        }
-    }
-
-    fn wait<'a>(
-        &self,
-        slot: MutexGuard<'a, Slot<T>>,
-        timeout: Option<Duration>,
-    ) -> MutexGuard<'a, Slot<T>> {
-        match timeout {
-            Some(t) => {
-                self.wake
-                    .wait_timeout(slot, t)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            }
-            None => self.wake.wait(slot).unwrap_or_else(|e| e.into_inner()),
+            let timeout = match slot.due(bounds.deadline) {
+                Some(due) => due.saturating_duration_since(now),
+                None if slot.reads != seen => {
+                    // Reads keep coming: look again in a period (one
+                    // deadline), so that starting a read wakes nobody.
+                    seen = slot.reads;
+                    bounds.deadline
+                }
+                None => {
+                    // A period without any read: sleep until one starts,
+                    // instead of waking every period for nothing.
+                    slot.watchdog_idle = true;
+                    slot = self.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+                    seen = slot.reads;
+                    continue;
+                }
+            };
+            slot = self
+                .wake
+                .wait_timeout(slot, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -328,9 +319,7 @@ mod tests {
     fn an_overdue_read_is_given_up_with_the_rest_named() {
         let bounds = Bounds::new(Duration::from_millis(10), 2);
         let watched = Watched::new(());
-        let mut slot = watched.lock();
-        watched.begin(&mut slot, blank(42, 42, Source::Netlink));
-        drop(slot);
+        watched.begin(blank(42, 42, Source::Netlink));
         let mut tracker = watched.tracker(0);
         assert!(tracker.put(|p| p.comm = "x".into(), Some(Field::Credentials)));
         assert!(tracker.put(|_| {}, Some(Field::Argv)));
@@ -360,9 +349,7 @@ mod tests {
     fn a_finished_read_is_never_given_up() {
         let bounds = Bounds::new(Duration::from_millis(1), 1);
         let watched = Watched::new(());
-        let mut slot = watched.lock();
-        watched.begin(&mut slot, blank(1, 1, Source::Netlink));
-        drop(slot);
+        watched.begin(blank(1, 1, Source::Netlink));
         assert!(watched.tracker(0).put(|_| {}, None));
         let later = Instant::now() + Duration::from_secs(1);
         assert!(watched.lock().give_up(&bounds, later).is_none());

@@ -45,16 +45,9 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 pub struct Identity {
     /// Start time in clock ticks since boot.
     pub start_ticks: u64,
-    /// The kernel's command name, NUL-padded.
+    /// The kernel's command name, NUL-padded as the proc connector's is
+    /// (unpadded by [`execwatch::internal::cn_proc::comm_bytes`]).
     pub comm: [u8; 16],
-}
-
-impl Identity {
-    /// The comm without its NUL padding.
-    pub fn comm_name(&self) -> &[u8] {
-        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
-        &self.comm[..len]
-    }
 }
 
 /// Reads process records from one `/proc` mount.

@@ -17,7 +17,7 @@ use std::time::Instant;
 use execwatch::proto::{Process, Source};
 use nix::errno::Errno;
 
-use crate::procfs::bounded::{Admit, Bounds, Watched};
+use crate::procfs::bounded::{Admit, Watched};
 use crate::procfs::reader::{blank, Exhausted, Outcome};
 use crate::procfs::source::ProcSource;
 
@@ -53,21 +53,40 @@ impl WorkerReader {
     /// earlier read is still stuck gets a record that says so, without a
     /// read ([`Admit::Stuck`]).
     pub fn read(&mut self, pid: i32, source: Source) -> Result<Option<Process>, Exhausted> {
-        if let Admit::Stuck(p) = self.source.bounds().admit(pid, pid, source)? {
+        let bounds = self.source.bounds();
+        if let Admit::Stuck(p) = bounds.admit(pid, pid, source)? {
             return Ok(Some(*p));
         }
         let worker = match &mut self.worker {
             Some(worker) => worker,
             None => self.worker.insert(Worker::start(self.source.clone())?),
         };
-        let read = worker.read(pid, source, self.source.bounds());
-        if read.is_none() || worker.watched.lock().generation() != GENERATION {
-            // Gone, or left behind (it says it is back and ends): the next
-            // read starts a fresh one.
+        worker.watched.begin(blank(pid, pid, source));
+        let sent = worker.jobs.send(pid).ok();
+        let read = match sent.map(|()| worker.done.recv_timeout(bounds.deadline())) {
+            Some(Ok(read)) => Some(read),
+            Some(Err(RecvTimeoutError::Timeout)) => {
+                // A deadline after this read began: overdue, unless done.
+                let given_up = worker.watched.lock().give_up(bounds, Instant::now());
+                if given_up.is_some() {
+                    // Left behind (it says it is back and ends): the next
+                    // read starts a fresh one.
+                    self.worker = None;
+                    return Ok(given_up);
+                }
+                // It finished just now: its answer is on the way.
+                worker.done.recv().ok()
+            }
+            Some(Err(RecvTimeoutError::Disconnected)) | None => None,
+        };
+        let Some(read) = read else {
+            // Gone: only a bug ends a worker otherwise; the caller tries
+            // again, and the next read starts a fresh one.
             self.worker = None;
-        }
-        // Only a bug ends a worker otherwise; the caller tries again.
-        read.unwrap_or(Err(Exhausted::Resources(Errno::EAGAIN)))
+            return Err(Exhausted::Resources(Errno::EAGAIN));
+        };
+        let p = worker.watched.lock().end();
+        read.map(|outcome| p.filter(|_| outcome == Outcome::Read))
     }
 }
 
@@ -102,39 +121,6 @@ impl Worker {
             done,
         })
     }
-
-    /// Has the worker read `pid`, waiting at most the deadline: a read
-    /// given up then comes back as it stands. `None` if the worker is gone.
-    fn read(
-        &self,
-        pid: i32,
-        kind: Source,
-        bounds: &Bounds,
-    ) -> Option<Result<Option<Process>, Exhausted>> {
-        let mut slot = self.watched.lock();
-        self.watched.begin(&mut slot, blank(pid, pid, kind));
-        drop(slot);
-        self.jobs.send(pid).ok()?;
-        let read = match self.done.recv_timeout(bounds.deadline()) {
-            Ok(read) => read,
-            Err(RecvTimeoutError::Timeout) => {
-                // A deadline after this read began: overdue, unless done.
-                let mut slot = self.watched.lock();
-                if let Some(p) = slot.give_up(bounds, Instant::now()) {
-                    return Some(Ok(Some(p)));
-                }
-                // It finished just now: its answer is on the way.
-                drop(slot);
-                self.done.recv().ok()?
-            }
-            Err(RecvTimeoutError::Disconnected) => return None,
-        };
-        let p = self.watched.lock().end();
-        Some(read.map(|outcome| match (outcome, p) {
-            (Outcome::Read, Some(p)) => Some(p),
-            _ => None,
-        }))
-    }
 }
 
 #[cfg(test)]
@@ -142,6 +128,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::procfs::bounded::Bounds;
 
     fn reader() -> WorkerReader {
         let bounds = Bounds::new(Duration::from_secs(5), 2);
