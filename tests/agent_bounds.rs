@@ -278,8 +278,11 @@ fn sockets_of(pid: i32) -> usize {
 
 /// A connection that sends part of its preface and stops is closed after
 /// the handshake deadline (5 s); one that finishes it and then opens no
-/// stream is closed after `--idle-timeout`. Both stayed open for as long
-/// as the client liked, holding a descriptor and a connection place.
+/// stream is closed after `--idle-timeout`, and so is one that begins a
+/// request's header block and never ends it (the agent holds such a block
+/// until it is whole, so no RPC is in progress). All three stayed open for
+/// as long as the client liked, holding a descriptor and a connection
+/// place (the last one also up to 16 frames of the block it began).
 #[tokio::test]
 async fn half_prefaces_and_idle_connections_are_closed() {
     use std::io::Write;
@@ -288,6 +291,13 @@ async fn half_prefaces_and_idle_connections_are_closed() {
     half.write_all(&PREFACE[..10]).unwrap();
     let mut idle = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
     idle.write_all(PREFACE).unwrap();
+    let mut unfinished = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    unfinished.write_all(PREFACE).unwrap();
+    // HEADERS on stream 1 without END_HEADERS (flags 0), one byte of block
+    // (`:method POST`), and no CONTINUATION ever.
+    unfinished
+        .write_all(b"\x00\x00\x01\x01\x00\x00\x00\x00\x01\x83")
+        .unwrap();
     let started = Instant::now();
     assert!(
         closed_within(&mut idle, Duration::from_secs(4)),
@@ -296,6 +306,11 @@ async fn half_prefaces_and_idle_connections_are_closed() {
     );
     let idle_closed = started.elapsed();
     assert!(idle_closed >= Duration::from_millis(900), "{idle_closed:?}");
+    assert!(
+        closed_within(&mut unfinished, Duration::from_secs(3)),
+        "a connection with an unfinished header block stayed open past the idle timeout\n{}",
+        agent.logs()
+    );
     assert!(
         !closed_within(&mut half, Duration::from_millis(1500)),
         "the handshake deadline is 5 s, not the idle timeout"

@@ -12,7 +12,8 @@
 //! the client had hung up. A `Watch` is a stream, so a subscriber waiting
 //! for events on a quiet node is never idle.
 //!
-//! A stream opens with the client's HEADERS on a new stream id and closes
+//! A stream opens with the end of the client's header block (HEADERS on a
+//! new stream id, and its CONTINUATIONs up to END_HEADERS) and closes
 //! with the agent's END_STREAM (gRPC ends every response with trailers) or
 //! an RST_STREAM from either side. A client that keeps sending frames with
 //! no stream open (PINGs) resets its idle time: it is alive, and it is
@@ -20,7 +21,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::transport::frame::{Head, DATA, END_STREAM, HEADERS, RST_STREAM};
+use crate::transport::frame::{
+    Head, CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, RST_STREAM,
+};
 
 /// How long a client has from its first byte to the end of its preface
 /// (the 24 magic bytes and a first frame, its SETTINGS).
@@ -39,6 +42,10 @@ pub struct Activity {
     handshaken: bool,
     /// The highest stream id the client opened.
     last_opened: u32,
+    /// The stream whose header block the client has begun and not ended:
+    /// h2 has not seen it yet (the `:authority` normalizer holds a block
+    /// until it is whole), so it is not an RPC in progress.
+    opening: Option<u32>,
     /// The streams open now.
     open: Vec<u32>,
     /// When the connection was accepted.
@@ -65,6 +72,7 @@ impl Activity {
         Self {
             handshaken: false,
             last_opened: 0,
+            opening: None,
             open: Vec::new(),
             accepted,
             last: accepted,
@@ -78,18 +86,27 @@ impl Activity {
     }
 
     /// Follows the header of a frame the client sent (read by the
-    /// connection's normalizer): the first one ends the preface.
+    /// connection's normalizer): the first one ends the preface. A stream
+    /// opens when its header block ends, not when it begins: a client that
+    /// sends part of a block and stops has no RPC in progress.
     pub fn client_frame(&mut self, head: Head) {
         self.handshaken = true;
         match head.kind {
             HEADERS if head.stream > self.last_opened => {
                 self.last_opened = head.stream;
-                if self.open.len() < MAX_FOLLOWED {
-                    self.open.push(head.stream);
-                }
+                self.opening = Some(head.stream);
             }
             RST_STREAM => self.open.retain(|&s| s != head.stream),
             _ => {}
+        }
+        let ends_block = matches!(head.kind, HEADERS | CONTINUATION)
+            && head.flags & END_HEADERS != 0
+            && self.opening == Some(head.stream);
+        if ends_block {
+            self.opening = None;
+            if self.open.len() < MAX_FOLLOWED {
+                self.open.push(head.stream);
+            }
         }
     }
 
@@ -232,6 +249,24 @@ mod tests {
         assert_eq!(a.deadline(), None);
         assert!(wrote(&mut a, &frame(RST_STREAM, 0, 3, &[0, 0, 0, 7])));
         assert!(a.deadline().is_some());
+    }
+
+    #[test]
+    fn a_header_block_left_unfinished_opens_no_stream() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(2);
+        let mut a = Activity::new(t0, idle);
+        let mut client = Normalizer::new();
+        sent(&mut a, &mut client, &preface(), t0);
+        // HEADERS without END_HEADERS: the normalizer holds the block, h2
+        // has no stream, and the connection is idle from the last byte.
+        let t1 = t0 + Duration::from_secs(1);
+        sent(&mut a, &mut client, &frame(HEADERS, 0, 1, &[]), t1);
+        assert_eq!(a.deadline(), Some(t1 + idle));
+        // Its CONTINUATION with END_HEADERS opens the stream.
+        let t2 = t1 + Duration::from_secs(1);
+        sent(&mut a, &mut client, &frame(CONTINUATION, 0x4, 1, BLOCK), t2);
+        assert_eq!(a.deadline(), None);
     }
 
     #[test]
