@@ -251,13 +251,20 @@ mod tests {
         assert!(a.deadline().is_some());
     }
 
-    #[test]
-    fn a_header_block_left_unfinished_opens_no_stream() {
+    /// A connection whose client sent its preface at the returned instant,
+    /// with an idle timeout of `idle`.
+    fn handshaken(idle: Duration) -> (Activity, Normalizer, Instant) {
         let t0 = Instant::now();
-        let idle = Duration::from_secs(2);
         let mut a = Activity::new(t0, idle);
         let mut client = Normalizer::new();
         sent(&mut a, &mut client, &preface(), t0);
+        (a, client, t0)
+    }
+
+    #[test]
+    fn a_header_block_left_unfinished_opens_no_stream() {
+        let idle = Duration::from_secs(2);
+        let (mut a, mut client, t0) = handshaken(idle);
         // HEADERS without END_HEADERS: the normalizer holds the block, h2
         // has no stream, and the connection is idle from the last byte.
         let t1 = t0 + Duration::from_secs(1);
@@ -271,11 +278,8 @@ mod tests {
 
     #[test]
     fn client_frames_without_a_stream_reset_the_idle_time() {
-        let t0 = Instant::now();
         let idle = Duration::from_secs(2);
-        let mut a = Activity::new(t0, idle);
-        let mut client = Normalizer::new();
-        sent(&mut a, &mut client, &preface(), t0);
+        let (mut a, mut client, t0) = handshaken(idle);
         let t1 = t0 + Duration::from_secs(1);
         sent(&mut a, &mut client, &frame(0x6, 0, 0, &[0; 8]), t1);
         assert_eq!(a.deadline(), Some(t1 + idle));
