@@ -46,12 +46,37 @@ pub struct Cli {
     #[arg(long, env = "EXECWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// Once subscribed, switch every thread to this uid (with
+    /// `--run-as-gid`), which clears every capability: for an agent started
+    /// as uid 0 holding CAP_NET_ADMIN, CAP_SETUID and CAP_SETGID, as
+    /// deploy/base starts it. `health-check` switches too before it
+    /// connects. Not 0.
+    #[arg(long, env = "EXECWATCH_RUN_AS_UID", global = true, requires = "run_as_gid", value_parser = clap::value_parser!(u32).range(1..))]
+    pub run_as_uid: Option<u32>,
+
+    /// The gid to switch to with `--run-as-uid`; supplementary groups are
+    /// dropped.
+    #[arg(
+        long,
+        env = "EXECWATCH_RUN_AS_GID",
+        global = true,
+        requires = "run_as_uid"
+    )]
+    pub run_as_gid: Option<u32>,
+
     /// What to do (default: run the agent).
     #[command(subcommand)]
     pub command: Option<Command>,
 
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+impl Cli {
+    /// The uid and gid to switch to once subscribed, if any.
+    pub fn run_as(&self) -> Option<(u32, u32)> {
+        self.run_as_uid.zip(self.run_as_gid)
+    }
 }
 
 /// Subcommands.
@@ -296,6 +321,8 @@ mod tests {
             &["--coalesce=50ms", "--coalesce-above=1000000"],
             &["health-check", "--timeout=100ms"],
             &["health-check", "--timeout=5m"],
+            &["--run-as-uid=65534", "--run-as-gid=0"],
+            &["health-check", "--run-as-uid=65534", "--run-as-gid=65532"],
         ] {
             assert_eq!(parse(ok), Ok(()), "{ok:?}");
         }
@@ -373,6 +400,12 @@ mod tests {
                 &["--timeout", "from 100ms to 5m"],
             ),
             (&[long_socket.as_str()], &["--socket", "at most 107"]),
+            (
+                &["--run-as-uid=0", "--run-as-gid=0"],
+                &["--run-as-uid", "1.."],
+            ),
+            (&["--run-as-uid=65534"], &["--run-as-gid"]),
+            (&["--run-as-gid=65534"], &["--run-as-uid"]),
         ] {
             let err = parse(bad).unwrap_err();
             for word in words {

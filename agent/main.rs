@@ -5,6 +5,7 @@
 mod cli;
 mod detector;
 mod health_check;
+mod privilege;
 mod procfs;
 mod stats;
 mod stream;
@@ -41,6 +42,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn try_main() -> anyhow::Result<std::process::ExitCode> {
+    let started = std::time::Instant::now();
     // The netlink detector confirms its subscription by executing this binary
     // once; that run must do nothing at all.
     if std::env::var_os(detector::netlink::PROBE_ENV).is_some() {
@@ -48,12 +50,18 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
     }
     let cli = Cli::parse();
     execwatch::internal::runtime::init_logging(cli.log_format);
+    let run_as = cli.run_as();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
         Some(Command::HealthCheck { timeout }) => {
+            // The probe connects as the agent runs: the agent's own uid is
+            // always admitted, and the probe holds nothing either.
+            if let Some((uid, gid)) = run_as {
+                privilege::switch(uid, gid)?;
+            }
             let healthy = runtime.block_on(health_check::probe(&cli.socket, timeout))?;
             let serving = healthy == ServingStatus::Serving;
             println!("{}", healthy.as_str_name());
@@ -64,7 +72,7 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
             })
         }
         None => {
-            let stopped = runtime.block_on(run(cli.socket, cli.run));
+            let stopped = runtime.block_on(run(cli.socket, cli.run, run_as, started));
             // A snapshot chunk still reading /proc on the blocking pool is
             // not waited for.
             runtime.shutdown_timeout(Duration::from_millis(100));
@@ -80,7 +88,14 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
-async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stopped> {
+/// Runs the agent until a signal or a detector failure. `run_as` is the
+/// uid and gid to switch to once subscribed; `started`, when `main` began.
+async fn run(
+    socket: std::path::PathBuf,
+    args: RunArgs,
+    run_as: Option<(u32, u32)>,
+    started: std::time::Instant,
+) -> anyhow::Result<Stopped> {
     let stats = Arc::new(Stats::default());
     let fanout = Arc::new(Fanout::new(
         args.queue_len as usize,
@@ -110,12 +125,24 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     // The detector starts before the socket exists: a client that can
     // connect is a client that will see events.
-    match args.detector {
+    let net_admin = privilege::holds_net_admin();
+    let netlink = match args.detector {
         Detector::Netlink => {
             let filter = args.kernel_filter == cli::KernelFilter::Auto;
             let detector =
                 detector::netlink::NetlinkDetector::start(args.receive_buffer as usize, filter)
                     .context("the netlink detector could not start (try --detector=poll)")?;
+            Some(detector)
+        }
+        Detector::Poll => None,
+    };
+    // Nothing from here on needs a privilege: the switch comes before any
+    // other thread, the socket and the first client.
+    let settled = privilege::settle(run_as, net_admin && netlink.is_some(), started)?;
+    settled.log();
+    stats.set_privilege(settled.to_proto());
+    match netlink {
+        Some(detector) => {
             let mode = detector.mode();
             stats.set_detector("netlink", mode, detector.receive_buffer() as u64);
             tracing::info!(
@@ -134,7 +161,7 @@ async fn run(socket: std::path::PathBuf, args: RunArgs) -> anyhow::Result<Stoppe
             detector::reader::start(detector, pace, procfs.clone(), fanout, stats, failed)
                 .context("cannot start the detector thread")?;
         }
-        Detector::Poll => {
+        None => {
             stats.set_detector("poll", "", 0);
             let poller = detector::poll::Poller::start(procfs.clone(), args.poll_interval)
                 .with_context(|| format!("cannot scan {}", args.proc_root))?;

@@ -17,6 +17,7 @@ use execwatch::internal::runtime::lock;
 pub struct Stats {
     started: Instant,
     detector: Mutex<(String, String, u64)>,
+    privilege: std::sync::OnceLock<proto::Privilege>,
     counts: Counters,
 }
 
@@ -67,6 +68,7 @@ impl Default for Stats {
         Self {
             started: Instant::now(),
             detector: Mutex::default(),
+            privilege: std::sync::OnceLock::new(),
             counts: Counters::default(),
         }
     }
@@ -78,6 +80,12 @@ impl Stats {
         *lock(&self.detector) = (name.to_string(), mode.to_string(), receive_buffer_bytes);
     }
 
+    /// Records who the agent runs as, settled once at start
+    /// ([`crate::privilege::settle`]).
+    pub fn set_privilege(&self, privilege: proto::Privilege) {
+        let _ = self.privilege.set(privilege);
+    }
+
     /// The counters as the wire contract carries them, added to the
     /// fan-out's `published` counts (its fields of the same answer).
     pub fn snapshot(&self, published: proto::Stats) -> proto::Stats {
@@ -86,6 +94,7 @@ impl Stats {
             detector,
             subscription_mode,
             receive_buffer_bytes,
+            privilege: self.privilege.get().cloned(),
             uptime_seconds: self.started.elapsed().as_secs(),
             ..published
         };

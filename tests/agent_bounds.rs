@@ -145,58 +145,6 @@ async fn subscribers_are_capped_per_uid_and_in_total() {
     }
 }
 
-/// An agent running as uid 65534 (as deployed) on a socket anyone may
-/// open, so that root's connections are a peer's, not the agent's own.
-struct Unprivileged {
-    child: std::process::Child,
-    socket: std::path::PathBuf,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Unprivileged {
-    fn start(args: &[&str]) -> Unprivileged {
-        use std::os::unix::fs::PermissionsExt;
-        use std::os::unix::process::CommandExt;
-        let dir = world_readable_tempdir();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let socket = dir.path().join("agent.sock");
-        let log = dir.path().join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--socket-mode=0666")
-            .args(args)
-            .uid(65534)
-            .gid(65534)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while !socket.exists() {
-            assert!(started.elapsed() < Duration::from_secs(15), "no socket");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Unprivileged {
-            child,
-            socket,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Unprivileged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Whether the agent closed `conn` (a read sees end of file) within `wait`.
 fn closed_within(conn: &mut std::os::unix::net::UnixStream, wait: Duration) -> bool {
     use std::io::Read;
@@ -219,7 +167,13 @@ fn closed_within(conn: &mut std::os::unix::net::UnixStream, wait: Duration) -> b
 /// and stopped answering with its descriptors full of them).
 #[tokio::test]
 async fn silent_and_excess_connections_are_closed_and_the_agent_stays_reachable() {
-    let agent = Unprivileged::start(&["--max-connections=64", "--max-connections-per-uid=16"]);
+    // As deployed (uid 65534 once subscribed), on a socket anyone may open,
+    // so that root's connections are a peer's, not the agent's own.
+    let agent = Agent::start_deployed(&[
+        "--socket-mode=0666",
+        "--max-connections=64",
+        "--max-connections-per-uid=16",
+    ]);
     let mut conns: Vec<_> = (0..300)
         .map(|_| std::os::unix::net::UnixStream::connect(&agent.socket).unwrap())
         .collect();

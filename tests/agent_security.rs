@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
+use execwatch::proto::WatchRequest;
 use support::*;
 
 #[test]
@@ -166,57 +167,47 @@ fn bad_flags_are_refused_with_a_clear_message() {
     }
 }
 
-/// The deployment runs the agent as uid 65534 with no capabilities: on this
-/// kernel (>= 6.6) that is enough to subscribe and to read other users'
-/// comm, cmdline, status and cgroup; exe and cwd of other users' processes
-/// are reported unavailable with the reason.
-#[tokio::test]
-async fn the_agent_works_as_an_unprivileged_user() {
-    let dir = world_readable_tempdir();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let socket = dir.path().join("agent.sock");
-    let log = dir.path().join("agent.log");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_agent"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--socket-mode=0666")
-        .uid(65534)
-        .gid(65534)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !socket.exists() {
-        if let Ok(Some(status)) = agent.try_wait() {
-            panic!(
-                "unprivileged agent exited: {status}\n{}",
-                std::fs::read_to_string(&log).unwrap()
-            );
-        }
-        assert!(start.elapsed().as_secs() < 15, "no socket");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap()
-            .to_string()
-    };
-    assert!(field("Uid:").contains("65534"), "{}", field("Uid:"));
-    assert_eq!(
-        field("CapEff:").split_whitespace().nth(1),
-        Some("0000000000000000")
-    );
-    assert!(std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("kernel-filtered"));
+/// `CapBnd` of an agent started as deploy/base starts it: CAP_SETGID (6),
+/// CAP_SETUID (7) and CAP_NET_ADMIN (12), nothing else.
+const DEPLOYED_BOUNDING_SET: &str = "00000000000010c0";
 
-    let mut client = execwatch::client::exec_events(&socket).await.unwrap();
-    let mut stream = client.watch(live(false)).await.unwrap().into_inner();
-    // A root-owned program: its exec arrives with comm, argv and uid; exe
-    // needs CAP_SYS_PTRACE and says so.
+/// Started as deploy/base starts it (uid 0, only CAP_NET_ADMIN, CAP_SETUID
+/// and CAP_SETGID), the agent subscribes, then runs as uid 65534 gid 65532
+/// with no capability on every thread before it serves; it says so in its
+/// log and in GetStats, and still reads what it needs: comm, argv, uid and
+/// cgroup of a root-owned program, while exe (CAP_SYS_PTRACE) is reported
+/// unavailable with the reason.
+#[tokio::test]
+async fn the_deployed_agent_holds_no_privilege_once_subscribed() {
+    let policy = kernel_policy();
+    let agent = Agent::start_deployed(&["--socket-mode=0666"]);
+    let threads = assert_unprivileged(agent.pid(), DEPLOYED_UID, DEPLOYED_GID);
+    for (tid, status) in thread_statuses(agent.pid()) {
+        assert_eq!(
+            status_field(&status, "CapBnd"),
+            DEPLOYED_BOUNDING_SET,
+            "{tid}"
+        );
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{tid}");
+        assert_eq!(status_field(&status, "Groups"), "", "{tid}");
+    }
+    let logs = agent.logs();
+    assert!(
+        logs.contains(
+            "subscribed holding CAP_NET_ADMIN; now runs as uid 65534 gid 65532 with no capability"
+        ),
+        "{policy:?}:\n{logs}"
+    );
+    assert!(logs.contains("kernel-filtered"), "{logs}");
+
+    // Later threads (the reader, snapshot readers, the blocking pool) hold
+    // nothing either: they are started after the switch.
+    let mut stream = agent.watch(WatchRequest::default()).await;
+    let snap = snapshot(&mut stream).await;
+    assert!(
+        snap.len() > 10,
+        "a snapshot as uid 65534 lists the host's processes"
+    );
     let prog = UniqueProgram::new("ewunpriv");
     let child = prog.spawn(30, &["0.1"]);
     let (ev, _) = until(&mut stream, Duration::from_secs(10), |ev| {
@@ -224,8 +215,6 @@ async fn the_agent_works_as_an_unprivileged_user() {
     })
     .await;
     stop(child);
-    let _ = agent.kill();
-    let _ = agent.wait();
     let Some(execwatch::proto::watch_event::Kind::Exec(p)) = ev.kind else {
         unreachable!()
     };
@@ -240,4 +229,141 @@ async fn the_agent_works_as_an_unprivileged_user() {
         .find(|u| u.field == "exe")
         .expect("exe marked unavailable");
     assert!(why.reason.contains("CAP_SYS_PTRACE"), "{}", why.reason);
+    let now = assert_unprivileged(agent.pid(), DEPLOYED_UID, DEPLOYED_GID);
+    assert!(now >= threads, "{now} threads, {threads} at start");
+
+    let privilege = agent.stats().await.privilege.expect("GetStats privilege");
+    assert_eq!((privilege.uid, privilege.gid), (DEPLOYED_UID, DEPLOYED_GID));
+    assert_eq!(privilege.capabilities, 0);
+    assert!(privilege.subscribed_with_net_admin);
+    assert!(privilege.switched);
+    // Generous: the subscription and its probe exec take milliseconds.
+    assert!(
+        privilege.privileged_micros > 0 && privilege.privileged_micros < 10_000_000,
+        "{privilege:?}"
+    );
+    println!(
+        "uid 0 for {} µs after main began ({policy:?})",
+        privilege.privileged_micros
+    );
+}
+
+/// The pod's probes run `/agent health-check` as the container's uid 0 with
+/// the run-as flags in the environment: the probe switches too, so it
+/// connects as the agent's own uid, which `--allow-uid` always admits. The
+/// same probe without the switch is a root peer outside the list.
+#[test]
+fn the_health_probe_switches_as_the_agent_does() {
+    let agent = Agent::start_deployed(&["--allow-uid=65532"]);
+    let probe = |cmd: &mut Command| {
+        cmd.arg("--socket")
+            .arg(&agent.socket)
+            .args(["health-check", "--timeout=3s"])
+            .output()
+            .unwrap()
+    };
+    let switched = probe(&mut deployed_agent());
+    assert!(switched.status.success(), "{switched:?}");
+    assert_eq!(String::from_utf8_lossy(&switched.stdout).trim(), "SERVING");
+    let as_root = probe(&mut Command::new(env!("CARGO_BIN_EXE_agent")));
+    assert!(!as_root.status.success(), "{as_root:?}");
+}
+
+/// An agent asked to switch that cannot (CAP_SETUID and CAP_SETGID not
+/// granted) stops before it serves, and says what it needs.
+#[test]
+fn an_agent_that_cannot_switch_stops_before_serving() {
+    let dir = world_readable_tempdir();
+    let socket = dir.path().join("agent.sock");
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all,+net_admin", "--no-new-privs", "--"])
+        .arg(env!("CARGO_BIN_EXE_agent"))
+        .args(["--run-as-uid=65534", "--run-as-gid=65532", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for word in [
+        "cannot switch to uid 65534 gid 65532 (setgroups)",
+        "Operation not permitted",
+        "CAP_SETUID and CAP_SETGID",
+    ] {
+        assert!(err.contains(word), "no {word:?} in {err}");
+    }
+    assert!(!socket.exists(), "it bound its socket");
+}
+
+/// Started as uid 65534 with no capability at all, the agent does what
+/// this kernel allows: where the kernel admits unprivileged listeners it
+/// serves and says it needs nothing; where it refuses them, the agent
+/// stops at once with a message that names the cause and both ways out
+/// (and no kernel version), and `--detector=poll`, one of them, serves.
+#[test]
+fn without_a_capability_the_kernel_decides_and_the_agent_says_which() {
+    let dir = world_readable_tempdir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = dir.path().join("agent.sock");
+    let log = dir.path().join("agent.log");
+    let unprivileged = |extra: &[&str]| {
+        let _ = std::fs::remove_file(&socket);
+        Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .uid(65534)
+            .gid(65534)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Waits for the socket; `Err` with the exit status if it exits first.
+    let serves = |child: &mut std::process::Child| {
+        let started = std::time::Instant::now();
+        while !socket.exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(status);
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "{}", logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let policy = kernel_policy();
+    println!("kernel policy: {policy:?}");
+    let mut netlink = unprivileged(&[]);
+    let outcome = serves(&mut netlink);
+    let _ = netlink.kill();
+    let _ = netlink.wait();
+    match policy {
+        KernelPolicy::AllowsUnprivileged => {
+            assert_eq!(outcome, Ok(()), "{}", logs());
+            let logs = logs();
+            assert!(
+                logs.contains("subscribed holding no capability; runs as uid 65534 gid 65534 with no capability"),
+                "{logs}"
+            );
+        }
+        KernelPolicy::RefusesUnprivileged => {
+            let status = outcome.expect_err("the agent served on a refusing kernel");
+            assert_eq!(status.code(), Some(1));
+            let err = logs();
+            for word in [
+                "cannot join the proc connector multicast group",
+                "the kernel refuses unprivileged proc-connector listeners",
+                "grant the agent CAP_NET_ADMIN",
+                "--detector=poll",
+            ] {
+                assert!(err.contains(word), "no {word:?} in {err}");
+            }
+            assert!(!err.contains("6.6"), "it guesses a kernel version: {err}");
+            assert_eq!(err.matches("Error:").count(), 1, "{err}");
+            let mut poll = unprivileged(&["--detector=poll"]);
+            let outcome = serves(&mut poll);
+            let _ = poll.kill();
+            let _ = poll.wait();
+            assert_eq!(outcome, Ok(()), "--detector=poll as uid 65534:\n{}", logs());
+        }
+    }
 }

@@ -83,7 +83,17 @@ fn an_unusable_socket_directory_stops_the_agent_with_the_path_named() {
         ),
     ];
     for (socket, uid, words) in cases {
-        let out = run_as(agent, &["--socket", &socket], uid);
+        // Uid 65534 as deployed: the agent subscribes as root, then meets
+        // the directory as 65534.
+        let out = match uid {
+            0 => run_as(agent, &["--socket", &socket], 0),
+            DEPLOYED_UID => deployed_agent()
+                .args(["--socket", &socket])
+                .env_remove("RUST_BACKTRACE")
+                .output()
+                .unwrap(),
+            other => unreachable!("uid {other}"),
+        };
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{socket}: {err}");
         for word in words {

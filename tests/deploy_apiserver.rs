@@ -1,5 +1,5 @@
 //! The rendered manifests are valid for a real API server: server-side
-//! dry-run of the base and of the pre-6.6 overlay against kube-apiserver
+//! dry-run of the base and of the no-capabilities overlay against kube-apiserver
 //! 1.20.2 (admission and schema validation included), and the base as
 //! applied creates the DaemonSet the way it was written.
 #![cfg(target_os = "linux")]
@@ -23,7 +23,7 @@ fn kubectl(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn base_and_overlay_pass_server_side_dry_run() {
-    for dir in ["deploy/base", "deploy/overlays/kernel-pre-6.6"] {
+    for dir in ["deploy/base", "deploy/overlays/no-capabilities"] {
         let out = kubectl(&["apply", "--dry-run=server", "-k", dir]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(

@@ -1,6 +1,7 @@
 //! The rendered kustomizations keep the privilege split: the agent has host
-//! PID and network but no token and no capability (the pre-6.6 overlay adds
-//! exactly NET_ADMIN), the reclaimer is non-root with no capability and is
+//! PID and network but no token, starts as uid 0 with exactly NET_ADMIN,
+//! SETUID and SETGID and the uid and gid to switch to (the no-capabilities
+//! overlay starts it as that uid with none), the reclaimer is non-root with no capability and is
 //! the only one with a token, both share the socket volume, and RBAC grants
 //! exactly the verbs the reclaimer needs.
 
@@ -72,22 +73,38 @@ fn base_keeps_the_privilege_split() {
     let agent = container(ds, "agent");
     let sc = &agent["securityContext"];
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
-    assert!(
-        sc["capabilities"].get("add").is_none(),
-        "base agent adds no capability"
+    assert_eq!(
+        strings(&sc["capabilities"]["add"]),
+        ["NET_ADMIN", "SETUID", "SETGID"],
+        "to subscribe, then to switch uid"
     );
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["runAsNonRoot"], false);
     assert!(
         mounts(agent)
             .iter()
             .all(|(_, path)| !path.starts_with(SA_PATH)),
         "the agent has no token"
     );
-    assert!(
-        agent.get("env").is_none(),
-        "no API server env for the agent"
+    let env: Vec<(&str, &str)> = agent["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("EXECWATCH_RUN_AS_UID", "65534"),
+            ("EXECWATCH_RUN_AS_GID", "65532")
+        ],
+        "the agent's env names whom it becomes, and no API server"
+    );
+    assert_eq!(
+        pod["securityContext"]["fsGroup"], 65532,
+        "the socket's group is the gid the agent switches to"
     );
     assert!(agent.get("ports").is_none(), "the agent opens no port");
 
@@ -232,9 +249,9 @@ fn rbac_grants_exactly_the_reclaimers_verbs() {
 }
 
 #[test]
-fn only_the_pre_6_6_overlay_adds_net_admin_and_nothing_else_changes() {
+fn the_no_capabilities_overlay_starts_the_agent_unprivileged_and_changes_nothing_else() {
     let base = kustomize("deploy/base");
-    let overlay = kustomize("deploy/overlays/kernel-pre-6.6");
+    let overlay = kustomize("deploy/overlays/no-capabilities");
     assert_eq!(base.len(), overlay.len());
     for (b, o) in base.iter().zip(&overlay) {
         if b["kind"] != "DaemonSet" {
@@ -242,15 +259,15 @@ fn only_the_pre_6_6_overlay_adds_net_admin_and_nothing_else_changes() {
         }
     }
     let ds = find(&overlay, "DaemonSet", "execwatch");
-    let sc = &container(ds, "agent")["securityContext"];
-    assert_eq!(strings(&sc["capabilities"]["add"]), ["NET_ADMIN"]);
+    let agent = container(ds, "agent");
+    let sc = &agent["securityContext"];
+    assert!(sc["capabilities"].get("add").is_none(), "{sc}");
     assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
-    assert_eq!(
-        sc["runAsUser"], 0,
-        "capabilities are effective only for uid 0"
-    );
-    assert_eq!(
-        container(ds, "reclaimer"),
-        container(find(&base, "DaemonSet", "execwatch"), "reclaimer")
-    );
+    assert_eq!(sc["runAsUser"], 65534);
+    assert_eq!(sc["runAsGroup"], 65532);
+    assert_eq!(sc["runAsNonRoot"], true);
+    let base_ds = find(&base, "DaemonSet", "execwatch");
+    // The same uid and gid as the base switches to: the switch is a no-op.
+    assert_eq!(agent["env"], container(base_ds, "agent")["env"]);
+    assert_eq!(container(ds, "reclaimer"), container(base_ds, "reclaimer"));
 }

@@ -378,48 +378,41 @@ fn same_ns(pid: u32, ns: &str) -> bool {
     of(&pid.to_string()) == of("self")
 }
 
+/// What deploy/base leaves the agent once it serves, read on the host for
+/// every thread of both containers: exact uids and gids, no capability in
+/// the effective, permitted or ambient set, a bounding set of just what the
+/// manifest adds (nothing can raise it again under no_new_privs), seccomp,
+/// and the host's pid and network namespaces.
 fn privileges_read_from_the_host(w: &World<'_>, pod: &Pod, agent: u32, reclaimer: u32) {
-    for (who, pid, uid, gid) in [
-        ("agent", agent, "65534", "65532"),
-        ("reclaimer", reclaimer, "65532", "65532"),
+    // CAP_SETGID (6), CAP_SETUID (7), CAP_NET_ADMIN (12).
+    const AGENT_BOUNDING: &str = "00000000000010c0";
+    let mut seen = Vec::new();
+    for (who, pid, uid, gid, bounding) in [
+        ("agent", agent, 65534, 65532, AGENT_BOUNDING),
+        ("reclaimer", reclaimer, 65532, 65532, "0000000000000000"),
     ] {
-        let s = proc_status(pid);
-        let ids = |k| field(&s, k).split_whitespace().collect::<Vec<_>>();
-        assert_eq!(
-            ids("Uid"),
-            vec![uid; 4],
-            "{who}: real, effective, saved, fs uid"
-        );
-        assert_eq!(
-            ids("Gid"),
-            vec![gid; 4],
-            "{who}: real, effective, saved, fs gid"
-        );
-        assert_eq!(
-            field(&s, "CapEff"),
-            "0000000000000000",
-            "{who}: effective capabilities"
-        );
-        assert_eq!(
-            field(&s, "CapBnd"),
-            "0000000000000000",
-            "{who}: bounding capabilities"
-        );
-        assert_eq!(
-            field(&s, "CapPrm"),
-            "0000000000000000",
-            "{who}: permitted capabilities"
-        );
-        assert_eq!(field(&s, "NoNewPrivs"), "1", "{who}: no_new_privs");
-        assert_eq!(
-            field(&s, "Seccomp"),
-            "2",
-            "{who}: seccomp filter (RuntimeDefault)"
-        );
+        let threads = support::assert_unprivileged(pid as i32, uid, gid);
+        for (tid, status) in support::thread_statuses(pid as i32) {
+            let field = |k| support::status_field(&status, k);
+            assert_eq!(
+                field("CapBnd"),
+                bounding,
+                "{who} thread {tid}: bounding set"
+            );
+            assert_eq!(field("NoNewPrivs"), "1", "{who} thread {tid}: no_new_privs");
+            assert_eq!(
+                field("Seccomp"),
+                "2",
+                "{who} thread {tid}: seccomp (RuntimeDefault)"
+            );
+        }
         assert!(same_ns(pid, "pid"), "{who}: the host's pid namespace");
         assert!(same_ns(pid, "net"), "{who}: the host's network namespace");
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
         assert_eq!(comm.trim(), who, "pid {pid} is the {who}");
+        seen.push(format!(
+            "{who} {threads} threads uid {uid} gid {gid} CapEff=CapPrm=CapAmb=0 CapBnd={bounding}"
+        ));
     }
     let name = pod.metadata.name.as_deref().unwrap();
     let logs = w.logs(name, "agent");
@@ -427,7 +420,21 @@ fn privileges_read_from_the_host(w: &World<'_>, pod: &Pod, agent: u32, reclaimer
         logs.contains("kernel-filtered"),
         "agent log names the kernel-filtered subscription:\n{logs}"
     );
-    report(format!("agent pid {agent}, reclaimer pid {reclaimer}: uids, capabilities, no_new_privs, seccomp and namespaces as declared"));
+    let switched = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("now runs as uid 65534 gid 65532 with no capability"))
+        })
+        .unwrap_or_else(|| panic!("no privilege line in the agent's log:\n{logs}"));
+    assert_eq!(switched["subscribed_with"], "CAP_NET_ADMIN", "{switched}");
+    let held_ms = switched["privileged_ms"].as_f64().expect("privileged_ms");
+    report(format!(
+        "{}; NoNewPrivs 1, Seccomp 2, host pid and network namespaces; the agent ran as uid 0 for {held_ms:.1} ms after start",
+        seen.join("; ")
+    ));
 }
 
 fn the_socket_is_reachable_through_the_group_only(agent: u32, reclaimer: u32) {

@@ -104,6 +104,13 @@ fi
 log "the execwatch image (deploy/image/build.sh)"
 deploy/image/build.sh >&2
 
+# Whether a listener without CAP_NET_ADMIN may join the proc connector is the
+# kernel build's choice; the tests probe it themselves and assert the branch
+# that applies. Say which this run found.
+policy=$(setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
+    /usr/bin/python3 tests/fixtures/unprivileged_listener.py) || true
+log "kernel $(uname -r): unprivileged proc-connector listeners ${policy:-probe failed}"
+
 # Benchmarks are built by clippy above but not run here: they print numbers
 # (cargo bench --bench ...), they do not assert.
 log "cargo test"

@@ -193,7 +193,7 @@ fn wait_for(
                 EventKind::Ack { err } if err != 0 => {
                     let _ = child.wait();
                     let hint = if err == libc::EPERM as u32 {
-                        " (kernels before 6.6 need CAP_NET_ADMIN: see deploy/overlays/kernel-pre-6.6)"
+                        crate::detector::socket::refused_hint()
                     } else {
                         ""
                     };

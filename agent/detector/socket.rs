@@ -56,6 +56,21 @@ pub enum Received {
     Empty,
 }
 
+/// What an EPERM from the proc connector means, as a suffix of the error
+/// that reports it. Whether a kernel admits listeners without
+/// `CAP_NET_ADMIN` is the build's choice (patches, security modules), not a
+/// matter of version alone, so the message names no version.
+pub fn refused_hint() -> &'static str {
+    if crate::privilege::holds_net_admin() {
+        " (refused although the agent holds CAP_NET_ADMIN: a security module or \
+         seccomp policy of the node denies it)"
+    } else {
+        ": the kernel refuses unprivileged proc-connector listeners; \
+         grant the agent CAP_NET_ADMIN (deploy/base starts it as uid 0 with CAP_NET_ADMIN \
+         and switches to --run-as-uid once subscribed) or run it with --detector=poll"
+    }
+}
+
 /// Waits until `fd` is readable or has an error pending (`true`), or until
 /// `deadline` (`false`). A signal that interrupts the wait only shortens it.
 pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
@@ -134,9 +149,7 @@ mod imp {
             let group = NetlinkAddr::new(0, cn_proc::CN_IDX_PROC);
             if let Err(errno) = socket::bind(sock.fd.as_raw_fd(), &group) {
                 let hint = match errno {
-                    Errno::EPERM => {
-                        " (kernels before 6.6 let only CAP_NET_ADMIN join: see deploy/overlays/kernel-pre-6.6)"
-                    }
+                    Errno::EPERM => super::refused_hint(),
                     _ => "",
                 };
                 return Err(NetlinkError::Bind {
@@ -167,7 +180,7 @@ mod imp {
                     Errno::ECONNREFUSED => {
                         " (the proc connector only exists in the initial network namespace: run with hostNetwork)"
                     }
-                    Errno::EPERM => " (kernels before 6.6 need CAP_NET_ADMIN to subscribe)",
+                    Errno::EPERM => super::refused_hint(),
                     _ => "",
                 };
                 return Err(NetlinkError::Subscribe {

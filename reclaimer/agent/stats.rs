@@ -128,7 +128,24 @@ impl Collector for AgentStats {
                 s.receive_buffer_bytes,
             ),
         ];
-        for (name, help, value) in gauges {
+        // Who the agent runs as: unknown (and not exported) for an agent
+        // that predates the field.
+        let privilege = s.privilege.as_ref().map(|p| {
+            [
+                ("uid", "The effective uid the agent runs as", u64::from(p.uid)),
+                (
+                    "capabilities",
+                    "The capabilities any agent thread holds, as the bit mask of /proc/<pid>/status (0: none)",
+                    p.capabilities,
+                ),
+                (
+                    "subscribed_with_net_admin",
+                    "1 if the agent held CAP_NET_ADMIN when it subscribed to the kernel",
+                    u64::from(p.subscribed_with_net_admin),
+                ),
+            ]
+        });
+        for (name, help, value) in gauges.into_iter().chain(privilege.into_iter().flatten()) {
             let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
             metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
         }
@@ -167,6 +184,11 @@ mod tests {
             subscribers: 1,
             subscribers_total: 3,
             kernel_overruns: 2,
+            privilege: Some(execwatch::proto::Privilege {
+                uid: 65534,
+                subscribed_with_net_admin: true,
+                ..Default::default()
+            }),
             ..Default::default()
         });
         for format in [Format::Text, Format::OpenMetrics] {
@@ -177,6 +199,9 @@ mod tests {
                 "execwatch_agent_subscribers 1\n",
                 "execwatch_agent_subscribers_accepted_total 3\n",
                 "execwatch_agent_peers_denied_total 0\n",
+                "execwatch_agent_uid 65534\n",
+                "execwatch_agent_capabilities 0\n",
+                "execwatch_agent_subscribed_with_net_admin 1\n",
                 "execwatch_agent_detector_info{detector=\"netlink\",subscription_mode=\"kernel-filtered\"} 1\n",
             ] {
                 assert!(text.contains(sample), "{format:?}: no {sample:?} in\n{text}");

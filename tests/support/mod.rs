@@ -2,9 +2,12 @@
 //! real Unix socket, uniquely named processes to spawn, and stream helpers;
 //! [`apiserver`] adds a real kube-apiserver for the reclaimer's tests.
 //!
-//! These tests need Linux; the kernel ones need the proc connector, which this
-//! kernel (>= 6.6) offers to any user in the initial network namespace. They
-//! never skip: if the kernel refuses, they fail with the agent's own error.
+//! These tests need Linux and root. Most run the agent as root; those that
+//! check what a deployed agent may do start it as deploy/base does
+//! ([`deployed_agent`]). Whether the kernel admits a proc connector listener
+//! without `CAP_NET_ADMIN` differs between kernel builds: tests whose outcome
+//! depends on it ask [`kernel_policy`] and assert the branch that applies.
+//! They never skip.
 
 #![allow(dead_code)]
 
@@ -34,36 +37,57 @@ pub struct Agent {
     pub socket: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    deployed: bool,
 }
 
 impl Agent {
-    /// Starts the agent with `args` and waits until its socket answers.
+    /// Starts the agent as root with `args` and waits until its socket
+    /// answers.
     pub fn start(args: &[&str]) -> Agent {
+        Agent::start_with(args, false)
+    }
+
+    /// Starts the agent as deploy/base does ([`deployed_agent`]: it ends up
+    /// as [`DEPLOYED_UID`] with no capability) in a directory that uid may
+    /// write, and waits until its socket answers.
+    pub fn start_deployed(args: &[&str]) -> Agent {
+        Agent::start_with(args, true)
+    }
+
+    fn start_with(args: &[&str], deployed: bool) -> Agent {
         let dir = world_readable_tempdir();
+        if deployed {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        }
         let socket = dir.path().join("agent.sock");
         let log = dir.path().join("agent.log");
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let child = Agent::spawn(&socket, &log, &args);
+        let child = Agent::spawn(&socket, &log, &args, deployed);
         let mut agent = Agent {
             child,
             dir,
             socket,
             log,
             args,
+            deployed,
         };
         agent.wait_ready();
         agent
     }
 
-    fn spawn(socket: &Path, log: &Path, args: &[String]) -> Child {
+    fn spawn(socket: &Path, log: &Path, args: &[String], deployed: bool) -> Child {
         // Appends, so the log of an agent started again keeps the earlier run's.
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_agent"))
-            .arg("--socket")
+        let mut cmd = if deployed {
+            deployed_agent()
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_agent"))
+        };
+        cmd.arg("--socket")
             .arg(socket)
             .args(args)
             .env("RUST_LOG", "info")
@@ -88,7 +112,7 @@ impl Agent {
             matches!(self.child.try_wait(), Ok(Some(_))),
             "the agent still runs: kill it first"
         );
-        self.child = Agent::spawn(&self.socket, &self.log, &self.args);
+        self.child = Agent::spawn(&self.socket, &self.log, &self.args, self.deployed);
         let deadline = Instant::now() + Duration::from_secs(15);
         // The dead agent's socket file refuses connections; the new agent's
         // accepts them.
@@ -173,6 +197,123 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The uid deploy/base has the agent switch to once subscribed.
+pub const DEPLOYED_UID: u32 = 65534;
+/// The gid deploy/base has the agent switch to (the socket's group).
+pub const DEPLOYED_GID: u32 = 65532;
+/// The capabilities deploy/base adds to the agent container, as setpriv
+/// names them.
+pub const DEPLOYED_CAPABILITIES: &[&str] = &["net_admin", "setuid", "setgid"];
+
+/// The agent binary, to be started the way deploy/base starts it: as uid 0
+/// with only [`DEPLOYED_CAPABILITIES`] in its bounding set (so in its
+/// permitted and effective sets), no inheritable or ambient capability,
+/// no_new_privs set, and `--run-as-uid`/`--run-as-gid` naming
+/// [`DEPLOYED_UID`] and [`DEPLOYED_GID`]. Append the agent's other flags.
+pub fn deployed_agent() -> Command {
+    let bounding: Vec<String> = DEPLOYED_CAPABILITIES
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect();
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--bounding-set=-all,{}", bounding.join(",")))
+        .args([
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--no-new-privs",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_agent"))
+        .arg(format!("--run-as-uid={DEPLOYED_UID}"))
+        .arg(format!("--run-as-gid={DEPLOYED_GID}"));
+    cmd
+}
+
+/// What the kernel does with a proc connector listener that holds no
+/// capability: the build decides (patches, security modules), not its
+/// version alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPolicy {
+    /// Any user in the initial network namespace may join.
+    AllowsUnprivileged,
+    /// bind(2) fails with EPERM without CAP_NET_ADMIN.
+    RefusesUnprivileged,
+}
+
+/// This kernel's [`KernelPolicy`], probed once per test binary by a
+/// listener independent of the agent (tests/fixtures/unprivileged_listener.py)
+/// run as uid 65534 with no capability. Panics if the probe answers neither.
+pub fn kernel_policy() -> KernelPolicy {
+    static POLICY: std::sync::OnceLock<KernelPolicy> = std::sync::OnceLock::new();
+    *POLICY.get_or_init(|| {
+        use std::os::unix::process::CommandExt;
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/unprivileged_listener.py"
+        );
+        // Debian's interpreter: a user's (a pyenv shim under /root) may not
+        // be executable by uid 65534.
+        let out = Command::new("/usr/bin/python3")
+            .arg(script)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run tests/fixtures/unprivileged_listener.py");
+        let said = String::from_utf8_lossy(&out.stdout);
+        let policy = match (out.status.code(), said.trim()) {
+            (Some(0), "allowed") => KernelPolicy::AllowsUnprivileged,
+            (Some(3), "refused") => KernelPolicy::RefusesUnprivileged,
+            _ => panic!("the unprivileged listener probe answered neither: {out:?}"),
+        };
+        eprintln!("kernel policy (unprivileged_listener.py as uid 65534): {policy:?}");
+        policy
+    })
+}
+
+/// The `status` of every thread of `pid`, as (tid, text).
+pub fn thread_statuses(pid: i32) -> Vec<(String, String)> {
+    let dir = format!("/proc/{pid}/task");
+    fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let tid = e.file_name().to_string_lossy().into_owned();
+            let status = fs::read_to_string(e.path().join("status")).ok()?;
+            Some((tid, status))
+        })
+        .collect()
+}
+
+/// The value of the `name:` line of a `status` text.
+pub fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} line in\n{status}"))
+        .trim()
+}
+
+/// Asserts that every thread of `pid` runs as exactly `uid` and `gid`
+/// (real, effective, saved and filesystem ids) and holds no capability:
+/// CapEff, CapPrm and CapAmb all zero. Returns how many threads it read.
+pub fn assert_unprivileged(pid: i32, uid: u32, gid: u32) -> usize {
+    let threads = thread_statuses(pid);
+    assert!(!threads.is_empty(), "no thread of {pid}");
+    let ids = |id: u32| [id; 4].map(|i| i.to_string()).join("\t");
+    for (tid, status) in &threads {
+        assert_eq!(status_field(status, "Uid"), ids(uid), "thread {tid}");
+        assert_eq!(status_field(status, "Gid"), ids(gid), "thread {tid}");
+        for set in ["CapEff", "CapPrm", "CapAmb"] {
+            assert_eq!(
+                status_field(status, set),
+                "0000000000000000",
+                "thread {tid} holds {set}"
+            );
+        }
+    }
+    threads.len()
 }
 
 /// A temporary directory other users can enter (for tests that run a peer
