@@ -53,13 +53,24 @@ async fn the_applied_daemonset_is_stored_as_written() {
         Some("system-node-critical")
     );
     let agent = pod.containers.iter().find(|c| c.name == "agent").unwrap();
-    let caps = agent
-        .security_context
-        .as_ref()
-        .unwrap()
-        .capabilities
-        .as_ref()
-        .unwrap();
+    let sc = agent.security_context.as_ref().unwrap();
+    let caps = sc.capabilities.as_ref().unwrap();
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
-    assert!(caps.add.is_none());
+    let added = ["NET_ADMIN", "SETUID", "SETGID"].map(String::from);
+    assert_eq!(caps.add.as_deref(), Some(&added[..]));
+    assert_eq!(sc.run_as_user, Some(0));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let env: Vec<_> = agent
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("EXECWATCH_RUN_AS_UID", "65534"),
+            ("EXECWATCH_RUN_AS_GID", "65532")
+        ]
+    );
 }
