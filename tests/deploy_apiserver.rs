@@ -1,7 +1,9 @@
 //! The rendered manifests are valid for a real API server: server-side
-//! dry-run of the base and of the no-capabilities overlay against kube-apiserver
-//! 1.20.2 (admission and schema validation included), and the base as
-//! applied creates the DaemonSet the way it was written.
+//! dry-run of the base, of the no-capabilities overlay and of the
+//! node-write-policy overlay less its policy objects (1.20 has no admission
+//! policies) against kube-apiserver 1.20.2 (admission and schema validation
+//! included), and the base as applied creates the DaemonSet the way it was
+//! written.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -34,6 +36,40 @@ fn base_and_overlay_pass_server_side_dry_run() {
         assert!(text.contains("daemonset.apps/execwatch"), "{dir}: {text}");
         assert!(text.contains("server dry run"), "{dir}: {text}");
     }
+}
+
+/// The 1.20 API server knows no admission policy: the node-write-policy
+/// overlay is dry-run without its two policy objects, which only
+/// tests/node_write_policy.rs checks (offline).
+#[test]
+fn node_write_policy_overlay_passes_server_side_dry_run_but_its_policy() {
+    let objs = support::kustomize("deploy/overlays/node-write-policy");
+    let (policy, rest): (Vec<_>, Vec<_>) = objs
+        .into_iter()
+        .partition(|o| o["apiVersion"] == "admissionregistration.k8s.io/v1");
+    assert_eq!(policy.len(), 2, "the policy and its binding");
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": rest});
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), list.to_string()).unwrap();
+    let path = file.path().to_str().unwrap();
+    let out = kubectl(&["apply", "--dry-run=server", "-f", path]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("daemonset.apps/execwatch"), "{text}");
+    assert!(text.contains("server dry run"), "{text}");
+    // And the policy objects are indeed unknown there.
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": policy});
+    std::fs::write(file.path(), list.to_string()).unwrap();
+    let out = kubectl(&["apply", "--dry-run=server", "-f", path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no matches for kind \"ValidatingAdmissionPolicy\""),
+        "{err}"
+    );
 }
 
 #[tokio::test]

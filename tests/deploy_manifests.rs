@@ -271,3 +271,27 @@ fn the_no_capabilities_overlay_starts_the_agent_unprivileged_and_changes_nothing
     assert_eq!(agent["env"], container(base_ds, "agent")["env"]);
     assert_eq!(container(ds, "reclaimer"), container(base_ds, "reclaimer"));
 }
+
+#[test]
+fn the_node_write_policy_overlay_adds_only_the_policy_and_its_binding() {
+    let base = kustomize("deploy/base");
+    let overlay = kustomize("deploy/overlays/node-write-policy");
+    let (policy, rest): (Vec<&Value>, Vec<&Value>) = overlay
+        .iter()
+        .partition(|o| o["apiVersion"] == "admissionregistration.k8s.io/v1");
+    let kinds: Vec<&str> = policy.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ]
+    );
+    assert_eq!(rest, base.iter().collect::<Vec<_>>());
+    for o in policy {
+        assert_eq!(
+            o["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "execwatch"
+        );
+    }
+}
