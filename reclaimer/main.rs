@@ -3,6 +3,7 @@
 //! 5-Spot controller to reclaim this node by annotating its Node.
 
 mod agent;
+mod backoff;
 mod cli;
 mod decision;
 mod metrics;

@@ -27,8 +27,8 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::agent::stats::{self, AgentStats};
+use crate::backoff;
 use crate::metrics::Metrics;
-use crate::node::retry;
 
 /// What the link tells the decision loop.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ pub async fn run(
     mut selectors: watch::Receiver<WatchRequest>,
 ) {
     // Waits from 50-100 ms up to 2.5-5 s.
-    let mut backoff = retry::backoff(Duration::from_millis(50), Duration::from_millis(2500));
+    let mut backoff = backoff::exponential(Duration::from_millis(50), Duration::from_millis(2500));
     let mut failures = 0u64;
     loop {
         let req = request(&mut selectors);
