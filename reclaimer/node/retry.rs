@@ -19,32 +19,11 @@ use std::time::Duration;
 use http::{header::RETRY_AFTER, Response};
 use tower::{util::MapResultLayer, BoxError};
 
-use super::client::NodeError;
+use super::error::{NodeError, Step};
 use crate::backoff;
 
 /// The longest wait a server's `Retry-After` is followed for.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// What an attempt was doing when it failed, as the logs name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Reading the Node.
-    Get,
-    /// The merge-PATCH of the annotations.
-    Patch,
-    /// Creating the Event.
-    Event,
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Step::Get => "GET Node",
-            Step::Patch => "patch",
-            Step::Event => "recording the Event",
-        })
-    }
-}
 
 /// A transient refusal whose `Retry-After` said how long to wait.
 #[derive(Debug, thiserror::Error)]
