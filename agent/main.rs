@@ -199,7 +199,7 @@ async fn run(
         peer_check = !args.allow_uid.is_empty(),
         "serving"
     );
-    let peers = stream::service::PeerCheck::new(&args.allow_uid, stats.clone());
+    let peers = transport::peer::PeerCheck::new(&args.allow_uid, stats.clone());
     let (streams_end, stop_rx) = tokio::sync::watch::channel(false);
     let exec_events = stream::service::ExecEventsService {
         shared: Arc::new(Shared {

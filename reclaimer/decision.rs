@@ -27,7 +27,8 @@ use tokio::time::Instant;
 
 use crate::agent::link::LinkEvent;
 use crate::metrics::Metrics;
-use crate::node::client::{self, NodeError, Outcome};
+use crate::node::client::{self, Outcome};
+use crate::node::error::NodeError;
 use crate::node::writer::{NodeWriter, Sent};
 use crate::process_table::ProcessTable;
 use crate::rules::{Match, Rules};

@@ -3,6 +3,7 @@
 //! 5-Spot controller to reclaim this node by annotating its Node.
 
 mod agent;
+mod backoff;
 mod cli;
 mod decision;
 mod metrics;
@@ -18,6 +19,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::sync::{mpsc, watch};
 
+use crate::agent::stats::AgentStats;
 use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings};
 use crate::node::client::{HostId, NodeClient};
@@ -72,8 +74,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })?;
     }
     let shutdown = execwatch::internal::runtime::shutdown_signal();
+    let agent_stats = Arc::new(AgentStats::default());
     // Inert until the first rules arrive.
-    let metrics = Arc::new(metrics::Metrics::new());
+    let mut metrics = metrics::Metrics::new();
+    metrics.register_agent(Box::new(agent_stats.clone()));
+    let metrics = Arc::new(metrics);
     let writer: Box<dyn NodeWriter> = if cli.dry_run {
         tracing::info!("dry-run: decisions are logged, the Kubernetes API is never contacted");
         let node = cli
@@ -156,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.socket.clone(),
         link_tx,
         metrics.clone(),
+        agent_stats,
         selector_rx,
     ));
     tokio::spawn(rules::source::run(

@@ -1,17 +1,15 @@
 //! What the reclaimer counts, as `prometheus-client` metrics in one
 //! registry: its own under `execwatch_reclaimer_`, and the agent's `GetStats`
-//! counters under `execwatch_agent_` ([`crate::agent::stats`]), so that one
-//! scrape shows the whole pod. Served by [`crate::metrics::server`].
+//! counters under `execwatch_agent_` (a collector the agent link fills,
+//! [`Metrics::register_agent`]), so that one scrape shows the whole pod.
+//! Served by [`crate::metrics::server`].
 
-use std::sync::Arc;
-
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry, Unit};
-
-use crate::agent::stats::AgentStats;
 
 pub mod server;
 
@@ -48,8 +46,6 @@ pub struct Metrics {
     /// 1 while the rules source has no document (the node is then disarmed,
     /// or keeps its last rules with `--keep-rules-when-missing`).
     pub rules_missing: Gauge,
-    /// The agent's counters, as last read from its socket.
-    pub agent: Arc<AgentStats>,
     registry: Registry,
 }
 
@@ -69,7 +65,7 @@ impl Metrics {
             Unit::Seconds,
             patch_latency.clone(),
         );
-        let mut m = Metrics {
+        let m = Metrics {
             events: registered(
                 own,
                 "events",
@@ -94,14 +90,18 @@ impl Metrics {
             rules_inert: registered(own, "rules_inert", "1 while the loaded rules never fire"),
             rules_missing: registered(own, "rules_missing", "1 while the rules source has no document (the node is disarmed unless --keep-rules-when-missing)"),
             patch_latency,
-            agent: Arc::default(),
             registry,
         };
         m.rules_inert.set(1);
-        m.registry
-            .sub_registry_with_prefix("execwatch_agent")
-            .register_collector(Box::new(m.agent.clone()));
         m
+    }
+
+    /// Registers `agent`, the collector of the agent's counters as last
+    /// read from its socket, under `execwatch_agent_`.
+    pub fn register_agent(&mut self, agent: Box<dyn Collector>) {
+        self.registry
+            .sub_registry_with_prefix("execwatch_agent")
+            .register_collector(agent);
     }
 
     /// The registry in `format`.

@@ -25,9 +25,9 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::stream::service::PeerCheck;
 use crate::transport::connection::Connection;
 use crate::transport::idle::Activity;
+use crate::transport::peer::PeerCheck;
 use crate::transport::quota::{Over, Quota};
 
 /// The first pause after a failed `accept`.

@@ -6,6 +6,7 @@ pub mod connection;
 pub mod frame;
 pub mod idle;
 pub mod listener;
+pub mod peer;
 pub mod quota;
 pub mod refusal;
 pub mod server;

@@ -9,16 +9,16 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use execwatch::proto::{exec_events_server::ExecEventsServer, FILE_DESCRIPTOR_SET};
+use execwatch::proto::exec_events_server::{ExecEvents, ExecEventsServer};
+use execwatch::proto::FILE_DESCRIPTOR_SET;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
-use crate::transport::listener::{self, Admission};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::stream::service::ExecEventsService;
+use crate::transport::listener::{self, Admission};
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +165,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// Whom one socket serves, and how much at once (the subscribers in total
-/// and per peer uid are the [`ExecEventsService`]'s own seats).
+/// and per peer uid are the `ExecEvents` service's own seats).
 pub struct Limits {
     /// Who may connect (the peer check, also applied to every request),
     /// how many connections at once, and how long they may idle.
@@ -188,18 +188,16 @@ pub enum Stopped {
 /// stops at once: health says NOT_SERVING, the socket is removed, every
 /// open `Watch` ends with UNAVAILABLE, and connections get [`STOP_GRACE`]
 /// to close (a second signal cuts even that short).
-pub async fn serve(
+pub async fn serve<S: ExecEvents>(
     listener: UnixListener,
     path: &Path,
-    exec_events: ExecEventsService,
+    exec_events: S,
     limits: Limits,
     stop: impl Future<Output = Stopped>,
     streams_end: watch::Sender<bool>,
 ) -> Result<Stopped, ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ExecEventsServer<ExecEventsService>>()
-        .await;
+    health.set_serving::<ExecEventsServer<S>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -241,9 +239,7 @@ pub async fn serve(
     }
     // In this order: probes see NOT_SERVING, no new client finds the
     // socket, then the streams end with a status their clients understand.
-    health
-        .set_not_serving::<ExecEventsServer<ExecEventsService>>()
-        .await;
+    health.set_not_serving::<ExecEventsServer<S>>().await;
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;

@@ -27,8 +27,8 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::agent::stats::{self, AgentStats};
+use crate::backoff;
 use crate::metrics::Metrics;
-use crate::node::retry;
 
 /// What the link tells the decision loop.
 #[derive(Debug)]
@@ -47,10 +47,11 @@ pub async fn run(
     socket: PathBuf,
     tx: mpsc::Sender<LinkEvent>,
     metrics: Arc<Metrics>,
+    agent_stats: Arc<AgentStats>,
     mut selectors: watch::Receiver<WatchRequest>,
 ) {
     // Waits from 50-100 ms up to 2.5-5 s.
-    let mut backoff = retry::backoff(Duration::from_millis(50), Duration::from_millis(2500));
+    let mut backoff = backoff::exponential(Duration::from_millis(50), Duration::from_millis(2500));
     let mut failures = 0u64;
     loop {
         let req = request(&mut selectors);
@@ -60,7 +61,7 @@ pub async fn run(
                 // The stats poller of this connection: a JoinSet aborts it
                 // when dropped, on every way out of the connection.
                 let mut stats = JoinSet::new();
-                stats.spawn(poll_stats(client.clone(), metrics.agent.clone()));
+                stats.spawn(poll_stats(client.clone(), agent_stats.clone()));
                 backoff.reset();
                 failures = 0;
                 if tx.send(LinkEvent::Connected).await.is_err() {
@@ -94,7 +95,7 @@ pub async fn run(
                 // runtime has one thread): nothing sets the agent's counters
                 // after they are forgotten here.
                 drop(stats);
-                metrics.agent.clear();
+                agent_stats.clear();
                 metrics.reconnects.inc();
                 tracing::warn!("lost the agent stream ({why}); reconnecting");
                 if tx.send(LinkEvent::Disconnected).await.is_err() {

@@ -166,6 +166,8 @@ impl Collector for AgentStats {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use crate::metrics::{Format, Metrics};
 
     use super::*;
@@ -174,10 +176,12 @@ mod tests {
     /// not at all once forgotten.
     #[test]
     fn exported_while_known() {
-        let m = Metrics::new();
+        let stats = Arc::new(AgentStats::default());
+        let mut m = Metrics::new();
+        m.register_agent(Box::new(stats.clone()));
         let agent = "execwatch_agent_";
         assert!(!m.encode(Format::Text).contains(agent));
-        m.agent.set(Stats {
+        stats.set(Stats {
             detector: "netlink".into(),
             subscription_mode: "kernel-filtered".into(),
             execs: 7,
@@ -207,7 +211,7 @@ mod tests {
                 assert!(text.contains(sample), "{format:?}: no {sample:?} in\n{text}");
             }
         }
-        m.agent.clear();
+        stats.clear();
         assert!(!m.encode(Format::Text).contains(agent));
     }
 }

@@ -16,7 +16,8 @@ use k8s_openapi::api::core::v1::{Event, Node};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use super::retry::{self, Step};
+use super::error::{NodeError, Step};
+use super::retry;
 use crate::metrics::Metrics;
 
 /// The annotation the 5-Spot controller acts on.
@@ -27,43 +28,6 @@ pub const REASON: &str = "5spot.finos.org/reclaim-reason";
 pub const REQUESTED_AT: &str = "5spot.finos.org/reclaim-requested-at";
 /// The field manager on every write.
 pub const FIELD_MANAGER: &str = "execwatch-reclaimer";
-
-/// Why a request could not be written. Transient failures never surface
-/// here: they are retried.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The Node is not this host.
-    #[error("refusing to write: host machine-id {host:?} (from {path}) does not match Node {node}'s status.nodeInfo.machineID {found:?}")]
-    HostMismatch {
-        /// This Node's name.
-        node: String,
-        /// The host's machine-id.
-        host: String,
-        /// Where it was read.
-        path: String,
-        /// What the Node says (empty if unset).
-        found: String,
-    },
-    /// The API server refused for a reason retrying will not fix, or the
-    /// answer could not be read.
-    #[error("Node {node}: {step} refused: {}", describe(source))]
-    Api {
-        /// What was being done.
-        step: Step,
-        /// This Node's name.
-        node: String,
-        /// kube's error.
-        source: kube::Error,
-    },
-}
-
-/// kube's error, without the Debug dump its own message appends to a Status.
-fn describe(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("HTTP {}: {}", s.code, s.message),
-        e => e.to_string(),
-    }
-}
 
 /// What a request achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,8 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::Resource;
 
 use super::client::{NodeClient, Request, FIELD_MANAGER};
-use super::retry::{self, Step};
+use super::error::Step;
+use super::retry;
 
 /// The longest object name (a DNS subdomain).
 const MAX_NAME: usize = 253;

@@ -1,8 +1,9 @@
 //! The reclaimer's own Node: the client that writes the reclaim request, the
-//! Event that records it, the retry policy both run under, and the seam the
-//! decision loop writes through.
+//! Event that records it, the retry policy both run under, the error they
+//! fail with, and the seam the decision loop writes through.
 
 pub mod client;
+pub mod error;
 mod event;
 pub mod retry;
 pub mod writer;

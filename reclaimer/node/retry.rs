@@ -3,8 +3,9 @@
 //! until it succeeds or fails for a reason retrying will not fix.
 //!
 //! - No answer, 408, 429 or 5xx: wait the server's `Retry-After` (at most
-//!   [`MAX_RETRY_AFTER`]) or else the next step of kube-runtime's backoff,
-//!   then run the whole attempt again (a write reads the Node afresh first).
+//!   [`MAX_RETRY_AFTER`]) or else the next step of kube-runtime's backoff
+//!   ([`crate::backoff`]), then run the whole attempt again (a write reads
+//!   the Node afresh first).
 //! - 409 on the PATCH (the Node changed since it was read): again at once.
 //! - Anything else is the attempt's answer.
 //!
@@ -15,36 +16,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use backon::ExponentialBuilder;
 use http::{header::RETRY_AFTER, Response};
-use kube::runtime::watcher::ExponentialBackoff;
 use tower::{util::MapResultLayer, BoxError};
 
-use super::client::NodeError;
+use super::error::{NodeError, Step};
+use crate::backoff;
 
 /// The longest wait a server's `Retry-After` is followed for.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// What an attempt was doing when it failed, as the logs name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Reading the Node.
-    Get,
-    /// The merge-PATCH of the annotations.
-    Patch,
-    /// Creating the Event.
-    Event,
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Step::Get => "GET Node",
-            Step::Patch => "patch",
-            Step::Event => "recording the Event",
-        })
-    }
-}
 
 /// A transient refusal whose `Retry-After` said how long to wait.
 #[derive(Debug, thiserror::Error)]
@@ -87,20 +66,6 @@ fn transient(status: u16) -> bool {
     matches!(status, 408 | 429 | 500..=599)
 }
 
-/// kube-runtime's exponential backoff with jitter (also the agent link's):
-/// a base delay doubling from `first` up to `most`, each wait that plus up
-/// to as much again at random (backon's jitter), so below `2 * most`.
-pub fn backoff(first: Duration, most: Duration) -> ExponentialBackoff {
-    ExponentialBackoff::from(
-        ExponentialBuilder::default()
-            .with_min_delay(first)
-            .with_max_delay(most)
-            .with_jitter()
-            // backon's default stops after 3.
-            .without_max_times(),
-    )
-}
-
 /// Runs `attempt` under the policy (module docs) until it is done.
 pub async fn until_done<T, F, Fut>(mut attempt: F) -> Result<T, NodeError>
 where
@@ -108,7 +73,7 @@ where
     Fut: Future<Output = Result<T, NodeError>>,
 {
     // Waits from 100-200 ms up to 5-10 s.
-    let mut backoff = backoff(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = backoff::exponential(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let result = attempt().await;
         let Err(NodeError::Api { step, node, source }) = &result else {
@@ -144,17 +109,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_backoff_doubles_up_to_its_cap_with_bounded_jitter_and_never_ends() {
-        let mut b = backoff(Duration::from_millis(100), Duration::from_secs(1));
-        let bases = [100, 200, 400, 800, 1000, 1000, 1000, 1000];
-        for base in bases.into_iter().chain([1000; 100]) {
-            let base = Duration::from_millis(base);
-            let d = b.next().expect("endless");
-            assert!(d >= base && d < 2 * base, "{d:?} vs {base:?}");
-        }
-    }
 
     #[test]
     fn statuses_worth_retrying() {

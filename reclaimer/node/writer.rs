@@ -8,7 +8,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::node::client::{self, NodeClient, NodeError, Outcome, Request};
+use crate::node::client::{self, NodeClient, Outcome, Request};
+use crate::node::error::NodeError;
 
 /// Node I/O in flight, run by the decision loop as a background job.
 pub type Job<T> = Pin<Box<dyn Future<Output = Result<T, NodeError>> + Send>>;
