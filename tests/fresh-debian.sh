@@ -15,7 +15,8 @@
 #      debootstrap if missing), with apt sources and /etc/hosts as the Debian
 #      installer writes them (127.0.1.1 for the hostname), then applies
 #      README's one prerequisite line (the hostname on 127.0.0.1);
-#   2. adds only git ca-certificates sudo python3 curl, and rustup's stable
+#   2. adds only git ca-certificates sudo python3 curl (and this machine's
+#      local CA certificates, if it has any), and rustup's stable
 #      toolchain: copied from this machine's rustup installation (rustup,
 #      its proxies in ~/.cargo/bin and the stable toolchain into DIR/root),
 #      because rustup's installer downloads from a host that is not a package
@@ -185,6 +186,15 @@ in_root() {
 
 log "apt-get install git ca-certificates sudo python3 curl"
 in_root bash -c 'export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq git ca-certificates sudo python3 curl >/dev/null'
+
+# The host's local CA certificates, so that the root reaches the registries
+# as this machine does (some machines reach them through a TLS-inspecting
+# egress); on a machine that has none this copies nothing.
+if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    log "copying this machine's local CA certificates (/usr/local/share/ca-certificates)"
+    cp /usr/local/share/ca-certificates/*.crt "${DIR}/usr/local/share/ca-certificates/"
+    in_root update-ca-certificates >&2
+fi
 
 log "copying rustup and its ${TOOLCHAIN} toolchain into ${DIR}/root"
 mkdir -p "${DIR}/root/.cargo/bin" "${DIR}/root/.rustup/toolchains"
