@@ -43,6 +43,7 @@
 #
 # Environment: FRESH_MIRROR (default http://deb.debian.org/debian),
 # FRESH_SECURITY_MIRROR (default http://deb.debian.org/debian-security), NICE.
+# shellcheck disable=SC2317 # teardown and ns_pids run from the EXIT trap
 set -euo pipefail
 
 log() { printf '[fresh-debian] %s\n' "$*" >&2; }
@@ -58,7 +59,7 @@ while (($#)); do
         --keep) KEEP=1 ;;
         --no-run) NO_RUN=1; KEEP=1 ;;
         --commit) COMMIT="${2:?--commit needs a value}"; shift ;;
-        -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2 ;;
+        -h | --help) awk 'NR > 1 && /^# shellcheck/ { exit } NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2 ;;
         -*) die "unknown option $1" ;;
         *) DIR="$1" ;;
     esac

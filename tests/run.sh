@@ -25,8 +25,9 @@ die() { printf 'tests/run.sh: %s\n' "$*" >&2; exit 1; }
 if [ "$(uname -s)" = Linux ] && [ "$(id -u)" != 0 ]; then
     die "run as root (sudo tests/run.sh): the kernel tests switch uids and force socket buffers"
 fi
-command -v apt-get >/dev/null && command -v dpkg-query >/dev/null ||
+if ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
     die "this script installs what it needs with apt-get: it runs on Debian 12 (bookworm)"
+fi
 # shellcheck disable=SC1091
 codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
 [ "$codename" = bookworm ] || log "warning: made for Debian 12 (bookworm), this is '${codename:-unknown}'"
