@@ -28,7 +28,7 @@
 #      code. The output goes to DIR.log as well.
 #
 # Isolation: the run has its own mount namespace (unshare --mount), in which
-# DIR gets /proc, /sys and /dev (bound recursively, so the cgroup
+# DIR is bound onto itself (a root mount the kubelet finds) and gets /proc, /sys and /dev (bound recursively, so the cgroup
 # hierarchies the kubelet needs are there) and a tmpfs /run; those and every
 # mount the suite makes (the kubelet's, containerd's) disappear with it. It
 # shares the host's kernel, pid and network namespaces, as the suite needs
@@ -175,6 +175,9 @@ in_root() {
         set -e
         root="$1"; state="$2"; shift 2
         readlink /proc/self/ns/mnt >"${state}/mntns"
+        # The root a mount of its own, so that /proc/self/mountinfo shows
+        # "/" (the kubelet looks up the filesystem of its directories there).
+        mount --bind "${root}" "${root}"
         mount -t proc proc "${root}/proc"
         mount --rbind /sys "${root}/sys"
         mount --rbind /dev "${root}/dev"
