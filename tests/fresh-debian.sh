@@ -162,6 +162,9 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n\n::1\tlocalhost ip6-localhost ip6-
     "${HOST}" >"${DIR}/etc/hosts"
 # README's prerequisite: the hostname resolves to 127.0.0.1 first.
 sed -i "1i 127.0.0.1 ${HOST}" "${DIR}/etc/hosts"
+# What a booted Debian has and a bare root lacks (the kubelet reads it).
+od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"${DIR}/etc/machine-id"
+echo >>"${DIR}/etc/machine-id"
 # No init in a chroot: packages must not start their services here.
 printf '#!/bin/sh\nexit 101\n' >"${DIR}/usr/sbin/policy-rc.d"
 chmod 755 "${DIR}/usr/sbin/policy-rc.d"
