@@ -25,6 +25,12 @@ die() { printf 'tests/run.sh: %s\n' "$*" >&2; exit 1; }
 if [ "$(uname -s)" = Linux ] && [ "$(id -u)" != 0 ]; then
     die "run as root (sudo tests/run.sh): the kernel tests switch uids and force socket buffers"
 fi
+# The tests run the agent, its clients and tests/fixtures as uid 65534, from
+# this checkout: under root's home (mode 700) none of that could start.
+if [ "$(uname -s)" = Linux ] &&
+    ! setpriv --reuid=65534 --regid=65534 --clear-groups test -r "$PWD/tests/fixtures/unprivileged_listener.py"; then
+    die "uid 65534 (nobody) cannot read $PWD: the tests run the agent as that user; put the checkout where every user may read it (not under /root)"
+fi
 if ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
     die "this script installs what it needs with apt-get: it runs on Debian 12 (bookworm)"
 fi
