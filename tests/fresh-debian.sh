@@ -21,7 +21,8 @@
 #      its proxies in ~/.cargo/bin and the stable toolchain into DIR/root),
 #      because rustup's installer downloads from a host that is not a package
 #      registry, which this project's machines cannot reach;
-#   3. clones this repository at the commit into DIR/root/execwatch;
+#   3. clones this repository at the commit into DIR/srv/execwatch (where
+#      every user may read it: the tests run the agent as uid 65534);
 #   4. runs `CI=true bash .ci/run` there with chroot, as root, with the
 #      root's own cold cache (~/.cache/execwatch, ~/.cargo/registry, target/),
 #      under `nice -n ${NICE:-10}`, and prints how long it took and its exit
@@ -214,9 +215,9 @@ in_root bash -c 'rustup show active-toolchain && cargo --version && cargo fmt --
 # --------------------------------------------------------------------------
 # 3. the repository
 
-log "git clone ${REPO} at ${REV}"
-git clone --quiet --no-hardlinks "${REPO}" "${DIR}/root/execwatch"
-git -C "${DIR}/root/execwatch" checkout --quiet --detach "${REV}"
+log "git clone ${REPO} at ${REV} into /srv/execwatch"
+git clone --quiet --no-hardlinks "${REPO}" "${DIR}/srv/execwatch"
+git -C "${DIR}/srv/execwatch" checkout --quiet --detach "${REV}"
 
 ((NO_RUN == 0)) || { log "root ready in ${DIR} (--no-run)"; exit 0; }
 
@@ -226,7 +227,7 @@ git -C "${DIR}/root/execwatch" checkout --quiet --detach "${REV}"
 log "CI=true bash .ci/run in the root (nice -n ${NICE:-10}); output also in ${LOG}"
 SECONDS=0
 set +e
-in_root nice -n "${NICE:-10}" bash -c 'cd /root/execwatch && CI=true bash .ci/run' </dev/null 2>&1 | tee "${LOG}"
+in_root nice -n "${NICE:-10}" bash -c 'cd /srv/execwatch && CI=true bash .ci/run' </dev/null 2>&1 | tee "${LOG}"
 rc=${PIPESTATUS[0]}
 set -e
 took=${SECONDS}
