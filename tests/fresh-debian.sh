@@ -23,24 +23,26 @@
 #      registry, which this project's machines cannot reach;
 #   3. clones this repository at the commit into DIR/srv/execwatch (where
 #      every user may read it: the tests run the agent as uid 65534);
-#   4. runs `CI=true bash .ci/run` there with chroot, as root, with the
+#   4. runs `CI=true bash .ci/run` there (pivot_root, see below), as root, with the
 #      root's own cold cache (~/.cache/execwatch, ~/.cargo/registry, target/),
 #      under `nice -n ${NICE:-10}`, and prints how long it took and its exit
 #      code. The output goes to DIR.log as well.
 #
-# Isolation: the run has its own mount namespace (unshare --mount), in which
-# DIR is bound onto itself (a root mount the kubelet finds) and gets /proc, /sys and /dev (bound recursively, so the cgroup
-# hierarchies the kubelet needs are there) and a tmpfs /run; those and every
-# mount the suite makes (the kubelet's, containerd's) disappear with it. It
-# shares the host's kernel, pid and network namespaces, as the suite needs
-# (the proc connector sees every process; everything listens on loopback):
-# so nothing else may run a kubelet on this host meanwhile, and the host's
-# sysctls are changed and restored by tests/kube/start-node.sh as on a real
-# machine. A chroot has no init: a policy-rc.d keeps the packages' services
-# (containerd, etcd, prometheus) from starting, where systemd would start
-# them. On exit, also on failure or Ctrl-C, every process left in that mount
-# namespace gets SIGTERM (the test cluster's watchdogs then stop the
-# cluster), then SIGKILL, each by its pid.
+# Isolation: the run has its own mount namespace (unshare --mount), whose
+# root becomes DIR with pivot_root (a chroot would not do: runc exec would
+# find this machine's root), with /proc, /sys and /dev (bound recursively,
+# so the cgroup hierarchies the kubelet needs are there) and a tmpfs /run;
+# those and every mount the suite makes (the kubelet's, containerd's)
+# disappear with it. It shares the host's kernel, pid and network
+# namespaces, as the suite needs (the proc connector sees every process;
+# everything listens on loopback): so nothing else may run a kubelet on this
+# host meanwhile, and the host's sysctls are changed and restored by
+# tests/kube/start-node.sh as on a real machine. The root has no init: a
+# policy-rc.d keeps the packages' services (containerd, etcd, prometheus)
+# from starting, where systemd would start them. On exit, also on failure
+# or Ctrl-C, every process left in that mount namespace gets SIGTERM (the
+# test cluster's watchdogs then stop the cluster), then SIGKILL, each by its
+# pid.
 #
 # Environment: FRESH_MIRROR (default http://deb.debian.org/debian),
 # FRESH_SECURITY_MIRROR (default http://deb.debian.org/debian-security), NICE.
@@ -166,7 +168,7 @@ sed -i "1i 127.0.0.1 ${HOST}" "${DIR}/etc/hosts"
 # What a booted Debian has and a bare root lacks (the kubelet reads it).
 od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"${DIR}/etc/machine-id"
 echo >>"${DIR}/etc/machine-id"
-# No init in a chroot: packages must not start their services here.
+# No init in this root: packages must not start their services here.
 printf '#!/bin/sh\nexit 101\n' >"${DIR}/usr/sbin/policy-rc.d"
 chmod 755 "${DIR}/usr/sbin/policy-rc.d"
 
@@ -179,14 +181,23 @@ in_root() {
         set -e
         root="$1"; state="$2"; shift 2
         readlink /proc/self/ns/mnt >"${state}/mntns"
-        # The root a mount of its own, so that /proc/self/mountinfo shows
-        # "/" (the kubelet looks up the filesystem of its directories there).
         mount --bind "${root}" "${root}"
         mount -t proc proc "${root}/proc"
         mount --rbind /sys "${root}/sys"
         mount --rbind /dev "${root}/dev"
         mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "${root}/run"
-        exec chroot "${root}" /usr/bin/env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash \
+        # pivot_root, not chroot: the root is then the namespace'"'"'s own
+        # (what /proc/self/mountinfo shows as "/", and what runc exec finds
+        # when it enters a container'"'"'s mount namespace: after a chroot it
+        # would find this machine'"'"'s root, and every exec probe of the
+        # test pod failed with "stat /agent").
+        mkdir -p "${root}/.fresh-debian-oldroot"
+        cd "${root}"
+        pivot_root . .fresh-debian-oldroot
+        umount -l /.fresh-debian-oldroot
+        rmdir /.fresh-debian-oldroot
+        cd /
+        exec /usr/bin/env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/bash \
             TERM=dumb LANG=C.UTF-8 \
             PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
     ' fresh-debian "${DIR}" "${STATE}" "$@"
