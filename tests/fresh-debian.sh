@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prove README.md's test command on a fresh Debian 12, the way a user would
-# meet it. Not part of tests/run.sh or CI: it takes ~1 hour and 10 GB.
+# meet it. Not part of tests/run.sh or CI: it takes ~50 minutes and 20 GB.
 #
 #   tests/fresh-debian.sh [--keep] [--commit REV] [DIR]
 #
