@@ -48,7 +48,7 @@ fn render_all(tmp: &Path) -> Vec<(String, PathBuf)> {
                 .arg("kustomize")
                 .arg(&dir)
                 .output()
-                .expect("kubectl is needed to render deploy/ (the machine image has it)");
+                .expect("kubectl is needed to render deploy/ (tests/run.sh installs it)");
             assert!(
                 out.status.success(),
                 "kubectl kustomize {}: {}",

@@ -723,7 +723,7 @@ pub fn kustomize(dir: &str) -> Vec<serde_json::Value> {
         .args(["kustomize", dir])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .expect("kubectl is needed to render deploy/ (the machine image has it)");
+        .expect("kubectl is needed to render deploy/ (tests/run.sh installs it)");
     assert!(
         out.status.success(),
         "kubectl kustomize {dir}: {}",
