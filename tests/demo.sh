@@ -26,8 +26,8 @@ timeout_s="${EXECWATCH_DEMO_TIMEOUT:-20}"
 
 bin="${EXECWATCH_BIN_DIR:-}"
 if [ -z "$bin" ]; then
-    command -v cargo >/dev/null ||
-        die "cargo is not on root's PATH; run: sudo env \"PATH=\$PATH\" $0"
+    # shellcheck source=tests/cargo-env.sh
+    . tests/cargo-env.sh
     say "==> cargo build --release (agent, reclaimer)"
     cargo build --release --quiet --bin agent --bin reclaimer
     bin="${CARGO_TARGET_DIR:-target}/release"

@@ -38,24 +38,8 @@ fi
 codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
 [ "$codename" = bookworm ] || log "warning: made for Debian 12 (bookworm), this is '${codename:-unknown}'"
 
-# Rust: cargo on PATH, else (under sudo, whose PATH has no ~/.cargo/bin, or
-# whose rustup proxies look for toolchains in root's home) the invoking
-# user's rustup installation, used as it is: rustup's toolchains are read
-# from their RUSTUP_HOME, while cargo's own downloads go to root's ~/.cargo
-# and the build to target/ (root-owned files, as with any sudo build).
-if ! cargo --version >/dev/null 2>&1; then
-    user_home=""
-    [ -z "${SUDO_USER:-}" ] || user_home="$(getent passwd "$SUDO_USER" | cut -d: -f6)"
-    if [ -n "$user_home" ] && [ -x "$user_home/.cargo/bin/cargo" ]; then
-        log "root has no cargo that runs: using $SUDO_USER's ($user_home/.cargo/bin, rustup home ${RUSTUP_HOME:-$user_home/.rustup})"
-        export PATH="$user_home/.cargo/bin:$PATH"
-        export RUSTUP_HOME="${RUSTUP_HOME:-$user_home/.rustup}"
-    elif [ -x "$HOME/.cargo/bin/cargo" ]; then
-        export PATH="$HOME/.cargo/bin:$PATH"
-    else
-        die "cargo not found: install Rust >= 1.89 with rustup (as root, or as the user who runs sudo tests/run.sh)"
-    fi
-fi
+# shellcheck source=tests/cargo-env.sh
+. tests/cargo-env.sh
 rust="$(cargo --version)" || die "cargo does not run (a rustup without a default toolchain? rustup default stable)"
 rust_minor="$(sed -n 's/^cargo 1\.\([0-9]*\)\..*/\1/p' <<<"$rust")"
 [ "${rust_minor:-0}" -ge 89 ] || die "$rust is too old: Rust >= 1.89 is needed (rustup update stable)"
@@ -83,6 +67,7 @@ missing=$(for p in $debian_pkgs; do
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || echo "$p"
 done)
 if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086 # one word per package
     log "apt-get install" $missing
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     # shellcheck disable=SC2086 # one word per package
