@@ -53,19 +53,22 @@ node_name="$(hostname | tr '[:upper:]' '[:lower:]')"
 # Debian packages, each for what runs it:
 #   python3-venv           the virtual environment for the PyPI tools below
 #   gcc libc6-dev binutils rustc's linker, static glibc for the image, readelf
-#   nodejs npm             a stock Node.js gRPC client (tests/stock_clients.rs)
 #   prometheus             promtool lints a real metrics scrape (reclaimer_dry_run.rs)
 #   openjdk-17-jre-headless  a real java, the program the rules match
 #   etcd-server openssl curl ca-certificates   the test API server (start-apiserver.sh)
 #   containerd runc containernetworking-plugins socat skopeo   the test node
 #                          (start-node.sh) and the image packer's test (image_pack.rs)
 #   procps iproute2 util-linux mount   pgrep, sysctl, ss, setpriv, prlimit, flock, mount
-debian_pkgs="python3-venv gcc libc6-dev binutils nodejs npm prometheus openjdk-17-jre-headless
+debian_pkgs="python3-venv gcc libc6-dev binutils prometheus openjdk-17-jre-headless
     etcd-server openssl curl ca-certificates containerd runc containernetworking-plugins socat skopeo
     procps iproute2 util-linux mount"
 missing=$(for p in $debian_pkgs; do
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" = installed ] || echo "$p"
 done)
+# Node.js and npm run a stock gRPC client (tests/stock_clients.rs). Any
+# node with npm will do: a machine may have them from elsewhere (NodeSource's
+# nodejs bundles npm and conflicts with Debian's npm package).
+command -v npm >/dev/null || missing="$missing nodejs npm"
 if [ -n "$missing" ]; then
     # shellcheck disable=SC2086 # one word per package
     log "apt-get install" $missing
