@@ -26,16 +26,27 @@ fn kubectl(args: &[&str]) -> std::process::Output {
 #[test]
 fn base_and_overlay_pass_server_side_dry_run() {
     for dir in ["deploy/base", "deploy/overlays/no-capabilities"] {
-        let out = kubectl(&["apply", "--dry-run=server", "-k", dir]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{dir}: {}\n{text}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(text.contains("daemonset.apps/execwatch"), "{dir}: {text}");
-        assert!(text.contains("server dry run"), "{dir}: {text}");
+        assert_dry_run_creates_the_daemonset(&["-k", dir], dir);
     }
+}
+
+/// `kubectl apply --dry-run=server <what>` succeeds and would create the
+/// DaemonSet.
+fn assert_dry_run_creates_the_daemonset(what: &[&str], name: &str) {
+    let args: Vec<&str> = ["apply", "--dry-run=server"]
+        .iter()
+        .chain(what)
+        .copied()
+        .collect();
+    let out = kubectl(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{name}: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("daemonset.apps/execwatch"), "{name}: {text}");
+    assert!(text.contains("server dry run"), "{name}: {text}");
 }
 
 /// The 1.20 API server knows no admission policy: the node-write-policy
@@ -52,15 +63,7 @@ fn node_write_policy_overlay_passes_server_side_dry_run_but_its_policy() {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), list.to_string()).unwrap();
     let path = file.path().to_str().unwrap();
-    let out = kubectl(&["apply", "--dry-run=server", "-f", path]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("daemonset.apps/execwatch"), "{text}");
-    assert!(text.contains("server dry run"), "{text}");
+    assert_dry_run_creates_the_daemonset(&["-f", path], "node-write-policy without its policy");
     // And the policy objects are indeed unknown there.
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": policy});
     std::fs::write(file.path(), list.to_string()).unwrap();
