@@ -97,7 +97,8 @@ pub struct ThreadCredentials {
 }
 
 impl ThreadCredentials {
-    /// Parses a `status` file's text; `None` names the line missing.
+    /// Parses a `status` file's text; the error names the line missing or
+    /// malformed.
     fn parse(tid: i32, status: &str) -> Result<Self, &'static str> {
         let line = |name: &'static str| {
             status
