@@ -17,9 +17,9 @@ use crate::procfs::redaction::patterns::{Patterns, Preset};
 use crate::procfs::redaction::{Redactor, REDACTED};
 use crate::procfs::source::ProcSource;
 use crate::stats::Stats;
-use crate::transport::listener::Admission;
+use crate::transport::grpc::Limits;
 use crate::transport::peer::PeerCheck;
-use crate::transport::server::Limits;
+use crate::transport::Admission;
 
 /// Bounds of `--poll-interval`: faster scans burn a core on a busy host;
 /// slower ones make the poll detector useless for reclaiming.

@@ -23,8 +23,8 @@ use crate::cli::{Cli, Command, RunArgs};
 use crate::stats::Stats;
 use crate::stream::fanout::Fanout;
 use crate::stream::service::ExecEventsService;
+use crate::transport::grpc::Stopped;
 use crate::transport::quota::Quota;
-use crate::transport::server::Stopped;
 
 fn main() -> std::process::ExitCode {
     match try_main() {
@@ -112,14 +112,14 @@ async fn run(
     settled.log();
     stats.set_privilege(settled.to_proto());
     let failed = detection.start(procfs.clone(), fanout.clone(), stats.clone())?;
-    let stop = transport::server::stop_on(failed);
+    let stop = transport::grpc::stop_on(failed);
     let seats = Quota::new(
         args.max_subscribers as usize,
         args.max_subscribers_per_uid as usize,
     );
     let (exec_events, streams_end) = ExecEventsService::new(fanout, stats.clone(), procfs, seats);
     let limits = args.limits(stats);
-    let stopped = transport::server::serve(&socket, exec_events, limits, stop, streams_end).await?;
+    let stopped = transport::grpc::serve(&socket, exec_events, limits, stop, streams_end).await?;
     tracing::info!("stopped; socket removed");
     Ok(stopped)
 }

@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::transport::listener::{self, Admission};
+use crate::transport::admission::{self, Admission};
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +242,7 @@ pub async fn serve<S: ExecEvents>(
         .add_service(InterceptedService::new(health_service, peers.clone()))
         .add_service(InterceptedService::new(reflection_v1, peers.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, peers))
-        .serve_with_incoming_shutdown(listener::incoming(listener, limits.admission), async {
+        .serve_with_incoming_shutdown(admission::incoming(listener, limits.admission), async {
             let _ = drain_rx.await;
         });
     tokio::pin!(server);
