@@ -184,7 +184,7 @@ pub struct RunArgs {
     pub max_streams_per_connection: u32,
 
     /// How long a connection may stay open with no RPC in progress (1s to
-    /// 1h); then the agent closes it, as gRPC clients expect of an idle
+    /// 60m); then the agent closes it, as gRPC clients expect of an idle
     /// channel (they reconnect when they next call). A `Watch` is an RPC in
     /// progress for as long as it runs.
     #[arg(long, env = "EXECWATCH_IDLE_TIMEOUT", default_value = "2m", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, IDLE_TIMEOUT.0, IDLE_TIMEOUT.1))]

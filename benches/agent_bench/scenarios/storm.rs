@@ -190,13 +190,6 @@ pub fn run(b: &Bench) -> Report {
     );
     r.target("lost markers", lost_markers as f64, true, 0.0, "");
     r.target(
-        "agent CPU per exec, one subscriber",
-        round1(alone.us_per_exec),
-        true,
-        20.0,
-        "µs",
-    );
-    r.target(
         "agent peak RSS",
         round1(agent_rss as f64 / 1024.0),
         true,
