@@ -23,7 +23,7 @@ use crate::cli::{Cli, Command, RunArgs};
 use crate::stats::Stats;
 use crate::stream::fanout::Fanout;
 use crate::stream::service::ExecEventsService;
-use crate::transport::grpc::Stopped;
+use crate::transport::grpc::StopReason;
 use crate::transport::quota::Quota;
 
 fn main() -> std::process::ExitCode {
@@ -77,8 +77,8 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
             // not waited for.
             runtime.shutdown_timeout(Duration::from_millis(100));
             match stopped? {
-                Stopped::Signal => Ok(std::process::ExitCode::SUCCESS),
-                Stopped::DetectorFailed(e) => {
+                StopReason::Signal => Ok(std::process::ExitCode::SUCCESS),
+                StopReason::DetectorFailed(e) => {
                     anyhow::bail!(
                         "the detector failed: {e}; stopped so that the kubelet restarts the agent"
                     )
@@ -95,7 +95,7 @@ async fn run(
     args: RunArgs,
     run_as: Option<(u32, u32)>,
     started: Instant,
-) -> anyhow::Result<Stopped> {
+) -> anyhow::Result<StopReason> {
     let stats = Arc::new(Stats::default());
     let fanout = Arc::new(Fanout::new(
         args.queue_len as usize,

@@ -178,7 +178,7 @@ pub struct Limits {
 
 /// Why serving ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Stopped {
+pub enum StopReason {
     /// SIGTERM or SIGINT.
     Signal,
     /// The detector failed: the agent is blind and must not pretend otherwise.
@@ -187,12 +187,12 @@ pub enum Stopped {
 
 /// Installs the signal handlers now and returns the future that says why
 /// to stop: a signal, or the detector's failure (`failed`).
-pub fn stop_on(failed: oneshot::Receiver<String>) -> impl Future<Output = Stopped> {
+pub fn stop_on(failed: oneshot::Receiver<String>) -> impl Future<Output = StopReason> {
     let signal = execwatch::internal::runtime::shutdown_signal();
     async move {
         tokio::select! {
-            _ = signal => Stopped::Signal,
-            Ok(why) = failed => Stopped::DetectorFailed(why),
+            _ = signal => StopReason::Signal,
+            Ok(why) = failed => StopReason::DetectorFailed(why),
         }
     }
 }
@@ -206,9 +206,9 @@ pub async fn serve<S: ExecEvents>(
     path: &Path,
     exec_events: S,
     limits: Limits,
-    stop: impl Future<Output = Stopped>,
+    stop: impl Future<Output = StopReason>,
     streams_end: watch::Sender<bool>,
-) -> Result<Stopped, ServeError> {
+) -> Result<StopReason, ServeError> {
     let listener = bind(path, limits.mode)?;
     let peers = limits.admission.peers.clone();
     // The mode in octal, as chmod and ls write it: JSON has no octal
@@ -256,8 +256,8 @@ pub async fn serve<S: ExecEvents>(
         why = stop => why,
     };
     match &why {
-        Stopped::Signal => tracing::info!("stopping: ending every stream"),
-        Stopped::DetectorFailed(e) => {
+        StopReason::Signal => tracing::info!("stopping: ending every stream"),
+        StopReason::DetectorFailed(e) => {
             tracing::error!("stopping: the detector failed ({e}); ending every stream")
         }
     }
