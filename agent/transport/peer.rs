@@ -33,6 +33,8 @@ pub fn peer_cred<T>(req: &Request<T>) -> Option<UCred> {
 #[derive(Clone)]
 pub struct PeerCheck {
     allowed: Option<Arc<HashSet<u32>>>,
+    /// The uids as `--allow-uid` lists them, for the log.
+    listed: Arc<str>,
     stats: Arc<stats::Stats>,
     refusals: Arc<Mutex<Refusals>>,
 }
@@ -127,11 +129,23 @@ impl PeerCheck {
             set.insert(nix::unistd::geteuid().as_raw());
             Arc::new(set)
         });
+        let listed: Vec<String> = uids.iter().map(u32::to_string).collect();
         Self {
             allowed,
+            listed: listed.join(",").into(),
             stats,
             refusals: Arc::default(),
         }
+    }
+
+    /// The uids admitted besides the agent's own, as the flag lists them.
+    pub fn listed(&self) -> &str {
+        &self.listed
+    }
+
+    /// Whether peers are checked at all.
+    pub fn checks(&self) -> bool {
+        self.allowed.is_some()
     }
 
     /// Whether a peer with `uid` (process `pid`) may use the socket; a
