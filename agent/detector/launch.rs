@@ -45,7 +45,10 @@ pub enum LaunchError {
 impl Detection {
     /// Subscribes to the proc connector (see [`NetlinkDetector::start`]).
     pub fn netlink(receive_buffer: usize, filter: bool, pace: Pace) -> Result<Self, LaunchError> {
-        Ok(Self::Netlink(NetlinkDetector::start(receive_buffer, filter)?, pace))
+        Ok(Self::Netlink(
+            NetlinkDetector::start(receive_buffer, filter)?,
+            pace,
+        ))
     }
 
     /// Whether this detector is the netlink one (which may need a privilege).
