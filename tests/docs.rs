@@ -361,10 +361,15 @@ fn anchors(page: &Path) -> Vec<String> {
 }
 
 /// Every relative link of the pages reaches a file, and a heading where it
-/// names one; and the pages speak to users, not of how the work went.
+/// names one; every file of the repository they name exists; and they speak
+/// to users, not of how the work went.
 #[test]
 fn the_pages_link_to_what_exists_and_carry_no_lab_log() {
     let numbered = regex::Regex::new(r"\bissues? #?[0-9]|#[0-9]+\b").unwrap();
+    let named = regex::Regex::new(
+        r"`((?:agent|reclaimer|src|tests|deploy|benches|fuzz|docs|proto)/[A-Za-z0-9_./-]*)`",
+    )
+    .unwrap();
     for page in pages() {
         let text = prose(&page);
         for (at, _) in text.match_indices("](") {
@@ -383,6 +388,22 @@ fn the_pages_link_to_what_exists_and_carry_no_lab_log() {
             assert!(
                 anchor.is_empty() || anchors(&target).iter().any(|a| a == anchor),
                 "{}: {link}: no such heading",
+                page.display()
+            );
+        }
+        // Files of this repository named in the text exist (5-Spot's page
+        // names 5-Spot's), unless git ignores them (what a run generates).
+        for path in named.captures_iter(&text).map(|c| c[1].to_string()) {
+            let ignored = || {
+                Command::new("git")
+                    .args(["check-ignore", "-q", &path])
+                    .status()
+                    .unwrap()
+                    .success()
+            };
+            assert!(
+                page.ends_with("5-spot.md") || Path::new(&path).exists() || ignored(),
+                "{}: `{path}` does not exist",
                 page.display()
             );
         }
