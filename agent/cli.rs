@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-pub use execwatch::internal::runtime::LogFormat;
+pub use execwatch::internal::logging::LogFormat;
 
 use crate::procfs::redaction::patterns::{Patterns, Preset};
 

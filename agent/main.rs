@@ -3,11 +3,11 @@
 //! holds no rules and no Kubernetes credentials, and listens on no network.
 
 mod cli;
+mod counters;
 mod detector;
 mod health_check;
 mod privilege;
 mod procfs;
-mod stats;
 mod stream;
 mod transport;
 
@@ -19,9 +19,9 @@ use clap::Parser;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::cli::{Cli, Command, Detector, RunArgs};
-use crate::procfs::bounded::Bounds;
-use crate::procfs::source::ProcSource;
-use crate::stats::Stats;
+use crate::counters::Counters;
+use crate::procfs::mount::ProcMount;
+use crate::procfs::watchdog::Bounds;
 use crate::stream::fanout::Fanout;
 use crate::stream::subscription::Shared;
 use crate::transport::server::Stopped;
@@ -32,10 +32,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line, each cause once (anyhow's own report repeats the
             // causes our errors already quote).
-            eprintln!(
-                "Error: {}",
-                execwatch::internal::runtime::error_chain(e.as_ref())
-            );
+            eprintln!("Error: {}", execwatch::client::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -49,7 +46,7 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let cli = Cli::parse();
-    execwatch::internal::runtime::init_logging(cli.log_format);
+    execwatch::internal::logging::init_logging(cli.log_format);
     let run_as = cli.run_as();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,7 +93,7 @@ async fn run(
     run_as: Option<(u32, u32)>,
     started: std::time::Instant,
 ) -> anyhow::Result<Stopped> {
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Counters::default());
     let fanout = Arc::new(Fanout::new(
         args.queue_len as usize,
         args.queue_bytes as usize,
@@ -113,7 +110,7 @@ async fn run(
     }
     // One description of how processes are read, for the detector and the
     // snapshots alike.
-    let procfs = Arc::new(ProcSource::open(
+    let procfs = Arc::new(ProcMount::open(
         &args.proc_root,
         args.max_argv_bytes as usize,
         redactor,
@@ -154,11 +151,11 @@ async fn run(
             let failed = move |err| {
                 let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
             };
-            let pace = detector::reader::Pace {
+            let pace = detector::receiver::Pace {
                 above: (args.coalesce_above > 0).then_some(args.coalesce_above),
                 rest: args.coalesce,
             };
-            detector::reader::start(detector, pace, procfs.clone(), fanout, stats, failed)
+            detector::receiver::start(detector, pace, procfs.clone(), fanout, stats, failed)
                 .context("cannot start the detector thread")?;
         }
         None => {
@@ -180,7 +177,7 @@ async fn run(
         }
     }
 
-    let signal = execwatch::internal::runtime::shutdown_signal();
+    let signal = execwatch::internal::shutdown::shutdown_signal();
     let stop = async move {
         tokio::select! {
             _ = signal => Stopped::Signal,

@@ -5,13 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use execwatch::internal::runtime::lock;
+use execwatch::internal::lock::lock;
 use tokio::net::unix::UCred;
 use tonic::service::Interceptor;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
-use crate::stats;
+use crate::counters::Counters;
 
 /// The peer's credentials, from the socket.
 pub fn peer_cred<T>(req: &Request<T>) -> Option<UCred> {
@@ -33,7 +33,7 @@ pub fn peer_cred<T>(req: &Request<T>) -> Option<UCred> {
 #[derive(Clone)]
 pub struct PeerCheck {
     allowed: Option<Arc<HashSet<u32>>>,
-    stats: Arc<stats::Stats>,
+    stats: Arc<Counters>,
     refusals: Arc<Mutex<Refusals>>,
 }
 
@@ -121,7 +121,7 @@ impl UidRefusals {
 
 impl PeerCheck {
     /// A check admitting `uids` (everyone if empty).
-    pub fn new(uids: &[u32], stats: Arc<stats::Stats>) -> Self {
+    pub fn new(uids: &[u32], stats: Arc<Counters>) -> Self {
         let allowed = (!uids.is_empty()).then(|| {
             let mut set: HashSet<u32> = uids.iter().copied().collect();
             set.insert(nix::unistd::geteuid().as_raw());

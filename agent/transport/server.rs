@@ -246,7 +246,7 @@ pub async fn serve<S: ExecEvents>(
     let _ = fs::remove_file(path);
     let _ = streams_end.send(true);
     let _ = drain_tx.send(());
-    let second = execwatch::internal::runtime::shutdown_signal();
+    let second = execwatch::internal::shutdown::shutdown_signal();
     tokio::select! {
         result = &mut server => result?,
         _ = tokio::time::sleep(STOP_GRACE) => {
