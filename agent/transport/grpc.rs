@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::transport::admission::{self, Admission};
+use crate::transport::admission::{self, Limits};
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -164,18 +164,6 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
 /// stops; a client that does not read is not waited for longer.
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
 
-/// Whom one socket serves, and how much at once (the subscribers in total
-/// and per peer uid are the `ExecEvents` service's own seats).
-pub struct Limits {
-    /// Who may connect (the peer check, also applied to every request),
-    /// how many connections at once, and how long they may idle.
-    pub admission: Admission,
-    /// HTTP/2 streams one connection may have open.
-    pub streams_per_connection: u32,
-    /// The socket file's mode.
-    pub mode: u32,
-}
-
 /// Why serving ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -210,7 +198,7 @@ pub async fn serve<S: ExecEvents>(
     streams_end: watch::Sender<bool>,
 ) -> Result<StopReason, ServeError> {
     let listener = bind(path, limits.mode)?;
-    let peers = limits.admission.peers.clone();
+    let peers = limits.peers.clone();
     // The mode in octal, as chmod and ls write it: JSON has no octal
     // numbers, and 432 would be read as a mode by nobody. The uids as the
     // flag takes them: tracing records scalars only, not lists.
@@ -242,7 +230,7 @@ pub async fn serve<S: ExecEvents>(
         .add_service(InterceptedService::new(health_service, peers.clone()))
         .add_service(InterceptedService::new(reflection_v1, peers.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, peers))
-        .serve_with_incoming_shutdown(admission::incoming(listener, limits.admission), async {
+        .serve_with_incoming_shutdown(admission::incoming(listener, limits), async {
             let _ = drain_rx.await;
         });
     tokio::pin!(server);
