@@ -315,3 +315,129 @@ fn the_python_consumer_runs_as_documented() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+/// The pages for users: README.md, docs/*.md and fuzz/README.md.
+fn pages() -> Vec<std::path::PathBuf> {
+    let mut pages: Vec<_> = std::fs::read_dir("docs")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    pages.extend(["README.md".into(), "fuzz/README.md".into()]);
+    pages
+}
+
+/// A page's text outside its code blocks.
+fn prose(page: &Path) -> String {
+    let text = std::fs::read_to_string(page).unwrap();
+    let mut in_code = false;
+    let mut prose = String::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code {
+            prose.push_str(line);
+            prose.push('\n');
+        }
+    }
+    prose
+}
+
+/// The anchors GitHub gives a page's headings.
+fn anchors(page: &Path) -> Vec<String> {
+    prose(page)
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| {
+            l.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == '-' || *c == ' ' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect()
+}
+
+/// Every relative link of the pages reaches a file, and a heading where it
+/// names one; every file of the repository they name exists; and they speak
+/// to users, not of how the work went.
+#[test]
+fn the_pages_link_to_what_exists_and_carry_no_lab_log() {
+    let numbered = regex::Regex::new(r"\bissues? #?[0-9]|#[0-9]+\b").unwrap();
+    let named = regex::Regex::new(
+        r"`((?:agent|reclaimer|src|tests|deploy|benches|fuzz|docs|proto)/[A-Za-z0-9_./-]*)`",
+    )
+    .unwrap();
+    for page in pages() {
+        let text = prose(&page);
+        for (at, _) in text.match_indices("](") {
+            let link = &text[at + 2..];
+            let link = &link[..link.find(')').unwrap()];
+            if link.starts_with("http") {
+                continue;
+            }
+            let (path, anchor) = link.split_once('#').unwrap_or((link, ""));
+            let target = if path.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(path)
+            };
+            assert!(target.exists(), "{}: {link} leads nowhere", page.display());
+            assert!(
+                anchor.is_empty() || anchors(&target).iter().any(|a| a == anchor),
+                "{}: {link}: no such heading",
+                page.display()
+            );
+        }
+        // Files of this repository named in the text exist (5-Spot's page
+        // names 5-Spot's), unless git ignores them (what a run generates).
+        for path in named.captures_iter(&text).map(|c| c[1].to_string()) {
+            let ignored = || {
+                Command::new("git")
+                    .args(["check-ignore", "-q", &path])
+                    .status()
+                    .unwrap()
+                    .success()
+            };
+            assert!(
+                page.ends_with("5-spot.md") || Path::new(&path).exists() || ignored(),
+                "{}: `{path}` does not exist",
+                page.display()
+            );
+        }
+        let lower = text.to_lowercase();
+        assert!(
+            !lower.contains("this machine"),
+            "{}: \"this machine\"",
+            page.display()
+        );
+        assert!(
+            !numbered.is_match(&lower),
+            "{}: an issue number",
+            page.display()
+        );
+    }
+}
+
+/// Code, manifests and scripts point users at sections of the docs
+/// (`docs/operating.md#memory`): every such section exists.
+#[test]
+fn the_sections_the_repository_points_at_exist() {
+    let reference = regex::Regex::new(r"(docs/[a-z0-9-]+\.md)#([a-z0-9-]+)").unwrap();
+    let files = Command::new("git").arg("ls-files").output().unwrap().stdout;
+    for file in String::from_utf8(files).unwrap().lines() {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for c in reference.captures_iter(&text) {
+            assert!(
+                anchors(Path::new(&c[1])).iter().any(|a| a == &c[2]),
+                "{file}: {}#{} has no such section",
+                &c[1],
+                &c[2]
+            );
+        }
+    }
+}

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::counters::Counters;
 use crate::detector::netlink::{self, NetlinkDetector};
 use crate::detector::poll::Poller;
-use crate::detector::reader::{self, Pace};
-use crate::procfs::source::ProcSource;
-use crate::stats::Stats;
+use crate::detector::receiver::{self, Pace};
+use crate::procfs::mount::ProcMount;
 use crate::stream::fanout::Fanout;
 
 /// A detector opened and not yet started.
@@ -60,9 +60,9 @@ impl Detection {
     /// receiver says why, once, if the detector stops.
     pub fn start(
         self,
-        procfs: Arc<ProcSource>,
+        procfs: Arc<ProcMount>,
         fanout: Arc<Fanout>,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
     ) -> Result<oneshot::Receiver<String>, LaunchError> {
         let (failed_tx, failed) = oneshot::channel();
         match self {
@@ -77,7 +77,7 @@ impl Detection {
                 let failed = move |err| {
                     let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
                 };
-                reader::start(detector, pace, procfs, fanout, stats, failed)
+                receiver::start(detector, pace, procfs, fanout, stats, failed)
                     .map_err(LaunchError::Thread)?;
             }
             Self::Poll(interval) => {

@@ -1,6 +1,6 @@
 //! The agent benchmark: the real `agent` (and `reclaimer --dry-run`) under
 //! load from this program's own spawners, next to a raw netlink listener
-//! that is the floor on this machine.
+//! that is the floor on the same machine.
 //!
 //! Run as root on Linux (about 3 minutes with the defaults):
 //!
@@ -31,7 +31,14 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// Scenario names, in the order they run.
-const SCENARIOS: [&str; 5] = ["latency", "storm", "enrichment", "idle", "crossover"];
+const SCENARIOS: [&str; 6] = [
+    "latency",
+    "storm",
+    "enrichment",
+    "idle",
+    "crossover",
+    "snapshot",
+];
 
 /// Options; every scale has a default that keeps the whole run under 4 minutes.
 #[derive(Debug, Parser)]
@@ -41,7 +48,7 @@ const SCENARIOS: [&str; 5] = ["latency", "storm", "enrichment", "idle", "crossov
 )]
 pub struct Options {
     /// Scenarios to run (repeat or comma-separate): latency, storm,
-    /// enrichment, idle, crossover. Default: all.
+    /// enrichment, idle, crossover, snapshot. Default: all.
     #[arg(long = "scenario", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Latency: spawns 1 gap apart on a quiet machine.
@@ -70,6 +77,16 @@ pub struct Options {
     /// Crossover: exec rates (per second) for the netlink detector.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,2000")]
     pub rates: Vec<u64>,
+    /// Snapshot: idle processes started for it.
+    #[arg(long, default_value_t = 2000)]
+    pub snapshot_processes: usize,
+    /// Snapshot: rounds, each timing the floor and every agent once.
+    #[arg(long, default_value_t = 7)]
+    pub snapshot_rounds: usize,
+    /// Snapshot: agent binaries to time (repeat or comma-separate), such as
+    /// release builds of two commits. Default: the one this bench built.
+    #[arg(long = "agent-binary", value_delimiter = ',')]
+    pub agent_binaries: Vec<PathBuf>,
     /// Where the CSV and SVG go (default: <target dir>/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -158,6 +175,7 @@ fn main() {
             "enrichment" => scenarios::enrichment::run(&bench),
             "idle" => scenarios::idle::run(&bench),
             "crossover" => scenarios::crossover::run(&bench),
+            "snapshot" => scenarios::snapshot::run(&bench),
             _ => unreachable!("checked above"),
         };
         r.print();

@@ -1,9 +1,7 @@
 //! A small policy engine: keeps a table of the processes running on the
-//! node and reports each launch of the programs named on its command line.
-//!
-//! ```sh
-//! sudo EXECWATCH_SOCKET=/tmp/execwatch/agent.sock cargo run --example consumer -- java idea
-//! ```
+//! node and reports each launch of the programs named on its command line,
+//! e.g. `sudo EXECWATCH_SOCKET=/tmp/execwatch/agent.sock cargo run --example
+//! consumer -- java idea`.
 
 use std::collections::{HashMap, HashSet};
 

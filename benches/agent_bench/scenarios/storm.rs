@@ -1,5 +1,5 @@
 //! Storm: two spawners fork+exec+wait `/bin/true` flat out for `--seconds`
-//! (the most this machine can do), with the agent on default flags, one
+//! (the most the machine can do), with the agent on default flags, one
 //! gRPC subscriber, the dry-run reclaimer and the raw listener all watching.
 //! Around it, two storms of the same length that price the agent against
 //! the raw listener (the floor) running beside it:
