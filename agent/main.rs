@@ -32,10 +32,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line, each cause once (anyhow's own report repeats the
             // causes our errors already quote).
-            eprintln!(
-                "Error: {}",
-                execwatch::client::error_chain(e.as_ref())
-            );
+            eprintln!("Error: {}", execwatch::client::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

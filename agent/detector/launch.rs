@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::counters::Counters;
 use crate::detector::netlink::{self, NetlinkDetector};
 use crate::detector::poll::Poller;
 use crate::detector::receiver::{self, Pace};
 use crate::procfs::mount::ProcMount;
-use crate::counters::Counters;
 use crate::stream::fanout::Fanout;
 
 /// A detector opened and not yet started.

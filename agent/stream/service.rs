@@ -8,8 +8,8 @@ use execwatch::proto::{Stats, StatsRequest, WatchRequest};
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
-use crate::procfs::mount::ProcMount;
 use crate::counters::Counters;
+use crate::procfs::mount::ProcMount;
 use crate::stream::fanout::Fanout;
 use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared, WatchStream};
