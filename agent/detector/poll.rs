@@ -133,10 +133,8 @@ impl Poller {
                 fanout.skip_exec();
                 continue;
             }
-            let read = self
-                .records
-                .read(&mut vec![pid], Source::Poll, 1, usize::MAX);
-            let p = match (read.error, read.records.into_iter().next()) {
+            let read = self.records.read(&mut vec![pid], Source::Poll);
+            let p = match (read.why, read.records.into_iter().next()) {
                 (None, Some(p)) => p,
                 // A kernel thread.
                 (None, None) => continue,
