@@ -524,19 +524,15 @@ impl ReaderThread {
         record.kernel_timestamp_ns = timestamp_ns;
         let reader = self.reader.as_mut().map_err(|e| *e);
         let wanted = |comm: &[u8]| interest.may_want(comm);
-        match ctx.watched.read(reader, self.generation, record, wanted) {
-            Ok(Read::Record(p)) => {
-                // The loss goes out before this record: subscribers resync,
-                // then get it.
-                recovered(&ctx, &mut self.backlog().state);
-                publish_exec(&ctx, p);
-            }
-            Ok(Read::Unread(p)) => publish_exec(&ctx, p),
-            Ok(Read::Unwanted) => {
-                // `stat` was read: reads work.
-                recovered(&ctx, &mut self.backlog().state);
-                ctx.fanout.skip_exec();
-            }
+        let read = ctx.watched.read(reader, self.generation, record, wanted);
+        if matches!(read, Ok(Read::Record(_) | Read::Unwanted)) {
+            // `stat` at least was read: reads work. The loss goes out before
+            // the record: subscribers resync, then get it.
+            recovered(&ctx, &mut self.backlog().state);
+        }
+        match read {
+            Ok(Read::Record(p) | Read::Unread(p)) => publish_exec(&ctx, p),
+            Ok(Read::Unwanted) => ctx.fanout.skip_exec(),
             Ok(Read::KernelThread) => ctx.stats.add_ignored_kernel_events(1),
             // The watchdog published the record.
             Ok(Read::LeftBehind) => return Err(Stop::Stale),

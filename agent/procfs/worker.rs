@@ -163,7 +163,6 @@ fn work(watched: &Watched<Job>, mut reader: ProcReader, generation: u64, jobs: R
             let mut slot = watched.lock();
             let Some(pid) = slot.state.next() else {
                 slot.state.done = true;
-                drop(slot);
                 watched.wake();
                 break;
             };
