@@ -69,7 +69,6 @@ use execwatch::internal::lock::lock;
 use execwatch::proto::{Exit, LossSite, Process, Source};
 use nix::poll::{PollFd, PollFlags};
 
-use crate::counters::Counters;
 use crate::detector::netlink::NetlinkDetector;
 use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket, Received, BATCH};
 use crate::procfs::mount::ProcMount;
@@ -77,6 +76,7 @@ use crate::procfs::reader::{blank, CommCheck, Exhausted, ProcReader};
 use crate::procfs::watchdog::{Read, Slot, Watched};
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 use crate::stream::selector::Interest;
+use crate::totals::Totals;
 
 /// Longest an exit event waits to be read when no exec comes along.
 pub const EXIT_BATCH: Duration = Duration::from_millis(10);
@@ -161,7 +161,7 @@ struct Context {
     rcvbuf: usize,
     pace: Pace,
     fanout: Arc<Fanout>,
-    stats: Arc<Counters>,
+    stats: Arc<Totals>,
     /// The reads, and the backlog that outlives a thread left behind.
     watched: Watched<Backlog>,
     failed: Mutex<Option<OnFailure>>,
@@ -188,7 +188,7 @@ pub fn start(
     pace: Pace,
     procfs: Arc<ProcMount>,
     fanout: Arc<Fanout>,
-    stats: Arc<Counters>,
+    stats: Arc<Totals>,
     failed: impl FnOnce(NetlinkError) + Send + 'static,
 ) -> std::io::Result<()> {
     let ctx = Arc::new(Context {
@@ -608,7 +608,7 @@ fn drain(
     sock: &NetlinkSocket,
     batch: &mut Batch,
     events: &mut VecDeque<ProcEvent>,
-    stats: &Counters,
+    stats: &Totals,
 ) -> Result<bool, NetlinkError> {
     loop {
         let n = match sock.try_recv_batch(batch)? {
