@@ -131,11 +131,12 @@ impl Poller {
             // read holds the comm). Such an exec is counted, not published,
             // as the netlink detector does (crate::detector::reader); a
             // subscriber that joins later finds it in its snapshot.
-            if !fanout.interest().may_want(comm_bytes(&id.comm)) {
+            let interest = fanout.interest();
+            if !interest.may_want(comm_bytes(&id.comm)) {
                 fanout.skip_exec();
                 continue;
             }
-            let mut p = match self.records.read(pid, Source::Poll) {
+            let mut p = match self.records.read(pid, Source::Poll, interest.argv()) {
                 Ok(Some(p)) => p,
                 // A kernel thread.
                 Ok(None) => continue,

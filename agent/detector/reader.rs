@@ -485,7 +485,7 @@ impl ReaderThread {
         let ctx = self.ctx.clone();
         // Taken now, after the exec was received: see the module's comment.
         let interest = ctx.fanout.interest();
-        if *interest == Interest::Nothing {
+        if matches!(*interest, Interest::Nothing) {
             ctx.fanout.skip_exec();
             return Ok(());
         }
@@ -520,7 +520,7 @@ impl ReaderThread {
             }
         }
         if !self.synced {
-            if *interest != Interest::All {
+            if !matches!(*interest, Interest::All(_)) {
                 self.checked = Some((pid, timestamp_ns));
             }
             return self.sync(ev);
@@ -542,7 +542,8 @@ impl ReaderThread {
         record.kernel_timestamp_ns = timestamp_ns;
         ctx.watched.begin(record);
         let tracker = &mut ctx.watched.tracker(self.generation);
-        let read = reader.read_into(pid, tracker, |comm| interest.may_want(comm));
+        let wanted = |comm: &[u8]| interest.may_want(comm);
+        let read = reader.read_into(pid, tracker, wanted, interest.argv());
         let mut slot = ctx.watched.lock();
         if slot.generation() != self.generation {
             // Given up meanwhile: the watchdog published the record.

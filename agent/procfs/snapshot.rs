@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use execwatch::proto::{Process, Source};
 
+use crate::procfs::cmdline::ArgvPatterns;
 use crate::procfs::source::ProcSource;
 use crate::procfs::worker::WorkerReader;
 
@@ -29,11 +30,12 @@ pub struct Chunk {
 
 /// Reads the records of `pids` (popped from the end) until they weigh
 /// [`CHUNK_BYTES`] or number [`CHUNK`]; never waits for a client, nor
-/// longer than the deadline for one process. Returns the chunk and the
-/// pids it did not get to.
+/// longer than the deadline for one process; long command lines are
+/// searched for `argv`. Returns the chunk and the pids it did not get to.
 pub async fn read_chunk(
     source: Arc<ProcSource>,
     mut pids: Vec<i32>,
+    argv: ArgvPatterns,
 ) -> Result<(Chunk, Vec<i32>), String> {
     tokio::task::spawn_blocking(move || {
         let mut reader = WorkerReader::new(source.clone());
@@ -42,7 +44,7 @@ pub async fn read_chunk(
             let Some(pid) = pids.pop() else {
                 break;
             };
-            match reader.read(pid, Source::Snapshot) {
+            match reader.read(pid, Source::Snapshot, &argv) {
                 Ok(Some(mut p)) if !p.exited_before_inspection => {
                     source.finish(&mut p);
                     weight += prost::Message::encoded_len(&p);

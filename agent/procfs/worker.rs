@@ -18,6 +18,7 @@ use execwatch::proto::{Process, Source};
 use nix::errno::Errno;
 
 use crate::procfs::bounded::{Admit, Watched};
+use crate::procfs::cmdline::ArgvPatterns;
 use crate::procfs::reader::{blank, Exhausted, Outcome};
 use crate::procfs::source::ProcSource;
 
@@ -33,7 +34,7 @@ pub struct WorkerReader {
 /// One worker thread, and the way to it and back.
 struct Worker {
     watched: Arc<Watched<()>>,
-    jobs: Sender<i32>,
+    jobs: Sender<(i32, ArgvPatterns)>,
     done: Receiver<Result<Outcome, Exhausted>>,
 }
 
@@ -48,11 +49,17 @@ impl WorkerReader {
 
     /// Reads the record of `pid` (a thread-group leader) as
     /// [`crate::procfs::reader::ProcReader::read_into`] does, waiting at
-    /// most the deadline; `None` for a kernel thread. Not redacted: see
+    /// most the deadline (a long command line searched for `argv`);
+    /// `None` for a kernel thread. Not redacted: see
     /// [`ProcSource::finish`]. A process whose
     /// earlier read is still stuck gets a record that says so, without a
     /// read ([`Admit::Stuck`]).
-    pub fn read(&mut self, pid: i32, source: Source) -> Result<Option<Process>, Exhausted> {
+    pub fn read(
+        &mut self,
+        pid: i32,
+        source: Source,
+        argv: &ArgvPatterns,
+    ) -> Result<Option<Process>, Exhausted> {
         let bounds = self.source.bounds();
         if let Admit::Stuck(p) = bounds.admit(pid, pid, source)? {
             return Ok(Some(*p));
@@ -62,7 +69,7 @@ impl WorkerReader {
             None => self.worker.insert(Worker::start(self.source.clone())?),
         };
         worker.watched.begin(blank(pid, pid, source));
-        let sent = worker.jobs.send(pid).ok();
+        let sent = worker.jobs.send((pid, argv.clone())).ok();
         let read = match sent.map(|()| worker.done.recv_timeout(bounds.deadline())) {
             Some(Ok(read)) => Some(read),
             Some(Err(RecvTimeoutError::Timeout)) => {
@@ -94,15 +101,16 @@ impl Worker {
     fn start(source: Arc<ProcSource>) -> Result<Self, Exhausted> {
         let mut reader = source.reader()?;
         let watched = Arc::new(Watched::new(()));
-        let (jobs, jobs_rx) = mpsc::channel::<i32>();
+        let (jobs, jobs_rx) = mpsc::channel::<(i32, ArgvPatterns)>();
         let (done_tx, done) = mpsc::channel();
         let shared = watched.clone();
         std::thread::Builder::new()
             .name("proc-worker".into())
             .spawn(move || {
                 // Ends when the caller drops its end, or once left behind.
-                for pid in jobs_rx {
-                    let read = reader.read_into(pid, &mut shared.tracker(GENERATION), |_| true);
+                for (pid, argv) in jobs_rx {
+                    let tracker = &mut shared.tracker(GENERATION);
+                    let read = reader.read_into(pid, tracker, |_| true, &argv);
                     if shared.lock().generation() != GENERATION {
                         source.bounds().returned(pid);
                         return;
@@ -142,7 +150,10 @@ mod tests {
         let mut r = reader();
         let me = std::process::id() as i32;
         for _ in 0..2 {
-            let p = r.read(me, Source::Poll).unwrap().expect("this process");
+            let p = r
+                .read(me, Source::Poll, &ArgvPatterns::NONE)
+                .unwrap()
+                .expect("this process");
             assert_eq!(p.pid, me);
             assert!(!p.comm.is_empty() && !p.argv.is_empty(), "{p:?}");
             assert!(p.unavailable.is_empty(), "{p:?}");
@@ -154,8 +165,14 @@ mod tests {
     fn a_kernel_thread_has_no_record_and_a_gone_pid_is_flagged() {
         let mut r = reader();
         // kthreadd.
-        assert!(r.read(2, Source::Poll).unwrap().is_none());
-        let gone = r.read(i32::MAX, Source::Poll).unwrap().expect("a record");
+        assert!(r
+            .read(2, Source::Poll, &ArgvPatterns::NONE)
+            .unwrap()
+            .is_none());
+        let gone = r
+            .read(i32::MAX, Source::Poll, &ArgvPatterns::NONE)
+            .unwrap()
+            .expect("a record");
         assert!(gone.exited_before_inspection, "{gone:?}");
     }
 }

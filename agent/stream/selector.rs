@@ -22,6 +22,8 @@ use execwatch::internal::argv;
 use execwatch::internal::runtime::lock;
 use execwatch::proto::{Process, WatchRequest};
 
+use crate::procfs::cmdline::ArgvPatterns;
+
 /// Most entries one selector list may hold.
 pub const MAX_ENTRIES: usize = 1000;
 /// Longest `argv_substrings` or `exe_paths` entry, in bytes.
@@ -82,7 +84,7 @@ impl Choice {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector {
     comms: HashSet<String>,
-    argv_substrings: Vec<String>,
+    argv: ArgvPatterns,
     exe_paths: HashSet<String>,
     uids: HashSet<u32>,
     outside_pods: bool,
@@ -121,13 +123,9 @@ impl Selector {
                 "4294967295 is (uid_t) -1, not a uid",
             ));
         }
-        // Each substring once: every record's argv is searched for each.
-        let mut argv_substrings = req.argv_substrings.clone();
-        argv_substrings.sort_unstable();
-        argv_substrings.dedup();
         let selector = Selector {
             comms: req.comms.iter().cloned().collect(),
-            argv_substrings,
+            argv: ArgvPatterns::new(req.argv_substrings.clone()),
             exe_paths: req.exe_paths.iter().cloned().collect(),
             uids: req.uids.iter().copied().collect(),
             outside_pods: req.outside_pods,
@@ -147,7 +145,12 @@ impl Selector {
     }
 
     fn has_matchers(&self) -> bool {
-        !self.comms.is_empty() || !self.argv_substrings.is_empty() || !self.exe_paths.is_empty()
+        !self.comms.is_empty() || !self.argv.patterns().is_empty() || !self.exe_paths.is_empty()
+    }
+
+    /// The argv substrings, for reads that search whole command lines.
+    pub fn argv(&self) -> &ArgvPatterns {
+        &self.argv
     }
 
     /// True if no process passes (`no_processes`): a snapshot need not even
@@ -160,7 +163,7 @@ impl Selector {
     /// passes no process whose comm is not among them, whatever its other
     /// fields (the filters only narrow).
     fn only_comms(&self) -> Option<&HashSet<String>> {
-        let other = !self.argv_substrings.is_empty() || !self.exe_paths.is_empty();
+        let other = !self.argv.patterns().is_empty() || !self.exe_paths.is_empty();
         (!self.comms.is_empty() && !other).then_some(&self.comms)
     }
 
@@ -185,8 +188,7 @@ impl Selector {
             return true;
         }
         self.comms.contains(&p.comm)
-            || (!self.argv_substrings.is_empty()
-                && argv::find_in(&p.argv, &self.argv_substrings).is_some())
+            || argv::find_in(p, self.argv.patterns()).is_some()
             || p.exe.as_ref().is_some_and(|e| self.exe_paths.contains(e))
     }
 }
@@ -209,31 +211,44 @@ pub enum Interest {
     /// comm.
     Comms(HashSet<String>),
     /// Some subscriber may want any process (it is unfiltered, or matches
-    /// argv or the executable): every record is read in full.
-    All,
+    /// argv or the executable): every record is read in full, and a command
+    /// line longer than the read limit is searched whole for these, every
+    /// subscriber's argv substrings.
+    All(ArgvPatterns),
 }
 
 impl Interest {
     /// The union of the selectors of some subscribers, `None` for one that
     /// wants every process.
     pub fn of<'a>(selectors: impl IntoIterator<Item = Option<&'a Selector>>) -> Interest {
-        let mut union = Interest::Nothing;
+        let (mut comms, mut all, mut argv) = (None::<HashSet<String>>, false, Vec::new());
         for selector in selectors {
             let Some(selector) = selector else {
-                return Interest::All;
+                all = true;
+                continue;
             };
             if selector.selects_nothing() {
                 continue;
             }
-            let Some(comms) = selector.only_comms() else {
-                return Interest::All;
-            };
-            match &mut union {
-                Interest::Comms(all) => all.extend(comms.iter().cloned()),
-                _ => union = Interest::Comms(comms.clone()),
+            argv.extend_from_slice(selector.argv.patterns());
+            match selector.only_comms() {
+                Some(c) => comms.get_or_insert_default().extend(c.iter().cloned()),
+                None => all = true,
             }
         }
-        union
+        if all {
+            return Interest::All(ArgvPatterns::new(argv));
+        }
+        comms.map_or(Interest::Nothing, Interest::Comms)
+    }
+
+    /// The argv substrings to search whole command lines for.
+    pub fn argv(&self) -> &ArgvPatterns {
+        static NONE: ArgvPatterns = ArgvPatterns::NONE;
+        match self {
+            Interest::All(argv) => argv,
+            _ => &NONE,
+        }
     }
 
     /// Whether a process with this comm (the bytes of `/proc/<pid>/stat`)
@@ -244,7 +259,7 @@ impl Interest {
         match self {
             Interest::Nothing => false,
             Interest::Comms(comms) => comms.contains(String::from_utf8_lossy(comm).as_ref()),
-            Interest::All => true,
+            Interest::All(_) => true,
         }
     }
 }
@@ -668,10 +683,16 @@ mod tests {
         let odd = comms(&["a\u{fffd}"]);
         assert!(Interest::of([Some(&odd)]).may_want(b"a\xff"));
         assert!(odd.wants(&process("a\u{fffd}", &[], None)));
-        for any in [None, Some(&by_argv), Some(&by_exe), Some(&by_uid)] {
-            assert_eq!(Interest::of([Some(&java), any]), Interest::All);
-            assert!(Interest::All.may_want(b"anything"));
+        let all = Interest::All(ArgvPatterns::NONE);
+        for any in [None, Some(&by_exe), Some(&by_uid)] {
+            assert_eq!(Interest::of([Some(&java), any]), all);
+            assert!(all.may_want(b"anything"));
         }
+        // Every subscriber's argv substrings, whoever else wants everything.
+        let jar = Interest::All(ArgvPatterns::new(strings(&["-jar"])));
+        assert_eq!(Interest::of([Some(&java), Some(&by_argv)]), jar);
+        assert_eq!(Interest::of([None, Some(&by_argv), Some(&by_argv)]), jar);
+        assert_eq!(jar.argv().patterns(), ["-jar"]);
         assert!(!Interest::Nothing.may_want(b"java"));
     }
 

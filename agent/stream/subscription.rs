@@ -394,13 +394,14 @@ impl Snapshot {
                 continue;
             }
             let (pids, shared) = (std::mem::take(pending), shared.clone());
+            let argv = filter.as_ref().map(|f| f.selector.argv().clone());
             // Its own task takes the read permit and gives it back, and
             // keeps the read's deadline: this stream is polled only while
             // its client has room, and a permit handed to a stream that is
             // not polled would never return.
             let read = tokio::spawn(async move {
                 let _permit = shared.snapshot_reads.acquire().await;
-                read_chunk(shared.procfs.clone(), pids).await
+                read_chunk(shared.procfs.clone(), pids, argv.unwrap_or_default()).await
             });
             let (chunk, rest) = read
                 .await

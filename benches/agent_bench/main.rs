@@ -31,7 +31,14 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// Scenario names, in the order they run.
-const SCENARIOS: [&str; 5] = ["latency", "storm", "enrichment", "idle", "crossover"];
+const SCENARIOS: [&str; 6] = [
+    "latency",
+    "storm",
+    "enrichment",
+    "cmdline",
+    "idle",
+    "crossover",
+];
 
 /// Options; every scale has a default that keeps the whole run under 4 minutes.
 #[derive(Debug, Parser)]
@@ -41,7 +48,7 @@ const SCENARIOS: [&str; 5] = ["latency", "storm", "enrichment", "idle", "crossov
 )]
 pub struct Options {
     /// Scenarios to run (repeat or comma-separate): latency, storm,
-    /// enrichment, idle, crossover. Default: all.
+    /// enrichment, cmdline, idle, crossover. Default: all.
     #[arg(long = "scenario", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Latency: spawns 1 gap apart on a quiet machine.
@@ -57,6 +64,9 @@ pub struct Options {
     /// class gets a tenth as many, all at once.
     #[arg(long, default_value_t = 1000)]
     pub enrich_spawns: usize,
+    /// Cmdline: launches per command-line length (short, 200 KB).
+    #[arg(long, default_value_t = 300)]
+    pub cmdline_spawns: usize,
     /// Idle: how long to watch the idle agents, s.
     #[arg(long, default_value_t = 30)]
     pub idle_seconds: u64,
@@ -156,6 +166,7 @@ fn main() {
             "latency" => scenarios::latency::run(&bench),
             "storm" => scenarios::storm::run(&bench),
             "enrichment" => scenarios::enrichment::run(&bench),
+            "cmdline" => scenarios::cmdline::run(&bench),
             "idle" => scenarios::idle::run(&bench),
             "crossover" => scenarios::crossover::run(&bench),
             _ => unreachable!("checked above"),

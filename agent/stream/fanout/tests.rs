@@ -1,6 +1,7 @@
 //! Tests of the fan-out: delivery, filtering, and exact loss accounting.
 
 use super::*;
+use crate::procfs::cmdline::ArgvPatterns;
 
 fn exec(pid: i32) -> Item {
     Item::Exec(Arc::new(Process {
@@ -243,14 +244,14 @@ fn the_interest_follows_who_is_hooked() {
     let idea = fanout.subscribe(true, Some(comms_filter(&["idea"])));
     assert_eq!(*fanout.interest(), comms(&["java", "idea"]));
     let all = fanout.subscribe(false, None);
-    assert_eq!(*fanout.interest(), Interest::All);
+    assert_eq!(*fanout.interest(), Interest::All(ArgvPatterns::NONE));
     // Unhooked for overflowing: out of the interest until it re-subscribes.
     fanout.publish(exec(1));
     fanout.publish(exec(2));
     assert!(all.overflowed());
     assert_eq!(*fanout.interest(), comms(&["java", "idea"]));
     let (again, _) = fanout.resubscribe(&all, false, None);
-    assert_eq!(*fanout.interest(), Interest::All);
+    assert_eq!(*fanout.interest(), Interest::All(ArgvPatterns::NONE));
     drop((all, again));
     drop(java);
     assert_eq!(*fanout.interest(), comms(&["idea"]));
