@@ -41,7 +41,7 @@ pub const CHUNK: usize = 64 * 1024;
 
 /// Substrings to search whole command lines for, compiled once. Cheap to
 /// clone; equal when the substrings are.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ArgvPatterns(Option<Arc<Compiled>>);
 
 struct Compiled {
@@ -160,19 +160,18 @@ impl Search<'_> {
     }
 }
 
-impl PartialEq for ArgvPatterns {
+// A compiled set is its patterns, to compare and to show.
+impl PartialEq for Compiled {
     fn eq(&self, other: &Self) -> bool {
-        self.patterns() == other.patterns()
+        self.patterns == other.patterns
     }
 }
 
-impl Eq for ArgvPatterns {}
+impl Eq for Compiled {}
 
-impl fmt::Debug for ArgvPatterns {
+impl fmt::Debug for Compiled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ArgvPatterns")
-            .field(&self.patterns())
-            .finish()
+        self.patterns.fmt(f)
     }
 }
 

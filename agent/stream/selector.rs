@@ -548,6 +548,12 @@ mod tests {
         assert!(s.wants(&process("idea.sh", &[], Some("/opt/idea/bin/idea"))));
         assert!(!s.wants(&process("idea.sh", &[], Some("/opt/idea/bin/idea2"))));
         assert!(!s.wants(&process("idea.sh", &[], None)));
+        // A cut command line: what the agent found past the cut counts.
+        let mut cut = process("sh", &["java", "-cp", "a.jar"], None);
+        cut.argv_matches = strings(&["-jar app"]);
+        assert!(!s.wants(&cut), "only on a record flagged argv_truncated");
+        cut.argv_truncated = true;
+        assert!(s.wants(&cut));
     }
 
     #[test]

@@ -49,18 +49,10 @@ impl Rules {
     }
 }
 
-/// Launchers that the alternatives system (`update-alternatives`) usually
-/// makes links into `/etc/alternatives/`, and on to the program itself.
-const ALTERNATIVES: [&str; 8] = [
-    "/usr/bin/java",
-    "/usr/bin/javac",
-    "/usr/bin/jshell",
-    "/usr/bin/python",
-    "/usr/bin/editor",
-    "/usr/bin/vi",
-    "/usr/bin/x-www-browser",
-    "/usr/bin/x-terminal-emulator",
-];
+/// Launchers in `/usr/bin` that the alternatives system
+/// (`update-alternatives`) usually makes links into `/etc/alternatives/`,
+/// and on to the program itself.
+const ALTERNATIVES: &str = "java javac jshell python editor vi x-www-browser x-terminal-emulator";
 
 impl Rules {
     /// The `match_exe_paths` entries that are most likely links, and so never
@@ -71,7 +63,11 @@ impl Rules {
         let why = |path: &str| {
             if merged.iter().any(|m| path.starts_with(m)) {
                 Some("on a merged-/usr system (Debian 12, Ubuntu, Fedora, Arch) it is reached through a link into /usr")
-            } else if path.starts_with("/etc/alternatives/") || ALTERNATIVES.contains(&path) {
+            } else if path.starts_with("/etc/alternatives/")
+                || path
+                    .strip_prefix("/usr/bin/")
+                    .is_some_and(|p| ALTERNATIVES.split(' ').any(|a| a == p))
+            {
                 Some("the alternatives system makes it a link to the program it selects")
             } else {
                 None
