@@ -95,27 +95,13 @@ impl Selector {
     /// The selector of `req`: `None` if it selects nothing in particular
     /// (every process is sent), or the first invalid field.
     pub fn from_request(req: &WatchRequest) -> Result<Option<Selector>, SelectorError> {
-        check_list("comms", &req.comms, |s| {
-            if s.len() > COMM_MAX_BYTES {
-                Err(format!(
-                    "{} bytes; a command name is at most {COMM_MAX_BYTES} bytes (the kernel keeps no more)",
-                    s.len()
-                ))
-            } else {
-                Ok(())
-            }
-        })?;
-        check_list("argv_substrings", &req.argv_substrings, |s| {
-            too_long(s, MAX_PATTERN_BYTES)
-        })?;
-        check_list("exe_paths", &req.exe_paths, |s| {
-            too_long(s, MAX_PATTERN_BYTES)?;
-            if s.starts_with('/') {
-                Ok(())
-            } else {
-                Err("not an absolute path".into())
-            }
-        })?;
+        let comm =
+            format!("a command name is at most {COMM_MAX_BYTES} bytes (the kernel keeps no more)");
+        check_list("comms", &req.comms, COMM_MAX_BYTES, &comm, false)?;
+        let (max, limit) = (MAX_PATTERN_BYTES, format!("at most {MAX_PATTERN_BYTES}"));
+        let (argv, exe) = (&req.argv_substrings, &req.exe_paths);
+        check_list("argv_substrings", argv, max, &limit, false)?;
+        check_list("exe_paths", exe, max, &limit, true)?;
         check_len("uids", req.uids.len())?;
         if let Some(i) = req.uids.iter().position(|&u| u == NO_UID) {
             return Err(invalid(
@@ -264,18 +250,27 @@ impl Interest {
     }
 }
 
-/// Checks a list's length and each entry: not empty, then `entry`.
+/// Checks a list's length and each entry: not empty, at most `max` bytes
+/// (`limit` says so), and absolute if `absolute`.
 fn check_list(
     field: &str,
     list: &[String],
-    entry: impl Fn(&str) -> Result<(), String>,
+    max: usize,
+    limit: &str,
+    absolute: bool,
 ) -> Result<(), SelectorError> {
     check_len(field, list.len())?;
     for (i, s) in list.iter().enumerate() {
-        if s.is_empty() {
-            return Err(invalid(format!("{field}[{i}]"), "empty string"));
-        }
-        entry(s).map_err(|reason| invalid(format!("{field}[{i}]"), reason))?;
+        let reason = if s.is_empty() {
+            "empty string".into()
+        } else if s.len() > max {
+            format!("{} bytes; {limit}", s.len())
+        } else if absolute && !s.starts_with('/') {
+            "not an absolute path".into()
+        } else {
+            continue;
+        };
+        return Err(invalid(format!("{field}[{i}]"), reason));
     }
     Ok(())
 }
@@ -289,14 +284,6 @@ fn check_len(field: &str, len: usize) -> Result<(), SelectorError> {
         ));
     }
     Ok(())
-}
-
-fn too_long(s: &str, max: usize) -> Result<(), String> {
-    if s.len() > max {
-        Err(format!("{} bytes; at most {max}", s.len()))
-    } else {
-        Ok(())
-    }
 }
 
 /// The `Process` fields a subscriber does not need, cleared before sending.
