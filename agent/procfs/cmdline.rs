@@ -16,13 +16,15 @@
 //! NUL read as a space and the last one dropped: `argv` joined with single
 //! spaces, as a selector and the reclaimer's rules search it. Redaction
 //! comes later ([`crate::procfs::source::ProcSource::finish`]) and never
-//! sees the text past the cut, so a pattern is matched against unredacted
-//! text there; the record carries only which patterns were found
+//! sees the text past the cut, so a cut line is searched unredacted, from
+//! its first byte; the record carries only which patterns were found
 //! (`argv_matches`), never the text.
 //!
 //! The kernel bounds the line: `execve` takes arguments and environment
-//! together up to a quarter of the stack rlimit and at most 6 MiB (3/4 of
-//! `_STK_LIM`, `fs/exec.c`), and `/proc/<pid>/cmdline` gives the argument
+//! together up to a quarter of the stack rlimit, at most 6 MiB (3/4 of
+//! `_STK_LIM`) and never less than 128 KiB (`ARG_MAX`), less a pointer per
+//! string (`bprm_stack_limits`, `fs/exec.c`); so a line, and a search, is at
+//! most 6 MiB long. `/proc/<pid>/cmdline` gives the argument
 //! area, or, when the process overwrote its last NUL (`setproctitle`), runs
 //! on into the environment up to its first NUL (`get_mm_cmdline`,
 //! `fs/proc/base.c`).
