@@ -11,6 +11,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
 use crate::stats::Stats;
+use crate::transport::rpc_error::RpcError;
 
 /// The peer's credentials, from the socket (`SO_PEERCRED`).
 pub fn peer_cred<T>(req: &Request<T>) -> Option<UCred> {
@@ -124,7 +125,7 @@ impl Interceptor for PeerCheck {
         if self.admits(cred.map(|c| c.uid()), cred.and_then(|c| c.pid())) {
             Ok(req)
         } else {
-            Err(Status::permission_denied("permission denied"))
+            Err(RpcError::PeerDenied.into())
         }
     }
 }
