@@ -48,6 +48,10 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
     if std::env::var_os(detector::netlink::PROBE_ENV).is_some() {
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    // Test builds only: FAILPOINTS (the `fail` crate's syntax) may set
+    // `drop-exec=return(<comm>)`, see detector::reader::publish_exec.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     execwatch::internal::runtime::init_logging(cli.log_format);
     let run_as = cli.run_as();
@@ -158,8 +162,20 @@ async fn run(
                 above: (args.coalesce_above > 0).then_some(args.coalesce_above),
                 rest: args.coalesce,
             };
-            detector::reader::start(detector, pace, procfs.clone(), fanout, stats, failed)
-                .context("cannot start the detector thread")?;
+            let barrier = Arc::new(detector::audit::Barrier::default());
+            let (procfs, audit) = (procfs.clone(), barrier.clone());
+            detector::reader::start(
+                detector,
+                pace,
+                procfs.clone(),
+                fanout.clone(),
+                stats.clone(),
+                audit,
+                failed,
+            )
+            .context("cannot start the detector thread")?;
+            detector::audit::start(args.audit_interval, procfs, fanout, stats, barrier)
+                .context("cannot start the audit thread")?;
         }
         None => {
             stats.set_detector("poll", "", 0);
