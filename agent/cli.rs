@@ -3,12 +3,23 @@
 //! way; `health-check --timeout` is the probe's own and reads none.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 pub use execwatch::internal::runtime::LogFormat;
 
+use crate::detector::launch::{Detection, LaunchError};
+use crate::detector::reader::Pace;
+use crate::procfs::bounded::Bounds;
+use crate::procfs::reader::OpenError;
 use crate::procfs::redaction::patterns::{Patterns, Preset};
+use crate::procfs::redaction::{Redactor, REDACTED};
+use crate::procfs::source::ProcSource;
+use crate::stats::Stats;
+use crate::transport::grpc::Limits;
+use crate::transport::peer::PeerCheck;
+use crate::transport::Admission;
 
 /// Bounds of `--poll-interval`: faster scans burn a core on a busy host;
 /// slower ones make the poll detector useless for reclaiming.
@@ -184,7 +195,7 @@ pub struct RunArgs {
     pub max_streams_per_connection: u32,
 
     /// How long a connection may stay open with no RPC in progress (1s to
-    /// 1h); then the agent closes it, as gRPC clients expect of an idle
+    /// 60m); then the agent closes it, as gRPC clients expect of an idle
     /// channel (they reconnect when they next call). A `Watch` is an RPC in
     /// progress for as long as it runs.
     #[arg(long, env = "EXECWATCH_IDLE_TIMEOUT", default_value = "2m", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, IDLE_TIMEOUT.0, IDLE_TIMEOUT.1))]
@@ -226,6 +237,75 @@ pub struct RunArgs {
     /// Add a ready-made set of redaction patterns (docs/security.md).
     #[arg(long, env = "EXECWATCH_REDACT_ARGV_PRESET", value_enum)]
     pub redact_argv_preset: Option<Preset>,
+}
+
+impl RunArgs {
+    /// The one description of how processes are read, for the detector and
+    /// the snapshots alike.
+    pub fn proc_source(&self) -> Result<ProcSource, OpenError> {
+        let redactor = self.redactor();
+        if let Some(redactor) = &redactor {
+            let (in_argument, next_argument) = redactor.counts();
+            tracing::info!(
+                in_argument,
+                next_argument,
+                "argv redaction on: matching text is replaced with {REDACTED}"
+            );
+        }
+        let bounds = Bounds::new(self.proc_read_timeout, self.max_stuck_reads as usize);
+        ProcSource::open(
+            &self.proc_root,
+            self.max_argv_bytes as usize,
+            redactor,
+            bounds,
+        )
+    }
+
+    /// The redaction the flags ask for: the preset's patterns, then the
+    /// `--redact-argv` and `--redact-argv-next` ones. `None` if there are none.
+    fn redactor(&self) -> Option<Redactor> {
+        let (mut inside, mut next) = self
+            .redact_argv_preset
+            .map(|preset| preset.patterns())
+            .unwrap_or_default();
+        inside.extend(self.redact_argv.iter().flat_map(|p| p.0.iter().cloned()));
+        next.extend(
+            self.redact_argv_next
+                .iter()
+                .flat_map(|p| p.0.iter().cloned()),
+        );
+        Redactor::new(inside, next)
+    }
+
+    /// The detector the flags choose, opened (the netlink one subscribed).
+    pub fn detection(&self) -> Result<Detection, LaunchError> {
+        match self.detector {
+            Detector::Netlink => Detection::netlink(
+                self.receive_buffer as usize,
+                self.kernel_filter == KernelFilter::Auto,
+                Pace {
+                    above: (self.coalesce_above > 0).then_some(self.coalesce_above),
+                    rest: self.coalesce,
+                },
+                self.audit_interval,
+            ),
+            Detector::Poll => Ok(Detection::Poll(self.poll_interval)),
+        }
+    }
+
+    /// Whom the socket admits and how much it serves at once.
+    pub fn limits(&self, stats: Arc<Stats>) -> Limits {
+        Limits {
+            admission: Admission {
+                peers: PeerCheck::new(&self.allow_uid, stats),
+                max_connections: self.max_connections as usize,
+                max_per_uid: self.max_connections_per_uid as usize,
+                idle_timeout: self.idle_timeout,
+            },
+            streams_per_connection: self.max_streams_per_connection,
+            mode: self.socket_mode,
+        }
+    }
 }
 
 /// Whether the netlink subscription asks the kernel to filter events.

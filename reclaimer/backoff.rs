@@ -1,5 +1,5 @@
 //! The reclaimer's one backoff, for the Node and Event requests' retries
-//! (`node/retry.rs`) and the agent link's reconnects (`agent/link.rs`).
+//! (`node/retry.rs`) and the agent link's reconnects (`agent_link/watch.rs`).
 
 use std::time::Duration;
 

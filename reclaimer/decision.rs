@@ -25,10 +25,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::agent::link::LinkEvent;
+use crate::agent_link::watch::LinkEvent;
 use crate::metrics::Metrics;
-use crate::node::client::{self, Outcome};
 use crate::node::error::NodeError;
+use crate::node::reclaim_request::{self, Outcome};
 use crate::node::writer::{NodeWriter, Sent};
 use crate::process_table::ProcessTable;
 use crate::rules::{Match, Rules};
@@ -221,9 +221,9 @@ impl Decider {
         let observed = std::time::Instant::now()
             .checked_sub(Duration::from_nanos(age.min(3_600_000_000_000)))
             .unwrap_or_else(std::time::Instant::now);
-        let req = client::Request {
+        let req = reclaim_request::Request {
             reason: m.reason(),
-            at: client::rfc3339_now(),
+            at: reclaim_request::rfc3339_now(),
             comm: p.comm.clone(),
             pid: p.pid,
             observed,

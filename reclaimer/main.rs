@@ -2,7 +2,7 @@
 //! stream, holds the rules and the Kubernetes credentials, and asks the
 //! 5-Spot controller to reclaim this node by annotating its Node.
 
-mod agent;
+mod agent_link;
 mod backoff;
 mod cli;
 mod decision;
@@ -19,10 +19,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::stats::AgentStats;
+use crate::agent_link::counters::AgentStats;
 use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings};
-use crate::node::client::{HostId, NodeClient};
+use crate::node::reclaim_request::{HostId, NodeClient};
 use crate::node::writer::{DryRun, NodeWriter};
 use crate::rules::source::RulesSource;
 
@@ -149,7 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     if let Some(addr) = cli.metrics_addr {
         // Bound here, so a bad address stops the reclaimer at start.
-        let server = metrics::server::MetricsServer::bind(addr, metrics.clone()).await?;
+        let server = metrics::endpoint::MetricsServer::bind(addr, metrics.clone()).await?;
         tokio::spawn(server.run());
     }
 
@@ -157,7 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (rules_tx, rules_rx) = mpsc::channel(4);
     // The link subscribes with the rules' selector.
     let (selector_tx, selector_rx) = watch::channel(first_rules.selector());
-    tokio::spawn(agent::link::run(
+    tokio::spawn(agent_link::watch::run(
         cli.socket.clone(),
         link_tx,
         metrics.clone(),

@@ -2,7 +2,7 @@
 //! registry: its own under `execwatch_reclaimer_`, and the agent's `GetStats`
 //! counters under `execwatch_agent_` (a collector the agent link fills,
 //! [`Metrics::register_agent`]), so that one scrape shows the whole pod.
-//! Served by [`crate::metrics::server`].
+//! Served by [`crate::metrics::endpoint`].
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{prometheus_text, text};
@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry, Unit};
 
-pub mod server;
+pub mod endpoint;
 
 /// Upper bounds (seconds) of the patch latency histogram.
 pub const PATCH_LATENCY_BUCKETS: [f64; 10] =

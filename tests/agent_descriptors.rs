@@ -215,7 +215,7 @@ async fn an_exec_read_without_descriptors_is_lost_and_resynced_not_sent_empty() 
     stop(running);
 }
 
-/// The case: the reclaimer subscribes while the agent can accept
+/// The case that matters: the reclaimer subscribes while the agent can accept
 /// its connection but read nothing else; a JVM was already running. The
 /// snapshot waits, and the reclaimer fires once descriptors come back.
 #[tokio::test]

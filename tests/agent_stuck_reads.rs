@@ -1,4 +1,4 @@
-//! Processes whose `/proc` files never answer (issue 16), against the real
+//! Processes whose `/proc` files never answer, against the real
 //! kernel: a FIFO bind-mounted over `/proc/<pid>/cmdline` makes every open of
 //! that file block until a writer comes, as a read on a stuck FUSE or NFS
 //! mount, or one waiting for a memory-map lock, would. The agent must go on
@@ -6,7 +6,7 @@
 //! SIGTERM, and report the stuck process with the field it could not read in
 //! `unavailable`, within `--proc-read-timeout` and some slack.
 //!
-//! The same trick shows lazy enrichment (issue 15): a file the agent does
+//! The same trick shows lazy enrichment: a file the agent does
 //! not read for an exec no subscriber could want never hangs it.
 //!
 //! Needs root (bind mounts). The tests take a lock: a stuck process of one
@@ -494,7 +494,7 @@ fn no_read_given_up(agent: &Agent) {
     assert!(!logs.contains(GIVEN_UP), "a read hung:\n{logs}");
 }
 
-/// Lazy enrichment (issue 15): while every subscriber selects by comm
+/// Lazy enrichment: while every subscriber selects by comm
 /// alone, an exec whose comm none of them lists is read no further than
 /// its comm, so a `cmdline` that would hang is never opened, while a
 /// matching exec is still delivered complete and GetStats still counts

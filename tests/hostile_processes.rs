@@ -1,4 +1,4 @@
-//! Hostile processes against the real agent (issue 6): a command line of
+//! Hostile processes against the real agent: a command line of
 //! several MiB, bytes that are not UTF-8, empty arguments, long names,
 //! processes gone before the agent can read them, a process that renames
 //! itself and a pid reused between the snapshot and a live event. Each one

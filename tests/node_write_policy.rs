@@ -37,7 +37,7 @@ use support::kustomize;
 
 const OVERLAY: &str = "deploy/overlays/node-write-policy";
 const RECLAIMER: &str = "system:serviceaccount:5spot-system:execwatch-reclaimer";
-/// The reclaimer's three annotations (reclaimer/node/client.rs).
+/// The reclaimer's three annotations (reclaimer/node/reclaim_request.rs).
 const REQUESTED: &str = "5spot.finos.org/reclaim-requested";
 const REQUESTED_AT: &str = "5spot.finos.org/reclaim-requested-at";
 const REASON: &str = "5spot.finos.org/reclaim-reason";
@@ -589,7 +589,7 @@ fn the_policy_matches_node_updates_by_the_reclaimer_and_is_enforced() {
     assert_eq!(spec["matchConditions"].as_array().unwrap().len(), 1);
 
     // The annotation names are the reclaimer's.
-    let client = std::fs::read_to_string("reclaimer/node/client.rs").unwrap();
+    let client = std::fs::read_to_string("reclaimer/node/reclaim_request.rs").unwrap();
     for (constant, value) in [
         ("REQUESTED", REQUESTED),
         ("REQUESTED_AT", REQUESTED_AT),
@@ -597,7 +597,7 @@ fn the_policy_matches_node_updates_by_the_reclaimer_and_is_enforced() {
     ] {
         assert!(
             client.contains(&format!("pub const {constant}: &str = \"{value}\";")),
-            "reclaimer/node/client.rs no longer names {value}"
+            "reclaimer/node/reclaim_request.rs no longer names {value}"
         );
     }
     let names = spec["variables"]

@@ -3,6 +3,7 @@
 //! scans `/proc` when the connector is unavailable.
 
 pub mod audit;
+pub mod launch;
 pub mod netlink;
 pub mod poll;
 pub mod reader;

@@ -5,8 +5,12 @@ use std::sync::Arc;
 
 use execwatch::proto::exec_events_server::ExecEvents;
 use execwatch::proto::{Stats, StatsRequest, WatchRequest};
+use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
+use crate::procfs::source::ProcSource;
+use crate::stats::Stats as Counters;
+use crate::stream::fanout::Fanout;
 use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared, WatchStream};
 use crate::transport::peer::peer_cred;
@@ -19,6 +23,38 @@ pub struct ExecEventsService {
     /// How many subscribers may be served at once, in total and per peer
     /// uid; each holds its place for as long as its stream lives.
     pub seats: Quota,
+}
+
+/// Snapshot chunks read at once, across all subscribers.
+const SNAPSHOT_READS: usize = 2;
+
+impl ExecEventsService {
+    /// Serves what the detector publishes into `fanout`, subscribers' snapshots
+    /// read from `procfs`. Sending `true` on the returned sender ends every
+    /// stream (the agent stops).
+    pub fn new(
+        fanout: Arc<Fanout>,
+        stats: Arc<Counters>,
+        procfs: Arc<ProcSource>,
+        seats: Quota,
+    ) -> (Self, watch::Sender<bool>) {
+        let (streams_end, stop) = watch::channel(false);
+        let snapshot_reads = Semaphore::new(SNAPSHOT_READS);
+        let shared = Shared {
+            fanout,
+            stats,
+            procfs,
+            stop,
+            snapshot_reads,
+        };
+        (
+            Self {
+                shared: Arc::new(shared),
+                seats,
+            },
+            streams_end,
+        )
+    }
 }
 
 #[tonic::async_trait]

@@ -1,12 +1,11 @@
-//! The agent's Unix socket: admitting connections, normalizing what h2 reads,
-//! watching writes, refusing what it must, and serving the gRPC services.
+//! The agent's Unix socket: who is admitted ([`admission`], [`peer`],
+//! [`quota`]), the HTTP/2 shim every connection passes through on its way
+//! to h2 ([`h2_shim`]), and the gRPC services served on it ([`grpc`]).
 
-pub mod authority;
-pub mod connection;
-pub mod frame;
-pub mod idle;
-pub mod listener;
+mod admission;
+pub mod grpc;
+mod h2_shim;
 pub mod peer;
 pub mod quota;
-pub mod refusal;
-pub mod server;
+
+pub use admission::Admission;

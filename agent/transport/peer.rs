@@ -1,7 +1,6 @@
 //! The peer check that guards every service on the agent's socket
 //! ([`PeerCheck`]).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,9 +10,9 @@ use tonic::service::Interceptor;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
-use crate::stats;
+use crate::stats::Stats;
 
-/// The peer's credentials, from the socket.
+/// The peer's credentials, from the socket (`SO_PEERCRED`).
 pub fn peer_cred<T>(req: &Request<T>) -> Option<UCred> {
     req.extensions().get::<UdsConnectInfo>()?.peer_cred
 }
@@ -25,137 +24,92 @@ pub fn peer_cred<T>(req: &Request<T>) -> Option<UCred> {
 /// works). Applied to every service, so a denied peer learns nothing but
 /// `PERMISSION_DENIED`.
 ///
-/// Refusals are counted and logged per peer, not per connection or request
-/// (a client that retries, or one grpcurl `list`, makes several). A peer is
-/// a process (uid and pid); within [`REFUSAL_WINDOW`] each is counted once
-/// in `peers_denied`, and each uid gets at most one log line, the next one
-/// saying how many peers and refusals went unlogged meanwhile.
+/// A refusal counts in `peers_denied` unless the last refusal was of the
+/// same process (a client retrying, or the several connections of one
+/// grpcurl `list`). One line is logged at most every [`LOG_EVERY`], saying
+/// how many refusals went unlogged since the last.
 #[derive(Clone)]
 pub struct PeerCheck {
-    allowed: Option<Arc<HashSet<u32>>>,
-    stats: Arc<stats::Stats>,
-    refusals: Arc<Mutex<Refusals>>,
+    /// `--allow-uid` as given; empty: every peer is admitted.
+    listed: Arc<[u32]>,
+    own_uid: u32,
+    stats: Arc<Stats>,
+    refused: Arc<Mutex<Refused>>,
 }
 
-/// How long a refused peer is remembered, and how often a uid's refusals
-/// may be logged.
-pub const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
-/// Refused uids remembered at once; past this, windows that are over are
-/// forgotten with what they had not logged, and if that is not enough, all.
-const MAX_REFUSED_UIDS: usize = 1024;
-/// Refused peers remembered per uid and window; past this, every refusal of
-/// that uid counts as a new peer (over-counted, never missed).
-const MAX_REFUSED_PEERS: usize = 1024;
+/// How often a refusal may be logged.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// Recent refusals, by peer uid.
+/// The last refusal and the log's pace.
 #[derive(Default)]
-struct Refusals {
-    by_uid: HashMap<Option<u32>, UidRefusals>,
-}
-
-/// One uid's refusals in its current window.
-#[derive(Default)]
-struct UidRefusals {
-    /// When the current window began (with a logged line); `None` before
-    /// the uid's first refusal.
+struct Refused {
+    /// The process (uid, pid) refused last.
+    last: Option<(Option<u32>, Option<i32>)>,
+    /// When a refusal was last logged.
     logged_at: Option<Instant>,
-    /// Peers (pids) refused in the current window.
-    peers: HashSet<Option<i32>>,
-    /// Refused peers, and refusals (connections or requests), since the
-    /// last line and not in it.
-    unlogged_peers: u64,
-    unlogged_refusals: u64,
+    /// Refusals since then, not logged.
+    unlogged: u64,
 }
 
-/// What one refusal means for the counter and the log.
-#[derive(Debug, PartialEq, Eq)]
-struct Refusal {
-    /// A peer not refused before in this window: count it.
-    new_peer: bool,
-    /// Log a line, with what went unlogged since the last one.
-    log: Option<(u64, u64)>,
-}
-
-impl Refusals {
-    fn refuse(&mut self, uid: Option<u32>, pid: Option<i32>, now: Instant) -> Refusal {
-        if self.by_uid.len() >= MAX_REFUSED_UIDS {
-            self.by_uid.retain(|_, r| !r.window_over(now));
-            if self.by_uid.len() >= MAX_REFUSED_UIDS {
-                // That many uids refused within a minute: start over rather
-                // than grow (each uid then logs once more).
-                self.by_uid.clear();
-            }
+impl Refused {
+    /// Takes one refusal of process `peer` at `now`: whether it counts as a
+    /// new peer, and whether to log it with the count of refusals unlogged
+    /// before it.
+    fn refuse(&mut self, peer: (Option<u32>, Option<i32>), now: Instant) -> (bool, Option<u64>) {
+        let new_peer = self.last.replace(peer) != Some(peer);
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return (new_peer, None);
         }
-        let r = self.by_uid.entry(uid).or_default();
-        if r.window_over(now) {
-            // A new window, opened with a line saying what the last one
-            // did not log.
-            let log = Some((r.unlogged_peers, r.unlogged_refusals));
-            *r = UidRefusals {
-                logged_at: Some(now),
-                peers: HashSet::from([pid]),
-                ..UidRefusals::default()
-            };
-            return Refusal {
-                new_peer: true,
-                log,
-            };
-        }
-        let new_peer = r.peers.len() >= MAX_REFUSED_PEERS || r.peers.insert(pid);
-        r.unlogged_refusals += 1;
-        r.unlogged_peers += u64::from(new_peer);
-        Refusal {
-            new_peer,
-            log: None,
-        }
-    }
-}
-
-impl UidRefusals {
-    /// Whether a refusal at `now` opens a new window.
-    fn window_over(&self, now: Instant) -> bool {
-        self.logged_at
-            .is_none_or(|at| now.duration_since(at) >= REFUSAL_WINDOW)
+        self.logged_at = Some(now);
+        (new_peer, Some(std::mem::take(&mut self.unlogged)))
     }
 }
 
 impl PeerCheck {
     /// A check admitting `uids` (everyone if empty).
-    pub fn new(uids: &[u32], stats: Arc<stats::Stats>) -> Self {
-        let allowed = (!uids.is_empty()).then(|| {
-            let mut set: HashSet<u32> = uids.iter().copied().collect();
-            set.insert(nix::unistd::geteuid().as_raw());
-            Arc::new(set)
-        });
+    pub fn new(uids: &[u32], stats: Arc<Stats>) -> Self {
         Self {
-            allowed,
+            listed: uids.into(),
+            own_uid: nix::unistd::geteuid().as_raw(),
             stats,
-            refusals: Arc::default(),
+            refused: Arc::default(),
         }
     }
 
+    /// The uids admitted besides the agent's own, as the flag lists them.
+    pub fn listed(&self) -> String {
+        let uids: Vec<String> = self.listed.iter().map(u32::to_string).collect();
+        uids.join(",")
+    }
+
+    /// Whether peers are checked at all.
+    pub fn checks(&self) -> bool {
+        !self.listed.is_empty()
+    }
+
     /// Whether a peer with `uid` (process `pid`) may use the socket; a
-    /// refusal is counted and logged per peer (see [`PeerCheck`]). Called
-    /// when a connection is accepted (a refused peer's connection is closed
-    /// at once) and again on every request.
+    /// refusal is counted and logged (see [`PeerCheck`]). Called when a
+    /// connection is accepted (a refused peer's connection is closed at
+    /// once) and again on every request.
     pub fn admits(&self, uid: Option<u32>, pid: Option<i32>) -> bool {
-        let Some(allowed) = &self.allowed else {
-            return true;
-        };
-        if uid.is_some_and(|uid| allowed.contains(&uid)) {
+        let admitted = |uid| uid == self.own_uid || self.listed.contains(&uid);
+        if !self.checks() || uid.is_some_and(admitted) {
             return true;
         }
-        let refusal = lock(&self.refusals).refuse(uid, pid, Instant::now());
-        if refusal.new_peer {
+        let (new_peer, log) = lock(&self.refused).refuse((uid, pid), Instant::now());
+        if new_peer {
             self.stats.add_peers_denied(1);
         }
-        if let Some((unlogged_peers, unlogged_refusals)) = refusal.log {
+        if let Some(unlogged_refusals) = log {
             tracing::warn!(
                 peer_uid = uid,
                 peer_pid = pid,
-                unlogged_peers,
                 unlogged_refusals,
-                "refused a peer not in --allow-uid (logged at most once a minute per uid)"
+                "refused a peer not in --allow-uid (logged at most once a minute)"
             );
         }
         false
@@ -180,53 +134,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_are_counted_per_peer_and_logged_once_a_window_per_uid() {
-        let mut r = Refusals::default();
+    fn a_process_retrying_counts_once_and_lines_come_once_a_minute() {
+        let mut r = Refused::default();
         let t0 = Instant::now();
         let at = |secs| t0 + Duration::from_secs(secs);
-        let first = Refusal {
-            new_peer: true,
-            log: Some((0, 0)),
-        };
-        // One process refused twice (its connection, then a retry): one
-        // line, one peer.
-        assert_eq!(r.refuse(Some(7), Some(100), at(0)), first);
-        let again = Refusal {
-            new_peer: false,
-            log: None,
-        };
-        assert_eq!(r.refuse(Some(7), Some(100), at(0)), again);
-        // Another process of the same uid: a peer, no line.
-        let other = Refusal {
-            new_peer: true,
-            log: None,
-        };
-        assert_eq!(r.refuse(Some(7), Some(101), at(10)), other);
-        // Another uid has its own window.
-        assert_eq!(r.refuse(Some(8), Some(200), at(10)), first);
-        // A minute on: a line again, with what went unlogged.
-        assert_eq!(
-            r.refuse(Some(7), Some(100), at(61)),
-            Refusal {
-                new_peer: true,
-                log: Some((1, 2)),
-            }
-        );
-        assert_eq!(r.refuse(Some(7), Some(100), at(62)), again);
-    }
-
-    #[test]
-    fn many_refused_uids_stay_bounded() {
-        let mut r = Refusals::default();
-        let t0 = Instant::now();
-        for uid in 0..(MAX_REFUSED_UIDS as u32 * 3) {
-            r.refuse(Some(uid), None, t0 + REFUSAL_WINDOW * uid);
-        }
-        assert!(r.by_uid.len() <= MAX_REFUSED_UIDS);
-        // All at once, within one window.
-        for uid in 0..(MAX_REFUSED_UIDS as u32 * 3) {
-            r.refuse(Some(uid), None, t0);
-        }
-        assert!(r.by_uid.len() <= MAX_REFUSED_UIDS);
+        assert_eq!(r.refuse((Some(7), Some(100)), at(0)), (true, Some(0)));
+        // Its retry: the same peer, no line.
+        assert_eq!(r.refuse((Some(7), Some(100)), at(0)), (false, None));
+        // Another process: a peer, still no line within the minute.
+        assert_eq!(r.refuse((Some(7), Some(101)), at(10)), (true, None));
+        assert_eq!(r.refuse((Some(8), None), at(59)), (true, None));
+        // A minute on: a line, with the three refusals not logged.
+        assert_eq!(r.refuse((Some(8), None), at(60)), (false, Some(3)));
     }
 }

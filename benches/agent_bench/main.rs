@@ -1,6 +1,6 @@
 //! The agent benchmark: the real `agent` (and `reclaimer --dry-run`) under
 //! load from this program's own spawners, next to a raw netlink listener
-//! that is the floor on this machine.
+//! that is the floor on the same machine.
 //!
 //! Run as root on Linux (about 3 minutes with the defaults):
 //!

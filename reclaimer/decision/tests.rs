@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use execwatch::proto::{Exit, Lost, SnapshotComplete, WatchEvent};
 
 use super::*;
-use crate::node::client::Request;
+use crate::node::reclaim_request::Request;
 use crate::node::writer::{DryRun, Job};
 
 const RECHECK: Duration = Duration::from_secs(10);
@@ -440,7 +440,7 @@ async fn a_stop_waits_at_most_the_write_grace() {
 #[test]
 fn the_dry_run_log_and_the_real_patch_share_one_body() {
     let at = "2026-01-02T03:04:05Z";
-    let body = |rv| client::merge_patch("process-match: java", at, rv).to_string();
+    let body = |rv| reclaim_request::merge_patch("process-match: java", at, rv).to_string();
     let annotations = r#""annotations":{"5spot.finos.org/reclaim-reason":"process-match: java","5spot.finos.org/reclaim-requested":"true","5spot.finos.org/reclaim-requested-at":"2026-01-02T03:04:05Z"}"#;
     assert_eq!(body(None), format!(r#"{{"metadata":{{{annotations}}}}}"#));
     assert_eq!(

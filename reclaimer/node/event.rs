@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ObjectMeta, PostParams};
 use kube::Resource;
 
-use super::client::{NodeClient, Request, FIELD_MANAGER};
 use super::error::Step;
+use super::reclaim_request::{NodeClient, Request, FIELD_MANAGER};
 use super::retry;
 
 /// The longest object name (a DNS subdomain).

@@ -8,8 +8,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::node::client::{self, NodeClient, Outcome, Request};
 use crate::node::error::NodeError;
+use crate::node::reclaim_request::{self, NodeClient, Outcome, Request};
 
 /// Node I/O in flight, run by the decision loop as a background job.
 pub type Job<T> = Pin<Box<dyn Future<Output = Result<T, NodeError>> + Send>>;
@@ -66,8 +66,8 @@ impl NodeWriter for DryRun {
     }
 
     fn request(&self, req: Request) -> Sent {
-        let patch = client::merge_patch(&req.reason, &req.at, None);
-        tracing::info!(%patch, "dry-run: would merge-PATCH Node {} with field manager {}", self.node, client::FIELD_MANAGER);
+        let patch = reclaim_request::merge_patch(&req.reason, &req.at, None);
+        tracing::info!(%patch, "dry-run: would merge-PATCH Node {} with field manager {}", self.node, reclaim_request::FIELD_MANAGER);
         Sent::Now
     }
 

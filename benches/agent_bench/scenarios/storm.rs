@@ -1,5 +1,5 @@
 //! Storm: two spawners fork+exec+wait `/bin/true` flat out for `--seconds`
-//! (the most this machine can do), with the agent on default flags, one
+//! (the most the machine can do), with the agent on default flags, one
 //! gRPC subscriber, the dry-run reclaimer and the raw listener all watching.
 //! Around it, two storms of the same length that price the agent against
 //! the raw listener (the floor) running beside it:
@@ -189,13 +189,6 @@ pub fn run(b: &Bench) -> Report {
         "",
     );
     r.target("lost markers", lost_markers as f64, true, 0.0, "");
-    r.target(
-        "agent CPU per exec, one subscriber",
-        round1(alone.us_per_exec),
-        true,
-        20.0,
-        "µs",
-    );
     r.target(
         "agent peak RSS",
         round1(agent_rss as f64 / 1024.0),

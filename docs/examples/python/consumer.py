@@ -10,10 +10,10 @@ list, and `lost` means a resync snapshot follows.
     pip install grpcio grpcio-tools
     python3 docs/examples/python/consumer.py --socket /tmp/execwatch/agent.sock
 
-With --until-comm NAME it exits 0 as soon as a process with that comm runs
-(the test suite uses that), or 1 after --max-seconds. --target names the
-agent as any gRPC target instead (unix:///run/execwatch/agent.sock is the
-same socket).
+It runs until the agent ends the stream, Ctrl-C, or --max-seconds. With
+--until-comm NAME it exits 0 as soon as a process with that comm runs, or 1
+after --max-seconds (30 s by default then). --target names the agent as any
+gRPC target instead (unix:///run/execwatch/agent.sock is the same socket).
 """
 
 import argparse
@@ -56,8 +56,11 @@ def main():
                         help="only for older agents, which refuse the socket path as "
                              "the HTTP/2 :authority: pass localhost")
     parser.add_argument("--until-comm", help="exit 0 once a process with this comm runs")
-    parser.add_argument("--max-seconds", type=float, default=30.0)
+    parser.add_argument("--max-seconds", type=float,
+                        help="stop after this long (default: never; 30 with --until-comm)")
     args = parser.parse_args()
+    if args.max_seconds is None and args.until_comm:
+        args.max_seconds = 30.0
 
     with tempfile.TemporaryDirectory() as stubs:
         pb, rpc = load_stubs(stubs)
@@ -102,11 +105,19 @@ def main():
                 if args.until_comm and any(c == args.until_comm for _, c in table.values()):
                     print(f"found {args.until_comm}", flush=True)
                     return 0
+        except KeyboardInterrupt:
+            return 0
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and args.until_comm:
-                print(f"no {args.until_comm} within {args.max_seconds}s", flush=True)
-                return 1
-            raise
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                if args.until_comm:
+                    print(f"no {args.until_comm} within {args.max_seconds}s", flush=True)
+                    return 1
+                print(f"stopped after {args.max_seconds}s", flush=True)
+                return 0
+            # The agent stopped (UNAVAILABLE) or refused us: a real consumer
+            # reconnects and rebuilds its table from the new snapshot.
+            print(f"stream ended: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
     return 0
 
 

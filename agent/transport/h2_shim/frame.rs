@@ -168,7 +168,7 @@ impl Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::refusal::Refusal;
+    use crate::transport::h2_shim::refusal::Refusal;
 
     /// The refusals among `bytes`, followed in pieces of `piece` bytes.
     fn refusals(frames: &mut Frames, bytes: &[u8], piece: usize) -> Vec<Refusal> {

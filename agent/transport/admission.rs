@@ -8,7 +8,7 @@
 //! connection that has not finished its HTTP/2 preface 5 s after it was
 //! accepted (one that sends nothing included), or stays with no stream open
 //! for `--idle-timeout`, is closed by its [`Connection`] (see
-//! [`crate::transport::idle`]). Admitted connections reach tonic through a
+//! the [`h2_shim`](super::h2_shim)). Admitted connections reach tonic through a
 //! channel.
 //!
 //! tonic's own loop only traces an `accept` error and tries again at once:
@@ -19,14 +19,13 @@
 //! with how many attempts failed.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::transport::connection::Connection;
-use crate::transport::idle::Activity;
+use crate::transport::h2_shim::Connection;
 use crate::transport::peer::PeerCheck;
 use crate::transport::quota::{Over, Quota};
 
@@ -72,8 +71,8 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
             _ = tx.closed() => return,
         };
-        let (stream, accepted) = match stream {
-            Ok((stream, _)) => (stream, Instant::now()),
+        let stream = match stream {
+            Ok((stream, _)) => stream,
             Err(error) => {
                 failures += 1;
                 if failures == 1 {
@@ -118,8 +117,7 @@ async fn accept_loop(
             tracing::info!(closed = over_limit, "connections admitted again");
             over_limit = 0;
         }
-        let idle = Activity::new(accepted, admission.idle_timeout);
-        match Connection::new(stream, idle, place) {
+        match Connection::new(stream, admission.idle_timeout, place) {
             Ok(conn) => {
                 if tx.send(Ok(conn)).await.is_err() {
                     return;

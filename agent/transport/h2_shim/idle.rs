@@ -21,9 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::transport::frame::{
-    Head, CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, RST_STREAM,
-};
+use super::frame::{Head, CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADERS, RST_STREAM};
 
 /// How long a client has from its first byte to the end of its preface
 /// (the 24 magic bytes and a first frame, its SETTINGS).
@@ -155,8 +153,8 @@ impl Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::authority::Normalizer;
-    use crate::transport::frame::Frames;
+    use crate::transport::h2_shim::authority::Normalizer;
+    use crate::transport::h2_shim::frame::Frames;
 
     const MAGIC: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -7,7 +7,7 @@ use super::*;
 use httlib_hpack::{Decoder as RefDecoder, Encoder as RefEncoder};
 use proptest::prelude::*;
 
-type Field = (Vec<u8>, Vec<u8>);
+type HeaderField = (Vec<u8>, Vec<u8>);
 
 /// Feeds `chunks` one after the other; returns what h2 reads.
 fn run(normalizer: &mut Normalizer, chunks: &[&[u8]]) -> Vec<u8> {
@@ -21,13 +21,13 @@ fn run(normalizer: &mut Normalizer, chunks: &[&[u8]]) -> Vec<u8> {
     seen
 }
 
-fn field(name: &str, value: &str) -> Field {
+fn field(name: &str, value: &str) -> HeaderField {
     (name.as_bytes().to_vec(), value.as_bytes().to_vec())
 }
 
 /// A frame as h2 would read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Frame {
+struct RawFrame {
     kind: u8,
     flags: u8,
     stream: u32,
@@ -35,7 +35,7 @@ struct Frame {
 }
 
 /// Splits what h2 reads after the preface into frames.
-fn frames(bytes: &[u8]) -> Vec<Frame> {
+fn frames(bytes: &[u8]) -> Vec<RawFrame> {
     assert_eq!(&bytes[..PREFACE.len()], PREFACE, "the preface comes first");
     let mut rest = &bytes[PREFACE.len()..];
     let mut frames = Vec::new();
@@ -44,7 +44,7 @@ fn frames(bytes: &[u8]) -> Vec<Frame> {
         let head = Head::parse(rest[..HEAD_LEN].try_into().unwrap());
         let len = head.len;
         assert!(rest.len() >= HEAD_LEN + len, "a whole frame");
-        frames.push(Frame {
+        frames.push(RawFrame {
             kind: head.kind,
             flags: head.flags,
             stream: head.stream,
@@ -63,11 +63,11 @@ struct Block {
     stream: u32,
     end_stream: bool,
     priority: Option<Vec<u8>>,
-    fields: Vec<Field>,
+    fields: Vec<HeaderField>,
 }
 
 /// The header blocks and the other frames, in order.
-fn blocks_and_others(frames: &[Frame]) -> (Vec<Block>, Vec<Frame>) {
+fn blocks_and_others(frames: &[RawFrame]) -> (Vec<Block>, Vec<RawFrame>) {
     let mut blocks = Vec::new();
     let mut others = Vec::new();
     let mut i = 0;
@@ -497,12 +497,12 @@ fn gen_block() -> impl Strategy<Value = GenBlock> {
 
 /// The client's bytes for `blocks` (stream 1, 3, 5, …), and what h2 must
 /// read for each: the same list with only the authority changed.
-fn client_bytes(blocks: &[GenBlock]) -> (Vec<u8>, Vec<Block>, Vec<Frame>) {
+fn client_bytes(blocks: &[GenBlock]) -> (Vec<u8>, Vec<Block>, Vec<RawFrame>) {
     let mut encoder = RefEncoder::default();
     let mut bytes = PREFACE.to_vec();
     bytes.extend_from_slice(&SETTINGS);
     let mut expected = Vec::new();
-    let mut others = vec![Frame {
+    let mut others = vec![RawFrame {
         kind: 0x4,
         flags: 0,
         stream: 0,
@@ -577,7 +577,7 @@ fn client_bytes(blocks: &[GenBlock]) -> (Vec<u8>, Vec<Block>, Vec<Frame>) {
         if let Some(data) = &b.data {
             bytes.extend(head(data.len(), 0x0, 0, stream));
             bytes.extend_from_slice(data);
-            others.push(Frame {
+            others.push(RawFrame {
                 kind: 0x0,
                 flags: 0,
                 stream,

@@ -12,13 +12,13 @@ use std::time::Duration;
 use execwatch::proto::exec_events_server::{ExecEvents, ExecEventsServer};
 use execwatch::proto::FILE_DESCRIPTOR_SET;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tonic_health::ServingStatus;
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::transport::listener::{self, Admission};
+use crate::transport::admission::{self, Admission};
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -172,30 +172,55 @@ pub struct Limits {
     pub admission: Admission,
     /// HTTP/2 streams one connection may have open.
     pub streams_per_connection: u32,
+    /// The socket file's mode.
+    pub mode: u32,
 }
 
 /// Why serving ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Stopped {
+pub enum StopReason {
     /// SIGTERM or SIGINT.
     Signal,
     /// The detector failed: the agent is blind and must not pretend otherwise.
     DetectorFailed(String),
 }
 
-/// Serves `exec_events` and the other services on `listener` until `stop`
-/// says why to stop, then
+/// Installs the signal handlers now and returns the future that says why
+/// to stop: a signal, or the detector's failure (`failed`).
+pub fn stop_on(failed: oneshot::Receiver<String>) -> impl Future<Output = StopReason> {
+    let signal = execwatch::internal::runtime::shutdown_signal();
+    async move {
+        tokio::select! {
+            _ = signal => StopReason::Signal,
+            Ok(why) = failed => StopReason::DetectorFailed(why),
+        }
+    }
+}
+
+/// Binds `path` (see [`bind`]) and serves `exec_events` and the other
+/// services on it until `stop` says why to stop, then
 /// stops at once: health says NOT_SERVING, the socket is removed, every
 /// open `Watch` ends with UNAVAILABLE, and connections get [`STOP_GRACE`]
 /// to close (a second signal cuts even that short).
 pub async fn serve<S: ExecEvents>(
-    listener: UnixListener,
     path: &Path,
     exec_events: S,
     limits: Limits,
-    stop: impl Future<Output = Stopped>,
+    stop: impl Future<Output = StopReason>,
     streams_end: watch::Sender<bool>,
-) -> Result<Stopped, ServeError> {
+) -> Result<StopReason, ServeError> {
+    let listener = bind(path, limits.mode)?;
+    let peers = limits.admission.peers.clone();
+    // The mode in octal, as chmod and ls write it: JSON has no octal
+    // numbers, and 432 would be read as a mode by nobody. The uids as the
+    // flag takes them: tracing records scalars only, not lists.
+    tracing::info!(
+        socket = %path.display(),
+        mode = format!("{:04o}", limits.mode),
+        allow_uid = peers.listed(),
+        peer_check = peers.checks(),
+        "serving"
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ExecEventsServer<S>>().await;
 
@@ -207,8 +232,7 @@ pub async fn serve<S: ExecEvents>(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let peers = limits.admission.peers.clone();
+    let (drain_tx, drain_rx) = oneshot::channel::<()>();
     let server = Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
         .add_service(InterceptedService::new(
@@ -218,7 +242,7 @@ pub async fn serve<S: ExecEvents>(
         .add_service(InterceptedService::new(health_service, peers.clone()))
         .add_service(InterceptedService::new(reflection_v1, peers.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, peers))
-        .serve_with_incoming_shutdown(listener::incoming(listener, limits.admission), async {
+        .serve_with_incoming_shutdown(admission::incoming(listener, limits.admission), async {
             let _ = drain_rx.await;
         });
     tokio::pin!(server);
@@ -232,8 +256,8 @@ pub async fn serve<S: ExecEvents>(
         why = stop => why,
     };
     match &why {
-        Stopped::Signal => tracing::info!("stopping: ending every stream"),
-        Stopped::DetectorFailed(e) => {
+        StopReason::Signal => tracing::info!("stopping: ending every stream"),
+        StopReason::DetectorFailed(e) => {
             tracing::error!("stopping: the detector failed ({e}); ending every stream")
         }
     }

@@ -20,7 +20,7 @@
 //! decode with an empty HPACK table, so h2's table never depends on what h2
 //! did not see.
 
-use crate::transport::authority::{Normalizer, MAX_FRAME};
+use super::{Normalizer, MAX_FRAME};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -1,7 +1,7 @@
 //! The agent's `GetStats` counters, re-exported as `execwatch_agent_*`
 //! metrics: the agent has no network listener, so the reclaimer, which holds
 //! a connection to it anyway, reads them every [`POLL`] while connected
-//! (`crate::agent::link`) and a scrape shows the last answer.
+//! (`crate::agent_link::watch`) and a scrape shows the last answer.
 //!
 //! While the agent is unreachable the metrics are absent, not stale: a
 //! restarted agent starts its counters at zero, and an old value would look

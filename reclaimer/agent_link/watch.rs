@@ -12,7 +12,7 @@
 //! designed path, nothing silent.
 //!
 //! While connected it also reads the agent's `GetStats` every
-//! [`stats::POLL`] on the same connection, for the metrics.
+//! [`counters::POLL`] on the same connection, for the metrics.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::agent::stats::{self, AgentStats};
+use crate::agent_link::counters::{self, AgentStats};
 use crate::backoff;
 use crate::metrics::Metrics;
 
@@ -291,10 +291,10 @@ fn observed(ev: &WatchEvent) -> Option<u64> {
     }
 }
 
-/// Reads the agent's counters now and every [`stats::POLL`]. A failed
+/// Reads the agent's counters now and every [`counters::POLL`]. A failed
 /// read forgets them (the stream's own end says why the agent is gone).
 async fn poll_stats(mut client: Client, stats: Arc<AgentStats>) {
-    let mut tick = tokio::time::interval(stats::POLL);
+    let mut tick = tokio::time::interval(counters::POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -22,7 +22,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use nix::sys::socket::{self, MsgFlags, Shutdown};
@@ -32,11 +32,11 @@ use tokio::net::UnixStream;
 use tokio::time::Sleep;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
-use crate::transport::authority::Normalizer;
-use crate::transport::frame::Frames;
-use crate::transport::idle::{Activity, Expired};
+use super::authority::Normalizer;
+use super::frame::Frames;
+use super::idle::{Activity, Expired};
+use super::refusal::Refusal;
 use crate::transport::quota::Place;
-use crate::transport::refusal::Refusal;
 
 /// An accepted client connection.
 pub struct Connection {
@@ -66,9 +66,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Takes over an accepted stream, keeping its peer's address and
-    /// credentials for the peer check, and its place in the count.
-    pub fn new(stream: UnixStream, activity: Activity, place: Option<Place>) -> io::Result<Self> {
+    /// Takes over a stream accepted just now, keeping its peer's address
+    /// and credentials for the peer check, and its place in the count; it
+    /// ends once it has had no RPC in progress for `idle_timeout`.
+    pub fn new(
+        stream: UnixStream,
+        idle_timeout: Duration,
+        place: Option<Place>,
+    ) -> io::Result<Self> {
         let info = stream.connect_info();
         // Out of tokio's registration; the socket stays non-blocking.
         let fd = OwnedFd::from(stream.into_std()?);
@@ -80,7 +85,7 @@ impl Connection {
             pending: BytesMut::new(),
             written: Frames::default(),
             logged: false,
-            activity,
+            activity: Activity::new(Instant::now(), idle_timeout),
             deadline: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             reader: Waker::noop().clone(),
             _place: place,
@@ -314,8 +319,7 @@ mod tests {
 
     /// A connection that will not time out during a test.
     fn connection(ours: UnixStream) -> Connection {
-        let idle = Activity::new(Instant::now(), std::time::Duration::from_secs(60));
-        Connection::new(ours, idle, None).unwrap()
+        Connection::new(ours, Duration::from_secs(60), None).unwrap()
     }
 
     /// Far more than a Unix socket's buffer, so writes must wait for room.

@@ -1,13 +1,7 @@
-//! The `:authority` of requests on the agent's Unix socket.
-//!
-//! Over a Unix socket `:authority` names nothing, and clients fill it in as
-//! they like: grpcurl sends the socket path, gRPC core clients (Python, C++,
-//! Ruby, PHP) the %-encoded path, grpc-go and grpc-js `localhost`. h2, below
-//! tonic, parses it as a URI authority and resets a stream whose authority
-//! holds `/` or `%`, with no setting to relax that. [`Normalizer`] follows
-//! the bytes a client sends and, in each header block, replaces an
-//! `:authority` that is not a valid URI authority with `localhost` before h2
-//! reads it.
+//! The `:authority` of requests on the agent's Unix socket: the reason for
+//! [the shim](super). [`Normalizer`] follows the bytes a client sends and,
+//! in each header block, replaces an `:authority` that is not a valid URI
+//! authority with `localhost` before h2 reads it.
 //!
 //! ```text
 //!   client ──▶ Normalizer ──▶ h2 (tonic)
@@ -50,7 +44,7 @@ use std::ops::Range;
 use bytes::BytesMut;
 use loona_hpack::Decoder;
 
-use crate::transport::frame::{
+use super::frame::{
     Head, HeadBuf, CONTINUATION, END_HEADERS, END_STREAM, HEADERS, HEAD_LEN, PADDED, PREFACE,
     PRIORITY, PUSH_PROMISE,
 };

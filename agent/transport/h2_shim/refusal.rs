@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use crate::transport::frame::{Frame, GOAWAY, RST_STREAM};
+use super::frame::{Frame, GOAWAY, RST_STREAM};
 
 /// Error codes that are not refusals: NO_ERROR (a response ended before
 /// its request body) and CANCEL (a response dropped).

@@ -1,0 +1,119 @@
+//! Which detector runs, in two steps around the privilege switch: the
+//! netlink subscription is opened while the agent may still hold
+//! `CAP_NET_ADMIN`, and every detector thread starts after the switch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::detector::audit::{self, Barrier};
+use crate::detector::netlink::{self, NetlinkDetector};
+use crate::detector::poll::Poller;
+use crate::detector::reader::{self, Pace};
+use crate::procfs::source::ProcSource;
+use crate::stats::Stats;
+use crate::stream::fanout::Fanout;
+
+/// A detector opened and not yet started.
+pub enum Detection {
+    /// Subscribed to the proc connector and confirmed; audited every
+    /// interval.
+    Netlink(NetlinkDetector, Pace, Duration),
+    /// Scanning `/proc` every interval; nothing to open.
+    Poll(Duration),
+}
+
+/// Why no detector runs.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The proc connector subscription failed.
+    #[error("the netlink detector could not start (try --detector=poll): {0}")]
+    Netlink(#[from] netlink::StartError),
+    /// The poll detector's first inventory failed.
+    #[error("cannot scan {root}: {source}")]
+    Scan {
+        /// The `/proc` mount.
+        root: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The detector's thread could not be spawned.
+    #[error("cannot start the detector thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl Detection {
+    /// Subscribes to the proc connector (see [`NetlinkDetector::start`]).
+    pub fn netlink(
+        receive_buffer: usize,
+        filter: bool,
+        pace: Pace,
+        audit: Duration,
+    ) -> Result<Self, LaunchError> {
+        let detector = NetlinkDetector::start(receive_buffer, filter)?;
+        Ok(Self::Netlink(detector, pace, audit))
+    }
+
+    /// Whether this detector is the netlink one (which may need a privilege).
+    pub fn is_netlink(&self) -> bool {
+        matches!(self, Self::Netlink(..))
+    }
+
+    /// Starts publishing into `fanout` on a thread of its own. The returned
+    /// receiver says why, once, if the detector stops.
+    pub fn start(
+        self,
+        procfs: Arc<ProcSource>,
+        fanout: Arc<Fanout>,
+        stats: Arc<Stats>,
+    ) -> Result<oneshot::Receiver<String>, LaunchError> {
+        let (failed_tx, failed) = oneshot::channel();
+        match self {
+            Self::Netlink(detector, pace, interval) => {
+                let mode = detector.mode();
+                stats.set_detector("netlink", mode, detector.receive_buffer() as u64);
+                tracing::info!(
+                    mode,
+                    receive_buffer_bytes = detector.receive_buffer(),
+                    "netlink detector subscribed and confirmed by a probe exec"
+                );
+                let failed = move |err| {
+                    let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
+                };
+                let barrier = Arc::new(Barrier::default());
+                let (procfs2, fanout2, stats2) = (procfs.clone(), fanout.clone(), stats.clone());
+                reader::start(
+                    detector,
+                    pace,
+                    procfs2,
+                    fanout2,
+                    stats2,
+                    barrier.clone(),
+                    failed,
+                )
+                .and_then(|()| audit::start(interval, procfs, fanout, stats, barrier))
+                .map_err(LaunchError::Thread)?;
+            }
+            Self::Poll(interval) => {
+                stats.set_detector("poll", "", 0);
+                let root = procfs.root().to_string();
+                let poller = Poller::start(procfs, interval)
+                    .map_err(|source| LaunchError::Scan { root, source })?;
+                tracing::info!(
+                    interval_ms = interval.as_millis() as u64,
+                    "poll detector scanning /proc"
+                );
+                std::thread::Builder::new()
+                    .name("poll".into())
+                    .spawn(move || {
+                        let err = poller.run(fanout);
+                        let _ = failed_tx.send(format!("poll detector stopped: {err}"));
+                    })
+                    .map_err(LaunchError::Thread)?;
+            }
+        }
+        Ok(failed)
+    }
+}
