@@ -25,6 +25,10 @@ use crate::transport::Admission;
 /// slower ones make the poll detector useless for reclaiming.
 pub const POLL_INTERVAL: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(60));
+/// Bounds of `--audit-interval`: below, the audit's scans add up; above, a
+/// launch the kernel dropped waits too long to be found.
+pub const AUDIT_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(60));
 /// Bounds of `--proc-read-timeout`: below, a busy node's slow but honest
 /// reads would be cut; above, one stuck process delays events by a minute.
 pub const PROC_READ_TIMEOUT: (Duration, Duration) =
@@ -113,6 +117,13 @@ pub struct RunArgs {
     /// Scan interval of the poll detector (e.g. 250ms, 1s; 10ms to 1m).
     #[arg(long, env = "EXECWATCH_POLL_INTERVAL", default_value = "250ms", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, POLL_INTERVAL.0, POLL_INTERVAL.1))]
     pub poll_interval: Duration,
+
+    /// How often the netlink detector's audit compares the running
+    /// processes with what each subscriber was sent, to find what the kernel
+    /// dropped without telling (100ms to 1m). A launch it dropped is found
+    /// within one interval.
+    #[arg(long, env = "EXECWATCH_AUDIT_INTERVAL", default_value = "5s", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, AUDIT_INTERVAL.0, AUDIT_INTERVAL.1))]
+    pub audit_interval: Duration,
 
     /// Socket file mode, in octal.
     #[arg(long, env = "EXECWATCH_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
@@ -276,6 +287,7 @@ impl RunArgs {
                     above: (self.coalesce_above > 0).then_some(self.coalesce_above),
                     rest: self.coalesce,
                 },
+                self.audit_interval,
             ),
             Detector::Poll => Ok(Detection::Poll(self.poll_interval)),
         }

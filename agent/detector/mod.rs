@@ -2,6 +2,7 @@
 //! (rung 2) reads the kernel's proc connector; the poll detector (rung 1)
 //! scans `/proc` when the connector is unavailable.
 
+pub mod audit;
 pub mod launch;
 pub mod netlink;
 pub mod poll;

@@ -50,6 +50,15 @@
 //! so a subscriber hooked after it is hooked after the exec: its snapshot
 //! covers that process as it covers any that started just before it joined.
 //!
+//! A thread-group leader that renames itself (`prctl(PR_SET_NAME)`, a
+//! write to `/proc/<pid>/comm`) is decided again as if it had executed: the
+//! kernel's comm event carries the new name, so a rename no selector wants
+//! costs no `/proc` read, and one that some selector may want is read and
+//! published flagged `renamed` (the fan-out sends it to a subscriber only if
+//! that subscriber was not sent the process). Other threads' renames (a JVM
+//! names about twenty at start) are not the process's comm, which is the
+//! leader's, and are dropped as soon as they are parsed.
+//!
 //! An exec whose `/proc` record cannot be read because the agent is out of
 //! descriptors or memory, or has as many reads stuck as it allows, is not
 //! published as an empty record: it is counted, and once reads work again
@@ -72,6 +81,7 @@ use execwatch::internal::runtime::lock;
 use execwatch::proto::{Exit, LossSite, Process, Source};
 use nix::poll::{PollFd, PollFlags};
 
+use crate::detector::audit::Barrier;
 use crate::detector::netlink::NetlinkDetector;
 use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket, Received, BATCH};
 use crate::procfs::bounded::{Admit, Slot, Watched};
@@ -166,6 +176,7 @@ struct Context {
     procfs: Arc<ProcSource>,
     fanout: Arc<Fanout>,
     stats: Arc<Stats>,
+    audit: Arc<Barrier>,
     watched: Watched<Backlog>,
     failed: Mutex<Option<OnFailure>>,
 }
@@ -192,6 +203,7 @@ pub fn start(
     procfs: Arc<ProcSource>,
     fanout: Arc<Fanout>,
     stats: Arc<Stats>,
+    audit: Arc<Barrier>,
     failed: impl FnOnce(NetlinkError) + Send + 'static,
 ) -> std::io::Result<()> {
     let rcvbuf = detector.receive_buffer();
@@ -203,6 +215,7 @@ pub fn start(
         procfs,
         fanout,
         stats,
+        audit,
         watched: Watched::new(Backlog::default()),
         failed: Mutex::new(Some(Box::new(failed))),
     });
@@ -260,11 +273,19 @@ impl Context {
     }
 }
 
-/// Publishes an exec's record, redacted.
+/// Publishes an exec's (or a rename's) record, redacted.
 fn publish_exec(ctx: &Context, mut p: Process) {
     ctx.procfs.finish(&mut p);
+    // The kernel's silent drop, on demand (tests/agent_audit.rs).
+    #[cfg(feature = "failpoints")]
+    if fail::eval("drop-exec", |comm| comm.as_deref() == Some(&p.comm)) == Some(true) {
+        return;
+    }
     if p.exited_before_inspection {
         ctx.stats.add_exited_before_inspection(1);
+    }
+    if p.renamed {
+        ctx.stats.add_renames(1);
     }
     ctx.fanout.publish(Item::Exec(Arc::new(p)));
 }
@@ -451,9 +472,20 @@ impl ReaderThread {
                 return Ok(true);
             };
             match ev.kind {
+                // A leader's rename decides the process as an exec does (a
+                // selector may want its new comm); a thread's name is not the
+                // process's and costs nothing more (below).
                 EventKind::Exec { pid, tgid } => {
                     drop(slot);
                     self.exec(ev, pid, tgid)?;
+                }
+                EventKind::Comm { pid, tgid, .. } if pid == tgid => {
+                    drop(slot);
+                    self.exec(ev, pid, tgid)?;
+                }
+                EventKind::Comm { pid, tgid, .. } if tgid == std::process::id() as i32 => {
+                    self.ctx.audit.pass(pid);
+                    self.ctx.stats.add_ignored_kernel_events(1);
                 }
                 // Thread exits are noise: only a leader's exit ends a process.
                 EventKind::Exit {
@@ -479,12 +511,19 @@ impl ReaderThread {
     }
 
     /// Reads and publishes the record of `ev`, an exec of `pid` (thread)
-    /// and `tgid`, under the watchdog.
+    /// and `tgid` or a leader's rename, under the watchdog.
     fn exec(&mut self, ev: ProcEvent, pid: i32, tgid: i32) -> Result<(), Stop> {
         let timestamp_ns = ev.timestamp_ns;
         let ctx = self.ctx.clone();
         // Taken now, after the exec was received: see the module's comment.
         let interest = ctx.fanout.interest();
+        // A rename carries its comm: nobody's is dropped without a read, and
+        // not counted as an exec.
+        let renamed = ev.kind.comm();
+        if renamed.is_some_and(|comm| !interest.may_want(comm)) {
+            return Ok(());
+        }
+        let renamed = renamed.is_some();
         if matches!(*interest, Interest::Nothing) {
             ctx.fanout.skip_exec();
             return Ok(());
@@ -492,7 +531,7 @@ impl ReaderThread {
         if self.reader.is_err() {
             self.reader = ctx.procfs.reader();
         }
-        let checked = self.checked.take() == Some((pid, timestamp_ns));
+        let checked = self.checked.take() == Some((pid, timestamp_ns)) || renamed;
         if let (Interest::Comms(_), Ok(reader), false) = (&*interest, &mut self.reader, checked) {
             // Most execs are nobody's: their comm alone says so, without
             // `stat`, before anything else (reading a comm needs no time
@@ -530,6 +569,7 @@ impl ReaderThread {
             (Ok(Admit::Go), Ok(reader)) => reader,
             (Ok(Admit::Stuck(mut p)), _) => {
                 p.kernel_timestamp_ns = timestamp_ns;
+                p.renamed = renamed;
                 publish_exec(&ctx, *p);
                 return Ok(());
             }
@@ -540,6 +580,7 @@ impl ReaderThread {
         };
         let mut record = blank(pid, tgid, Source::Netlink);
         record.kernel_timestamp_ns = timestamp_ns;
+        record.renamed = renamed;
         ctx.watched.begin(record);
         let tracker = &mut ctx.watched.tracker(self.generation);
         let wanted = |comm: &[u8]| interest.may_want(comm);
@@ -561,7 +602,9 @@ impl ReaderThread {
             (Ok(Outcome::Unwanted), _) => {
                 // `stat` was read: reads work.
                 recovered(&ctx, &mut slot.state);
-                ctx.fanout.skip_exec();
+                if !renamed {
+                    ctx.fanout.skip_exec();
+                }
             }
             (Err(e), _) => {
                 drop(slot);
