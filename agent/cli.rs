@@ -201,9 +201,10 @@ pub struct RunArgs {
     #[arg(long, env = "EXECWATCH_IDLE_TIMEOUT", default_value = "2m", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, IDLE_TIMEOUT.0, IDLE_TIMEOUT.1))]
     pub idle_timeout: Duration,
 
-    /// Longest command line read per process, in bytes (1 to 16777216);
-    /// longer ones are cut and flagged argv_truncated. A record carries at
-    /// most twice this in argv and argv_raw together.
+    /// Longest command line carried per process, in bytes (1 to 16777216);
+    /// longer ones are cut and flagged argv_truncated (and still searched
+    /// whole for subscribers' argv_substrings, found ones in argv_matches).
+    /// A record carries at most twice this in argv and argv_raw together.
     #[arg(long, env = "EXECWATCH_MAX_ARGV_BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1..=16 << 20))]
     pub max_argv_bytes: u32,
 
