@@ -31,7 +31,14 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// Scenario names, in the order they run.
-const SCENARIOS: [&str; 5] = ["latency", "storm", "enrichment", "idle", "crossover"];
+const SCENARIOS: [&str; 6] = [
+    "latency",
+    "storm",
+    "enrichment",
+    "idle",
+    "crossover",
+    "audit",
+];
 
 /// Options; every scale has a default that keeps the whole run under 4 minutes.
 #[derive(Debug, Parser)]
@@ -41,7 +48,7 @@ const SCENARIOS: [&str; 5] = ["latency", "storm", "enrichment", "idle", "crossov
 )]
 pub struct Options {
     /// Scenarios to run (repeat or comma-separate): latency, storm,
-    /// enrichment, idle, crossover. Default: all.
+    /// enrichment, idle, crossover, audit. Default: all.
     #[arg(long = "scenario", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Latency: spawns 1 gap apart on a quiet machine.
@@ -95,6 +102,12 @@ pub struct Bench {
 }
 
 fn main() {
+    // The storm's stand-in for a JVM start: name this many threads, exit.
+    if let [_, cmd, n] = &std::env::args().collect::<Vec<_>>()[..] {
+        if cmd == scenarios::storm::NAME_THREADS {
+            return scenarios::storm::name_threads(n.parse().unwrap_or(0));
+        }
+    }
     let opts = Options::parse();
     let out = opts.out.clone().unwrap_or_else(|| {
         let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -158,6 +171,7 @@ fn main() {
             "enrichment" => scenarios::enrichment::run(&bench),
             "idle" => scenarios::idle::run(&bench),
             "crossover" => scenarios::crossover::run(&bench),
+            "audit" => scenarios::audit::run(&bench),
             _ => unreachable!("checked above"),
         };
         r.print();
