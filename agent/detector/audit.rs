@@ -55,8 +55,9 @@ const BARRIER_PATIENCE: Duration = Duration::from_secs(2);
 /// a busy CPU may hold the process in between.
 const CONFIRM: Duration = Duration::from_millis(200);
 
-/// The name the audit thread gives itself to make its marker.
-const MARKER: &std::ffi::CStr = c"execwatch-audit";
+/// The audit thread's name, which it sets again to make its marker (the
+/// kernel reports every `PR_SET_NAME`, the same name included).
+const MARKER: &std::ffi::CStr = c"audit";
 
 /// How the audit knows that the reader has caught up with the kernel.
 ///
@@ -129,7 +130,7 @@ pub fn start(
         reader: None,
     };
     std::thread::Builder::new()
-        .name("audit".into())
+        .name(MARKER.to_string_lossy().into())
         .spawn(move || audit.run())
         .map(drop)
 }

@@ -31,13 +31,14 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// Scenario names, in the order they run.
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "latency",
     "storm",
     "enrichment",
     "cmdline",
     "idle",
     "crossover",
+    "audit",
 ];
 
 /// Options; every scale has a default that keeps the whole run under 4 minutes.
@@ -48,7 +49,7 @@ const SCENARIOS: [&str; 6] = [
 )]
 pub struct Options {
     /// Scenarios to run (repeat or comma-separate): latency, storm,
-    /// enrichment, cmdline, idle, crossover. Default: all.
+    /// enrichment, cmdline, idle, crossover, audit. Default: all.
     #[arg(long = "scenario", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Latency: spawns 1 gap apart on a quiet machine.
@@ -105,6 +106,12 @@ pub struct Bench {
 }
 
 fn main() {
+    // The storm's stand-in for a JVM start: name this many threads, exit.
+    if let [_, cmd, n] = &std::env::args().collect::<Vec<_>>()[..] {
+        if cmd == scenarios::storm::NAME_THREADS {
+            return scenarios::storm::name_threads(n.parse().unwrap_or(0));
+        }
+    }
     let opts = Options::parse();
     let out = opts.out.clone().unwrap_or_else(|| {
         let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -169,6 +176,7 @@ fn main() {
             "cmdline" => scenarios::cmdline::run(&bench),
             "idle" => scenarios::idle::run(&bench),
             "crossover" => scenarios::crossover::run(&bench),
+            "audit" => scenarios::audit::run(&bench),
             _ => unreachable!("checked above"),
         };
         r.print();
