@@ -420,3 +420,24 @@ fn the_pages_link_to_what_exists_and_carry_no_lab_log() {
         );
     }
 }
+
+/// Code, manifests and scripts point users at sections of the docs
+/// (`docs/operating.md#memory`): every such section exists.
+#[test]
+fn the_sections_the_repository_points_at_exist() {
+    let reference = regex::Regex::new(r"(docs/[a-z0-9-]+\.md)#([a-z0-9-]+)").unwrap();
+    let files = Command::new("git").arg("ls-files").output().unwrap().stdout;
+    for file in String::from_utf8(files).unwrap().lines() {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for c in reference.captures_iter(&text) {
+            assert!(
+                anchors(Path::new(&c[1])).iter().any(|a| a == &c[2]),
+                "{file}: {}#{} has no such section",
+                &c[1],
+                &c[2]
+            );
+        }
+    }
+}

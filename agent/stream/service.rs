@@ -8,13 +8,14 @@ use execwatch::proto::{Stats, StatsRequest, WatchRequest};
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
-use crate::procfs::source::ProcSource;
-use crate::stats::Stats as Counters;
+use crate::counters::Counters;
+use crate::procfs::mount::ProcMount;
 use crate::stream::fanout::Fanout;
 use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared, WatchStream};
 use crate::transport::peer::peer_cred;
-use crate::transport::quota::{Over, Quota};
+use crate::transport::quota::Quota;
+use crate::transport::rpc_error::RpcError;
 
 /// Serves `Watch` and `GetStats`.
 pub struct ExecEventsService {
@@ -35,7 +36,7 @@ impl ExecEventsService {
     pub fn new(
         fanout: Arc<Fanout>,
         stats: Arc<Counters>,
-        procfs: Arc<ProcSource>,
+        procfs: Arc<ProcMount>,
         seats: Quota,
     ) -> (Self, watch::Sender<bool>) {
         let (streams_end, stop) = watch::channel(false);
@@ -68,18 +69,10 @@ impl ExecEvents for ExecEventsService {
         let uid = peer_cred(&req).map(|cred| cred.uid());
         // A bad selector is refused before it takes a seat.
         let choice = Choice::from_request(req.get_ref())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| RpcError::BadSelector(e.to_string()))?;
         let seat = self.seats.take(uid).map_err(|over| {
             tracing::warn!(peer_uid = uid, "refused a subscriber: {over:?}");
-            let peer = uid.map_or("unknown".into(), |u| u.to_string());
-            Status::resource_exhausted(match over {
-                Over::Total(n) => format!(
-                    "the agent already serves {n} subscribers (--max-subscribers); try again later"
-                ),
-                Over::PerUid(n) => format!(
-                    "uid {peer} already has {n} subscribers (--max-subscribers-per-uid); close one first"
-                ),
-            })
+            RpcError::NoSeat { over, uid }
         })?;
         let stream = subscription::watch(self.shared.clone(), uid, choice, seat);
         Ok(Response::new(stream))

@@ -29,12 +29,13 @@ use futures::Stream;
 use tokio::sync::watch;
 use tonic::Status;
 
+use crate::counters::Counters;
+use crate::procfs::mount::ProcMount;
 use crate::procfs::snapshot::read_chunk;
-use crate::procfs::source::ProcSource;
-use crate::stats::Stats;
 use crate::stream::fanout::{Fanout, Item, Missed, Subscription};
 use crate::stream::selector::Choice;
 use crate::transport::quota::Place;
+use crate::transport::rpc_error::RpcError;
 use execwatch::internal::clock;
 
 /// Overflows tolerated within [`OVERFLOW_WINDOW`] before a subscriber is cut off.
@@ -51,9 +52,9 @@ pub struct Shared {
     /// Where detectors publish.
     pub fanout: Arc<Fanout>,
     /// Counters.
-    pub stats: Arc<Stats>,
+    pub stats: Arc<Counters>,
     /// Where and how snapshots read processes.
-    pub procfs: Arc<ProcSource>,
+    pub procfs: Arc<ProcMount>,
     /// Becomes `true` when the agent stops: every stream ends.
     pub stop: watch::Receiver<bool>,
     /// Snapshot reads under way at once (each on a blocking-pool thread), so
@@ -70,10 +71,7 @@ struct End(Status, &'static str);
 
 /// The end of every stream when the agent stops.
 fn stopping() -> End {
-    End(
-        Status::unavailable("agent shutting down; reconnect to its successor"),
-        "agent stopping",
-    )
+    End(RpcError::ShuttingDown.into(), "agent stopping")
 }
 
 /// Hooks a subscriber from a peer with `peer_uid` into the fan-out and
@@ -231,12 +229,13 @@ impl Watcher {
         let fanout = &self.shared.fanout;
         if overflows.len() > MAX_OVERFLOWS {
             self.shared.stats.add_subscribers_cut_off(1);
-            let msg = format!(
-                "subscriber cut off: its queue of {} events overflowed {} times within {}s; read faster or reconnect",
-                fanout.queue_len(), overflows.len(), OVERFLOW_WINDOW.as_secs()
-            );
-            tracing::warn!("{msg}");
-            return Err(End(Status::resource_exhausted(msg), "cut off"));
+            let err = RpcError::CutOff {
+                queue_len: fanout.queue_len(),
+                overflows: overflows.len(),
+                window_secs: OVERFLOW_WINDOW.as_secs(),
+            };
+            tracing::warn!("{err}");
+            return Err(End(err.into(), "cut off"));
         }
         let filter = self.choice.filter.clone();
         let (next, missed) = fanout.resubscribe(&self.sub, self.choice.include_exits, filter);
@@ -296,12 +295,12 @@ fn lost(site: LossSite, reason: String, count: Option<u64>) -> Kind {
 /// Waits before another try at a snapshot read, or gives up at `deadline`.
 async fn again(delay: &mut Duration, deadline: Instant, why: &str) -> Result<(), End> {
     if Instant::now() + *delay > deadline {
-        let msg = format!(
-            "could not take a complete snapshot within {}s: {why}; reconnect",
-            SNAPSHOT_PATIENCE.as_secs()
-        );
-        tracing::warn!("{msg}");
-        return Err(End(Status::unavailable(msg), "snapshot failed"));
+        let err = RpcError::SnapshotIncomplete {
+            patience_secs: SNAPSHOT_PATIENCE.as_secs(),
+            why: why.to_string(),
+        };
+        tracing::warn!("{err}");
+        return Err(End(err.into(), "snapshot failed"));
     }
     tracing::warn!("snapshot waiting: {why}; retrying in {delay:?}");
     tokio::time::sleep(*delay).await;
@@ -419,7 +418,7 @@ impl Snapshot {
             let (chunk, rest) = read
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
-                .map_err(|e| End(Status::internal(e), "snapshot failed"))?;
+                .map_err(|e| End(RpcError::SnapshotFailed(e).into(), "snapshot failed"))?;
             *pending = rest;
             let (mut ledger, round) = (sub.ledger(), sub.round());
             let wanted = chunk.records.into_iter().filter(|p| {

@@ -116,6 +116,42 @@ pub async fn run(
     }
 }
 
+/// Why the link lost, or could not open, its stream; the link then
+/// reconnects after a backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The socket could not be dialled.
+    #[error(transparent)]
+    Connect(#[from] execwatch::client::ConnectError),
+    /// The agent refused a `Watch` (`resubscribing`: the one for new rules).
+    #[error("{}{status}", if *.resubscribing { "re-subscribing failed: " } else { "" })]
+    Watch {
+        /// The agent's status.
+        status: tonic::Status,
+        /// Whether it was the re-subscription for new rules.
+        resubscribing: bool,
+    },
+    /// An item's `seq` was not the next one: the stream cannot be trusted.
+    #[error("sequence jumped from {after} to {got}")]
+    SequenceJump {
+        /// The last `seq` received.
+        after: u64,
+        /// The one that came instead of `after + 1`.
+        got: u64,
+    },
+    /// The agent ended the stream (`true`: the one opened for new rules).
+    #[error("the agent closed the {}stream", if *.0 { "new " } else { "" })]
+    Closed(bool),
+    /// The stream failed (`new`: the one opened for new rules).
+    #[error("the {}stream failed: {status}", if *.new { "new " } else { "" })]
+    Failed {
+        /// The status it ended with.
+        status: tonic::Status,
+        /// Whether it was the stream opened for new rules.
+        new: bool,
+    },
+}
+
 type Client = ExecEventsClient<Channel>;
 type Stream = tonic::Streaming<WatchEvent>;
 
@@ -128,11 +164,17 @@ fn request(selectors: &mut watch::Receiver<WatchRequest>) -> WatchRequest {
     }
 }
 
-async fn connect(socket: &std::path::Path, req: WatchRequest) -> Result<(Client, Stream), String> {
-    let mut client = execwatch::client::exec_events(socket)
+async fn connect(
+    socket: &std::path::Path,
+    req: WatchRequest,
+) -> Result<(Client, Stream), LinkError> {
+    let mut client = execwatch::client::exec_events(socket).await?;
+    let stream = watch(&mut client, req)
         .await
-        .map_err(|e| e.to_string())?;
-    let stream = watch(&mut client, req).await.map_err(|s| s.to_string())?;
+        .map_err(|status| LinkError::Watch {
+            status,
+            resubscribing: false,
+        })?;
     Ok((client, stream))
 }
 
@@ -169,7 +211,7 @@ impl Current {
     fn accept(
         &mut self,
         msg: Result<Option<WatchEvent>, tonic::Status>,
-    ) -> Result<WatchEvent, String> {
+    ) -> Result<WatchEvent, LinkError> {
         match msg {
             Ok(Some(ev)) if ev.seq == self.expected => {
                 self.expected += 1;
@@ -177,13 +219,12 @@ impl Current {
             }
             // The agent never leaves holes; if it did, do not trust this
             // stream.
-            Ok(Some(ev)) => Err(format!(
-                "sequence jumped from {} to {}",
-                self.expected - 1,
-                ev.seq
-            )),
-            Ok(None) => Err("the agent closed the stream".to_string()),
-            Err(status) => Err(format!("the stream failed: {status}")),
+            Ok(Some(ev)) => Err(LinkError::SequenceJump {
+                after: self.expected - 1,
+                got: ev.seq,
+            }),
+            Ok(None) => Err(LinkError::Closed(false)),
+            Err(status) => Err(LinkError::Failed { status, new: false }),
         }
     }
 }
@@ -218,17 +259,20 @@ async fn switch(
     req: WatchRequest,
     current: &mut Current,
     tx: &mpsc::Sender<LinkEvent>,
-) -> Result<bool, String> {
+) -> Result<bool, LinkError> {
     tracing::info!("the rules changed: re-subscribing with their selector");
     // The new stream, opened and with its first item.
     let opening = async move {
         let mut next = watch(&mut client, req)
             .await
-            .map_err(|s| format!("re-subscribing failed: {s}"))?;
+            .map_err(|status| LinkError::Watch {
+                status,
+                resubscribing: true,
+            })?;
         match next.message().await {
             Ok(Some(first)) => Ok((next, first)),
-            Ok(None) => Err("the agent closed the new stream".to_string()),
-            Err(status) => Err(format!("the new stream failed: {status}")),
+            Ok(None) => Err(LinkError::Closed(true)),
+            Err(status) => Err(LinkError::Failed { status, new: true }),
         }
     };
     tokio::pin!(opening);
