@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-pub use execwatch::internal::runtime::LogFormat;
+pub use execwatch::internal::logging::LogFormat;
 
+use crate::counters::Counters;
 use crate::detector::launch::{Detection, LaunchError};
-use crate::detector::reader::Pace;
-use crate::procfs::bounded::Bounds;
+use crate::detector::receiver::Pace;
+use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::OpenError;
 use crate::procfs::redaction::patterns::{Patterns, Preset};
 use crate::procfs::redaction::{Redactor, REDACTED};
-use crate::procfs::source::ProcSource;
-use crate::stats::Stats;
+use crate::procfs::watchdog::Bounds;
 use crate::transport::grpc::Limits;
 use crate::transport::peer::PeerCheck;
 use crate::transport::Admission;
@@ -243,7 +243,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The one description of how processes are read, for the detector and
     /// the snapshots alike.
-    pub fn proc_source(&self) -> Result<ProcSource, OpenError> {
+    pub fn proc_mount(&self) -> Result<ProcMount, OpenError> {
         let redactor = self.redactor();
         if let Some(redactor) = &redactor {
             let (in_argument, next_argument) = redactor.counts();
@@ -254,7 +254,7 @@ impl RunArgs {
             );
         }
         let bounds = Bounds::new(self.proc_read_timeout, self.max_stuck_reads as usize);
-        ProcSource::open(
+        ProcMount::open(
             &self.proc_root,
             self.max_argv_bytes as usize,
             redactor,
@@ -295,7 +295,7 @@ impl RunArgs {
     }
 
     /// Whom the socket admits and how much it serves at once.
-    pub fn limits(&self, stats: Arc<Stats>) -> Limits {
+    pub fn limits(&self, stats: Arc<Counters>) -> Limits {
         Limits {
             admission: Admission {
                 peers: PeerCheck::new(&self.allow_uid, stats),

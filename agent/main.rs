@@ -3,11 +3,11 @@
 //! holds no rules and no Kubernetes credentials, and listens on no network.
 
 mod cli;
+mod counters;
 mod detector;
 mod health_check;
 mod privilege;
 mod procfs;
-mod stats;
 mod stream;
 mod transport;
 
@@ -20,7 +20,7 @@ use clap::Parser;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::cli::{Cli, Command, RunArgs};
-use crate::stats::Stats;
+use crate::counters::Counters;
 use crate::stream::fanout::Fanout;
 use crate::stream::service::ExecEventsService;
 use crate::transport::grpc::StopReason;
@@ -32,10 +32,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line, each cause once (anyhow's own report repeats the
             // causes our errors already quote).
-            eprintln!(
-                "Error: {}",
-                execwatch::internal::runtime::error_chain(e.as_ref())
-            );
+            eprintln!("Error: {}", execwatch::client::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -49,11 +46,11 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     // Test builds only: FAILPOINTS (the `fail` crate's syntax) may set
-    // `drop-exec=return(<comm>)`, see detector::reader::publish_exec.
+    // `drop-exec=return(<comm>)`, see detector::receiver::publish_exec.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
-    execwatch::internal::runtime::init_logging(cli.log_format);
+    execwatch::internal::logging::init_logging(cli.log_format);
     let run_as = cli.run_as();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -100,12 +97,12 @@ async fn run(
     run_as: Option<(u32, u32)>,
     started: Instant,
 ) -> anyhow::Result<StopReason> {
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Counters::default());
     let fanout = Arc::new(Fanout::new(
         args.queue_len as usize,
         args.queue_bytes as usize,
     ));
-    let procfs = Arc::new(args.proc_source()?);
+    let procfs = Arc::new(args.proc_mount()?);
     // The detector opens before the socket exists: a client that can
     // connect is a client that will see events.
     let net_admin = privilege::holds_net_admin();

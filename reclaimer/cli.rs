@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-pub use execwatch::internal::runtime::LogFormat;
+pub use execwatch::internal::logging::LogFormat;
 
 /// Bounds of `--recheck-interval`: faster hammers the API server; slower
 /// leaves a cleared node disarmed for too long.

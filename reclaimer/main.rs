@@ -32,10 +32,7 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line, each cause once (anyhow's own report repeats the
             // causes our errors already quote).
-            eprintln!(
-                "Error: {}",
-                execwatch::internal::runtime::error_chain(e.as_ref())
-            );
+            eprintln!("Error: {}", execwatch::client::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -50,7 +47,7 @@ fn try_main() -> anyhow::Result<()> {
         println!("{}", status::check(path, max_age, ready)?);
         return Ok(());
     }
-    execwatch::internal::runtime::init_logging(cli.log_format);
+    execwatch::internal::logging::init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -73,7 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
         })?;
     }
-    let shutdown = execwatch::internal::runtime::shutdown_signal();
+    let shutdown = execwatch::internal::shutdown::shutdown_signal();
     let agent_stats = Arc::new(AgentStats::default());
     // Inert until the first rules arrive.
     let mut metrics = metrics::Metrics::new();

@@ -34,7 +34,7 @@ pub enum ConnectError {
 /// its source in its own message) is not repeated. Here because tonic's
 /// transport error alone says only "transport error", and the cause (no
 /// such file, permission denied) is what an operator needs; the binaries
-/// report their fatal errors with it too (`internal::runtime`).
+/// report their fatal errors with it too.
 #[doc(hidden)]
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
@@ -137,6 +137,28 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        /// Quotes its source.
+        #[error("cannot open the socket: {0}")]
+        Quoting(#[source] std::io::Error),
+        /// Leaves its source to the chain.
+        #[error("cannot start")]
+        Silent(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::from_raw_os_error(1);
+        let quoting = Outer::Quoting(io());
+        assert_eq!(
+            error_chain(&quoting),
+            format!("cannot open the socket: {}", io())
+        );
+        let silent = Outer::Silent(io());
+        assert_eq!(error_chain(&silent), format!("cannot start: {}", io()));
     }
 
     #[test]

@@ -17,7 +17,9 @@ pub mod internal {
     pub mod clock;
     pub mod cn_proc;
     pub mod duration;
-    pub mod runtime;
+    pub mod lock;
+    pub mod logging;
+    pub mod shutdown;
 }
 
 /// The generated `execwatch.v1` contract (messages, client and server).

@@ -33,13 +33,13 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use execwatch::internal::runtime::lock;
+use execwatch::internal::lock::lock;
 use execwatch::proto::{LossSite, Source};
 
+use crate::counters::Counters;
+use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{Exhausted, Identity, ProcReader};
-use crate::procfs::source::ProcSource;
-use crate::procfs::worker::WorkerReader;
-use crate::stats::Stats;
+use crate::procfs::worker::Worker;
 use crate::stream::fanout::{Audited, DetectorLoss, Fanout};
 #[cfg(doc)]
 use crate::stream::ledger::Ledger;
@@ -102,27 +102,27 @@ impl Barrier {
 /// The audit's thread and what it works with.
 struct Audit {
     interval: Duration,
-    procfs: Arc<ProcSource>,
+    procfs: Arc<ProcMount>,
     fanout: Arc<Fanout>,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     barrier: Arc<Barrier>,
     /// Lists `/proc` and reads `stat` (no lock of the process: no bound).
     reader: Option<ProcReader>,
     /// Reads a suspect's full record, bounded in time.
-    records: WorkerReader,
+    records: Worker,
 }
 
 /// Starts the audit on a thread of its own, every `interval`.
 pub fn start(
     interval: Duration,
-    procfs: Arc<ProcSource>,
+    procfs: Arc<ProcMount>,
     fanout: Arc<Fanout>,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     barrier: Arc<Barrier>,
 ) -> std::io::Result<()> {
     let mut audit = Audit {
         interval,
-        records: WorkerReader::new(procfs.clone()),
+        records: Worker::new(procfs.clone()),
         procfs,
         fanout,
         stats,
@@ -207,6 +207,7 @@ impl Audit {
         let mut total = 0;
         for (sub, filter, ledger, pids) in suspects {
             let mut found = 0;
+            // The subscriber's own substrings, as its snapshots search them.
             let argv = filter.as_ref().map(|f| f.selector.argv().clone());
             let argv = argv.unwrap_or_default();
             for pid in pids {
@@ -221,14 +222,18 @@ impl Audit {
                 }
                 drop(l);
                 // Read in full only now: a rare suspect, not every process.
-                let read = self.records.read(pid, Source::Snapshot, &argv);
-                let Some(mut p) = read.map_err(other)? else {
+                let read =
+                    self.records
+                        .read(&mut vec![pid], Source::Snapshot, &argv, 1, usize::MAX);
+                if let Some(e) = read.error {
+                    return Err(other(e));
+                }
+                let Some(p) = read.records.into_iter().next() else {
                     continue;
                 };
                 if p.start_ticks != id.start_ticks || p.exited_before_inspection {
                     continue;
                 }
-                self.procfs.finish(&mut p);
                 let mut l = lock(&ledger);
                 let wanted = !l.forked(&p) && filter.as_ref().is_none_or(|f| f.selector.wants(&p));
                 if wanted {

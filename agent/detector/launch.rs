@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::counters::Counters;
 use crate::detector::audit::{self, Barrier};
 use crate::detector::netlink::{self, NetlinkDetector};
 use crate::detector::poll::Poller;
-use crate::detector::reader::{self, Pace};
-use crate::procfs::source::ProcSource;
-use crate::stats::Stats;
+use crate::detector::receiver::{self, Pace};
+use crate::procfs::mount::ProcMount;
 use crate::stream::fanout::Fanout;
 
 /// A detector opened and not yet started.
@@ -65,9 +65,9 @@ impl Detection {
     /// receiver says why, once, if the detector stops.
     pub fn start(
         self,
-        procfs: Arc<ProcSource>,
+        procfs: Arc<ProcMount>,
         fanout: Arc<Fanout>,
-        stats: Arc<Stats>,
+        stats: Arc<Counters>,
     ) -> Result<oneshot::Receiver<String>, LaunchError> {
         let (failed_tx, failed) = oneshot::channel();
         match self {
@@ -84,7 +84,7 @@ impl Detection {
                 };
                 let barrier = Arc::new(Barrier::default());
                 let (procfs2, fanout2, stats2) = (procfs.clone(), fanout.clone(), stats.clone());
-                reader::start(
+                receiver::start(
                     detector,
                     pace,
                     procfs2,

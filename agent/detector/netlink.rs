@@ -3,9 +3,9 @@
 //!
 //! On kernels >= 6.6 the kernel filters per socket, so the agent opens two:
 //! one for exec and comm events (a process renaming itself, see
-//! [`crate::detector::reader`]), which must reach subscribers at once, and
+//! [`crate::detector::receiver`]), which must reach subscribers at once, and
 //! one for exit events, which may wait a few milliseconds and be read in batches (see
-//! [`crate::detector::reader`]). A kernel-filtered subscription gets no ack, so
+//! [`crate::detector::receiver`]). A kernel-filtered subscription gets no ack, so
 //! the only proof it works is an event: the agent executes itself once as a
 //! probe and waits for that exec on the first socket and that exit on the
 //! second. If they do not arrive, it falls back to one socket with the legacy

@@ -1,4 +1,4 @@
-//! The poll detector (rung 1): scan `/proc` every interval and report
+//! The poll detector: scan `/proc` every interval and report
 //! processes not seen before, by pid and start time, and processes whose
 //! command name changed since the last scan (an `execve` keeps pid and start
 //! time: `bash -c '…; exec java …'`).
@@ -8,7 +8,7 @@
 //! one interval (and an exec that keeps the comm, such as a program
 //! re-executing itself). Pids that vanish between scans are reported as exits.
 //!
-//! A new process's record is read by a worker ([`WorkerReader`]), so a
+//! A new process's record is read by a [`Worker`], so a
 //! read that hangs is given up at `--proc-read-timeout` and the scans go
 //! on. A new process is read in full only if some subscriber's selector could
 //! want it ([`crate::stream::selector::Interest`]): with none, or with comm
@@ -26,21 +26,20 @@ use std::time::Duration;
 use execwatch::proto::{Exit, LossSite, Source};
 use nix::errno::Errno;
 
+use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{own, Exhausted, Identity, ProcReader};
-use crate::procfs::source::ProcSource;
-use crate::procfs::worker::WorkerReader;
+use crate::procfs::worker::Worker;
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 use execwatch::internal::clock;
 use execwatch::internal::cn_proc::comm_bytes;
 
 /// A poll detector that has taken its first inventory.
 pub struct Poller {
-    source: Arc<ProcSource>,
     /// Lists `/proc` and reads each process's `stat`, which takes no lock
     /// of the process and so needs no time bound.
     reader: ProcReader,
     /// Reads new processes' records, each bounded in time.
-    records: WorkerReader,
+    records: Worker,
     interval: Duration,
     /// pid -> identity of the process last seen under that pid.
     known: HashMap<i32, Identity>,
@@ -54,7 +53,7 @@ impl Poller {
     /// subscribers get running processes from their own snapshot). Done
     /// before the socket exists, so a launch after a client connects is
     /// never mistaken for part of the inventory.
-    pub fn start(source: Arc<ProcSource>, interval: Duration) -> std::io::Result<Self> {
+    pub fn start(source: Arc<ProcMount>, interval: Duration) -> std::io::Result<Self> {
         let mut reader = source.reader().map_err(to_io)?;
         let mut known = HashMap::new();
         for pid in reader.pids()? {
@@ -63,8 +62,7 @@ impl Poller {
             }
         }
         Ok(Self {
-            records: WorkerReader::new(source.clone()),
-            source,
+            records: Worker::new(source),
             reader,
             interval,
             known,
@@ -129,18 +127,21 @@ impl Poller {
             // New pid, reused pid, or a new program in a known process: read
             // only as far as some subscriber could want it (the stat just
             // read holds the comm). Such an exec is counted, not published,
-            // as the netlink detector does (crate::detector::reader); a
+            // as the netlink detector does (crate::detector::receiver); a
             // subscriber that joins later finds it in its snapshot.
             let interest = fanout.interest();
             if !interest.may_want(comm_bytes(&id.comm)) {
                 fanout.skip_exec();
                 continue;
             }
-            let mut p = match self.records.read(pid, Source::Poll, interest.argv()) {
-                Ok(Some(p)) => p,
+            let read =
+                self.records
+                    .read(&mut vec![pid], Source::Poll, interest.argv(), 1, usize::MAX);
+            let p = match (read.error, read.records.into_iter().next()) {
+                (None, Some(p)) => p,
                 // A kernel thread.
-                Ok(None) => continue,
-                Err(e) => {
+                (None, None) => continue,
+                (Some(e), _) => {
                     // Not published: the next scan that works reports it.
                     alive.remove(&pid);
                     self.known.remove(&pid);
@@ -153,7 +154,6 @@ impl Poller {
                 alive.remove(&pid);
                 continue;
             }
-            self.source.finish(&mut p);
             fanout.publish(Item::Exec(Arc::new(p)));
         }
         for pid in self.known.keys().filter(|pid| !alive.contains_key(pid)) {

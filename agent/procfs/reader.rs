@@ -70,7 +70,7 @@ pub enum Exhausted {
     #[error("the agent cannot read /proc: {}", .0.desc())]
     Resources(Errno),
     /// This many reads are stuck in `/proc`, the most the agent leaves
-    /// behind (see [`crate::procfs::bounded`]); no other is started until
+    /// behind (see [`crate::procfs::watchdog`]); no other is started until
     /// one returns.
     #[error("the agent cannot read /proc: {0} reads are stuck there (--max-stuck-reads); no other starts until one returns")]
     Stuck(usize),
@@ -213,7 +213,7 @@ impl ProcReader {
     }
 
     /// Reads the record of `pid` into `sink`, one field at a time, so that
-    /// a read given up midway (see [`crate::procfs::bounded`]) still leaves
+    /// a read given up midway (see [`crate::procfs::watchdog`]) still leaves
     /// every field read so far and the name of the one under way. The
     /// record in the sink starts as [`blank`] makes it.
     ///
@@ -225,7 +225,7 @@ impl ProcReader {
     /// A command line cut at the limit is searched whole for `argv`'s
     /// patterns ([`crate::procfs::cmdline`]); those found go into
     /// `argv_matches`.
-    pub fn read_into(
+    pub(in crate::procfs) fn read_into(
         &mut self,
         pid: i32,
         sink: &mut impl Sink,

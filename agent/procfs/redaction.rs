@@ -3,7 +3,7 @@
 //! Command lines can carry secrets (`--password=hunter2`). With redaction
 //! configured, every record the agent sends (live exec events of either
 //! detector and every snapshot entry: all leave through
-//! [`crate::procfs::source::ProcSource::finish`]) has the matching text
+//! [`crate::procfs::mount::ProcMount::finish`]) has the matching text
 //! replaced by [`REDACTED`] and `argv_redacted` set.
 //!
 //! Two kinds of pattern (Rust `regex` syntax, searched for anywhere in one

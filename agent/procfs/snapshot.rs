@@ -1,20 +1,20 @@
-//! Reading the records of a snapshot, a chunk at a time, on the blocking
-//! pool, each process bounded in time by a [`WorkerReader`], as the poll
-//! detector's are: a process whose read hangs holds neither the snapshot
-//! nor its permit for longer than the deadline.
+//! Reading the records of a snapshot, a chunk at a time: each chunk goes to
+//! a [`Worker`] whole, and this task waits for it off the runtime thread.
+//! A process whose read hangs holds neither the snapshot nor its permit for
+//! longer than the deadline.
 
 use std::sync::Arc;
 
 use execwatch::proto::{Process, Source};
 
 use crate::procfs::cmdline::ArgvPatterns;
-use crate::procfs::source::ProcSource;
-use crate::procfs::worker::WorkerReader;
+use crate::procfs::mount::ProcMount;
+use crate::procfs::worker::Worker;
 
-/// Processes read per blocking-pool task during a snapshot.
+/// Processes read per chunk.
 pub const CHUNK: usize = 64;
-/// Encoded bytes of records read per blocking-pool task during a snapshot:
-/// what a subscriber that stops reading holds at most in snapshot records.
+/// Encoded bytes of records read per chunk: what a subscriber that stops
+/// reading holds at most in snapshot records.
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// What reading one chunk of a snapshot gave.
@@ -33,31 +33,25 @@ pub struct Chunk {
 /// longer than the deadline for one process; long command lines are
 /// searched for `argv`. Returns the chunk and the pids it did not get to.
 pub async fn read_chunk(
-    source: Arc<ProcSource>,
+    mount: Arc<ProcMount>,
     mut pids: Vec<i32>,
     argv: ArgvPatterns,
 ) -> Result<(Chunk, Vec<i32>), String> {
     tokio::task::spawn_blocking(move || {
-        let mut reader = WorkerReader::new(source.clone());
-        let (mut chunk, mut weight) = (Chunk::default(), 0);
-        while weight < CHUNK_BYTES && chunk.records.len() < CHUNK {
-            let Some(pid) = pids.pop() else {
-                break;
-            };
-            match reader.read(pid, Source::Snapshot, &argv) {
-                Ok(Some(mut p)) if !p.exited_before_inspection => {
-                    source.finish(&mut p);
-                    weight += prost::Message::encoded_len(&p);
-                    chunk.records.push(p);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    chunk.failed.push(pid);
-                    chunk.why = Some(e.to_string());
-                }
-            }
-        }
-        (chunk, pids)
+        let mut worker = Worker::new(mount);
+        let read = worker.read(&mut pids, Source::Snapshot, &argv, CHUNK, CHUNK_BYTES);
+        let mut records = read.records;
+        records.retain(|p| !p.exited_before_inspection);
+        let why = read.error.map(|e| e.to_string());
+        let failed = read.failed;
+        (
+            Chunk {
+                records,
+                failed,
+                why,
+            },
+            pids,
+        )
     })
     .await
     .map_err(|e| format!("snapshot task failed: {e}"))

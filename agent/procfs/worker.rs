@@ -1,133 +1,199 @@
-//! A bounded read for a caller that waits for it: the read runs on a worker
-//! thread, and the caller, which must not hang, waits at most the deadline.
-//!
-//! The poll detector reads a new process's record this way, and so do
-//! snapshots ([`crate::procfs::snapshot`]): its scans go on if a read hangs,
-//! as the netlink detector's do ([`crate::detector::reader`] watches its own
-//! thread instead, because a hand-off per exec would cost a wake-up, which a
-//! poll scan or a snapshot can afford). A read still under way at the
-//! deadline is given up as [`crate::procfs::bounded`] describes: the record
-//! comes back with what was read and the rest named in `unavailable`, the
-//! worker is left behind, and the next read starts a fresh one.
+//! Reads for a caller that waits for them and must not hang: the poll
+//! detector (each new process) and snapshots (a chunk at a time). The caller
+//! hands a worker thread a list of pids and is the watchdog of its reads
+//! ([`Watched::watch`]) until the list is done; the worker reads them one
+//! after the other with no hand-off in between. A read given up at its
+//! deadline leaves its worker behind, its record is taken as it stands, and
+//! a fresh worker goes on with the rest of the list.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::time::Instant;
 
 use execwatch::proto::{Process, Source};
 use nix::errno::Errno;
 
-use crate::procfs::bounded::{Admit, Watched};
 use crate::procfs::cmdline::ArgvPatterns;
-use crate::procfs::reader::{blank, Exhausted, Outcome};
-use crate::procfs::source::ProcSource;
+use crate::procfs::mount::ProcMount;
+use crate::procfs::reader::{blank, Exhausted, ProcReader};
+use crate::procfs::watchdog::{Read, Slot, Watched};
 
-/// The one generation a worker reads as; given up, its slot moves past it.
-const GENERATION: u64 = 0;
-
-/// Reads records on a worker thread, each bounded in time.
-pub struct WorkerReader {
-    source: Arc<ProcSource>,
-    worker: Option<Worker>,
+/// What a list of reads gave.
+#[derive(Debug, Default)]
+pub struct Records {
+    /// The finished records, in reading order (processes found exited
+    /// included, flagged `exited_before_inspection`).
+    pub records: Vec<Process>,
+    /// Pids whose reads failed for the agent's own reasons.
+    pub failed: Vec<i32>,
+    /// Why, the last time.
+    pub error: Option<Exhausted>,
 }
 
-/// One worker thread, and the way to it and back.
-struct Worker {
-    watched: Arc<Watched<()>>,
-    jobs: Sender<(i32, ArgvPatterns)>,
-    done: Receiver<Result<Outcome, Exhausted>>,
+/// The list a worker reads, shared with the caller that watches.
+#[derive(Default)]
+struct Job {
+    /// Still to read, popped from the end.
+    pids: Vec<i32>,
+    source: Source,
+    argv: ArgvPatterns,
+    max_records: usize,
+    max_bytes: usize,
+    /// Encoded bytes of `read.records`.
+    bytes: usize,
+    read: Records,
+    done: bool,
 }
 
-impl WorkerReader {
-    /// No worker yet: the first read starts one.
-    pub fn new(source: Arc<ProcSource>) -> Self {
-        Self {
-            source,
-            worker: None,
+impl Job {
+    /// The next pid to read, if the job is not full yet.
+    fn next(&mut self) -> Option<i32> {
+        let full = self.read.records.len() >= self.max_records || self.bytes >= self.max_bytes;
+        if full {
+            None
+        } else {
+            self.pids.pop()
         }
     }
 
-    /// Reads the record of `pid` (a thread-group leader) as
-    /// [`crate::procfs::reader::ProcReader::read_into`] does, waiting at
-    /// most the deadline (a long command line searched for `argv`);
-    /// `None` for a kernel thread. Not redacted: see
-    /// [`ProcSource::finish`]. A process whose
-    /// earlier read is still stuck gets a record that says so, without a
-    /// read ([`Admit::Stuck`]).
-    pub fn read(
-        &mut self,
-        pid: i32,
-        source: Source,
-        argv: &ArgvPatterns,
-    ) -> Result<Option<Process>, Exhausted> {
-        let bounds = self.source.bounds();
-        if let Admit::Stuck(p) = bounds.admit(pid, pid, source)? {
-            return Ok(Some(*p));
-        }
-        let worker = match &mut self.worker {
-            Some(worker) => worker,
-            None => self.worker.insert(Worker::start(self.source.clone())?),
-        };
-        worker.watched.begin(blank(pid, pid, source));
-        let sent = worker.jobs.send((pid, argv.clone())).ok();
-        let read = match sent.map(|()| worker.done.recv_timeout(bounds.deadline())) {
-            Some(Ok(read)) => Some(read),
-            Some(Err(RecvTimeoutError::Timeout)) => {
-                // A deadline after this read began: overdue, unless done.
-                let given_up = worker.watched.lock().give_up(bounds, Instant::now());
-                if given_up.is_some() {
-                    // Left behind (it says it is back and ends): the next
-                    // read starts a fresh one.
-                    self.worker = None;
-                    return Ok(given_up);
-                }
-                // It finished just now: its answer is on the way.
-                worker.done.recv().ok()
+    /// Takes one read of `pid`.
+    fn put(&mut self, pid: i32, read: Result<Read, Exhausted>) {
+        match read {
+            Ok(Read::Record(p) | Read::Unread(p)) => {
+                self.bytes += prost::Message::encoded_len(&p);
+                self.read.records.push(p);
             }
-            Some(Err(RecvTimeoutError::Disconnected)) | None => None,
-        };
-        let Some(read) = read else {
-            // Gone: only a bug ends a worker otherwise; the caller tries
-            // again, and the next read starts a fresh one.
-            self.worker = None;
-            return Err(Exhausted::Resources(Errno::EAGAIN));
-        };
-        let p = worker.watched.lock().end();
-        read.map(|outcome| p.filter(|_| outcome == Outcome::Read))
+            Ok(_) => {}
+            Err(e) => self.fail(vec![pid], e),
+        }
     }
+
+    fn fail(&mut self, pids: Vec<i32>, e: Exhausted) {
+        self.read.failed.extend(pids);
+        self.read.error = Some(e);
+    }
+}
+
+/// Reads lists of processes on a worker thread, each read bounded in time.
+pub struct Worker {
+    watched: Arc<Watched<Job>>,
+    /// The way to the worker thread; `None` until one is started, or after
+    /// it is gone.
+    jobs: Option<Sender<()>>,
 }
 
 impl Worker {
-    fn start(source: Arc<ProcSource>) -> Result<Self, Exhausted> {
-        let mut reader = source.reader()?;
-        let watched = Arc::new(Watched::new(()));
-        let (jobs, jobs_rx) = mpsc::channel::<(i32, ArgvPatterns)>();
-        let (done_tx, done) = mpsc::channel();
-        let shared = watched.clone();
+    /// No thread yet: the first read starts one.
+    pub fn new(mount: Arc<ProcMount>) -> Self {
+        Self {
+            watched: Arc::new(Watched::new(mount, Job::default())),
+            jobs: None,
+        }
+    }
+
+    /// Reads the records of `pids` (popped from the end) as `source`
+    /// until `max_records` are read or they weigh `max_bytes` encoded,
+    /// leaving the rest in `pids`; long command lines are searched whole
+    /// for `argv`. A kernel thread has no record. Waits at most the deadline
+    /// for any one process.
+    pub fn read(
+        &mut self,
+        pids: &mut Vec<i32>,
+        source: Source,
+        argv: &ArgvPatterns,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Records {
+        let watched = self.watched.clone();
+        let mut slot = watched.lock();
+        slot.state = Job {
+            pids: std::mem::take(pids),
+            source,
+            argv: argv.clone(),
+            max_records,
+            max_bytes,
+            ..Job::default()
+        };
+        self.hand(&mut slot);
+        let mut slot = watched.watch(
+            slot,
+            |job| job.done,
+            |slot, p| {
+                // Left behind (it says it is back and ends): a fresh one
+                // goes on with the rest.
+                slot.state.put(p.pid, Ok(Read::Record(p)));
+                self.jobs = None;
+                self.hand(slot);
+            },
+        );
+        let job = std::mem::take(&mut slot.state);
+        *pids = job.pids;
+        job.read
+    }
+
+    /// Hands the job in `slot` to the worker thread, starting one if there
+    /// is none; if none can start, every pid left fails.
+    fn hand(&mut self, slot: &mut Slot<Job>) {
+        if let Some(jobs) = &self.jobs {
+            if jobs.send(()).is_ok() {
+                return;
+            }
+        }
+        // None yet, or left behind.
+        match self.start(slot.generation()) {
+            Ok(jobs) => {
+                // It holds the other end until it ends.
+                let _ = jobs.send(());
+                self.jobs = Some(jobs);
+            }
+            Err(e) => slot.state.fail_all(e),
+        }
+    }
+
+    /// Starts a worker thread of `generation`.
+    fn start(&self, generation: u64) -> Result<Sender<()>, Exhausted> {
+        let reader = self.watched.mount().reader()?;
+        let watched = self.watched.clone();
+        let (jobs, jobs_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("proc-worker".into())
-            .spawn(move || {
-                // Ends when the caller drops its end, or once left behind.
-                for (pid, argv) in jobs_rx {
-                    let tracker = &mut shared.tracker(GENERATION);
-                    let read = reader.read_into(pid, tracker, |_| true, &argv);
-                    if shared.lock().generation() != GENERATION {
-                        source.bounds().returned(pid);
-                        return;
-                    }
-                    if done_tx.send(read).is_err() {
-                        return;
-                    }
-                }
-            })
+            .spawn(move || work(&watched, reader, generation, jobs_rx))
             .map_err(|e| {
                 Exhausted::Resources(e.raw_os_error().map_or(Errno::EAGAIN, Errno::from_raw))
             })?;
-        Ok(Self {
-            watched,
-            jobs,
-            done,
-        })
+        Ok(jobs)
+    }
+}
+
+impl Job {
+    /// No worker can read: every pid left fails, and the job is done.
+    fn fail_all(&mut self, e: Exhausted) {
+        let pids = std::mem::take(&mut self.pids);
+        self.fail(pids, e);
+        self.done = true;
+    }
+}
+
+/// A worker thread: reads each job it is handed to the end. Ends when the
+/// caller drops its end, or once left behind.
+fn work(watched: &Watched<Job>, mut reader: ProcReader, generation: u64, jobs: Receiver<()>) {
+    for () in jobs {
+        loop {
+            let mut slot = watched.lock();
+            let Some(pid) = slot.state.next() else {
+                slot.state.done = true;
+                drop(slot);
+                watched.wake();
+                break;
+            };
+            let record = blank(pid, pid, slot.state.source);
+            let argv = slot.state.argv.clone();
+            drop(slot);
+            let read = watched.read(Ok(&mut reader), generation, record, |_| true, &argv);
+            if matches!(read, Ok(Read::LeftBehind)) {
+                return;
+            }
+            watched.lock().state.put(pid, read);
+        }
     }
 }
 
@@ -136,43 +202,35 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::procfs::bounded::Bounds;
+    use crate::procfs::watchdog::Bounds;
 
-    fn reader() -> WorkerReader {
+    fn worker() -> Worker {
         let bounds = Bounds::new(Duration::from_secs(5), 2);
-        WorkerReader::new(Arc::new(
-            ProcSource::open("/proc", 4096, None, bounds).unwrap(),
+        Worker::new(Arc::new(
+            ProcMount::open("/proc", 4096, None, bounds).unwrap(),
         ))
     }
 
     #[test]
-    fn a_read_in_time_comes_back_whole_and_the_worker_stays() {
-        let mut r = reader();
+    fn a_list_read_in_time_comes_back_whole_and_the_worker_stays() {
+        let mut w = worker();
         let me = std::process::id() as i32;
-        for _ in 0..2 {
-            let p = r
-                .read(me, Source::Poll, &ArgvPatterns::NONE)
-                .unwrap()
-                .expect("this process");
+        // kthreadd has no record; a gone pid is flagged.
+        let mut pids = vec![i32::MAX, 2, me, me];
+        let read = w.read(&mut pids, Source::Poll, &ArgvPatterns::NONE, 2, usize::MAX);
+        assert_eq!(pids, [i32::MAX, 2], "stops at two records");
+        assert_eq!(read.records.len(), 2);
+        for p in &read.records {
             assert_eq!(p.pid, me);
             assert!(!p.comm.is_empty() && !p.argv.is_empty(), "{p:?}");
             assert!(p.unavailable.is_empty(), "{p:?}");
         }
-        assert!(r.worker.is_some(), "one worker serves every read");
-    }
-
-    #[test]
-    fn a_kernel_thread_has_no_record_and_a_gone_pid_is_flagged() {
-        let mut r = reader();
-        // kthreadd.
-        assert!(r
-            .read(2, Source::Poll, &ArgvPatterns::NONE)
-            .unwrap()
-            .is_none());
-        let gone = r
-            .read(i32::MAX, Source::Poll, &ArgvPatterns::NONE)
-            .unwrap()
-            .expect("a record");
+        let read = w.read(&mut pids, Source::Poll, &ArgvPatterns::NONE, 2, usize::MAX);
+        assert!(pids.is_empty() && read.failed.is_empty());
+        let [gone] = &read.records[..] else {
+            panic!("{read:?}")
+        };
         assert!(gone.exited_before_inspection, "{gone:?}");
+        assert!(w.jobs.is_some(), "one worker serves every read");
     }
 }

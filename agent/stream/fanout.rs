@@ -19,11 +19,6 @@
 //!
 //! It also keeps the union of its hooked subscribers' selectors, the
 //! [`Interest`] the detector reads before each exec ([`Fanout::interest`]).
-//! It is worked out again only when a subscriber is hooked or unhooked,
-//! and a subscriber's share is in it before the subscriber is hooked: an
-//! exec the detector decides on with an older interest happened before the
-//! subscriber was hooked, so that subscriber's snapshot, taken after, is
-//! what covers it (see `Fanout::hook`).
 //!
 //! What the `lost` says is exact: the events published while the subscriber
 //! was unhooked are counted, and a detector loss it missed in that time
@@ -39,7 +34,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::stream::ledger::Ledger;
 use crate::stream::selector::{Filter, Interest};
-use execwatch::internal::runtime::lock;
+use execwatch::internal::lock::lock;
 
 /// One item a detector publishes.
 #[derive(Debug, Clone)]
@@ -249,7 +244,16 @@ impl Fanout {
     }
 
     /// What the hooked subscribers could want of a new process, now. Cheap
-    /// (a read lock and a reference count), read once per exec.
+    /// (a read lock and a reference count), read once per exec, after the
+    /// exec was received.
+    ///
+    /// It is worked out again only when a subscriber is hooked or unhooked,
+    /// and a subscriber's share is in it before the subscriber is hooked
+    /// (in the same critical section). So an exec the detector decides on
+    /// with an older interest was received, and happened, before the
+    /// subscriber was hooked: the snapshot that follows the hook covers that
+    /// process (if it still runs), exactly as when it was published just
+    /// before the hook.
     pub fn interest(&self) -> Arc<Interest> {
         self.interest
             .read()
@@ -326,13 +330,7 @@ impl Fanout {
             filter,
             queue: queue.clone(),
         });
-        // Its share of the interest in the same critical section as the
-        // hook, so before anything is published to it: every exec the
-        // detector decides on after this is read for it. One decided on
-        // before was seen by the detector, so it happened, before this
-        // hook: such a process is covered by the snapshot that follows the
-        // hook (if it still runs), exactly as when it was published just
-        // before the hook.
+        // Before anything is published to it: see `Fanout::interest`.
         self.set_interest(inner.interest());
         Subscription {
             rx,

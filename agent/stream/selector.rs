@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use execwatch::internal::argv;
-use execwatch::internal::runtime::lock;
+use execwatch::internal::lock::lock;
 use execwatch::proto::{Process, WatchRequest};
 
 use crate::procfs::cmdline::ArgvPatterns;

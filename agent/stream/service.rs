@@ -8,8 +8,8 @@ use execwatch::proto::{Stats, StatsRequest, WatchRequest};
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
-use crate::procfs::source::ProcSource;
-use crate::stats::Stats as Counters;
+use crate::counters::Counters;
+use crate::procfs::mount::ProcMount;
 use crate::stream::fanout::Fanout;
 use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared, WatchStream};
@@ -36,7 +36,7 @@ impl ExecEventsService {
     pub fn new(
         fanout: Arc<Fanout>,
         stats: Arc<Counters>,
-        procfs: Arc<ProcSource>,
+        procfs: Arc<ProcMount>,
         seats: Quota,
     ) -> (Self, watch::Sender<bool>) {
         let (streams_end, stop) = watch::channel(false);

@@ -29,9 +29,9 @@ use futures::Stream;
 use tokio::sync::watch;
 use tonic::Status;
 
+use crate::counters::Counters;
+use crate::procfs::mount::ProcMount;
 use crate::procfs::snapshot::read_chunk;
-use crate::procfs::source::ProcSource;
-use crate::stats::Stats;
 use crate::stream::fanout::{Fanout, Item, Missed, Subscription};
 use crate::stream::selector::Choice;
 use crate::transport::quota::Place;
@@ -52,9 +52,9 @@ pub struct Shared {
     /// Where detectors publish.
     pub fanout: Arc<Fanout>,
     /// Counters.
-    pub stats: Arc<Stats>,
+    pub stats: Arc<Counters>,
     /// Where and how snapshots read processes.
-    pub procfs: Arc<ProcSource>,
+    pub procfs: Arc<ProcMount>,
     /// Becomes `true` when the agent stops: every stream ends.
     pub stop: watch::Receiver<bool>,
     /// Snapshot reads under way at once (each on a blocking-pool thread), so

@@ -188,7 +188,7 @@ pub enum StopReason {
 /// Installs the signal handlers now and returns the future that says why
 /// to stop: a signal, or the detector's failure (`failed`).
 pub fn stop_on(failed: oneshot::Receiver<String>) -> impl Future<Output = StopReason> {
-    let signal = execwatch::internal::runtime::shutdown_signal();
+    let signal = execwatch::internal::shutdown::shutdown_signal();
     async move {
         tokio::select! {
             _ = signal => StopReason::Signal,
@@ -270,7 +270,7 @@ pub async fn serve<S: ExecEvents>(
     let _ = fs::remove_file(path);
     let _ = streams_end.send(true);
     let _ = drain_tx.send(());
-    let second = execwatch::internal::runtime::shutdown_signal();
+    let second = execwatch::internal::shutdown::shutdown_signal();
     tokio::select! {
         result = &mut server => result?,
         _ = tokio::time::sleep(STOP_GRACE) => {

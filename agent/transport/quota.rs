@@ -2,7 +2,7 @@
 //! place given back when its holder is dropped. Connections and subscribers
 //! are each bounded by one.
 
-use execwatch::internal::runtime::lock;
+use execwatch::internal::lock::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -1,6 +1,6 @@
 //! The real `agent` binary, as built by this `cargo bench` (release profile).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -22,16 +22,23 @@ impl Agent {
     /// `detector` is "poll"), its log (default level and format) in a file in
     /// `dir`, and waits until its socket exists: the detector is subscribed
     /// by then.
-    pub fn start(dir: &std::path::Path, detector: &str) -> Self {
-        let socket = dir.join(format!("agent-{detector}.sock"));
-        let log = dir.join(format!("agent-{detector}.log"));
+    pub fn start(dir: &Path, detector: &str) -> Self {
+        let args: &[String] = match detector {
+            "netlink" => &[],
+            _ => &[format!("--detector={detector}")],
+        };
+        Self::start_binary(dir, detector, Path::new(env!("CARGO_BIN_EXE_agent")), args)
+    }
+
+    /// Starts the agent binary at `binary` with `args`, its socket and log
+    /// named after `name`, as [`Agent::start`] does.
+    pub fn start_binary(dir: &Path, name: &str, binary: &Path, args: &[String]) -> Self {
+        let socket = dir.join(format!("agent-{name}.sock"));
+        let log = dir.join(format!("agent-{name}.log"));
         let _ = std::fs::remove_file(&socket);
         let file = std::fs::File::create(&log).expect("create the agent log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent"));
-        cmd.arg("--socket").arg(&socket);
-        if detector != "netlink" {
-            cmd.arg(format!("--detector={detector}"));
-        }
+        let mut cmd = Command::new(binary);
+        cmd.arg("--socket").arg(&socket).args(args);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
         let child = Guarded::spawn(&mut cmd).expect("start the agent");
         let mut agent = Self { child, socket, log };

@@ -31,13 +31,14 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// Scenario names, in the order they run.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "latency",
     "storm",
     "enrichment",
     "cmdline",
     "idle",
     "crossover",
+    "snapshot",
     "audit",
 ];
 
@@ -49,7 +50,7 @@ const SCENARIOS: [&str; 7] = [
 )]
 pub struct Options {
     /// Scenarios to run (repeat or comma-separate): latency, storm,
-    /// enrichment, cmdline, idle, crossover, audit. Default: all.
+    /// enrichment, cmdline, idle, crossover, snapshot, audit. Default: all.
     #[arg(long = "scenario", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Latency: spawns 1 gap apart on a quiet machine.
@@ -81,6 +82,16 @@ pub struct Options {
     /// Crossover: exec rates (per second) for the netlink detector.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,2000")]
     pub rates: Vec<u64>,
+    /// Snapshot: idle processes started for it.
+    #[arg(long, default_value_t = 2000)]
+    pub snapshot_processes: usize,
+    /// Snapshot: rounds, each timing the floor and every agent once.
+    #[arg(long, default_value_t = 7)]
+    pub snapshot_rounds: usize,
+    /// Snapshot: agent binaries to time (repeat or comma-separate), such as
+    /// release builds of two commits. Default: the one this bench built.
+    #[arg(long = "agent-binary", value_delimiter = ',')]
+    pub agent_binaries: Vec<PathBuf>,
     /// Where the CSV and SVG go (default: <target dir>/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -176,6 +187,7 @@ fn main() {
             "cmdline" => scenarios::cmdline::run(&bench),
             "idle" => scenarios::idle::run(&bench),
             "crossover" => scenarios::crossover::run(&bench),
+            "snapshot" => scenarios::snapshot::run(&bench),
             "audit" => scenarios::audit::run(&bench),
             _ => unreachable!("checked above"),
         };

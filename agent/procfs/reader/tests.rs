@@ -22,8 +22,8 @@ impl ProcReader {
     /// Reads the record of `pid`. Returns `Ok(None)` for kernel threads,
     /// which never exec and are not processes a user launches. Unbounded
     /// (for tests; the agent's reads are bounded, see
-    /// [`crate::procfs::bounded`]), and not redacted: see
-    /// [`crate::procfs::source::ProcSource::finish`].
+    /// [`crate::procfs::watchdog`]), and not redacted: see
+    /// [`crate::procfs::mount::ProcMount::finish`].
     fn read(&mut self, pid: i32, tgid: i32, source: Source) -> Result<Option<Process>, Exhausted> {
         let mut p = blank(pid, tgid, source);
         match self.read_into(pid, &mut p, |_| true, &ArgvPatterns::NONE)? {

@@ -2,7 +2,7 @@
 //! and resync after an overflow, the cut-off, and the end on shutdown.
 
 use super::*;
-use crate::procfs::bounded::Bounds;
+use crate::procfs::watchdog::Bounds;
 use crate::transport::quota::Quota;
 use execwatch::proto::{Process, WatchRequest};
 use futures::StreamExt;
@@ -16,7 +16,7 @@ fn agent(queue_len: usize) -> (watch::Sender<bool>, Arc<Shared>) {
         fanout: Arc::new(Fanout::new(queue_len, usize::MAX)),
         stats: Arc::default(),
         procfs: Arc::new(
-            ProcSource::open("/proc", 4096, None, Bounds::new(Duration::from_secs(5), 8)).unwrap(),
+            ProcMount::open("/proc", 4096, None, Bounds::new(Duration::from_secs(5), 8)).unwrap(),
         ),
         stop,
         snapshot_reads: tokio::sync::Semaphore::new(2),

@@ -6,4 +6,5 @@ pub mod crossover;
 pub mod enrichment;
 pub mod idle;
 pub mod latency;
+pub mod snapshot;
 pub mod storm;

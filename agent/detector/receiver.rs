@@ -1,15 +1,13 @@
-//! Reading the proc connector: one thread of its own, and a watchdog.
+//! Receiving the proc connector's events: one thread of its own, and a
+//! watchdog.
 //!
-//! The reading thread waits on the netlink sockets, reads each exec's
+//! The receiving thread waits on the netlink sockets, reads each exec's
 //! `/proc/<pid>` record and publishes it. It runs apart from the agent's
-//! runtime thread because a `/proc` read may block (the target's memory-map
-//! lock, a stuck FUSE or NFS mount, anything mounted over a `/proc` file):
-//! the streams, the health check and shutdown never wait on it. Each read is
-//! bounded ([`crate::procfs::bounded`]): one that is still under way after
-//! `--proc-read-timeout` is given up by the watchdog, which publishes what
-//! was read with the rest in `unavailable`, leaves the thread behind and
-//! starts a fresh one on the events still to do. A thread left behind
-//! publishes nothing, ever: its generation is stale.
+//! runtime thread because a `/proc` read may block: the streams, the health
+//! check and shutdown never wait on it. Each record is read through
+//! [`Watched::read`], on this thread: the watchdog publishes a read given up
+//! at `--proc-read-timeout` and starts a fresh thread on the events still to
+//! do.
 //!
 //! Each wake-up costs more than everything done for an event (about 10 µs on
 //! a small VM against 1–3 µs to read and parse a queued datagram), so the
@@ -46,9 +44,8 @@
 //! ([`Fanout::skip_exec`]): no subscriber's selector could have passed it,
 //! so nobody misses it, its exit goes to nobody who was not sent it, and
 //! loss accounting and sequence numbers see what they saw when it was
-//! published to nobody. The interest is taken after the exec was received,
-//! so a subscriber hooked after it is hooked after the exec: its snapshot
-//! covers that process as it covers any that started just before it joined.
+//! published to nobody. (When a new subscriber's share takes effect: see
+//! [`Fanout::interest`].)
 //!
 //! A thread-group leader that renames itself (`prctl(PR_SET_NAME)`, a
 //! write to `/proc/<pid>/comm`) is decided again as if it had executed: the
@@ -77,17 +74,17 @@ use std::time::{Duration, Instant};
 
 use execwatch::internal::clock;
 use execwatch::internal::cn_proc::{parse_datagram, EventKind, Message, ProcEvent};
-use execwatch::internal::runtime::lock;
+use execwatch::internal::lock::lock;
 use execwatch::proto::{Exit, LossSite, Process, Source};
 use nix::poll::{PollFd, PollFlags};
 
+use crate::counters::Counters;
 use crate::detector::audit::Barrier;
 use crate::detector::netlink::NetlinkDetector;
 use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket, Received, BATCH};
-use crate::procfs::bounded::{Admit, Slot, Watched};
-use crate::procfs::reader::{blank, CommCheck, Exhausted, Outcome, ProcReader};
-use crate::procfs::source::ProcSource;
-use crate::stats::Stats;
+use crate::procfs::mount::ProcMount;
+use crate::procfs::reader::{blank, CommCheck, Exhausted, ProcReader};
+use crate::procfs::watchdog::{Read, Slot, Watched};
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 use crate::stream::selector::Interest;
 
@@ -173,10 +170,10 @@ struct Context {
     exits: Option<NetlinkSocket>,
     rcvbuf: usize,
     pace: Pace,
-    procfs: Arc<ProcSource>,
     fanout: Arc<Fanout>,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     audit: Arc<Barrier>,
+    /// The reads, and the backlog that outlives a thread left behind.
     watched: Watched<Backlog>,
     failed: Mutex<Option<OnFailure>>,
 }
@@ -200,9 +197,9 @@ impl From<NetlinkError> for Stop {
 pub fn start(
     detector: NetlinkDetector,
     pace: Pace,
-    procfs: Arc<ProcSource>,
+    procfs: Arc<ProcMount>,
     fanout: Arc<Fanout>,
-    stats: Arc<Stats>,
+    stats: Arc<Counters>,
     audit: Arc<Barrier>,
     failed: impl FnOnce(NetlinkError) + Send + 'static,
 ) -> std::io::Result<()> {
@@ -212,11 +209,10 @@ pub fn start(
         exits: detector.exits,
         rcvbuf,
         pace,
-        procfs,
         fanout,
         stats,
         audit,
-        watched: Watched::new(Backlog::default()),
+        watched: Watched::new(procfs, Backlog::default()),
         failed: Mutex::new(Some(Box::new(failed))),
     });
     spawn_reader(ctx.clone(), 0)?;
@@ -228,7 +224,7 @@ pub fn start(
 
 /// Starts the reading thread of `generation`.
 fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
-    let reader = ctx.procfs.reader();
+    let reader = ctx.watched.mount().reader();
     std::thread::Builder::new()
         .name(format!("netlink-{generation}"))
         .spawn(move || {
@@ -256,12 +252,13 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
 /// Gives up overdue reads, forever: each one's record is published as it
 /// stands and a fresh thread takes over the rest.
 fn watchdog(ctx: &Arc<Context>) {
-    ctx.watched.watch(ctx.procfs.bounds(), |slot, p| {
+    let never = |_: &Backlog| false;
+    drop(ctx.watched.watch(ctx.watched.lock(), never, |slot, p| {
         publish_exec(ctx, p);
         if let Err(e) = spawn_reader(ctx.clone(), slot.generation()) {
             ctx.fail(NetlinkError::Thread(e));
         }
-    });
+    }));
 }
 
 impl Context {
@@ -273,9 +270,8 @@ impl Context {
     }
 }
 
-/// Publishes an exec's (or a rename's) record, redacted.
-fn publish_exec(ctx: &Context, mut p: Process) {
-    ctx.procfs.finish(&mut p);
+/// Publishes an exec's (or a rename's) record.
+fn publish_exec(ctx: &Context, p: Process) {
     // The kernel's silent drop, on demand (tests/agent_audit.rs).
     #[cfg(feature = "failpoints")]
     if fail::eval("drop-exec", |comm| comm.as_deref() == Some(&p.comm)) == Some(true) {
@@ -515,7 +511,7 @@ impl ReaderThread {
     fn exec(&mut self, ev: ProcEvent, pid: i32, tgid: i32) -> Result<(), Stop> {
         let timestamp_ns = ev.timestamp_ns;
         let ctx = self.ctx.clone();
-        // Taken now, after the exec was received: see the module's comment.
+        // After the exec was received: see `Fanout::interest`.
         let interest = ctx.fanout.interest();
         // A rename carries its comm: nobody's is dropped without a read, and
         // not counted as an exec.
@@ -524,12 +520,12 @@ impl ReaderThread {
             return Ok(());
         }
         let renamed = renamed.is_some();
-        if matches!(*interest, Interest::Nothing) {
+        if *interest == Interest::Nothing {
             ctx.fanout.skip_exec();
             return Ok(());
         }
         if self.reader.is_err() {
-            self.reader = ctx.procfs.reader();
+            self.reader = ctx.watched.mount().reader();
         }
         let checked = self.checked.take() == Some((pid, timestamp_ns)) || renamed;
         if let (Interest::Comms(_), Ok(reader), false) = (&*interest, &mut self.reader, checked) {
@@ -564,53 +560,33 @@ impl ReaderThread {
             }
             return self.sync(ev);
         }
-        let admit = ctx.procfs.bounds().admit(pid, tgid, Source::Netlink);
-        let reader = match (admit, &mut self.reader) {
-            (Ok(Admit::Go), Ok(reader)) => reader,
-            (Ok(Admit::Stuck(mut p)), _) => {
-                p.kernel_timestamp_ns = timestamp_ns;
-                p.renamed = renamed;
-                publish_exec(&ctx, *p);
-                return Ok(());
-            }
-            (Err(e), _) | (Ok(Admit::Go), &mut Err(e)) => {
-                self.unreadable(e);
-                return Ok(());
-            }
-        };
         let mut record = blank(pid, tgid, Source::Netlink);
         record.kernel_timestamp_ns = timestamp_ns;
         record.renamed = renamed;
-        ctx.watched.begin(record);
-        let tracker = &mut ctx.watched.tracker(self.generation);
+        let reader = self.reader.as_mut().map_err(|e| *e);
         let wanted = |comm: &[u8]| interest.may_want(comm);
-        let read = reader.read_into(pid, tracker, wanted, interest.argv());
-        let mut slot = ctx.watched.lock();
-        if slot.generation() != self.generation {
-            // Given up meanwhile: the watchdog published the record.
-            drop(slot);
-            ctx.procfs.bounds().returned(pid);
-            return Err(Stop::Stale);
-        }
-        match (read, slot.end()) {
-            (Ok(Outcome::Read), Some(p)) => {
+        match ctx
+            .watched
+            .read(reader, self.generation, record, wanted, interest.argv())
+        {
+            Ok(Read::Record(p)) => {
                 // The loss goes out before this record: subscribers resync,
                 // then get it.
-                recovered(&ctx, &mut slot.state);
+                recovered(&ctx, &mut self.backlog().state);
                 publish_exec(&ctx, p);
             }
-            (Ok(Outcome::Unwanted), _) => {
+            Ok(Read::Unread(p)) => publish_exec(&ctx, p),
+            Ok(Read::Unwanted) => {
                 // `stat` was read: reads work.
-                recovered(&ctx, &mut slot.state);
+                recovered(&ctx, &mut self.backlog().state);
                 if !renamed {
                     ctx.fanout.skip_exec();
                 }
             }
-            (Err(e), _) => {
-                drop(slot);
-                self.unreadable(e);
-            }
-            (Ok(_), _) => ctx.stats.add_ignored_kernel_events(1),
+            Ok(Read::KernelThread) => ctx.stats.add_ignored_kernel_events(1),
+            // The watchdog published the record.
+            Ok(Read::LeftBehind) => return Err(Stop::Stale),
+            Err(e) => self.unreadable(e),
         }
         Ok(())
     }
@@ -640,10 +616,10 @@ impl ReaderThread {
             return;
         };
         let works = match error {
-            Exhausted::Stuck(_) => !self.ctx.procfs.bounds().full(),
+            Exhausted::Stuck(_) => !self.ctx.watched.mount().bounds().full(),
             Exhausted::Resources(_) => {
                 if self.reader.is_err() {
-                    self.reader = self.ctx.procfs.reader();
+                    self.reader = self.ctx.watched.mount().reader();
                 }
                 self.reader.as_mut().is_ok_and(|r| r.probe().is_ok())
             }
@@ -682,7 +658,7 @@ fn drain(
     sock: &NetlinkSocket,
     batch: &mut Batch,
     events: &mut VecDeque<ProcEvent>,
-    stats: &Stats,
+    stats: &Counters,
 ) -> Result<bool, NetlinkError> {
     loop {
         let n = match sock.try_recv_batch(batch)? {

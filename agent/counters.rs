@@ -10,15 +10,15 @@ use std::time::Instant;
 
 use execwatch::proto;
 
-use execwatch::internal::runtime::lock;
+use execwatch::internal::lock::lock;
 
 /// Counters since start, each monotonic.
 #[derive(Debug)]
-pub struct Stats {
+pub struct Counters {
     started: Instant,
     detector: Mutex<(String, String, u64)>,
     privilege: std::sync::OnceLock<proto::Privilege>,
-    counts: Counters,
+    counts: Counts,
 }
 
 /// Declares the counters (each a `GetStats` field of the same name), an
@@ -27,11 +27,11 @@ macro_rules! counters {
     ($($(#[$doc:meta])* $add:ident => $field:ident;)*) => {
         /// The counters, zero at start.
         #[derive(Debug, Default)]
-        struct Counters {
+        struct Counts {
             $($field: AtomicU64,)*
         }
 
-        impl Stats {
+        impl Counters {
             $($(#[$doc])* pub fn $add(&self, n: u64) { self.counts.$field.fetch_add(n, Relaxed); })*
 
             /// Copies every counter into `into`.
@@ -69,18 +69,18 @@ counters! {
     add_audit_found => audit_found;
 }
 
-impl Default for Stats {
+impl Default for Counters {
     fn default() -> Self {
         Self {
             started: Instant::now(),
             detector: Mutex::default(),
             privilege: std::sync::OnceLock::new(),
-            counts: Counters::default(),
+            counts: Counts::default(),
         }
     }
 }
 
-impl Stats {
+impl Counters {
     /// Records which detector runs, its subscription mode and buffer size.
     pub fn set_detector(&self, name: &str, mode: &str, receive_buffer_bytes: u64) {
         *lock(&self.detector) = (name.to_string(), mode.to_string(), receive_buffer_bytes);

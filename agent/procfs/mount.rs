@@ -1,18 +1,17 @@
-//! The one description of where and how the agent reads processes: the
-//! `/proc` mount, the command-line limit, the redaction applied before a
-//! record leaves the agent, and the bound on how long one read may take.
-//! Built once in `main` and shared by the netlink detector, the poll
-//! detector and the snapshots, so none of them can read or redact
-//! differently.
+//! The `/proc` mount as the agent reads it: where it is, the command-line
+//! limit, the bounds on a read ([`crate::procfs::watchdog`]) and the
+//! redaction applied before a record leaves the agent. Built once in `main`
+//! and shared by the detectors and the snapshots, so none of them can read
+//! or redact differently.
 
 use execwatch::proto::Process;
 
-use crate::procfs::bounded::Bounds;
 use crate::procfs::reader::{Exhausted, OpenError, ProcReader};
 use crate::procfs::redaction::Redactor;
+use crate::procfs::watchdog::Bounds;
 
 /// Where and how processes are read.
-pub struct ProcSource {
+pub struct ProcMount {
     root: String,
     /// Never read with: each reader is a copy with its own buffer.
     template: ProcReader,
@@ -20,7 +19,7 @@ pub struct ProcSource {
     bounds: Bounds,
 }
 
-impl ProcSource {
+impl ProcMount {
     /// Opens the `/proc` mount at `root`. Command lines are read up to
     /// `max_argv_bytes`; `redactor`, if any, is applied to every record.
     pub fn open(
@@ -53,11 +52,11 @@ impl ProcSource {
     }
 
     /// Makes a record fit to leave the agent: with redaction configured,
-    /// secrets in its command line are replaced. Every record a detector
-    /// publishes or a snapshot lists goes through here.
-    pub fn finish(&self, p: &mut Process) {
+    /// secrets in its command line are replaced.
+    pub(in crate::procfs) fn finish(&self, mut p: Process) -> Process {
         if let Some(redactor) = &self.redactor {
-            redactor.redact(p);
+            redactor.redact(&mut p);
         }
+        p
     }
 }
