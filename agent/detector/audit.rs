@@ -222,10 +222,8 @@ impl Audit {
                 }
                 drop(l);
                 // Read in full only now: a rare suspect, not every process.
-                let read =
-                    self.records
-                        .read(&mut vec![pid], Source::Snapshot, &argv, 1, usize::MAX);
-                if let Some(e) = read.error {
+                let read = self.records.read(&mut vec![pid], Source::Snapshot, &argv);
+                if let Some(e) = read.why {
                     return Err(other(e));
                 }
                 let Some(p) = read.records.into_iter().next() else {

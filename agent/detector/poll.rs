@@ -134,10 +134,10 @@ impl Poller {
                 fanout.skip_exec();
                 continue;
             }
-            let read =
-                self.records
-                    .read(&mut vec![pid], Source::Poll, interest.argv(), 1, usize::MAX);
-            let p = match (read.error, read.records.into_iter().next()) {
+            let read = self
+                .records
+                .read(&mut vec![pid], Source::Poll, interest.argv());
+            let p = match (read.why, read.records.into_iter().next()) {
                 (None, Some(p)) => p,
                 // A kernel thread.
                 (None, None) => continue,

@@ -203,16 +203,15 @@ pub fn start(
     audit: Arc<Barrier>,
     failed: impl FnOnce(NetlinkError) + Send + 'static,
 ) -> std::io::Result<()> {
-    let rcvbuf = detector.receive_buffer();
     let ctx = Arc::new(Context {
+        rcvbuf: detector.receive_buffer(),
         execs: detector.execs,
         exits: detector.exits,
-        rcvbuf,
         pace,
         fanout,
         stats,
         audit,
-        watched: Watched::new(procfs, Backlog::default()),
+        watched: Watched::new(procfs),
         failed: Mutex::new(Some(Box::new(failed))),
     });
     spawn_reader(ctx.clone(), 0)?;

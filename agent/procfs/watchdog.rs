@@ -138,6 +138,7 @@ struct Current {
 
 /// What the reading thread and its watchdog share: the read under way, and
 /// whatever state `T` must outlive a thread left behind.
+#[derive(Default)]
 pub struct Slot<T> {
     generation: u64,
     current: Option<Current>,
@@ -157,22 +158,18 @@ pub struct Watched<T> {
     wake: Condvar,
 }
 
-impl<T> Watched<T> {
+impl<T: Default> Watched<T> {
     /// Nothing read yet; generation 0.
-    pub fn new(mount: Arc<ProcMount>, state: T) -> Self {
+    pub fn new(mount: Arc<ProcMount>) -> Self {
         Self {
             mount,
-            slot: Mutex::new(Slot {
-                generation: 0,
-                current: None,
-                reads: 0,
-                watchdog_idle: false,
-                state,
-            }),
+            slot: Mutex::default(),
             wake: Condvar::new(),
         }
     }
+}
 
+impl<T> Watched<T> {
     /// The mount read.
     pub fn mount(&self) -> &Arc<ProcMount> {
         &self.mount
@@ -210,11 +207,7 @@ impl<T> Watched<T> {
         let reader = reader?;
         let pid = record.pid;
         self.begin(record);
-        let mut tracker = Tracker {
-            watched: self,
-            generation,
-        };
-        let read = reader.read_into(pid, &mut tracker, wanted, argv);
+        let read = reader.read_into(pid, &mut Tracker(self, generation), wanted, argv);
         let mut slot = self.lock();
         if slot.generation != generation {
             drop(slot);
@@ -347,15 +340,13 @@ impl<T> Slot<T> {
 
 /// The sink a watched thread reads into: every field goes into the slot's
 /// record at once, unless the thread is stale.
-struct Tracker<'a, T> {
-    watched: &'a Watched<T>,
-    generation: u64,
-}
+/// Its fields: the slot, and the thread's generation.
+struct Tracker<'a, T>(&'a Watched<T>, u64);
 
 impl<T> Sink for Tracker<'_, T> {
     fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool {
-        let mut slot = self.watched.lock();
-        if slot.generation != self.generation {
+        let mut slot = self.0.lock();
+        if slot.generation != self.1 {
             return false;
         }
         let Some(current) = slot.current.as_mut() else {
@@ -379,7 +370,7 @@ mod tests {
     fn watched(deadline: Duration, max_stuck: usize) -> Watched<()> {
         let bounds = Bounds::new(deadline, max_stuck);
         let mount = ProcMount::open("/proc", 4096, None, bounds).unwrap();
-        Watched::new(Arc::new(mount), ())
+        Watched::new(Arc::new(mount))
     }
 
     #[test]
@@ -387,10 +378,7 @@ mod tests {
         let watched = watched(Duration::from_millis(10), 2);
         let bounds = watched.mount.bounds();
         watched.begin(blank(42, 42, Source::Netlink));
-        let mut tracker = Tracker {
-            watched: &watched,
-            generation: 0,
-        };
+        let mut tracker = Tracker(&watched, 0);
         assert!(tracker.put(|p| p.comm = "x".into(), Some(Field::Credentials)));
         assert!(tracker.put(|_| {}, Some(Field::Argv)));
         let mut slot = watched.lock();
@@ -422,10 +410,7 @@ mod tests {
     fn a_finished_read_is_never_given_up() {
         let watched = watched(Duration::from_millis(1), 1);
         watched.begin(blank(1, 1, Source::Netlink));
-        let mut tracker = Tracker {
-            watched: &watched,
-            generation: 0,
-        };
+        let mut tracker = Tracker(&watched, 0);
         assert!(tracker.put(|_| {}, None));
         let later = Instant::now() + Duration::from_secs(1);
         assert!(watched

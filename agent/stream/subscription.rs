@@ -433,7 +433,7 @@ impl Snapshot {
                 self.ready.push_back(Kind::Existing(p));
             }
             self.failed.extend(chunk.failed);
-            self.why = chunk.why.or(self.why.take());
+            self.why = chunk.why.map(|e| e.to_string()).or(self.why.take());
         }
     }
 }
