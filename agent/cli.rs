@@ -9,7 +9,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 pub use execwatch::internal::logging::LogFormat;
 
-use crate::counters::Counters;
 use crate::detector::launch::{Detection, LaunchError};
 use crate::detector::receiver::Pace;
 use crate::procfs::mount::ProcMount;
@@ -17,6 +16,7 @@ use crate::procfs::reader::OpenError;
 use crate::procfs::redaction::patterns::{Patterns, Preset};
 use crate::procfs::redaction::{Redactor, REDACTED};
 use crate::procfs::watchdog::Bounds;
+use crate::totals::Totals;
 use crate::transport::peer::PeerCheck;
 use crate::transport::Limits;
 
@@ -294,7 +294,7 @@ impl RunArgs {
     }
 
     /// Whom the socket admits and how much it serves at once.
-    pub fn limits(&self, stats: Arc<Counters>) -> Limits {
+    pub fn limits(&self, stats: Arc<Totals>) -> Limits {
         Limits {
             peers: PeerCheck::new(&self.allow_uid, stats),
             max_connections: self.max_connections as usize,

@@ -54,10 +54,10 @@ impl Poller {
     /// before the socket exists, so a launch after a client connects is
     /// never mistaken for part of the inventory.
     pub fn start(source: Arc<ProcMount>, interval: Duration) -> std::io::Result<Self> {
-        let mut reader = source.reader().map_err(to_io)?;
+        let mut reader = source.reader().map_err(std::io::Error::other)?;
         let mut known = HashMap::new();
         for pid in reader.pids()? {
-            if let Some(id) = reader.identity(pid).map_err(to_io)? {
+            if let Some(id) = reader.identity(pid).map_err(std::io::Error::other)? {
                 known.insert(pid, id);
             }
         }
@@ -161,14 +161,6 @@ impl Poller {
         }
         self.known = alive;
         Ok(Ok(()))
-    }
-}
-
-/// An error of the first inventory, which stops the agent's start.
-fn to_io(e: Exhausted) -> std::io::Error {
-    match e {
-        Exhausted::Resources(errno) => errno.into(),
-        stuck => std::io::Error::other(stuck),
     }
 }
 

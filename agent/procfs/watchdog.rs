@@ -28,7 +28,6 @@
 //! read is overdue, and the watchdog sleeps until the read under way is due
 //! (or, after a deadline's time without reads, until a read starts).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -44,8 +43,8 @@ use crate::procfs::reader::{unavailable, Exhausted, Field, Outcome, ProcReader, 
 pub struct Bounds {
     deadline: Duration,
     max_stuck: usize,
-    /// pid -> reads of it left behind and not back yet.
-    stuck: Mutex<HashMap<i32, usize>>,
+    /// The pid of each read left behind and not back yet.
+    stuck: Mutex<Vec<i32>>,
 }
 
 impl Bounds {
@@ -64,7 +63,7 @@ impl Bounds {
     fn admit(&self, record: &mut Process) -> Result<bool, Exhausted> {
         let stuck = lock(&self.stuck);
         let pid = record.pid;
-        if stuck.contains_key(&pid) {
+        if stuck.contains(&pid) {
             drop(stuck);
             let why = format!(
                 "an earlier read of /proc/{pid} timed out after {:?} and has not returned; not read again until it does",
@@ -73,38 +72,34 @@ impl Bounds {
             unavailable(record, Field::All.name(), why);
             return Ok(false);
         }
-        let n: usize = stuck.values().sum();
-        if n >= self.max_stuck {
-            return Err(Exhausted::Stuck(n));
+        if stuck.len() >= self.max_stuck {
+            return Err(Exhausted::Stuck(stuck.len()));
         }
         Ok(true)
     }
 
     /// Whether no more reads may be left behind.
     pub fn full(&self) -> bool {
-        lock(&self.stuck).values().sum::<usize>() >= self.max_stuck
+        lock(&self.stuck).len() >= self.max_stuck
     }
 
     /// A read of `pid` was given up; its thread is left behind. Returns how
     /// many are now.
     fn left_behind(&self, pid: i32) -> usize {
         let mut stuck = lock(&self.stuck);
-        *stuck.entry(pid).or_default() += 1;
-        stuck.values().sum()
+        stuck.push(pid);
+        stuck.len()
     }
 
     /// A read of `pid` that was left behind has returned.
     fn returned(&self, pid: i32) {
         let mut stuck = lock(&self.stuck);
-        if let Some(n) = stuck.get_mut(&pid) {
-            *n -= 1;
-            if *n == 0 {
-                stuck.remove(&pid);
-            }
+        if let Some(i) = stuck.iter().position(|&p| p == pid) {
+            stuck.swap_remove(i);
         }
         tracing::info!(
             pid,
-            still_stuck = stuck.values().sum::<usize>(),
+            still_stuck = stuck.len(),
             "a /proc read given up earlier has returned"
         );
     }
@@ -270,7 +265,6 @@ impl<T> Watched<T> {
                     // instead of waking every period for nothing.
                     slot.watchdog_idle = true;
                     slot = self.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
-                    slot.watchdog_idle = false;
                     seen = slot.reads;
                     continue;
                 }

@@ -122,10 +122,8 @@ impl Worker {
     /// Hands the job in `slot` to the worker thread, starting one if there
     /// is none; if none can start, every pid left fails.
     fn hand(&mut self, slot: &mut Slot<Job>) {
-        if let Some(jobs) = &self.jobs {
-            if jobs.send(()).is_ok() {
-                return;
-            }
+        if self.jobs.as_ref().is_some_and(|jobs| jobs.send(()).is_ok()) {
+            return;
         }
         // None yet, or left behind.
         match self.start(slot.generation()) {
@@ -167,7 +165,6 @@ fn work(watched: &Watched<Job>, mut reader: ProcReader, generation: u64, jobs: R
             let mut slot = watched.lock();
             let Some(pid) = slot.state.next() else {
                 slot.state.done = true;
-                drop(slot);
                 watched.wake();
                 break;
             };
