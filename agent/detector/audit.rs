@@ -20,7 +20,8 @@
 //! ledger and that a subscriber matching argv or the executable might want
 //! is read in full (after a silent drop, or a rename the kernel dropped).
 //!
-//! The audit never holds up the reader: it reads `/proc` on its own thread
+//! The audit never holds up the reader on I/O: it reads `/proc` on its own
+//! thread, holds a subscriber's ledger only to compare it with the scan,
 //! and takes the fan-out's lock only to queue a loss. Before it calls a
 //! process missed it makes sure the reader has handled everything the
 //! kernel queued until its scan ended, and [`CONFIRM`] later, so that an
@@ -144,16 +145,15 @@ impl Audit {
             std::thread::sleep(self.interval);
             let started = Instant::now();
             match self.once() {
-                Ok(found) => tracing::debug!(
-                    found,
-                    took_us = started.elapsed().as_micros() as u64,
-                    "audit done"
-                ),
-                // A detector loss of its own is reported by the reader; the
+                Ok(found) => {
+                    self.stats.add_audits(1);
+                    let took_us = started.elapsed().as_micros() as u64;
+                    tracing::debug!(found, took_us, "audit done");
+                }
+                // The reader reports the agent's own exhaustion as loss; the
                 // next audit tries again.
                 Err(e) => tracing::debug!("audit skipped: {e}"),
             }
-            self.stats.add_audits(1);
         }
     }
 
