@@ -24,6 +24,10 @@ use crate::transport::Limits;
 /// slower ones make the poll detector useless for reclaiming.
 pub const POLL_INTERVAL: (Duration, Duration) =
     (Duration::from_millis(10), Duration::from_secs(60));
+/// Bounds of `--audit-interval`: below, the audit's scans add up; above, a
+/// launch the kernel dropped waits too long to be found.
+pub const AUDIT_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(60));
 /// Bounds of `--proc-read-timeout`: below, a busy node's slow but honest
 /// reads would be cut; above, one stuck process delays events by a minute.
 pub const PROC_READ_TIMEOUT: (Duration, Duration) =
@@ -113,6 +117,13 @@ pub struct RunArgs {
     #[arg(long, env = "EXECWATCH_POLL_INTERVAL", default_value = "250ms", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, POLL_INTERVAL.0, POLL_INTERVAL.1))]
     pub poll_interval: Duration,
 
+    /// How often the netlink detector's audit compares the running
+    /// processes with what each subscriber was sent, to find what the kernel
+    /// dropped without telling (100ms to 1m). A launch it dropped is found
+    /// within one interval.
+    #[arg(long, env = "EXECWATCH_AUDIT_INTERVAL", default_value = "5s", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, AUDIT_INTERVAL.0, AUDIT_INTERVAL.1))]
+    pub audit_interval: Duration,
+
     /// Socket file mode, in octal.
     #[arg(long, env = "EXECWATCH_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
     pub socket_mode: u32,
@@ -189,9 +200,10 @@ pub struct RunArgs {
     #[arg(long, env = "EXECWATCH_IDLE_TIMEOUT", default_value = "2m", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, IDLE_TIMEOUT.0, IDLE_TIMEOUT.1))]
     pub idle_timeout: Duration,
 
-    /// Longest command line read per process, in bytes (1 to 16777216);
-    /// longer ones are cut and flagged argv_truncated. A record carries at
-    /// most twice this in argv and argv_raw together.
+    /// Longest command line carried per process, in bytes (1 to 16777216);
+    /// longer ones are cut and flagged argv_truncated (and still searched
+    /// whole for subscribers' argv_substrings, found ones in argv_matches).
+    /// A record carries at most twice this in argv and argv_raw together.
     #[arg(long, env = "EXECWATCH_MAX_ARGV_BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(1..=16 << 20))]
     pub max_argv_bytes: u32,
 
@@ -275,6 +287,7 @@ impl RunArgs {
                     above: (self.coalesce_above > 0).then_some(self.coalesce_above),
                     rest: self.coalesce,
                 },
+                self.audit_interval,
             ),
             Detector::Poll => Ok(Detection::Poll(self.poll_interval)),
         }

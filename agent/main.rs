@@ -45,6 +45,10 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
     if std::env::var_os(detector::netlink::PROBE_ENV).is_some() {
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    // Test builds only: FAILPOINTS (the `fail` crate's syntax) may set
+    // `drop-exec=return(<comm>)`, see detector::receiver::publish_exec.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     execwatch::internal::logging::init_logging(cli.log_format);
     let run_as = cli.run_as();

@@ -61,6 +61,12 @@ counters! {
     add_parse_errors => parse_errors;
     /// Exec events whose record the agent could not read (its own exhaustion).
     add_unreadable_execs => unreadable_execs;
+    /// Leader renames published as `renamed` records.
+    add_renames => renames;
+    /// Audits run.
+    add_audits => audits;
+    /// Running processes the audit found a subscriber was never sent.
+    add_audit_found => audit_found;
 }
 
 impl Default for Totals {

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub lost_markers: Counter,
     /// Rule sets loaded (inert ones included; a missing document is none).
     pub rule_reloads: Counter,
+    /// `match_exe_paths` entries warned about as links (once each).
+    pub exe_path_warnings: Counter,
     /// Rule documents rejected (the last good rules stay in force).
     pub rule_errors: Counter,
     /// 1 while the current rules document is invalid.
@@ -86,6 +88,7 @@ impl Metrics {
             lost_markers: registered(own, "lost_markers", "Lost markers received from the agent"),
             rule_reloads: registered(own, "rule_reloads", "Rule sets loaded (inert ones included)"),
             rule_errors: registered(own, "rule_errors", "Rule documents rejected"),
+            exe_path_warnings: registered(own, "exe_path_warnings", "match_exe_paths entries that are most likely links and never match (each warned once)"),
             rules_invalid: registered(own, "rules_invalid", "1 while the current rules document is invalid (the last good rules are in force)"),
             rules_inert: registered(own, "rules_inert", "1 while the loaded rules never fire"),
             rules_missing: registered(own, "rules_missing", "1 while the rules source has no document (the node is disarmed unless --keep-rules-when-missing)"),

@@ -2,103 +2,13 @@
 //! workstation back".
 //!
 //! The rules are a small TOML document, read from the `reclaim.toml` key of a
-//! ConfigMap or from a file. The format is the one the 5-Spot controller's
-//! reclaim agent reads, plus a few optional keys that are off by default.
-//! This module is pure: it parses and validates the document and answers
-//! "does this process match?", and does no I/O and no logging.
-//!
-//! # Format
-//!
-//! ```toml
-//! # Exact, case-sensitive match on the kernel's command name (`comm`).
-//! match_commands = ["java", "idea", "steam"]
-//!
-//! # Case-sensitive substring of the command line (argv joined with single
-//! # spaces), so a pattern may span arguments: "-jar app" matches
-//! # `java -jar app.jar`.
-//! match_argv_substrings = ["-jar app", "execwatch-demo"]
-//!
-//! # Accepted for compatibility with the 5-Spot reclaim agent and ignored.
-//! poll_interval_ms = 1000
-//!
-//! # Optional, off by default.
-//! match_exe_paths = ["/opt/idea/bin/idea"]   # exact executable path
-//! match_uids = [1000]                         # only these real uids can match
-//! scope = "host"                              # "host" (default) or "all"
-//! ```
-//!
-//! Every key is optional. An unknown key is an error that names the key, so a
-//! typo (`match_comands`) cannot silently disable reclaiming.
-//!
-//! # Matchers
-//!
-//! A process matches when it passes both filters ([`Scope`] and
-//! `match_uids`) and then any one matcher. Matchers are tried in a fixed
-//! order, commands, then argv substrings, then exe paths; within the argv list
-//! in document order. The first hit wins and is reported as a [`Match`], so the
-//! same process always yields the same reason.
-//!
-//! - **`match_commands`**: exact, case-sensitive equality with
-//!   [`Process::comm`], the name the kernel keeps for the process: the
-//!   basename of the executed file, cut by the kernel to its first 15 bytes.
-//!   A configured command longer than 15 bytes is accepted and compared on its
-//!   first 15 bytes too, since that is all the kernel keeps: the user who
-//!   writes `"jetbrains-toolbox"` means the process the kernel calls
-//!   `"jetbrains-toolb"`. (Rejecting it would only make the user look up the
-//!   truncation rule; two long commands that share their first 15 bytes both
-//!   report the one written first.) `comm` follows the executed file, not
-//!   argv\[0\]: use `match_argv_substrings` for a program started under
-//!   another name.
-//! - **`match_argv_substrings`**: case-sensitive substring of
-//!   [`Process::argv`] joined with single spaces. When the command line was
-//!   not valid UTF-8 (`argv_lossy`), the agent's lossy strings (invalid bytes
-//!   as U+FFFD) are searched. An empty string is rejected: it would match
-//!   every process.
-//! - **`match_exe_paths`** (extra): exact equality with [`Process::exe`], the
-//!   absolute path of the executable. The agent can only read it for other
-//!   users' processes with `CAP_SYS_PTRACE`; when it is unavailable this
-//!   matcher cannot match (the other matchers still can). A binary replaced on
-//!   disk while it runs reads as `"<path> (deleted)"` and no longer matches.
-//!   Each path must be absolute.
-//!
-//! # Filters
-//!
-//! - **`scope`** (extra): `"host"`, the default, considers only processes
-//!   *outside* Kubernetes pods ([`Cgroup::in_kubernetes_pod`] false): the
-//!   node's own cluster workloads, say a JVM pod, must never reclaim the node.
-//!   A process whose cgroup is unknown (`cgroup` absent, e.g. it exited before
-//!   the agent read it) counts as a host process, so an owner's launch is
-//!   never missed. `"all"` considers every process.
-//! - **`match_uids`** (extra): when non-empty, only a process whose *real* uid
-//!   is in the list can match at all; it restricts the matchers above (a
-//!   logical AND), it never matches on its own. A process whose credentials
-//!   are unknown does not pass a non-empty list.
-//!
-//! # Inert rules
-//!
-//! With no matcher configured (`match_commands`, `match_argv_substrings` and
-//! `match_exe_paths` all missing or empty) the rules are *inert*: they never
-//! fire, whatever the filters say. An empty document, and a missing ConfigMap
-//! ([`Rules::inert`]), mean the same.
-//!
-//! # `poll_interval_ms`
-//!
-//! The 5-Spot reclaim agent polls `/proc` at this interval. The reclaimer is
-//! pushed every launch by the execwatch agent, so the value means nothing
-//! here; it is still validated (a non-negative integer) so a document that
-//! works with one consumer works with the other.
-//!
-//! # Limits
-//!
-//! A document holds at most [`MAX_DOCUMENT_BYTES`] bytes, each list at most
-//! [`MAX_PATTERNS`] entries and each pattern at most [`MAX_PATTERN_BYTES`]
-//! bytes. Every error but the document's size says where:
-//! [`RulesError::line`].
-//!
-//! [`Process::comm`]: execwatch::proto::Process::comm
-//! [`Process::argv`]: execwatch::proto::Process::argv
-//! [`Process::exe`]: execwatch::proto::Process::exe
-//! [`Cgroup::in_kubernetes_pod`]: execwatch::proto::Cgroup::in_kubernetes_pod
+//! ConfigMap or from a file, in the format 5-Spot's /proc-poll agent reads
+//! plus a few optional keys that are off by default. Its keys, how each one
+//! matches, its limits and its errors are described once, for the operators
+//! who write it, in [docs/rules.md](../docs/rules.md). This module is pure:
+//! it parses and validates the document ([`RulesError::line`] says where an
+//! error is) and answers "does this process match?" ([`Rules::matches`]),
+//! and does no I/O and no logging.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

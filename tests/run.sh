@@ -179,3 +179,7 @@ log "kernel $(uname -r): unprivileged proc-connector listeners ${policy:-probe f
 # (cargo bench --bench ...), they do not assert.
 log "cargo test"
 cargo test --lib --bins --tests 2>&1
+# The audit's test drops execs on purpose through the `fail` crate, which
+# only a test build carries (feature failpoints).
+log "cargo test --features failpoints --test agent_audit"
+cargo test --features failpoints --test agent_audit 2>&1

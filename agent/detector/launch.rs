@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::detector::audit::{self, Barrier};
 use crate::detector::netlink::{self, NetlinkDetector};
 use crate::detector::poll::Poller;
 use crate::detector::receiver::{self, Pace};
@@ -16,8 +17,9 @@ use crate::totals::Totals;
 
 /// A detector opened and not yet started.
 pub enum Detection {
-    /// Subscribed to the proc connector and confirmed.
-    Netlink(NetlinkDetector, Pace),
+    /// Subscribed to the proc connector and confirmed; audited every
+    /// interval.
+    Netlink(NetlinkDetector, Pace, Duration),
     /// Scanning `/proc` every interval; nothing to open.
     Poll(Duration),
 }
@@ -44,11 +46,14 @@ pub enum LaunchError {
 
 impl Detection {
     /// Subscribes to the proc connector (see [`NetlinkDetector::start`]).
-    pub fn netlink(receive_buffer: usize, filter: bool, pace: Pace) -> Result<Self, LaunchError> {
-        Ok(Self::Netlink(
-            NetlinkDetector::start(receive_buffer, filter)?,
-            pace,
-        ))
+    pub fn netlink(
+        receive_buffer: usize,
+        filter: bool,
+        pace: Pace,
+        audit: Duration,
+    ) -> Result<Self, LaunchError> {
+        let detector = NetlinkDetector::start(receive_buffer, filter)?;
+        Ok(Self::Netlink(detector, pace, audit))
     }
 
     /// Whether this detector is the netlink one (which may need a privilege).
@@ -66,7 +71,7 @@ impl Detection {
     ) -> Result<oneshot::Receiver<String>, LaunchError> {
         let (failed_tx, failed) = oneshot::channel();
         match self {
-            Self::Netlink(detector, pace) => {
+            Self::Netlink(detector, pace, interval) => {
                 let mode = detector.mode();
                 stats.set_detector("netlink", mode, detector.receive_buffer() as u64);
                 tracing::info!(
@@ -77,8 +82,19 @@ impl Detection {
                 let failed = move |err| {
                     let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
                 };
-                receiver::start(detector, pace, procfs, fanout, stats, failed)
-                    .map_err(LaunchError::Thread)?;
+                let barrier = Arc::new(Barrier::default());
+                let (procfs2, fanout2, stats2) = (procfs.clone(), fanout.clone(), stats.clone());
+                receiver::start(
+                    detector,
+                    pace,
+                    procfs2,
+                    fanout2,
+                    stats2,
+                    barrier.clone(),
+                    failed,
+                )
+                .and_then(|()| audit::start(interval, procfs, fanout, stats, barrier))
+                .map_err(LaunchError::Thread)?;
             }
             Self::Poll(interval) => {
                 stats.set_detector("poll", "", 0);

@@ -2,6 +2,7 @@
 //! reads the kernel's proc connector; the poll detector scans `/proc` when
 //! the connector is unavailable.
 
+pub mod audit;
 pub mod launch;
 pub mod netlink;
 pub mod poll;

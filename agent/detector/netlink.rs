@@ -1,9 +1,10 @@
-//! The netlink detector's start: subscribe to exec and exit events and
-//! prove the subscription works before anything is served.
+//! The netlink detector's start: subscribe to exec, comm and exit events
+//! and prove the subscription works before anything is served.
 //!
 //! On kernels >= 6.6 the kernel filters per socket, so the agent opens two:
-//! one for exec events, which must reach subscribers at once, and one for
-//! exit events, which may wait a few milliseconds and be read in batches (see
+//! one for exec and comm events (a process renaming itself, see
+//! [`crate::detector::receiver`]), which must reach subscribers at once, and
+//! one for exit events, which may wait a few milliseconds and be read in batches (see
 //! [`crate::detector::receiver`]). A kernel-filtered subscription gets no ack, so
 //! the only proof it works is an event: the agent executes itself once as a
 //! probe and waits for that exec on the first socket and that exit on the
@@ -26,6 +27,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long the exec socket is watched for events it should not get.
 const FILTER_CHECK: Duration = Duration::from_millis(50);
+
+/// The exec socket's filter: execs, and renames, which decide a process as
+/// an exec does.
+const EXEC_MASK: u32 = event_mask::EXEC | event_mask::COMM;
 
 /// Why the netlink detector could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +58,7 @@ pub enum StartError {
 
 /// Subscribed, confirmed sockets, ready to be read.
 pub struct NetlinkDetector {
-    /// Exec events; without the kernel's filter, every event.
+    /// Exec and comm events; without the kernel's filter, every event.
     pub(crate) execs: NetlinkSocket,
     /// Exit events, when the kernel filters (>= 6.6).
     pub(crate) exits: Option<NetlinkSocket>,
@@ -78,7 +83,7 @@ impl NetlinkDetector {
     /// the probe's events did not arrive (a kernel without the filter).
     fn start_filtered(receive_buffer: usize) -> Result<Option<Self>, StartError> {
         let (execs, rcvbuf) = NetlinkSocket::open(receive_buffer)?;
-        execs.subscribe(McastOp::Listen, Some(event_mask::EXEC))?;
+        execs.subscribe(McastOp::Listen, Some(EXEC_MASK))?;
         let (exits, _) = NetlinkSocket::open(receive_buffer)?;
         exits.subscribe(McastOp::Listen, Some(event_mask::EXIT))?;
         let mut child = spawn_probe()?;
@@ -125,7 +130,7 @@ impl NetlinkDetector {
     }
 
     /// How the subscription in force filters events, as logs and stats
-    /// name it: `kernel-filtered` (the kernel sends only exec and exit
+    /// name it: `kernel-filtered` (the kernel sends only exec, comm and exit
     /// events, >= 6.6) or `userspace-filtered` (it sends everything; the
     /// agent drops what it does not want).
     pub fn mode(&self) -> &'static str {
@@ -165,8 +170,8 @@ struct Seen {
 
 /// Waits up to `timeout` for the probe's exec or exit event (`wanted`:
 /// [`event_mask::EXEC`] or [`event_mask::EXIT`]) on `sock`, noting any event
-/// of another kind. An error ack from the kernel is a
-/// refusal.
+/// the socket's filter keeps out (a rename is let in with execs). An error
+/// ack from the kernel is a refusal.
 fn wait_for(
     sock: &NetlinkSocket,
     child: &mut Child,
@@ -206,6 +211,7 @@ fn wait_for(
                 EventKind::Exit { pid, .. } if wanted == event_mask::EXIT => {
                     seen.probe |= pid == target;
                 }
+                EventKind::Comm { .. } if wanted == event_mask::EXEC => {}
                 _ => seen.foreign = true,
             }
         }

@@ -129,11 +129,14 @@ impl Poller {
             // read holds the comm). Such an exec is counted, not published,
             // as the netlink detector does (crate::detector::receiver); a
             // subscriber that joins later finds it in its snapshot.
-            if !fanout.interest().may_want(comm_bytes(&id.comm)) {
+            let interest = fanout.interest();
+            if !interest.may_want(comm_bytes(&id.comm)) {
                 fanout.skip_exec();
                 continue;
             }
-            let read = self.records.read(&mut vec![pid], Source::Poll);
+            let read = self
+                .records
+                .read(&mut vec![pid], Source::Poll, interest.argv());
             let p = match (read.why, read.records.into_iter().next()) {
                 (None, Some(p)) => p,
                 // A kernel thread.

@@ -47,6 +47,15 @@
 //! published to nobody. (When a new subscriber's share takes effect: see
 //! [`Fanout::interest`].)
 //!
+//! A thread-group leader that renames itself (`prctl(PR_SET_NAME)`, a
+//! write to `/proc/<pid>/comm`) is decided again as if it had executed: the
+//! kernel's comm event carries the new name, so a rename no selector wants
+//! costs no `/proc` read, and one that some selector may want is read and
+//! published flagged `renamed` (the fan-out sends it to a subscriber only if
+//! that subscriber was not sent the process). Other threads' renames (a JVM
+//! names about twenty at start) are not the process's comm, which is the
+//! leader's, and are dropped as soon as they are parsed.
+//!
 //! An exec whose `/proc` record cannot be read because the agent is out of
 //! descriptors or memory, or has as many reads stuck as it allows, is not
 //! published as an empty record: it is counted, and once reads work again
@@ -69,6 +78,7 @@ use execwatch::internal::lock::lock;
 use execwatch::proto::{Exit, LossSite, Process, Source};
 use nix::poll::{PollFd, PollFlags};
 
+use crate::detector::audit::Barrier;
 use crate::detector::netlink::NetlinkDetector;
 use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket, Received, BATCH};
 use crate::procfs::mount::ProcMount;
@@ -162,6 +172,7 @@ struct Context {
     pace: Pace,
     fanout: Arc<Fanout>,
     stats: Arc<Totals>,
+    audit: Arc<Barrier>,
     /// The reads, and the backlog that outlives a thread left behind.
     watched: Watched<Backlog>,
     failed: Mutex<Option<OnFailure>>,
@@ -189,6 +200,7 @@ pub fn start(
     procfs: Arc<ProcMount>,
     fanout: Arc<Fanout>,
     stats: Arc<Totals>,
+    audit: Arc<Barrier>,
     failed: impl FnOnce(NetlinkError) + Send + 'static,
 ) -> std::io::Result<()> {
     let ctx = Arc::new(Context {
@@ -198,6 +210,7 @@ pub fn start(
         pace,
         fanout,
         stats,
+        audit,
         watched: Watched::new(procfs),
         failed: Mutex::new(Some(Box::new(failed))),
     });
@@ -256,10 +269,18 @@ impl Context {
     }
 }
 
-/// Publishes an exec's record.
+/// Publishes an exec's (or a rename's) record.
 fn publish_exec(ctx: &Context, p: Process) {
+    // The kernel's silent drop, on demand (tests/agent_audit.rs).
+    #[cfg(feature = "failpoints")]
+    if fail::eval("drop-exec", |comm| comm.as_deref() == Some(&p.comm)) == Some(true) {
+        return;
+    }
     if p.exited_before_inspection {
         ctx.stats.add_exited_before_inspection(1);
+    }
+    if p.renamed {
+        ctx.stats.add_renames(1);
     }
     ctx.fanout.publish(Item::Exec(Arc::new(p)));
 }
@@ -446,9 +467,20 @@ impl ReaderThread {
                 return Ok(true);
             };
             match ev.kind {
+                // A leader's rename decides the process as an exec does (a
+                // selector may want its new comm); a thread's name is not the
+                // process's and costs nothing more (below).
                 EventKind::Exec { pid, tgid } => {
                     drop(slot);
                     self.exec(ev, pid, tgid)?;
+                }
+                EventKind::Comm { pid, tgid, .. } if pid == tgid => {
+                    drop(slot);
+                    self.exec(ev, pid, tgid)?;
+                }
+                EventKind::Comm { pid, tgid, .. } if tgid == std::process::id() as i32 => {
+                    self.ctx.audit.pass(pid);
+                    self.ctx.stats.add_ignored_kernel_events(1);
                 }
                 // Thread exits are noise: only a leader's exit ends a process.
                 EventKind::Exit {
@@ -474,12 +506,19 @@ impl ReaderThread {
     }
 
     /// Reads and publishes the record of `ev`, an exec of `pid` (thread)
-    /// and `tgid`, under the watchdog.
+    /// and `tgid` or a leader's rename, under the watchdog.
     fn exec(&mut self, ev: ProcEvent, pid: i32, tgid: i32) -> Result<(), Stop> {
         let timestamp_ns = ev.timestamp_ns;
         let ctx = self.ctx.clone();
         // After the exec was received: see `Fanout::interest`.
         let interest = ctx.fanout.interest();
+        // A rename carries its comm: nobody's is dropped without a read, and
+        // not counted as an exec.
+        let renamed = ev.kind.comm();
+        if renamed.is_some_and(|comm| !interest.may_want(comm)) {
+            return Ok(());
+        }
+        let renamed = renamed.is_some();
         if *interest == Interest::Nothing {
             ctx.fanout.skip_exec();
             return Ok(());
@@ -487,7 +526,7 @@ impl ReaderThread {
         if self.reader.is_err() {
             self.reader = ctx.watched.mount().reader();
         }
-        let checked = self.checked.take() == Some((pid, timestamp_ns));
+        let checked = self.checked.take() == Some((pid, timestamp_ns)) || renamed;
         if let (Interest::Comms(_), Ok(reader), false) = (&*interest, &mut self.reader, checked) {
             // Most execs are nobody's: their comm alone says so, without
             // `stat`, before anything else (reading a comm needs no time
@@ -515,16 +554,19 @@ impl ReaderThread {
             }
         }
         if !self.synced {
-            if *interest != Interest::All {
+            if !matches!(*interest, Interest::All(_)) {
                 self.checked = Some((pid, timestamp_ns));
             }
             return self.sync(ev);
         }
         let mut record = blank(pid, tgid, Source::Netlink);
         record.kernel_timestamp_ns = timestamp_ns;
+        record.renamed = renamed;
         let reader = self.reader.as_mut().map_err(|e| *e);
         let wanted = |comm: &[u8]| interest.may_want(comm);
-        let read = ctx.watched.read(reader, self.generation, record, wanted);
+        let read = ctx
+            .watched
+            .read(reader, self.generation, record, wanted, interest.argv());
         if matches!(read, Ok(Read::Record(_) | Read::Unwanted)) {
             // `stat` at least was read: reads work. The loss goes out before
             // the record: subscribers resync, then get it.
@@ -532,6 +574,8 @@ impl ReaderThread {
         }
         match read {
             Ok(Read::Record(p) | Read::Unread(p)) => publish_exec(&ctx, p),
+            // A rename nobody wants is no exec.
+            Ok(Read::Unwanted) if renamed => {}
             Ok(Read::Unwanted) => ctx.fanout.skip_exec(),
             Ok(Read::KernelThread) => ctx.stats.add_ignored_kernel_events(1),
             // The watchdog published the record.

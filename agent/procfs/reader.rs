@@ -30,6 +30,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::Mode;
 
+use crate::procfs::cmdline::ArgvPatterns;
 use crate::procfs::stat_line::StatLine;
 use execwatch::internal::clock;
 
@@ -54,6 +55,9 @@ pub struct Identity {
 pub struct ProcReader {
     proc_dir: OwnedFd,
     buf: Vec<u8>,
+    /// What a command line past `max_argv_bytes` is read into, a chunk at a
+    /// time, to be searched.
+    chunk: Vec<u8>,
     max_argv_bytes: usize,
 }
 
@@ -109,6 +113,7 @@ impl ProcReader {
         Ok(Self {
             proc_dir,
             buf: Vec::with_capacity(4096),
+            chunk: Vec::new(),
             max_argv_bytes,
         })
     }
@@ -121,6 +126,7 @@ impl ProcReader {
         Ok(Self {
             proc_dir,
             buf: Vec::with_capacity(4096),
+            chunk: Vec::new(),
             max_argv_bytes: self.max_argv_bytes,
         })
     }
@@ -215,11 +221,16 @@ impl ProcReader {
     /// the kernel keeps them): if it says no, the read stops there with
     /// [`Outcome::Unwanted`], the record holding what `stat` gave. It is not
     /// asked if `stat` cannot be parsed (the read goes on).
+    ///
+    /// A command line cut at the limit is searched whole for `argv`'s
+    /// patterns ([`crate::procfs::cmdline`]); those found go into
+    /// `argv_matches`.
     pub(in crate::procfs) fn read_into(
         &mut self,
         pid: i32,
         sink: &mut impl Sink,
         wanted: impl FnOnce(&[u8]) -> bool,
+        argv: &ArgvPatterns,
     ) -> Result<Outcome, Exhausted> {
         let dir = match openat(
             &self.proc_dir,
@@ -292,8 +303,18 @@ impl ProcReader {
         }
 
         let limit = self.max_argv_bytes;
-        let read = read_at(&dir, "cmdline", &mut self.buf, limit + 1).map(|_| &self.buf);
-        if !fill(sink, Field::Argv, read, |p, args| set_argv(p, args, limit))? {
+        let (buf, chunk) = (&mut self.buf, &mut self.chunk);
+        let read = open_at(&dir, "cmdline").and_then(|fd| {
+            read_fd(&fd, buf, limit + 1)?;
+            let cut = buf.len() > limit;
+            let go_on = || sink.put(|_| {}, Some(Field::Argv));
+            Ok(cut.then(|| argv.search(buf, &fd, chunk, go_on)))
+        });
+        let set = |p: &mut Process, found: Option<Vec<String>>| {
+            set_argv(p, &self.buf, limit);
+            p.argv_matches = found.unwrap_or_default();
+        };
+        if !fill(sink, Field::Argv, read, set)? {
             return Ok(Outcome::Abandoned);
         }
 
@@ -461,13 +482,22 @@ pub trait Sink {
 /// the argument area as is asked for), so a read that leaves room in the
 /// buffer has reached the end: no second read just to see end-of-file.
 fn read_at(dir: &OwnedFd, name: &str, buf: &mut Vec<u8>, limit: usize) -> Result<usize, Errno> {
+    read_fd(&open_at(dir, name)?, buf, limit)
+}
+
+/// Opens `name` under `dir` for reading.
+fn open_at(dir: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
+    openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+}
+
+/// Reads at most `limit` bytes of `fd` into `buf`, as [`read_at`] does.
+fn read_fd(fd: &OwnedFd, buf: &mut Vec<u8>, limit: usize) -> Result<usize, Errno> {
     buf.clear();
-    let fd = openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
     let (mut filled, mut chunk) = (0, READ_CHUNK);
     loop {
         let end = (filled + chunk).min(limit);
         buf.resize(end, 0);
-        match nix::unistd::read(&fd, &mut buf[filled..end]) {
+        match nix::unistd::read(fd, &mut buf[filled..end]) {
             Ok(n) => {
                 filled += n;
                 if n == 0 || filled < end || filled == limit {

@@ -7,19 +7,21 @@ use std::sync::Arc;
 
 use execwatch::proto::Source;
 
+use crate::procfs::cmdline::ArgvPatterns;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::worker::{Chunk, Worker};
 
 /// Reads the records of running processes among `pids` (popped from the
 /// end), one [`Chunk`]; never waits for a client, nor longer than the
-/// deadline for one process. Returns the chunk and the pids it did not get
-/// to.
+/// deadline for one process; long command lines are searched for `argv`.
+/// Returns the chunk and the pids it did not get to.
 pub async fn read_chunk(
     mount: Arc<ProcMount>,
     mut pids: Vec<i32>,
+    argv: ArgvPatterns,
 ) -> Result<(Chunk, Vec<i32>), String> {
     tokio::task::spawn_blocking(move || {
-        let mut chunk = Worker::new(mount).read(&mut pids, Source::Snapshot);
+        let mut chunk = Worker::new(mount).read(&mut pids, Source::Snapshot, &argv);
         chunk.records.retain(|p| !p.exited_before_inspection);
         (chunk, pids)
     })

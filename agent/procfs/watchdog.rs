@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use execwatch::internal::lock::lock;
 use execwatch::proto::Process;
 
+use crate::procfs::cmdline::ArgvPatterns;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{unavailable, Exhausted, Field, Outcome, ProcReader, Sink};
 
@@ -182,15 +183,17 @@ impl<T> Watched<T> {
     /// Reads the record of `record.pid`, which holds what the caller knows
     /// already ([`crate::procfs::reader::blank`]), on the calling thread of
     /// `generation`, under the watchdog. `wanted` is asked once, with the
-    /// comm as `stat` gives it (bytes, as the kernel keeps them). `reader`
-    /// is the thread's own; its error is the result unless the process is
-    /// not to be read anyway.
+    /// comm as `stat` gives it (bytes, as the kernel keeps them); a long
+    /// command line is searched whole for `argv`. `reader` is the thread's
+    /// own; its error is the result unless the process is not to be read
+    /// anyway.
     pub fn read(
         &self,
         reader: Result<&mut ProcReader, Exhausted>,
         generation: u64,
         mut record: Process,
         wanted: impl FnOnce(&[u8]) -> bool,
+        argv: &ArgvPatterns,
     ) -> Result<Read, Exhausted> {
         let bounds = self.mount.bounds();
         if !bounds.admit(&mut record)? {
@@ -199,7 +202,7 @@ impl<T> Watched<T> {
         let reader = reader?;
         let pid = record.pid;
         self.begin(record);
-        let read = reader.read_into(pid, &mut Tracker(self, generation), wanted);
+        let read = reader.read_into(pid, &mut Tracker(self, generation), wanted, argv);
         let mut slot = self.lock();
         if slot.generation != generation {
             drop(slot);
@@ -356,6 +359,8 @@ mod tests {
     use super::*;
     use crate::procfs::reader::blank;
 
+    const NONE: ArgvPatterns = ArgvPatterns::NONE;
+
     fn watched(deadline: Duration, max_stuck: usize) -> Watched<()> {
         let bounds = Bounds::new(deadline, max_stuck);
         let mount = ProcMount::open("/proc", 4096, None, bounds).unwrap();
@@ -414,15 +419,33 @@ mod tests {
         let watched = watched(Duration::from_secs(5), 1);
         let mut reader = watched.mount.reader().unwrap();
         let me = std::process::id() as i32;
-        let read = watched.read(Ok(&mut reader), 0, blank(me, me, Source::Poll), |_| true);
+        let read = watched.read(
+            Ok(&mut reader),
+            0,
+            blank(me, me, Source::Poll),
+            |_| true,
+            &NONE,
+        );
         let Ok(Read::Record(p)) = read else {
             panic!("{read:?}")
         };
         assert!(!p.comm.is_empty() && !p.argv.is_empty() && p.unavailable.is_empty());
-        let read = watched.read(Ok(&mut reader), 0, blank(me, me, Source::Poll), |_| false);
+        let read = watched.read(
+            Ok(&mut reader),
+            0,
+            blank(me, me, Source::Poll),
+            |_| false,
+            &NONE,
+        );
         assert!(matches!(read, Ok(Read::Unwanted)), "{read:?}");
         // kthreadd.
-        let read = watched.read(Ok(&mut reader), 0, blank(2, 2, Source::Poll), |_| true);
+        let read = watched.read(
+            Ok(&mut reader),
+            0,
+            blank(2, 2, Source::Poll),
+            |_| true,
+            &NONE,
+        );
         assert!(matches!(read, Ok(Read::KernelThread)), "{read:?}");
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use execwatch::proto::{Process, Source};
 use nix::errno::Errno;
 
+use crate::procfs::cmdline::ArgvPatterns;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{blank, Exhausted, ProcReader};
 use crate::procfs::watchdog::{Read, Slot, Watched};
@@ -40,6 +41,7 @@ struct Job {
     /// Still to read, popped from the end.
     pids: Vec<i32>,
     source: Source,
+    argv: ArgvPatterns,
     /// Encoded bytes of `chunk.records`.
     bytes: usize,
     chunk: Chunk,
@@ -88,14 +90,16 @@ impl Worker {
 
     /// Reads the records of `pids` (popped from the end) as `source`
     /// until they weigh [`CHUNK_BYTES`] or number [`CHUNK`], leaving the
-    /// rest in `pids`. A kernel thread has no record. Waits at most the
-    /// deadline for any one process.
-    pub fn read(&mut self, pids: &mut Vec<i32>, source: Source) -> Chunk {
+    /// rest in `pids`; long command lines are searched whole for `argv`. A
+    /// kernel thread has no record. Waits at most the deadline for any one
+    /// process.
+    pub fn read(&mut self, pids: &mut Vec<i32>, source: Source, argv: &ArgvPatterns) -> Chunk {
         let watched = self.watched.clone();
         let mut slot = watched.lock();
         slot.state = Job {
             pids: std::mem::take(pids),
             source,
+            argv: argv.clone(),
             ..Job::default()
         };
         self.hand(&mut slot);
@@ -165,8 +169,9 @@ fn work(watched: &Watched<Job>, mut reader: ProcReader, generation: u64, jobs: R
                 break;
             };
             let record = blank(pid, pid, slot.state.source);
+            let argv = slot.state.argv.clone();
             drop(slot);
-            let read = watched.read(Ok(&mut reader), generation, record, |_| true);
+            let read = watched.read(Ok(&mut reader), generation, record, |_| true, &argv);
             if matches!(read, Ok(Read::LeftBehind)) {
                 return;
             }
@@ -196,7 +201,7 @@ mod tests {
         // kthreadd has no record; a gone pid is flagged.
         let mut pids = vec![i32::MAX, 2];
         pids.extend([me; CHUNK + 1]);
-        let read = w.read(&mut pids, Source::Poll);
+        let read = w.read(&mut pids, Source::Poll, &ArgvPatterns::NONE);
         assert_eq!(pids, [i32::MAX, 2, me], "stops at a full chunk");
         assert_eq!(read.records.len(), CHUNK);
         for p in &read.records {
@@ -205,7 +210,7 @@ mod tests {
             assert!(p.unavailable.is_empty(), "{p:?}");
         }
         pids.pop();
-        let read = w.read(&mut pids, Source::Poll);
+        let read = w.read(&mut pids, Source::Poll, &ArgvPatterns::NONE);
         assert!(pids.is_empty() && read.failed.is_empty());
         let [gone] = &read.records[..] else {
             panic!("{read:?}")

@@ -25,13 +25,14 @@
 //! (including the loss item that did not fit) is reported as that loss, with
 //! its site, and with a count only if every missed loss had one.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use execwatch::proto::{self, Exit, LossSite, Process};
 use prost::Message;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+use crate::stream::ledger::Ledger;
 use crate::stream::selector::{Filter, Interest};
 use execwatch::internal::lock::lock;
 
@@ -83,6 +84,17 @@ pub struct Missed {
     pub upstream: Option<DetectorLoss>,
 }
 
+/// A hooked subscriber as the audit sees it ([`Fanout::ledgers`]).
+#[derive(Clone)]
+pub struct Audited {
+    /// Its id, for [`Fanout::resync`].
+    pub id: u64,
+    /// Its selector, if it chose processes.
+    pub filter: Option<Arc<Filter>>,
+    /// What it was offered.
+    pub ledger: Arc<Mutex<Ledger>>,
+}
+
 /// One subscriber's queue as the fan-out and the subscriber's end both
 /// see it.
 #[derive(Debug, Default)]
@@ -93,6 +105,8 @@ struct Queue {
     /// it unhooked the subscriber; `None` while it is hooked. Read by its
     /// stream once the queue is drained.
     overflow: Mutex<Option<Mark>>,
+    /// What the subscriber was offered.
+    ledger: Arc<Mutex<Ledger>>,
 }
 
 /// The fan-out's running totals at one point, to subtract from later ones.
@@ -140,6 +154,17 @@ impl Subscription {
     /// Whether the fan-out unhooked this subscriber for falling behind.
     pub fn overflowed(&self) -> bool {
         lock(&self.queue.overflow).is_some()
+    }
+
+    /// What this subscriber was offered; its snapshots note their records
+    /// here.
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        lock(&self.queue.ledger)
+    }
+
+    /// The audit round now, to note a record offered now in.
+    pub fn round(&self) -> u64 {
+        self.fanout.round.load(Ordering::Relaxed)
     }
 
     /// The next item if one is queued.
@@ -199,6 +224,8 @@ pub struct Fanout {
     interest: RwLock<Arc<Interest>>,
     queue_len: usize,
     queue_bytes: usize,
+    /// Audit rounds begun ([`Ledger::prune`]).
+    round: AtomicU64,
 }
 
 impl Fanout {
@@ -212,6 +239,7 @@ impl Fanout {
             interest: RwLock::default(),
             queue_len: queue_len.max(1),
             queue_bytes,
+            round: AtomicU64::new(0),
         }
     }
 
@@ -272,13 +300,15 @@ impl Fanout {
     }
 
     /// Hooks up a new subscriber; items published from now on reach it (of
-    /// those with a process, the ones `filter` passes).
+    /// those with a process, the ones `filter` passes). `snapshot` if its
+    /// stream starts with one.
     pub fn subscribe(
         self: &Arc<Self>,
         include_exits: bool,
         filter: Option<Arc<Filter>>,
+        snapshot: bool,
     ) -> Subscription {
-        self.hook(&mut lock(&self.inner), include_exits, filter)
+        self.hook(&mut lock(&self.inner), include_exits, filter, snapshot)
     }
 
     fn hook(
@@ -286,9 +316,11 @@ impl Fanout {
         inner: &mut Inner,
         include_exits: bool,
         filter: Option<Arc<Filter>>,
+        snapshot: bool,
     ) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let queue = Arc::new(Queue::default());
+        *lock(&queue.ledger) = Ledger::new(snapshot);
         inner.next_id += 1;
         let id = inner.next_id;
         inner.subscribers.push(Subscriber {
@@ -323,7 +355,7 @@ impl Fanout {
         if let Some(f) = &filter {
             f.snapshot_begin();
         }
-        let sub = self.hook(&mut inner, include_exits, filter);
+        let sub = self.hook(&mut inner, include_exits, filter, true);
         let now = inner.mark(include_exits);
         let missed = lock(&old.queue.overflow).take().map(|at| {
             let upstream = (now.losses > at.losses).then(|| {
@@ -361,66 +393,115 @@ impl Fanout {
                 inner.last_loss = Some(loss.clone());
             }
         }
+        let round = self.round.load(Ordering::Relaxed);
         let bytes = item.bytes();
-        let queue_bytes = self.queue_bytes;
         let mut unhooked = 0;
         let hooked = inner.subscribers.len();
         inner.subscribers.retain(|s| {
-            if matches!(item, Item::Exit(_)) && !s.include_exits {
+            let filter = s.filter.as_deref();
+            let wanted = match &item {
+                Item::Exec(p) => {
+                    let mut ledger = lock(&s.queue.ledger);
+                    // A rename goes only to a subscriber not sent the process.
+                    let wanted =
+                        !(p.renamed && ledger.sent(p)) && filter.is_none_or(|f| f.offer_process(p));
+                    ledger.note(p, wanted, round);
+                    wanted
+                }
+                Item::Exit(e) => s.include_exits && filter.is_none_or(|f| f.offer_exit(e.pid)),
+                // The resync snapshot after this loss begins here.
+                Item::DetectorLost(_) => {
+                    snapshot_begin(s);
+                    true
+                }
+            };
+            if !wanted {
                 return true;
             }
-            if let Some(filter) = &s.filter {
-                let wanted = match &item {
-                    Item::Exec(p) => filter.offer_process(p),
-                    Item::Exit(e) => filter.offer_exit(e.pid),
-                    // The resync snapshot after this loss begins here.
-                    Item::DetectorLost(_) => {
-                        filter.snapshot_begin();
-                        true
-                    }
-                };
-                if !wanted {
-                    return true;
-                }
-            }
-            // Counted before the send: the subscriber may take the item
-            // (and subtract it) before this line would run after it.
-            let queued = s.queue.bytes.fetch_add(bytes, Ordering::Relaxed);
-            let sent = if queued > 0 && queued + bytes > queue_bytes {
-                Err(TrySendError::Full(()))
-            } else {
-                // Reserved before the item is cloned: a full queue costs
-                // no clone.
-                s.tx.try_reserve()
-                    .map(|permit| permit.send((item.clone(), bytes)))
-            };
-            match sent {
-                Ok(()) => true,
-                Err(TrySendError::Full(())) => {
-                    s.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
-                    if let (Item::DetectorLost(_), Some(filter)) = (&item, &s.filter) {
-                        // Not queued: no snapshot follows it.
-                        filter.snapshot_end();
-                    }
-                    let at = if s.include_exits { before.1 } else { before.0 };
-                    *lock(&s.queue.overflow) = Some(at);
-                    tracing::warn!(
-                        subscriber = s.id,
-                        "subscriber queue full; it will get a lost marker and a resync"
-                    );
-                    unhooked += 1;
-                    false
-                }
-                // The stream ended (its subscription unhooks it too), and
-                // its queue and filter with it: nothing to give back.
-                Err(TrySendError::Closed(())) => false,
-            }
+            let at = if s.include_exits { before.1 } else { before.0 };
+            let sent = self.send(s, &item, bytes, at);
+            unhooked += u64::from(sent == Sent::Overflowed);
+            sent == Sent::Queued
         });
         inner.overflows += unhooked;
         if inner.subscribers.len() < hooked {
             // Narrower now: reading more than the rest want until then
             // only sends nobody more.
             self.set_interest(inner.interest());
+        }
+    }
+
+    /// Begins an audit round: returns it, for [`Ledger::prune`].
+    pub fn begin_round(&self) -> u64 {
+        self.round.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Every hooked subscriber, as the audit sees it.
+    pub fn ledgers(&self) -> Vec<Audited> {
+        let inner = lock(&self.inner);
+        let subs = inner.subscribers.iter();
+        subs.map(|s| Audited {
+            id: s.id,
+            filter: s.filter.clone(),
+            ledger: s.queue.ledger.clone(),
+        })
+        .collect()
+    }
+
+    /// Queues `loss` to subscriber `id` alone (if it is still hooked), with
+    /// a resync snapshot after it: what the audit does for a subscriber it
+    /// found was never sent some running process it selects. A full queue
+    /// unhooks it as [`Fanout::publish`] does, and it resyncs all the same.
+    pub fn resync(&self, id: u64, loss: Arc<DetectorLoss>) {
+        let mut inner = lock(&self.inner);
+        let Some(i) = inner.subscribers.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let item = Item::DetectorLost(loss);
+        let s = &inner.subscribers[i];
+        snapshot_begin(s);
+        let at = inner.mark(s.include_exits);
+        let sent = self.send(s, &item, item.bytes(), at);
+        if sent != Sent::Queued {
+            inner.subscribers.remove(i);
+            inner.overflows += u64::from(sent == Sent::Overflowed);
+            self.set_interest(inner.interest());
+        }
+    }
+
+    /// Queues `item` to `s`. If its queue is full, `s` is marked as
+    /// overflowed at `at` (the totals before the item); the caller unhooks
+    /// it unless the item was queued.
+    fn send(&self, s: &Subscriber, item: &Item, bytes: usize, at: Mark) -> Sent {
+        // Counted before the send: the subscriber may take the item (and
+        // subtract it) before this line would run after it.
+        let queued = s.queue.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let sent = if queued > 0 && queued + bytes > self.queue_bytes {
+            Err(TrySendError::Full(()))
+        } else {
+            // Reserved before the item is cloned: a full queue costs no
+            // clone.
+            s.tx.try_reserve()
+                .map(|permit| permit.send((item.clone(), bytes)))
+        };
+        match sent {
+            Ok(()) => Sent::Queued,
+            Err(TrySendError::Full(())) => {
+                s.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
+                if let Item::DetectorLost(_) = item {
+                    // Not queued: no snapshot follows it.
+                    snapshot_end(s);
+                }
+                *lock(&s.queue.overflow) = Some(at);
+                tracing::warn!(
+                    subscriber = s.id,
+                    "subscriber queue full; it will get a lost marker and a resync"
+                );
+                Sent::Overflowed
+            }
+            // The stream ended (its subscription unhooks it too), and its
+            // queue and filter with it: nothing to give back.
+            Err(TrySendError::Closed(())) => Sent::Closed,
         }
     }
 
@@ -433,6 +514,32 @@ impl Fanout {
             self.set_interest(inner.interest());
         }
     }
+}
+
+/// What became of an item offered to one subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Queued,
+    Overflowed,
+    /// Its stream ended.
+    Closed,
+}
+
+/// A resync snapshot will follow an item queued to `s`.
+fn snapshot_begin(s: &Subscriber) {
+    if let Some(filter) = &s.filter {
+        filter.snapshot_begin();
+    }
+    lock(&s.queue.ledger).snapshots += 1;
+}
+
+/// The snapshot [`snapshot_begin`] announced will not come after all.
+fn snapshot_end(s: &Subscriber) {
+    if let Some(filter) = &s.filter {
+        filter.snapshot_end();
+    }
+    let mut ledger = lock(&s.queue.ledger);
+    ledger.snapshots = ledger.snapshots.saturating_sub(1);
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! stream (snapshot, live events, loss and resync).
 
 pub mod fanout;
+pub mod ledger;
 pub mod selector;
 pub mod service;
 pub mod subscription;

@@ -22,6 +22,8 @@ use execwatch::internal::argv;
 use execwatch::internal::lock::lock;
 use execwatch::proto::{Process, WatchRequest};
 
+use crate::procfs::cmdline::ArgvPatterns;
+
 /// Most entries one selector list may hold.
 pub const MAX_ENTRIES: usize = 1000;
 /// Longest `argv_substrings` or `exe_paths` entry, in bytes.
@@ -82,7 +84,7 @@ impl Choice {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector {
     comms: HashSet<String>,
-    argv_substrings: Vec<String>,
+    argv: ArgvPatterns,
     exe_paths: HashSet<String>,
     uids: HashSet<u32>,
     outside_pods: bool,
@@ -93,27 +95,13 @@ impl Selector {
     /// The selector of `req`: `None` if it selects nothing in particular
     /// (every process is sent), or the first invalid field.
     pub fn from_request(req: &WatchRequest) -> Result<Option<Selector>, SelectorError> {
-        check_list("comms", &req.comms, |s| {
-            if s.len() > COMM_MAX_BYTES {
-                Err(format!(
-                    "{} bytes; a command name is at most {COMM_MAX_BYTES} bytes (the kernel keeps no more)",
-                    s.len()
-                ))
-            } else {
-                Ok(())
-            }
-        })?;
-        check_list("argv_substrings", &req.argv_substrings, |s| {
-            too_long(s, MAX_PATTERN_BYTES)
-        })?;
-        check_list("exe_paths", &req.exe_paths, |s| {
-            too_long(s, MAX_PATTERN_BYTES)?;
-            if s.starts_with('/') {
-                Ok(())
-            } else {
-                Err("not an absolute path".into())
-            }
-        })?;
+        let comm =
+            format!("a command name is at most {COMM_MAX_BYTES} bytes (the kernel keeps no more)");
+        check_list("comms", &req.comms, COMM_MAX_BYTES, &comm, false)?;
+        let (max, limit) = (MAX_PATTERN_BYTES, format!("at most {MAX_PATTERN_BYTES}"));
+        let (argv, exe) = (&req.argv_substrings, &req.exe_paths);
+        check_list("argv_substrings", argv, max, &limit, false)?;
+        check_list("exe_paths", exe, max, &limit, true)?;
         check_len("uids", req.uids.len())?;
         if let Some(i) = req.uids.iter().position(|&u| u == NO_UID) {
             return Err(invalid(
@@ -121,13 +109,9 @@ impl Selector {
                 "4294967295 is (uid_t) -1, not a uid",
             ));
         }
-        // Each substring once: every record's argv is searched for each.
-        let mut argv_substrings = req.argv_substrings.clone();
-        argv_substrings.sort_unstable();
-        argv_substrings.dedup();
         let selector = Selector {
             comms: req.comms.iter().cloned().collect(),
-            argv_substrings,
+            argv: ArgvPatterns::new(req.argv_substrings.clone()),
             exe_paths: req.exe_paths.iter().cloned().collect(),
             uids: req.uids.iter().copied().collect(),
             outside_pods: req.outside_pods,
@@ -147,7 +131,12 @@ impl Selector {
     }
 
     fn has_matchers(&self) -> bool {
-        !self.comms.is_empty() || !self.argv_substrings.is_empty() || !self.exe_paths.is_empty()
+        !self.comms.is_empty() || !self.argv.patterns().is_empty() || !self.exe_paths.is_empty()
+    }
+
+    /// The argv substrings, for reads that search whole command lines.
+    pub fn argv(&self) -> &ArgvPatterns {
+        &self.argv
     }
 
     /// True if no process passes (`no_processes`): a snapshot need not even
@@ -160,7 +149,7 @@ impl Selector {
     /// passes no process whose comm is not among them, whatever its other
     /// fields (the filters only narrow).
     fn only_comms(&self) -> Option<&HashSet<String>> {
-        let other = !self.argv_substrings.is_empty() || !self.exe_paths.is_empty();
+        let other = !self.argv.patterns().is_empty() || !self.exe_paths.is_empty();
         (!self.comms.is_empty() && !other).then_some(&self.comms)
     }
 
@@ -185,8 +174,7 @@ impl Selector {
             return true;
         }
         self.comms.contains(&p.comm)
-            || (!self.argv_substrings.is_empty()
-                && argv::find_in(&p.argv, &self.argv_substrings).is_some())
+            || argv::find_in(p, self.argv.patterns()).is_some()
             || p.exe.as_ref().is_some_and(|e| self.exe_paths.contains(e))
     }
 }
@@ -209,31 +197,44 @@ pub enum Interest {
     /// comm.
     Comms(HashSet<String>),
     /// Some subscriber may want any process (it is unfiltered, or matches
-    /// argv or the executable): every record is read in full.
-    All,
+    /// argv or the executable): every record is read in full, and a command
+    /// line longer than the read limit is searched whole for these, every
+    /// subscriber's argv substrings.
+    All(ArgvPatterns),
 }
 
 impl Interest {
     /// The union of the selectors of some subscribers, `None` for one that
     /// wants every process.
     pub fn of<'a>(selectors: impl IntoIterator<Item = Option<&'a Selector>>) -> Interest {
-        let mut union = Interest::Nothing;
+        let (mut comms, mut all, mut argv) = (None::<HashSet<String>>, false, Vec::new());
         for selector in selectors {
             let Some(selector) = selector else {
-                return Interest::All;
+                all = true;
+                continue;
             };
             if selector.selects_nothing() {
                 continue;
             }
-            let Some(comms) = selector.only_comms() else {
-                return Interest::All;
-            };
-            match &mut union {
-                Interest::Comms(all) => all.extend(comms.iter().cloned()),
-                _ => union = Interest::Comms(comms.clone()),
+            argv.extend_from_slice(selector.argv.patterns());
+            match selector.only_comms() {
+                Some(c) => comms.get_or_insert_default().extend(c.iter().cloned()),
+                None => all = true,
             }
         }
-        union
+        if all {
+            return Interest::All(ArgvPatterns::new(argv));
+        }
+        comms.map_or(Interest::Nothing, Interest::Comms)
+    }
+
+    /// The argv substrings to search whole command lines for.
+    pub fn argv(&self) -> &ArgvPatterns {
+        static NONE: ArgvPatterns = ArgvPatterns::NONE;
+        match self {
+            Interest::All(argv) => argv,
+            _ => &NONE,
+        }
     }
 
     /// Whether a process with this comm (the bytes of `/proc/<pid>/stat`)
@@ -244,23 +245,32 @@ impl Interest {
         match self {
             Interest::Nothing => false,
             Interest::Comms(comms) => comms.contains(String::from_utf8_lossy(comm).as_ref()),
-            Interest::All => true,
+            Interest::All(_) => true,
         }
     }
 }
 
-/// Checks a list's length and each entry: not empty, then `entry`.
+/// Checks a list's length and each entry: not empty, at most `max` bytes
+/// (`limit` says so), and absolute if `absolute`.
 fn check_list(
     field: &str,
     list: &[String],
-    entry: impl Fn(&str) -> Result<(), String>,
+    max: usize,
+    limit: &str,
+    absolute: bool,
 ) -> Result<(), SelectorError> {
     check_len(field, list.len())?;
     for (i, s) in list.iter().enumerate() {
-        if s.is_empty() {
-            return Err(invalid(format!("{field}[{i}]"), "empty string"));
-        }
-        entry(s).map_err(|reason| invalid(format!("{field}[{i}]"), reason))?;
+        let reason = if s.is_empty() {
+            "empty string".into()
+        } else if s.len() > max {
+            format!("{} bytes; {limit}", s.len())
+        } else if absolute && !s.starts_with('/') {
+            "not an absolute path".into()
+        } else {
+            continue;
+        };
+        return Err(invalid(format!("{field}[{i}]"), reason));
     }
     Ok(())
 }
@@ -274,14 +284,6 @@ fn check_len(field: &str, len: usize) -> Result<(), SelectorError> {
         ));
     }
     Ok(())
-}
-
-fn too_long(s: &str, max: usize) -> Result<(), String> {
-    if s.len() > max {
-        Err(format!("{} bytes; at most {max}", s.len()))
-    } else {
-        Ok(())
-    }
 }
 
 /// The `Process` fields a subscriber does not need, cleared before sending.
@@ -533,6 +535,12 @@ mod tests {
         assert!(s.wants(&process("idea.sh", &[], Some("/opt/idea/bin/idea"))));
         assert!(!s.wants(&process("idea.sh", &[], Some("/opt/idea/bin/idea2"))));
         assert!(!s.wants(&process("idea.sh", &[], None)));
+        // A cut command line: what the agent found past the cut counts.
+        let mut cut = process("sh", &["java", "-cp", "a.jar"], None);
+        cut.argv_matches = strings(&["-jar app"]);
+        assert!(!s.wants(&cut), "only on a record flagged argv_truncated");
+        cut.argv_truncated = true;
+        assert!(s.wants(&cut));
     }
 
     #[test]
@@ -668,10 +676,16 @@ mod tests {
         let odd = comms(&["a\u{fffd}"]);
         assert!(Interest::of([Some(&odd)]).may_want(b"a\xff"));
         assert!(odd.wants(&process("a\u{fffd}", &[], None)));
-        for any in [None, Some(&by_argv), Some(&by_exe), Some(&by_uid)] {
-            assert_eq!(Interest::of([Some(&java), any]), Interest::All);
-            assert!(Interest::All.may_want(b"anything"));
+        let all = Interest::All(ArgvPatterns::NONE);
+        for any in [None, Some(&by_exe), Some(&by_uid)] {
+            assert_eq!(Interest::of([Some(&java), any]), all);
+            assert!(all.may_want(b"anything"));
         }
+        // Every subscriber's argv substrings, whoever else wants everything.
+        let jar = Interest::All(ArgvPatterns::new(strings(&["-jar"])));
+        assert_eq!(Interest::of([Some(&java), Some(&by_argv)]), jar);
+        assert_eq!(Interest::of([None, Some(&by_argv), Some(&by_argv)]), jar);
+        assert_eq!(jar.argv().patterns(), ["-jar"]);
         assert!(!Interest::Nothing.may_want(b"java"));
     }
 

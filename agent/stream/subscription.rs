@@ -90,9 +90,11 @@ pub fn watch(
         filtered = choice.filter.is_some(),
         "subscriber connected"
     );
-    let sub = shared
-        .fanout
-        .subscribe(choice.include_exits, choice.filter.clone());
+    let sub = shared.fanout.subscribe(
+        choice.include_exits,
+        choice.filter.clone(),
+        !choice.skip_snapshot,
+    );
     let mut stop = shared.stop.clone();
     let watcher = Watcher {
         sub,
@@ -181,7 +183,7 @@ impl Watcher {
     /// The next item: from the snapshot under way, else from the queue.
     async fn produce(&mut self) -> Result<Kind, End> {
         if let Some(snapshot) = &mut self.snapshot {
-            let kind = snapshot.next(&self.shared, &self.choice).await?;
+            let kind = snapshot.next(&self.shared, &self.choice, &self.sub).await?;
             if matches!(kind, Kind::SnapshotComplete(_)) {
                 self.snapshot = None;
                 // From here on a filtered stream gets only the exits of
@@ -189,6 +191,9 @@ impl Watcher {
                 if let Some(f) = &self.choice.filter {
                     f.snapshot_end();
                 }
+                let mut ledger = self.sub.ledger();
+                ledger.snapshots = ledger.snapshots.saturating_sub(1);
+                ledger.floor = 0;
             }
             return Ok(kind);
         }
@@ -201,7 +206,11 @@ impl Watcher {
             }
             Some(Item::Exit(e)) => Ok(Kind::Exit(e)),
             Some(Item::DetectorLost(loss)) => {
-                self.snapshot = Some(Snapshot::new(SnapshotCause::Resync));
+                let cause = match loss.site {
+                    LossSite::Audit => SnapshotCause::Audit,
+                    _ => SnapshotCause::Resync,
+                };
+                self.snapshot = Some(Snapshot::new(cause));
                 Ok(lost(loss.site, loss.reason.clone(), loss.count))
             }
             // The fan-out let go of us, which it does only when we fell
@@ -339,7 +348,12 @@ impl Snapshot {
 
     /// The next item: a record (the rest of its chunk waits in `ready`), or
     /// `snapshot_complete` once every process is read.
-    async fn next(&mut self, shared: &Arc<Shared>, choice: &Choice) -> Result<Kind, End> {
+    async fn next(
+        &mut self,
+        shared: &Arc<Shared>,
+        choice: &Choice,
+        sub: &Subscription,
+    ) -> Result<Kind, End> {
         let filter = &choice.filter;
         let deadline = *self.deadline.get_or_insert_with(|| {
             shared.stats.add_snapshots(1);
@@ -393,23 +407,26 @@ impl Snapshot {
                 continue;
             }
             let (pids, shared) = (std::mem::take(pending), shared.clone());
+            let argv = filter.as_ref().map(|f| f.selector.argv().clone());
             // Its own task takes the read permit and gives it back, and
             // keeps the read's deadline: this stream is polled only while
             // its client has room, and a permit handed to a stream that is
             // not polled would never return.
             let read = tokio::spawn(async move {
                 let _permit = shared.snapshot_reads.acquire().await;
-                read_chunk(shared.procfs.clone(), pids).await
+                read_chunk(shared.procfs.clone(), pids, argv.unwrap_or_default()).await
             });
             let (chunk, rest) = read
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
                 .map_err(|e| End(RpcError::SnapshotFailed(e).into(), "snapshot failed"))?;
             *pending = rest;
-            let wanted = chunk
-                .records
-                .into_iter()
-                .filter(|p| filter.as_ref().is_none_or(|f| f.offer_process(p)));
+            let (mut ledger, round) = (sub.ledger(), sub.round());
+            let wanted = chunk.records.into_iter().filter(|p| {
+                let wanted = filter.as_ref().is_none_or(|f| f.offer_process(p));
+                ledger.note(p, wanted, round);
+                wanted
+            });
             for mut p in wanted {
                 self.count += 1;
                 choice.omit.apply(&mut p);

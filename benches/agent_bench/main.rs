@@ -31,13 +31,15 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// Scenario names, in the order they run.
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 8] = [
     "latency",
     "storm",
     "enrichment",
+    "cmdline",
     "idle",
     "crossover",
     "snapshot",
+    "audit",
 ];
 
 /// Options; every scale has a default that keeps the whole run under 4 minutes.
@@ -48,7 +50,7 @@ const SCENARIOS: [&str; 6] = [
 )]
 pub struct Options {
     /// Scenarios to run (repeat or comma-separate): latency, storm,
-    /// enrichment, idle, crossover, snapshot. Default: all.
+    /// enrichment, cmdline, idle, crossover, snapshot, audit. Default: all.
     #[arg(long = "scenario", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Latency: spawns 1 gap apart on a quiet machine.
@@ -64,6 +66,9 @@ pub struct Options {
     /// class gets a tenth as many, all at once.
     #[arg(long, default_value_t = 1000)]
     pub enrich_spawns: usize,
+    /// Cmdline: launches per command-line length (short, 200 KB).
+    #[arg(long, default_value_t = 300)]
+    pub cmdline_spawns: usize,
     /// Idle: how long to watch the idle agents, s.
     #[arg(long, default_value_t = 30)]
     pub idle_seconds: u64,
@@ -112,6 +117,12 @@ pub struct Bench {
 }
 
 fn main() {
+    // The storm's stand-in for a JVM start: name this many threads, exit.
+    if let [_, cmd, n] = &std::env::args().collect::<Vec<_>>()[..] {
+        if cmd == scenarios::storm::NAME_THREADS {
+            return scenarios::storm::name_threads(n.parse().unwrap_or(0));
+        }
+    }
     let opts = Options::parse();
     let out = opts.out.clone().unwrap_or_else(|| {
         let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -173,9 +184,11 @@ fn main() {
             "latency" => scenarios::latency::run(&bench),
             "storm" => scenarios::storm::run(&bench),
             "enrichment" => scenarios::enrichment::run(&bench),
+            "cmdline" => scenarios::cmdline::run(&bench),
             "idle" => scenarios::idle::run(&bench),
             "crossover" => scenarios::crossover::run(&bench),
             "snapshot" => scenarios::snapshot::run(&bench),
+            "audit" => scenarios::audit::run(&bench),
             _ => unreachable!("checked above"),
         };
         r.print();

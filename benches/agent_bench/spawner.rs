@@ -60,14 +60,20 @@ impl Load {
     /// `threads` spawners; each does `per_thread_rate` spawns per second
     /// (on a fixed schedule, catching up when late), or flat out if `None`.
     pub fn start(threads: usize, per_thread_rate: Option<f64>) -> Self {
+        Self::running(&["/bin/true"], threads, per_thread_rate)
+    }
+
+    /// As [`Load::start`], spawning `argv` instead of `/bin/true`.
+    pub fn running(argv: &[&str], threads: usize, per_thread_rate: Option<f64>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let threads = (0..threads)
             .map(|i| {
                 let stop = stop.clone();
+                let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
                 std::thread::Builder::new()
                     .name(format!("spawner-{i}"))
-                    .spawn(move || run(&stop, per_thread_rate, started))
+                    .spawn(move || run(&stop, per_thread_rate, started, &argv))
                     .expect("start a spawner thread")
             })
             .collect();
@@ -96,7 +102,8 @@ impl Drop for Load {
     }
 }
 
-fn run(stop: &AtomicBool, rate: Option<f64>, started: Instant) -> Vec<Spawn> {
+fn run(stop: &AtomicBool, rate: Option<f64>, started: Instant, argv: &[String]) -> Vec<Spawn> {
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut out = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         if let Some(rate) = rate {
@@ -105,7 +112,7 @@ fn run(stop: &AtomicBool, rate: Option<f64>, started: Instant) -> Vec<Spawn> {
                 std::thread::sleep(wait);
             }
         }
-        let (mut child, s) = spawn(&["/bin/true"]);
+        let (mut child, s) = spawn(&argv);
         let _ = child.wait();
         out.push(s);
     }

@@ -60,6 +60,17 @@ impl Subscriber {
     /// (`probe`, e.g. `["/bin/true"]`, or a longer-lived one for the poll
     /// detector) has come through it: the subscription is live.
     pub fn start(rt: &tokio::runtime::Runtime, socket: &Path, probe: &[&str]) -> Self {
+        Self::selecting(rt, socket, probe, &[])
+    }
+
+    /// As [`Subscriber::start`], selecting the processes whose command line
+    /// holds one of `argv_substrings` (none: every process).
+    pub fn selecting(
+        rt: &tokio::runtime::Runtime,
+        socket: &Path,
+        probe: &[&str],
+        argv_substrings: &[&str],
+    ) -> Self {
         let mut stream = rt.block_on(async {
             let mut client = execwatch::client::exec_events(socket)
                 .await
@@ -67,6 +78,7 @@ impl Subscriber {
             let req = WatchRequest {
                 include_exits: false,
                 skip_snapshot: true,
+                argv_substrings: argv_substrings.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
             };
             client.watch(req).await.expect("Watch").into_inner()

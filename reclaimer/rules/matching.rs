@@ -35,12 +35,8 @@ impl Rules {
             .get(p.comm.as_str())
             .or_else(|| self.commands.get(comm_prefix(&p.comm)?));
         // Matchers in their fixed order, each tried only if the ones before
-        // missed; argv is joined only when there is a list to search.
-        let argv = || {
-            let any = !self.argv_substrings.is_empty();
-            any.then(|| argv::find_in(&p.argv, &self.argv_substrings))
-                .flatten()
-        };
+        // missed.
+        let argv = || argv::find_in(p, &self.argv_substrings);
         let exe = || self.exe_paths.get(p.exe.as_deref()?);
         let (pattern, matcher) = command
             .map(|c| (c, MatcherKind::Command))
@@ -50,6 +46,40 @@ impl Rules {
             pattern: pattern.clone(),
             matcher,
         })
+    }
+}
+
+/// Launchers in `/usr/bin` that the alternatives system
+/// (`update-alternatives`) usually makes links into `/etc/alternatives/`,
+/// and on to the program itself.
+const ALTERNATIVES: &str = "java javac jshell python editor vi x-www-browser x-terminal-emulator";
+
+impl Rules {
+    /// The `match_exe_paths` entries that are most likely links, and so never
+    /// match (`exe` is the path the kernel resolved), each with why, told
+    /// from the path alone: no file on the host is looked at.
+    pub fn exe_paths_through_links(&self) -> Vec<(&str, &'static str)> {
+        let merged = ["/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/"];
+        let why = |path: &str| {
+            if merged.iter().any(|m| path.starts_with(m)) {
+                Some("on a merged-/usr system (Debian 12, Ubuntu, Fedora, Arch) it is reached through a link into /usr")
+            } else if path.starts_with("/etc/alternatives/")
+                || path
+                    .strip_prefix("/usr/bin/")
+                    .is_some_and(|p| ALTERNATIVES.split(' ').any(|a| a == p))
+            {
+                Some("the alternatives system makes it a link to the program it selects")
+            } else {
+                None
+            }
+        };
+        let mut hints: Vec<_> = self
+            .exe_paths
+            .iter()
+            .filter_map(|p| Some((p.as_str(), why(p)?)))
+            .collect();
+        hints.sort_unstable();
+        hints
     }
 }
 

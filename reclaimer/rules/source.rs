@@ -16,6 +16,7 @@
 //! cluster where deletions are more often accidents than decisions; 5-Spot's
 //! disarm then needs `match_commands = []` or the pod's removal).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,7 @@ pub async fn run(
         metrics,
         keep_rules_when_missing,
         in_force: None,
+        warned: HashSet::new(),
         key: matches!(source, RulesSource::ConfigMap { .. }).then_some(DATA_KEY),
     };
     match source {
@@ -117,6 +119,8 @@ struct Feed {
     /// Summary of the rules from a document in force; `None` while the
     /// decision loop holds no such rules (at start, or after a disarm).
     in_force: Option<String>,
+    /// The `match_exe_paths` entries already warned about.
+    warned: HashSet<String>,
     /// The ConfigMap data key the documents come from; `None` for a file.
     key: Option<&'static str>,
 }
@@ -177,6 +181,17 @@ impl Feed {
         self.metrics.rules_missing.set(0);
         let summary = rules.summary();
         tracing::info!(rules = %summary, "rules loaded from {what}");
+        for (path, why) in rules.exe_paths_through_links() {
+            if self.warned.insert(path.to_string()) {
+                self.metrics.exe_path_warnings.inc();
+                tracing::warn!(
+                    path,
+                    "match_exe_paths entry {path} probably never matches: {why}, and a process's exe \
+                     is the path the kernel resolved; match the launcher with match_commands or \
+                     match_argv_substrings instead (docs/rules.md)"
+                );
+            }
+        }
         self.in_force = Some(summary);
         self.apply(rules).await;
     }

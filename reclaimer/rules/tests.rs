@@ -81,6 +81,13 @@ fn java_jar() -> Process {
     process("java", &["java", "-jar", "app.jar"])
 }
 
+/// A command line the agent cut, having found `past_cut` in the rest.
+fn cut(mut p: Process, past_cut: &[&str]) -> Process {
+    p.argv_truncated = true;
+    p.argv_matches = past_cut.iter().map(|s| s.to_string()).collect();
+    p
+}
+
 // ---- matching --------------------------------------------------------------
 
 struct MatchCase {
@@ -241,6 +248,28 @@ fn match_cases() -> Vec<MatchCase> {
                 process("tool", &["tool", "caf\u{FFFD}"]),
                 &[b"tool", b"caf\xe9"],
             ),
+            None,
+        ),
+        case(
+            "a substring the agent found past the cut",
+            r#"match_argv_substrings = ["com.vendor.Main"]"#,
+            cut(java_jar(), &["com.vendor.Main"]),
+            Some(("com.vendor.Main", ArgvSubstring)),
+        ),
+        case(
+            "document order across the carried part and past the cut",
+            r#"match_argv_substrings = ["com.vendor.Main", "-jar"]"#,
+            cut(java_jar(), &["com.vendor.Main"]),
+            Some(("com.vendor.Main", ArgvSubstring)),
+        ),
+        case(
+            "argv_matches counts only on a cut record",
+            r#"match_argv_substrings = ["com.vendor.Main"]"#,
+            {
+                let mut p = cut(java_jar(), &["com.vendor.Main"]);
+                p.argv_truncated = false;
+                p
+            },
             None,
         ),
         case(

@@ -26,7 +26,7 @@ impl ProcReader {
     /// [`crate::procfs::mount::ProcMount::finish`].
     fn read(&mut self, pid: i32, tgid: i32, source: Source) -> Result<Option<Process>, Exhausted> {
         let mut p = blank(pid, tgid, source);
-        match self.read_into(pid, &mut p, |_| true)? {
+        match self.read_into(pid, &mut p, |_| true, &ArgvPatterns::NONE)? {
             Outcome::Read => Ok(Some(p)),
             Outcome::KernelThread | Outcome::Abandoned | Outcome::Unwanted => Ok(None),
         }
@@ -245,10 +245,11 @@ fn an_unwanted_comm_stops_the_read_after_stat() {
     let pid = std::process::id() as i32;
     let mut asked = Vec::new();
     let mut unwanted = Steps::default();
-    let outcome = reader().read_into(pid, &mut unwanted, |comm| {
+    let unwant = |comm: &[u8]| {
         asked.push(comm.to_vec());
         false
-    });
+    };
+    let outcome = reader().read_into(pid, &mut unwanted, unwant, &ArgvPatterns::NONE);
     assert_eq!(outcome, Ok(Outcome::Unwanted));
     let own_comm = std::fs::read_to_string("/proc/self/comm").unwrap();
     assert_eq!(asked, [own_comm.trim_end().as_bytes()]);
@@ -258,7 +259,7 @@ fn an_unwanted_comm_stops_the_read_after_stat() {
     assert!(unwanted.record.credentials.is_none() && unwanted.record.argv.is_empty());
 
     let mut wanted = Steps::default();
-    let outcome = reader().read_into(pid, &mut wanted, |_| true);
+    let outcome = reader().read_into(pid, &mut wanted, |_| true, &ArgvPatterns::NONE);
     assert_eq!(outcome, Ok(Outcome::Read));
     let order = [Field::Comm, Field::Credentials, Field::Argv, Field::Cgroup];
     let order = order.into_iter().chain([Field::Exe, Field::Cwd]).map(Some);

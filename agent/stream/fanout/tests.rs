@@ -1,6 +1,7 @@
 //! Tests of the fan-out: delivery, filtering, and exact loss accounting.
 
 use super::*;
+use crate::procfs::cmdline::ArgvPatterns;
 
 fn exec(pid: i32) -> Item {
     Item::Exec(Arc::new(Process {
@@ -29,8 +30,8 @@ fn pid_of(item: &Item) -> i32 {
 #[test]
 fn every_subscriber_gets_what_it_asked_for() {
     let fanout = Arc::new(Fanout::new(8, usize::MAX));
-    let mut execs_only = fanout.subscribe(false, None);
-    let mut with_exits = fanout.subscribe(true, None);
+    let mut execs_only = fanout.subscribe(false, None, false);
+    let mut with_exits = fanout.subscribe(true, None, false);
     fanout.publish(exec(1));
     fanout.publish(exit(1));
     fanout.publish(exec(2));
@@ -46,8 +47,8 @@ fn every_subscriber_gets_what_it_asked_for() {
 #[test]
 fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
     let fanout = Arc::new(Fanout::new(2, usize::MAX));
-    let mut slow = fanout.subscribe(false, None);
-    let mut fast = fanout.subscribe(false, None);
+    let mut slow = fanout.subscribe(false, None, false);
+    let mut fast = fanout.subscribe(false, None, false);
     for pid in 1..=5 {
         fanout.publish(exec(pid));
         // The fast one keeps up.
@@ -79,7 +80,7 @@ fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
 #[test]
 fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
     let fanout = Arc::new(Fanout::new(1, usize::MAX));
-    let slow = fanout.subscribe(false, None);
+    let slow = fanout.subscribe(false, None, false);
     fanout.publish(exec(1));
     fanout.publish(exec(2)); // overflow
     fanout.publish(exit(1));
@@ -92,8 +93,8 @@ fn exits_do_not_count_as_missed_for_an_exec_only_subscriber() {
 #[test]
 fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
     let fanout = Arc::new(Fanout::new(4, usize::MAX));
-    let mut a = fanout.subscribe(false, None);
-    let b = fanout.subscribe(true, None);
+    let mut a = fanout.subscribe(false, None, false);
+    let b = fanout.subscribe(true, None, false);
     drop(b);
     fanout.publish(loss(LossSite::Kernel, None));
     assert!(matches!(
@@ -119,7 +120,7 @@ fn loss(site: LossSite, count: Option<u64>) -> Item {
 #[test]
 fn a_loss_item_that_does_not_fit_is_reported_as_that_loss_not_as_an_event() {
     let fanout = Arc::new(Fanout::new(1, usize::MAX));
-    let slow = fanout.subscribe(true, None);
+    let slow = fanout.subscribe(true, None, false);
     fanout.publish(exec(1)); // fills the queue
     fanout.publish(loss(LossSite::Kernel, None)); // does not fit
     fanout.publish(exec(2));
@@ -135,7 +136,7 @@ fn a_loss_item_that_does_not_fit_is_reported_as_that_loss_not_as_an_event() {
 #[test]
 fn a_queue_overflow_alone_is_counted_exactly_even_when_the_loss_item_was_the_last() {
     let fanout = Arc::new(Fanout::new(1, usize::MAX));
-    let slow = fanout.subscribe(false, None);
+    let slow = fanout.subscribe(false, None, false);
     fanout.publish(exec(1));
     fanout.publish(loss(LossSite::Detector, Some(4)));
     let (_again, missed) = fanout.resubscribe(&slow, false, None);
@@ -151,8 +152,8 @@ fn a_queue_overflow_alone_is_counted_exactly_even_when_the_loss_item_was_the_las
 #[test]
 fn losses_missed_while_unhooked_are_merged_with_a_count_only_if_all_had_one() {
     let fanout = Arc::new(Fanout::new(1, usize::MAX));
-    let counted = fanout.subscribe(false, None);
-    let mixed = fanout.subscribe(false, None);
+    let counted = fanout.subscribe(false, None, false);
+    let mixed = fanout.subscribe(false, None, false);
     fanout.publish(exec(1));
     fanout.publish(exec(2)); // both overflow here
     fanout.publish(loss(LossSite::Detector, Some(2)));
@@ -184,8 +185,8 @@ fn a_filtered_subscriber_gets_its_processes_and_their_exits_only() {
     };
     let selector = Selector::from_request(&req).unwrap().unwrap();
     let filter = Arc::new(Filter::new(selector, true, false));
-    let mut filtered = fanout.subscribe(true, Some(filter));
-    let mut all = fanout.subscribe(true, None);
+    let mut filtered = fanout.subscribe(true, Some(filter), false);
+    let mut all = fanout.subscribe(true, None, false);
     let named = |pid: i32, comm: &str| {
         Item::Exec(Arc::new(Process {
             pid,
@@ -207,8 +208,8 @@ fn a_filtered_subscriber_gets_its_processes_and_their_exits_only() {
 #[test]
 fn the_fanout_counts_what_it_publishes_and_who_is_hooked() {
     let fanout = Arc::new(Fanout::new(8, usize::MAX));
-    let execs_only = fanout.subscribe(false, None);
-    let with_exits = fanout.subscribe(true, None);
+    let execs_only = fanout.subscribe(false, None, false);
+    let with_exits = fanout.subscribe(true, None, false);
     fanout.publish(exec(1));
     fanout.publish(exit(1));
     fanout.publish(exec(2));
@@ -238,19 +239,19 @@ fn the_interest_follows_who_is_hooked() {
     let comms = |list: &[&str]| Interest::Comms(list.iter().map(|c| c.to_string()).collect());
     let fanout = Arc::new(Fanout::new(1, usize::MAX));
     assert_eq!(*fanout.interest(), Interest::Nothing);
-    let java = fanout.subscribe(false, Some(comms_filter(&["java"])));
+    let java = fanout.subscribe(false, Some(comms_filter(&["java"])), false);
     assert_eq!(*fanout.interest(), comms(&["java"]));
-    let idea = fanout.subscribe(true, Some(comms_filter(&["idea"])));
+    let idea = fanout.subscribe(true, Some(comms_filter(&["idea"])), false);
     assert_eq!(*fanout.interest(), comms(&["java", "idea"]));
-    let all = fanout.subscribe(false, None);
-    assert_eq!(*fanout.interest(), Interest::All);
+    let all = fanout.subscribe(false, None, false);
+    assert_eq!(*fanout.interest(), Interest::All(ArgvPatterns::NONE));
     // Unhooked for overflowing: out of the interest until it re-subscribes.
     fanout.publish(exec(1));
     fanout.publish(exec(2));
     assert!(all.overflowed());
     assert_eq!(*fanout.interest(), comms(&["java", "idea"]));
     let (again, _) = fanout.resubscribe(&all, false, None);
-    assert_eq!(*fanout.interest(), Interest::All);
+    assert_eq!(*fanout.interest(), Interest::All(ArgvPatterns::NONE));
     drop((all, again));
     drop(java);
     assert_eq!(*fanout.interest(), comms(&["idea"]));
@@ -261,8 +262,8 @@ fn the_interest_follows_who_is_hooked() {
 #[test]
 fn a_skipped_exec_counts_as_one_published_to_nobody() {
     let fanout = Arc::new(Fanout::new(1, usize::MAX));
-    let mut java = fanout.subscribe(false, Some(comms_filter(&["java"])));
-    let slow = fanout.subscribe(true, None);
+    let mut java = fanout.subscribe(false, Some(comms_filter(&["java"])), false);
+    let slow = fanout.subscribe(true, None, false);
     fanout.publish(exec(1));
     fanout.publish(exec(2));
     assert!(slow.overflowed());
@@ -274,4 +275,61 @@ fn a_skipped_exec_counts_as_one_published_to_nobody() {
     // The exec that did not fit, the skipped one and the exit: as many as
     // when the skipped exec was published to nobody.
     assert_eq!(missed.unwrap().events, 3);
+}
+
+fn named(pid: i32, comm: &str, start_ticks: u64, renamed: bool) -> Item {
+    Item::Exec(Arc::new(Process {
+        pid,
+        tgid: pid,
+        comm: comm.into(),
+        start_ticks,
+        renamed,
+        ..Default::default()
+    }))
+}
+
+#[test]
+fn a_rename_reaches_only_the_subscribers_not_sent_the_process() {
+    let fanout = Arc::new(Fanout::new(8, usize::MAX));
+    let mut all = fanout.subscribe(false, None, false);
+    let mut java = fanout.subscribe(false, Some(comms_filter(&["java"])), false);
+    fanout.publish(named(7, "launcher", 100, false));
+    assert_eq!(pid_of(&all.try_recv().unwrap()), 7);
+    assert!(java.try_recv().is_err());
+    // The same process (pid and start) renames itself java.
+    fanout.publish(named(7, "java", 100, true));
+    assert!(all.try_recv().is_err(), "already sent the process");
+    assert!(matches!(java.try_recv(), Ok(Item::Exec(p)) if p.renamed && p.comm == "java"));
+    // Renamed again: java was sent it now.
+    fanout.publish(named(7, "java", 100, true));
+    assert!(java.try_recv().is_err());
+    // Another process under the same pid is another process.
+    fanout.publish(named(7, "java", 200, true));
+    assert!(all.try_recv().is_ok());
+    assert!(java.try_recv().is_ok());
+}
+
+#[test]
+fn an_audit_resync_goes_to_its_subscriber_alone() {
+    let fanout = Arc::new(Fanout::new(1, usize::MAX));
+    let mut missed = fanout.subscribe(false, None, false);
+    let mut other = fanout.subscribe(false, None, false);
+    let id = fanout.ledgers()[0].id;
+    let loss = DetectorLoss {
+        site: LossSite::Audit,
+        reason: "found".into(),
+        count: Some(2),
+    };
+    fanout.resync(id, Arc::new(loss.clone()));
+    assert!(matches!(missed.try_recv(), Ok(Item::DetectorLost(l)) if *l == loss));
+    assert_eq!(missed.ledger().snapshots, 1, "a snapshot follows");
+    assert!(other.try_recv().is_err());
+    assert_eq!(fanout.counts().subscriber_overflows, 0);
+    // A full queue: unhooked, it resyncs as after any overflow.
+    fanout.publish(exec(1));
+    assert!(other.try_recv().is_ok());
+    let id = fanout.ledgers()[0].id;
+    fanout.resync(id, Arc::new(loss));
+    assert!(missed.overflowed());
+    assert_eq!(fanout.counts().subscribers, 1);
 }

@@ -1,5 +1,7 @@
 //! One module per scenario; each `run` returns its report.
 
+pub mod audit;
+pub mod cmdline;
 pub mod crossover;
 pub mod enrichment;
 pub mod idle;

@@ -204,6 +204,7 @@ pub fn run(b: &Bench) -> Report {
         "MiB",
     );
     drop(seen);
+    renames(b, &agent, &sub, &mut r);
     drop((sub, reclaimer, agent));
 
     // The production case: only the reclaimer, nothing in the storm matching.
@@ -300,5 +301,69 @@ fn priced(b: &Bench, agent: &Agent, settle: impl FnOnce()) -> Priced {
         switches_per_exec: da.switches as f64 / execs.max(1) as f64,
         execs,
         rate: execs as f64 / seconds,
+    }
+}
+
+/// The argument that makes this benchmark's binary [`name_threads`].
+pub const NAME_THREADS: &str = "name-threads";
+
+/// What a JVM does at start as far as the proc connector sees: `n` threads,
+/// each naming itself (one comm event each), then exit.
+pub fn name_threads(n: usize) {
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let name = std::ffi::CString::new(format!("worker-{i}")).unwrap_or_default();
+                let _ = nix::sys::prctl::set_name(&name);
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| drop(t.join()));
+}
+
+/// Storms of a JVM-like start (this binary naming 20 threads) against the
+/// same start naming none, each `--seconds` flat out by two spawners, on
+/// `agent` as it is subscribed now: the agent's CPU per launch with and
+/// without the threads' comm events, which the reader drops as it parses
+/// them, and what reached the subscriber.
+fn renames(b: &Bench, agent: &Agent, sub: &Subscriber, r: &mut Report) {
+    let exe = std::env::current_exe().expect("the benchmark's own path");
+    let exe = exe.to_str().expect("a UTF-8 path");
+    for threads in ["0", "20"] {
+        let (stats0, a0) = (b.rt.block_on(agent.stats()), agent.sample());
+        let lost0 = sub
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lost_markers;
+        let load = Load::running(&[exe, NAME_THREADS, threads], 2, None);
+        std::thread::sleep(Duration::from_secs(b.opts.seconds));
+        let (spawns, seconds) = load.stop();
+        sub.settle(Duration::from_millis(500), Duration::from_secs(15));
+        let (stats1, a1) = (b.rt.block_on(agent.stats()), agent.sample());
+        let seen = sub.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let delivered = seen.arrivals.latencies(&spawns).len();
+        let lost = seen.lost_markers - lost0;
+        let da = a1.since(&a0);
+        let us = da.stat_ns as f64 / 1e3 / spawns.len().max(1) as f64;
+        let ignored = stats1.ignored_kernel_events - stats0.ignored_kernel_events;
+        r.row(
+            format!("launches naming {threads} threads"),
+            format!(
+                "{} at {:.0}/s: agent {us:.1} µs per launch, {:.1} kernel events dropped per launch, {:.2} wake-ups per launch; delivered {delivered}, {lost} lost markers",
+                spawns.len(),
+                spawns.len() as f64 / seconds,
+                ignored as f64 / spawns.len().max(1) as f64,
+                da.switches as f64 / spawns.len().max(1) as f64,
+            ),
+        );
+        let key = format!("named_threads_{threads}");
+        r.json(
+            &key,
+            serde_json::json!({"launches": spawns.len(), "per_s": round1(spawns.len() as f64 / seconds),
+                "agent_cpu_us_per_launch": round1(us), "ignored_events": ignored,
+                "wakeups_per_launch": round2(da.switches as f64 / spawns.len().max(1) as f64),
+                "delivered": delivered, "lost_markers": lost}),
+        );
     }
 }

@@ -27,12 +27,34 @@ fn feed(keep_rules_when_missing: bool) -> (Feed, mpsc::Receiver<Rules>, Arc<Metr
         metrics: metrics.clone(),
         keep_rules_when_missing,
         in_force: None,
+        warned: HashSet::new(),
         key: Some(DATA_KEY),
     };
     (feed, rx, metrics)
 }
 
 const WHAT: &str = "ConfigMap ns/reclaim-agent-n";
+
+/// Entries that are links on most systems (merged /usr, alternatives) are
+/// told from their path, each once however often the rules reload; the
+/// others are not.
+#[tokio::test]
+async fn exe_paths_through_links_are_warned_about_once_each() {
+    let (mut feed, _rx, metrics) = feed(DISARM);
+    let paths = r#"["/bin/sleep", "/usr/bin/java", "/etc/alternatives/java", "/lib64/ld-linux-x86-64.so.2", "/usr/lib/jvm/java-17-openjdk-amd64/bin/java", "/opt/idea/bin/idea", "/usr/bin/sleep"]"#;
+    let doc = format!("match_exe_paths = {paths}");
+    feed.document(WHAT, Some(&doc)).await;
+    assert_eq!(metrics.exe_path_warnings.get(), 4);
+    feed.document(WHAT, Some(&doc)).await;
+    assert_eq!(
+        metrics.exe_path_warnings.get(),
+        4,
+        "a reload warns again of nothing"
+    );
+    let doc = r#"match_exe_paths = ["/sbin/steam", "/bin/sleep"]"#.to_owned();
+    feed.document(WHAT, Some(&doc)).await;
+    assert_eq!(metrics.exe_path_warnings.get(), 5, "only the new entry");
+}
 
 /// By default no document disarms: a deletion (5-Spot's disarm), a missing
 /// key and a blank document each replace the rules with inert ones, once;
