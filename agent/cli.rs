@@ -9,7 +9,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 pub use execwatch::internal::logging::LogFormat;
 
-use crate::counters::Counters;
 use crate::detector::launch::{Detection, LaunchError};
 use crate::detector::receiver::Pace;
 use crate::procfs::mount::ProcMount;
@@ -17,9 +16,9 @@ use crate::procfs::reader::OpenError;
 use crate::procfs::redaction::patterns::{Patterns, Preset};
 use crate::procfs::redaction::{Redactor, REDACTED};
 use crate::procfs::watchdog::Bounds;
-use crate::transport::grpc::Limits;
+use crate::totals::Totals;
 use crate::transport::peer::PeerCheck;
-use crate::transport::Admission;
+use crate::transport::Limits;
 
 /// Bounds of `--poll-interval`: faster scans burn a core on a busy host;
 /// slower ones make the poll detector useless for reclaiming.
@@ -294,14 +293,12 @@ impl RunArgs {
     }
 
     /// Whom the socket admits and how much it serves at once.
-    pub fn limits(&self, stats: Arc<Counters>) -> Limits {
+    pub fn limits(&self, stats: Arc<Totals>) -> Limits {
         Limits {
-            admission: Admission {
-                peers: PeerCheck::new(&self.allow_uid, stats),
-                max_connections: self.max_connections as usize,
-                max_per_uid: self.max_connections_per_uid as usize,
-                idle_timeout: self.idle_timeout,
-            },
+            peers: PeerCheck::new(&self.allow_uid, stats),
+            max_connections: self.max_connections as usize,
+            max_per_uid: self.max_connections_per_uid as usize,
+            idle_timeout: self.idle_timeout,
             streams_per_connection: self.max_streams_per_connection,
             mode: self.socket_mode,
         }

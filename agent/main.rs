@@ -3,12 +3,12 @@
 //! holds no rules and no Kubernetes credentials, and listens on no network.
 
 mod cli;
-mod counters;
 mod detector;
 mod health_check;
 mod privilege;
 mod procfs;
 mod stream;
+mod totals;
 mod transport;
 
 use std::path::PathBuf;
@@ -20,9 +20,9 @@ use clap::Parser;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::cli::{Cli, Command, RunArgs};
-use crate::counters::Counters;
 use crate::stream::fanout::Fanout;
 use crate::stream::service::ExecEventsService;
+use crate::totals::Totals;
 use crate::transport::grpc::StopReason;
 use crate::transport::quota::Quota;
 
@@ -97,7 +97,7 @@ async fn run(
     run_as: Option<(u32, u32)>,
     started: Instant,
 ) -> anyhow::Result<StopReason> {
-    let stats = Arc::new(Counters::default());
+    let stats = Arc::new(Totals::default());
     let fanout = Arc::new(Fanout::new(
         args.queue_len as usize,
         args.queue_bytes as usize,

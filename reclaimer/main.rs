@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::sync::{mpsc, watch};
 
-use crate::agent_link::counters::AgentStats;
+use crate::agent_link::agent_metrics::AgentStats;
 use crate::cli::{Cli, Command};
 use crate::decision::{Decider, Settings};
 use crate::node::reclaim_request::{HostId, NodeClient};

@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 use execwatch::internal::lock::lock;
 use execwatch::proto::{LossSite, Source};
 
-use crate::counters::Counters;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{Exhausted, Identity, ProcReader};
 use crate::procfs::worker::Worker;
@@ -45,6 +44,7 @@ use crate::stream::fanout::{Audited, DetectorLoss, Fanout};
 #[cfg(doc)]
 use crate::stream::ledger::Ledger;
 use crate::stream::selector::Interest;
+use crate::totals::Totals;
 
 /// Longest the audit waits for the reader to reach its marker; past it
 /// (the marker was dropped too, or a read is stuck) it decides anyway, so
@@ -105,7 +105,7 @@ struct Audit {
     interval: Duration,
     procfs: Arc<ProcMount>,
     fanout: Arc<Fanout>,
-    stats: Arc<Counters>,
+    stats: Arc<Totals>,
     barrier: Arc<Barrier>,
     /// Lists `/proc` and reads `stat` (no lock of the process: no bound).
     reader: Option<ProcReader>,
@@ -118,7 +118,7 @@ pub fn start(
     interval: Duration,
     procfs: Arc<ProcMount>,
     fanout: Arc<Fanout>,
-    stats: Arc<Counters>,
+    stats: Arc<Totals>,
     barrier: Arc<Barrier>,
 ) -> std::io::Result<()> {
     let mut audit = Audit {
@@ -219,10 +219,8 @@ impl Audit {
                 }
                 drop(l);
                 // Read in full only now: a rare suspect, not every process.
-                let read = self
-                    .records
-                    .read(&mut vec![pid], Source::Snapshot, 1, usize::MAX);
-                if let Some(e) = read.error {
+                let read = self.records.read(&mut vec![pid], Source::Snapshot);
+                if let Some(e) = read.why {
                     return Err(other(e));
                 }
                 let Some(p) = read.records.into_iter().next() else {

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::counters::Counters;
 use crate::detector::audit::{self, Barrier};
 use crate::detector::netlink::{self, NetlinkDetector};
 use crate::detector::poll::Poller;
 use crate::detector::receiver::{self, Pace};
 use crate::procfs::mount::ProcMount;
 use crate::stream::fanout::Fanout;
+use crate::totals::Totals;
 
 /// A detector opened and not yet started.
 pub enum Detection {
@@ -67,7 +67,7 @@ impl Detection {
         self,
         procfs: Arc<ProcMount>,
         fanout: Arc<Fanout>,
-        stats: Arc<Counters>,
+        stats: Arc<Totals>,
     ) -> Result<oneshot::Receiver<String>, LaunchError> {
         let (failed_tx, failed) = oneshot::channel();
         match self {

@@ -54,10 +54,10 @@ impl Poller {
     /// before the socket exists, so a launch after a client connects is
     /// never mistaken for part of the inventory.
     pub fn start(source: Arc<ProcMount>, interval: Duration) -> std::io::Result<Self> {
-        let mut reader = source.reader().map_err(to_io)?;
+        let mut reader = source.reader().map_err(std::io::Error::other)?;
         let mut known = HashMap::new();
         for pid in reader.pids()? {
-            if let Some(id) = reader.identity(pid).map_err(to_io)? {
+            if let Some(id) = reader.identity(pid).map_err(std::io::Error::other)? {
                 known.insert(pid, id);
             }
         }
@@ -133,10 +133,8 @@ impl Poller {
                 fanout.skip_exec();
                 continue;
             }
-            let read = self
-                .records
-                .read(&mut vec![pid], Source::Poll, 1, usize::MAX);
-            let p = match (read.error, read.records.into_iter().next()) {
+            let read = self.records.read(&mut vec![pid], Source::Poll);
+            let p = match (read.why, read.records.into_iter().next()) {
                 (None, Some(p)) => p,
                 // A kernel thread.
                 (None, None) => continue,
@@ -160,14 +158,6 @@ impl Poller {
         }
         self.known = alive;
         Ok(Ok(()))
-    }
-}
-
-/// An error of the first inventory, which stops the agent's start.
-fn to_io(e: Exhausted) -> std::io::Error {
-    match e {
-        Exhausted::Resources(errno) => errno.into(),
-        stuck => std::io::Error::other(stuck),
     }
 }
 

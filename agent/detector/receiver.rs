@@ -78,7 +78,6 @@ use execwatch::internal::lock::lock;
 use execwatch::proto::{Exit, LossSite, Process, Source};
 use nix::poll::{PollFd, PollFlags};
 
-use crate::counters::Counters;
 use crate::detector::audit::Barrier;
 use crate::detector::netlink::NetlinkDetector;
 use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket, Received, BATCH};
@@ -87,6 +86,7 @@ use crate::procfs::reader::{blank, CommCheck, Exhausted, ProcReader};
 use crate::procfs::watchdog::{Read, Slot, Watched};
 use crate::stream::fanout::{DetectorLoss, Fanout, Item};
 use crate::stream::selector::Interest;
+use crate::totals::Totals;
 
 /// Longest an exit event waits to be read when no exec comes along.
 pub const EXIT_BATCH: Duration = Duration::from_millis(10);
@@ -171,7 +171,7 @@ struct Context {
     rcvbuf: usize,
     pace: Pace,
     fanout: Arc<Fanout>,
-    stats: Arc<Counters>,
+    stats: Arc<Totals>,
     audit: Arc<Barrier>,
     /// The reads, and the backlog that outlives a thread left behind.
     watched: Watched<Backlog>,
@@ -199,20 +199,19 @@ pub fn start(
     pace: Pace,
     procfs: Arc<ProcMount>,
     fanout: Arc<Fanout>,
-    stats: Arc<Counters>,
+    stats: Arc<Totals>,
     audit: Arc<Barrier>,
     failed: impl FnOnce(NetlinkError) + Send + 'static,
 ) -> std::io::Result<()> {
-    let rcvbuf = detector.receive_buffer();
     let ctx = Arc::new(Context {
+        rcvbuf: detector.receive_buffer(),
         execs: detector.execs,
         exits: detector.exits,
-        rcvbuf,
         pace,
         fanout,
         stats,
         audit,
-        watched: Watched::new(procfs, Backlog::default()),
+        watched: Watched::new(procfs),
         failed: Mutex::new(Some(Box::new(failed))),
     });
     spawn_reader(ctx.clone(), 0)?;
@@ -565,21 +564,17 @@ impl ReaderThread {
         record.renamed = renamed;
         let reader = self.reader.as_mut().map_err(|e| *e);
         let wanted = |comm: &[u8]| interest.may_want(comm);
-        match ctx.watched.read(reader, self.generation, record, wanted) {
-            Ok(Read::Record(p)) => {
-                // The loss goes out before this record: subscribers resync,
-                // then get it.
-                recovered(&ctx, &mut self.backlog().state);
-                publish_exec(&ctx, p);
-            }
-            Ok(Read::Unread(p)) => publish_exec(&ctx, p),
-            Ok(Read::Unwanted) => {
-                // `stat` was read: reads work.
-                recovered(&ctx, &mut self.backlog().state);
-                if !renamed {
-                    ctx.fanout.skip_exec();
-                }
-            }
+        let read = ctx.watched.read(reader, self.generation, record, wanted);
+        if matches!(read, Ok(Read::Record(_) | Read::Unwanted)) {
+            // `stat` at least was read: reads work. The loss goes out before
+            // the record: subscribers resync, then get it.
+            recovered(&ctx, &mut self.backlog().state);
+        }
+        match read {
+            Ok(Read::Record(p) | Read::Unread(p)) => publish_exec(&ctx, p),
+            // A rename nobody wants is no exec.
+            Ok(Read::Unwanted) if renamed => {}
+            Ok(Read::Unwanted) => ctx.fanout.skip_exec(),
             Ok(Read::KernelThread) => ctx.stats.add_ignored_kernel_events(1),
             // The watchdog published the record.
             Ok(Read::LeftBehind) => return Err(Stop::Stale),
@@ -655,7 +650,7 @@ fn drain(
     sock: &NetlinkSocket,
     batch: &mut Batch,
     events: &mut VecDeque<ProcEvent>,
-    stats: &Counters,
+    stats: &Totals,
 ) -> Result<bool, NetlinkError> {
     loop {
         let n = match sock.try_recv_batch(batch)? {

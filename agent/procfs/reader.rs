@@ -454,14 +454,6 @@ pub trait Sink {
     fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool;
 }
 
-/// A record read without a bound fills itself.
-impl Sink for Process {
-    fn put(&mut self, f: impl FnOnce(&mut Process), _next: Option<Field>) -> bool {
-        f(self);
-        true
-    }
-}
-
 /// Reads at most `limit` bytes of `name` under `dir` into `buf`.
 ///
 /// procfs hands these files over whole on the first read (`stat`, `status`

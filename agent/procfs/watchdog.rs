@@ -28,7 +28,6 @@
 //! read is overdue, and the watchdog sleeps until the read under way is due
 //! (or, after a deadline's time without reads, until a read starts).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -43,8 +42,8 @@ use crate::procfs::reader::{unavailable, Exhausted, Field, Outcome, ProcReader, 
 pub struct Bounds {
     deadline: Duration,
     max_stuck: usize,
-    /// pid -> reads of it left behind and not back yet.
-    stuck: Mutex<HashMap<i32, usize>>,
+    /// The pid of each read left behind and not back yet.
+    stuck: Mutex<Vec<i32>>,
 }
 
 impl Bounds {
@@ -63,7 +62,7 @@ impl Bounds {
     fn admit(&self, record: &mut Process) -> Result<bool, Exhausted> {
         let stuck = lock(&self.stuck);
         let pid = record.pid;
-        if stuck.contains_key(&pid) {
+        if stuck.contains(&pid) {
             drop(stuck);
             let why = format!(
                 "an earlier read of /proc/{pid} timed out after {:?} and has not returned; not read again until it does",
@@ -72,38 +71,34 @@ impl Bounds {
             unavailable(record, Field::All.name(), why);
             return Ok(false);
         }
-        let n: usize = stuck.values().sum();
-        if n >= self.max_stuck {
-            return Err(Exhausted::Stuck(n));
+        if stuck.len() >= self.max_stuck {
+            return Err(Exhausted::Stuck(stuck.len()));
         }
         Ok(true)
     }
 
     /// Whether no more reads may be left behind.
     pub fn full(&self) -> bool {
-        lock(&self.stuck).values().sum::<usize>() >= self.max_stuck
+        lock(&self.stuck).len() >= self.max_stuck
     }
 
     /// A read of `pid` was given up; its thread is left behind. Returns how
     /// many are now.
     fn left_behind(&self, pid: i32) -> usize {
         let mut stuck = lock(&self.stuck);
-        *stuck.entry(pid).or_default() += 1;
-        stuck.values().sum()
+        stuck.push(pid);
+        stuck.len()
     }
 
     /// A read of `pid` that was left behind has returned.
     fn returned(&self, pid: i32) {
         let mut stuck = lock(&self.stuck);
-        if let Some(n) = stuck.get_mut(&pid) {
-            *n -= 1;
-            if *n == 0 {
-                stuck.remove(&pid);
-            }
+        if let Some(i) = stuck.iter().position(|&p| p == pid) {
+            stuck.swap_remove(i);
         }
         tracing::info!(
             pid,
-            still_stuck = stuck.values().sum::<usize>(),
+            still_stuck = stuck.len(),
             "a /proc read given up earlier has returned"
         );
     }
@@ -137,6 +132,7 @@ struct Current {
 
 /// What the reading thread and its watchdog share: the read under way, and
 /// whatever state `T` must outlive a thread left behind.
+#[derive(Default)]
 pub struct Slot<T> {
     generation: u64,
     current: Option<Current>,
@@ -156,22 +152,18 @@ pub struct Watched<T> {
     wake: Condvar,
 }
 
-impl<T> Watched<T> {
+impl<T: Default> Watched<T> {
     /// Nothing read yet; generation 0.
-    pub fn new(mount: Arc<ProcMount>, state: T) -> Self {
+    pub fn new(mount: Arc<ProcMount>) -> Self {
         Self {
             mount,
-            slot: Mutex::new(Slot {
-                generation: 0,
-                current: None,
-                reads: 0,
-                watchdog_idle: false,
-                state,
-            }),
+            slot: Mutex::default(),
             wake: Condvar::new(),
         }
     }
+}
 
+impl<T> Watched<T> {
     /// The mount read.
     pub fn mount(&self) -> &Arc<ProcMount> {
         &self.mount
@@ -207,11 +199,7 @@ impl<T> Watched<T> {
         let reader = reader?;
         let pid = record.pid;
         self.begin(record);
-        let mut tracker = Tracker {
-            watched: self,
-            generation,
-        };
-        let read = reader.read_into(pid, &mut tracker, wanted);
+        let read = reader.read_into(pid, &mut Tracker(self, generation), wanted);
         let mut slot = self.lock();
         if slot.generation != generation {
             drop(slot);
@@ -274,7 +262,6 @@ impl<T> Watched<T> {
                     // instead of waking every period for nothing.
                     slot.watchdog_idle = true;
                     slot = self.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
-                    slot.watchdog_idle = false;
                     seen = slot.reads;
                     continue;
                 }
@@ -344,15 +331,13 @@ impl<T> Slot<T> {
 
 /// The sink a watched thread reads into: every field goes into the slot's
 /// record at once, unless the thread is stale.
-struct Tracker<'a, T> {
-    watched: &'a Watched<T>,
-    generation: u64,
-}
+/// Its fields: the slot, and the thread's generation.
+struct Tracker<'a, T>(&'a Watched<T>, u64);
 
 impl<T> Sink for Tracker<'_, T> {
     fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool {
-        let mut slot = self.watched.lock();
-        if slot.generation != self.generation {
+        let mut slot = self.0.lock();
+        if slot.generation != self.1 {
             return false;
         }
         let Some(current) = slot.current.as_mut() else {
@@ -374,7 +359,7 @@ mod tests {
     fn watched(deadline: Duration, max_stuck: usize) -> Watched<()> {
         let bounds = Bounds::new(deadline, max_stuck);
         let mount = ProcMount::open("/proc", 4096, None, bounds).unwrap();
-        Watched::new(Arc::new(mount), ())
+        Watched::new(Arc::new(mount))
     }
 
     #[test]
@@ -382,10 +367,7 @@ mod tests {
         let watched = watched(Duration::from_millis(10), 2);
         let bounds = watched.mount.bounds();
         watched.begin(blank(42, 42, Source::Netlink));
-        let mut tracker = Tracker {
-            watched: &watched,
-            generation: 0,
-        };
+        let mut tracker = Tracker(&watched, 0);
         assert!(tracker.put(|p| p.comm = "x".into(), Some(Field::Credentials)));
         assert!(tracker.put(|_| {}, Some(Field::Argv)));
         let mut slot = watched.lock();
@@ -417,10 +399,7 @@ mod tests {
     fn a_finished_read_is_never_given_up() {
         let watched = watched(Duration::from_millis(1), 1);
         watched.begin(blank(1, 1, Source::Netlink));
-        let mut tracker = Tracker {
-            watched: &watched,
-            generation: 0,
-        };
+        let mut tracker = Tracker(&watched, 0);
         assert!(tracker.put(|_| {}, None));
         let later = Instant::now() + Duration::from_secs(1);
         assert!(watched

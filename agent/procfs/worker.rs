@@ -16,41 +16,41 @@ use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{blank, Exhausted, ProcReader};
 use crate::procfs::watchdog::{Read, Slot, Watched};
 
-/// What a list of reads gave.
+/// Processes read per hand-off at most.
+pub const CHUNK: usize = 64;
+/// Encoded bytes of records read per hand-off at most: what a snapshot
+/// subscriber that stops reading holds at most in snapshot records.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// What one hand-off gave.
 #[derive(Debug, Default)]
-pub struct Records {
+pub struct Chunk {
     /// The finished records, in reading order (processes found exited
     /// included, flagged `exited_before_inspection`).
     pub records: Vec<Process>,
     /// Pids whose reads failed for the agent's own reasons.
     pub failed: Vec<i32>,
     /// Why, the last time.
-    pub error: Option<Exhausted>,
+    pub why: Option<Exhausted>,
 }
 
-/// The list a worker reads, shared with the caller that watches.
+/// The pids a worker reads, shared with the caller that watches.
 #[derive(Default)]
 struct Job {
     /// Still to read, popped from the end.
     pids: Vec<i32>,
     source: Source,
-    max_records: usize,
-    max_bytes: usize,
-    /// Encoded bytes of `read.records`.
+    /// Encoded bytes of `chunk.records`.
     bytes: usize,
-    read: Records,
+    chunk: Chunk,
     done: bool,
 }
 
 impl Job {
-    /// The next pid to read, if the job is not full yet.
+    /// The next pid to read, unless the chunk is full.
     fn next(&mut self) -> Option<i32> {
-        let full = self.read.records.len() >= self.max_records || self.bytes >= self.max_bytes;
-        if full {
-            None
-        } else {
-            self.pids.pop()
-        }
+        let full = self.chunk.records.len() >= CHUNK || self.bytes >= CHUNK_BYTES;
+        (!full).then(|| self.pids.pop()).flatten()
     }
 
     /// Takes one read of `pid`.
@@ -58,16 +58,14 @@ impl Job {
         match read {
             Ok(Read::Record(p) | Read::Unread(p)) => {
                 self.bytes += prost::Message::encoded_len(&p);
-                self.read.records.push(p);
+                self.chunk.records.push(p);
             }
             Ok(_) => {}
-            Err(e) => self.fail(vec![pid], e),
+            Err(e) => {
+                self.chunk.failed.push(pid);
+                self.chunk.why = Some(e);
+            }
         }
-    }
-
-    fn fail(&mut self, pids: Vec<i32>, e: Exhausted) {
-        self.read.failed.extend(pids);
-        self.read.error = Some(e);
     }
 }
 
@@ -83,29 +81,21 @@ impl Worker {
     /// No thread yet: the first read starts one.
     pub fn new(mount: Arc<ProcMount>) -> Self {
         Self {
-            watched: Arc::new(Watched::new(mount, Job::default())),
+            watched: Arc::new(Watched::new(mount)),
             jobs: None,
         }
     }
 
     /// Reads the records of `pids` (popped from the end) as `source`
-    /// until `max_records` are read or they weigh `max_bytes` encoded,
-    /// leaving the rest in `pids`. A kernel thread has no record. Waits at
-    /// most the deadline for any one process.
-    pub fn read(
-        &mut self,
-        pids: &mut Vec<i32>,
-        source: Source,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Records {
+    /// until they weigh [`CHUNK_BYTES`] or number [`CHUNK`], leaving the
+    /// rest in `pids`. A kernel thread has no record. Waits at most the
+    /// deadline for any one process.
+    pub fn read(&mut self, pids: &mut Vec<i32>, source: Source) -> Chunk {
         let watched = self.watched.clone();
         let mut slot = watched.lock();
         slot.state = Job {
             pids: std::mem::take(pids),
             source,
-            max_records,
-            max_bytes,
             ..Job::default()
         };
         self.hand(&mut slot);
@@ -122,16 +112,14 @@ impl Worker {
         );
         let job = std::mem::take(&mut slot.state);
         *pids = job.pids;
-        job.read
+        job.chunk
     }
 
     /// Hands the job in `slot` to the worker thread, starting one if there
     /// is none; if none can start, every pid left fails.
     fn hand(&mut self, slot: &mut Slot<Job>) {
-        if let Some(jobs) = &self.jobs {
-            if jobs.send(()).is_ok() {
-                return;
-            }
+        if self.jobs.as_ref().is_some_and(|jobs| jobs.send(()).is_ok()) {
+            return;
         }
         // None yet, or left behind.
         match self.start(slot.generation()) {
@@ -140,7 +128,13 @@ impl Worker {
                 let _ = jobs.send(());
                 self.jobs = Some(jobs);
             }
-            Err(e) => slot.state.fail_all(e),
+            Err(e) => {
+                // Every pid left fails.
+                let job = &mut slot.state;
+                job.chunk.failed.append(&mut job.pids);
+                job.chunk.why = Some(e);
+                job.done = true;
+            }
         }
     }
 
@@ -159,15 +153,6 @@ impl Worker {
     }
 }
 
-impl Job {
-    /// No worker can read: every pid left fails, and the job is done.
-    fn fail_all(&mut self, e: Exhausted) {
-        let pids = std::mem::take(&mut self.pids);
-        self.fail(pids, e);
-        self.done = true;
-    }
-}
-
 /// A worker thread: reads each job it is handed to the end. Ends when the
 /// caller drops its end, or once left behind.
 fn work(watched: &Watched<Job>, mut reader: ProcReader, generation: u64, jobs: Receiver<()>) {
@@ -176,7 +161,6 @@ fn work(watched: &Watched<Job>, mut reader: ProcReader, generation: u64, jobs: R
             let mut slot = watched.lock();
             let Some(pid) = slot.state.next() else {
                 slot.state.done = true;
-                drop(slot);
                 watched.wake();
                 break;
             };
@@ -210,16 +194,18 @@ mod tests {
         let mut w = worker();
         let me = std::process::id() as i32;
         // kthreadd has no record; a gone pid is flagged.
-        let mut pids = vec![i32::MAX, 2, me, me];
-        let read = w.read(&mut pids, Source::Poll, 2, usize::MAX);
-        assert_eq!(pids, [i32::MAX, 2], "stops at two records");
-        assert_eq!(read.records.len(), 2);
+        let mut pids = vec![i32::MAX, 2];
+        pids.extend([me; CHUNK + 1]);
+        let read = w.read(&mut pids, Source::Poll);
+        assert_eq!(pids, [i32::MAX, 2, me], "stops at a full chunk");
+        assert_eq!(read.records.len(), CHUNK);
         for p in &read.records {
             assert_eq!(p.pid, me);
             assert!(!p.comm.is_empty() && !p.argv.is_empty(), "{p:?}");
             assert!(p.unavailable.is_empty(), "{p:?}");
         }
-        let read = w.read(&mut pids, Source::Poll, 2, usize::MAX);
+        pids.pop();
+        let read = w.read(&mut pids, Source::Poll);
         assert!(pids.is_empty() && read.failed.is_empty());
         let [gone] = &read.records[..] else {
             panic!("{read:?}")

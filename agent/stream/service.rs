@@ -8,11 +8,11 @@ use execwatch::proto::{Stats, StatsRequest, WatchRequest};
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
-use crate::counters::Counters;
 use crate::procfs::mount::ProcMount;
 use crate::stream::fanout::Fanout;
 use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared, WatchStream};
+use crate::totals::Totals;
 use crate::transport::peer::peer_cred;
 use crate::transport::quota::Quota;
 use crate::transport::rpc_error::RpcError;
@@ -35,7 +35,7 @@ impl ExecEventsService {
     /// stream (the agent stops).
     pub fn new(
         fanout: Arc<Fanout>,
-        stats: Arc<Counters>,
+        stats: Arc<Totals>,
         procfs: Arc<ProcMount>,
         seats: Quota,
     ) -> (Self, watch::Sender<bool>) {

@@ -29,11 +29,11 @@ use futures::Stream;
 use tokio::sync::watch;
 use tonic::Status;
 
-use crate::counters::Counters;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::snapshot::read_chunk;
 use crate::stream::fanout::{Fanout, Item, Missed, Subscription};
 use crate::stream::selector::Choice;
+use crate::totals::Totals;
 use crate::transport::quota::Place;
 use crate::transport::rpc_error::RpcError;
 use execwatch::internal::clock;
@@ -51,8 +51,8 @@ pub const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(5);
 pub struct Shared {
     /// Where detectors publish.
     pub fanout: Arc<Fanout>,
-    /// Counters.
-    pub stats: Arc<Counters>,
+    /// Totals.
+    pub stats: Arc<Totals>,
     /// Where and how snapshots read processes.
     pub procfs: Arc<ProcMount>,
     /// Becomes `true` when the agent stops: every stream ends.
@@ -432,7 +432,7 @@ impl Snapshot {
                 self.ready.push_back(Kind::Existing(p));
             }
             self.failed.extend(chunk.failed);
-            self.why = chunk.why.or(self.why.take());
+            self.why = chunk.why.map(|e| e.to_string()).or(self.why.take());
         }
     }
 }

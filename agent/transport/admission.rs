@@ -34,9 +34,10 @@ const FIRST_PAUSE: Duration = Duration::from_millis(10);
 /// The longest pause between attempts.
 pub const MAX_PAUSE: Duration = Duration::from_secs(1);
 
-/// Who may connect, and how many at once.
-pub struct Admission {
-    /// The uid allow-list.
+/// Whom the socket admits and how much it serves at once (the subscribers
+/// in total and per peer uid are the `ExecEvents` service's own seats).
+pub struct Limits {
+    /// The uid allow-list, also applied to every request.
     pub peers: PeerCheck,
     /// Connections open at once, all peers but the agent's own uid.
     pub max_connections: usize,
@@ -44,26 +45,27 @@ pub struct Admission {
     pub max_per_uid: usize,
     /// How long an admitted connection may stay with no stream open.
     pub idle_timeout: Duration,
+    /// HTTP/2 streams one connection may have open.
+    pub streams_per_connection: u32,
+    /// The socket file's mode.
+    pub mode: u32,
 }
 
 /// The connections admitted on `listener`, for tonic's server. Accepting
 /// stops when the stream is dropped (the server stops).
-pub fn incoming(
-    listener: UnixListener,
-    admission: Admission,
-) -> ReceiverStream<io::Result<Connection>> {
+pub fn incoming(listener: UnixListener, limits: Limits) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(accept_loop(listener, admission, tx));
+    tokio::spawn(accept_loop(listener, limits, tx));
     ReceiverStream::new(rx)
 }
 
 async fn accept_loop(
     listener: UnixListener,
-    admission: Admission,
+    limits: Limits,
     tx: mpsc::Sender<io::Result<Connection>>,
 ) {
     let own_uid = Some(nix::unistd::geteuid().as_raw());
-    let quota = Quota::new(admission.max_connections, admission.max_per_uid);
+    let quota = Quota::new(limits.max_connections, limits.max_per_uid);
     let (mut pause, mut failures) = (FIRST_PAUSE, 0u64);
     let mut over_limit = 0u64;
     loop {
@@ -89,10 +91,7 @@ async fn accept_loop(
         }
         let cred = stream.peer_cred().ok();
         let uid = cred.map(|cred| cred.uid());
-        if !admission
-            .peers
-            .admits(uid, cred.and_then(|cred| cred.pid()))
-        {
+        if !limits.peers.admits(uid, cred.and_then(|cred| cred.pid())) {
             continue;
         }
         // The agent's own uid (its health probe) takes no place.
@@ -117,7 +116,7 @@ async fn accept_loop(
             tracing::info!(closed = over_limit, "connections admitted again");
             over_limit = 0;
         }
-        match Connection::new(stream, admission.idle_timeout, place) {
+        match Connection::new(stream, limits.idle_timeout, place) {
             Ok(conn) => {
                 if tx.send(Ok(conn)).await.is_err() {
                     return;

@@ -18,16 +18,17 @@ use tonic_health::ServingStatus;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::transport::admission::{self, Admission};
+use crate::transport::admission::{self, Limits};
 
 /// Why the socket could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The socket's directory could not be created.
-    #[error("cannot create the socket directory {path}: {source}")]
-    CreateDir {
-        /// The directory.
-        path: PathBuf,
+    /// A file-system step failed: creating the socket's directory,
+    /// removing a stale socket, bind(2) or chmod.
+    #[error("cannot {step}: {source}")]
+    Io {
+        /// The step, with the path it was taken on.
+        step: String,
         /// Why.
         #[source]
         source: io::Error,
@@ -60,35 +61,6 @@ pub enum ServeError {
     /// Something that is not a socket sits at the socket path.
     #[error("{0} exists and is not a socket; refusing to remove it")]
     NotASocket(PathBuf),
-    /// The stale socket could not be removed.
-    #[error("cannot remove the stale socket {path}: {source}")]
-    RemoveStale {
-        /// The socket.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// bind(2) failed.
-    #[error("cannot listen on {path}: {source}")]
-    Bind {
-        /// The socket.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// chmod failed.
-    #[error("cannot set mode {mode:o} on {path}: {source}")]
-    Chmod {
-        /// The socket.
-        path: PathBuf,
-        /// The mode asked for.
-        mode: u32,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
     /// Reflection could not be built from the embedded descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -116,10 +88,10 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
                 });
             }
         }
-        fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir {
-            path: dir.into(),
-            source,
-        })?;
+        fs::create_dir_all(dir).map_err(io_step(format!(
+            "create the socket directory {}",
+            dir.display()
+        )))?;
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -128,10 +100,10 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(ServeError::InUse(path.into()));
             }
-            fs::remove_file(path).map_err(|source| ServeError::RemoveStale {
-                path: path.into(),
-                source,
-            })?
+            fs::remove_file(path).map_err(io_step(format!(
+                "remove the stale socket {}",
+                path.display()
+            )))?
         }
         Ok(_) => return Err(ServeError::NotASocket(path.into())),
         Err(_) => {}
@@ -145,36 +117,21 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
                 source,
             }
         }
-        _ => ServeError::Bind {
-            path: path.into(),
-            source,
-        },
+        _ => io_step(format!("listen on {}", path.display()))(source),
     })?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
-        ServeError::Chmod {
-            path: path.into(),
-            mode,
-            source,
-        }
-    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(io_step(format!("set mode {mode:o} on {}", path.display())))?;
     Ok(listener)
+}
+
+/// The error of file-system `step` (see [`ServeError::Io`]).
+fn io_step(step: String) -> impl FnOnce(io::Error) -> ServeError {
+    |source| ServeError::Io { step, source }
 }
 
 /// How long open connections get to take their last words once the agent
 /// stops; a client that does not read is not waited for longer.
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
-
-/// Whom one socket serves, and how much at once (the subscribers in total
-/// and per peer uid are the `ExecEvents` service's own seats).
-pub struct Limits {
-    /// Who may connect (the peer check, also applied to every request),
-    /// how many connections at once, and how long they may idle.
-    pub admission: Admission,
-    /// HTTP/2 streams one connection may have open.
-    pub streams_per_connection: u32,
-    /// The socket file's mode.
-    pub mode: u32,
-}
 
 /// Why serving ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -210,7 +167,7 @@ pub async fn serve<S: ExecEvents>(
     streams_end: watch::Sender<bool>,
 ) -> Result<StopReason, ServeError> {
     let listener = bind(path, limits.mode)?;
-    let peers = limits.admission.peers.clone();
+    let peers = limits.peers.clone();
     // The mode in octal, as chmod and ls write it: JSON has no octal
     // numbers, and 432 would be read as a mode by nobody. The uids as the
     // flag takes them: tracing records scalars only, not lists.
@@ -242,7 +199,7 @@ pub async fn serve<S: ExecEvents>(
         .add_service(InterceptedService::new(health_service, peers.clone()))
         .add_service(InterceptedService::new(reflection_v1, peers.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, peers))
-        .serve_with_incoming_shutdown(admission::incoming(listener, limits.admission), async {
+        .serve_with_incoming_shutdown(admission::incoming(listener, limits), async {
             let _ = drain_rx.await;
         });
     tokio::pin!(server);

@@ -10,4 +10,4 @@ pub mod peer;
 pub mod quota;
 pub mod rpc_error;
 
-pub use admission::Admission;
+pub use admission::Limits;

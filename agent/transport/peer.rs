@@ -10,7 +10,7 @@ use tonic::service::Interceptor;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
-use crate::counters::Counters;
+use crate::totals::Totals;
 use crate::transport::rpc_error::RpcError;
 
 /// The peer's credentials, from the socket (`SO_PEERCRED`).
@@ -34,7 +34,7 @@ pub struct PeerCheck {
     /// `--allow-uid` as given; empty: every peer is admitted.
     listed: Arc<[u32]>,
     own_uid: u32,
-    stats: Arc<Counters>,
+    stats: Arc<Totals>,
     refused: Arc<Mutex<Refused>>,
 }
 
@@ -72,7 +72,7 @@ impl Refused {
 
 impl PeerCheck {
     /// A check admitting `uids` (everyone if empty).
-    pub fn new(uids: &[u32], stats: Arc<Counters>) -> Self {
+    pub fn new(uids: &[u32], stats: Arc<Totals>) -> Self {
         Self {
             listed: uids.into(),
             own_uid: nix::unistd::geteuid().as_raw(),

@@ -1,5 +1,5 @@
 //! The reclaimer's side of the agent's socket: the `Watch` stream kept
 //! connected, and the agent's counters re-exported as metrics.
 
-pub mod counters;
+pub mod agent_metrics;
 pub mod watch;

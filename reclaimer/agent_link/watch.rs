@@ -12,7 +12,7 @@
 //! designed path, nothing silent.
 //!
 //! While connected it also reads the agent's `GetStats` every
-//! [`counters::POLL`] on the same connection, for the metrics.
+//! [`agent_metrics::POLL`] on the same connection, for the metrics.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::agent_link::counters::{self, AgentStats};
+use crate::agent_link::agent_metrics::{self, AgentStats};
 use crate::backoff;
 use crate::metrics::Metrics;
 
@@ -123,14 +123,9 @@ pub enum LinkError {
     /// The socket could not be dialled.
     #[error(transparent)]
     Connect(#[from] execwatch::client::ConnectError),
-    /// The agent refused a `Watch` (`resubscribing`: the one for new rules).
-    #[error("{}{status}", if *.resubscribing { "re-subscribing failed: " } else { "" })]
-    Watch {
-        /// The agent's status.
-        status: tonic::Status,
-        /// Whether it was the re-subscription for new rules.
-        resubscribing: bool,
-    },
+    /// The agent refused the `Watch`.
+    #[error("{0}")]
+    Refused(tonic::Status),
     /// An item's `seq` was not the next one: the stream cannot be trusted.
     #[error("sequence jumped from {after} to {got}")]
     SequenceJump {
@@ -139,17 +134,16 @@ pub enum LinkError {
         /// The one that came instead of `after + 1`.
         got: u64,
     },
-    /// The agent ended the stream (`true`: the one opened for new rules).
-    #[error("the agent closed the {}stream", if *.0 { "new " } else { "" })]
-    Closed(bool),
-    /// The stream failed (`new`: the one opened for new rules).
-    #[error("the {}stream failed: {status}", if *.new { "new " } else { "" })]
-    Failed {
-        /// The status it ended with.
-        status: tonic::Status,
-        /// Whether it was the stream opened for new rules.
-        new: bool,
-    },
+    /// The agent ended the stream.
+    #[error("the agent closed the stream")]
+    Closed,
+    /// The stream failed.
+    #[error("the stream failed: {0}")]
+    Failed(tonic::Status),
+    /// The new stream for new rules could not be opened, or failed before
+    /// its first item.
+    #[error("re-subscribing failed: {0}")]
+    Resubscribe(Box<LinkError>),
 }
 
 type Client = ExecEventsClient<Channel>;
@@ -169,12 +163,7 @@ async fn connect(
     req: WatchRequest,
 ) -> Result<(Client, Stream), LinkError> {
     let mut client = execwatch::client::exec_events(socket).await?;
-    let stream = watch(&mut client, req)
-        .await
-        .map_err(|status| LinkError::Watch {
-            status,
-            resubscribing: false,
-        })?;
+    let stream = watch(&mut client, req).await.map_err(LinkError::Refused)?;
     Ok((client, stream))
 }
 
@@ -223,8 +212,8 @@ impl Current {
                 after: self.expected - 1,
                 got: ev.seq,
             }),
-            Ok(None) => Err(LinkError::Closed(false)),
-            Err(status) => Err(LinkError::Failed { status, new: false }),
+            Ok(None) => Err(LinkError::Closed),
+            Err(status) => Err(LinkError::Failed(status)),
         }
     }
 }
@@ -263,23 +252,18 @@ async fn switch(
     tracing::info!("the rules changed: re-subscribing with their selector");
     // The new stream, opened and with its first item.
     let opening = async move {
-        let mut next = watch(&mut client, req)
-            .await
-            .map_err(|status| LinkError::Watch {
-                status,
-                resubscribing: true,
-            })?;
+        let mut next = watch(&mut client, req).await.map_err(LinkError::Refused)?;
         match next.message().await {
             Ok(Some(first)) => Ok((next, first)),
-            Ok(None) => Err(LinkError::Closed(true)),
-            Err(status) => Err(LinkError::Failed { status, new: true }),
+            Ok(None) => Err(LinkError::Closed),
+            Err(status) => Err(LinkError::Failed(status)),
         }
     };
     tokio::pin!(opening);
     let mut old_open = true;
     let (next, first) = loop {
         tokio::select! {
-            opened = &mut opening => break opened?,
+            opened = &mut opening => break opened.map_err(|e| LinkError::Resubscribe(Box::new(e)))?,
             msg = current.stream.message(), if old_open => match current.accept(msg) {
                 Ok(ev) => {
                     if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
@@ -335,10 +319,10 @@ fn observed(ev: &WatchEvent) -> Option<u64> {
     }
 }
 
-/// Reads the agent's counters now and every [`counters::POLL`]. A failed
+/// Reads the agent's counters now and every [`agent_metrics::POLL`]. A failed
 /// read forgets them (the stream's own end says why the agent is gone).
 async fn poll_stats(mut client: Client, stats: Arc<AgentStats>) {
-    let mut tick = tokio::time::interval(counters::POLL);
+    let mut tick = tokio::time::interval(agent_metrics::POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -33,6 +33,14 @@ impl ProcReader {
     }
 }
 
+/// A record read without a bound fills itself.
+impl Sink for Process {
+    fn put(&mut self, f: impl FnOnce(&mut Process), _next: Option<Field>) -> bool {
+        f(self);
+        true
+    }
+}
+
 fn reader() -> ProcReader {
     ProcReader::open("/proc", 64 * 1024).expect("open /proc")
 }

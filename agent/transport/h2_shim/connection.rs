@@ -36,7 +36,6 @@ use super::authority::Normalizer;
 use super::frame::Frames;
 use super::idle::{Activity, Expired};
 use super::refusal::Refusal;
-use crate::transport::quota::Place;
 
 /// An accepted client connection.
 pub struct Connection {
@@ -60,19 +59,19 @@ pub struct Connection {
     /// The task reading (no-op until it first reads), woken when the last
     /// stream closes so that it arms the idle deadline.
     reader: Waker,
-    /// Its place in the connection count (none for the agent's own uid),
-    /// given back when it closes.
-    _place: Option<Place>,
+    /// What the connection holds while it lives, dropped when it closes
+    /// (the admission's place in the connection count).
+    _held: Box<dyn Send + Sync>,
 }
 
 impl Connection {
     /// Takes over a stream accepted just now, keeping its peer's address
-    /// and credentials for the peer check, and its place in the count; it
+    /// and credentials for the peer check, and `held` until it closes; it
     /// ends once it has had no RPC in progress for `idle_timeout`.
     pub fn new(
         stream: UnixStream,
         idle_timeout: Duration,
-        place: Option<Place>,
+        held: impl Send + Sync + 'static,
     ) -> io::Result<Self> {
         let info = stream.connect_info();
         // Out of tokio's registration; the socket stays non-blocking.
@@ -88,7 +87,7 @@ impl Connection {
             activity: Activity::new(Instant::now(), idle_timeout),
             deadline: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             reader: Waker::noop().clone(),
-            _place: place,
+            _held: Box::new(held),
         })
     }
 
@@ -319,7 +318,7 @@ mod tests {
 
     /// A connection that will not time out during a test.
     fn connection(ours: UnixStream) -> Connection {
-        Connection::new(ours, Duration::from_secs(60), None).unwrap()
+        Connection::new(ours, Duration::from_secs(60), ()).unwrap()
     }
 
     /// Far more than a Unix socket's buffer, so writes must wait for room.

@@ -60,40 +60,19 @@ impl Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let code = code_name(self.code);
+        // h2's names (PROTOCOL_ERROR, …), `Reason(0x…)` for an unknown code.
+        let code = h2::Reason::from(self.code);
         if self.goaway {
             write!(
                 f,
-                "the agent's HTTP/2 layer closed the connection with GOAWAY {code}"
+                "the agent's HTTP/2 layer closed the connection with GOAWAY {code:?}"
             )
         } else {
             write!(
                 f,
-                "the agent's HTTP/2 layer reset stream {} with {code}",
+                "the agent's HTTP/2 layer reset stream {} with {code:?}",
                 self.stream
             )
         }
     }
-}
-
-/// The name of an HTTP/2 error code.
-fn code_name(code: u32) -> String {
-    let name = match code {
-        0x0 => "NO_ERROR",
-        0x1 => "PROTOCOL_ERROR",
-        0x2 => "INTERNAL_ERROR",
-        0x3 => "FLOW_CONTROL_ERROR",
-        0x4 => "SETTINGS_TIMEOUT",
-        0x5 => "STREAM_CLOSED",
-        0x6 => "FRAME_SIZE_ERROR",
-        0x7 => "REFUSED_STREAM",
-        0x8 => "CANCEL",
-        0x9 => "COMPRESSION_ERROR",
-        0xa => "CONNECT_ERROR",
-        0xb => "ENHANCE_YOUR_CALM",
-        0xc => "INADEQUATE_SECURITY",
-        0xd => "HTTP_1_1_REQUIRED",
-        other => return format!("error code {other:#x}"),
-    };
-    name.to_string()
 }

@@ -2,9 +2,10 @@
 //! `--snapshot-processes` idle processes (`sleep 600`) started, each round
 //! times, one after the other:
 //!
-//! - the floor: this program reading, on one thread, the files the agent
-//!   reads for every process listed in `/proc` (`stat`, `status`, `cmdline`,
-//!   `cgroup`, the `exe` and `cwd` links);
+//! - the floor: this program reading, on one thread and with the agent's
+//!   system calls, the files the agent reads for every process listed in
+//!   `/proc` (`stat`, `status`, `cmdline`, `cgroup`, the `exe` and `cwd`
+//!   links);
 //! - each agent binary (`--agent-binary`, default the one built with this
 //!   bench): a `Watch` opened on a connection made beforehand, from the
 //!   request to its `snapshot_complete`.
@@ -13,6 +14,7 @@
 //! measures each of them against the same processes and the same machine.
 //! The target compares the first agent's median with the floor's.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -115,22 +117,39 @@ fn spread(ms: &[f64]) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
-/// Reads what the agent reads of every process now listed, on this thread;
-/// returns the time taken in ms.
+/// Reads what the agent reads of every process now listed, on this thread,
+/// the way the agent reads it (`openat` relative to the process's directory,
+/// one `read` into a reused buffer, `readlinkat`); returns the time taken
+/// in ms.
 fn floor() -> f64 {
     let start = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
     let mut bytes = 0;
     for entry in std::fs::read_dir("/proc").expect("list /proc").flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.parse::<u32>().is_ok()) else {
+        if name.to_str().is_none_or(|n| n.parse::<u32>().is_err()) {
+            continue;
+        }
+        let Ok(dir) = std::fs::File::open(Path::new("/proc").join(name)) else {
             continue;
         };
-        let dir = Path::new("/proc").join(pid);
-        for file in ["stat", "status", "cmdline", "cgroup"] {
-            bytes += std::fs::read(dir.join(file)).map_or(0, |b| b.len());
+        let dir = dir.as_raw_fd();
+        for file in [c"stat", c"status", c"cmdline", c"cgroup"] {
+            // SAFETY: a valid directory fd and NUL-terminated name; the
+            // buffer is ours and as long as given; the fd is closed once.
+            unsafe {
+                let fd = libc::openat(dir, file.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    bytes += libc::read(fd, buf.as_mut_ptr().cast(), buf.len()).max(0) as usize;
+                    libc::close(fd);
+                }
+            }
         }
-        for link in ["exe", "cwd"] {
-            bytes += std::fs::read_link(dir.join(link)).map_or(0, |p| p.as_os_str().len());
+        for link in [c"exe", c"cwd"] {
+            // SAFETY: as above; readlinkat writes at most buf.len() bytes.
+            let n =
+                unsafe { libc::readlinkat(dir, link.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            bytes += n.max(0) as usize;
         }
     }
     std::hint::black_box(bytes);

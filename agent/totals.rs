@@ -1,5 +1,5 @@
-//! The agent's counters, shared by the detector, the subscriptions and the
-//! service. What the fan-out publishes (execs, exits), who is hooked to it
+//! The agent's running totals (`GetStats` counters), shared by the
+//! detector, the subscriptions and the service. What the fan-out publishes (execs, exits), who is hooked to it
 //! and their overflows are the fan-out's own counts
 //! ([`crate::stream::fanout::Fanout::counts`]), read from there when
 //! `GetStats` asks, never copied here.
@@ -14,7 +14,7 @@ use execwatch::internal::lock::lock;
 
 /// Counters since start, each monotonic.
 #[derive(Debug)]
-pub struct Counters {
+pub struct Totals {
     started: Instant,
     detector: Mutex<(String, String, u64)>,
     privilege: std::sync::OnceLock<proto::Privilege>,
@@ -31,7 +31,7 @@ macro_rules! counters {
             $($field: AtomicU64,)*
         }
 
-        impl Counters {
+        impl Totals {
             $($(#[$doc])* pub fn $add(&self, n: u64) { self.counts.$field.fetch_add(n, Relaxed); })*
 
             /// Copies every counter into `into`.
@@ -69,7 +69,7 @@ counters! {
     add_audit_found => audit_found;
 }
 
-impl Default for Counters {
+impl Default for Totals {
     fn default() -> Self {
         Self {
             started: Instant::now(),
@@ -80,7 +80,7 @@ impl Default for Counters {
     }
 }
 
-impl Counters {
+impl Totals {
     /// Records which detector runs, its subscription mode and buffer size.
     pub fn set_detector(&self, name: &str, mode: &str, receive_buffer_bytes: u64) {
         *lock(&self.detector) = (name.to_string(), mode.to_string(), receive_buffer_bytes);
