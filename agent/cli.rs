@@ -11,11 +11,11 @@ pub use execwatch::internal::logging::LogFormat;
 
 use crate::detector::launch::{Detection, LaunchError};
 use crate::detector::receiver::Pace;
+use crate::procfs::bounds::Bounds;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::OpenError;
 use crate::procfs::redaction::patterns::{Patterns, Preset};
 use crate::procfs::redaction::{Redactor, REDACTED};
-use crate::procfs::watchdog::Bounds;
 use crate::totals::Totals;
 use crate::transport::peer::PeerCheck;
 use crate::transport::Limits;
