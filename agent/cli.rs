@@ -121,7 +121,7 @@ pub struct RunArgs {
     /// processes with what each subscriber was sent, to find what the kernel
     /// dropped without telling (100ms to 1m). A launch it dropped is found
     /// within one interval.
-    #[arg(long, env = "EXECWATCH_AUDIT_INTERVAL", default_value = "5s", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, AUDIT_INTERVAL.0, AUDIT_INTERVAL.1))]
+    #[arg(long, env = "EXECWATCH_AUDIT_INTERVAL", default_value = "15s", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, AUDIT_INTERVAL.0, AUDIT_INTERVAL.1))]
     pub audit_interval: Duration,
 
     /// Socket file mode, in octal.
