@@ -1,13 +1,18 @@
-//! The real `agent` binary, as built by this `cargo bench` (release profile).
+//! The real `agent` binary: the one this `cargo bench` built (release
+//! profile), or the one `--agent` names.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use execwatch::proto::{Stats, StatsRequest};
 
 use crate::children::{self, Guarded};
 use crate::procstat;
+
+/// The agent binary [`Agent::start`] runs (`--agent`), set once in main.
+pub static BINARY: OnceLock<PathBuf> = OnceLock::new();
 
 /// A running agent with its socket and log file; stopped on drop.
 pub struct Agent {
@@ -27,7 +32,8 @@ impl Agent {
             "netlink" => &[],
             _ => &[format!("--detector={detector}")],
         };
-        Self::start_binary(dir, detector, Path::new(env!("CARGO_BIN_EXE_agent")), args)
+        let binary = BINARY.get().expect("set in main");
+        Self::start_binary(dir, detector, binary, args)
     }
 
     /// Starts the agent binary at `binary` with `args`, its socket and log

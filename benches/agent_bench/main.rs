@@ -92,6 +92,15 @@ pub struct Options {
     /// release builds of two commits. Default: the one this bench built.
     #[arg(long = "agent-binary", value_delimiter = ',')]
     pub agent_binaries: Vec<PathBuf>,
+    /// The agent binary every scenario but snapshot runs. Default: the one
+    /// this bench built. With a release build of another commit, runs of the
+    /// two builds can be interleaved (docs/benchmarks.md).
+    #[arg(long = "agent")]
+    pub agent: Option<PathBuf>,
+    /// The reclaimer binary the scenarios run. Default: the one this bench
+    /// built.
+    #[arg(long = "reclaimer")]
+    pub reclaimer: Option<PathBuf>,
     /// Where the CSV and SVG go (default: <target dir>/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -158,6 +167,20 @@ fn main() {
             .collect()
     };
     children::kill_all_on_panic();
+    agent::BINARY
+        .set(
+            opts.agent
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_agent").into()),
+        )
+        .expect("set once");
+    reclaimer::BINARY
+        .set(
+            opts.reclaimer
+                .clone()
+                .unwrap_or_else(|| env!("CARGO_BIN_EXE_reclaimer").into()),
+        )
+        .expect("set once");
     let bench = Bench {
         opts,
         rt: tokio::runtime::Builder::new_multi_thread()

@@ -9,15 +9,19 @@
 //! thread's wake-up (a few µs), never the log's own wall-clock timestamp.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::children::Guarded;
 use crate::procstat;
 use crate::timing::{monotonic_ns, Arrivals};
+
+/// The reclaimer binary [`Reclaimer::start`] runs (`--reclaimer`), set once
+/// in main.
+pub static BINARY: OnceLock<PathBuf> = OnceLock::new();
 
 /// What the log has told so far.
 #[derive(Debug, Default)]
@@ -46,7 +50,7 @@ impl Reclaimer {
         std::fs::write(&rules, format!("match_commands = [{command:?}]\n")).expect("write rules");
         let metrics_port = free_port();
         let mut child = Guarded::spawn(
-            Command::new(env!("CARGO_BIN_EXE_reclaimer"))
+            Command::new(BINARY.get().expect("set in main"))
                 .arg("--socket")
                 .arg(socket)
                 .arg("--dry-run")
