@@ -154,6 +154,10 @@ log "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 # The library alone, as a policy engine uses it (no Kubernetes, no clap).
 cargo clippy --lib --no-default-features -- -D warnings
+# The fuzz targets take agent source files by path: check that they build
+# (fuzzing itself is by hand, fuzz/README.md).
+log "cargo check (fuzz/)"
+cargo check --manifest-path fuzz/Cargo.toml --bins 2>&1
 
 # The reclaimer's Kubernetes tests run a real kube-apiserver 1.20.2, and
 # tests/node_pod.rs a real single-node cluster (kubelet, controller-manager,
