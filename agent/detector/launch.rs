@@ -45,17 +45,6 @@ pub enum LaunchError {
 }
 
 impl Detection {
-    /// Subscribes to the proc connector (see [`NetlinkDetector::start`]).
-    pub fn netlink(
-        receive_buffer: usize,
-        filter: bool,
-        pace: Pace,
-        audit: Duration,
-    ) -> Result<Self, LaunchError> {
-        let detector = NetlinkDetector::start(receive_buffer, filter)?;
-        Ok(Self::Netlink(detector, pace, audit))
-    }
-
     /// Whether this detector is the netlink one (which may need a privilege).
     pub fn is_netlink(&self) -> bool {
         matches!(self, Self::Netlink(..))
@@ -72,11 +61,11 @@ impl Detection {
         let (failed_tx, failed) = oneshot::channel();
         match self {
             Self::Netlink(detector, pace, interval) => {
-                let mode = detector.mode();
-                stats.set_detector("netlink", mode, detector.receive_buffer() as u64);
+                let (mode, receive_buffer) = (detector.mode(), detector.receive_buffer);
+                stats.set_detector("netlink", mode, receive_buffer as u64);
                 tracing::info!(
                     mode,
-                    receive_buffer_bytes = detector.receive_buffer(),
+                    receive_buffer_bytes = receive_buffer,
                     "netlink detector subscribed and confirmed by a probe exec"
                 );
                 let failed = move |err| {

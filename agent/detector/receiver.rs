@@ -204,7 +204,7 @@ pub fn start(
     failed: impl FnOnce(NetlinkError) + Send + 'static,
 ) -> std::io::Result<()> {
     let ctx = Arc::new(Context {
-        rcvbuf: detector.receive_buffer(),
+        rcvbuf: detector.receive_buffer,
         execs: detector.execs,
         exits: detector.exits,
         pace,
