@@ -68,9 +68,6 @@ impl Detection {
                     receive_buffer_bytes = receive_buffer,
                     "netlink detector subscribed and confirmed by a probe exec"
                 );
-                let failed = move |err| {
-                    let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
-                };
                 let barrier = Arc::new(Barrier::default());
                 let (procfs2, fanout2, stats2) = (procfs.clone(), fanout.clone(), stats.clone());
                 receiver::start(
@@ -80,7 +77,7 @@ impl Detection {
                     fanout2,
                     stats2,
                     barrier.clone(),
-                    failed,
+                    failed_tx,
                 )
                 .and_then(|()| audit::start(interval, procfs, fanout, stats, barrier))
                 .map_err(LaunchError::Thread)?;

@@ -26,10 +26,11 @@ use std::time::Duration;
 use execwatch::proto::{Exit, LossSite, Source};
 use nix::errno::Errno;
 
+use crate::detector::receiver::publish_loss;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{own, Exhausted, Identity, ProcReader};
 use crate::procfs::worker::Worker;
-use crate::stream::fanout::{DetectorLoss, Fanout, Item};
+use crate::stream::fanout::{Fanout, Item};
 use execwatch::internal::clock;
 use execwatch::internal::cn_proc::comm_bytes;
 
@@ -81,11 +82,7 @@ impl Poller {
                     if !std::mem::replace(&mut self.failing, true) {
                         let reason = format!("a /proc scan failed: {exhausted}; processes started or ended meanwhile may have been missed");
                         tracing::warn!("{reason}; subscribers will resync");
-                        fanout.publish(Item::DetectorLost(Arc::new(DetectorLoss {
-                            site: LossSite::Detector,
-                            reason,
-                            count: None,
-                        })));
+                        publish_loss(&fanout, LossSite::Detector, reason, None);
                     }
                 }
                 Err(e) => return e,

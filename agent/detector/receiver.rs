@@ -19,7 +19,7 @@
 //! - Exec events wake the reader at once. Exit events (a socket of their own
 //!   when the kernel filters) do not: they are read just before the next
 //!   exec that is published (so that each exit still goes out after its
-//!   exec and before a later one, [`ReaderThread::sync`]), or by a sweep at
+//!   exec and before a later one, [`ReaderThread::exec`]), or by a sweep at
 //!   most [`EXIT_BATCH`] after the first one arrives. A storm of
 //!   short-lived processes costs one wake-up per exec, not two, and while
 //!   nobody selects the execs, their exits are read sixteen to a system
@@ -77,6 +77,7 @@ use execwatch::internal::cn_proc::{parse_datagram, EventKind, Message, ProcEvent
 use execwatch::internal::lock::lock;
 use execwatch::proto::{Exit, LossSite, Process, Source};
 use nix::poll::{PollFd, PollFlags};
+use tokio::sync::oneshot;
 
 use crate::detector::audit::Barrier;
 use crate::detector::netlink::NetlinkDetector;
@@ -161,9 +162,6 @@ struct Backlog {
     unread: Option<Unread>,
 }
 
-/// Called once with why the detector stopped.
-type OnFailure = Box<dyn FnOnce(NetlinkError) + Send>;
-
 /// What every generation of reading thread works with.
 struct Context {
     execs: NetlinkSocket,
@@ -175,25 +173,16 @@ struct Context {
     audit: Arc<Barrier>,
     /// The reads, and the backlog that outlives a thread left behind.
     watched: Watched<Backlog>,
-    failed: Mutex<Option<OnFailure>>,
+    /// Told once why the detector stopped.
+    failed: Mutex<Option<oneshot::Sender<String>>>,
 }
 
-/// Why a reading thread stopped.
-enum Stop {
-    /// It was left behind: another thread reads now.
-    Stale,
-    /// A socket failed: the detector stops.
-    Failed(NetlinkError),
-}
-
-impl From<NetlinkError> for Stop {
-    fn from(e: NetlinkError) -> Self {
-        Stop::Failed(e)
-    }
-}
+/// Why a reading thread stopped: `None` if it was left behind (another
+/// thread reads now), else the socket failure that stops the detector.
+type Stop = Option<NetlinkError>;
 
 /// Starts reading events on a thread of its own, with its watchdog. If a
-/// socket fails, `failed` is called with why, once.
+/// socket fails, `failed` is told why.
 pub fn start(
     detector: NetlinkDetector,
     pace: Pace,
@@ -201,7 +190,7 @@ pub fn start(
     fanout: Arc<Fanout>,
     stats: Arc<Totals>,
     audit: Arc<Barrier>,
-    failed: impl FnOnce(NetlinkError) + Send + 'static,
+    failed: oneshot::Sender<String>,
 ) -> std::io::Result<()> {
     let ctx = Arc::new(Context {
         rcvbuf: detector.receive_buffer,
@@ -212,7 +201,7 @@ pub fn start(
         stats,
         audit,
         watched: Watched::new(procfs),
-        failed: Mutex::new(Some(Box::new(failed))),
+        failed: Mutex::new(Some(failed)),
     });
     spawn_reader(ctx.clone(), 0)?;
     std::thread::Builder::new()
@@ -241,7 +230,7 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
                 },
                 ctx,
             };
-            if let Err(Stop::Failed(e)) = thread.run() {
+            if let Err(Some(e)) = thread.run() {
                 thread.ctx.fail(e);
             }
         })
@@ -262,9 +251,8 @@ fn watchdog(ctx: &Arc<Context>) {
 
 impl Context {
     fn fail(&self, e: NetlinkError) {
-        let failed = lock(&self.failed).take();
-        if let Some(failed) = failed {
-            failed(e);
+        if let Some(failed) = lock(&self.failed).take() {
+            let _ = failed.send(format!("netlink detector stopped: {e}"));
         }
     }
 }
@@ -296,9 +284,9 @@ struct ReaderThread {
     /// The exit socket is left out of the wait until this sweep.
     exits_due: Option<Instant>,
     /// The exits queued when this pass began have been read: an exec may
-    /// be published (see [`ReaderThread::sync`]).
+    /// be published (see [`ReaderThread::exec`]).
     synced: bool,
-    /// The exec put back by the last [`ReaderThread::sync`] after its comm
+    /// The exec put back by the last [`ReaderThread::exec`] after its comm
     /// passed: not checked again.
     checked: Option<(i32, u64)>,
     rate: Rate,
@@ -430,18 +418,6 @@ impl ReaderThread {
         Ok(())
     }
 
-    /// Before the first exec of a pass that is published: reads the exits
-    /// queued meanwhile (and the execs after them) into the backlog, in
-    /// kernel order, with `ev` put back in its place. An exit whose process
-    /// ran before `ev` (perhaps under `ev`'s pid) so goes out before it.
-    /// Passes that publish nothing never read the exit socket: their exits
-    /// wait for the sweep.
-    fn sync(&mut self, ev: ProcEvent) -> Result<(), Stop> {
-        self.drain(true, Some(ev))?;
-        self.synced = true;
-        Ok(())
-    }
-
     /// Handles the backlog, then reports a kernel overflow that followed
     /// it. Returns whether there was one.
     fn flush(&mut self) -> Result<bool, Stop> {
@@ -458,23 +434,18 @@ impl ReaderThread {
                     ctx.rcvbuf
                 );
                 tracing::warn!("{reason}; subscribers will resync");
-                ctx.fanout
-                    .publish(Item::DetectorLost(Arc::new(DetectorLoss {
-                        site: LossSite::Kernel,
-                        reason,
-                        count: None,
-                    })));
+                publish_loss(&ctx.fanout, LossSite::Kernel, reason, None);
                 return Ok(true);
             };
             match ev.kind {
                 // A leader's rename decides the process as an exec does (a
                 // selector may want its new comm); a thread's name is not the
-                // process's and costs nothing more (below).
-                EventKind::Exec { pid, tgid } => {
-                    drop(slot);
-                    self.exec(ev, pid, tgid)?;
-                }
-                EventKind::Comm { pid, tgid, .. } if pid == tgid => {
+                // process's and costs nothing more (below). An exec's task is
+                // always its leader: the kernel sends the event after
+                // de_thread() made it so.
+                EventKind::Exec { pid, tgid } | EventKind::Comm { pid, tgid, .. }
+                    if pid == tgid =>
+                {
                     drop(slot);
                     self.exec(ev, pid, tgid)?;
                 }
@@ -554,10 +525,17 @@ impl ReaderThread {
             }
         }
         if !self.synced {
+            // Before the first exec of a pass that is published: read the
+            // exits queued meanwhile (and the execs after them) into the
+            // backlog, in kernel order, with `ev` put back in its place. An
+            // exit whose process ran before `ev` (perhaps under `ev`'s pid)
+            // so goes out before it. Passes that publish nothing never read
+            // the exit socket: their exits wait for the sweep.
             if !matches!(*interest, Interest::All(_)) {
                 self.checked = Some((pid, timestamp_ns));
             }
-            return self.sync(ev);
+            self.synced = true;
+            return self.drain(true, Some(ev));
         }
         let mut record = blank(pid, tgid, Source::Netlink);
         record.kernel_timestamp_ns = timestamp_ns;
@@ -579,7 +557,7 @@ impl ReaderThread {
             Ok(Read::Unwanted) => ctx.fanout.skip_exec(),
             Ok(Read::KernelThread) => ctx.stats.add_ignored_kernel_events(1),
             // The watchdog published the record.
-            Ok(Read::LeftBehind) => return Err(Stop::Stale),
+            Ok(Read::LeftBehind) => return Err(None),
             Err(e) => self.unreadable(e),
         }
         Ok(())
@@ -637,12 +615,18 @@ fn recovered(ctx: &Context, backlog: &mut Backlog) {
         unread.count, unread.error
     );
     tracing::warn!("{reason}");
-    ctx.fanout
-        .publish(Item::DetectorLost(Arc::new(DetectorLoss {
-            site: LossSite::Detector,
-            reason,
-            count: Some(unread.count),
-        })));
+    publish_loss(&ctx.fanout, LossSite::Detector, reason, Some(unread.count));
+}
+
+/// Publishes a loss of the detector's own, which every subscriber resyncs
+/// after.
+pub fn publish_loss(fanout: &Fanout, site: LossSite, reason: String, count: Option<u64>) {
+    let loss = DetectorLoss {
+        site,
+        reason,
+        count,
+    };
+    fanout.publish(Item::DetectorLost(Arc::new(loss)));
 }
 
 /// Appends every event queued on `sock` to `events`, up to an overflow.
