@@ -29,16 +29,18 @@
 //! forked without an exec runs its parent's program and is decided by its
 //! parent ([`Ledger::forked`]).
 
-use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use execwatch::internal::cn_proc::comm_bytes;
 use execwatch::internal::lock::lock;
 use execwatch::proto::{LossSite, Source};
 
+use crate::detector::poll::identities;
 use crate::procfs::mount::ProcMount;
-use crate::procfs::reader::{Exhausted, Identity, ProcReader};
+use crate::procfs::reader::ProcReader;
 use crate::procfs::worker::Worker;
 use crate::stream::fanout::{Audited, DetectorLoss, Fanout};
 #[cfg(doc)]
@@ -158,19 +160,15 @@ impl Audit {
     }
 
     /// One audit; returns how many misses it found.
-    fn once(&mut self) -> std::io::Result<u64> {
+    fn once(&mut self) -> io::Result<u64> {
         let round = self.fanout.begin_round();
         let reader = match &mut self.reader {
             Some(reader) => reader,
-            None => self.reader.insert(self.procfs.reader().map_err(other)?),
+            None => self
+                .reader
+                .insert(self.procfs.reader().map_err(io::Error::other)?),
         };
-        let pids = reader.pids()?;
-        let mut live = HashMap::with_capacity(pids.len());
-        for pid in pids {
-            if let Some(id) = reader.identity(pid).map_err(other)? {
-                live.insert(pid, id);
-            }
-        }
+        let live = identities(reader)?;
         let mut suspects = Vec::new();
         for Audited {
             id: sub,
@@ -186,7 +184,9 @@ impl Audit {
             }
             let mut pids: Vec<i32> = live
                 .iter()
-                .filter(|(pid, id)| !l.decided(**pid, id) && interest.may_want(comm(id)))
+                .filter(|(pid, id)| {
+                    !l.decided(**pid, id) && interest.may_want(comm_bytes(&id.comm))
+                })
                 .map(|(pid, _)| *pid)
                 .collect();
             drop(l);
@@ -224,7 +224,7 @@ impl Audit {
                 // Read in full only now: a rare suspect, not every process.
                 let read = self.records.read(&mut vec![pid], Source::Snapshot, &argv);
                 if let Some(e) = read.why {
-                    return Err(other(e));
+                    return Err(io::Error::other(e));
                 }
                 let Some(p) = read.records.into_iter().next() else {
                     continue;
@@ -247,12 +247,10 @@ impl Audit {
                      (the kernel dropped their events without telling); resyncing"
                 );
                 tracing::warn!(subscriber = sub, "{reason}");
-                let count = Some(found);
-                let site = LossSite::Audit;
                 let loss = DetectorLoss {
-                    site,
+                    site: LossSite::Audit,
                     reason,
-                    count,
+                    count: Some(found),
                 };
                 self.fanout.resync(sub, Arc::new(loss));
                 total += found;
@@ -261,13 +259,4 @@ impl Audit {
         self.stats.add_audit_found(total);
         Ok(total)
     }
-}
-
-fn other(e: Exhausted) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-/// The comm of `id`, as a selector compares it.
-fn comm(id: &Identity) -> &[u8] {
-    execwatch::internal::cn_proc::comm_bytes(&id.comm)
 }

@@ -56,12 +56,7 @@ impl Poller {
     /// never mistaken for part of the inventory.
     pub fn start(source: Arc<ProcMount>, interval: Duration) -> std::io::Result<Self> {
         let mut reader = source.reader().map_err(std::io::Error::other)?;
-        let mut known = HashMap::new();
-        for pid in reader.pids()? {
-            if let Some(id) = reader.identity(pid).map_err(std::io::Error::other)? {
-                known.insert(pid, id);
-            }
-        }
+        let known = identities(&mut reader)?;
         Ok(Self {
             records: Worker::new(source),
             reader,
@@ -159,6 +154,16 @@ impl Poller {
         self.known = alive;
         Ok(Ok(()))
     }
+}
+
+/// Every process `/proc` lists, by pid (one gone meanwhile is left out).
+pub fn identities(reader: &mut ProcReader) -> std::io::Result<HashMap<i32, Identity>> {
+    let pids = reader.pids()?;
+    let ids = pids.into_iter().map(|pid| {
+        let id = reader.identity(pid).map_err(std::io::Error::other)?;
+        Ok(id.map(|id| (pid, id)))
+    });
+    ids.filter_map(Result::transpose).collect()
 }
 
 /// Reports that the process last seen under `pid` is gone.
