@@ -30,15 +30,9 @@ pub enum LaunchError {
     /// The proc connector subscription failed.
     #[error("the netlink detector could not start (try --detector=poll): {0}")]
     Netlink(#[from] netlink::StartError),
-    /// The poll detector's first inventory failed.
-    #[error("cannot scan {root}: {source}")]
-    Scan {
-        /// The `/proc` mount.
-        root: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The poll detector's first inventory of the `/proc` mount failed.
+    #[error("cannot scan {0}: {1}")]
+    Scan(String, #[source] std::io::Error),
     /// The detector's thread could not be spawned.
     #[error("cannot start the detector thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -85,8 +79,8 @@ impl Detection {
             Self::Poll(interval) => {
                 stats.set_detector("poll", "", 0);
                 let root = procfs.root().to_string();
-                let poller = Poller::start(procfs, interval)
-                    .map_err(|source| LaunchError::Scan { root, source })?;
+                let poller =
+                    Poller::start(procfs, interval).map_err(|e| LaunchError::Scan(root, e))?;
                 tracing::info!(
                     interval_ms = interval.as_millis() as u64,
                     "poll detector scanning /proc"

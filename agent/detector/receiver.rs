@@ -164,9 +164,7 @@ struct Backlog {
 
 /// What every generation of reading thread works with.
 struct Context {
-    execs: NetlinkSocket,
-    exits: Option<NetlinkSocket>,
-    rcvbuf: usize,
+    net: NetlinkDetector,
     pace: Pace,
     fanout: Arc<Fanout>,
     stats: Arc<Totals>,
@@ -193,9 +191,7 @@ pub fn start(
     failed: oneshot::Sender<String>,
 ) -> std::io::Result<()> {
     let ctx = Arc::new(Context {
-        rcvbuf: detector.receive_buffer,
-        execs: detector.execs,
-        exits: detector.exits,
+        net: detector,
         pace,
         fanout,
         stats,
@@ -343,19 +339,15 @@ impl ReaderThread {
     /// Waits until the exec socket (or the exit socket, unless parked) is
     /// readable, or until `wake`. Returns which are readable.
     fn wait(&self, wake: Option<Instant>) -> Result<(bool, bool), NetlinkError> {
-        let execs = self.ctx.execs.as_fd();
-        let exits = self.ctx.exits.as_ref().filter(|_| self.exits_due.is_none());
-        let exits = exits.map(AsFd::as_fd);
-        let mut fds = [
-            PollFd::new(execs, PollFlags::POLLIN),
-            PollFd::new(exits.unwrap_or(execs), PollFlags::POLLIN),
-        ];
-        let watched = if exits.is_some() { 2 } else { 1 };
+        let (execs, exits) = (&self.ctx.net.execs, self.ctx.net.exits.as_ref());
+        let exits = exits.filter(|_| self.exits_due.is_none());
+        let mut fds = [execs, exits.unwrap_or(execs)]
+            .map(|sock| PollFd::new(sock.as_fd(), PollFlags::POLLIN));
+        let watched = 1 + usize::from(exits.is_some());
         match nix::poll::poll(&mut fds[..watched], poll_timeout(wake)) {
-            Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return Ok((false, false)),
-            Err(e) => return Err(NetlinkError::Recv(e.into())),
-        }
+            polled => polled.map_err(|e| NetlinkError::Recv(e.into()))?,
+        };
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
         Ok((ready(&fds[0]), watched == 2 && ready(&fds[1])))
     }
@@ -363,7 +355,7 @@ impl ReaderThread {
     /// Leaves the exit socket out of the wait until a sweep [`EXIT_BATCH`]
     /// from `now`, unless it is out already.
     fn park_exits(&mut self, now: Instant) {
-        if self.ctx.exits.is_some() && self.exits_due.is_none() {
+        if self.ctx.net.exits.is_some() && self.exits_due.is_none() {
             self.exits_due = Some(now + EXIT_BATCH);
         }
     }
@@ -371,7 +363,7 @@ impl ReaderThread {
     /// Reads everything queued on the exec socket (and with `exits`, on
     /// the exit socket first) and handles it in kernel order.
     fn pass(&mut self, exits: bool) -> Result<(), Stop> {
-        self.synced = exits || self.ctx.exits.is_none();
+        self.synced = exits || self.ctx.net.exits.is_none();
         loop {
             self.drain(self.synced, None)?;
             if !self.flush()? {
@@ -391,6 +383,7 @@ impl ReaderThread {
     /// first, and the whole backlog is sorted.
     fn drain(&mut self, exits: bool, put_back: Option<ProcEvent>) -> Result<(), Stop> {
         let ctx = &self.ctx;
+        let net = &ctx.net;
         let mut slot = ctx.watched.lock();
         let backlog = &mut slot.state;
         let sort_all = put_back.is_some();
@@ -398,11 +391,11 @@ impl ReaderThread {
             backlog.events.push_front(ev);
         }
         let start = backlog.events.len();
-        if let (Some(sock), true) = (&ctx.exits, exits) {
+        if let (Some(sock), true) = (&net.exits, exits) {
             backlog.overrun |= drain(sock, &mut self.batch, &mut backlog.events, &ctx.stats)?;
         }
         let exits_end = backlog.events.len();
-        backlog.overrun |= drain(&ctx.execs, &mut self.batch, &mut backlog.events, &ctx.stats)?;
+        backlog.overrun |= drain(&net.execs, &mut self.batch, &mut backlog.events, &ctx.stats)?;
         // Without the kernel's filter the exec socket carries every event
         // (forks, exits, ...): only execs count towards a storm.
         let execs_read = backlog
@@ -431,7 +424,7 @@ impl ReaderThread {
                 ctx.stats.add_kernel_overruns(1);
                 let reason = format!(
                     "the kernel dropped events: the agent's netlink receive buffer ({} bytes) overflowed (ENOBUFS)",
-                    ctx.rcvbuf
+                    ctx.net.receive_buffer
                 );
                 tracing::warn!("{reason}; subscribers will resync");
                 publish_loss(&ctx.fanout, LossSite::Kernel, reason, None);
