@@ -16,8 +16,8 @@ use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::detector::socket::{hint, wait_readable, Batch, NetlinkError, NetlinkSocket, Received};
-use execwatch::internal::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message};
+use crate::detector::socket::{hint, wait_readable, Batch, NetlinkError, NetlinkSocket};
+use execwatch::internal::cn_proc::{event_mask, EventKind, McastOp, Message};
 use nix::errno::Errno;
 
 /// Environment variable that turns an agent start into the probe's no-op.
@@ -72,13 +72,13 @@ impl NetlinkDetector {
             execs.subscribe(McastOp::Listen, Some(EXEC_MASK))?;
             let (exits, _) = NetlinkSocket::open(receive_buffer)?;
             exits.subscribe(McastOp::Listen, Some(event_mask::EXIT))?;
-            let (exec, target) = probe(&execs)?;
-            if exec.probe && !exec.foreign {
-                let exit = wait_for(&exits, target, event_mask::EXIT, PROBE_TIMEOUT)?;
+            let ((exec, foreign), target) = probe(&execs)?;
+            if exec && !foreign {
+                let (exit, foreign) = wait_for(&exits, target, event_mask::EXIT, PROBE_TIMEOUT)?;
                 // A kernel without the filter sends a socket everything once
                 // anyone listens: the probe's exit would reach the exec socket.
-                let leak = wait_for(&execs, -1, event_mask::EXEC, FILTER_CHECK)?;
-                if exit.probe && !exit.foreign && !leak.foreign {
+                let (_, leak) = wait_for(&execs, -1, event_mask::EXEC, FILTER_CHECK)?;
+                if exit && !foreign && !leak {
                     let exits = Some(exits);
                     return Ok(Self {
                         execs,
@@ -96,7 +96,8 @@ impl NetlinkDetector {
         }
         let (execs, granted) = NetlinkSocket::open(receive_buffer)?;
         execs.subscribe(McastOp::Listen, None)?;
-        if !probe(&execs)?.0.probe {
+        let ((exec, _), _) = probe(&execs)?;
+        if !exec {
             return Err(StartError::Silent(PROBE_TIMEOUT));
         }
         Ok(Self {
@@ -120,8 +121,9 @@ impl NetlinkDetector {
 }
 
 /// Executes the agent's own binary as a no-op, waits for its exec on
-/// `execs` and reaps it. What the socket showed, and the probe's pid.
-fn probe(execs: &NetlinkSocket) -> Result<(Seen, i32), StartError> {
+/// `execs` and reaps it. What the socket showed ([`wait_for`]), and the
+/// probe's pid.
+fn probe(execs: &NetlinkSocket) -> Result<((bool, bool), i32), StartError> {
     let mut command = Command::new("/proc/self/exe");
     let mut child = command
         .env(PROBE_ENV, "1")
@@ -133,55 +135,48 @@ fn probe(execs: &NetlinkSocket) -> Result<(Seen, i32), StartError> {
     Ok((seen?, target))
 }
 
-/// What a socket showed while waiting for the probe.
-#[derive(Default)]
-struct Seen {
-    /// The probe's wanted event arrived.
-    probe: bool,
-    /// An event of another kind arrived: the kernel did not filter.
-    foreign: bool,
-}
-
 /// Waits up to `timeout` for the probe's exec or exit event (`wanted`:
 /// [`event_mask::EXEC`] or [`event_mask::EXIT`]) on `sock`, noting any event
-/// the socket's filter keeps out (a rename is let in with execs). An error
-/// ack from the kernel is a refusal.
+/// the socket's filter keeps out (a rename is let in with execs). Returns
+/// whether the probe's event arrived, and whether an event of another kind
+/// did (the kernel did not filter). An error ack from the kernel is a
+/// refusal.
 fn wait_for(
     sock: &NetlinkSocket,
     target: i32,
     wanted: u32,
     timeout: Duration,
-) -> Result<Seen, StartError> {
+) -> Result<(bool, bool), StartError> {
     let deadline = Instant::now() + timeout;
     let mut batch = Batch::default();
-    let mut seen = Seen::default();
-    while !seen.probe
+    let (mut probe, mut foreign) = (false, false);
+    let mut refused = 0;
+    while !probe
         && Instant::now() < deadline
         && wait_readable(sock.as_fd(), deadline).map_err(NetlinkError::Recv)?
     {
-        let n = match sock.try_recv_batch(&mut batch)? {
-            Received::Datagram(n) => n,
-            Received::Overrun | Received::Empty => continue,
-        };
-        for message in batch.datagrams(n).flat_map(parse_datagram).flatten() {
-            let Message::Event(ev) = message else {
-                continue;
+        // An overflow only means more to read.
+        sock.drain(&mut batch, |message| {
+            let Ok(Message::Event(ev)) = message else {
+                return;
             };
             match ev.kind {
-                EventKind::Ack { err } if err != 0 => {
-                    return Err(StartError::Refused(err, hint(Errno::from_raw(err as i32))));
-                }
+                EventKind::Ack { err } if err != 0 => refused = err,
                 EventKind::Ack { .. } => {}
                 EventKind::Exec { tgid, .. } if wanted == event_mask::EXEC => {
-                    seen.probe |= tgid == target;
+                    probe |= tgid == target;
                 }
                 EventKind::Exit { pid, .. } if wanted == event_mask::EXIT => {
-                    seen.probe |= pid == target;
+                    probe |= pid == target;
                 }
                 EventKind::Comm { .. } if wanted == event_mask::EXEC => {}
-                _ => seen.foreign = true,
+                _ => foreign = true,
             }
+        })?;
+        if refused != 0 {
+            let hint = hint(Errno::from_raw(refused as i32));
+            return Err(StartError::Refused(refused, hint));
         }
     }
-    Ok(seen)
+    Ok((probe, foreign))
 }

@@ -73,7 +73,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use execwatch::internal::clock;
-use execwatch::internal::cn_proc::{parse_datagram, EventKind, Message, ProcEvent};
+use execwatch::internal::cn_proc::{EventKind, Message, ProcEvent};
 use execwatch::internal::lock::lock;
 use execwatch::proto::{Exit, LossSite, Process, Source};
 use nix::poll::{PollFd, PollFlags};
@@ -81,7 +81,7 @@ use tokio::sync::oneshot;
 
 use crate::detector::audit::Barrier;
 use crate::detector::netlink::NetlinkDetector;
-use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket, Received, BATCH};
+use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket};
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{blank, CommCheck, Exhausted, ProcReader};
 use crate::procfs::watchdog::{Read, Slot, Watched};
@@ -622,37 +622,22 @@ pub fn publish_loss(fanout: &Fanout, site: LossSite, reason: String, count: Opti
     fanout.publish(Item::DetectorLost(Arc::new(loss)));
 }
 
-/// Appends every event queued on `sock` to `events`, up to an overflow.
-/// Returns whether it stopped at one (the datagrams after it are still
-/// queued).
+/// Appends every event queued on `sock` to `events`, up to an overflow
+/// (see [`NetlinkSocket::drain`]).
 fn drain(
     sock: &NetlinkSocket,
     batch: &mut Batch,
     events: &mut VecDeque<ProcEvent>,
     stats: &Totals,
 ) -> Result<bool, NetlinkError> {
-    loop {
-        let n = match sock.try_recv_batch(batch)? {
-            Received::Datagram(n) => n,
-            Received::Empty => return Ok(false),
-            Received::Overrun => return Ok(true),
-        };
-        for message in batch.datagrams(n).flat_map(parse_datagram) {
-            match message {
-                Ok(Message::Event(ev)) => events.push_back(ev),
-                Ok(_) => stats.add_ignored_kernel_events(1),
-                Err(e) => {
-                    stats.add_parse_errors(1);
-                    tracing::warn!("skipping malformed proc connector message: {e}");
-                }
-            }
+    sock.drain(batch, |message| match message {
+        Ok(Message::Event(ev)) => events.push_back(ev),
+        Ok(_) => stats.add_ignored_kernel_events(1),
+        Err(e) => {
+            stats.add_parse_errors(1);
+            tracing::warn!("skipping malformed proc connector message: {e}");
         }
-        // A short batch emptied the queue: no call to hear so. Anything
-        // that arrived since makes the socket readable again.
-        if n < BATCH {
-            return Ok(false);
-        }
-    }
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
-use execwatch::internal::cn_proc::{self, McastOp};
+use execwatch::internal::cn_proc::{self, parse_datagram, McastOp, Message, ParseError};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, sockopt, MsgFlags, MultiHeaders, NetlinkAddr};
@@ -31,17 +31,6 @@ pub enum NetlinkError {
     /// was given up.
     #[error("cannot start a thread to read the proc connector: {0}")]
     Thread(#[source] io::Error),
-}
-
-/// What one receive produced.
-#[derive(Debug)]
-pub enum Received {
-    /// A datagram of this many bytes is in the buffer.
-    Datagram(usize),
-    /// The receive buffer overflowed (ENOBUFS): events were dropped.
-    Overrun,
-    /// Nothing is queued.
-    Empty,
 }
 
 /// What `errno` from the proc connector usually means, as a suffix of the
@@ -136,49 +125,56 @@ impl NetlinkSocket {
             .map_err(|e| NetlinkError::Subscribe(e.into(), hint(e)))
     }
 
-    /// Receives the datagrams queued, up to [`BATCH`], in one
-    /// recvmmsg(2) without waiting: one system call for a burst instead
-    /// of one per datagram and one more to learn the queue is empty.
-    /// `Empty` if none is queued; an overflow behind datagrams
-    /// received now is reported by the next call.
-    pub fn try_recv_batch(&self, batch: &mut Batch) -> Result<Received, NetlinkError> {
+    /// Receives and parses everything queued, without waiting, and hands
+    /// `each` every message. Up to [`BATCH`] datagrams come in one
+    /// recvmmsg(2): one system call for a burst instead of one per datagram
+    /// and one more to learn the queue is empty. Returns whether it stopped
+    /// at an overflow (ENOBUFS: events were dropped; the datagrams after it
+    /// are still queued).
+    pub fn drain(
+        &self,
+        batch: &mut Batch,
+        mut each: impl FnMut(Result<Message, ParseError>),
+    ) -> Result<bool, NetlinkError> {
+        let Batch { headers, buf } = batch;
         loop {
-            match self.recvmmsg(batch) {
-                Ok(n) => return Ok(Received::Datagram(n)),
+            let mut slots = buf.chunks_mut(DATAGRAM_BUF);
+            let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+                std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
+            let (fd, flags, mut lens) = (self.0.as_raw_fd(), MsgFlags::MSG_DONTWAIT, [0; BATCH]);
+            let n = match socket::recvmmsg(fd, headers, &mut iovs, flags, None) {
+                Ok(got) => lens
+                    .iter_mut()
+                    .zip(got)
+                    .map(|(n, msg)| *n = msg.bytes)
+                    .count(),
                 Err(Errno::EINTR) => continue,
-                Err(Errno::ENOBUFS) => return Ok(Received::Overrun),
-                Err(Errno::EAGAIN) => return Ok(Received::Empty),
+                Err(Errno::ENOBUFS) => return Ok(true),
+                Err(Errno::EAGAIN) => return Ok(false),
                 Err(errno) => return Err(NetlinkError::Recv(errno.into())),
+            };
+            for (slot, len) in buf.chunks(DATAGRAM_BUF).zip(lens).take(n) {
+                parse_datagram(&slot[..len.min(slot.len())]).for_each(&mut each);
+            }
+            // A short batch emptied the queue: no call to hear so. Anything
+            // that arrived since makes the socket readable again.
+            if n < BATCH {
+                return Ok(false);
             }
         }
-    }
-
-    fn recvmmsg(&self, batch: &mut Batch) -> Result<usize, Errno> {
-        let Batch { headers, buf, lens } = batch;
-        let mut slots = buf.chunks_mut(DATAGRAM_BUF);
-        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
-            std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
-        let flags = MsgFlags::MSG_DONTWAIT;
-        let received = socket::recvmmsg(self.0.as_raw_fd(), headers, &mut iovs, flags, None)?;
-        Ok(lens
-            .iter_mut()
-            .zip(received)
-            .map(|(len, msg)| *len = msg.bytes)
-            .count())
     }
 }
 
 /// Big enough for any proc connector datagram (they are under 100 bytes).
 pub const DATAGRAM_BUF: usize = 4096;
 
-/// The most datagrams one [`NetlinkSocket::try_recv_batch`] takes.
+/// The most datagrams one recvmmsg(2) of [`NetlinkSocket::drain`] takes.
 pub const BATCH: usize = 16;
 
 /// Room for [`BATCH`] datagrams and what recvmmsg(2) says of each.
 pub struct Batch {
     headers: MultiHeaders<()>,
     buf: Vec<u8>,
-    lens: [usize; BATCH],
 }
 
 impl Default for Batch {
@@ -186,18 +182,7 @@ impl Default for Batch {
         Self {
             headers: MultiHeaders::preallocate(BATCH, None),
             buf: vec![0; BATCH * DATAGRAM_BUF],
-            lens: [0; BATCH],
         }
-    }
-}
-
-impl Batch {
-    /// The first `n` datagrams the last receive put here.
-    pub fn datagrams(&self, n: usize) -> impl Iterator<Item = &[u8]> {
-        let slots = self.buf.chunks(DATAGRAM_BUF).zip(self.lens);
-        slots
-            .take(n)
-            .map(|(slot, len)| &slot[..len.min(slot.len())])
     }
 }
 
