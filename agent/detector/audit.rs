@@ -40,9 +40,8 @@ use execwatch::proto::{LossSite, Source};
 
 use crate::detector::poll::identities;
 use crate::procfs::mount::ProcMount;
-use crate::procfs::reader::ProcReader;
 use crate::procfs::worker::Worker;
-use crate::stream::fanout::{Audited, DetectorLoss, Fanout};
+use crate::stream::fanout::{DetectorLoss, Fanout};
 #[cfg(doc)]
 use crate::stream::ledger::Ledger;
 use crate::stream::selector::Interest;
@@ -95,9 +94,8 @@ impl Barrier {
             return false;
         }
         let passed = lock(&self.passed);
-        let waited = self
-            .reached
-            .wait_timeout_while(passed, BARRIER_PATIENCE, |n| *n == before);
+        let reached = &self.reached;
+        let waited = reached.wait_timeout_while(passed, BARRIER_PATIENCE, |n| *n == before);
         waited.is_ok_and(|(_, timeout)| !timeout.timed_out())
     }
 }
@@ -109,8 +107,6 @@ struct Audit {
     fanout: Arc<Fanout>,
     stats: Arc<Totals>,
     barrier: Arc<Barrier>,
-    /// Lists `/proc` and reads `stat` (no lock of the process: no bound).
-    reader: Option<ProcReader>,
     /// Reads a suspect's full record, bounded in time.
     records: Worker,
 }
@@ -130,7 +126,6 @@ pub fn start(
         fanout,
         stats,
         barrier,
-        reader: None,
     };
     std::thread::Builder::new()
         .name(MARKER.to_string_lossy().into())
@@ -140,9 +135,8 @@ pub fn start(
 
 impl Audit {
     fn run(&mut self) {
-        self.barrier
-            .tid
-            .store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
+        let tid = nix::unistd::gettid().as_raw();
+        self.barrier.tid.store(tid, Ordering::Relaxed);
         loop {
             std::thread::sleep(self.interval);
             let started = Instant::now();
@@ -162,20 +156,12 @@ impl Audit {
     /// One audit; returns how many misses it found.
     fn once(&mut self) -> io::Result<u64> {
         let round = self.fanout.begin_round();
-        let reader = match &mut self.reader {
-            Some(reader) => reader,
-            None => self
-                .reader
-                .insert(self.procfs.reader().map_err(io::Error::other)?),
-        };
-        let live = identities(reader)?;
+        // Lists `/proc` and reads `stat` (no lock of the process: no bound).
+        let mut reader = self.procfs.reader().map_err(io::Error::other)?;
+        let live = identities(&mut reader)?;
         let mut suspects = Vec::new();
-        for Audited {
-            id: sub,
-            filter,
-            ledger,
-        } in self.fanout.ledgers()
-        {
+        for audited in self.fanout.ledgers() {
+            let (sub, filter, ledger) = (audited.id, audited.filter, audited.ledger);
             let interest = Interest::of([filter.as_deref().map(|f| &f.selector)]);
             let mut l = lock(&ledger);
             l.prune(&live, round);

@@ -560,19 +560,18 @@ impl ReaderThread {
     fn unreadable(&mut self, error: Exhausted) {
         self.ctx.stats.add_unreadable_execs(1);
         let mut slot = self.backlog();
-        match &mut slot.state.unread {
-            Some(unread) => unread.count += 1,
-            None => {
-                tracing::warn!(
-                    "{error}: exec events are counted and reported as lost once reads work again"
-                );
-                slot.state.unread = Some(Unread {
-                    count: 1,
-                    error,
-                    retry_at: Instant::now() + RETRY,
-                });
+        let unread = slot.state.unread.get_or_insert_with(|| {
+            tracing::warn!(
+                "{error}: exec events are counted and reported as lost once reads work again"
+            );
+            let retry_at = Instant::now() + RETRY;
+            Unread {
+                count: 0,
+                error,
+                retry_at,
             }
-        }
+        });
+        unread.count += 1;
     }
 
     /// While reads fail: do they work again?
