@@ -157,8 +157,7 @@ impl Audit {
     fn once(&mut self) -> io::Result<u64> {
         let round = self.fanout.begin_round();
         // Lists `/proc` and reads `stat` (no lock of the process: no bound).
-        let mut reader = self.procfs.reader().map_err(io::Error::other)?;
-        let live = identities(&mut reader)?;
+        let live = identities(&mut self.procfs.reader().map_err(io::Error::other)?)?;
         let mut suspects = Vec::new();
         for audited in self.fanout.ledgers() {
             let (sub, filter, ledger) = (audited.id, audited.filter, audited.ledger);

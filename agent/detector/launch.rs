@@ -79,8 +79,7 @@ impl Detection {
             Self::Poll(interval) => {
                 stats.set_detector("poll", "", 0);
                 let root = procfs.root().to_string();
-                let poller =
-                    Poller::start(procfs, interval).map_err(|e| LaunchError::Scan(root, e))?;
+                let poller = Poller::start(procfs).map_err(|e| LaunchError::Scan(root, e))?;
                 tracing::info!(
                     interval_ms = interval.as_millis() as u64,
                     "poll detector scanning /proc"
@@ -88,7 +87,7 @@ impl Detection {
                 std::thread::Builder::new()
                     .name("poll".into())
                     .spawn(move || {
-                        let err = poller.run(fanout);
+                        let err = poller.run(interval, fanout);
                         let _ = failed_tx.send(format!("poll detector stopped: {err}"));
                     })
                     .map_err(LaunchError::Thread)?;

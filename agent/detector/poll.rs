@@ -41,12 +41,8 @@ pub struct Poller {
     reader: ProcReader,
     /// Reads new processes' records, each bounded in time.
     records: Worker,
-    interval: Duration,
     /// pid -> identity of the process last seen under that pid.
     known: HashMap<i32, Identity>,
-    /// Whether the last scan failed for want of descriptors or memory (its
-    /// loss is reported once per episode).
-    failing: bool,
 }
 
 impl Poller {
@@ -54,27 +50,29 @@ impl Poller {
     /// subscribers get running processes from their own snapshot). Done
     /// before the socket exists, so a launch after a client connects is
     /// never mistaken for part of the inventory.
-    pub fn start(source: Arc<ProcMount>, interval: Duration) -> std::io::Result<Self> {
+    pub fn start(source: Arc<ProcMount>) -> std::io::Result<Self> {
         let mut reader = source.reader().map_err(std::io::Error::other)?;
         let known = identities(&mut reader)?;
         Ok(Self {
             records: Worker::new(source),
             reader,
-            interval,
             known,
-            failing: false,
         })
     }
 
-    /// Scans forever on the calling thread; returns only if `/proc` cannot
-    /// be listed for a reason other than the agent's own exhaustion.
-    pub fn run(mut self, fanout: Arc<Fanout>) -> std::io::Error {
+    /// Scans every `interval`, forever, on the calling thread; returns only
+    /// if `/proc` cannot be listed for a reason other than the agent's own
+    /// exhaustion.
+    pub fn run(mut self, interval: Duration, fanout: Arc<Fanout>) -> std::io::Error {
+        // Whether the last scan failed for want of descriptors or memory (its
+        // loss is reported once per episode).
+        let mut failing = false;
         loop {
-            std::thread::sleep(self.interval);
+            std::thread::sleep(interval);
             match self.scan(&fanout) {
-                Ok(Ok(())) => self.failing = false,
+                Ok(Ok(())) => failing = false,
                 Ok(Err(exhausted)) => {
-                    if !std::mem::replace(&mut self.failing, true) {
+                    if !std::mem::replace(&mut failing, true) {
                         let reason = format!("a /proc scan failed: {exhausted}; processes started or ended meanwhile may have been missed");
                         tracing::warn!("{reason}; subscribers will resync");
                         publish_loss(&fanout, LossSite::Detector, reason, None);

@@ -130,11 +130,7 @@ impl Rate {
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed >= RATE_WINDOW {
             let rate = self.execs as f64 / elapsed.as_secs_f64();
-            let storm = if self.storm {
-                rate * 3.0 >= f64::from(above) * 2.0
-            } else {
-                rate >= f64::from(above)
-            };
+            let storm = rate * 3.0 >= f64::from(above) * if self.storm { 2.0 } else { 3.0 };
             if storm != self.storm {
                 tracing::debug!(execs_per_s = rate as u64, storm, "exec storm pacing");
             }
@@ -260,12 +256,9 @@ fn publish_exec(ctx: &Context, p: Process) {
     if fail::eval("drop-exec", |comm| comm.as_deref() == Some(&p.comm)) == Some(true) {
         return;
     }
-    if p.exited_before_inspection {
-        ctx.stats.add_exited_before_inspection(1);
-    }
-    if p.renamed {
-        ctx.stats.add_renames(1);
-    }
+    ctx.stats
+        .add_exited_before_inspection(p.exited_before_inspection.into());
+    ctx.stats.add_renames(p.renamed.into());
     ctx.fanout.publish(Item::Exec(Arc::new(p)));
 }
 
