@@ -79,10 +79,9 @@ impl NetlinkDetector {
                 // anyone listens: the probe's exit would reach the exec socket.
                 let (_, leak) = wait_for(&execs, -1, event_mask::EXEC, FILTER_CHECK)?;
                 if exit && !foreign && !leak {
-                    let exits = Some(exits);
                     return Ok(Self {
                         execs,
-                        exits,
+                        exits: Some(exits),
                         receive_buffer: granted,
                     });
                 }
@@ -112,10 +111,9 @@ impl NetlinkDetector {
     /// events, >= 6.6) or `userspace-filtered` (it sends everything; the
     /// agent drops what it does not want).
     pub fn mode(&self) -> &'static str {
-        if self.exits.is_some() {
-            "kernel-filtered"
-        } else {
-            "userspace-filtered"
+        match self.exits {
+            Some(_) => "kernel-filtered",
+            None => "userspace-filtered",
         }
     }
 }

@@ -62,9 +62,8 @@ pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> 
         let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, poll_timeout(Some(deadline))) {
-            Ok(0) => return Ok(false),
             // POLLIN, POLLERR, POLLHUP or POLLNVAL: a read answers now.
-            Ok(_) => return Ok(true),
+            Ok(ready) => return Ok(ready > 0),
             Err(Errno::EINTR) if !left.is_zero() => continue,
             Err(Errno::EINTR) => return Ok(false),
             Err(e) => return Err(e.into()),
@@ -136,7 +135,7 @@ impl NetlinkSocket {
         batch: &mut Batch,
         mut each: impl FnMut(Result<Message, ParseError>),
     ) -> Result<bool, NetlinkError> {
-        let Batch { headers, buf } = batch;
+        let Batch(headers, buf) = batch;
         loop {
             let mut slots = buf.chunks_mut(DATAGRAM_BUF);
             let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
@@ -171,18 +170,16 @@ pub const DATAGRAM_BUF: usize = 4096;
 /// The most datagrams one recvmmsg(2) of [`NetlinkSocket::drain`] takes.
 pub const BATCH: usize = 16;
 
-/// Room for [`BATCH`] datagrams and what recvmmsg(2) says of each.
-pub struct Batch {
-    headers: MultiHeaders<()>,
-    buf: Vec<u8>,
-}
+/// Room for [`BATCH`] datagrams: recvmmsg(2)'s headers, and a buffer cut
+/// into slots of [`DATAGRAM_BUF`].
+pub struct Batch(MultiHeaders<()>, Vec<u8>);
 
 impl Default for Batch {
     fn default() -> Self {
-        Self {
-            headers: MultiHeaders::preallocate(BATCH, None),
-            buf: vec![0; BATCH * DATAGRAM_BUF],
-        }
+        Self(
+            MultiHeaders::preallocate(BATCH, None),
+            vec![0; BATCH * DATAGRAM_BUF],
+        )
     }
 }
 

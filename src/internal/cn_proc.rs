@@ -397,8 +397,7 @@ pub enum EventKind {
 
 /// `comm` up to its first NUL (all 16 bytes if there is none).
 pub fn comm_bytes(comm: &[u8; 16]) -> &[u8] {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    comm.get(..end).unwrap_or(comm)
+    comm.split(|&b| b == 0).next().unwrap_or(comm)
 }
 
 /// Copies N bytes at `r`; callers check lengths first, the zeros are a last
@@ -599,10 +598,8 @@ fn step(rest: &mut &[u8]) -> Result<Option<Message>, ParseError> {
         NLMSG_ERROR => {
             // struct nlmsgerr { int error; struct nlmsghdr msg; }
             need("nlmsgerr", 4, payload)?;
-            let error = i32::from_ne_bytes(field(payload, word(0)));
-            Ok(Some(Message::Error {
-                errno: error.wrapping_neg(),
-            }))
+            let errno = i32::from_ne_bytes(field(payload, word(0))).wrapping_neg();
+            Ok(Some(Message::Error { errno }))
         }
         NLMSG_OVERRUN => Ok(Some(Message::Overrun)),
         NLMSG_DONE => parse_connector(payload).map(Some),
