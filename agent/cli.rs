@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub use execwatch::internal::logging::LogFormat;
 
 use crate::detector::launch::{Detection, LaunchError};
+use crate::detector::netlink::NetlinkDetector;
 use crate::detector::receiver::Pace;
 use crate::procfs::bounds::Bounds;
 use crate::procfs::mount::ProcMount;
@@ -280,15 +281,17 @@ impl RunArgs {
     /// The detector the flags choose, opened (the netlink one subscribed).
     pub fn detection(&self) -> Result<Detection, LaunchError> {
         match self.detector {
-            Detector::Netlink => Detection::netlink(
-                self.receive_buffer as usize,
-                self.kernel_filter == KernelFilter::Auto,
+            Detector::Netlink => Ok(Detection::Netlink(
+                NetlinkDetector::start(
+                    self.receive_buffer as usize,
+                    self.kernel_filter == KernelFilter::Auto,
+                )?,
                 Pace {
                     above: (self.coalesce_above > 0).then_some(self.coalesce_above),
                     rest: self.coalesce,
                 },
                 self.audit_interval,
-            ),
+            )),
             Detector::Poll => Ok(Detection::Poll(self.poll_interval)),
         }
     }

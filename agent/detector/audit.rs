@@ -29,18 +29,19 @@
 //! forked without an exec runs its parent's program and is decided by its
 //! parent ([`Ledger::forked`]).
 
-use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use execwatch::internal::cn_proc::comm_bytes;
 use execwatch::internal::lock::lock;
 use execwatch::proto::{LossSite, Source};
 
+use crate::detector::poll::identities;
 use crate::procfs::mount::ProcMount;
-use crate::procfs::reader::{Exhausted, Identity, ProcReader};
 use crate::procfs::worker::Worker;
-use crate::stream::fanout::{Audited, DetectorLoss, Fanout};
+use crate::stream::fanout::{DetectorLoss, Fanout};
 #[cfg(doc)]
 use crate::stream::ledger::Ledger;
 use crate::stream::selector::Interest;
@@ -93,9 +94,8 @@ impl Barrier {
             return false;
         }
         let passed = lock(&self.passed);
-        let waited = self
-            .reached
-            .wait_timeout_while(passed, BARRIER_PATIENCE, |n| *n == before);
+        let reached = &self.reached;
+        let waited = reached.wait_timeout_while(passed, BARRIER_PATIENCE, |n| *n == before);
         waited.is_ok_and(|(_, timeout)| !timeout.timed_out())
     }
 }
@@ -107,8 +107,6 @@ struct Audit {
     fanout: Arc<Fanout>,
     stats: Arc<Totals>,
     barrier: Arc<Barrier>,
-    /// Lists `/proc` and reads `stat` (no lock of the process: no bound).
-    reader: Option<ProcReader>,
     /// Reads a suspect's full record, bounded in time.
     records: Worker,
 }
@@ -128,7 +126,6 @@ pub fn start(
         fanout,
         stats,
         barrier,
-        reader: None,
     };
     std::thread::Builder::new()
         .name(MARKER.to_string_lossy().into())
@@ -138,9 +135,8 @@ pub fn start(
 
 impl Audit {
     fn run(&mut self) {
-        self.barrier
-            .tid
-            .store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
+        let tid = nix::unistd::gettid().as_raw();
+        self.barrier.tid.store(tid, Ordering::Relaxed);
         loop {
             std::thread::sleep(self.interval);
             let started = Instant::now();
@@ -158,26 +154,13 @@ impl Audit {
     }
 
     /// One audit; returns how many misses it found.
-    fn once(&mut self) -> std::io::Result<u64> {
+    fn once(&mut self) -> io::Result<u64> {
         let round = self.fanout.begin_round();
-        let reader = match &mut self.reader {
-            Some(reader) => reader,
-            None => self.reader.insert(self.procfs.reader().map_err(other)?),
-        };
-        let pids = reader.pids()?;
-        let mut live = HashMap::with_capacity(pids.len());
-        for pid in pids {
-            if let Some(id) = reader.identity(pid).map_err(other)? {
-                live.insert(pid, id);
-            }
-        }
+        // Lists `/proc` and reads `stat` (no lock of the process: no bound).
+        let live = identities(&mut self.procfs.reader().map_err(io::Error::other)?)?;
         let mut suspects = Vec::new();
-        for Audited {
-            id: sub,
-            filter,
-            ledger,
-        } in self.fanout.ledgers()
-        {
+        for audited in self.fanout.ledgers() {
+            let (sub, filter, ledger) = (audited.id, audited.filter, audited.ledger);
             let interest = Interest::of([filter.as_deref().map(|f| &f.selector)]);
             let mut l = lock(&ledger);
             l.prune(&live, round);
@@ -186,7 +169,9 @@ impl Audit {
             }
             let mut pids: Vec<i32> = live
                 .iter()
-                .filter(|(pid, id)| !l.decided(**pid, id) && interest.may_want(comm(id)))
+                .filter(|(pid, id)| {
+                    !l.decided(**pid, id) && interest.may_want(comm_bytes(&id.comm))
+                })
                 .map(|(pid, _)| *pid)
                 .collect();
             drop(l);
@@ -224,7 +209,7 @@ impl Audit {
                 // Read in full only now: a rare suspect, not every process.
                 let read = self.records.read(&mut vec![pid], Source::Snapshot, &argv);
                 if let Some(e) = read.why {
-                    return Err(other(e));
+                    return Err(io::Error::other(e));
                 }
                 let Some(p) = read.records.into_iter().next() else {
                     continue;
@@ -247,12 +232,10 @@ impl Audit {
                      (the kernel dropped their events without telling); resyncing"
                 );
                 tracing::warn!(subscriber = sub, "{reason}");
-                let count = Some(found);
-                let site = LossSite::Audit;
                 let loss = DetectorLoss {
-                    site,
+                    site: LossSite::Audit,
                     reason,
-                    count,
+                    count: Some(found),
                 };
                 self.fanout.resync(sub, Arc::new(loss));
                 total += found;
@@ -261,13 +244,4 @@ impl Audit {
         self.stats.add_audit_found(total);
         Ok(total)
     }
-}
-
-fn other(e: Exhausted) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-/// The comm of `id`, as a selector compares it.
-fn comm(id: &Identity) -> &[u8] {
-    execwatch::internal::cn_proc::comm_bytes(&id.comm)
 }

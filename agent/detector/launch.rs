@@ -30,32 +30,15 @@ pub enum LaunchError {
     /// The proc connector subscription failed.
     #[error("the netlink detector could not start (try --detector=poll): {0}")]
     Netlink(#[from] netlink::StartError),
-    /// The poll detector's first inventory failed.
-    #[error("cannot scan {root}: {source}")]
-    Scan {
-        /// The `/proc` mount.
-        root: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The poll detector's first inventory of the `/proc` mount failed.
+    #[error("cannot scan {0}: {1}")]
+    Scan(String, #[source] std::io::Error),
     /// The detector's thread could not be spawned.
     #[error("cannot start the detector thread: {0}")]
     Thread(#[source] std::io::Error),
 }
 
 impl Detection {
-    /// Subscribes to the proc connector (see [`NetlinkDetector::start`]).
-    pub fn netlink(
-        receive_buffer: usize,
-        filter: bool,
-        pace: Pace,
-        audit: Duration,
-    ) -> Result<Self, LaunchError> {
-        let detector = NetlinkDetector::start(receive_buffer, filter)?;
-        Ok(Self::Netlink(detector, pace, audit))
-    }
-
     /// Whether this detector is the netlink one (which may need a privilege).
     pub fn is_netlink(&self) -> bool {
         matches!(self, Self::Netlink(..))
@@ -72,16 +55,13 @@ impl Detection {
         let (failed_tx, failed) = oneshot::channel();
         match self {
             Self::Netlink(detector, pace, interval) => {
-                let mode = detector.mode();
-                stats.set_detector("netlink", mode, detector.receive_buffer() as u64);
+                let (mode, receive_buffer) = (detector.mode(), detector.receive_buffer);
+                stats.set_detector("netlink", mode, receive_buffer as u64);
                 tracing::info!(
                     mode,
-                    receive_buffer_bytes = detector.receive_buffer(),
+                    receive_buffer_bytes = receive_buffer,
                     "netlink detector subscribed and confirmed by a probe exec"
                 );
-                let failed = move |err| {
-                    let _ = failed_tx.send(format!("netlink detector stopped: {err}"));
-                };
                 let barrier = Arc::new(Barrier::default());
                 let (procfs2, fanout2, stats2) = (procfs.clone(), fanout.clone(), stats.clone());
                 receiver::start(
@@ -91,7 +71,7 @@ impl Detection {
                     fanout2,
                     stats2,
                     barrier.clone(),
-                    failed,
+                    failed_tx,
                 )
                 .and_then(|()| audit::start(interval, procfs, fanout, stats, barrier))
                 .map_err(LaunchError::Thread)?;
@@ -99,8 +79,7 @@ impl Detection {
             Self::Poll(interval) => {
                 stats.set_detector("poll", "", 0);
                 let root = procfs.root().to_string();
-                let poller = Poller::start(procfs, interval)
-                    .map_err(|source| LaunchError::Scan { root, source })?;
+                let poller = Poller::start(procfs).map_err(|e| LaunchError::Scan(root, e))?;
                 tracing::info!(
                     interval_ms = interval.as_millis() as u64,
                     "poll detector scanning /proc"
@@ -108,7 +87,7 @@ impl Detection {
                 std::thread::Builder::new()
                     .name("poll".into())
                     .spawn(move || {
-                        let err = poller.run(fanout);
+                        let err = poller.run(interval, fanout);
                         let _ = failed_tx.send(format!("poll detector stopped: {err}"));
                     })
                     .map_err(LaunchError::Thread)?;

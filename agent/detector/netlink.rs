@@ -13,11 +13,12 @@
 //! here.
 
 use std::os::fd::AsFd;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::detector::socket::{wait_readable, Batch, NetlinkError, NetlinkSocket, Received};
-use execwatch::internal::cn_proc::{event_mask, parse_datagram, EventKind, McastOp, Message};
+use crate::detector::socket::{hint, wait_readable, Batch, NetlinkError, NetlinkSocket};
+use execwatch::internal::cn_proc::{event_mask, EventKind, McastOp, Message};
+use nix::errno::Errno;
 
 /// Environment variable that turns an agent start into the probe's no-op.
 pub const PROBE_ENV: &str = "EXECWATCH_PROBE";
@@ -38,15 +39,9 @@ pub enum StartError {
     /// The socket could not be set up.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    /// The probe process could not be run.
-    #[error("cannot run the subscription probe ({exe}): {source}")]
-    Probe {
-        /// What was executed.
-        exe: String,
-        /// Why it failed.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The probe process (the agent's own binary) could not be run.
+    #[error("cannot run the subscription probe (/proc/self/exe): {0}")]
+    Probe(#[source] std::io::Error),
     /// The kernel refused the subscription.
     #[error("the kernel refused the proc connector subscription: errno {0}{1}")]
     Refused(u32, &'static str),
@@ -62,70 +57,52 @@ pub struct NetlinkDetector {
     pub(crate) execs: NetlinkSocket,
     /// Exit events, when the kernel filters (>= 6.6).
     pub(crate) exits: Option<NetlinkSocket>,
-    rcvbuf: usize,
+    /// The receive buffer the kernel granted each socket, in bytes.
+    pub(crate) receive_buffer: usize,
 }
 
 impl NetlinkDetector {
     /// Opens, subscribes and confirms: with the kernel's filter if
-    /// `kernel_filter` and the kernel has one, else without. Blocks for at
-    /// most four probe timeouts.
+    /// `kernel_filter` and the kernel has one (two sockets, exec and exit,
+    /// each filtered by the kernel), else one socket that gets every event.
+    /// Blocks for at most four probe timeouts.
     pub fn start(receive_buffer: usize, kernel_filter: bool) -> Result<Self, StartError> {
         if kernel_filter {
-            if let Some(detector) = Self::start_filtered(receive_buffer)? {
-                return Ok(detector);
+            let (execs, granted) = NetlinkSocket::open(receive_buffer)?;
+            execs.subscribe(McastOp::Listen, Some(EXEC_MASK))?;
+            let (exits, _) = NetlinkSocket::open(receive_buffer)?;
+            exits.subscribe(McastOp::Listen, Some(event_mask::EXIT))?;
+            let ((exec, foreign), target) = probe(&execs)?;
+            if exec && !foreign {
+                let (exit, foreign) = wait_for(&exits, target, event_mask::EXIT, PROBE_TIMEOUT)?;
+                // A kernel without the filter sends a socket everything once
+                // anyone listens: the probe's exit would reach the exec socket.
+                let (_, leak) = wait_for(&execs, -1, event_mask::EXEC, FILTER_CHECK)?;
+                if exit && !foreign && !leak {
+                    return Ok(Self {
+                        execs,
+                        exits: Some(exits),
+                        receive_buffer: granted,
+                    });
+                }
+            }
+            // Leave the group's listener count as it was; closing alone would
+            // not.
+            for sock in [&execs, &exits] {
+                let _ = sock.subscribe(McastOp::Ignore, None);
             }
             tracing::info!("kernel-filtered subscription produced no event (kernel older than 6.6?); retrying unfiltered");
         }
-        Self::start_unfiltered(receive_buffer)
-    }
-
-    /// Two sockets, exec and exit, each filtered by the kernel. `None` if
-    /// the probe's events did not arrive (a kernel without the filter).
-    fn start_filtered(receive_buffer: usize) -> Result<Option<Self>, StartError> {
-        let (execs, rcvbuf) = NetlinkSocket::open(receive_buffer)?;
-        execs.subscribe(McastOp::Listen, Some(EXEC_MASK))?;
-        let (exits, _) = NetlinkSocket::open(receive_buffer)?;
-        exits.subscribe(McastOp::Listen, Some(event_mask::EXIT))?;
-        let mut child = spawn_probe()?;
-        let target = child.id() as i32;
-        let exec = wait_for(&execs, &mut child, target, event_mask::EXEC, PROBE_TIMEOUT)?;
-        let _ = child.wait();
-        if exec.probe && !exec.foreign {
-            let exit = wait_for(&exits, &mut child, target, event_mask::EXIT, PROBE_TIMEOUT)?;
-            // A kernel without the filter sends a socket everything once
-            // anyone listens: the probe's exit would reach the exec socket.
-            let leak = wait_for(&execs, &mut child, -1, event_mask::EXEC, FILTER_CHECK)?;
-            if exit.probe && !exit.foreign && !leak.foreign {
-                return Ok(Some(Self {
-                    execs,
-                    exits: Some(exits),
-                    rcvbuf,
-                }));
-            }
-        }
-        // Leave the group's listener count as it was; closing alone would
-        // not.
-        for sock in [&execs, &exits] {
-            let _ = sock.subscribe(McastOp::Ignore, None);
-        }
-        Ok(None)
-    }
-
-    /// One socket that gets every proc connector event.
-    fn start_unfiltered(receive_buffer: usize) -> Result<Self, StartError> {
-        let (execs, rcvbuf) = NetlinkSocket::open(receive_buffer)?;
+        let (execs, granted) = NetlinkSocket::open(receive_buffer)?;
         execs.subscribe(McastOp::Listen, None)?;
-        let mut child = spawn_probe()?;
-        let target = child.id() as i32;
-        let seen = wait_for(&execs, &mut child, target, event_mask::EXEC, PROBE_TIMEOUT)?;
-        let _ = child.wait();
-        if !seen.probe {
+        let ((exec, _), _) = probe(&execs)?;
+        if !exec {
             return Err(StartError::Silent(PROBE_TIMEOUT));
         }
         Ok(Self {
             execs,
             exits: None,
-            rcvbuf,
+            receive_buffer: granted,
         })
     }
 
@@ -134,87 +111,70 @@ impl NetlinkDetector {
     /// events, >= 6.6) or `userspace-filtered` (it sends everything; the
     /// agent drops what it does not want).
     pub fn mode(&self) -> &'static str {
-        if self.exits.is_some() {
-            "kernel-filtered"
-        } else {
-            "userspace-filtered"
+        match self.exits {
+            Some(_) => "kernel-filtered",
+            None => "userspace-filtered",
         }
     }
-
-    /// The receive buffer the kernel granted each socket, in bytes.
-    pub fn receive_buffer(&self) -> usize {
-        self.rcvbuf
-    }
 }
 
-/// Executes the agent's own binary as a no-op.
-fn spawn_probe() -> Result<Child, StartError> {
-    let exe = "/proc/self/exe";
-    Command::new(exe)
+/// Executes the agent's own binary as a no-op, waits for its exec on
+/// `execs` and reaps it. What the socket showed ([`wait_for`]), and the
+/// probe's pid.
+fn probe(execs: &NetlinkSocket) -> Result<((bool, bool), i32), StartError> {
+    let mut command = Command::new("/proc/self/exe");
+    let mut child = command
         .env(PROBE_ENV, "1")
         .spawn()
-        .map_err(|source| StartError::Probe {
-            exe: exe.into(),
-            source,
-        })
-}
-
-/// What a socket showed while waiting for the probe.
-#[derive(Default)]
-struct Seen {
-    /// The probe's wanted event arrived.
-    probe: bool,
-    /// An event of another kind arrived: the kernel did not filter.
-    foreign: bool,
+        .map_err(StartError::Probe)?;
+    let target = child.id() as i32;
+    let seen = wait_for(execs, target, event_mask::EXEC, PROBE_TIMEOUT);
+    let _ = child.wait();
+    Ok((seen?, target))
 }
 
 /// Waits up to `timeout` for the probe's exec or exit event (`wanted`:
 /// [`event_mask::EXEC`] or [`event_mask::EXIT`]) on `sock`, noting any event
-/// the socket's filter keeps out (a rename is let in with execs). An error
-/// ack from the kernel is a refusal.
+/// the socket's filter keeps out (a rename is let in with execs). Returns
+/// whether the probe's event arrived, and whether an event of another kind
+/// did (the kernel did not filter). An error ack from the kernel is a
+/// refusal.
 fn wait_for(
     sock: &NetlinkSocket,
-    child: &mut Child,
     target: i32,
     wanted: u32,
     timeout: Duration,
-) -> Result<Seen, StartError> {
+) -> Result<(bool, bool), StartError> {
     let deadline = Instant::now() + timeout;
     let mut batch = Batch::default();
-    let mut seen = Seen::default();
-    while !seen.probe
+    let (mut probe, mut foreign) = (false, false);
+    let mut refused = 0;
+    while !probe
         && Instant::now() < deadline
         && wait_readable(sock.as_fd(), deadline).map_err(NetlinkError::Recv)?
     {
-        let n = match sock.try_recv_batch(&mut batch)? {
-            Received::Datagram(n) => n,
-            Received::Overrun | Received::Empty => continue,
-        };
-        for message in batch.datagrams(n).flat_map(parse_datagram).flatten() {
-            let Message::Event(ev) = message else {
-                continue;
+        // An overflow only means more to read.
+        sock.drain(&mut batch, |message| {
+            let Ok(Message::Event(ev)) = message else {
+                return;
             };
             match ev.kind {
-                EventKind::Ack { err } if err != 0 => {
-                    let _ = child.wait();
-                    let hint = if err == libc::EPERM as u32 {
-                        crate::detector::socket::refused_hint()
-                    } else {
-                        ""
-                    };
-                    return Err(StartError::Refused(err, hint));
-                }
+                EventKind::Ack { err } if err != 0 => refused = err,
                 EventKind::Ack { .. } => {}
                 EventKind::Exec { tgid, .. } if wanted == event_mask::EXEC => {
-                    seen.probe |= tgid == target;
+                    probe |= tgid == target;
                 }
                 EventKind::Exit { pid, .. } if wanted == event_mask::EXIT => {
-                    seen.probe |= pid == target;
+                    probe |= pid == target;
                 }
                 EventKind::Comm { .. } if wanted == event_mask::EXEC => {}
-                _ => seen.foreign = true,
+                _ => foreign = true,
             }
+        })?;
+        if refused != 0 {
+            let hint = hint(Errno::from_raw(refused as i32));
+            return Err(StartError::Refused(refused, hint));
         }
     }
-    Ok(seen)
+    Ok((probe, foreign))
 }

@@ -26,10 +26,11 @@ use std::time::Duration;
 use execwatch::proto::{Exit, LossSite, Source};
 use nix::errno::Errno;
 
+use crate::detector::receiver::publish_loss;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{own, Exhausted, Identity, ProcReader};
 use crate::procfs::worker::Worker;
-use crate::stream::fanout::{DetectorLoss, Fanout, Item};
+use crate::stream::fanout::{Fanout, Item};
 use execwatch::internal::clock;
 use execwatch::internal::cn_proc::comm_bytes;
 
@@ -40,12 +41,8 @@ pub struct Poller {
     reader: ProcReader,
     /// Reads new processes' records, each bounded in time.
     records: Worker,
-    interval: Duration,
     /// pid -> identity of the process last seen under that pid.
     known: HashMap<i32, Identity>,
-    /// Whether the last scan failed for want of descriptors or memory (its
-    /// loss is reported once per episode).
-    failing: bool,
 }
 
 impl Poller {
@@ -53,39 +50,32 @@ impl Poller {
     /// subscribers get running processes from their own snapshot). Done
     /// before the socket exists, so a launch after a client connects is
     /// never mistaken for part of the inventory.
-    pub fn start(source: Arc<ProcMount>, interval: Duration) -> std::io::Result<Self> {
+    pub fn start(source: Arc<ProcMount>) -> std::io::Result<Self> {
         let mut reader = source.reader().map_err(std::io::Error::other)?;
-        let mut known = HashMap::new();
-        for pid in reader.pids()? {
-            if let Some(id) = reader.identity(pid).map_err(std::io::Error::other)? {
-                known.insert(pid, id);
-            }
-        }
+        let known = identities(&mut reader)?;
         Ok(Self {
             records: Worker::new(source),
             reader,
-            interval,
             known,
-            failing: false,
         })
     }
 
-    /// Scans forever on the calling thread; returns only if `/proc` cannot
-    /// be listed for a reason other than the agent's own exhaustion.
-    pub fn run(mut self, fanout: Arc<Fanout>) -> std::io::Error {
+    /// Scans every `interval`, forever, on the calling thread; returns only
+    /// if `/proc` cannot be listed for a reason other than the agent's own
+    /// exhaustion.
+    pub fn run(mut self, interval: Duration, fanout: Arc<Fanout>) -> std::io::Error {
+        // Whether the last scan failed for want of descriptors or memory (its
+        // loss is reported once per episode).
+        let mut failing = false;
         loop {
-            std::thread::sleep(self.interval);
+            std::thread::sleep(interval);
             match self.scan(&fanout) {
-                Ok(Ok(())) => self.failing = false,
+                Ok(Ok(())) => failing = false,
                 Ok(Err(exhausted)) => {
-                    if !std::mem::replace(&mut self.failing, true) {
+                    if !std::mem::replace(&mut failing, true) {
                         let reason = format!("a /proc scan failed: {exhausted}; processes started or ended meanwhile may have been missed");
                         tracing::warn!("{reason}; subscribers will resync");
-                        fanout.publish(Item::DetectorLost(Arc::new(DetectorLoss {
-                            site: LossSite::Detector,
-                            reason,
-                            count: None,
-                        })));
+                        publish_loss(&fanout, LossSite::Detector, reason, None);
                     }
                 }
                 Err(e) => return e,
@@ -162,6 +152,16 @@ impl Poller {
         self.known = alive;
         Ok(Ok(()))
     }
+}
+
+/// Every process `/proc` lists, by pid (one gone meanwhile is left out).
+pub fn identities(reader: &mut ProcReader) -> std::io::Result<HashMap<i32, Identity>> {
+    let pids = reader.pids()?;
+    let ids = pids.into_iter().map(|pid| {
+        let id = reader.identity(pid).map_err(std::io::Error::other)?;
+        Ok(id.map(|id| (pid, id)))
+    });
+    ids.filter_map(Result::transpose).collect()
 }
 
 /// Reports that the process last seen under `pid` is gone.

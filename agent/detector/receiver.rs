@@ -19,7 +19,7 @@
 //! - Exec events wake the reader at once. Exit events (a socket of their own
 //!   when the kernel filters) do not: they are read just before the next
 //!   exec that is published (so that each exit still goes out after its
-//!   exec and before a later one, [`ReaderThread::sync`]), or by a sweep at
+//!   exec and before a later one, [`ReaderThread::exec`]), or by a sweep at
 //!   most [`EXIT_BATCH`] after the first one arrives. A storm of
 //!   short-lived processes costs one wake-up per exec, not two, and while
 //!   nobody selects the execs, their exits are read sixteen to a system
@@ -73,14 +73,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use execwatch::internal::clock;
-use execwatch::internal::cn_proc::{parse_datagram, EventKind, Message, ProcEvent};
+use execwatch::internal::cn_proc::{EventKind, Message, ProcEvent};
 use execwatch::internal::lock::lock;
 use execwatch::proto::{Exit, LossSite, Process, Source};
 use nix::poll::{PollFd, PollFlags};
+use tokio::sync::oneshot;
 
 use crate::detector::audit::Barrier;
 use crate::detector::netlink::NetlinkDetector;
-use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket, Received, BATCH};
+use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket};
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{blank, CommCheck, Exhausted, ProcReader};
 use crate::procfs::watchdog::{Read, Slot, Watched};
@@ -129,11 +130,7 @@ impl Rate {
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed >= RATE_WINDOW {
             let rate = self.execs as f64 / elapsed.as_secs_f64();
-            let storm = if self.storm {
-                rate * 3.0 >= f64::from(above) * 2.0
-            } else {
-                rate >= f64::from(above)
-            };
+            let storm = rate * 3.0 >= f64::from(above) * if self.storm { 2.0 } else { 3.0 };
             if storm != self.storm {
                 tracing::debug!(execs_per_s = rate as u64, storm, "exec storm pacing");
             }
@@ -161,39 +158,25 @@ struct Backlog {
     unread: Option<Unread>,
 }
 
-/// Called once with why the detector stopped.
-type OnFailure = Box<dyn FnOnce(NetlinkError) + Send>;
-
 /// What every generation of reading thread works with.
 struct Context {
-    execs: NetlinkSocket,
-    exits: Option<NetlinkSocket>,
-    rcvbuf: usize,
+    net: NetlinkDetector,
     pace: Pace,
     fanout: Arc<Fanout>,
     stats: Arc<Totals>,
     audit: Arc<Barrier>,
     /// The reads, and the backlog that outlives a thread left behind.
     watched: Watched<Backlog>,
-    failed: Mutex<Option<OnFailure>>,
+    /// Told once why the detector stopped.
+    failed: Mutex<Option<oneshot::Sender<String>>>,
 }
 
-/// Why a reading thread stopped.
-enum Stop {
-    /// It was left behind: another thread reads now.
-    Stale,
-    /// A socket failed: the detector stops.
-    Failed(NetlinkError),
-}
-
-impl From<NetlinkError> for Stop {
-    fn from(e: NetlinkError) -> Self {
-        Stop::Failed(e)
-    }
-}
+/// Why a reading thread stopped: `None` if it was left behind (another
+/// thread reads now), else the socket failure that stops the detector.
+type Stop = Option<NetlinkError>;
 
 /// Starts reading events on a thread of its own, with its watchdog. If a
-/// socket fails, `failed` is called with why, once.
+/// socket fails, `failed` is told why.
 pub fn start(
     detector: NetlinkDetector,
     pace: Pace,
@@ -201,18 +184,16 @@ pub fn start(
     fanout: Arc<Fanout>,
     stats: Arc<Totals>,
     audit: Arc<Barrier>,
-    failed: impl FnOnce(NetlinkError) + Send + 'static,
+    failed: oneshot::Sender<String>,
 ) -> std::io::Result<()> {
     let ctx = Arc::new(Context {
-        rcvbuf: detector.receive_buffer(),
-        execs: detector.execs,
-        exits: detector.exits,
+        net: detector,
         pace,
         fanout,
         stats,
         audit,
         watched: Watched::new(procfs),
-        failed: Mutex::new(Some(Box::new(failed))),
+        failed: Mutex::new(Some(failed)),
     });
     spawn_reader(ctx.clone(), 0)?;
     std::thread::Builder::new()
@@ -241,7 +222,7 @@ fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
                 },
                 ctx,
             };
-            if let Err(Stop::Failed(e)) = thread.run() {
+            if let Err(Some(e)) = thread.run() {
                 thread.ctx.fail(e);
             }
         })
@@ -262,9 +243,8 @@ fn watchdog(ctx: &Arc<Context>) {
 
 impl Context {
     fn fail(&self, e: NetlinkError) {
-        let failed = lock(&self.failed).take();
-        if let Some(failed) = failed {
-            failed(e);
+        if let Some(failed) = lock(&self.failed).take() {
+            let _ = failed.send(format!("netlink detector stopped: {e}"));
         }
     }
 }
@@ -276,12 +256,9 @@ fn publish_exec(ctx: &Context, p: Process) {
     if fail::eval("drop-exec", |comm| comm.as_deref() == Some(&p.comm)) == Some(true) {
         return;
     }
-    if p.exited_before_inspection {
-        ctx.stats.add_exited_before_inspection(1);
-    }
-    if p.renamed {
-        ctx.stats.add_renames(1);
-    }
+    ctx.stats
+        .add_exited_before_inspection(p.exited_before_inspection.into());
+    ctx.stats.add_renames(p.renamed.into());
     ctx.fanout.publish(Item::Exec(Arc::new(p)));
 }
 
@@ -296,9 +273,9 @@ struct ReaderThread {
     /// The exit socket is left out of the wait until this sweep.
     exits_due: Option<Instant>,
     /// The exits queued when this pass began have been read: an exec may
-    /// be published (see [`ReaderThread::sync`]).
+    /// be published (see [`ReaderThread::exec`]).
     synced: bool,
-    /// The exec put back by the last [`ReaderThread::sync`] after its comm
+    /// The exec put back by the last [`ReaderThread::exec`] after its comm
     /// passed: not checked again.
     checked: Option<(i32, u64)>,
     rate: Rate,
@@ -355,19 +332,15 @@ impl ReaderThread {
     /// Waits until the exec socket (or the exit socket, unless parked) is
     /// readable, or until `wake`. Returns which are readable.
     fn wait(&self, wake: Option<Instant>) -> Result<(bool, bool), NetlinkError> {
-        let execs = self.ctx.execs.as_fd();
-        let exits = self.ctx.exits.as_ref().filter(|_| self.exits_due.is_none());
-        let exits = exits.map(AsFd::as_fd);
-        let mut fds = [
-            PollFd::new(execs, PollFlags::POLLIN),
-            PollFd::new(exits.unwrap_or(execs), PollFlags::POLLIN),
-        ];
-        let watched = if exits.is_some() { 2 } else { 1 };
+        let (execs, exits) = (&self.ctx.net.execs, self.ctx.net.exits.as_ref());
+        let exits = exits.filter(|_| self.exits_due.is_none());
+        let mut fds = [execs, exits.unwrap_or(execs)]
+            .map(|sock| PollFd::new(sock.as_fd(), PollFlags::POLLIN));
+        let watched = 1 + usize::from(exits.is_some());
         match nix::poll::poll(&mut fds[..watched], poll_timeout(wake)) {
-            Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return Ok((false, false)),
-            Err(e) => return Err(NetlinkError::Recv(e.into())),
-        }
+            polled => polled.map_err(|e| NetlinkError::Recv(e.into()))?,
+        };
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
         Ok((ready(&fds[0]), watched == 2 && ready(&fds[1])))
     }
@@ -375,7 +348,7 @@ impl ReaderThread {
     /// Leaves the exit socket out of the wait until a sweep [`EXIT_BATCH`]
     /// from `now`, unless it is out already.
     fn park_exits(&mut self, now: Instant) {
-        if self.ctx.exits.is_some() && self.exits_due.is_none() {
+        if self.ctx.net.exits.is_some() && self.exits_due.is_none() {
             self.exits_due = Some(now + EXIT_BATCH);
         }
     }
@@ -383,7 +356,7 @@ impl ReaderThread {
     /// Reads everything queued on the exec socket (and with `exits`, on
     /// the exit socket first) and handles it in kernel order.
     fn pass(&mut self, exits: bool) -> Result<(), Stop> {
-        self.synced = exits || self.ctx.exits.is_none();
+        self.synced = exits || self.ctx.net.exits.is_none();
         loop {
             self.drain(self.synced, None)?;
             if !self.flush()? {
@@ -403,6 +376,7 @@ impl ReaderThread {
     /// first, and the whole backlog is sorted.
     fn drain(&mut self, exits: bool, put_back: Option<ProcEvent>) -> Result<(), Stop> {
         let ctx = &self.ctx;
+        let net = &ctx.net;
         let mut slot = ctx.watched.lock();
         let backlog = &mut slot.state;
         let sort_all = put_back.is_some();
@@ -410,11 +384,11 @@ impl ReaderThread {
             backlog.events.push_front(ev);
         }
         let start = backlog.events.len();
-        if let (Some(sock), true) = (&ctx.exits, exits) {
+        if let (Some(sock), true) = (&net.exits, exits) {
             backlog.overrun |= drain(sock, &mut self.batch, &mut backlog.events, &ctx.stats)?;
         }
         let exits_end = backlog.events.len();
-        backlog.overrun |= drain(&ctx.execs, &mut self.batch, &mut backlog.events, &ctx.stats)?;
+        backlog.overrun |= drain(&net.execs, &mut self.batch, &mut backlog.events, &ctx.stats)?;
         // Without the kernel's filter the exec socket carries every event
         // (forks, exits, ...): only execs count towards a storm.
         let execs_read = backlog
@@ -427,18 +401,6 @@ impl ReaderThread {
         if sort_all || (exits_end > start && exits_end < events.len()) {
             events.make_contiguous().sort_by_key(|ev| ev.timestamp_ns);
         }
-        Ok(())
-    }
-
-    /// Before the first exec of a pass that is published: reads the exits
-    /// queued meanwhile (and the execs after them) into the backlog, in
-    /// kernel order, with `ev` put back in its place. An exit whose process
-    /// ran before `ev` (perhaps under `ev`'s pid) so goes out before it.
-    /// Passes that publish nothing never read the exit socket: their exits
-    /// wait for the sweep.
-    fn sync(&mut self, ev: ProcEvent) -> Result<(), Stop> {
-        self.drain(true, Some(ev))?;
-        self.synced = true;
         Ok(())
     }
 
@@ -455,26 +417,21 @@ impl ReaderThread {
                 ctx.stats.add_kernel_overruns(1);
                 let reason = format!(
                     "the kernel dropped events: the agent's netlink receive buffer ({} bytes) overflowed (ENOBUFS)",
-                    ctx.rcvbuf
+                    ctx.net.receive_buffer
                 );
                 tracing::warn!("{reason}; subscribers will resync");
-                ctx.fanout
-                    .publish(Item::DetectorLost(Arc::new(DetectorLoss {
-                        site: LossSite::Kernel,
-                        reason,
-                        count: None,
-                    })));
+                publish_loss(&ctx.fanout, LossSite::Kernel, reason, None);
                 return Ok(true);
             };
             match ev.kind {
                 // A leader's rename decides the process as an exec does (a
                 // selector may want its new comm); a thread's name is not the
-                // process's and costs nothing more (below).
-                EventKind::Exec { pid, tgid } => {
-                    drop(slot);
-                    self.exec(ev, pid, tgid)?;
-                }
-                EventKind::Comm { pid, tgid, .. } if pid == tgid => {
+                // process's and costs nothing more (below). An exec's task is
+                // always its leader: the kernel sends the event after
+                // de_thread() made it so.
+                EventKind::Exec { pid, tgid } | EventKind::Comm { pid, tgid, .. }
+                    if pid == tgid =>
+                {
                     drop(slot);
                     self.exec(ev, pid, tgid)?;
                 }
@@ -554,10 +511,17 @@ impl ReaderThread {
             }
         }
         if !self.synced {
+            // Before the first exec of a pass that is published: read the
+            // exits queued meanwhile (and the execs after them) into the
+            // backlog, in kernel order, with `ev` put back in its place. An
+            // exit whose process ran before `ev` (perhaps under `ev`'s pid)
+            // so goes out before it. Passes that publish nothing never read
+            // the exit socket: their exits wait for the sweep.
             if !matches!(*interest, Interest::All(_)) {
                 self.checked = Some((pid, timestamp_ns));
             }
-            return self.sync(ev);
+            self.synced = true;
+            return self.drain(true, Some(ev));
         }
         let mut record = blank(pid, tgid, Source::Netlink);
         record.kernel_timestamp_ns = timestamp_ns;
@@ -579,7 +543,7 @@ impl ReaderThread {
             Ok(Read::Unwanted) => ctx.fanout.skip_exec(),
             Ok(Read::KernelThread) => ctx.stats.add_ignored_kernel_events(1),
             // The watchdog published the record.
-            Ok(Read::LeftBehind) => return Err(Stop::Stale),
+            Ok(Read::LeftBehind) => return Err(None),
             Err(e) => self.unreadable(e),
         }
         Ok(())
@@ -589,19 +553,18 @@ impl ReaderThread {
     fn unreadable(&mut self, error: Exhausted) {
         self.ctx.stats.add_unreadable_execs(1);
         let mut slot = self.backlog();
-        match &mut slot.state.unread {
-            Some(unread) => unread.count += 1,
-            None => {
-                tracing::warn!(
-                    "{error}: exec events are counted and reported as lost once reads work again"
-                );
-                slot.state.unread = Some(Unread {
-                    count: 1,
-                    error,
-                    retry_at: Instant::now() + RETRY,
-                });
+        let unread = slot.state.unread.get_or_insert_with(|| {
+            tracing::warn!(
+                "{error}: exec events are counted and reported as lost once reads work again"
+            );
+            let retry_at = Instant::now() + RETRY;
+            Unread {
+                count: 0,
+                error,
+                retry_at,
             }
-        }
+        });
+        unread.count += 1;
     }
 
     /// While reads fail: do they work again?
@@ -637,45 +600,36 @@ fn recovered(ctx: &Context, backlog: &mut Backlog) {
         unread.count, unread.error
     );
     tracing::warn!("{reason}");
-    ctx.fanout
-        .publish(Item::DetectorLost(Arc::new(DetectorLoss {
-            site: LossSite::Detector,
-            reason,
-            count: Some(unread.count),
-        })));
+    publish_loss(&ctx.fanout, LossSite::Detector, reason, Some(unread.count));
 }
 
-/// Appends every event queued on `sock` to `events`, up to an overflow.
-/// Returns whether it stopped at one (the datagrams after it are still
-/// queued).
+/// Publishes a loss of the detector's own, which every subscriber resyncs
+/// after.
+pub fn publish_loss(fanout: &Fanout, site: LossSite, reason: String, count: Option<u64>) {
+    let loss = DetectorLoss {
+        site,
+        reason,
+        count,
+    };
+    fanout.publish(Item::DetectorLost(Arc::new(loss)));
+}
+
+/// Appends every event queued on `sock` to `events`, up to an overflow
+/// (see [`NetlinkSocket::drain`]).
 fn drain(
     sock: &NetlinkSocket,
     batch: &mut Batch,
     events: &mut VecDeque<ProcEvent>,
     stats: &Totals,
 ) -> Result<bool, NetlinkError> {
-    loop {
-        let n = match sock.try_recv_batch(batch)? {
-            Received::Datagram(n) => n,
-            Received::Empty => return Ok(false),
-            Received::Overrun => return Ok(true),
-        };
-        for message in batch.datagrams(n).flat_map(parse_datagram) {
-            match message {
-                Ok(Message::Event(ev)) => events.push_back(ev),
-                Ok(_) => stats.add_ignored_kernel_events(1),
-                Err(e) => {
-                    stats.add_parse_errors(1);
-                    tracing::warn!("skipping malformed proc connector message: {e}");
-                }
-            }
+    sock.drain(batch, |message| match message {
+        Ok(Message::Event(ev)) => events.push_back(ev),
+        Ok(_) => stats.add_ignored_kernel_events(1),
+        Err(e) => {
+            stats.add_parse_errors(1);
+            tracing::warn!("skipping malformed proc connector message: {e}");
         }
-        // A short batch emptied the queue: no call to hear so. Anything
-        // that arrived since makes the socket readable again.
-        if n < BATCH {
-            return Ok(false);
-        }
-    }
+    })
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! The kernel side of the netlink detector: a `NETLINK_CONNECTOR` socket
 //! joined to the proc connector's multicast group.
-//!
-//! Linux only; on other systems [`NetlinkSocket::open`] fails with a clear
-//! message and the agent points at `--detector=poll`.
 
-use std::io;
-use std::os::fd::BorrowedFd;
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Instant;
+
+use execwatch::internal::cn_proc::{self, parse_datagram, McastOp, Message, ParseError};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, sockopt, MsgFlags, MultiHeaders, NetlinkAddr};
 
 /// Why the proc connector could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -14,24 +16,14 @@ pub enum NetlinkError {
     /// socket(2) failed.
     #[error("cannot create a NETLINK_CONNECTOR socket: {0}")]
     Socket(#[source] io::Error),
-    /// bind(2) to the proc connector's multicast group failed.
-    #[error("cannot join the proc connector multicast group: {source}{hint}")]
-    Bind {
-        /// What bind(2) said.
-        #[source]
-        source: io::Error,
-        /// What that usually means here.
-        hint: &'static str,
-    },
-    /// The subscribe request could not be sent.
-    #[error("cannot send the proc connector subscription: {source}{hint}")]
-    Subscribe {
-        /// What send(2) said.
-        #[source]
-        source: io::Error,
-        /// What that usually means here.
-        hint: &'static str,
-    },
+    /// bind(2) to the proc connector's multicast group failed: what it said,
+    /// and the [`hint`] for that.
+    #[error("cannot join the proc connector multicast group: {0}{1}")]
+    Bind(#[source] io::Error, &'static str),
+    /// The subscribe request could not be sent: what send(2) said, and the
+    /// [`hint`] for that.
+    #[error("cannot send the proc connector subscription: {0}{1}")]
+    Subscribe(#[source] io::Error, &'static str),
     /// recv(2) failed for a reason other than overflow.
     #[error("reading the proc connector failed: {0}")]
     Recv(#[source] io::Error),
@@ -39,51 +31,41 @@ pub enum NetlinkError {
     /// was given up.
     #[error("cannot start a thread to read the proc connector: {0}")]
     Thread(#[source] io::Error),
-    /// This build has no netlink support.
-    #[cfg_attr(target_os = "linux", allow(dead_code))]
-    #[error("the netlink detector needs Linux; use --detector=poll")]
-    Unsupported,
 }
 
-/// What one receive produced.
-#[derive(Debug)]
-pub enum Received {
-    /// A datagram of this many bytes is in the buffer.
-    Datagram(usize),
-    /// The receive buffer overflowed (ENOBUFS): events were dropped.
-    Overrun,
-    /// Nothing is queued.
-    Empty,
-}
-
-/// What an EPERM from the proc connector means, as a suffix of the error
-/// that reports it. Whether a kernel admits listeners without
+/// What `errno` from the proc connector usually means, as a suffix of the
+/// error that reports it. Whether a kernel admits listeners without
 /// `CAP_NET_ADMIN` is the build's choice (patches, security modules), not a
-/// matter of version alone, so the message names no version.
-pub fn refused_hint() -> &'static str {
-    if crate::privilege::holds_net_admin() {
-        " (refused although the agent holds CAP_NET_ADMIN: a security module or \
-         seccomp policy of the node denies it)"
-    } else {
-        ": the kernel refuses unprivileged proc-connector listeners; \
-         grant the agent CAP_NET_ADMIN (deploy/base starts it as uid 0 with CAP_NET_ADMIN \
-         and switches to --run-as-uid once subscribed) or run it with --detector=poll"
+/// matter of version alone, so the message for EPERM names no version.
+pub fn hint(errno: Errno) -> &'static str {
+    match errno {
+        Errno::EPERM if crate::privilege::holds_net_admin() => {
+            " (refused although the agent holds CAP_NET_ADMIN: a security module or \
+             seccomp policy of the node denies it)"
+        }
+        Errno::EPERM => {
+            ": the kernel refuses unprivileged proc-connector listeners; \
+             grant the agent CAP_NET_ADMIN (deploy/base starts it as uid 0 with CAP_NET_ADMIN \
+             and switches to --run-as-uid once subscribed) or run it with --detector=poll"
+        }
+        Errno::ECONNREFUSED => {
+            " (the proc connector only exists in the initial network namespace: run with hostNetwork)"
+        }
+        _ => "",
     }
 }
 
 /// Waits until `fd` is readable or has an error pending (`true`), or until
 /// `deadline` (`false`). A signal that interrupts the wait only shortens it.
 pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
-    use nix::poll::{poll, PollFd, PollFlags};
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut fds, poll_timeout(Some(deadline))) {
-            Ok(0) => return Ok(false),
+        match nix::poll::poll(&mut fds, poll_timeout(Some(deadline))) {
             // POLLIN, POLLERR, POLLHUP or POLLNVAL: a read answers now.
-            Ok(_) => return Ok(true),
-            Err(nix::errno::Errno::EINTR) if !left.is_zero() => continue,
-            Err(nix::errno::Errno::EINTR) => return Ok(false),
+            Ok(ready) => return Ok(ready > 0),
+            Err(Errno::EINTR) if !left.is_zero() => continue,
+            Err(Errno::EINTR) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
     }
@@ -91,204 +73,113 @@ pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> 
 
 /// A poll(2) timeout that ends at `deadline` (never, if `None`), rounded
 /// up: a wait below a millisecond still waits.
-pub fn poll_timeout(deadline: Option<Instant>) -> nix::poll::PollTimeout {
-    let Some(deadline) = deadline else {
-        return nix::poll::PollTimeout::NONE;
-    };
-    let left = deadline.saturating_duration_since(Instant::now());
-    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-    nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX)
+pub fn poll_timeout(deadline: Option<Instant>) -> PollTimeout {
+    deadline.map_or(PollTimeout::NONE, |deadline| {
+        let left = deadline.saturating_duration_since(Instant::now());
+        PollTimeout::try_from(left.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX)
+    })
 }
 
-#[cfg(target_os = "linux")]
-mod imp {
-    use std::io::{self, IoSliceMut};
-    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+/// A bound proc connector socket.
+#[derive(Debug)]
+pub struct NetlinkSocket(OwnedFd);
 
-    use nix::errno::Errno;
-    use nix::sys::socket::{self, sockopt, MsgFlags, NetlinkAddr};
+impl AsFd for NetlinkSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
 
-    use super::{Batch, NetlinkError, Received, BATCH, DATAGRAM_BUF};
-    use execwatch::internal::cn_proc::{self, McastOp};
-
-    /// A bound proc connector socket.
-    #[derive(Debug)]
-    pub struct NetlinkSocket {
-        fd: OwnedFd,
+impl NetlinkSocket {
+    /// Opens the socket, joins the proc group and asks for a receive
+    /// buffer of `rcvbuf` bytes. Returns the socket and the size granted.
+    pub fn open(rcvbuf: usize) -> Result<(Self, usize), NetlinkError> {
+        use libc::{AF_NETLINK, NETLINK_CONNECTOR, SOCK_CLOEXEC, SOCK_DGRAM};
+        // nix names no NETLINK_CONNECTOR protocol (its SockProtocol is a
+        // closed enum), so this one call is libc's.
+        // SAFETY: socket(2) reads and writes no memory of ours.
+        let raw = unsafe { libc::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_CONNECTOR) };
+        let raw = Errno::result(raw).map_err(|e| NetlinkError::Socket(e.into()))?;
+        // SAFETY: a descriptor socket(2) returns is new and owned by nobody
+        // else, so the OwnedFd may own (and close) it.
+        let sock = Self(unsafe { OwnedFd::from_raw_fd(raw) });
+        let group = NetlinkAddr::new(0, cn_proc::CN_IDX_PROC);
+        socket::bind(raw, &group).map_err(|e| NetlinkError::Bind(e.into(), hint(e)))?;
+        // SO_RCVBUFFORCE passes the system limit but needs CAP_NET_ADMIN;
+        // SO_RCVBUF is capped at net.core.rmem_max.
+        let val = rcvbuf.min(i32::MAX as usize / 2);
+        if socket::setsockopt(&sock, sockopt::RcvBufForce, &val).is_err() {
+            let _ = socket::setsockopt(&sock, sockopt::RcvBuf, &val);
+        }
+        let granted = socket::getsockopt(&sock, sockopt::RcvBuf).unwrap_or(0);
+        Ok((sock, granted))
     }
 
-    impl AsFd for NetlinkSocket {
-        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-            self.fd.as_fd()
-        }
+    /// Sends LISTEN (or IGNORE). `filter` is the kernel-side event mask
+    /// (kernels >= 6.6); `None` sends the legacy form that gets all events.
+    pub fn subscribe(&self, op: McastOp, filter: Option<u32>) -> Result<(), NetlinkError> {
+        let msg = cn_proc::subscribe_message(op, filter, 0, std::process::id());
+        socket::send(self.0.as_raw_fd(), &msg, MsgFlags::empty())
+            .map(drop)
+            .map_err(|e| NetlinkError::Subscribe(e.into(), hint(e)))
     }
 
-    impl NetlinkSocket {
-        /// Opens the socket, joins the proc group and asks for a receive
-        /// buffer of `rcvbuf` bytes. Returns the socket and the size granted.
-        pub fn open(rcvbuf: usize) -> Result<(Self, usize), NetlinkError> {
-            // nix names no NETLINK_CONNECTOR protocol (its SockProtocol is a
-            // closed enum), so this one call is libc's.
-            // SAFETY: socket(2) reads and writes no memory of ours, and a
-            // descriptor it returns is new and owned by nobody else, so the
-            // OwnedFd may own (and close) it.
-            let fd = unsafe {
-                match libc::socket(
-                    libc::AF_NETLINK,
-                    libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                    libc::NETLINK_CONNECTOR,
-                ) {
-                    -1 => None,
-                    raw => Some(OwnedFd::from_raw_fd(raw)),
-                }
-            };
-            let Some(fd) = fd else {
-                return Err(NetlinkError::Socket(io::Error::last_os_error()));
-            };
-            let sock = Self { fd };
-            let group = NetlinkAddr::new(0, cn_proc::CN_IDX_PROC);
-            if let Err(errno) = socket::bind(sock.fd.as_raw_fd(), &group) {
-                let hint = match errno {
-                    Errno::EPERM => super::refused_hint(),
-                    _ => "",
-                };
-                return Err(NetlinkError::Bind {
-                    source: errno.into(),
-                    hint,
-                });
-            }
-            let granted = sock.set_rcvbuf(rcvbuf);
-            Ok((sock, granted))
-        }
-
-        /// Raises the receive buffer: SO_RCVBUFFORCE passes the system limit
-        /// but needs CAP_NET_ADMIN; SO_RCVBUF is capped at net.core.rmem_max.
-        fn set_rcvbuf(&self, bytes: usize) -> usize {
-            let val = bytes.min(i32::MAX as usize / 2);
-            if socket::setsockopt(&self.fd, sockopt::RcvBufForce, &val).is_err() {
-                let _ = socket::setsockopt(&self.fd, sockopt::RcvBuf, &val);
-            }
-            socket::getsockopt(&self.fd, sockopt::RcvBuf).unwrap_or(0)
-        }
-
-        /// Sends LISTEN (or IGNORE). `filter` is the kernel-side event mask
-        /// (kernels >= 6.6); `None` sends the legacy form that gets all events.
-        pub fn subscribe(&self, op: McastOp, filter: Option<u32>) -> Result<(), NetlinkError> {
-            let msg = cn_proc::subscribe_message(op, filter, 0, std::process::id());
-            if let Err(errno) = socket::send(self.fd.as_raw_fd(), &msg, MsgFlags::empty()) {
-                let hint = match errno {
-                    Errno::ECONNREFUSED => {
-                        " (the proc connector only exists in the initial network namespace: run with hostNetwork)"
-                    }
-                    Errno::EPERM => super::refused_hint(),
-                    _ => "",
-                };
-                return Err(NetlinkError::Subscribe {
-                    source: errno.into(),
-                    hint,
-                });
-            }
-            Ok(())
-        }
-
-        /// Receives the datagrams queued, up to [`BATCH`], in one
-        /// recvmmsg(2) without waiting: one system call for a burst instead
-        /// of one per datagram and one more to learn the queue is empty.
-        /// `Empty` if none is queued; an overflow behind datagrams
-        /// received now is reported by the next call.
-        pub fn try_recv_batch(&self, batch: &mut Batch) -> Result<Received, NetlinkError> {
-            loop {
-                match self.recvmmsg(batch) {
-                    Ok(n) => return Ok(Received::Datagram(n)),
-                    Err(Errno::EINTR) => continue,
-                    Err(Errno::ENOBUFS) => return Ok(Received::Overrun),
-                    Err(Errno::EAGAIN) => return Ok(Received::Empty),
-                    Err(errno) => return Err(NetlinkError::Recv(errno.into())),
-                }
-            }
-        }
-
-        fn recvmmsg(&self, batch: &mut Batch) -> Result<usize, Errno> {
-            let Batch { headers, buf, lens } = batch;
+    /// Receives and parses everything queued, without waiting, and hands
+    /// `each` every message. Up to [`BATCH`] datagrams come in one
+    /// recvmmsg(2): one system call for a burst instead of one per datagram
+    /// and one more to learn the queue is empty. Returns whether it stopped
+    /// at an overflow (ENOBUFS: events were dropped; the datagrams after it
+    /// are still queued).
+    pub fn drain(
+        &self,
+        batch: &mut Batch,
+        mut each: impl FnMut(Result<Message, ParseError>),
+    ) -> Result<bool, NetlinkError> {
+        let Batch(headers, buf) = batch;
+        loop {
             let mut slots = buf.chunks_mut(DATAGRAM_BUF);
             let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
                 std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
-            let flags = MsgFlags::MSG_DONTWAIT;
-            let received = socket::recvmmsg(self.fd.as_raw_fd(), headers, &mut iovs, flags, None)?;
-            Ok(lens
-                .iter_mut()
-                .zip(received)
-                .map(|(len, msg)| *len = msg.bytes)
-                .count())
+            let (fd, flags, mut lens) = (self.0.as_raw_fd(), MsgFlags::MSG_DONTWAIT, [0; BATCH]);
+            let n = match socket::recvmmsg(fd, headers, &mut iovs, flags, None) {
+                Ok(got) => lens
+                    .iter_mut()
+                    .zip(got)
+                    .map(|(n, msg)| *n = msg.bytes)
+                    .count(),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ENOBUFS) => return Ok(true),
+                Err(Errno::EAGAIN) => return Ok(false),
+                Err(errno) => return Err(NetlinkError::Recv(errno.into())),
+            };
+            for (slot, len) in buf.chunks(DATAGRAM_BUF).zip(lens).take(n) {
+                parse_datagram(&slot[..len.min(slot.len())]).for_each(&mut each);
+            }
+            // A short batch emptied the queue: no call to hear so. Anything
+            // that arrived since makes the socket readable again.
+            if n < BATCH {
+                return Ok(false);
+            }
         }
     }
 }
-
-#[cfg(not(target_os = "linux"))]
-mod imp {
-    use super::{NetlinkError, Received};
-    use execwatch::internal::cn_proc::McastOp;
-
-    /// Stand-in for systems without the proc connector: never made.
-    #[derive(Debug)]
-    pub struct NetlinkSocket(std::convert::Infallible);
-
-    impl std::os::fd::AsFd for NetlinkSocket {
-        fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-            match self.0 {}
-        }
-    }
-
-    impl NetlinkSocket {
-        /// Always fails: there is no proc connector here.
-        pub fn open(_rcvbuf: usize) -> Result<(Self, usize), NetlinkError> {
-            Err(NetlinkError::Unsupported)
-        }
-        /// Unreachable: no socket can be opened.
-        pub fn subscribe(&self, _op: McastOp, _filter: Option<u32>) -> Result<(), NetlinkError> {
-            Err(NetlinkError::Unsupported)
-        }
-        /// Unreachable: no socket can be opened.
-        pub fn try_recv_batch(&self, _batch: &mut super::Batch) -> Result<Received, NetlinkError> {
-            Err(NetlinkError::Unsupported)
-        }
-    }
-}
-
-pub use imp::NetlinkSocket;
 
 /// Big enough for any proc connector datagram (they are under 100 bytes).
 pub const DATAGRAM_BUF: usize = 4096;
 
-/// The most datagrams one [`NetlinkSocket::try_recv_batch`] takes.
+/// The most datagrams one recvmmsg(2) of [`NetlinkSocket::drain`] takes.
 pub const BATCH: usize = 16;
 
-/// Room for [`BATCH`] datagrams and what recvmmsg(2) says of each.
-pub struct Batch {
-    #[cfg(target_os = "linux")]
-    headers: nix::sys::socket::MultiHeaders<()>,
-    buf: Vec<u8>,
-    lens: [usize; BATCH],
-}
+/// Room for [`BATCH`] datagrams: recvmmsg(2)'s headers, and a buffer cut
+/// into slots of [`DATAGRAM_BUF`].
+pub struct Batch(MultiHeaders<()>, Vec<u8>);
 
 impl Default for Batch {
     fn default() -> Self {
-        Self {
-            #[cfg(target_os = "linux")]
-            headers: nix::sys::socket::MultiHeaders::preallocate(BATCH, None),
-            buf: vec![0; BATCH * DATAGRAM_BUF],
-            lens: [0; BATCH],
-        }
-    }
-}
-
-impl Batch {
-    /// The first `n` datagrams the last receive put here.
-    pub fn datagrams(&self, n: usize) -> impl Iterator<Item = &[u8]> {
-        let slots = self.buf.chunks(DATAGRAM_BUF).zip(self.lens);
-        slots
-            .take(n)
-            .map(|(slot, len)| &slot[..len.min(slot.len())])
+        Self(
+            MultiHeaders::preallocate(BATCH, None),
+            vec![0; BATCH * DATAGRAM_BUF],
+        )
     }
 }
 

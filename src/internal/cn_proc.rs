@@ -76,11 +76,6 @@ pub const NLMSG_DONE: u16 = 0x3;
 /// `nlmsg_type` telling that data was lost.
 pub const NLMSG_OVERRUN: u16 = 0x4;
 
-/// `PROC_CN_MCAST_LISTEN`: start receiving events.
-pub const PROC_CN_MCAST_LISTEN: u32 = 1;
-/// `PROC_CN_MCAST_IGNORE`: stop receiving events.
-pub const PROC_CN_MCAST_IGNORE: u32 = 2;
-
 /// Bits of `enum proc_cn_event`: both the `what` of an event and, OR-ed
 /// together, the filter of a subscription (`proc_input.event_type`).
 pub mod event_mask {
@@ -172,21 +167,15 @@ pub enum ParseError {
     },
 }
 
-/// The subscription operation (`enum proc_cn_mcast_op`).
+/// The subscription operation (`enum proc_cn_mcast_op`); `op as u32` is
+/// its value on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum McastOp {
     /// `PROC_CN_MCAST_LISTEN`: start receiving events.
-    Listen = PROC_CN_MCAST_LISTEN,
+    Listen = 1,
     /// `PROC_CN_MCAST_IGNORE`: stop receiving events.
-    Ignore = PROC_CN_MCAST_IGNORE,
-}
-
-impl McastOp {
-    /// The value on the wire.
-    pub const fn code(self) -> u32 {
-        self as u32
-    }
+    Ignore = 2,
 }
 
 /// Builds the datagram that (un)subscribes a socket bound to `CN_IDX_PROC`.
@@ -203,7 +192,7 @@ impl McastOp {
 ///
 /// `seq` goes into both headers; `pid` is the sender's netlink port id.
 pub fn subscribe_message(op: McastOp, filter: Option<u32>, seq: u32, pid: u32) -> Vec<u8> {
-    let mut payload = op.code().to_ne_bytes().to_vec();
+    let mut payload = (op as u32).to_ne_bytes().to_vec();
     if let Some(mask) = filter {
         payload.extend_from_slice(&mask.to_ne_bytes());
     }
@@ -408,8 +397,7 @@ pub enum EventKind {
 
 /// `comm` up to its first NUL (all 16 bytes if there is none).
 pub fn comm_bytes(comm: &[u8; 16]) -> &[u8] {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    comm.get(..end).unwrap_or(comm)
+    comm.split(|&b| b == 0).next().unwrap_or(comm)
 }
 
 /// Copies N bytes at `r`; callers check lengths first, the zeros are a last
@@ -425,14 +413,10 @@ const fn word(i: usize) -> Range<usize> {
 
 /// `Ok` if `b` holds at least `needed` bytes, else `Truncated` at `at`.
 fn need(at: &'static str, needed: usize, b: &[u8]) -> Result<(), ParseError> {
-    if b.len() < needed {
-        return Err(ParseError::Truncated {
-            at,
-            needed,
-            got: b.len(),
-        });
-    }
-    Ok(())
+    let got = b.len();
+    (got >= needed)
+        .then_some(())
+        .ok_or(ParseError::Truncated { at, needed, got })
 }
 
 impl EventKind {
@@ -568,57 +552,58 @@ impl ProcEvent {
     }
 }
 
-/// Walks the netlink messages of one datagram; see [`parse_datagram`].
-#[derive(Debug, Clone)]
-pub struct Messages<'a> {
-    /// The bytes not walked yet; emptied after an error that hides where the
-    /// next message starts.
-    rest: &'a [u8],
-}
-
 /// Iterates over the messages of one received datagram.
 ///
 /// `NLMSG_NOOP` is skipped. A message whose inside is bad yields an `Err` and
 /// the walk goes on with the next one (its `nlmsg_len` is trusted); a bad or
 /// truncated `nlmsghdr` yields an `Err` and ends the walk. Never panics and
 /// never reads past a declared length.
-pub fn parse_datagram(buf: &[u8]) -> Messages<'_> {
-    Messages { rest: buf }
+pub fn parse_datagram(buf: &[u8]) -> impl Iterator<Item = Result<Message, ParseError>> + '_ {
+    // The bytes not walked yet; emptied after an error that hides where the
+    // next message starts.
+    let mut rest = buf;
+    core::iter::from_fn(move || {
+        while !rest.is_empty() {
+            // A message to skip is `Ok(None)`: on to the next one.
+            if let Some(item) = step(&mut rest).transpose() {
+                return Some(item);
+            }
+        }
+        None
+    })
+    .fuse()
 }
 
-impl Messages<'_> {
-    /// Reads the next message; `Ok(None)` for one to skip.
-    fn step(&mut self) -> Result<Option<Message>, ParseError> {
-        let rest = core::mem::take(&mut self.rest);
-        need("nlmsghdr", NLMSG_HDR_LEN, rest)?;
-        let len = u32::from_ne_bytes(field(rest, nlmsghdr::LEN)) as usize;
-        if len < NLMSG_HDR_LEN {
-            return Err(ParseError::BadLength {
-                at: "nlmsghdr.nlmsg_len",
-                declared: len,
-                min: NLMSG_HDR_LEN,
-                max: rest.len(),
-            });
+/// Reads the next message and moves `rest` past it; `Ok(None)` for one to
+/// skip.
+fn step(rest: &mut &[u8]) -> Result<Option<Message>, ParseError> {
+    let buf = core::mem::take(rest);
+    need("nlmsghdr", NLMSG_HDR_LEN, buf)?;
+    let len = u32::from_ne_bytes(field(buf, nlmsghdr::LEN)) as usize;
+    if len < NLMSG_HDR_LEN {
+        return Err(ParseError::BadLength {
+            at: "nlmsghdr.nlmsg_len",
+            declared: len,
+            min: NLMSG_HDR_LEN,
+            max: buf.len(),
+        });
+    }
+    need("netlink message", len, buf)?;
+    // Move on before looking inside, so a bad payload cannot stop the
+    // walk; the last message may lack its alignment padding.
+    *rest = buf.get(nlmsg_align(len)..).unwrap_or_default();
+    let payload = buf.get(NLMSG_HDR_LEN..len).unwrap_or_default();
+    match u16::from_ne_bytes(field(buf, nlmsghdr::TYPE)) {
+        NLMSG_NOOP => Ok(None),
+        NLMSG_ERROR => {
+            // struct nlmsgerr { int error; struct nlmsghdr msg; }
+            need("nlmsgerr", 4, payload)?;
+            let errno = i32::from_ne_bytes(field(payload, word(0))).wrapping_neg();
+            Ok(Some(Message::Error { errno }))
         }
-        need("netlink message", len, rest)?;
-        // Move on before looking inside, so a bad payload cannot stop the
-        // walk; the last message may lack its alignment padding.
-        self.rest = rest.get(nlmsg_align(len)..).unwrap_or_default();
-        let payload = rest.get(NLMSG_HDR_LEN..len).unwrap_or_default();
-        match u16::from_ne_bytes(field(rest, nlmsghdr::TYPE)) {
-            NLMSG_NOOP => Ok(None),
-            NLMSG_ERROR => {
-                // struct nlmsgerr { int error; struct nlmsghdr msg; }
-                need("nlmsgerr", 4, payload)?;
-                let error = i32::from_ne_bytes(field(payload, word(0)));
-                Ok(Some(Message::Error {
-                    errno: error.wrapping_neg(),
-                }))
-            }
-            NLMSG_OVERRUN => Ok(Some(Message::Overrun)),
-            NLMSG_DONE => parse_connector(payload).map(Some),
-            msg_type => Ok(Some(Message::Other { msg_type })),
-        }
+        NLMSG_OVERRUN => Ok(Some(Message::Overrun)),
+        NLMSG_DONE => parse_connector(payload).map(Some),
+        msg_type => Ok(Some(Message::Other { msg_type })),
     }
 }
 
@@ -642,22 +627,6 @@ fn parse_connector(p: &[u8]) -> Result<Message, ParseError> {
         })?;
     ProcEvent::parse(data).map(Message::Event)
 }
-
-impl Iterator for Messages<'_> {
-    type Item = Result<Message, ParseError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        while !self.rest.is_empty() {
-            // A message to skip is `Ok(None)`: on to the next one.
-            if let Some(item) = self.step().transpose() {
-                return Some(item);
-            }
-        }
-        None
-    }
-}
-
-impl core::iter::FusedIterator for Messages<'_> {}
 
 #[cfg(test)]
 mod tests;
