@@ -51,7 +51,7 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     execwatch::internal::logging::init_logging(cli.log_format);
-    let run_as = cli.run_as();
+    let run_as = cli.run_as_uid.zip(cli.run_as_gid);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -64,13 +64,8 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
                 privilege::switch(uid, gid)?;
             }
             let healthy = runtime.block_on(health_check::probe(&cli.socket, timeout))?;
-            let serving = healthy == ServingStatus::Serving;
             println!("{}", healthy.as_str_name());
-            Ok(if serving {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::FAILURE
-            })
+            Ok(u8::from(healthy != ServingStatus::Serving).into())
         }
         None => {
             let stopped = runtime.block_on(run(cli.socket, cli.run, run_as, started));
@@ -110,8 +105,7 @@ async fn run(
     // Nothing from here on needs a privilege: the switch comes before any
     // other thread, the socket and the first client.
     let settled = privilege::settle(run_as, net_admin && detection.is_netlink(), started)?;
-    settled.log();
-    stats.set_privilege(settled.to_proto());
+    stats.set_privilege(settled);
     let failed = detection.start(procfs.clone(), fanout.clone(), stats.clone())?;
     let stop = transport::grpc::stop_on(failed);
     let seats = Quota::new(

@@ -14,9 +14,11 @@
 //! checks the capability when the socket joins the group, not per message.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use execwatch::proto;
+
+use crate::procfs::reader::status_ids;
 
 /// `CAP_NET_ADMIN`'s bit in the capability masks of `/proc/<pid>/status`.
 pub const CAP_NET_ADMIN: u32 = 12;
@@ -100,22 +102,12 @@ impl ThreadCredentials {
     /// Parses a `status` file's text; the error names the line missing or
     /// malformed.
     fn parse(tid: i32, status: &str) -> Result<Self, &'static str> {
-        let line = |name: &'static str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
+        let ids = |name| status_ids(status.as_bytes(), name).ok_or(name);
+        let mask = |name: &'static str| {
+            let line = status.lines().find_map(|l| l.strip_prefix(name));
+            line.and_then(|l| u64::from_str_radix(l.trim(), 16).ok())
                 .ok_or(name)
         };
-        let ids = |name: &'static str| -> Result<[u32; 4], &'static str> {
-            let mut ids = line(name)?.split_whitespace().map(str::parse::<u32>);
-            let mut out = [0; 4];
-            for slot in &mut out {
-                *slot = ids.next().and_then(Result::ok).ok_or(name)?;
-            }
-            Ok(out)
-        };
-        let mask =
-            |name: &'static str| u64::from_str_radix(line(name)?.trim(), 16).map_err(|_| name);
         Ok(Self {
             tid,
             uid: ids("Uid:")?,
@@ -185,117 +177,36 @@ pub fn switch(uid: u32, gid: u32) -> Result<bool, PrivilegeError> {
             source,
         }
     };
-    let same = |ids: (u32, u32, u32), id| ids == (id, id, id);
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
     let uids = getresuid().map_err(fail("getresuid"))?;
     let gids = getresgid().map_err(fail("getresgid"))?;
-    let now = (
-        uids.real.as_raw(),
-        uids.effective.as_raw(),
-        uids.saved.as_raw(),
-    );
-    let now_g = (
-        gids.real.as_raw(),
-        gids.effective.as_raw(),
-        gids.saved.as_raw(),
-    );
-    if same(now, uid) && same(now_g, gid) {
+    if [uids.real, uids.effective, uids.saved] == [u; 3]
+        && [gids.real, gids.effective, gids.saved] == [g; 3]
+    {
         return Ok(false);
     }
-    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
     setgroups(&[]).map_err(fail("setgroups"))?;
     setresgid(g, g, g).map_err(fail("setresgid"))?;
     setresuid(u, u, u).map_err(fail("setresuid"))?;
     Ok(true)
 }
 
-/// Who the agent runs as once settled, and how it got there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settled {
-    /// The effective uid of the main thread (of every thread, if switched).
-    pub uid: u32,
-    /// The effective gid, likewise.
-    pub gid: u32,
-    /// Every capability any thread holds: effective, permitted or ambient.
-    pub capabilities: u64,
-    /// Whether the subscription was made holding `CAP_NET_ADMIN`.
-    pub subscribed_with_net_admin: bool,
-    /// How long after the start of `main` the switch was complete; `None`
-    /// if the agent did not switch.
-    pub switched_after: Option<Duration>,
-}
-
-impl Settled {
-    /// The same, as `GetStats` carries it.
-    pub fn to_proto(&self) -> proto::Privilege {
-        proto::Privilege {
-            uid: self.uid,
-            gid: self.gid,
-            capabilities: self.capabilities,
-            subscribed_with_net_admin: self.subscribed_with_net_admin,
-            switched: self.switched_after.is_some(),
-            privileged_micros: self
-                .switched_after
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        }
-    }
-
-    /// Logs the one line that says how the agent subscribed and who it runs
-    /// as now: at `warn` while it keeps uid 0 or a capability.
-    pub fn log(&self) {
-        let subscribed_with = if self.subscribed_with_net_admin {
-            "CAP_NET_ADMIN"
-        } else {
-            "no capability"
-        };
-        let (uid, gid) = (self.uid, self.gid);
-        let capabilities = format!("{:#x}", self.capabilities);
-        if self.uid == 0 || self.capabilities != 0 {
-            tracing::warn!(
-                uid,
-                gid,
-                capabilities,
-                subscribed_with,
-                "runs as uid {uid} with capabilities {capabilities}: start it as uid 0 with \
-                 --run-as-uid and --run-as-gid to drop them once subscribed"
-            );
-        } else if let Some(after) = self.switched_after {
-            let privileged_ms = after.as_secs_f64() * 1000.0;
-            tracing::info!(
-                uid,
-                gid,
-                capabilities,
-                subscribed_with,
-                privileged_ms,
-                "subscribed holding {subscribed_with}; now runs as uid {uid} gid {gid} with no \
-                 capability (uid 0 for the first {privileged_ms:.1} ms)"
-            );
-        } else {
-            tracing::info!(
-                uid,
-                gid,
-                capabilities,
-                subscribed_with,
-                "subscribed holding {subscribed_with}; runs as uid {uid} gid {gid} with no \
-                 capability"
-            );
-        }
-    }
-}
-
-/// Settles who the agent runs as, once, after it subscribed and before it
-/// starts another thread: with `run_as`, switches to that uid and gid and
-/// proves that no thread kept uid 0 or a capability; without, records what
-/// it runs as. `started` is when `main` began.
+/// Settles who the agent runs as, once, after it subscribed (holding
+/// `CAP_NET_ADMIN` or not) and before it starts another thread: with
+/// `run_as`, switches to that uid and gid and proves that no thread kept
+/// uid 0 or a capability; without, records what it runs as. `started` is
+/// when `main` began. Logs the one line that says how the agent subscribed
+/// and who it runs as now: at `warn` while it keeps uid 0 or a capability.
 pub fn settle(
     run_as: Option<(u32, u32)>,
     subscribed_with_net_admin: bool,
     started: Instant,
-) -> Result<Settled, PrivilegeError> {
+) -> Result<proto::Privilege, PrivilegeError> {
     let switched = match run_as {
         Some((uid, gid)) => switch(uid, gid)?,
         None => false,
     };
-    let switched_after = switched.then(|| started.elapsed());
+    let privileged_micros = switched.then(|| started.elapsed().as_micros());
     let threads = threads()?;
     if let Some((uid, gid)) = run_as {
         if let Some(t) = threads.iter().find(|t| !t.is_exactly(uid, gid)) {
@@ -313,12 +224,46 @@ pub fn settle(
         .iter()
         .find(|t| t.tid == std::process::id() as i32)
         .or(threads.first());
-    Ok(Settled {
-        uid: main.map_or(0, |t| t.uid[1]),
-        gid: main.map_or(0, |t| t.gid[1]),
-        capabilities: threads.iter().fold(0, |all, t| all | t.capabilities()),
+    let (uid, gid) = main.map_or((0, 0), |t| (t.uid[1], t.gid[1]));
+    let capabilities = threads.iter().fold(0, |all, t| all | t.capabilities());
+    let subscribed_with = if subscribed_with_net_admin {
+        "CAP_NET_ADMIN"
+    } else {
+        "no capability"
+    };
+    let caps = format!("{capabilities:#x}");
+    if uid == 0 || capabilities != 0 {
+        tracing::warn!(
+            uid,
+            gid,
+            capabilities = caps,
+            subscribed_with,
+            "runs as uid {uid} with capabilities {caps}: start it as uid 0 with \
+             --run-as-uid and --run-as-gid to drop them once subscribed"
+        );
+    } else {
+        let privileged_ms = privileged_micros.map(|m| m as f64 / 1000.0);
+        let now = if switched { "now runs" } else { "runs" };
+        let held = privileged_ms.map_or(String::new(), |ms| {
+            format!(" (uid 0 for the first {ms:.1} ms)")
+        });
+        tracing::info!(
+            uid,
+            gid,
+            capabilities = caps,
+            subscribed_with,
+            privileged_ms,
+            "subscribed holding {subscribed_with}; {now} as uid {uid} gid {gid} with no \
+             capability{held}"
+        );
+    }
+    Ok(proto::Privilege {
+        uid,
+        gid,
+        capabilities,
         subscribed_with_net_admin,
-        switched_after,
+        switched,
+        privileged_micros: privileged_micros.map_or(0, |m| u64::try_from(m).unwrap_or(u64::MAX)),
     })
 }
 

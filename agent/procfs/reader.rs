@@ -112,7 +112,7 @@ impl ProcReader {
         })?;
         Ok(Self {
             proc_dir,
-            buf: Vec::with_capacity(4096),
+            buf: Vec::with_capacity(READ_CHUNK),
             chunk: Vec::new(),
             max_argv_bytes,
         })
@@ -125,7 +125,7 @@ impl ProcReader {
         })?;
         Ok(Self {
             proc_dir,
-            buf: Vec::with_capacity(4096),
+            buf: Vec::with_capacity(READ_CHUNK),
             chunk: Vec::new(),
             max_argv_bytes: self.max_argv_bytes,
         })
@@ -232,21 +232,31 @@ impl ProcReader {
         wanted: impl FnOnce(&[u8]) -> bool,
         argv: &ArgvPatterns,
     ) -> Result<Outcome, Exhausted> {
-        let dir = match openat(
-            &self.proc_dir,
-            pid.to_string().as_str(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(dir) => dir,
-            Err(e) => {
-                let e = own(e)?;
-                return Ok(done(sink.put(|p| gone(p, "all", e), None)));
-            }
-        };
-        if !sink.put(|_| {}, Some(Field::Comm)) {
-            return Ok(Outcome::Abandoned);
+        match self.fields(pid, sink, wanted, argv) {
+            Err(Stop::Exhausted(e)) => Err(e),
+            read => Ok(read.unwrap_or(Outcome::Abandoned)),
         }
+    }
+
+    /// [`ProcReader::read_into`], a field at a time.
+    fn fields(
+        &mut self,
+        pid: i32,
+        sink: &mut impl Sink,
+        wanted: impl FnOnce(&[u8]) -> bool,
+        argv: &ArgvPatterns,
+    ) -> Result<Outcome, Stop> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let gone_at_once = |sink: &mut _, e| {
+            let e = own(e)?;
+            put(sink, |p| gone(p, "all", e), None).map(|()| Outcome::Read)
+        };
+        let name = pid.to_string();
+        let dir = match openat(&self.proc_dir, name.as_str(), flags, Mode::empty()) {
+            Ok(dir) => dir,
+            Err(e) => return gone_at_once(sink, e),
+        };
+        put(sink, |_| {}, Some(Field::Comm))?;
 
         match read_at(&dir, "stat", &mut self.buf, 4096).map(|_| StatLine::parse(&self.buf)) {
             Ok(Some(stat)) => {
@@ -256,51 +266,39 @@ impl ProcReader {
                 let exited = stat.exited();
                 let unwanted = !wanted(stat.comm);
                 let next = (!exited && !unwanted).then_some(Field::Credentials);
-                let kept = sink.put(
-                    |p| {
-                        p.comm = String::from_utf8_lossy(stat.comm).into_owned();
-                        p.ppid = stat.ppid;
-                        p.start_ticks = stat.start_ticks;
-                        if exited {
-                            // Reaping pending: the exit already happened, and
-                            // a snapshot must not list it as running (its
-                            // exit event may have gone by before the
-                            // subscriber joined).
-                            p.exited_before_inspection = true;
-                            unavailable(
-                                p,
-                                "argv",
-                                "process exited (zombie) before it could be inspected".into(),
-                            );
-                        }
-                    },
-                    next,
-                );
-                if kept && unwanted {
+                let set = |p: &mut Process| {
+                    p.comm = String::from_utf8_lossy(stat.comm).into_owned();
+                    p.ppid = stat.ppid;
+                    p.start_ticks = stat.start_ticks;
+                    if exited {
+                        // Reaping pending: the exit already happened, and a
+                        // snapshot must not list it as running (its exit
+                        // event may have gone by before the subscriber
+                        // joined).
+                        p.exited_before_inspection = true;
+                        let why = "process exited (zombie) before it could be inspected";
+                        unavailable(p, "argv", why.into());
+                    }
+                };
+                put(sink, set, next)?;
+                if unwanted {
                     return Ok(Outcome::Unwanted);
                 }
-                if !kept || exited {
-                    return Ok(done(kept));
+                if exited {
+                    return Ok(Outcome::Read);
                 }
             }
             Ok(None) => {
-                let put =
-                    |p: &mut Process| unavailable(p, "comm", "unparsable /proc/<pid>/stat".into());
-                if !sink.put(put, Some(Field::Credentials)) {
-                    return Ok(Outcome::Abandoned);
-                }
+                let why = "unparsable /proc/<pid>/stat";
+                let set = |p: &mut Process| unavailable(p, "comm", why.into());
+                put(sink, set, Some(Field::Credentials))?;
             }
-            Err(e) => {
-                let e = own(e)?;
-                return Ok(done(sink.put(|p| gone(p, "all", e), None)));
-            }
+            Err(e) => return gone_at_once(sink, e),
         }
 
         let read =
             read_at(&dir, "status", &mut self.buf, 8192).map(|_| parse_credentials(&self.buf));
-        if !fill(sink, Field::Credentials, read, |p, c| p.credentials = c)? {
-            return Ok(Outcome::Abandoned);
-        }
+        fill(sink, Field::Credentials, read, |p, c| p.credentials = c)?;
 
         let limit = self.max_argv_bytes;
         let (buf, chunk) = (&mut self.buf, &mut self.chunk);
@@ -314,47 +312,61 @@ impl ProcReader {
             set_argv(p, &self.buf, limit);
             p.argv_matches = found.unwrap_or_default();
         };
-        if !fill(sink, Field::Argv, read, set)? {
-            return Ok(Outcome::Abandoned);
-        }
+        fill(sink, Field::Argv, read, set)?;
 
         let read = read_at(&dir, "cgroup", &mut self.buf, 8192)
             .map(|_| cgroup::classify(&String::from_utf8_lossy(&self.buf)));
-        if !fill(sink, Field::Cgroup, read, |p, c| p.cgroup = Some(c))? {
-            return Ok(Outcome::Abandoned);
-        }
+        fill(sink, Field::Cgroup, read, |p, c| p.cgroup = Some(c))?;
 
-        let read = readlinkat(&dir, "exe").map(|path| path.to_string_lossy().into_owned());
-        if !fill(sink, Field::Exe, read, |p, path| p.exe = Some(path))? {
-            return Ok(Outcome::Abandoned);
-        }
-
-        let read = readlinkat(&dir, "cwd").map(|path| path.to_string_lossy().into_owned());
-        Ok(done(fill(sink, Field::Cwd, read, |p, path| {
-            p.cwd = Some(path)
-        })?))
+        let link = |name| readlinkat(&dir, name).map(|path| path.to_string_lossy().into_owned());
+        fill(sink, Field::Exe, link("exe"), |p, path| p.exe = Some(path))?;
+        fill(sink, Field::Cwd, link("cwd"), |p, path| p.cwd = Some(path))?;
+        Ok(Outcome::Read)
     }
+}
+
+/// Why [`ProcReader::fields`] stopped before the end.
+enum Stop {
+    /// The sink refused to take more: the read was given up meanwhile.
+    Abandoned,
+    /// The agent's own exhaustion.
+    Exhausted(Exhausted),
+}
+
+impl From<Exhausted> for Stop {
+    fn from(e: Exhausted) -> Self {
+        Stop::Exhausted(e)
+    }
+}
+
+/// [`Sink::put`], stopping the read if the sink refuses.
+fn put(
+    sink: &mut impl Sink,
+    f: impl FnOnce(&mut Process),
+    next: Option<Field>,
+) -> Result<(), Stop> {
+    sink.put(f, next).then_some(()).ok_or(Stop::Abandoned)
 }
 
 /// Puts one field's read into `sink` (the value `set` stores, or why the
 /// field is missing) and notes that the next field is being read. A failure
-/// of the agent's own stops the whole read instead. Returns whether the
-/// sink took it (see [`Sink::put`]).
+/// of the agent's own stops the whole read instead, as does a sink that
+/// refuses (see [`Sink::put`]).
 fn fill<T>(
     sink: &mut impl Sink,
     field: Field,
     read: Result<T, Errno>,
     set: impl FnOnce(&mut Process, T),
-) -> Result<bool, Exhausted> {
+) -> Result<(), Stop> {
     let read = match read {
         Ok(value) => Ok(value),
         Err(e) => Err(own(e)?),
     };
-    let put = |p: &mut Process| match read {
+    let put_read = |p: &mut Process| match read {
         Ok(value) => set(p, value),
         Err(e) => missing(p, field.name(), e),
     };
-    Ok(sink.put(put, field.next()))
+    put(sink, put_read, field.next())
 }
 
 /// What [`ProcReader::comm_wanted`] found.
@@ -395,15 +407,6 @@ pub enum Outcome {
     /// The caller's `wanted` ruled the process out by its comm: the read
     /// stopped after `stat`, and the record is for nobody.
     Unwanted,
-}
-
-/// The outcome of a read whose last field was `kept` or not.
-fn done(kept: bool) -> Outcome {
-    if kept {
-        Outcome::Read
-    } else {
-        Outcome::Abandoned
-    }
 }
 
 /// The parts of a record, in the order [`ProcReader::read_into`] reads
@@ -518,15 +521,8 @@ fn read_fd(fd: &OwnedFd, buf: &mut Vec<u8>, limit: usize) -> Result<usize, Errno
 
 /// Parses the `Uid:` and `Gid:` lines of `/proc/<pid>/status`.
 fn parse_credentials(status: &[u8]) -> Option<Credentials> {
-    let (mut uids, mut gids) = (None, None);
-    for line in status.split(|&b| b == b'\n') {
-        if let Some(rest) = line.strip_prefix(b"Uid:") {
-            uids = real_and_effective(rest);
-        } else if let Some(rest) = line.strip_prefix(b"Gid:") {
-            gids = real_and_effective(rest);
-        }
-    }
-    let ((uid, euid), (gid, egid)) = (uids?, gids?);
+    let [uid, euid] = status_ids(status, "Uid:")?;
+    let [gid, egid] = status_ids(status, "Gid:")?;
     Some(Credentials {
         uid,
         euid,
@@ -535,10 +531,18 @@ fn parse_credentials(status: &[u8]) -> Option<Credentials> {
     })
 }
 
-/// The first two numbers of a `Uid:`/`Gid:` line (real, effective).
-fn real_and_effective(rest: &[u8]) -> Option<(u32, u32)> {
-    let mut ids = std::str::from_utf8(rest).ok()?.split_whitespace();
-    Some((ids.next()?.parse().ok()?, ids.next()?.parse().ok()?))
+/// The first `N` numbers of the `name` line (`Uid:` or `Gid:`: real,
+/// effective, saved, filesystem) of a `status` file.
+pub fn status_ids<const N: usize>(status: &[u8], name: &str) -> Option<[u32; N]> {
+    let line = status
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(name.as_bytes()))?;
+    let mut ids = std::str::from_utf8(line).ok()?.split_whitespace();
+    let mut out = [0; N];
+    for id in &mut out {
+        *id = ids.next()?.parse().ok()?;
+    }
+    Some(out)
 }
 
 /// Fills argv from the NUL-separated `cmdline` bytes.
