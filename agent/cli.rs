@@ -15,7 +15,7 @@ use crate::procfs::bounds::Bounds;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::OpenError;
 use crate::procfs::redaction::patterns::{Patterns, Preset};
-use crate::procfs::redaction::{Redactor, REDACTED};
+use crate::procfs::redaction::Redactor;
 use crate::totals::Totals;
 use crate::transport::peer::PeerCheck;
 use crate::transport::Limits;
@@ -219,38 +219,15 @@ impl RunArgs {
     /// The one description of how processes are read, for the detector and
     /// the snapshots alike.
     pub fn proc_mount(&self) -> Result<ProcMount, OpenError> {
-        let redactor = self.redactor();
-        if let Some(redactor) = &redactor {
-            let (in_argument, next_argument) = redactor.counts();
-            tracing::info!(
-                in_argument,
-                next_argument,
-                "argv redaction on: matching text is replaced with {REDACTED}"
-            );
-        }
+        // The preset's patterns, then the `--redact-argv` and
+        // `--redact-argv-next` ones.
+        let preset = self.redact_argv_preset.map(Preset::patterns);
+        let (mut inside, mut next) = preset.unwrap_or_default();
+        inside.extend(self.redact_argv.iter().flat_map(|p| p.0.clone()));
+        next.extend(self.redact_argv_next.iter().flat_map(|p| p.0.clone()));
         let bounds = Bounds::new(self.proc_read_timeout, self.max_stuck_reads as usize);
-        ProcMount::open(
-            &self.proc_root,
-            self.max_argv_bytes as usize,
-            redactor,
-            bounds,
-        )
-    }
-
-    /// The redaction the flags ask for: the preset's patterns, then the
-    /// `--redact-argv` and `--redact-argv-next` ones. `None` if there are none.
-    fn redactor(&self) -> Option<Redactor> {
-        let (mut inside, mut next) = self
-            .redact_argv_preset
-            .map(|preset| preset.patterns())
-            .unwrap_or_default();
-        inside.extend(self.redact_argv.iter().flat_map(|p| p.0.iter().cloned()));
-        next.extend(
-            self.redact_argv_next
-                .iter()
-                .flat_map(|p| p.0.iter().cloned()),
-        );
-        Redactor::new(inside, next)
+        let (max_argv, redactor) = (self.max_argv_bytes as usize, Redactor::new(inside, next));
+        ProcMount::open(&self.proc_root, max_argv, redactor, bounds)
     }
 
     /// The detector the flags choose, opened (the netlink one subscribed).
