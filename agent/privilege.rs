@@ -62,8 +62,9 @@ pub enum PrivilegeError {
     /// After the switch a thread still runs as another user or holds a
     /// capability.
     #[error(
-        "after switching to uid {uid} gid {gid}, thread {tid} runs as uid {found_uid} gid \
-         {found_gid} with capabilities {capabilities:#x}: refusing to serve"
+        "after switching to uid {uid} gid {gid}, thread {} runs as uid {} gid {} with \
+         capabilities {:#x}: refusing to serve",
+        .thread.tid, .thread.uid[1], .thread.gid[1], .thread.capabilities
     )]
     StillPrivileged {
         /// The uid asked for.
@@ -71,13 +72,7 @@ pub enum PrivilegeError {
         /// The gid asked for.
         gid: u32,
         /// The thread found.
-        tid: i32,
-        /// Its effective uid.
-        found_uid: u32,
-        /// Its effective gid.
-        found_gid: u32,
-        /// Its effective, permitted and ambient capabilities, together.
-        capabilities: u64,
+        thread: ThreadCredentials,
     },
 }
 
@@ -92,10 +87,9 @@ pub struct ThreadCredentials {
     pub gid: [u32; 4],
     /// `CapEff`.
     pub effective: u64,
-    /// `CapPrm`.
-    pub permitted: u64,
-    /// `CapAmb`.
-    pub ambient: u64,
+    /// Every capability the thread holds or could make effective: `CapEff`,
+    /// `CapPrm` and `CapAmb` together.
+    pub capabilities: u64,
 }
 
 impl ThreadCredentials {
@@ -113,20 +107,14 @@ impl ThreadCredentials {
             uid: ids("Uid:")?,
             gid: ids("Gid:")?,
             effective: mask("CapEff:")?,
-            permitted: mask("CapPrm:")?,
-            ambient: mask("CapAmb:")?,
+            capabilities: mask("CapEff:")? | mask("CapPrm:")? | mask("CapAmb:")?,
         })
-    }
-
-    /// Every capability the thread holds or could make effective.
-    pub fn capabilities(&self) -> u64 {
-        self.effective | self.permitted | self.ambient
     }
 
     /// Runs as exactly `uid` and `gid` (all four ids each) and holds no
     /// capability.
     fn is_exactly(&self, uid: u32, gid: u32) -> bool {
-        self.uid == [uid; 4] && self.gid == [gid; 4] && self.capabilities() == 0
+        self.uid == [uid; 4] && self.gid == [gid; 4] && self.capabilities == 0
     }
 }
 
@@ -210,14 +198,8 @@ pub fn settle(
     let threads = threads()?;
     if let Some((uid, gid)) = run_as {
         if let Some(t) = threads.iter().find(|t| !t.is_exactly(uid, gid)) {
-            return Err(PrivilegeError::StillPrivileged {
-                uid,
-                gid,
-                tid: t.tid,
-                found_uid: t.uid[1],
-                found_gid: t.gid[1],
-                capabilities: t.capabilities(),
-            });
+            let thread = t.clone();
+            return Err(PrivilegeError::StillPrivileged { uid, gid, thread });
         }
     }
     let main = threads
@@ -225,7 +207,7 @@ pub fn settle(
         .find(|t| t.tid == std::process::id() as i32)
         .or(threads.first());
     let (uid, gid) = main.map_or((0, 0), |t| (t.uid[1], t.gid[1]));
-    let capabilities = threads.iter().fold(0, |all, t| all | t.capabilities());
+    let capabilities = threads.iter().fold(0, |all, t| all | t.capabilities);
     let subscribed_with = if subscribed_with_net_admin {
         "CAP_NET_ADMIN"
     } else {
@@ -283,7 +265,7 @@ mod tests {
         let t = ThreadCredentials::parse(7, SWITCHED).unwrap();
         assert_eq!(t.uid, [65534; 4]);
         assert_eq!(t.gid, [65532; 4]);
-        assert_eq!(t.capabilities(), 0);
+        assert_eq!(t.capabilities, 0);
         assert!(t.is_exactly(65534, 65532));
         assert!(!t.is_exactly(65534, 65534));
     }
@@ -292,7 +274,7 @@ mod tests {
     fn a_capability_or_a_uid_left_behind_is_seen() {
         let kept = SWITCHED.replace("CapPrm:\t0000000000000000", "CapPrm:\t0000000000001000");
         let t = ThreadCredentials::parse(7, &kept).unwrap();
-        assert_eq!(t.capabilities(), 1 << CAP_NET_ADMIN);
+        assert_eq!(t.capabilities, 1 << CAP_NET_ADMIN);
         assert!(!t.is_exactly(65534, 65532));
         let saved_root = SWITCHED.replace("Uid:\t65534\t65534\t65534", "Uid:\t65534\t65534\t0");
         let t = ThreadCredentials::parse(7, &saved_root).unwrap();
