@@ -110,12 +110,18 @@ impl ProcReader {
             path: root.to_string(),
             source,
         })?;
-        Ok(Self {
+        Ok(Self::on(proc_dir, max_argv_bytes))
+    }
+
+    /// A reader of the mount open at `proc_dir`.
+    fn on(proc_dir: OwnedFd, max_argv_bytes: usize) -> Self {
+        let (buf, chunk) = (Vec::with_capacity(READ_CHUNK), Vec::new());
+        Self {
             proc_dir,
-            buf: Vec::with_capacity(READ_CHUNK),
-            chunk: Vec::new(),
+            buf,
+            chunk,
             max_argv_bytes,
-        })
+        }
     }
 
     /// Another reader of the same mount, for another thread.
@@ -123,12 +129,7 @@ impl ProcReader {
         let proc_dir = self.proc_dir.try_clone().map_err(|e| {
             Exhausted::Resources(e.raw_os_error().map_or(Errno::EMFILE, Errno::from_raw))
         })?;
-        Ok(Self {
-            proc_dir,
-            buf: Vec::with_capacity(READ_CHUNK),
-            chunk: Vec::new(),
-            max_argv_bytes: self.max_argv_bytes,
-        })
+        Ok(Self::on(proc_dir, self.max_argv_bytes))
     }
 
     /// Whether the agent can open a file under `/proc` right now (after an
@@ -600,11 +601,8 @@ fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
 fn gone(p: &mut Process, field: &str, e: Errno) {
     if matches!(e, Errno::ENOENT | Errno::ESRCH) {
         p.exited_before_inspection = true;
-        unavailable(
-            p,
-            field,
-            "process exited before it could be inspected".into(),
-        );
+        let why = "process exited before it could be inspected";
+        unavailable(p, field, why.into());
     } else {
         unavailable(p, field, reason(e));
     }
@@ -612,9 +610,7 @@ fn gone(p: &mut Process, field: &str, e: Errno) {
 
 /// Records one unreadable field, noticing an exit in the middle of reading.
 fn missing(p: &mut Process, field: &str, e: Errno) {
-    if matches!(e, Errno::ESRCH) {
-        p.exited_before_inspection = true;
-    }
+    p.exited_before_inspection |= e == Errno::ESRCH;
     unavailable(p, field, reason(e));
 }
 
