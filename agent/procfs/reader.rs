@@ -232,20 +232,6 @@ impl ProcReader {
         sink: &mut impl Sink,
         wanted: impl FnOnce(&[u8]) -> bool,
         argv: &ArgvPatterns,
-    ) -> Result<Outcome, Exhausted> {
-        match self.fields(pid, sink, wanted, argv) {
-            Err(Stop::Exhausted(e)) => Err(e),
-            read => Ok(read.unwrap_or(Outcome::Abandoned)),
-        }
-    }
-
-    /// [`ProcReader::read_into`], a field at a time.
-    fn fields(
-        &mut self,
-        pid: i32,
-        sink: &mut impl Sink,
-        wanted: impl FnOnce(&[u8]) -> bool,
-        argv: &ArgvPatterns,
     ) -> Result<Outcome, Stop> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let gone_at_once = |sink: &mut _, e| {
@@ -326,8 +312,9 @@ impl ProcReader {
     }
 }
 
-/// Why [`ProcReader::fields`] stopped before the end.
-enum Stop {
+/// Why [`ProcReader::read_into`] stopped before the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
     /// The sink refused to take more: the read was given up meanwhile.
     Abandoned,
     /// The agent's own exhaustion.
@@ -403,8 +390,6 @@ pub enum Outcome {
     Read,
     /// A kernel thread: no record.
     KernelThread,
-    /// The sink refused to take more: the read was given up meanwhile.
-    Abandoned,
     /// The caller's `wanted` ruled the process out by its comm: the read
     /// stopped after `stat`, and the record is for nobody.
     Unwanted,

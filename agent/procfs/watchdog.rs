@@ -37,7 +37,7 @@ use execwatch::proto::Process;
 use crate::procfs::bounds::Bounds;
 use crate::procfs::cmdline::ArgvPatterns;
 use crate::procfs::mount::ProcMount;
-use crate::procfs::reader::{unavailable, Exhausted, Field, Outcome, ProcReader, Sink};
+use crate::procfs::reader::{unavailable, Exhausted, Field, Outcome, ProcReader, Sink, Stop};
 
 /// What [`Watched::read`] gave.
 #[derive(Debug)]
@@ -143,9 +143,10 @@ impl<T: Default> Watched<T> {
         }
         let record = slot.current.take().map(|c| c.record);
         drop(slot);
-        Ok(match (read?, record) {
-            (Outcome::Read, Some(p)) => Read::Record(self.mount.finish(p)),
-            (Outcome::Unwanted, _) => Read::Unwanted,
+        Ok(match (read, record) {
+            (Ok(Outcome::Read), Some(p)) => Read::Record(self.mount.finish(p)),
+            (Ok(Outcome::Unwanted), _) => Read::Unwanted,
+            (Err(Stop::Exhausted(e)), _) => return Err(e),
             // Abandoned only happens to a thread left behind.
             _ => Read::KernelThread,
         })
