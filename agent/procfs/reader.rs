@@ -19,10 +19,8 @@
 //! record at all but an [`Exhausted`] error: such a record would describe
 //! the agent's trouble, not the process, so callers report it as loss.
 
-use std::ffi::OsStr;
 use std::io::Write as _;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 
 use execwatch::internal::cgroup;
 use execwatch::proto::{Credentials, Process, Source, Unavailable};
@@ -539,11 +537,8 @@ pub fn status_ids<const N: usize>(status: &[u8], name: &str) -> Option<[u32; N]>
 /// the record flagged `argv_truncated`. Whatever the input, one record's
 /// command line weighs at most `2 * limit` bytes.
 fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
-    let mut bytes = cmdline;
-    if bytes.len() > limit {
-        bytes = &bytes[..limit];
-        p.argv_truncated = true;
-    }
+    let bytes = &cmdline[..cmdline.len().min(limit)];
+    p.argv_truncated = cmdline.len() > limit;
     // Nothing at all: a zombie or a kernel thread. A lone NUL, by contrast,
     // is one empty argument (argv = [""]), which is a real command line.
     if bytes.is_empty() {
@@ -562,23 +557,19 @@ fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
     }
     let mut room = 2 * limit;
     for arg in args {
-        let lossy = OsStr::from_bytes(arg).to_string_lossy().into_owned();
-        let weight = lossy.len() + arg.len();
-        if weight <= room {
-            room -= weight;
-            p.argv.push(lossy);
-            p.argv_raw.push(arg.to_vec());
-            continue;
-        }
+        let weight = String::from_utf8_lossy(arg).len() + arg.len();
         // The first argument that does not fit is cut: a byte weighs at most
         // four (itself and a three-byte U+FFFD), so a quarter of the room
         // always fits.
-        let cut = &arg[..(room / 4).min(arg.len())];
-        p.argv
-            .push(OsStr::from_bytes(cut).to_string_lossy().into_owned());
-        p.argv_raw.push(cut.to_vec());
-        p.argv_truncated = true;
-        break;
+        let cut = (room / 4).min(arg.len());
+        let kept = if weight <= room { arg } else { &arg[..cut] };
+        p.argv.push(String::from_utf8_lossy(kept).into_owned());
+        p.argv_raw.push(kept.to_vec());
+        if weight > room {
+            p.argv_truncated = true;
+            break;
+        }
+        room -= weight;
     }
 }
 

@@ -1,5 +1,6 @@
 //! Tests of the `/proc` reader against real processes on this machine.
 
+use std::ffi::OsStr;
 use std::process::Command;
 
 use super::*;
