@@ -112,18 +112,16 @@ impl Redactor {
             }
         }
         spans.retain(|s| !s.is_empty());
-        if spans.is_empty() {
-            return None;
-        }
         spans.sort_by_key(|s| s.start);
-        let mut merged: Vec<Range<usize>> = Vec::with_capacity(spans.len());
-        for s in spans {
-            match merged.last_mut() {
-                Some(last) if s.start <= last.end => last.end = last.end.max(s.end),
-                _ => merged.push(s),
+        // Each span that starts within the one kept before it joins it.
+        spans.dedup_by(|s, kept| {
+            let joins = s.start <= kept.end;
+            if joins {
+                kept.end = kept.end.max(s.end);
             }
-        }
-        Some(merged)
+            joins
+        });
+        (!spans.is_empty()).then_some(spans)
     }
 }
 
