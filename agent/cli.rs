@@ -76,7 +76,7 @@ pub enum Command {
 pub struct RunArgs {
     /// How launches are detected: the kernel's proc connector (netlink), or
     /// scanning /proc (poll).
-    #[arg(long, env = "EXECWATCH_DETECTOR", value_enum, default_value_t = Detector::default())]
+    #[arg(long, env = "EXECWATCH_DETECTOR", value_enum, default_value_t = Detector::Netlink)]
     pub detector: Detector,
 
     /// Scan interval of the poll detector (e.g. 250ms, 1s; 10ms to 1m).
@@ -270,11 +270,10 @@ pub enum KernelFilter {
 }
 
 /// Detection mechanism.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Detector {
     /// Kernel-pushed exec events (Linux).
     // The default: the agent builds for Linux alone.
-    #[default]
     Netlink,
     /// Periodic scan of /proc.
     Poll,

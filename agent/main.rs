@@ -11,7 +11,6 @@ mod stream;
 mod totals;
 mod transport;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use anyhow::Context;
 use clap::Parser;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::{Cli, Command};
 use crate::stream::fanout::Fanout;
 use crate::stream::service::ExecEventsService;
 use crate::totals::Totals;
@@ -68,7 +67,7 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
             Ok(u8::from(healthy != ServingStatus::Serving).into())
         }
         None => {
-            let stopped = runtime.block_on(run(cli.socket, cli.run, run_as, started));
+            let stopped = runtime.block_on(run(cli, run_as, started));
             // A snapshot chunk still reading /proc on the blocking pool is
             // not waited for.
             runtime.shutdown_timeout(Duration::from_millis(100));
@@ -86,12 +85,8 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
 
 /// Runs the agent until a signal or a detector failure. `run_as` is the
 /// uid and gid to switch to once subscribed; `started`, when `main` began.
-async fn run(
-    socket: PathBuf,
-    args: RunArgs,
-    run_as: Option<(u32, u32)>,
-    started: Instant,
-) -> anyhow::Result<StopReason> {
+async fn run(cli: Cli, run_as: Option<(u32, u32)>, started: Instant) -> anyhow::Result<StopReason> {
+    let (socket, args) = (cli.socket, cli.run);
     let stats = Arc::new(Totals::default());
     let fanout = Arc::new(Fanout::new(
         args.queue_len as usize,
