@@ -186,9 +186,7 @@ impl ProcReader {
         // Formatted on the stack: no allocation for an exec nobody wants.
         let mut path = [0u8; 24];
         let mut at = &mut path[..];
-        if write!(at, "{pid}/comm").is_err() {
-            return CommCheck::Unknown;
-        }
+        write!(at, "{pid}/comm").expect("an i32 and /comm fit 24 bytes");
         let len = 24 - at.len();
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
         let fd = match openat(&self.proc_dir, &path[..len], flags, Mode::empty()) {
@@ -344,10 +342,9 @@ fn fill<T>(
     read: Result<T, Errno>,
     set: impl FnOnce(&mut Process, T),
 ) -> Result<(), Stop> {
-    let read = match read {
-        Ok(value) => Ok(value),
-        Err(e) => Err(own(e)?),
-    };
+    if let Err(e) = read {
+        own(e)?;
+    }
     let put_read = |p: &mut Process| match read {
         Ok(value) => set(p, value),
         Err(e) => missing(p, field.name(), e),
