@@ -35,6 +35,9 @@ use execwatch::internal::clock;
 /// First read size: every file read here but a long command line fits.
 const READ_CHUNK: usize = 4096;
 
+/// How a directory of `/proc` is opened.
+const DIR: OFlag = OFlag::O_DIRECTORY.union(OFlag::O_CLOEXEC);
+
 /// Kernel threads carry this flag in field 9 of `/proc/<pid>/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
@@ -99,15 +102,9 @@ impl ProcReader {
     /// `max_argv_bytes` caps how much of a command line is read; longer ones
     /// are cut and flagged `argv_truncated`.
     pub fn open(root: &str, max_argv_bytes: usize) -> Result<Self, OpenError> {
-        let proc_dir = nix::fcntl::open(
-            root,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|source| OpenError {
-            path: root.to_string(),
-            source,
-        })?;
+        let path = root.to_string();
+        let opened = nix::fcntl::open(root, DIR, Mode::empty());
+        let proc_dir = opened.map_err(|source| OpenError { path, source })?;
         Ok(Self::on(proc_dir, max_argv_bytes))
     }
 
@@ -188,8 +185,7 @@ impl ProcReader {
         let mut at = &mut path[..];
         write!(at, "{pid}/comm").expect("an i32 and /comm fit 24 bytes");
         let len = 24 - at.len();
-        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-        let fd = match openat(&self.proc_dir, &path[..len], flags, Mode::empty()) {
+        let fd = match open_at(&self.proc_dir, &path[..len]) {
             Ok(fd) => fd,
             Err(Errno::ENOENT | Errno::ESRCH) => return CommCheck::Gone,
             Err(_) => return CommCheck::Unknown,
@@ -229,13 +225,12 @@ impl ProcReader {
         wanted: impl FnOnce(&[u8]) -> bool,
         argv: &ArgvPatterns,
     ) -> Result<Outcome, Stop> {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let gone_at_once = |sink: &mut _, e| {
             let e = own(e)?;
             put(sink, |p| gone(p, "all", e), None).map(|()| Outcome::Read)
         };
         let name = pid.to_string();
-        let dir = match openat(&self.proc_dir, name.as_str(), flags, Mode::empty()) {
+        let dir = match openat(&self.proc_dir, name.as_str(), DIR, Mode::empty()) {
             Ok(dir) => dir,
             Err(e) => return gone_at_once(sink, e),
         };
@@ -470,7 +465,7 @@ fn read_at(dir: &OwnedFd, name: &str, buf: &mut Vec<u8>, limit: usize) -> Result
 }
 
 /// Opens `name` under `dir` for reading.
-fn open_at(dir: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
+fn open_at<P: nix::NixPath + ?Sized>(dir: &OwnedFd, name: &P) -> Result<OwnedFd, Errno> {
     openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
 }
 
