@@ -4,7 +4,6 @@
 
 mod cli;
 mod detector;
-mod health_check;
 mod privilege;
 mod procfs;
 mod stream;
@@ -16,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use execwatch::proto::exec_events_server;
 use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 use crate::cli::{Cli, Command};
 use crate::stream::fanout::Fanout;
@@ -62,7 +63,21 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
             if let Some((uid, gid)) = run_as {
                 privilege::switch(uid, gid)?;
             }
-            let healthy = runtime.block_on(health_check::probe(&cli.socket, timeout))?;
+            // Exec probes ask this way because the pod has no TCP port to
+            // probe: the serving status of the agent at the socket.
+            let ask = async {
+                let channel = execwatch::client::connect(&cli.socket).await?;
+                let service = exec_events_server::SERVICE_NAME;
+                let request = HealthCheckRequest {
+                    service: service.into(),
+                };
+                let reply = HealthClient::new(channel).check(request).await;
+                let reply = reply.with_context(|| format!("health check of {service} failed"))?;
+                anyhow::Ok(reply.into_inner().status())
+            };
+            let healthy = runtime
+                .block_on(async { tokio::time::timeout(timeout, ask).await })
+                .map_err(|_| anyhow::anyhow!("no health answer within {timeout:?}"))??;
             println!("{}", healthy.as_str_name());
             Ok(u8::from(healthy != ServingStatus::Serving).into())
         }
