@@ -13,7 +13,6 @@ use crate::detector::launch::{Detection, LaunchError};
 use crate::detector::receiver::Pace;
 use crate::procfs::bounds::Bounds;
 use crate::procfs::mount::ProcMount;
-use crate::procfs::reader::OpenError;
 use crate::procfs::redaction::patterns::{Patterns, Preset};
 use crate::procfs::redaction::Redactor;
 use crate::totals::Totals;
@@ -218,7 +217,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The one description of how processes are read, for the detector and
     /// the snapshots alike.
-    pub fn proc_mount(&self) -> Result<ProcMount, OpenError> {
+    pub fn proc_mount(&self) -> Result<ProcMount, nix::errno::Errno> {
         // The preset's patterns, then the `--redact-argv` and
         // `--redact-argv-next` ones.
         let preset = self.redact_argv_preset.map(Preset::patterns);

@@ -107,7 +107,8 @@ async fn run(cli: Cli, run_as: Option<(u32, u32)>, started: Instant) -> anyhow::
         args.queue_len as usize,
         args.queue_bytes as usize,
     ));
-    let procfs = Arc::new(args.proc_mount()?);
+    let procfs = args.proc_mount();
+    let procfs = Arc::new(procfs.with_context(|| format!("cannot open {}", args.proc_root))?);
     // The detector opens before the socket exists: a client that can
     // connect is a client that will see events.
     let net_admin = privilege::holds_net_admin();

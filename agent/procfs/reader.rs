@@ -87,24 +87,13 @@ pub fn own(e: Errno) -> Result<Errno, Exhausted> {
     }
 }
 
-/// The `/proc` mount could not be opened.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot open {path}: {source}")]
-pub struct OpenError {
-    path: String,
-    #[source]
-    source: Errno,
-}
-
 impl ProcReader {
     /// Opens the `/proc` mount at `root` (normally `/proc`).
     ///
     /// `max_argv_bytes` caps how much of a command line is read; longer ones
     /// are cut and flagged `argv_truncated`.
-    pub fn open(root: &str, max_argv_bytes: usize) -> Result<Self, OpenError> {
-        let path = root.to_string();
-        let opened = nix::fcntl::open(root, DIR, Mode::empty());
-        let proc_dir = opened.map_err(|source| OpenError { path, source })?;
+    pub fn open(root: &str, max_argv_bytes: usize) -> Result<Self, Errno> {
+        let proc_dir = nix::fcntl::open(root, DIR, Mode::empty())?;
         Ok(Self::on(proc_dir, max_argv_bytes))
     }
 
