@@ -70,29 +70,27 @@ impl Redactor {
             });
             follows = self.next.iter().any(|r| r.is_match(arg));
         }
-        if p.argv_lossy && p.argv_raw.len() != p.argv.len() && edits.iter().any(Option::is_some) {
+        if edits.iter().all(Option::is_none) {
+            return false;
+        }
+        if p.argv_lossy && p.argv_raw.len() != p.argv.len() {
             // Bytes that do not line up with the text cannot be redacted by
             // position: drop them rather than let a secret through.
             p.argv_raw.clear();
         }
-        let mut changed = false;
         for (i, edit) in edits.into_iter().enumerate() {
             let Some(spans) = edit else { continue };
-            changed = true;
             let raw = p.argv_raw.get_mut(i).filter(|_| p.argv_lossy);
             edit_argument(&mut p.argv[i], raw, &spans);
         }
-        if changed {
-            p.argv_redacted = true;
-            // A secret that held the only invalid bytes leaves an exact argv.
-            let raw = &p.argv_raw;
-            if p.argv_lossy && !raw.is_empty() && raw.iter().all(|a| std::str::from_utf8(a).is_ok())
-            {
-                p.argv_lossy = false;
-                p.argv_raw.clear();
-            }
+        p.argv_redacted = true;
+        // A secret that held the only invalid bytes leaves an exact argv.
+        let raw = &p.argv_raw;
+        if p.argv_lossy && !raw.is_empty() && raw.iter().all(|a| std::str::from_utf8(a).is_ok()) {
+            p.argv_lossy = false;
+            p.argv_raw.clear();
         }
-        changed
+        true
     }
 
     /// What the in-argument patterns select in `arg`, if anything: byte
