@@ -14,39 +14,11 @@ use crate::detector::netlink::NetlinkDetector;
 use crate::detector::receiver::Pace;
 use crate::procfs::bounds::Bounds;
 use crate::procfs::mount::ProcMount;
-use crate::procfs::reader::OpenError;
 use crate::procfs::redaction::patterns::{Patterns, Preset};
-use crate::procfs::redaction::{Redactor, REDACTED};
+use crate::procfs::redaction::Redactor;
 use crate::totals::Totals;
 use crate::transport::peer::PeerCheck;
 use crate::transport::Limits;
-
-/// Bounds of `--poll-interval`: faster scans burn a core on a busy host;
-/// slower ones make the poll detector useless for reclaiming.
-pub const POLL_INTERVAL: (Duration, Duration) =
-    (Duration::from_millis(10), Duration::from_secs(60));
-/// Bounds of `--audit-interval`: below, the audit's scans add up; above, a
-/// launch the kernel dropped waits too long to be found.
-pub const AUDIT_INTERVAL: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(60));
-/// Bounds of `--proc-read-timeout`: below, a busy node's slow but honest
-/// reads would be cut; above, one stuck process delays events by a minute.
-pub const PROC_READ_TIMEOUT: (Duration, Duration) =
-    (Duration::from_millis(10), Duration::from_secs(60));
-/// Bounds of `--coalesce`: below a millisecond there is little to gain;
-/// above, a launch during a storm would wait noticeably.
-pub const COALESCE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
-/// Bounds of `health-check --timeout`.
-pub const HEALTH_TIMEOUT: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(300));
-/// Bounds of `--idle-timeout`.
-pub const IDLE_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
-/// Smallest `--receive-buffer`, in bytes (a page; the kernel's own floor is
-/// about 2 KiB).
-pub const MIN_RECEIVE_BUFFER: u32 = 4096;
-/// Largest `--receive-buffer`, in bytes: the kernel caps a socket buffer
-/// request at `INT_MAX / 2`, about 1 GiB.
-pub const MAX_RECEIVE_BUFFER: u32 = 1 << 30;
 
 /// execwatch agent: streams the node's process launches over gRPC on a Unix socket.
 #[derive(Debug, Parser)]
@@ -87,13 +59,6 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
-impl Cli {
-    /// The uid and gid to switch to once subscribed, if any.
-    pub fn run_as(&self) -> Option<(u32, u32)> {
-        self.run_as_uid.zip(self.run_as_gid)
-    }
-}
-
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -101,7 +66,7 @@ pub enum Command {
     /// (for exec probes).
     HealthCheck {
         /// Give up after this long (e.g. 500ms, 2s; 100ms to 5m).
-        #[arg(long, default_value = "2s", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, HEALTH_TIMEOUT.0, HEALTH_TIMEOUT.1))]
+        #[arg(long, default_value = "2s", value_parser = |s: &str| within(s, 100, 300_000))]
         timeout: Duration,
     },
 }
@@ -111,18 +76,22 @@ pub enum Command {
 pub struct RunArgs {
     /// How launches are detected: the kernel's proc connector (netlink), or
     /// scanning /proc (poll).
-    #[arg(long, env = "EXECWATCH_DETECTOR", value_enum, default_value_t = Detector::default())]
+    #[arg(long, env = "EXECWATCH_DETECTOR", value_enum, default_value_t = Detector::Netlink)]
     pub detector: Detector,
 
     /// Scan interval of the poll detector (e.g. 250ms, 1s; 10ms to 1m).
-    #[arg(long, env = "EXECWATCH_POLL_INTERVAL", default_value = "250ms", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, POLL_INTERVAL.0, POLL_INTERVAL.1))]
+    // Faster scans burn a core on a busy host; slower ones make the poll
+    // detector useless for reclaiming.
+    #[arg(long, env = "EXECWATCH_POLL_INTERVAL", default_value = "250ms", value_parser = |s: &str| within(s, 10, 60_000))]
     pub poll_interval: Duration,
 
     /// How often the netlink detector's audit compares the running
     /// processes with what each subscriber was sent, to find what the kernel
     /// dropped without telling (100ms to 1m). A launch it dropped is found
     /// within one interval.
-    #[arg(long, env = "EXECWATCH_AUDIT_INTERVAL", default_value = "15s", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, AUDIT_INTERVAL.0, AUDIT_INTERVAL.1))]
+    // Below, the audit's scans add up; above, a launch the kernel dropped
+    // waits too long to be found.
+    #[arg(long, env = "EXECWATCH_AUDIT_INTERVAL", default_value = "15s", value_parser = |s: &str| within(s, 100, 60_000))]
     pub audit_interval: Duration,
 
     /// Socket file mode, in octal.
@@ -136,7 +105,9 @@ pub struct RunArgs {
 
     /// Netlink receive buffer to ask for, in bytes (4096 to 1073741824).
     /// Above net.core.rmem_max it is granted only with CAP_NET_ADMIN.
-    #[arg(long, env = "EXECWATCH_RECEIVE_BUFFER", default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(i64::from(MIN_RECEIVE_BUFFER)..=i64::from(MAX_RECEIVE_BUFFER)))]
+    // The floor is a page (the kernel's own is about 2 KiB); the kernel caps a
+    // socket buffer request at `INT_MAX / 2`, about 1 GiB.
+    #[arg(long, env = "EXECWATCH_RECEIVE_BUFFER", default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(4096..=1 << 30))]
     pub receive_buffer: u32,
 
     /// The kernel-side event filter of the netlink subscription: `auto` uses
@@ -157,7 +128,9 @@ pub struct RunArgs {
     /// between wake-ups (1ms to 50ms): a launch then reaches subscribers at
     /// most this much later, and the agent spends a wake-up per rest
     /// instead of one per exec.
-    #[arg(long, env = "EXECWATCH_COALESCE", default_value = "2ms", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, COALESCE.0, COALESCE.1))]
+    // Below a millisecond there is little to gain; above, a launch during a
+    // storm would wait noticeably.
+    #[arg(long, env = "EXECWATCH_COALESCE", default_value = "2ms", value_parser = |s: &str| within(s, 1, 50))]
     pub coalesce: Duration,
 
     /// Events each subscriber may have queued before it gets `lost` and a
@@ -198,7 +171,7 @@ pub struct RunArgs {
     /// 60m); then the agent closes it, as gRPC clients expect of an idle
     /// channel (they reconnect when they next call). A `Watch` is an RPC in
     /// progress for as long as it runs.
-    #[arg(long, env = "EXECWATCH_IDLE_TIMEOUT", default_value = "2m", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, IDLE_TIMEOUT.0, IDLE_TIMEOUT.1))]
+    #[arg(long, env = "EXECWATCH_IDLE_TIMEOUT", default_value = "2m", value_parser = |s: &str| within(s, 1000, 3_600_000))]
     pub idle_timeout: Duration,
 
     /// Longest command line carried per process, in bytes (1 to 16777216);
@@ -212,7 +185,9 @@ pub struct RunArgs {
     /// A read still under way then is given up: the record goes out with
     /// the fields not read named in `unavailable`, and the thread stuck in
     /// the read is left behind.
-    #[arg(long, env = "EXECWATCH_PROC_READ_TIMEOUT", default_value = "250ms", value_parser = |s: &str| execwatch::internal::duration::parse_within(s, PROC_READ_TIMEOUT.0, PROC_READ_TIMEOUT.1))]
+    // Below, a busy node's slow but honest reads would be cut; above, one
+    // stuck process delays events by a minute.
+    #[arg(long, env = "EXECWATCH_PROC_READ_TIMEOUT", default_value = "250ms", value_parser = |s: &str| within(s, 10, 60_000))]
     pub proc_read_timeout: Duration,
 
     /// Threads stuck in /proc reads left behind at once (1 to 1024); while
@@ -243,39 +218,16 @@ pub struct RunArgs {
 impl RunArgs {
     /// The one description of how processes are read, for the detector and
     /// the snapshots alike.
-    pub fn proc_mount(&self) -> Result<ProcMount, OpenError> {
-        let redactor = self.redactor();
-        if let Some(redactor) = &redactor {
-            let (in_argument, next_argument) = redactor.counts();
-            tracing::info!(
-                in_argument,
-                next_argument,
-                "argv redaction on: matching text is replaced with {REDACTED}"
-            );
-        }
+    pub fn proc_mount(&self) -> Result<ProcMount, nix::errno::Errno> {
+        // The preset's patterns, then the `--redact-argv` and
+        // `--redact-argv-next` ones.
+        let preset = self.redact_argv_preset.map(Preset::patterns);
+        let (mut inside, mut next) = preset.unwrap_or_default();
+        inside.extend(self.redact_argv.iter().flat_map(|p| p.0.clone()));
+        next.extend(self.redact_argv_next.iter().flat_map(|p| p.0.clone()));
         let bounds = Bounds::new(self.proc_read_timeout, self.max_stuck_reads as usize);
-        ProcMount::open(
-            &self.proc_root,
-            self.max_argv_bytes as usize,
-            redactor,
-            bounds,
-        )
-    }
-
-    /// The redaction the flags ask for: the preset's patterns, then the
-    /// `--redact-argv` and `--redact-argv-next` ones. `None` if there are none.
-    fn redactor(&self) -> Option<Redactor> {
-        let (mut inside, mut next) = self
-            .redact_argv_preset
-            .map(|preset| preset.patterns())
-            .unwrap_or_default();
-        inside.extend(self.redact_argv.iter().flat_map(|p| p.0.iter().cloned()));
-        next.extend(
-            self.redact_argv_next
-                .iter()
-                .flat_map(|p| p.0.iter().cloned()),
-        );
-        Redactor::new(inside, next)
+        let (max_argv, redactor) = (self.max_argv_bytes as usize, Redactor::new(inside, next));
+        ProcMount::open(&self.proc_root, max_argv, redactor, bounds)
     }
 
     /// The detector the flags choose, opened (the netlink one subscribed).
@@ -320,14 +272,19 @@ pub enum KernelFilter {
 }
 
 /// Detection mechanism.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Detector {
     /// Kernel-pushed exec events (Linux).
     // The default: the agent builds for Linux alone.
-    #[default]
     Netlink,
     /// Periodic scan of /proc.
     Poll,
+}
+
+/// Parses a duration flag allowed from `min_ms` to `max_ms` milliseconds.
+fn within(s: &str, min_ms: u64, max_ms: u64) -> Result<Duration, String> {
+    let ms = Duration::from_millis;
+    execwatch::internal::duration::parse_within(s, ms(min_ms), ms(max_ms))
 }
 
 /// Parses an octal file mode such as `0660`.

@@ -4,22 +4,22 @@
 
 mod cli;
 mod detector;
-mod health_check;
 mod privilege;
 mod procfs;
 mod stream;
 mod totals;
 mod transport;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use execwatch::proto::exec_events_server;
 use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::{Cli, Command};
 use crate::stream::fanout::Fanout;
 use crate::stream::service::ExecEventsService;
 use crate::totals::Totals;
@@ -51,7 +51,7 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     execwatch::internal::logging::init_logging(cli.log_format);
-    let run_as = cli.run_as();
+    let run_as = cli.run_as_uid.zip(cli.run_as_gid);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -63,17 +63,26 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
             if let Some((uid, gid)) = run_as {
                 privilege::switch(uid, gid)?;
             }
-            let healthy = runtime.block_on(health_check::probe(&cli.socket, timeout))?;
-            let serving = healthy == ServingStatus::Serving;
+            // Exec probes ask this way because the pod has no TCP port to
+            // probe: the serving status of the agent at the socket.
+            let ask = async {
+                let channel = execwatch::client::connect(&cli.socket).await?;
+                let service = exec_events_server::SERVICE_NAME;
+                let request = HealthCheckRequest {
+                    service: service.into(),
+                };
+                let reply = HealthClient::new(channel).check(request).await;
+                let reply = reply.with_context(|| format!("health check of {service} failed"))?;
+                anyhow::Ok(reply.into_inner().status())
+            };
+            let healthy = runtime
+                .block_on(async { tokio::time::timeout(timeout, ask).await })
+                .map_err(|_| anyhow::anyhow!("no health answer within {timeout:?}"))??;
             println!("{}", healthy.as_str_name());
-            Ok(if serving {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::FAILURE
-            })
+            Ok(u8::from(healthy != ServingStatus::Serving).into())
         }
         None => {
-            let stopped = runtime.block_on(run(cli.socket, cli.run, run_as, started));
+            let stopped = runtime.block_on(run(cli, run_as, started));
             // A snapshot chunk still reading /proc on the blocking pool is
             // not waited for.
             runtime.shutdown_timeout(Duration::from_millis(100));
@@ -91,18 +100,15 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
 
 /// Runs the agent until a signal or a detector failure. `run_as` is the
 /// uid and gid to switch to once subscribed; `started`, when `main` began.
-async fn run(
-    socket: PathBuf,
-    args: RunArgs,
-    run_as: Option<(u32, u32)>,
-    started: Instant,
-) -> anyhow::Result<StopReason> {
+async fn run(cli: Cli, run_as: Option<(u32, u32)>, started: Instant) -> anyhow::Result<StopReason> {
+    let (socket, args) = (cli.socket, cli.run);
     let stats = Arc::new(Totals::default());
     let fanout = Arc::new(Fanout::new(
         args.queue_len as usize,
         args.queue_bytes as usize,
     ));
-    let procfs = Arc::new(args.proc_mount()?);
+    let procfs = args.proc_mount();
+    let procfs = Arc::new(procfs.with_context(|| format!("cannot open {}", args.proc_root))?);
     // The detector opens before the socket exists: a client that can
     // connect is a client that will see events.
     let net_admin = privilege::holds_net_admin();
@@ -110,8 +116,7 @@ async fn run(
     // Nothing from here on needs a privilege: the switch comes before any
     // other thread, the socket and the first client.
     let settled = privilege::settle(run_as, net_admin && detection.is_netlink(), started)?;
-    settled.log();
-    stats.set_privilege(settled.to_proto());
+    stats.set_privilege(settled);
     let failed = detection.start(procfs.clone(), fanout.clone(), stats.clone())?;
     let stop = transport::grpc::stop_on(failed);
     let seats = Quota::new(

@@ -14,9 +14,11 @@
 //! checks the capability when the socket joins the group, not per message.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use execwatch::proto;
+
+use crate::procfs::reader::status_ids;
 
 /// `CAP_NET_ADMIN`'s bit in the capability masks of `/proc/<pid>/status`.
 pub const CAP_NET_ADMIN: u32 = 12;
@@ -60,8 +62,9 @@ pub enum PrivilegeError {
     /// After the switch a thread still runs as another user or holds a
     /// capability.
     #[error(
-        "after switching to uid {uid} gid {gid}, thread {tid} runs as uid {found_uid} gid \
-         {found_gid} with capabilities {capabilities:#x}: refusing to serve"
+        "after switching to uid {uid} gid {gid}, thread {} runs as uid {} gid {} with \
+         capabilities {:#x}: refusing to serve",
+        .thread.tid, .thread.uid[1], .thread.gid[1], .thread.capabilities
     )]
     StillPrivileged {
         /// The uid asked for.
@@ -69,13 +72,7 @@ pub enum PrivilegeError {
         /// The gid asked for.
         gid: u32,
         /// The thread found.
-        tid: i32,
-        /// Its effective uid.
-        found_uid: u32,
-        /// Its effective gid.
-        found_gid: u32,
-        /// Its effective, permitted and ambient capabilities, together.
-        capabilities: u64,
+        thread: ThreadCredentials,
     },
 }
 
@@ -90,51 +87,34 @@ pub struct ThreadCredentials {
     pub gid: [u32; 4],
     /// `CapEff`.
     pub effective: u64,
-    /// `CapPrm`.
-    pub permitted: u64,
-    /// `CapAmb`.
-    pub ambient: u64,
+    /// Every capability the thread holds or could make effective: `CapEff`,
+    /// `CapPrm` and `CapAmb` together.
+    pub capabilities: u64,
 }
 
 impl ThreadCredentials {
     /// Parses a `status` file's text; the error names the line missing or
     /// malformed.
     fn parse(tid: i32, status: &str) -> Result<Self, &'static str> {
-        let line = |name: &'static str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
+        let ids = |name| status_ids(status.as_bytes(), name).ok_or(name);
+        let mask = |name: &'static str| {
+            let line = status.lines().find_map(|l| l.strip_prefix(name));
+            line.and_then(|l| u64::from_str_radix(l.trim(), 16).ok())
                 .ok_or(name)
         };
-        let ids = |name: &'static str| -> Result<[u32; 4], &'static str> {
-            let mut ids = line(name)?.split_whitespace().map(str::parse::<u32>);
-            let mut out = [0; 4];
-            for slot in &mut out {
-                *slot = ids.next().and_then(Result::ok).ok_or(name)?;
-            }
-            Ok(out)
-        };
-        let mask =
-            |name: &'static str| u64::from_str_radix(line(name)?.trim(), 16).map_err(|_| name);
         Ok(Self {
             tid,
             uid: ids("Uid:")?,
             gid: ids("Gid:")?,
             effective: mask("CapEff:")?,
-            permitted: mask("CapPrm:")?,
-            ambient: mask("CapAmb:")?,
+            capabilities: mask("CapEff:")? | mask("CapPrm:")? | mask("CapAmb:")?,
         })
-    }
-
-    /// Every capability the thread holds or could make effective.
-    pub fn capabilities(&self) -> u64 {
-        self.effective | self.permitted | self.ambient
     }
 
     /// Runs as exactly `uid` and `gid` (all four ids each) and holds no
     /// capability.
     fn is_exactly(&self, uid: u32, gid: u32) -> bool {
-        self.uid == [uid; 4] && self.gid == [gid; 4] && self.capabilities() == 0
+        self.uid == [uid; 4] && self.gid == [gid; 4] && self.capabilities == 0
     }
 }
 
@@ -185,140 +165,87 @@ pub fn switch(uid: u32, gid: u32) -> Result<bool, PrivilegeError> {
             source,
         }
     };
-    let same = |ids: (u32, u32, u32), id| ids == (id, id, id);
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
     let uids = getresuid().map_err(fail("getresuid"))?;
     let gids = getresgid().map_err(fail("getresgid"))?;
-    let now = (
-        uids.real.as_raw(),
-        uids.effective.as_raw(),
-        uids.saved.as_raw(),
-    );
-    let now_g = (
-        gids.real.as_raw(),
-        gids.effective.as_raw(),
-        gids.saved.as_raw(),
-    );
-    if same(now, uid) && same(now_g, gid) {
+    if [uids.real, uids.effective, uids.saved] == [u; 3]
+        && [gids.real, gids.effective, gids.saved] == [g; 3]
+    {
         return Ok(false);
     }
-    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
     setgroups(&[]).map_err(fail("setgroups"))?;
     setresgid(g, g, g).map_err(fail("setresgid"))?;
     setresuid(u, u, u).map_err(fail("setresuid"))?;
     Ok(true)
 }
 
-/// Who the agent runs as once settled, and how it got there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settled {
-    /// The effective uid of the main thread (of every thread, if switched).
-    pub uid: u32,
-    /// The effective gid, likewise.
-    pub gid: u32,
-    /// Every capability any thread holds: effective, permitted or ambient.
-    pub capabilities: u64,
-    /// Whether the subscription was made holding `CAP_NET_ADMIN`.
-    pub subscribed_with_net_admin: bool,
-    /// How long after the start of `main` the switch was complete; `None`
-    /// if the agent did not switch.
-    pub switched_after: Option<Duration>,
-}
-
-impl Settled {
-    /// The same, as `GetStats` carries it.
-    pub fn to_proto(&self) -> proto::Privilege {
-        proto::Privilege {
-            uid: self.uid,
-            gid: self.gid,
-            capabilities: self.capabilities,
-            subscribed_with_net_admin: self.subscribed_with_net_admin,
-            switched: self.switched_after.is_some(),
-            privileged_micros: self
-                .switched_after
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-        }
-    }
-
-    /// Logs the one line that says how the agent subscribed and who it runs
-    /// as now: at `warn` while it keeps uid 0 or a capability.
-    pub fn log(&self) {
-        let subscribed_with = if self.subscribed_with_net_admin {
-            "CAP_NET_ADMIN"
-        } else {
-            "no capability"
-        };
-        let (uid, gid) = (self.uid, self.gid);
-        let capabilities = format!("{:#x}", self.capabilities);
-        if self.uid == 0 || self.capabilities != 0 {
-            tracing::warn!(
-                uid,
-                gid,
-                capabilities,
-                subscribed_with,
-                "runs as uid {uid} with capabilities {capabilities}: start it as uid 0 with \
-                 --run-as-uid and --run-as-gid to drop them once subscribed"
-            );
-        } else if let Some(after) = self.switched_after {
-            let privileged_ms = after.as_secs_f64() * 1000.0;
-            tracing::info!(
-                uid,
-                gid,
-                capabilities,
-                subscribed_with,
-                privileged_ms,
-                "subscribed holding {subscribed_with}; now runs as uid {uid} gid {gid} with no \
-                 capability (uid 0 for the first {privileged_ms:.1} ms)"
-            );
-        } else {
-            tracing::info!(
-                uid,
-                gid,
-                capabilities,
-                subscribed_with,
-                "subscribed holding {subscribed_with}; runs as uid {uid} gid {gid} with no \
-                 capability"
-            );
-        }
-    }
-}
-
-/// Settles who the agent runs as, once, after it subscribed and before it
-/// starts another thread: with `run_as`, switches to that uid and gid and
-/// proves that no thread kept uid 0 or a capability; without, records what
-/// it runs as. `started` is when `main` began.
+/// Settles who the agent runs as, once, after it subscribed (holding
+/// `CAP_NET_ADMIN` or not) and before it starts another thread: with
+/// `run_as`, switches to that uid and gid and proves that no thread kept
+/// uid 0 or a capability; without, records what it runs as. `started` is
+/// when `main` began. Logs the one line that says how the agent subscribed
+/// and who it runs as now: at `warn` while it keeps uid 0 or a capability.
 pub fn settle(
     run_as: Option<(u32, u32)>,
     subscribed_with_net_admin: bool,
     started: Instant,
-) -> Result<Settled, PrivilegeError> {
+) -> Result<proto::Privilege, PrivilegeError> {
     let switched = match run_as {
         Some((uid, gid)) => switch(uid, gid)?,
         None => false,
     };
-    let switched_after = switched.then(|| started.elapsed());
+    let privileged_micros = switched.then(|| started.elapsed().as_micros());
     let threads = threads()?;
     if let Some((uid, gid)) = run_as {
         if let Some(t) = threads.iter().find(|t| !t.is_exactly(uid, gid)) {
-            return Err(PrivilegeError::StillPrivileged {
-                uid,
-                gid,
-                tid: t.tid,
-                found_uid: t.uid[1],
-                found_gid: t.gid[1],
-                capabilities: t.capabilities(),
-            });
+            let thread = t.clone();
+            return Err(PrivilegeError::StillPrivileged { uid, gid, thread });
         }
     }
     let main = threads
         .iter()
         .find(|t| t.tid == std::process::id() as i32)
         .or(threads.first());
-    Ok(Settled {
-        uid: main.map_or(0, |t| t.uid[1]),
-        gid: main.map_or(0, |t| t.gid[1]),
-        capabilities: threads.iter().fold(0, |all, t| all | t.capabilities()),
+    let (uid, gid) = main.map_or((0, 0), |t| (t.uid[1], t.gid[1]));
+    let capabilities = threads.iter().fold(0, |all, t| all | t.capabilities);
+    let subscribed_with = if subscribed_with_net_admin {
+        "CAP_NET_ADMIN"
+    } else {
+        "no capability"
+    };
+    let caps = format!("{capabilities:#x}");
+    if uid == 0 || capabilities != 0 {
+        tracing::warn!(
+            uid,
+            gid,
+            capabilities = caps,
+            subscribed_with,
+            "runs as uid {uid} with capabilities {caps}: start it as uid 0 with \
+             --run-as-uid and --run-as-gid to drop them once subscribed"
+        );
+    } else {
+        let privileged_ms = privileged_micros.map(|m| m as f64 / 1000.0);
+        let now = if switched { "now runs" } else { "runs" };
+        let held = privileged_ms.map_or(String::new(), |ms| {
+            format!(" (uid 0 for the first {ms:.1} ms)")
+        });
+        tracing::info!(
+            uid,
+            gid,
+            capabilities = caps,
+            subscribed_with,
+            privileged_ms,
+            "subscribed holding {subscribed_with}; {now} as uid {uid} gid {gid} with no \
+             capability{held}"
+        );
+    }
+    Ok(proto::Privilege {
+        uid,
+        gid,
+        capabilities,
         subscribed_with_net_admin,
-        switched_after,
+        switched,
+        privileged_micros: privileged_micros.map_or(0, |m| u64::try_from(m).unwrap_or(u64::MAX)),
     })
 }
 
@@ -338,7 +265,7 @@ mod tests {
         let t = ThreadCredentials::parse(7, SWITCHED).unwrap();
         assert_eq!(t.uid, [65534; 4]);
         assert_eq!(t.gid, [65532; 4]);
-        assert_eq!(t.capabilities(), 0);
+        assert_eq!(t.capabilities, 0);
         assert!(t.is_exactly(65534, 65532));
         assert!(!t.is_exactly(65534, 65534));
     }
@@ -347,7 +274,7 @@ mod tests {
     fn a_capability_or_a_uid_left_behind_is_seen() {
         let kept = SWITCHED.replace("CapPrm:\t0000000000000000", "CapPrm:\t0000000000001000");
         let t = ThreadCredentials::parse(7, &kept).unwrap();
-        assert_eq!(t.capabilities(), 1 << CAP_NET_ADMIN);
+        assert_eq!(t.capabilities, 1 << CAP_NET_ADMIN);
         assert!(!t.is_exactly(65534, 65532));
         let saved_root = SWITCHED.replace("Uid:\t65534\t65534\t65534", "Uid:\t65534\t65534\t0");
         let t = ThreadCredentials::parse(7, &saved_root).unwrap();

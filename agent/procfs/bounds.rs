@@ -36,7 +36,6 @@ impl Bounds {
         let stuck = lock(&self.stuck);
         let pid = record.pid;
         if stuck.contains(&pid) {
-            drop(stuck);
             let why = format!(
                 "an earlier read of /proc/{pid} timed out after {:?} and has not returned; not read again until it does",
                 self.deadline

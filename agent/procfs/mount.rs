@@ -7,7 +7,7 @@
 use execwatch::proto::Process;
 
 use crate::procfs::bounds::Bounds;
-use crate::procfs::reader::{Exhausted, OpenError, ProcReader};
+use crate::procfs::reader::{Exhausted, ProcReader};
 use crate::procfs::redaction::Redactor;
 
 /// Where and how processes are read.
@@ -27,7 +27,7 @@ impl ProcMount {
         max_argv_bytes: usize,
         redactor: Option<Redactor>,
         bounds: Bounds,
-    ) -> Result<Self, OpenError> {
+    ) -> Result<Self, nix::errno::Errno> {
         Ok(Self {
             root: root.to_string(),
             template: ProcReader::open(root, max_argv_bytes)?,

@@ -19,10 +19,8 @@
 //! record at all but an [`Exhausted`] error: such a record would describe
 //! the agent's trouble, not the process, so callers report it as loss.
 
-use std::ffi::OsStr;
 use std::io::Write as _;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 
 use execwatch::internal::cgroup;
 use execwatch::proto::{Credentials, Process, Source, Unavailable};
@@ -36,6 +34,9 @@ use execwatch::internal::clock;
 
 /// First read size: every file read here but a long command line fits.
 const READ_CHUNK: usize = 4096;
+
+/// How a directory of `/proc` is opened.
+const DIR: OFlag = OFlag::O_DIRECTORY.union(OFlag::O_CLOEXEC);
 
 /// Kernel threads carry this flag in field 9 of `/proc/<pid>/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -86,36 +87,25 @@ pub fn own(e: Errno) -> Result<Errno, Exhausted> {
     }
 }
 
-/// The `/proc` mount could not be opened.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot open {path}: {source}")]
-pub struct OpenError {
-    path: String,
-    #[source]
-    source: Errno,
-}
-
 impl ProcReader {
     /// Opens the `/proc` mount at `root` (normally `/proc`).
     ///
     /// `max_argv_bytes` caps how much of a command line is read; longer ones
     /// are cut and flagged `argv_truncated`.
-    pub fn open(root: &str, max_argv_bytes: usize) -> Result<Self, OpenError> {
-        let proc_dir = nix::fcntl::open(
-            root,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|source| OpenError {
-            path: root.to_string(),
-            source,
-        })?;
-        Ok(Self {
+    pub fn open(root: &str, max_argv_bytes: usize) -> Result<Self, Errno> {
+        let proc_dir = nix::fcntl::open(root, DIR, Mode::empty())?;
+        Ok(Self::on(proc_dir, max_argv_bytes))
+    }
+
+    /// A reader of the mount open at `proc_dir`.
+    fn on(proc_dir: OwnedFd, max_argv_bytes: usize) -> Self {
+        let (buf, chunk) = (Vec::with_capacity(READ_CHUNK), Vec::new());
+        Self {
             proc_dir,
-            buf: Vec::with_capacity(4096),
-            chunk: Vec::new(),
+            buf,
+            chunk,
             max_argv_bytes,
-        })
+        }
     }
 
     /// Another reader of the same mount, for another thread.
@@ -123,12 +113,7 @@ impl ProcReader {
         let proc_dir = self.proc_dir.try_clone().map_err(|e| {
             Exhausted::Resources(e.raw_os_error().map_or(Errno::EMFILE, Errno::from_raw))
         })?;
-        Ok(Self {
-            proc_dir,
-            buf: Vec::with_capacity(4096),
-            chunk: Vec::new(),
-            max_argv_bytes: self.max_argv_bytes,
-        })
+        Ok(Self::on(proc_dir, self.max_argv_bytes))
     }
 
     /// Whether the agent can open a file under `/proc` right now (after an
@@ -187,12 +172,9 @@ impl ProcReader {
         // Formatted on the stack: no allocation for an exec nobody wants.
         let mut path = [0u8; 24];
         let mut at = &mut path[..];
-        if write!(at, "{pid}/comm").is_err() {
-            return CommCheck::Unknown;
-        }
+        write!(at, "{pid}/comm").expect("an i32 and /comm fit 24 bytes");
         let len = 24 - at.len();
-        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-        let fd = match openat(&self.proc_dir, &path[..len], flags, Mode::empty()) {
+        let fd = match open_at(&self.proc_dir, &path[..len]) {
             Ok(fd) => fd,
             Err(Errno::ENOENT | Errno::ESRCH) => return CommCheck::Gone,
             Err(_) => return CommCheck::Unknown,
@@ -231,22 +213,17 @@ impl ProcReader {
         sink: &mut impl Sink,
         wanted: impl FnOnce(&[u8]) -> bool,
         argv: &ArgvPatterns,
-    ) -> Result<Outcome, Exhausted> {
-        let dir = match openat(
-            &self.proc_dir,
-            pid.to_string().as_str(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(dir) => dir,
-            Err(e) => {
-                let e = own(e)?;
-                return Ok(done(sink.put(|p| gone(p, "all", e), None)));
-            }
+    ) -> Result<Outcome, Stop> {
+        let gone_at_once = |sink: &mut _, e| {
+            let e = own(e)?;
+            put(sink, |p| gone(p, "all", e), None).map(|()| Outcome::Read)
         };
-        if !sink.put(|_| {}, Some(Field::Comm)) {
-            return Ok(Outcome::Abandoned);
-        }
+        let name = pid.to_string();
+        let dir = match openat(&self.proc_dir, name.as_str(), DIR, Mode::empty()) {
+            Ok(dir) => dir,
+            Err(e) => return gone_at_once(sink, e),
+        };
+        put(sink, |_| {}, Some(Field::Comm))?;
 
         match read_at(&dir, "stat", &mut self.buf, 4096).map(|_| StatLine::parse(&self.buf)) {
             Ok(Some(stat)) => {
@@ -256,51 +233,39 @@ impl ProcReader {
                 let exited = stat.exited();
                 let unwanted = !wanted(stat.comm);
                 let next = (!exited && !unwanted).then_some(Field::Credentials);
-                let kept = sink.put(
-                    |p| {
-                        p.comm = String::from_utf8_lossy(stat.comm).into_owned();
-                        p.ppid = stat.ppid;
-                        p.start_ticks = stat.start_ticks;
-                        if exited {
-                            // Reaping pending: the exit already happened, and
-                            // a snapshot must not list it as running (its
-                            // exit event may have gone by before the
-                            // subscriber joined).
-                            p.exited_before_inspection = true;
-                            unavailable(
-                                p,
-                                "argv",
-                                "process exited (zombie) before it could be inspected".into(),
-                            );
-                        }
-                    },
-                    next,
-                );
-                if kept && unwanted {
+                let set = |p: &mut Process| {
+                    p.comm = String::from_utf8_lossy(stat.comm).into_owned();
+                    p.ppid = stat.ppid;
+                    p.start_ticks = stat.start_ticks;
+                    if exited {
+                        // Reaping pending: the exit already happened, and a
+                        // snapshot must not list it as running (its exit
+                        // event may have gone by before the subscriber
+                        // joined).
+                        p.exited_before_inspection = true;
+                        let why = "process exited (zombie) before it could be inspected";
+                        unavailable(p, "argv", why.into());
+                    }
+                };
+                put(sink, set, next)?;
+                if unwanted {
                     return Ok(Outcome::Unwanted);
                 }
-                if !kept || exited {
-                    return Ok(done(kept));
+                if exited {
+                    return Ok(Outcome::Read);
                 }
             }
             Ok(None) => {
-                let put =
-                    |p: &mut Process| unavailable(p, "comm", "unparsable /proc/<pid>/stat".into());
-                if !sink.put(put, Some(Field::Credentials)) {
-                    return Ok(Outcome::Abandoned);
-                }
+                let why = "unparsable /proc/<pid>/stat";
+                let set = |p: &mut Process| unavailable(p, "comm", why.into());
+                put(sink, set, Some(Field::Credentials))?;
             }
-            Err(e) => {
-                let e = own(e)?;
-                return Ok(done(sink.put(|p| gone(p, "all", e), None)));
-            }
+            Err(e) => return gone_at_once(sink, e),
         }
 
         let read =
             read_at(&dir, "status", &mut self.buf, 8192).map(|_| parse_credentials(&self.buf));
-        if !fill(sink, Field::Credentials, read, |p, c| p.credentials = c)? {
-            return Ok(Outcome::Abandoned);
-        }
+        fill(sink, Field::Credentials, read, |p, c| p.credentials = c)?;
 
         let limit = self.max_argv_bytes;
         let (buf, chunk) = (&mut self.buf, &mut self.chunk);
@@ -314,47 +279,61 @@ impl ProcReader {
             set_argv(p, &self.buf, limit);
             p.argv_matches = found.unwrap_or_default();
         };
-        if !fill(sink, Field::Argv, read, set)? {
-            return Ok(Outcome::Abandoned);
-        }
+        fill(sink, Field::Argv, read, set)?;
 
         let read = read_at(&dir, "cgroup", &mut self.buf, 8192)
             .map(|_| cgroup::classify(&String::from_utf8_lossy(&self.buf)));
-        if !fill(sink, Field::Cgroup, read, |p, c| p.cgroup = Some(c))? {
-            return Ok(Outcome::Abandoned);
-        }
+        fill(sink, Field::Cgroup, read, |p, c| p.cgroup = Some(c))?;
 
-        let read = readlinkat(&dir, "exe").map(|path| path.to_string_lossy().into_owned());
-        if !fill(sink, Field::Exe, read, |p, path| p.exe = Some(path))? {
-            return Ok(Outcome::Abandoned);
-        }
-
-        let read = readlinkat(&dir, "cwd").map(|path| path.to_string_lossy().into_owned());
-        Ok(done(fill(sink, Field::Cwd, read, |p, path| {
-            p.cwd = Some(path)
-        })?))
+        let link = |name| readlinkat(&dir, name).map(|path| path.to_string_lossy().into_owned());
+        fill(sink, Field::Exe, link("exe"), |p, path| p.exe = Some(path))?;
+        fill(sink, Field::Cwd, link("cwd"), |p, path| p.cwd = Some(path))?;
+        Ok(Outcome::Read)
     }
+}
+
+/// Why [`ProcReader::read_into`] stopped before the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The sink refused to take more: the read was given up meanwhile.
+    Abandoned,
+    /// The agent's own exhaustion.
+    Exhausted(Exhausted),
+}
+
+impl From<Exhausted> for Stop {
+    fn from(e: Exhausted) -> Self {
+        Stop::Exhausted(e)
+    }
+}
+
+/// [`Sink::put`], stopping the read if the sink refuses.
+fn put(
+    sink: &mut impl Sink,
+    f: impl FnOnce(&mut Process),
+    next: Option<Field>,
+) -> Result<(), Stop> {
+    sink.put(f, next).then_some(()).ok_or(Stop::Abandoned)
 }
 
 /// Puts one field's read into `sink` (the value `set` stores, or why the
 /// field is missing) and notes that the next field is being read. A failure
-/// of the agent's own stops the whole read instead. Returns whether the
-/// sink took it (see [`Sink::put`]).
+/// of the agent's own stops the whole read instead, as does a sink that
+/// refuses (see [`Sink::put`]).
 fn fill<T>(
     sink: &mut impl Sink,
     field: Field,
     read: Result<T, Errno>,
     set: impl FnOnce(&mut Process, T),
-) -> Result<bool, Exhausted> {
-    let read = match read {
-        Ok(value) => Ok(value),
-        Err(e) => Err(own(e)?),
-    };
-    let put = |p: &mut Process| match read {
+) -> Result<(), Stop> {
+    if let Err(e) = read {
+        own(e)?;
+    }
+    let put_read = |p: &mut Process| match read {
         Ok(value) => set(p, value),
         Err(e) => missing(p, field.name(), e),
     };
-    Ok(sink.put(put, field.next()))
+    put(sink, put_read, field.next())
 }
 
 /// What [`ProcReader::comm_wanted`] found.
@@ -390,20 +369,9 @@ pub enum Outcome {
     Read,
     /// A kernel thread: no record.
     KernelThread,
-    /// The sink refused to take more: the read was given up meanwhile.
-    Abandoned,
     /// The caller's `wanted` ruled the process out by its comm: the read
     /// stopped after `stat`, and the record is for nobody.
     Unwanted,
-}
-
-/// The outcome of a read whose last field was `kept` or not.
-fn done(kept: bool) -> Outcome {
-    if kept {
-        Outcome::Read
-    } else {
-        Outcome::Abandoned
-    }
 }
 
 /// The parts of a record, in the order [`ProcReader::read_into`] reads
@@ -486,7 +454,7 @@ fn read_at(dir: &OwnedFd, name: &str, buf: &mut Vec<u8>, limit: usize) -> Result
 }
 
 /// Opens `name` under `dir` for reading.
-fn open_at(dir: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
+fn open_at<P: nix::NixPath + ?Sized>(dir: &OwnedFd, name: &P) -> Result<OwnedFd, Errno> {
     openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
 }
 
@@ -518,15 +486,8 @@ fn read_fd(fd: &OwnedFd, buf: &mut Vec<u8>, limit: usize) -> Result<usize, Errno
 
 /// Parses the `Uid:` and `Gid:` lines of `/proc/<pid>/status`.
 fn parse_credentials(status: &[u8]) -> Option<Credentials> {
-    let (mut uids, mut gids) = (None, None);
-    for line in status.split(|&b| b == b'\n') {
-        if let Some(rest) = line.strip_prefix(b"Uid:") {
-            uids = real_and_effective(rest);
-        } else if let Some(rest) = line.strip_prefix(b"Gid:") {
-            gids = real_and_effective(rest);
-        }
-    }
-    let ((uid, euid), (gid, egid)) = (uids?, gids?);
+    let [uid, euid] = status_ids(status, "Uid:")?;
+    let [gid, egid] = status_ids(status, "Gid:")?;
     Some(Credentials {
         uid,
         euid,
@@ -535,10 +496,18 @@ fn parse_credentials(status: &[u8]) -> Option<Credentials> {
     })
 }
 
-/// The first two numbers of a `Uid:`/`Gid:` line (real, effective).
-fn real_and_effective(rest: &[u8]) -> Option<(u32, u32)> {
-    let mut ids = std::str::from_utf8(rest).ok()?.split_whitespace();
-    Some((ids.next()?.parse().ok()?, ids.next()?.parse().ok()?))
+/// The first `N` numbers of the `name` line (`Uid:` or `Gid:`: real,
+/// effective, saved, filesystem) of a `status` file.
+pub fn status_ids<const N: usize>(status: &[u8], name: &str) -> Option<[u32; N]> {
+    let line = status
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(name.as_bytes()))?;
+    let mut ids = std::str::from_utf8(line).ok()?.split_whitespace();
+    let mut out = [0; N];
+    for id in &mut out {
+        *id = ids.next()?.parse().ok()?;
+    }
+    Some(out)
 }
 
 /// Fills argv from the NUL-separated `cmdline` bytes.
@@ -549,11 +518,8 @@ fn real_and_effective(rest: &[u8]) -> Option<(u32, u32)> {
 /// the record flagged `argv_truncated`. Whatever the input, one record's
 /// command line weighs at most `2 * limit` bytes.
 fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
-    let mut bytes = cmdline;
-    if bytes.len() > limit {
-        bytes = &bytes[..limit];
-        p.argv_truncated = true;
-    }
+    let bytes = &cmdline[..cmdline.len().min(limit)];
+    p.argv_truncated = cmdline.len() > limit;
     // Nothing at all: a zombie or a kernel thread. A lone NUL, by contrast,
     // is one empty argument (argv = [""]), which is a real command line.
     if bytes.is_empty() {
@@ -572,23 +538,19 @@ fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
     }
     let mut room = 2 * limit;
     for arg in args {
-        let lossy = OsStr::from_bytes(arg).to_string_lossy().into_owned();
-        let weight = lossy.len() + arg.len();
-        if weight <= room {
-            room -= weight;
-            p.argv.push(lossy);
-            p.argv_raw.push(arg.to_vec());
-            continue;
-        }
+        let weight = String::from_utf8_lossy(arg).len() + arg.len();
         // The first argument that does not fit is cut: a byte weighs at most
         // four (itself and a three-byte U+FFFD), so a quarter of the room
         // always fits.
-        let cut = &arg[..(room / 4).min(arg.len())];
-        p.argv
-            .push(OsStr::from_bytes(cut).to_string_lossy().into_owned());
-        p.argv_raw.push(cut.to_vec());
-        p.argv_truncated = true;
-        break;
+        let cut = (room / 4).min(arg.len());
+        let kept = if weight <= room { arg } else { &arg[..cut] };
+        p.argv.push(String::from_utf8_lossy(kept).into_owned());
+        p.argv_raw.push(kept.to_vec());
+        if weight > room {
+            p.argv_truncated = true;
+            break;
+        }
+        room -= weight;
     }
 }
 
@@ -596,11 +558,8 @@ fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
 fn gone(p: &mut Process, field: &str, e: Errno) {
     if matches!(e, Errno::ENOENT | Errno::ESRCH) {
         p.exited_before_inspection = true;
-        unavailable(
-            p,
-            field,
-            "process exited before it could be inspected".into(),
-        );
+        let why = "process exited before it could be inspected";
+        unavailable(p, field, why.into());
     } else {
         unavailable(p, field, reason(e));
     }
@@ -608,9 +567,7 @@ fn gone(p: &mut Process, field: &str, e: Errno) {
 
 /// Records one unreadable field, noticing an exit in the middle of reading.
 fn missing(p: &mut Process, field: &str, e: Errno) {
-    if matches!(e, Errno::ESRCH) {
-        p.exited_before_inspection = true;
-    }
+    p.exited_before_inspection |= e == Errno::ESRCH;
     unavailable(p, field, reason(e));
 }
 

@@ -39,23 +39,20 @@ pub struct Redactor {
     next: Vec<Regex>,
 }
 
-/// What to do with one argument.
-enum Edit {
-    /// Replace all of it.
-    Whole,
-    /// Replace these byte ranges of its (lossy) text; sorted, disjoint.
-    Spans(Vec<Range<usize>>),
-}
-
 impl Redactor {
-    /// A redactor, or `None` when no pattern is given (redaction off).
+    /// A redactor, or `None` when no pattern is given (redaction off); logs
+    /// how many patterns of each kind it has.
     pub fn new(inside: Vec<Regex>, next: Vec<Regex>) -> Option<Redactor> {
-        (!inside.is_empty() || !next.is_empty()).then_some(Redactor { inside, next })
-    }
-
-    /// How many patterns of each kind (for the start-up log).
-    pub fn counts(&self) -> (usize, usize) {
-        (self.inside.len(), self.next.len())
+        let (in_argument, next_argument) = (inside.len(), next.len());
+        if in_argument + next_argument == 0 {
+            return None;
+        }
+        tracing::info!(
+            in_argument,
+            next_argument,
+            "argv redaction on: matching text is replaced with {REDACTED}"
+        );
+        Some(Redactor { inside, next })
     }
 
     /// Redacts `p`'s argv (and argv_raw) in place; returns true if anything
@@ -67,44 +64,44 @@ impl Redactor {
         let mut follows = false;
         for arg in &p.argv {
             edits.push(if follows {
-                Some(Edit::Whole)
+                Some(std::iter::once(0..arg.len()).collect())
             } else {
                 self.spans(arg)
             });
             follows = self.next.iter().any(|r| r.is_match(arg));
         }
-        if p.argv_lossy && p.argv_raw.len() != p.argv.len() && edits.iter().any(Option::is_some) {
+        if edits.iter().all(Option::is_none) {
+            return false;
+        }
+        if p.argv_lossy && p.argv_raw.len() != p.argv.len() {
             // Bytes that do not line up with the text cannot be redacted by
             // position: drop them rather than let a secret through.
             p.argv_raw.clear();
         }
-        let mut changed = false;
         for (i, edit) in edits.into_iter().enumerate() {
-            let Some(edit) = edit else { continue };
-            changed = true;
+            let Some(spans) = edit else { continue };
             let raw = p.argv_raw.get_mut(i).filter(|_| p.argv_lossy);
-            edit_argument(&mut p.argv[i], raw, edit);
+            edit_argument(&mut p.argv[i], raw, &spans);
         }
-        if changed {
-            p.argv_redacted = true;
-            // A secret that held the only invalid bytes leaves an exact argv.
-            let raw = &p.argv_raw;
-            if p.argv_lossy && !raw.is_empty() && raw.iter().all(|a| std::str::from_utf8(a).is_ok())
-            {
-                p.argv_lossy = false;
-                p.argv_raw.clear();
-            }
+        p.argv_redacted = true;
+        // A secret that held the only invalid bytes leaves an exact argv.
+        let raw = &p.argv_raw;
+        if p.argv_lossy && !raw.is_empty() && raw.iter().all(|a| std::str::from_utf8(a).is_ok()) {
+            p.argv_lossy = false;
+            p.argv_raw.clear();
         }
-        changed
+        true
     }
 
-    /// What the in-argument patterns select in `arg`, if anything.
-    fn spans(&self, arg: &str) -> Option<Edit> {
+    /// What the in-argument patterns select in `arg`, if anything: byte
+    /// ranges of it, sorted and disjoint (the whole of it for a pattern
+    /// without a capture group).
+    fn spans(&self, arg: &str) -> Option<Vec<Range<usize>>> {
         let mut spans = Vec::new();
         for regex in &self.inside {
             if regex.captures_len() == 1 {
                 if regex.is_match(arg) {
-                    return Some(Edit::Whole);
+                    return Some(std::iter::once(0..arg.len()).collect());
                 }
                 continue;
             }
@@ -113,53 +110,45 @@ impl Redactor {
             }
         }
         spans.retain(|s| !s.is_empty());
-        if spans.is_empty() {
-            return None;
-        }
         spans.sort_by_key(|s| s.start);
-        let mut merged: Vec<Range<usize>> = Vec::with_capacity(spans.len());
-        for s in spans {
-            match merged.last_mut() {
-                Some(last) if s.start <= last.end => last.end = last.end.max(s.end),
-                _ => merged.push(s),
+        // Each span that starts within the one kept before it joins it.
+        spans.dedup_by(|s, kept| {
+            let joins = s.start <= kept.end;
+            if joins {
+                kept.end = kept.end.max(s.end);
             }
-        }
-        Some(Edit::Spans(merged))
+            joins
+        });
+        (!spans.is_empty()).then_some(spans)
     }
 }
 
-/// Applies `edit` to one argument's text and, for a lossy argv, its bytes.
-fn edit_argument(text: &mut String, raw: Option<&mut Vec<u8>>, edit: Edit) {
-    if let Some(raw) = raw {
-        // The text must be what the bytes read as; if it ever is not, the
-        // offsets cannot be trusted and the whole argument goes.
-        let map = (String::from_utf8_lossy(raw) == text.as_str()).then(|| lossy_to_raw(raw));
-        match (&edit, map) {
-            (Edit::Spans(spans), Some(map)) => {
-                let raw_spans: Vec<_> = spans.iter().map(|s| map[s.start]..map[s.end]).collect();
-                *raw = replace(raw, &raw_spans, REDACTED.as_bytes());
-            }
-            _ => *raw = REDACTED.as_bytes().to_vec(),
-        }
-        *text = String::from_utf8_lossy(raw).into_owned();
+/// Replaces `spans` of one argument's text and, for a lossy argv, the same
+/// stretches of its bytes.
+fn edit_argument(text: &mut String, raw: Option<&mut Vec<u8>>, spans: &[Range<usize>]) {
+    let Some(raw) = raw else {
+        let edited = replace(text.as_bytes(), spans.iter().cloned());
+        *text = String::from_utf8(edited).expect("spans of a str match lie on char boundaries");
         return;
-    }
-    *text = match edit {
-        Edit::Spans(spans) => {
-            String::from_utf8(replace(text.as_bytes(), &spans, REDACTED.as_bytes()))
-                .expect("spans of a str match lie on char boundaries")
-        }
-        Edit::Whole => REDACTED.to_owned(),
     };
+    // The text must be what the bytes read as; if it ever is not, the
+    // offsets cannot be trusted and the whole argument goes.
+    *raw = if String::from_utf8_lossy(raw) == text.as_str() {
+        let map = lossy_to_raw(raw);
+        replace(raw, spans.iter().map(|s| map[s.start]..map[s.end]))
+    } else {
+        REDACTED.as_bytes().to_vec()
+    };
+    *text = String::from_utf8_lossy(raw).into_owned();
 }
 
-/// `src` with each of the sorted, disjoint `spans` replaced by `with`.
-fn replace(src: &[u8], spans: &[Range<usize>], with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(src.len() + spans.len() * with.len());
+/// `src` with each of the sorted, disjoint `spans` replaced by [`REDACTED`].
+fn replace(src: &[u8], spans: impl Iterator<Item = Range<usize>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() + REDACTED.len());
     let mut at = 0;
     for s in spans {
         out.extend_from_slice(&src[at..s.start]);
-        out.extend_from_slice(with);
+        out.extend_from_slice(REDACTED.as_bytes());
         at = s.end;
     }
     out.extend_from_slice(&src[at..]);

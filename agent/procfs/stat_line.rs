@@ -35,10 +35,8 @@ impl<'a> StatLine<'a> {
     pub fn parse(line: &'a [u8]) -> Option<Self> {
         let open = line.iter().position(|&b| b == b'(')?;
         let close = line.iter().rposition(|&b| b == b')')?;
-        if close < open {
-            return None;
-        }
-        let comm = &line[open + 1..close];
+        // None if the last `)` comes before the first `(`.
+        let comm = line.get(open + 1..close)?;
         let rest = std::str::from_utf8(line.get(close + 1..)?).ok()?;
         // After comm: field 3 (state) is index 0, so field N is index N - 3.
         let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect();

@@ -37,7 +37,7 @@ use execwatch::proto::Process;
 use crate::procfs::bounds::Bounds;
 use crate::procfs::cmdline::ArgvPatterns;
 use crate::procfs::mount::ProcMount;
-use crate::procfs::reader::{unavailable, Exhausted, Field, Outcome, ProcReader, Sink};
+use crate::procfs::reader::{unavailable, Exhausted, Field, Outcome, ProcReader, Sink, Stop};
 
 /// What [`Watched::read`] gave.
 #[derive(Debug)]
@@ -96,9 +96,7 @@ impl<T: Default> Watched<T> {
             wake: Condvar::new(),
         }
     }
-}
 
-impl<T> Watched<T> {
     /// The mount read.
     pub fn mount(&self) -> &Arc<ProcMount> {
         &self.mount
@@ -145,9 +143,10 @@ impl<T> Watched<T> {
         }
         let record = slot.current.take().map(|c| c.record);
         drop(slot);
-        Ok(match (read?, record) {
-            (Outcome::Read, Some(p)) => Read::Record(self.mount.finish(p)),
-            (Outcome::Unwanted, _) => Read::Unwanted,
+        Ok(match (read, record) {
+            (Ok(Outcome::Read), Some(p)) => Read::Record(self.mount.finish(p)),
+            (Ok(Outcome::Unwanted), _) => Read::Unwanted,
+            (Err(Stop::Exhausted(e)), _) => return Err(e),
             // Abandoned only happens to a thread left behind.
             _ => Read::KernelThread,
         })
@@ -242,25 +241,19 @@ impl<T> Slot<T> {
             Field::All => format!("/proc/{}", p.pid),
             field => format!("/proc/{}/{}", p.pid, field.file()),
         };
-        unavailable(
-            &mut p,
-            reading.name(),
-            format!("timed out after {:?} reading {path}", bounds.deadline),
-        );
+        let deadline = bounds.deadline;
+        let why = format!("timed out after {deadline:?} reading {path}");
+        unavailable(&mut p, reading.name(), why);
         for field in reading.later() {
-            unavailable(
-                &mut p,
-                field.name(),
-                format!("not read: {path} timed out after {:?}", bounds.deadline),
-            );
+            let why = format!("not read: {path} timed out after {deadline:?}");
+            unavailable(&mut p, field.name(), why);
         }
         tracing::warn!(
             pid = p.pid,
             field = reading.name(),
             stuck,
             max_stuck = bounds.max_stuck,
-            "reading {path} took longer than {:?}: its record goes out without it, the reading thread is left behind",
-            bounds.deadline
+            "reading {path} took longer than {deadline:?}: its record goes out without it, the reading thread is left behind"
         );
         Some(p)
     }
@@ -271,7 +264,7 @@ impl<T> Slot<T> {
 /// Its fields: the slot, and the thread's generation.
 struct Tracker<'a, T>(&'a Watched<T>, u64);
 
-impl<T> Sink for Tracker<'_, T> {
+impl<T: Default> Sink for Tracker<'_, T> {
     fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool {
         let mut slot = self.0.lock();
         if slot.generation != self.1 {

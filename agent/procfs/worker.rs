@@ -119,41 +119,34 @@ impl Worker {
         job.chunk
     }
 
-    /// Hands the job in `slot` to the worker thread, starting one if there
-    /// is none; if none can start, every pid left fails.
+    /// Hands the job in `slot` to the worker thread, starting one of the
+    /// slot's generation if there is none (none yet, or left behind); if
+    /// none can start, every pid left fails.
     fn hand(&mut self, slot: &mut Slot<Job>) {
         if self.jobs.as_ref().is_some_and(|jobs| jobs.send(()).is_ok()) {
             return;
         }
-        // None yet, or left behind.
-        match self.start(slot.generation()) {
-            Ok(jobs) => {
-                // It holds the other end until it ends.
-                let _ = jobs.send(());
-                self.jobs = Some(jobs);
-            }
+        let (jobs, jobs_rx) = mpsc::channel();
+        // The job waits in the channel until the thread takes it.
+        let _ = jobs.send(());
+        let (watched, generation) = (self.watched.clone(), slot.generation());
+        let started = self.watched.mount().reader().and_then(|reader| {
+            std::thread::Builder::new()
+                .name("proc-worker".into())
+                .spawn(move || work(&watched, reader, generation, jobs_rx))
+                .map_err(|e| {
+                    Exhausted::Resources(e.raw_os_error().map_or(Errno::EAGAIN, Errno::from_raw))
+                })
+        });
+        match started {
+            Ok(_) => self.jobs = Some(jobs),
             Err(e) => {
-                // Every pid left fails.
                 let job = &mut slot.state;
                 job.chunk.failed.append(&mut job.pids);
                 job.chunk.why = Some(e);
                 job.done = true;
             }
         }
-    }
-
-    /// Starts a worker thread of `generation`.
-    fn start(&self, generation: u64) -> Result<Sender<()>, Exhausted> {
-        let reader = self.watched.mount().reader()?;
-        let watched = self.watched.clone();
-        let (jobs, jobs_rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("proc-worker".into())
-            .spawn(move || work(&watched, reader, generation, jobs_rx))
-            .map_err(|e| {
-                Exhausted::Resources(e.raw_os_error().map_or(Errno::EAGAIN, Errno::from_raw))
-            })?;
-        Ok(jobs)
     }
 }
 

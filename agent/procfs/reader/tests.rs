@@ -1,5 +1,6 @@
 //! Tests of the `/proc` reader against real processes on this machine.
 
+use std::ffi::OsStr;
 use std::process::Command;
 
 use super::*;
@@ -26,9 +27,10 @@ impl ProcReader {
     /// [`crate::procfs::mount::ProcMount::finish`].
     fn read(&mut self, pid: i32, tgid: i32, source: Source) -> Result<Option<Process>, Exhausted> {
         let mut p = blank(pid, tgid, source);
-        match self.read_into(pid, &mut p, |_| true, &ArgvPatterns::NONE)? {
-            Outcome::Read => Ok(Some(p)),
-            Outcome::KernelThread | Outcome::Abandoned | Outcome::Unwanted => Ok(None),
+        match self.read_into(pid, &mut p, |_| true, &ArgvPatterns::NONE) {
+            Ok(Outcome::Read) => Ok(Some(p)),
+            Err(Stop::Exhausted(e)) => Err(e),
+            Ok(Outcome::KernelThread | Outcome::Unwanted) | Err(Stop::Abandoned) => Ok(None),
         }
     }
 }

@@ -103,24 +103,20 @@ const SECRET_WORDS: &str = r"(?:password|passwd|passphrase|secret|token|api[_-]?
 impl Preset {
     /// The preset's in-argument patterns and next-argument patterns.
     pub fn patterns(self) -> (Vec<Regex>, Vec<Regex>) {
-        match self {
-            Preset::Common => {
-                let inside = [
-                    // --db-password=x, -Dtrust.keyStorePassword=x, API_TOKEN=x
-                    format!(r"(?i)^-*[a-z0-9_.-]*{SECRET_WORDS}[a-z0-9_.-]*=(.+)$"),
-                    // postgres://user:x@host/db
-                    r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*:([^/?#@\s]+)@".to_owned(),
-                    // -H 'Authorization: Bearer x'
-                    r"(?i)\b(?:proxy-)?authorization:\s*(.+)$".to_owned(),
-                ];
-                // --password x, -client-secret x
-                let next = [format!(r"(?i)^--?[a-z0-9_.-]*{SECRET_WORDS}[a-z0-9_.-]*$")];
-                let build = |p: &String| compile(p).expect("the preset patterns compile");
-                (
-                    inside.iter().map(build).collect(),
-                    next.iter().map(build).collect(),
-                )
-            }
-        }
+        // The one preset; a second one makes this a `match`.
+        let Preset::Common = self;
+        let inside = [
+            // --db-password=x, -Dtrust.keyStorePassword=x, API_TOKEN=x
+            format!(r"(?i)^-*[a-z0-9_.-]*{SECRET_WORDS}[a-z0-9_.-]*=(.+)$"),
+            // postgres://user:x@host/db
+            r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*:([^/?#@\s]+)@".to_owned(),
+            // -H 'Authorization: Bearer x'
+            r"(?i)\b(?:proxy-)?authorization:\s*(.+)$".to_owned(),
+        ];
+        // --password x, -client-secret x
+        let next = [format!(r"(?i)^--?[a-z0-9_.-]*{SECRET_WORDS}[a-z0-9_.-]*$")];
+        let build = |p: &String| compile(p).expect("the preset patterns compile");
+        let (inside, next) = (inside.iter().map(build), next.iter().map(build));
+        (inside.collect(), next.collect())
     }
 }
