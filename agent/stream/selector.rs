@@ -286,82 +286,54 @@ fn check_len(field: &str, len: usize) -> Result<(), SelectorError> {
     Ok(())
 }
 
-/// The `Process` fields a subscriber does not need, cleared before sending.
+/// The `Process` fields a subscriber may omit, as the contract names them.
+const OMITTABLE: [&str; 6] = ["exe", "argv", "argv_raw", "cwd", "cgroup", "credentials"];
+
+/// The `Process` fields a subscriber does not need, cleared before sending:
+/// bit `i` stands for `OMITTABLE[i]`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Omit {
-    exe: bool,
-    argv: bool,
-    argv_raw: bool,
-    cwd: bool,
-    cgroup: bool,
-    credentials: bool,
-}
+pub struct Omit(u8);
 
 impl Omit {
     /// The omissions of `req`, or the first name that is not an omittable
     /// field.
     pub fn from_request(req: &WatchRequest) -> Result<Omit, SelectorError> {
-        let mut omit = Omit::default();
         check_len("omit_fields", req.omit_fields.len())?;
+        let mut omit = Omit::default();
         for (i, name) in req.omit_fields.iter().enumerate() {
-            let Some(flag) = omit.flag(name) else {
-                return Err(invalid(
-                    format!("omit_fields[{i}]"),
-                    format!("{name:?} is not one of exe, argv, argv_raw, cwd, cgroup, credentials"),
-                ));
+            let Some(bit) = OMITTABLE.iter().position(|f| f == name) else {
+                let fields = OMITTABLE.join(", ");
+                let reason = format!("{name:?} is not one of {fields}");
+                return Err(invalid(format!("omit_fields[{i}]"), reason));
             };
-            *flag = true;
+            omit.0 |= 1 << bit;
         }
-        // argv_raw is argv as the kernel has it: omitting argv omits both.
-        omit.argv_raw |= omit.argv;
         Ok(omit)
     }
 
-    /// The flag of the field the contract calls `name`, if it is omittable.
-    fn flag(&mut self, name: &str) -> Option<&mut bool> {
-        Some(match name {
-            "exe" => &mut self.exe,
-            "argv" => &mut self.argv,
-            "argv_raw" => &mut self.argv_raw,
-            "cwd" => &mut self.cwd,
-            "cgroup" => &mut self.cgroup,
-            "credentials" => &mut self.credentials,
-            _ => return None,
-        })
-    }
-
-    /// True if nothing is omitted.
-    pub fn is_empty(&self) -> bool {
-        *self == Omit::default()
+    /// Whether the field the contract calls `name` is omitted. argv_raw is
+    /// argv as the kernel has it: omitting argv omits both.
+    fn omits(&self, name: &str) -> bool {
+        let bit = OMITTABLE.iter().position(|f| *f == name);
+        bit.is_some_and(|bit| self.0 & 1 << bit != 0) || name == "argv_raw" && self.omits("argv")
     }
 
     /// Clears the omitted fields of `p`, and their `unavailable` entries.
     pub fn apply(&self, p: &mut Process) {
-        if self.is_empty() {
+        if self.0 == 0 {
             return;
         }
-        if self.exe {
-            p.exe = None;
+        for name in OMITTABLE.into_iter().filter(|f| self.omits(f)) {
+            match name {
+                "exe" => p.exe = None,
+                "argv" => p.argv.clear(),
+                "argv_raw" => p.argv_raw.clear(),
+                "cwd" => p.cwd = None,
+                "cgroup" => p.cgroup = None,
+                _ => p.credentials = None,
+            }
         }
-        if self.argv {
-            p.argv.clear();
-        }
-        if self.argv_raw {
-            p.argv_raw.clear();
-        }
-        if self.cwd {
-            p.cwd = None;
-        }
-        if self.cgroup {
-            p.cgroup = None;
-        }
-        if self.credentials {
-            p.credentials = None;
-        }
-        // A copy, to look its flags up by name.
-        let mut omit = *self;
-        p.unavailable
-            .retain(|u| !omit.flag(&u.field).is_some_and(|f| *f));
+        p.unavailable.retain(|u| !self.omits(&u.field));
     }
 }
 
