@@ -93,7 +93,8 @@ impl Ledger {
     pub fn decided(&self, pid: i32, id: &Identity) -> bool {
         id.start_ticks < self.floor
             || self.offered.get(&pid).is_some_and(|e| {
-                e.start_ticks == id.start_ticks && (e.sent || e.comm == padded(comm(id)))
+                let comm = execwatch::internal::cn_proc::comm_bytes(&id.comm);
+                e.start_ticks == id.start_ticks && (e.sent || e.comm == padded(comm))
             })
     }
 
@@ -117,11 +118,6 @@ impl Ledger {
                     .is_some_and(|id| id.start_ticks == e.start_ticks)
         });
     }
-}
-
-/// The comm of `id` as a record carries it.
-fn comm(id: &Identity) -> &[u8] {
-    execwatch::internal::cn_proc::comm_bytes(&id.comm)
 }
 
 #[cfg(test)]
