@@ -15,7 +15,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 use tonic_health::ServingStatus;
 
-use tonic::service::interceptor::InterceptedService;
+use tonic::service::interceptor::InterceptorLayer;
 use tonic::transport::Server;
 
 use crate::transport::admission::{self, Limits};
@@ -167,7 +167,7 @@ pub async fn serve<S: ExecEvents>(
     streams_end: watch::Sender<bool>,
 ) -> Result<StopReason, ServeError> {
     let listener = bind(path, limits.mode)?;
-    let peers = limits.peers.clone();
+    let peers = &limits.peers;
     // The mode in octal, as chmod and ls write it: JSON has no octal
     // numbers, and 432 would be read as a mode by nobody. The uids as the
     // flag takes them: tracing records scalars only, not lists.
@@ -186,19 +186,16 @@ pub async fn serve<S: ExecEvents>(
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    // The peer check wraps every service, and paths no service serves.
     let server = Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
-        .add_service(InterceptedService::new(
-            ExecEventsServer::new(exec_events),
-            peers.clone(),
-        ))
-        .add_service(InterceptedService::new(health_service, peers.clone()))
-        .add_service(InterceptedService::new(reflection_v1, peers.clone()))
-        .add_service(InterceptedService::new(reflection_v1alpha, peers))
+        .layer(InterceptorLayer::new(peers.clone()))
+        .add_service(ExecEventsServer::new(exec_events))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .serve_with_incoming_shutdown(admission::incoming(listener, limits), async {
             let _ = drain_rx.await;
         });
