@@ -150,33 +150,6 @@ impl Connection {
         }
         self.activity.expired(Instant::now())
     }
-
-    /// Runs the non-blocking write `op`, waiting for writability only if
-    /// the socket is full.
-    fn poll_write_with(
-        &mut self,
-        cx: &mut Context<'_>,
-        op: impl Fn(&OwnedFd) -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            if let Some(write) = &self.write {
-                let mut guard = ready!(write.poll_write_ready(cx))?;
-                if let Ok(result) = guard.try_io(|fd| op(fd.get_ref())) {
-                    // Room again: back to plain writes.
-                    self.write = None;
-                    return Poll::Ready(result);
-                }
-                continue;
-            }
-            match op(self.read.get_ref()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let dup = self.read.get_ref().as_fd().try_clone_to_owned()?;
-                    self.write = Some(register(dup, Interest::WRITABLE)?);
-                }
-                result => return Poll::Ready(result),
-            }
-        }
-    }
 }
 
 impl Connected for Connection {
@@ -276,12 +249,31 @@ impl AsyncWrite for Connection {
         let this = self.get_mut();
         // The kernel takes at most IOV_MAX slices at once.
         let bufs = &bufs[..bufs.len().min(IOV_MAX)];
-        let written = ready!(this.poll_write_with(cx, |fd| {
-            // MSG_NOSIGNAL: a client that hung up is an error here, not a
-            // SIGPIPE.
+        // MSG_NOSIGNAL: a client that hung up is an error here, not a
+        // SIGPIPE.
+        let send = |fd: &OwnedFd| {
             socket::sendmsg::<()>(fd.as_raw_fd(), bufs, &[], MsgFlags::MSG_NOSIGNAL, None)
                 .map_err(io::Error::from)
-        }))?;
+        };
+        // Waits for writability only if the socket is full.
+        let written = loop {
+            if let Some(write) = &this.write {
+                let mut guard = ready!(write.poll_write_ready(cx))?;
+                if let Ok(result) = guard.try_io(|fd| send(fd.get_ref())) {
+                    // Room again: back to plain writes.
+                    this.write = None;
+                    break result?;
+                }
+                continue;
+            }
+            match send(this.read.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let dup = this.read.get_ref().as_fd().try_clone_to_owned()?;
+                    this.write = Some(register(dup, Interest::WRITABLE)?);
+                }
+                result => break result?,
+            }
+        };
         this.follow_written(bufs, written);
         Poll::Ready(Ok(written))
     }
