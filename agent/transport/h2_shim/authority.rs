@@ -238,10 +238,8 @@ impl Normalizer {
 
     /// The last request decoded on `stream`, as `METHOD path`.
     pub fn request_on(&self, stream: u32) -> Option<&str> {
-        match &self.last_request {
-            Some((s, line)) if *s == stream => Some(line),
-            _ => None,
-        }
+        let (s, line) = self.last_request.as_ref()?;
+        (*s == stream).then_some(line)
     }
 
     /// A whole frame header has arrived (`whole`: where it sits in the
@@ -489,47 +487,30 @@ fn encode_literal(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
 /// Writes `block` as a HEADERS frame and as many CONTINUATION frames as
 /// [`MAX_FRAME`] needs.
 fn write_block(opened: Opened, block: &[u8], emit: &mut Emit<'_>) {
-    let priority_len = opened.priority.map_or(0, |_| PRIORITY_LEN);
-    let first = block.len().min(MAX_FRAME - priority_len);
-    let mut rest = &block[first..];
-    let mut flags = 0;
-    if opened.end_stream {
-        flags |= END_STREAM;
-    }
-    if opened.priority.is_some() {
-        flags |= PRIORITY;
-    }
-    if rest.is_empty() {
-        flags |= END_HEADERS;
-    }
-    emit.extend(&frame_head(
-        priority_len + first,
-        HEADERS,
-        flags,
-        opened.stream,
-    ));
-    if let Some(fields) = opened.priority {
-        emit.extend(&fields);
-    }
-    emit.extend(&block[..first]);
-    while !rest.is_empty() {
-        let n = rest.len().min(MAX_FRAME);
-        let flags = if n == rest.len() { END_HEADERS } else { 0 };
-        emit.extend(&frame_head(n, CONTINUATION, flags, opened.stream));
+    let mut prefix = opened.priority.as_ref().map_or(&[][..], |p| p);
+    let mut head = Head {
+        len: 0,
+        kind: HEADERS,
+        flags: if opened.end_stream { END_STREAM } else { 0 }
+            | if prefix.is_empty() { 0 } else { PRIORITY },
+        stream: opened.stream,
+    };
+    let mut rest = block;
+    loop {
+        let n = rest.len().min(MAX_FRAME - prefix.len());
+        if n == rest.len() {
+            head.flags |= END_HEADERS;
+        }
+        head.len = prefix.len() + n;
+        emit.extend(&head.encode());
+        emit.extend(prefix);
         emit.extend(&rest[..n]);
         rest = &rest[n..];
+        if rest.is_empty() {
+            return;
+        }
+        (head.kind, head.flags, prefix) = (CONTINUATION, 0, &[]);
     }
-}
-
-/// A frame header.
-fn frame_head(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; HEAD_LEN] {
-    Head {
-        len,
-        kind,
-        flags,
-        stream,
-    }
-    .encode()
 }
 
 #[cfg(test)]
