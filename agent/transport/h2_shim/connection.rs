@@ -93,10 +93,9 @@ impl Connection {
 
     /// Logs the first refusal on this connection.
     fn log_refusal(&mut self, reason: impl std::fmt::Display) {
-        if self.logged {
+        if std::mem::replace(&mut self.logged, true) {
             return;
         }
-        self.logged = true;
         // A number, as in every line with a peer_uid (absent if unknown).
         let peer_uid = self.info.peer_cred.map(|cred| cred.uid());
         tracing::warn!(peer_uid, %reason, "refused an HTTP/2 request on the socket");

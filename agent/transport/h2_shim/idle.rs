@@ -111,11 +111,8 @@ impl Activity {
     /// Follows a frame the agent wrote (its bytes followed by the
     /// connection). Returns whether the last open stream just closed.
     pub fn agent_wrote(&mut self, head: Head) -> bool {
-        let ends = match head.kind {
-            DATA | HEADERS => head.flags & END_STREAM != 0,
-            RST_STREAM => true,
-            _ => false,
-        };
+        let end_stream = matches!(head.kind, DATA | HEADERS) && head.flags & END_STREAM != 0;
+        let ends = end_stream || head.kind == RST_STREAM;
         let was_open = !self.open.is_empty();
         if ends {
             self.open.retain(|&s| s != head.stream);

@@ -45,11 +45,7 @@ impl Refusal {
             RST_STREAM => (false, frame.head.stream, word(0)?),
             _ => return None,
         };
-        let refused = match code {
-            NO_ERROR => false,
-            CANCEL => goaway,
-            _ => true,
-        };
+        let refused = code != NO_ERROR && (code != CANCEL || goaway);
         refused.then_some(Refusal {
             stream,
             goaway,
@@ -62,17 +58,11 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // h2's names (PROTOCOL_ERROR, …), `Reason(0x…)` for an unknown code.
         let code = h2::Reason::from(self.code);
+        f.write_str("the agent's HTTP/2 layer ")?;
         if self.goaway {
-            write!(
-                f,
-                "the agent's HTTP/2 layer closed the connection with GOAWAY {code:?}"
-            )
+            write!(f, "closed the connection with GOAWAY {code:?}")
         } else {
-            write!(
-                f,
-                "the agent's HTTP/2 layer reset stream {} with {code:?}",
-                self.stream
-            )
+            write!(f, "reset stream {} with {code:?}", self.stream)
         }
     }
 }
