@@ -157,18 +157,12 @@ impl Selector {
     /// none is set). A filter passes a field that could not be read; a
     /// matcher never matches one.
     pub fn wants(&self, p: &Process) -> bool {
-        if self.nothing {
+        let in_pod = self.outside_pods && p.cgroup.as_ref().is_some_and(|c| c.in_kubernetes_pod);
+        let uids = &self.uids;
+        let other_uid =
+            (p.credentials.as_ref()).is_some_and(|c| !uids.is_empty() && !uids.contains(&c.uid));
+        if self.nothing || in_pod || other_uid {
             return false;
-        }
-        if self.outside_pods && p.cgroup.as_ref().is_some_and(|c| c.in_kubernetes_pod) {
-            return false;
-        }
-        if !self.uids.is_empty() {
-            if let Some(c) = &p.credentials {
-                if !self.uids.contains(&c.uid) {
-                    return false;
-                }
-            }
         }
         if !self.has_matchers() {
             return true;
