@@ -80,13 +80,12 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     if let Some(dir) = dir {
         // The nearest existing ancestor must be a directory; create_dir_all
         // would only say "File exists" or "Not a directory".
-        if let Some(existing) = dir.ancestors().find(|a| fs::metadata(a).is_ok()) {
-            if !existing.is_dir() {
-                return Err(ServeError::NotADirectory {
-                    socket: path.into(),
-                    path: existing.into(),
-                });
-            }
+        let existing = dir.ancestors().find(|a| fs::metadata(a).is_ok());
+        if let Some(existing) = existing.filter(|a| !a.is_dir()) {
+            return Err(ServeError::NotADirectory {
+                socket: path.into(),
+                path: existing.into(),
+            });
         }
         fs::create_dir_all(dir).map_err(io_step(format!(
             "create the socket directory {}",
@@ -187,7 +186,7 @@ pub async fn serve<S: ExecEvents>(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
 
-    let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let mut drain = streams_end.subscribe();
     // The peer check wraps every service, and paths no service serves.
     let server = Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
@@ -197,7 +196,7 @@ pub async fn serve<S: ExecEvents>(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .serve_with_incoming_shutdown(admission::incoming(listener, limits), async {
-            let _ = drain_rx.await;
+            let _ = drain.wait_for(|end| *end).await;
         });
     tokio::pin!(server);
     let why = tokio::select! {
@@ -222,8 +221,8 @@ pub async fn serve<S: ExecEvents>(
         .set_service_status("", ServingStatus::NotServing)
         .await;
     let _ = fs::remove_file(path);
+    // Also tells the server to stop accepting and drain.
     let _ = streams_end.send(true);
-    let _ = drain_tx.send(());
     let second = execwatch::internal::shutdown::shutdown_signal();
     tokio::select! {
         result = &mut server => result?,

@@ -122,11 +122,10 @@ impl PeerCheck {
 impl Interceptor for PeerCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let cred = peer_cred(&req);
-        if self.admits(cred.map(|c| c.uid()), cred.and_then(|c| c.pid())) {
-            Ok(req)
-        } else {
-            Err(RpcError::PeerDenied.into())
-        }
+        let admitted = self.admits(cred.map(|c| c.uid()), cred.and_then(|c| c.pid()));
+        admitted
+            .then_some(req)
+            .ok_or_else(|| RpcError::PeerDenied.into())
     }
 }
 
