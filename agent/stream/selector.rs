@@ -271,13 +271,8 @@ fn check_list(
 
 /// Checks a list's length.
 fn check_len(field: &str, len: usize) -> Result<(), SelectorError> {
-    if len > MAX_ENTRIES {
-        return Err(invalid(
-            field,
-            format!("{len} entries; at most {MAX_ENTRIES}"),
-        ));
-    }
-    Ok(())
+    let too_many = || invalid(field, format!("{len} entries; at most {MAX_ENTRIES}"));
+    (len <= MAX_ENTRIES).then_some(()).ok_or_else(too_many)
 }
 
 /// The `Process` fields a subscriber may omit, as the contract names them.
@@ -381,11 +376,9 @@ impl Filter {
     /// Whether to send `p` (live or in a snapshot); if so, it is
     /// remembered for its exit.
     pub fn offer_process(&self, p: &Process) -> bool {
-        if !self.selector.wants(p) {
-            return false;
-        }
-        if !self.exits {
-            return true;
+        let wanted = self.selector.wants(p);
+        if !wanted || !self.exits {
+            return wanted;
         }
         let mut sent = lock(&self.sent);
         if sent.every_exit {
