@@ -197,18 +197,12 @@ impl AsyncRead for Connection {
                 // h2 has a block it refuses; it needs nothing more.
                 return Poll::Ready(Ok(()));
             }
-            let n = {
-                let mut guard = ready!(this.read.poll_read_ready(cx))?;
-                let unfilled = buf.initialize_unfilled();
-                let result = guard.try_io(|fd| {
-                    nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from)
-                });
-                match result {
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => return Poll::Ready(Err(e)),
-                    Err(_would_block) => continue,
-                }
-            };
+            let mut guard = ready!(this.read.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let read = guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref(), unfilled)?));
+            // Err: it would block.
+            let Ok(n) = read else { continue };
+            let n = n?;
             if n == 0 {
                 return Poll::Ready(Ok(()));
             }
@@ -217,9 +211,8 @@ impl AsyncRead for Connection {
             let read = &buf.initialize_unfilled()[..n];
             this.activity.client_sent(Instant::now());
             let activity = &mut this.activity;
-            let direct = this.normalizer.feed(read, &mut this.pending, |head| {
-                activity.client_frame(head);
-            });
+            let direct =
+                (this.normalizer).feed(read, &mut this.pending, |h| activity.client_frame(h));
             if let Some(reason) = this.normalizer.take_refusal() {
                 this.log_refusal(reason);
             }
