@@ -108,11 +108,13 @@ enum Step {
     Pass(usize),
     /// Holding this many more bytes of a HEADERS or CONTINUATION frame.
     Hold(usize),
-    /// Passing everything on: h2 refuses the connection on what it got.
-    Verbatim,
     /// Sent h2 a block it refuses; nothing more is passed on.
     Closed,
 }
+
+/// Passing everything on (a payload no connection reaches the end of): h2
+/// refuses the connection on what it got.
+const VERBATIM: Step = Step::Pass(usize::MAX);
 
 /// The HEADERS frame that opened a block.
 #[derive(Debug, Clone, Copy)]
@@ -174,7 +176,7 @@ impl Normalizer {
                         };
                     } else {
                         // Not HTTP/2: h2 says so.
-                        self.step = Step::Verbatim;
+                        self.step = VERBATIM;
                     }
                     emit.pass(at..at + n);
                     at += n;
@@ -213,10 +215,6 @@ impl Normalizer {
                     } else {
                         self.step = Step::Hold(left - n);
                     }
-                }
-                Step::Verbatim => {
-                    emit.pass(at..input.len());
-                    at = input.len();
                 }
                 Step::Closed => {
                     at = input.len();
@@ -268,7 +266,7 @@ impl Normalizer {
                 self.refuse(format!(
                     "frame type {kind:#x} of {len} bytes out of place or over the {MAX_FRAME}-byte limit"
                 ));
-                self.step = Step::Verbatim;
+                self.step = VERBATIM;
             } else {
                 // An empty payload passes as nothing on the next turn.
                 self.step = Step::Pass(len);
@@ -320,9 +318,7 @@ impl Normalizer {
 
     /// A whole header block is held: decode, normalize, re-encode.
     fn on_block(&mut self, emit: &mut Emit<'_>) {
-        let Some(opened) = self.opened.take() else {
-            return;
-        };
+        let opened = self.opened.take().expect("on_frame opened the block");
         let mut encoded = Vec::with_capacity(self.block.len() + 64);
         let mut method = Vec::new();
         let mut path = Vec::new();
@@ -398,7 +394,7 @@ impl Normalizer {
         self.held.clear();
         self.block.clear();
         self.opened = None;
-        self.step = Step::Verbatim;
+        self.step = VERBATIM;
     }
 
     fn refuse(&mut self, why: String) {
