@@ -168,16 +168,12 @@ impl Normalizer {
             match self.step {
                 Step::Preface(matched) => {
                     let n = rest.len().min(PREFACE.len() - matched);
-                    if rest[..n] == PREFACE[matched..matched + n] {
-                        self.step = if matched + n == PREFACE.len() {
-                            Step::Head
-                        } else {
-                            Step::Preface(matched + n)
-                        };
-                    } else {
-                        // Not HTTP/2: h2 says so.
-                        self.step = VERBATIM;
-                    }
+                    // Not HTTP/2 (h2 says so), all of the preface, or more of it.
+                    self.step = match matched + n {
+                        _ if rest[..n] != PREFACE[matched..matched + n] => VERBATIM,
+                        all if all == PREFACE.len() => Step::Head,
+                        part => Step::Preface(part),
+                    };
                     emit.pass(at..at + n);
                     at += n;
                 }
@@ -436,32 +432,22 @@ impl Emit<'_> {
 
 /// A HEADERS payload's priority fields and header fragment, or `None` when
 /// h2 refuses the connection for it (stream 0, a pad length past the
-/// payload, priority fields cut short), checked in h2's order.
+/// payload, priority fields cut short).
 fn headers_payload(
     stream: u32,
     flags: u8,
     payload: &[u8],
 ) -> Option<(Option<[u8; PRIORITY_LEN]>, Range<usize>)> {
-    if stream == 0 {
-        return None;
-    }
-    let mut start = 0;
-    let mut pad = 0;
-    if flags & PADDED != 0 {
-        pad = usize::from(*payload.first()?);
-        start = 1;
-    }
+    let padded = flags & PADDED != 0;
+    let pad = usize::from(if padded { *payload.first()? } else { 0 });
+    let mut start = usize::from(padded);
     let mut priority = None;
     if flags & PRIORITY != 0 {
-        let fields = payload.get(start..start + PRIORITY_LEN)?;
-        priority = Some(fields.try_into().ok()?);
+        priority = Some(payload.get(start..start + PRIORITY_LEN)?.try_into().ok()?);
         start += PRIORITY_LEN;
     }
     let end = payload.len().checked_sub(pad)?;
-    if end < start {
-        return None;
-    }
-    Some((priority, start..end))
+    (stream != 0 && end >= start).then_some((priority, start..end))
 }
 
 /// Whether h2 accepts `value` as an authority: the same parser it uses.
