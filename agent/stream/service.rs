@@ -40,13 +40,12 @@ impl ExecEventsService {
         seats: Quota,
     ) -> (Self, watch::Sender<bool>) {
         let (streams_end, stop) = watch::channel(false);
-        let snapshot_reads = Semaphore::new(SNAPSHOT_READS);
         let shared = Arc::new(Shared {
             fanout,
             stats,
             procfs,
             stop,
-            snapshot_reads,
+            snapshot_reads: Semaphore::new(SNAPSHOT_READS),
         });
         (Self { shared, seats }, streams_end)
     }

@@ -166,15 +166,14 @@ pub async fn serve<S: ExecEvents>(
     streams_end: watch::Sender<bool>,
 ) -> Result<StopReason, ServeError> {
     let listener = bind(path, limits.mode)?;
-    let peers = &limits.peers;
     // The mode in octal, as chmod and ls write it: JSON has no octal
     // numbers, and 432 would be read as a mode by nobody. The uids as the
     // flag takes them: tracing records scalars only, not lists.
     tracing::info!(
         socket = %path.display(),
         mode = format!("{:04o}", limits.mode),
-        allow_uid = peers.listed(),
-        peer_check = peers.checks(),
+        allow_uid = limits.peers.listed(),
+        peer_check = limits.peers.checks(),
         "serving"
     );
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -190,7 +189,7 @@ pub async fn serve<S: ExecEvents>(
     // The peer check wraps every service, and paths no service serves.
     let server = Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
-        .layer(InterceptorLayer::new(peers.clone()))
+        .layer(InterceptorLayer::new(limits.peers.clone()))
         .add_service(ExecEventsServer::new(exec_events))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
