@@ -297,7 +297,7 @@ impl Fanout {
 
     /// Hooks up a new subscriber; items published from now on reach it (of
     /// those with a process, the ones `filter` passes). `snapshot` if its
-    /// stream starts with one.
+    /// stream starts with one, which begins here for its filter and ledger.
     pub fn subscribe(
         self: &Arc<Self>,
         include_exits: bool,
@@ -317,6 +317,9 @@ impl Fanout {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let queue = Arc::new(Queue::default());
         *lock(&queue.ledger) = Ledger::new(snapshot);
+        if let Some(f) = filter.as_ref().filter(|_| snapshot) {
+            f.snapshot_begin();
+        }
         inner.next_id += 1;
         let id = inner.next_id;
         inner.subscribers.push(Subscriber {
@@ -348,9 +351,6 @@ impl Fanout {
         let mut inner = lock(&self.inner);
         // The resync snapshot that follows begins here, in order with the
         // items the new subscription is offered.
-        if let Some(f) = &filter {
-            f.snapshot_begin();
-        }
         let sub = self.hook(&mut inner, include_exits, filter, true);
         let now = inner.mark(include_exits);
         let missed = lock(&old.queue.overflow).take().map(|at| {

@@ -69,8 +69,8 @@ pub struct Choice {
 impl Choice {
     /// What `req` chose, or the first invalid field.
     pub fn from_request(req: &WatchRequest) -> Result<Choice, SelectorError> {
-        let filter = Selector::from_request(req)?
-            .map(|s| Arc::new(Filter::new(s, req.include_exits, !req.skip_snapshot)));
+        let filter =
+            Selector::from_request(req)?.map(|s| Arc::new(Filter::new(s, req.include_exits)));
         Ok(Choice {
             filter,
             omit: Omit::from_request(req)?,
@@ -359,18 +359,14 @@ struct Sent {
 }
 
 impl Filter {
-    /// A filter for `selector`; `exits` if the subscriber asked for exits,
-    /// `snapshot` if its stream starts with a snapshot.
-    pub fn new(selector: Selector, exits: bool, snapshot: bool) -> Filter {
-        let filter = Filter {
+    /// A filter for `selector`; `exits` if the subscriber asked for exits.
+    /// Its first snapshot begins when it is hooked into the fan-out.
+    pub fn new(selector: Selector, exits: bool) -> Filter {
+        Filter {
             selector,
             exits,
             sent: Mutex::default(),
-        };
-        if snapshot {
-            filter.snapshot_begin();
         }
-        filter
     }
 
     /// Whether to send `p` (live or in a snapshot); if so, it is
@@ -705,7 +701,7 @@ mod tests {
             comms: strings(&["java"]),
             ..Default::default()
         });
-        Filter::new(selector, true, false)
+        Filter::new(selector, true)
     }
 
     fn java(pid: i32) -> Process {
@@ -738,8 +734,8 @@ mod tests {
                 ..Default::default()
             }),
             true,
-            true,
         );
+        f.snapshot_begin();
         assert!(!f.offer_process(&java(21)));
         assert!(!f.offer_exit(21));
         assert!(!f.offer_exit(22), "its snapshot lists nothing");
@@ -753,8 +749,8 @@ mod tests {
                 ..Default::default()
             }),
             true,
-            true,
         );
+        f.snapshot_begin();
         // The exit may come before the snapshot reads the process (a zombie).
         assert!(f.offer_exit(20));
         assert!(f.offer_process(&java(21)));
