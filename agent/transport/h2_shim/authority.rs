@@ -316,8 +316,7 @@ impl Normalizer {
     fn on_block(&mut self, emit: &mut Emit<'_>) {
         let opened = self.opened.take().expect("on_frame opened the block");
         let mut encoded = Vec::with_capacity(self.block.len() + 64);
-        let mut method = Vec::new();
-        let mut path = Vec::new();
+        let (mut method, mut path) = (String::new(), String::new());
         let mut list = 0;
         let decoded = self.decoder.decode_with_cb(&self.block, |name, value| {
             // The decoder goes on to the end to keep its table in step.
@@ -331,48 +330,30 @@ impl Normalizer {
                 &value
             };
             match &*name {
-                b":method" => method = value.to_vec(),
-                b":path" => path = value.to_vec(),
+                b":method" => method = String::from_utf8_lossy(value).into_owned(),
+                b":path" => path = String::from_utf8_lossy(value).into_owned(),
                 _ => {}
             }
             encode_literal(&name, value, &mut encoded);
         });
         self.block.clear();
         self.held.clear();
-        match decoded {
+        let stream = opened.stream;
+        let refusal = match decoded {
             Ok(()) if list > MAX_LIST => {
-                self.refuse(format!(
-                    "the header list of stream {} is over {MAX_LIST} bytes",
-                    opened.stream
-                ));
-                self.poison(opened, emit);
+                format!("the header list of stream {stream} is over {MAX_LIST} bytes")
             }
+            Err(e) => format!("the header block of stream {stream} is not valid HPACK: {e}"),
             Ok(()) => {
-                self.last_request = Some((
-                    opened.stream,
-                    format!(
-                        "{} {}",
-                        String::from_utf8_lossy(&method),
-                        String::from_utf8_lossy(&path)
-                    ),
-                ));
-                write_block(opened, &encoded, emit);
+                self.last_request = Some((stream, format!("{method} {path}")));
+                return write_block(opened, &encoded, emit);
             }
-            Err(e) => {
-                self.refuse(format!(
-                    "the header block of stream {} is not valid HPACK: {e}",
-                    opened.stream
-                ));
-                self.poison(opened, emit);
-            }
-        }
-    }
-
-    /// Sends h2 a block it refuses, ending the connection, and nothing
-    /// more: the client's table may be unknown now. Index 0 is never valid
-    /// (RFC 7541 §6.1); h2 answers any invalid block with GOAWAY
-    /// PROTOCOL_ERROR.
-    fn poison(&mut self, opened: Opened, emit: &mut Emit<'_>) {
+        };
+        self.refuse(refusal);
+        // Sends h2 a block it refuses, ending the connection, and nothing
+        // more: the client's table may be unknown now. Index 0 is never
+        // valid (RFC 7541 §6.1); h2 answers any invalid block with GOAWAY
+        // PROTOCOL_ERROR.
         let poison = Opened {
             priority: None,
             end_stream: false,
