@@ -378,11 +378,8 @@ impl Snapshot {
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")));
                 match listed {
-                    Ok(mut pids) => {
-                        // Read in listing order (the chunks pop from the end).
-                        pids.reverse();
-                        self.pending = Some(pids);
-                    }
+                    // Read in listing order (the chunks pop from the end).
+                    Ok(pids) => self.pending = Some(pids.into_iter().rev().collect()),
                     Err(why) => again(&mut self.delay, deadline, &why).await?,
                 }
                 continue;
@@ -396,9 +393,7 @@ impl Snapshot {
                 };
                 let why = format!("{} processes unread: {why}", self.failed.len());
                 again(&mut self.delay, deadline, &why).await?;
-                let mut failed = std::mem::take(&mut self.failed);
-                failed.reverse();
-                self.pending = Some(failed);
+                self.pending = Some(self.failed.drain(..).rev().collect());
                 continue;
             }
             let (pids, shared) = (std::mem::take(pending), shared.clone());

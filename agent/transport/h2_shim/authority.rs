@@ -242,10 +242,8 @@ impl Normalizer {
         let Head { len, kind, .. } = head;
         let raw = self.head.bytes;
         let in_block = self.opened.is_some();
-        let header_frame = match self.opened {
-            None => kind == HEADERS,
-            Some(opened) => kind == CONTINUATION && head.stream == opened.stream,
-        };
+        let next_in_block = |o: Opened| kind == CONTINUATION && head.stream == o.stream;
+        let header_frame = self.opened.map_or(kind == HEADERS, next_in_block);
         if !header_frame || len > MAX_FRAME {
             if in_block {
                 // h2 refuses a block broken off by another frame, or by an
