@@ -104,9 +104,6 @@ impl Connection {
     /// Follows what was written: the first `n` bytes of `bufs`.
     fn follow_written(&mut self, bufs: &[IoSlice<'_>], mut n: usize) {
         for buf in bufs {
-            if n == 0 {
-                break;
-            }
             let part = &buf[..buf.len().min(n)];
             n -= part.len();
             let mut refusal = None;
