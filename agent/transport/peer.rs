@@ -102,9 +102,7 @@ impl PeerCheck {
             return true;
         }
         let (new_peer, log) = lock(&self.refused).refuse((uid, pid), Instant::now());
-        if new_peer {
-            self.stats.add_peers_denied(1);
-        }
+        self.stats.add_peers_denied(new_peer.into());
         if let Some(unlogged_refusals) = log {
             tracing::warn!(
                 peer_uid = uid,

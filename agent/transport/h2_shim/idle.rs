@@ -128,12 +128,9 @@ impl Activity {
     /// while a stream is open.
     pub fn deadline(&self) -> Option<Instant> {
         if !self.handshaken {
-            Some(self.accepted + HANDSHAKE_DEADLINE)
-        } else if self.open.is_empty() {
-            Some(self.last + self.idle_timeout)
-        } else {
-            None
+            return Some(self.accepted + HANDSHAKE_DEADLINE);
         }
+        self.open.is_empty().then(|| self.last + self.idle_timeout)
     }
 
     /// Why the connection ends, if its deadline has passed at `now`.
