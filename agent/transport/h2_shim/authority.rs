@@ -393,8 +393,7 @@ impl Emit<'_> {
         if self.in_place && range.start == self.direct {
             self.direct = range.end;
         } else {
-            self.in_place = false;
-            self.out.extend_from_slice(&self.input[range]);
+            self.extend(&self.input[range]);
         }
     }
 

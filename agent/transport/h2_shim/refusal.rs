@@ -17,11 +17,6 @@ use std::fmt;
 
 use super::frame::{Frame, GOAWAY, RST_STREAM};
 
-/// Error codes that are not refusals: NO_ERROR (a response ended before
-/// its request body) and CANCEL (a response dropped).
-const NO_ERROR: u32 = 0x0;
-const CANCEL: u32 = 0x8;
-
 /// An RST_STREAM or GOAWAY frame with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
@@ -45,7 +40,10 @@ impl Refusal {
             RST_STREAM => (false, frame.head.stream, word(0)?),
             _ => return None,
         };
-        let refused = code != NO_ERROR && (code != CANCEL || goaway);
+        // Not refusals: NO_ERROR (a response ended before its request
+        // body), and on a stream CANCEL (a response dropped).
+        let reason = h2::Reason::from(code);
+        let refused = reason != h2::Reason::NO_ERROR && (reason != h2::Reason::CANCEL || goaway);
         refused.then_some(Refusal {
             stream,
             goaway,
