@@ -199,12 +199,6 @@ struct Inner {
 }
 
 impl Inner {
-    /// The union of the hooked subscribers' selectors.
-    fn interest(&self) -> Interest {
-        let filters = self.subscribers.iter().map(|s| s.filter.as_deref());
-        Interest::of(filters.map(|f| f.map(|f| &f.selector)))
-    }
-
     /// The totals now, as a subscriber of these kinds counts them.
     fn mark(&self, include_exits: bool) -> Mark {
         Mark {
@@ -261,9 +255,11 @@ impl Fanout {
             .clone()
     }
 
-    /// Sets the interest to that of `inner`'s subscribers (the caller holds
-    /// `inner`'s lock, so two updates cannot cross).
-    fn set_interest(&self, interest: Interest) {
+    /// Sets the interest to the union of `inner`'s subscribers' selectors
+    /// (the caller holds `inner`'s lock, so two updates cannot cross).
+    fn set_interest(&self, inner: &Inner) {
+        let filters = inner.subscribers.iter().map(|s| s.filter.as_deref());
+        let interest = Interest::of(filters.map(|f| f.map(|f| &f.selector)));
         let mut current = self.interest.write().unwrap_or_else(|e| e.into_inner());
         if **current != interest {
             *current = Arc::new(interest);
@@ -301,7 +297,7 @@ impl Fanout {
 
     /// Hooks up a new subscriber; items published from now on reach it (of
     /// those with a process, the ones `filter` passes). `snapshot` if its
-    /// stream starts with one.
+    /// stream starts with one, which begins here for its filter and ledger.
     pub fn subscribe(
         self: &Arc<Self>,
         include_exits: bool,
@@ -321,6 +317,9 @@ impl Fanout {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let queue = Arc::new(Queue::default());
         *lock(&queue.ledger) = Ledger::new(snapshot);
+        if let Some(f) = filter.as_ref().filter(|_| snapshot) {
+            f.snapshot_begin();
+        }
         inner.next_id += 1;
         let id = inner.next_id;
         inner.subscribers.push(Subscriber {
@@ -331,7 +330,7 @@ impl Fanout {
             queue: queue.clone(),
         });
         // Before anything is published to it: see `Fanout::interest`.
-        self.set_interest(inner.interest());
+        self.set_interest(inner);
         Subscription {
             rx,
             queue,
@@ -352,9 +351,6 @@ impl Fanout {
         let mut inner = lock(&self.inner);
         // The resync snapshot that follows begins here, in order with the
         // items the new subscription is offered.
-        if let Some(f) = &filter {
-            f.snapshot_begin();
-        }
         let sub = self.hook(&mut inner, include_exits, filter, true);
         let now = inner.mark(include_exits);
         let missed = lock(&old.queue.overflow).take().map(|at| {
@@ -378,9 +374,9 @@ impl Fanout {
     /// subscriber: a full queue unhooks that subscriber.
     pub fn publish(&self, item: Item) {
         let mut inner = lock(&self.inner);
-        // The totals before this item: what an unhooked subscriber missed
+        // Counted after it is offered: what an unhooked subscriber missed
         // starts with it.
-        let before = (inner.mark(false), inner.mark(true));
+        self.deliver(&mut inner, &item, None);
         match &item {
             Item::Exec(_) => inner.execs += 1,
             Item::Exit(_) => inner.exits += 1,
@@ -393,13 +389,22 @@ impl Fanout {
                 inner.last_loss = Some(loss.clone());
             }
         }
+    }
+
+    /// Offers `item` to every hooked subscriber (to subscriber `only`, if
+    /// given) that wants it, before it is counted. A full queue unhooks its
+    /// subscriber.
+    fn deliver(&self, inner: &mut Inner, item: &Item, only: Option<u64>) {
+        let before = (inner.mark(false), inner.mark(true));
         let round = self.round.load(Ordering::Relaxed);
         let bytes = item.bytes();
         let mut unhooked = 0;
-        let hooked = inner.subscribers.len();
-        inner.subscribers.retain(|s| {
+        self.retain(inner, |s| {
+            if only.is_some_and(|id| s.id != id) {
+                return true;
+            }
             let filter = s.filter.as_deref();
-            let wanted = match &item {
+            let wanted = match item {
                 Item::Exec(p) => {
                     let mut ledger = lock(&s.queue.ledger);
                     // A rename goes only to a subscriber not sent the process.
@@ -419,15 +424,21 @@ impl Fanout {
                 return true;
             }
             let at = if s.include_exits { before.1 } else { before.0 };
-            let sent = self.send(s, &item, bytes, at);
+            let sent = self.send(s, item, bytes, at);
             unhooked += u64::from(sent == Sent::Overflowed);
             sent == Sent::Queued
         });
         inner.overflows += unhooked;
+    }
+
+    /// Keeps the subscribers `keep` passes; narrows the interest if any
+    /// went (reading more than the rest want until then only sends nobody
+    /// more).
+    fn retain(&self, inner: &mut Inner, keep: impl FnMut(&Subscriber) -> bool) {
+        let hooked = inner.subscribers.len();
+        inner.subscribers.retain(keep);
         if inner.subscribers.len() < hooked {
-            // Narrower now: reading more than the rest want until then
-            // only sends nobody more.
-            self.set_interest(inner.interest());
+            self.set_interest(inner);
         }
     }
 
@@ -453,20 +464,8 @@ impl Fanout {
     /// found was never sent some running process it selects. A full queue
     /// unhooks it as [`Fanout::publish`] does, and it resyncs all the same.
     pub fn resync(&self, id: u64, loss: Arc<DetectorLoss>) {
-        let mut inner = lock(&self.inner);
-        let Some(i) = inner.subscribers.iter().position(|s| s.id == id) else {
-            return;
-        };
         let item = Item::DetectorLost(loss);
-        let s = &inner.subscribers[i];
-        snapshot_begin(s);
-        let at = inner.mark(s.include_exits);
-        let sent = self.send(s, &item, item.bytes(), at);
-        if sent != Sent::Queued {
-            inner.subscribers.remove(i);
-            inner.overflows += u64::from(sent == Sent::Overflowed);
-            self.set_interest(inner.interest());
-        }
+        self.deliver(&mut lock(&self.inner), &item, Some(id));
     }
 
     /// Queues `item` to `s`. If its queue is full, `s` is marked as
@@ -490,7 +489,7 @@ impl Fanout {
                 s.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
                 if let Item::DetectorLost(_) = item {
                     // Not queued: no snapshot follows it.
-                    snapshot_end(s);
+                    snapshot_end(s.filter.as_deref(), &mut lock(&s.queue.ledger));
                 }
                 *lock(&s.queue.overflow) = Some(at);
                 tracing::warn!(
@@ -507,12 +506,7 @@ impl Fanout {
 
     /// Forgets subscriber `id` if it is still hooked.
     fn unhook(&self, id: u64) {
-        let mut inner = lock(&self.inner);
-        let hooked = inner.subscribers.len();
-        inner.subscribers.retain(|s| s.id != id);
-        if inner.subscribers.len() < hooked {
-            self.set_interest(inner.interest());
-        }
+        self.retain(&mut lock(&self.inner), |s| s.id != id);
     }
 }
 
@@ -533,12 +527,12 @@ fn snapshot_begin(s: &Subscriber) {
     lock(&s.queue.ledger).snapshots += 1;
 }
 
-/// The snapshot [`snapshot_begin`] announced will not come after all.
-fn snapshot_end(s: &Subscriber) {
-    if let Some(filter) = &s.filter {
+/// A snapshot of a subscriber with `filter` and `ledger` is complete, or
+/// one [`snapshot_begin`] announced will not come after all.
+pub fn snapshot_end(filter: Option<&Filter>, ledger: &mut Ledger) {
+    if let Some(filter) = filter {
         filter.snapshot_end();
     }
-    let mut ledger = lock(&s.queue.ledger);
     ledger.snapshots = ledger.snapshots.saturating_sub(1);
 }
 

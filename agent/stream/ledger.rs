@@ -63,19 +63,15 @@ impl Ledger {
     /// Notes that `p` was offered in audit round `round`, and `sent` if
     /// the subscriber was sent it (a process sent once stays sent).
     pub fn note(&mut self, p: &Process, sent: bool, round: u64) {
-        let e = self.offered.entry(p.pid).or_insert(Offered {
-            start_ticks: p.start_ticks,
-            comm: [0; 16],
-            sent: false,
-            round,
-        });
-        let same = e.start_ticks == p.start_ticks;
-        *e = Offered {
-            start_ticks: p.start_ticks,
-            comm: padded(p.comm.as_bytes()),
-            sent: sent || (same && e.sent),
+        let sent = sent || self.sent(p);
+        let (start_ticks, comm) = (p.start_ticks, padded(p.comm.as_bytes()));
+        let offered = Offered {
+            start_ticks,
+            comm,
+            sent,
             round,
         };
+        self.offered.insert(p.pid, offered);
     }
 
     /// Whether the subscriber was sent the process of `p` (pid and start
@@ -93,7 +89,8 @@ impl Ledger {
     pub fn decided(&self, pid: i32, id: &Identity) -> bool {
         id.start_ticks < self.floor
             || self.offered.get(&pid).is_some_and(|e| {
-                e.start_ticks == id.start_ticks && (e.sent || e.comm == padded(comm(id)))
+                let comm = execwatch::internal::cn_proc::comm_bytes(&id.comm);
+                e.start_ticks == id.start_ticks && (e.sent || e.comm == padded(comm))
             })
     }
 
@@ -117,11 +114,6 @@ impl Ledger {
                     .is_some_and(|id| id.start_ticks == e.start_ticks)
         });
     }
-}
-
-/// The comm of `id` as a record carries it.
-fn comm(id: &Identity) -> &[u8] {
-    execwatch::internal::cn_proc::comm_bytes(&id.comm)
 }
 
 #[cfg(test)]

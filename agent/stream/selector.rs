@@ -69,8 +69,8 @@ pub struct Choice {
 impl Choice {
     /// What `req` chose, or the first invalid field.
     pub fn from_request(req: &WatchRequest) -> Result<Choice, SelectorError> {
-        let filter = Selector::from_request(req)?
-            .map(|s| Arc::new(Filter::new(s, req.include_exits, !req.skip_snapshot)));
+        let filter =
+            Selector::from_request(req)?.map(|s| Arc::new(Filter::new(s, req.include_exits)));
         Ok(Choice {
             filter,
             omit: Omit::from_request(req)?,
@@ -157,18 +157,12 @@ impl Selector {
     /// none is set). A filter passes a field that could not be read; a
     /// matcher never matches one.
     pub fn wants(&self, p: &Process) -> bool {
-        if self.nothing {
+        let in_pod = self.outside_pods && p.cgroup.as_ref().is_some_and(|c| c.in_kubernetes_pod);
+        let uids = &self.uids;
+        let other_uid =
+            (p.credentials.as_ref()).is_some_and(|c| !uids.is_empty() && !uids.contains(&c.uid));
+        if self.nothing || in_pod || other_uid {
             return false;
-        }
-        if self.outside_pods && p.cgroup.as_ref().is_some_and(|c| c.in_kubernetes_pod) {
-            return false;
-        }
-        if !self.uids.is_empty() {
-            if let Some(c) = &p.credentials {
-                if !self.uids.contains(&c.uid) {
-                    return false;
-                }
-            }
         }
         if !self.has_matchers() {
             return true;
@@ -277,91 +271,58 @@ fn check_list(
 
 /// Checks a list's length.
 fn check_len(field: &str, len: usize) -> Result<(), SelectorError> {
-    if len > MAX_ENTRIES {
-        return Err(invalid(
-            field,
-            format!("{len} entries; at most {MAX_ENTRIES}"),
-        ));
-    }
-    Ok(())
+    let too_many = || invalid(field, format!("{len} entries; at most {MAX_ENTRIES}"));
+    (len <= MAX_ENTRIES).then_some(()).ok_or_else(too_many)
 }
 
-/// The `Process` fields a subscriber does not need, cleared before sending.
+/// The `Process` fields a subscriber may omit, as the contract names them.
+const OMITTABLE: [&str; 6] = ["exe", "argv", "argv_raw", "cwd", "cgroup", "credentials"];
+
+/// The `Process` fields a subscriber does not need, cleared before sending:
+/// bit `i` stands for `OMITTABLE[i]`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Omit {
-    exe: bool,
-    argv: bool,
-    argv_raw: bool,
-    cwd: bool,
-    cgroup: bool,
-    credentials: bool,
-}
+pub struct Omit(u8);
 
 impl Omit {
     /// The omissions of `req`, or the first name that is not an omittable
     /// field.
     pub fn from_request(req: &WatchRequest) -> Result<Omit, SelectorError> {
-        let mut omit = Omit::default();
         check_len("omit_fields", req.omit_fields.len())?;
+        let mut omit = Omit::default();
         for (i, name) in req.omit_fields.iter().enumerate() {
-            let Some(flag) = omit.flag(name) else {
-                return Err(invalid(
-                    format!("omit_fields[{i}]"),
-                    format!("{name:?} is not one of exe, argv, argv_raw, cwd, cgroup, credentials"),
-                ));
+            let Some(bit) = OMITTABLE.iter().position(|f| f == name) else {
+                let fields = OMITTABLE.join(", ");
+                let reason = format!("{name:?} is not one of {fields}");
+                return Err(invalid(format!("omit_fields[{i}]"), reason));
             };
-            *flag = true;
+            omit.0 |= 1 << bit;
         }
-        // argv_raw is argv as the kernel has it: omitting argv omits both.
-        omit.argv_raw |= omit.argv;
         Ok(omit)
     }
 
-    /// The flag of the field the contract calls `name`, if it is omittable.
-    fn flag(&mut self, name: &str) -> Option<&mut bool> {
-        Some(match name {
-            "exe" => &mut self.exe,
-            "argv" => &mut self.argv,
-            "argv_raw" => &mut self.argv_raw,
-            "cwd" => &mut self.cwd,
-            "cgroup" => &mut self.cgroup,
-            "credentials" => &mut self.credentials,
-            _ => return None,
-        })
-    }
-
-    /// True if nothing is omitted.
-    pub fn is_empty(&self) -> bool {
-        *self == Omit::default()
+    /// Whether the field the contract calls `name` is omitted. argv_raw is
+    /// argv as the kernel has it: omitting argv omits both.
+    fn omits(&self, name: &str) -> bool {
+        let bit = OMITTABLE.iter().position(|f| *f == name);
+        bit.is_some_and(|bit| self.0 & 1 << bit != 0) || name == "argv_raw" && self.omits("argv")
     }
 
     /// Clears the omitted fields of `p`, and their `unavailable` entries.
     pub fn apply(&self, p: &mut Process) {
-        if self.is_empty() {
+        if self.0 == 0 {
             return;
         }
-        if self.exe {
-            p.exe = None;
+        for name in OMITTABLE.into_iter().filter(|f| self.omits(f)) {
+            match name {
+                "exe" => p.exe = None,
+                "argv" => p.argv.clear(),
+                "argv_raw" => p.argv_raw.clear(),
+                "cwd" => p.cwd = None,
+                "cgroup" => p.cgroup = None,
+                _ => p.credentials = None,
+            }
         }
-        if self.argv {
-            p.argv.clear();
-        }
-        if self.argv_raw {
-            p.argv_raw.clear();
-        }
-        if self.cwd {
-            p.cwd = None;
-        }
-        if self.cgroup {
-            p.cgroup = None;
-        }
-        if self.credentials {
-            p.credentials = None;
-        }
-        // A copy, to look its flags up by name.
-        let mut omit = *self;
-        p.unavailable
-            .retain(|u| !omit.flag(&u.field).is_some_and(|f| *f));
+        p.unavailable.retain(|u| !self.omits(&u.field));
     }
 }
 
@@ -398,28 +359,22 @@ struct Sent {
 }
 
 impl Filter {
-    /// A filter for `selector`; `exits` if the subscriber asked for exits,
-    /// `snapshot` if its stream starts with a snapshot.
-    pub fn new(selector: Selector, exits: bool, snapshot: bool) -> Filter {
-        let filter = Filter {
+    /// A filter for `selector`; `exits` if the subscriber asked for exits.
+    /// Its first snapshot begins when it is hooked into the fan-out.
+    pub fn new(selector: Selector, exits: bool) -> Filter {
+        Filter {
             selector,
             exits,
             sent: Mutex::default(),
-        };
-        if snapshot {
-            filter.snapshot_begin();
         }
-        filter
     }
 
     /// Whether to send `p` (live or in a snapshot); if so, it is
     /// remembered for its exit.
     pub fn offer_process(&self, p: &Process) -> bool {
-        if !self.selector.wants(p) {
-            return false;
-        }
-        if !self.exits {
-            return true;
+        let wanted = self.selector.wants(p);
+        if !wanted || !self.exits {
+            return wanted;
         }
         let mut sent = lock(&self.sent);
         if sent.every_exit {
@@ -746,7 +701,7 @@ mod tests {
             comms: strings(&["java"]),
             ..Default::default()
         });
-        Filter::new(selector, true, false)
+        Filter::new(selector, true)
     }
 
     fn java(pid: i32) -> Process {
@@ -779,8 +734,8 @@ mod tests {
                 ..Default::default()
             }),
             true,
-            true,
         );
+        f.snapshot_begin();
         assert!(!f.offer_process(&java(21)));
         assert!(!f.offer_exit(21));
         assert!(!f.offer_exit(22), "its snapshot lists nothing");
@@ -794,8 +749,8 @@ mod tests {
                 ..Default::default()
             }),
             true,
-            true,
         );
+        f.snapshot_begin();
         // The exit may come before the snapshot reads the process (a zombie).
         assert!(f.offer_exit(20));
         assert!(f.offer_process(&java(21)));

@@ -40,21 +40,14 @@ impl ExecEventsService {
         seats: Quota,
     ) -> (Self, watch::Sender<bool>) {
         let (streams_end, stop) = watch::channel(false);
-        let snapshot_reads = Semaphore::new(SNAPSHOT_READS);
-        let shared = Shared {
+        let shared = Arc::new(Shared {
             fanout,
             stats,
             procfs,
             stop,
-            snapshot_reads,
-        };
-        (
-            Self {
-                shared: Arc::new(shared),
-                seats,
-            },
-            streams_end,
-        )
+            snapshot_reads: Semaphore::new(SNAPSHOT_READS),
+        });
+        (Self { shared, seats }, streams_end)
     }
 }
 

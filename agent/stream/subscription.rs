@@ -31,7 +31,7 @@ use tonic::Status;
 
 use crate::procfs::mount::ProcMount;
 use crate::procfs::snapshot::read_chunk;
-use crate::stream::fanout::{Fanout, Item, Missed, Subscription};
+use crate::stream::fanout::{self, Fanout, Item, Missed, Subscription};
 use crate::stream::selector::Choice;
 use crate::totals::Totals;
 use crate::transport::quota::Place;
@@ -188,11 +188,8 @@ impl Watcher {
                 self.snapshot = None;
                 // From here on a filtered stream gets only the exits of
                 // what it was sent.
-                if let Some(f) = &self.choice.filter {
-                    f.snapshot_end();
-                }
                 let mut ledger = self.sub.ledger();
-                ledger.snapshots = ledger.snapshots.saturating_sub(1);
+                fanout::snapshot_end(self.choice.filter.as_deref(), &mut ledger);
                 ledger.floor = 0;
             }
             return Ok(kind);
@@ -266,18 +263,16 @@ impl Drop for Watcher {
 fn overflow_lost(queue_len: usize, missed: Option<Missed>) -> Kind {
     let queue =
         format!("this subscriber did not keep up and its queue of {queue_len} events filled");
-    let Some(missed) = missed else {
-        return lost(LossSite::SubscriberQueue, queue, Some(0));
-    };
-    match missed.upstream {
-        None => lost(LossSite::SubscriberQueue, queue, Some(missed.events)),
+    let (events, upstream) = missed.map_or((0, None), |m| (m.events, m.upstream));
+    match upstream {
+        None => lost(LossSite::SubscriberQueue, queue, Some(events)),
         Some(upstream) => lost(
             upstream.site,
             format!(
-                "{}; meanwhile {queue} ({} events dropped there)",
-                upstream.reason, missed.events
+                "{}; meanwhile {queue} ({events} events dropped there)",
+                upstream.reason
             ),
-            upstream.count.map(|n| n + missed.events),
+            upstream.count.map(|n| n + events),
         ),
     }
 }
@@ -383,11 +378,8 @@ impl Snapshot {
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")));
                 match listed {
-                    Ok(mut pids) => {
-                        // Read in listing order (the chunks pop from the end).
-                        pids.reverse();
-                        self.pending = Some(pids);
-                    }
+                    // Read in listing order (the chunks pop from the end).
+                    Ok(pids) => self.pending = Some(pids.into_iter().rev().collect()),
                     Err(why) => again(&mut self.delay, deadline, &why).await?,
                 }
                 continue;
@@ -401,9 +393,7 @@ impl Snapshot {
                 };
                 let why = format!("{} processes unread: {why}", self.failed.len());
                 again(&mut self.delay, deadline, &why).await?;
-                let mut failed = std::mem::take(&mut self.failed);
-                failed.reverse();
-                self.pending = Some(failed);
+                self.pending = Some(self.failed.drain(..).rev().collect());
                 continue;
             }
             let (pids, shared) = (std::mem::take(pending), shared.clone());

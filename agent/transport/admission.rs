@@ -55,74 +55,68 @@ pub struct Limits {
 /// stops when the stream is dropped (the server stops).
 pub fn incoming(listener: UnixListener, limits: Limits) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(accept_loop(listener, limits, tx));
-    ReceiverStream::new(rx)
-}
-
-async fn accept_loop(
-    listener: UnixListener,
-    limits: Limits,
-    tx: mpsc::Sender<io::Result<Connection>>,
-) {
-    let own_uid = Some(nix::unistd::geteuid().as_raw());
-    let quota = Quota::new(limits.max_connections, limits.max_per_uid);
-    let (mut pause, mut failures) = (FIRST_PAUSE, 0u64);
-    let mut over_limit = 0u64;
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = tx.closed() => return,
-        };
-        let stream = match stream {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                failures += 1;
-                if failures == 1 {
-                    tracing::warn!("cannot accept a connection: {error}; retrying with a pause of up to {MAX_PAUSE:?}");
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
-                continue;
-            }
-        };
-        if failures > 0 {
-            tracing::info!(failed_attempts = failures, "accepting connections again");
-            (pause, failures) = (FIRST_PAUSE, 0);
-        }
-        let cred = stream.peer_cred().ok();
-        let uid = cred.map(|cred| cred.uid());
-        if !limits.peers.admits(uid, cred.and_then(|cred| cred.pid())) {
-            continue;
-        }
-        // The agent's own uid (its health probe) takes no place.
-        let place = match (uid != own_uid).then(|| quota.take(uid)).transpose() {
-            Ok(place) => place,
-            Err(over) => {
-                let why = match over {
-                    Over::Total(n) => format!("{n} connections are open (--max-connections)"),
-                    Over::PerUid(n) => {
-                        format!("this uid has {n} connections open (--max-connections-per-uid)")
+    tokio::spawn(async move {
+        let own_uid = Some(nix::unistd::geteuid().as_raw());
+        let quota = Quota::new(limits.max_connections, limits.max_per_uid);
+        let (mut pause, mut failures) = (FIRST_PAUSE, 0u64);
+        let mut over_limit = 0u64;
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = tx.closed() => return,
+            };
+            let stream = match stream {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!("cannot accept a connection: {error}; retrying with a pause of up to {MAX_PAUSE:?}");
                     }
-                };
-                // Said once per run of refusals, not per connection.
-                over_limit += 1;
-                if over_limit == 1 {
-                    tracing::warn!(peer_uid = uid, "closing new connections: {why}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                    continue;
                 }
+            };
+            if failures > 0 {
+                tracing::info!(failed_attempts = failures, "accepting connections again");
+                (pause, failures) = (FIRST_PAUSE, 0);
+            }
+            let cred = stream.peer_cred().ok();
+            let uid = cred.map(|cred| cred.uid());
+            if !limits.peers.admits(uid, cred.and_then(|cred| cred.pid())) {
                 continue;
             }
-        };
-        if over_limit > 0 {
-            tracing::info!(closed = over_limit, "connections admitted again");
-            over_limit = 0;
-        }
-        match Connection::new(stream, limits.idle_timeout, place) {
-            Ok(conn) => {
-                if tx.send(Ok(conn)).await.is_err() {
-                    return;
+            // The agent's own uid (its health probe) takes no place.
+            let place = match (uid != own_uid).then(|| quota.take(uid)).transpose() {
+                Ok(place) => place,
+                Err(over) => {
+                    let why = match over {
+                        Over::Total(n) => format!("{n} connections are open (--max-connections)"),
+                        Over::PerUid(n) => {
+                            format!("this uid has {n} connections open (--max-connections-per-uid)")
+                        }
+                    };
+                    // Said once per run of refusals, not per connection.
+                    over_limit += 1;
+                    if over_limit == 1 {
+                        tracing::warn!(peer_uid = uid, "closing new connections: {why}");
+                    }
+                    continue;
                 }
+            };
+            if over_limit > 0 {
+                tracing::info!(closed = over_limit, "connections admitted again");
+                over_limit = 0;
             }
-            Err(e) => tracing::warn!("cannot take over an accepted connection: {e}"),
+            match Connection::new(stream, limits.idle_timeout, place) {
+                Ok(conn) => {
+                    if tx.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!("cannot take over an accepted connection: {e}"),
+            }
         }
-    }
+    });
+    ReceiverStream::new(rx)
 }

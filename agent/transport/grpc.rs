@@ -15,7 +15,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 use tonic_health::ServingStatus;
 
-use tonic::service::interceptor::InterceptedService;
+use tonic::service::interceptor::InterceptorLayer;
 use tonic::transport::Server;
 
 use crate::transport::admission::{self, Limits};
@@ -80,13 +80,12 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     if let Some(dir) = dir {
         // The nearest existing ancestor must be a directory; create_dir_all
         // would only say "File exists" or "Not a directory".
-        if let Some(existing) = dir.ancestors().find(|a| fs::metadata(a).is_ok()) {
-            if !existing.is_dir() {
-                return Err(ServeError::NotADirectory {
-                    socket: path.into(),
-                    path: existing.into(),
-                });
-            }
+        let existing = dir.ancestors().find(|a| fs::metadata(a).is_ok());
+        if let Some(existing) = existing.filter(|a| !a.is_dir()) {
+            return Err(ServeError::NotADirectory {
+                socket: path.into(),
+                path: existing.into(),
+            });
         }
         fs::create_dir_all(dir).map_err(io_step(format!(
             "create the socket directory {}",
@@ -167,15 +166,14 @@ pub async fn serve<S: ExecEvents>(
     streams_end: watch::Sender<bool>,
 ) -> Result<StopReason, ServeError> {
     let listener = bind(path, limits.mode)?;
-    let peers = limits.peers.clone();
     // The mode in octal, as chmod and ls write it: JSON has no octal
     // numbers, and 432 would be read as a mode by nobody. The uids as the
     // flag takes them: tracing records scalars only, not lists.
     tracing::info!(
         socket = %path.display(),
         mode = format!("{:04o}", limits.mode),
-        allow_uid = peers.listed(),
-        peer_check = peers.checks(),
+        allow_uid = limits.peers.listed(),
+        peer_check = limits.peers.checks(),
         "serving"
     );
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -186,21 +184,18 @@ pub async fn serve<S: ExecEvents>(
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let mut drain = streams_end.subscribe();
+    // The peer check wraps every service, and paths no service serves.
     let server = Server::builder()
         .max_concurrent_streams(limits.streams_per_connection)
-        .add_service(InterceptedService::new(
-            ExecEventsServer::new(exec_events),
-            peers.clone(),
-        ))
-        .add_service(InterceptedService::new(health_service, peers.clone()))
-        .add_service(InterceptedService::new(reflection_v1, peers.clone()))
-        .add_service(InterceptedService::new(reflection_v1alpha, peers))
+        .layer(InterceptorLayer::new(limits.peers.clone()))
+        .add_service(ExecEventsServer::new(exec_events))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .serve_with_incoming_shutdown(admission::incoming(listener, limits), async {
-            let _ = drain_rx.await;
+            let _ = drain.wait_for(|end| *end).await;
         });
     tokio::pin!(server);
     let why = tokio::select! {
@@ -225,8 +220,8 @@ pub async fn serve<S: ExecEvents>(
         .set_service_status("", ServingStatus::NotServing)
         .await;
     let _ = fs::remove_file(path);
+    // Also tells the server to stop accepting and drain.
     let _ = streams_end.send(true);
-    let _ = drain_tx.send(());
     let second = execwatch::internal::shutdown::shutdown_signal();
     tokio::select! {
         result = &mut server => result?,

@@ -102,9 +102,7 @@ impl PeerCheck {
             return true;
         }
         let (new_peer, log) = lock(&self.refused).refuse((uid, pid), Instant::now());
-        if new_peer {
-            self.stats.add_peers_denied(1);
-        }
+        self.stats.add_peers_denied(new_peer.into());
         if let Some(unlogged_refusals) = log {
             tracing::warn!(
                 peer_uid = uid,
@@ -122,11 +120,10 @@ impl PeerCheck {
 impl Interceptor for PeerCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let cred = peer_cred(&req);
-        if self.admits(cred.map(|c| c.uid()), cred.and_then(|c| c.pid())) {
-            Ok(req)
-        } else {
-            Err(RpcError::PeerDenied.into())
-        }
+        let admitted = self.admits(cred.map(|c| c.uid()), cred.and_then(|c| c.pid()));
+        admitted
+            .then_some(req)
+            .ok_or_else(|| RpcError::PeerDenied.into())
     }
 }
 

@@ -64,12 +64,8 @@ impl Quota {
 impl Drop for Place {
     fn drop(&mut self) {
         let mut held = lock(&self.held);
-        if let Some(n) = held.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.uid);
-            }
-        }
+        held.entry(self.uid).and_modify(|n| *n -= 1);
+        held.retain(|_, n| *n > 0);
     }
 }
 

@@ -184,7 +184,7 @@ fn a_filtered_subscriber_gets_its_processes_and_their_exits_only() {
         ..Default::default()
     };
     let selector = Selector::from_request(&req).unwrap().unwrap();
-    let filter = Arc::new(Filter::new(selector, true, false));
+    let filter = Arc::new(Filter::new(selector, true));
     let mut filtered = fanout.subscribe(true, Some(filter), false);
     let mut all = fanout.subscribe(true, None, false);
     let named = |pid: i32, comm: &str| {
@@ -231,7 +231,7 @@ fn comms_filter(comms: &[&str]) -> Arc<crate::stream::selector::Filter> {
         ..Default::default()
     };
     let selector = Selector::from_request(&req).unwrap().unwrap();
-    Arc::new(Filter::new(selector, false, false))
+    Arc::new(Filter::new(selector, false))
 }
 
 #[test]

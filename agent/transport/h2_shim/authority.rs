@@ -108,11 +108,13 @@ enum Step {
     Pass(usize),
     /// Holding this many more bytes of a HEADERS or CONTINUATION frame.
     Hold(usize),
-    /// Passing everything on: h2 refuses the connection on what it got.
-    Verbatim,
     /// Sent h2 a block it refuses; nothing more is passed on.
     Closed,
 }
+
+/// Passing everything on (a payload no connection reaches the end of): h2
+/// refuses the connection on what it got.
+const VERBATIM: Step = Step::Pass(usize::MAX);
 
 /// The HEADERS frame that opened a block.
 #[derive(Debug, Clone, Copy)]
@@ -166,16 +168,12 @@ impl Normalizer {
             match self.step {
                 Step::Preface(matched) => {
                     let n = rest.len().min(PREFACE.len() - matched);
-                    if rest[..n] == PREFACE[matched..matched + n] {
-                        self.step = if matched + n == PREFACE.len() {
-                            Step::Head
-                        } else {
-                            Step::Preface(matched + n)
-                        };
-                    } else {
-                        // Not HTTP/2: h2 says so.
-                        self.step = Step::Verbatim;
-                    }
+                    // Not HTTP/2 (h2 says so), all of the preface, or more of it.
+                    self.step = match matched + n {
+                        _ if rest[..n] != PREFACE[matched..matched + n] => VERBATIM,
+                        all if all == PREFACE.len() => Step::Head,
+                        part => Step::Preface(part),
+                    };
                     emit.pass(at..at + n);
                     at += n;
                 }
@@ -214,10 +212,6 @@ impl Normalizer {
                         self.step = Step::Hold(left - n);
                     }
                 }
-                Step::Verbatim => {
-                    emit.pass(at..input.len());
-                    at = input.len();
-                }
                 Step::Closed => {
                     at = input.len();
                 }
@@ -238,10 +232,8 @@ impl Normalizer {
 
     /// The last request decoded on `stream`, as `METHOD path`.
     pub fn request_on(&self, stream: u32) -> Option<&str> {
-        match &self.last_request {
-            Some((s, line)) if *s == stream => Some(line),
-            _ => None,
-        }
+        let (s, line) = self.last_request.as_ref()?;
+        (*s == stream).then_some(line)
     }
 
     /// A whole frame header has arrived (`whole`: where it sits in the
@@ -250,10 +242,8 @@ impl Normalizer {
         let Head { len, kind, .. } = head;
         let raw = self.head.bytes;
         let in_block = self.opened.is_some();
-        let header_frame = match self.opened {
-            None => kind == HEADERS,
-            Some(opened) => kind == CONTINUATION && head.stream == opened.stream,
-        };
+        let next_in_block = |o: Opened| kind == CONTINUATION && head.stream == o.stream;
+        let header_frame = self.opened.map_or(kind == HEADERS, next_in_block);
         if !header_frame || len > MAX_FRAME {
             if in_block {
                 // h2 refuses a block broken off by another frame, or by an
@@ -270,7 +260,7 @@ impl Normalizer {
                 self.refuse(format!(
                     "frame type {kind:#x} of {len} bytes out of place or over the {MAX_FRAME}-byte limit"
                 ));
-                self.step = Step::Verbatim;
+                self.step = VERBATIM;
             } else {
                 // An empty payload passes as nothing on the next turn.
                 self.step = Step::Pass(len);
@@ -322,12 +312,9 @@ impl Normalizer {
 
     /// A whole header block is held: decode, normalize, re-encode.
     fn on_block(&mut self, emit: &mut Emit<'_>) {
-        let Some(opened) = self.opened.take() else {
-            return;
-        };
+        let opened = self.opened.take().expect("on_frame opened the block");
         let mut encoded = Vec::with_capacity(self.block.len() + 64);
-        let mut method = Vec::new();
-        let mut path = Vec::new();
+        let (mut method, mut path) = (String::new(), String::new());
         let mut list = 0;
         let decoded = self.decoder.decode_with_cb(&self.block, |name, value| {
             // The decoder goes on to the end to keep its table in step.
@@ -341,48 +328,30 @@ impl Normalizer {
                 &value
             };
             match &*name {
-                b":method" => method = value.to_vec(),
-                b":path" => path = value.to_vec(),
+                b":method" => method = String::from_utf8_lossy(value).into_owned(),
+                b":path" => path = String::from_utf8_lossy(value).into_owned(),
                 _ => {}
             }
             encode_literal(&name, value, &mut encoded);
         });
         self.block.clear();
         self.held.clear();
-        match decoded {
+        let stream = opened.stream;
+        let refusal = match decoded {
             Ok(()) if list > MAX_LIST => {
-                self.refuse(format!(
-                    "the header list of stream {} is over {MAX_LIST} bytes",
-                    opened.stream
-                ));
-                self.poison(opened, emit);
+                format!("the header list of stream {stream} is over {MAX_LIST} bytes")
             }
+            Err(e) => format!("the header block of stream {stream} is not valid HPACK: {e}"),
             Ok(()) => {
-                self.last_request = Some((
-                    opened.stream,
-                    format!(
-                        "{} {}",
-                        String::from_utf8_lossy(&method),
-                        String::from_utf8_lossy(&path)
-                    ),
-                ));
-                write_block(opened, &encoded, emit);
+                self.last_request = Some((stream, format!("{method} {path}")));
+                return write_block(opened, &encoded, emit);
             }
-            Err(e) => {
-                self.refuse(format!(
-                    "the header block of stream {} is not valid HPACK: {e}",
-                    opened.stream
-                ));
-                self.poison(opened, emit);
-            }
-        }
-    }
-
-    /// Sends h2 a block it refuses, ending the connection, and nothing
-    /// more: the client's table may be unknown now. Index 0 is never valid
-    /// (RFC 7541 §6.1); h2 answers any invalid block with GOAWAY
-    /// PROTOCOL_ERROR.
-    fn poison(&mut self, opened: Opened, emit: &mut Emit<'_>) {
+        };
+        self.refuse(refusal);
+        // Sends h2 a block it refuses, ending the connection, and nothing
+        // more: the client's table may be unknown now. Index 0 is never
+        // valid (RFC 7541 §6.1); h2 answers any invalid block with GOAWAY
+        // PROTOCOL_ERROR.
         let poison = Opened {
             priority: None,
             end_stream: false,
@@ -400,7 +369,7 @@ impl Normalizer {
         self.held.clear();
         self.block.clear();
         self.opened = None;
-        self.step = Step::Verbatim;
+        self.step = VERBATIM;
     }
 
     fn refuse(&mut self, why: String) {
@@ -424,8 +393,7 @@ impl Emit<'_> {
         if self.in_place && range.start == self.direct {
             self.direct = range.end;
         } else {
-            self.in_place = false;
-            self.out.extend_from_slice(&self.input[range]);
+            self.extend(&self.input[range]);
         }
     }
 
@@ -442,32 +410,22 @@ impl Emit<'_> {
 
 /// A HEADERS payload's priority fields and header fragment, or `None` when
 /// h2 refuses the connection for it (stream 0, a pad length past the
-/// payload, priority fields cut short), checked in h2's order.
+/// payload, priority fields cut short).
 fn headers_payload(
     stream: u32,
     flags: u8,
     payload: &[u8],
 ) -> Option<(Option<[u8; PRIORITY_LEN]>, Range<usize>)> {
-    if stream == 0 {
-        return None;
-    }
-    let mut start = 0;
-    let mut pad = 0;
-    if flags & PADDED != 0 {
-        pad = usize::from(*payload.first()?);
-        start = 1;
-    }
+    let padded = flags & PADDED != 0;
+    let pad = usize::from(if padded { *payload.first()? } else { 0 });
+    let mut start = usize::from(padded);
     let mut priority = None;
     if flags & PRIORITY != 0 {
-        let fields = payload.get(start..start + PRIORITY_LEN)?;
-        priority = Some(fields.try_into().ok()?);
+        priority = Some(payload.get(start..start + PRIORITY_LEN)?.try_into().ok()?);
         start += PRIORITY_LEN;
     }
     let end = payload.len().checked_sub(pad)?;
-    if end < start {
-        return None;
-    }
-    Some((priority, start..end))
+    (stream != 0 && end >= start).then_some((priority, start..end))
 }
 
 /// Whether h2 accepts `value` as an authority: the same parser it uses.
@@ -489,47 +447,30 @@ fn encode_literal(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
 /// Writes `block` as a HEADERS frame and as many CONTINUATION frames as
 /// [`MAX_FRAME`] needs.
 fn write_block(opened: Opened, block: &[u8], emit: &mut Emit<'_>) {
-    let priority_len = opened.priority.map_or(0, |_| PRIORITY_LEN);
-    let first = block.len().min(MAX_FRAME - priority_len);
-    let mut rest = &block[first..];
-    let mut flags = 0;
-    if opened.end_stream {
-        flags |= END_STREAM;
-    }
-    if opened.priority.is_some() {
-        flags |= PRIORITY;
-    }
-    if rest.is_empty() {
-        flags |= END_HEADERS;
-    }
-    emit.extend(&frame_head(
-        priority_len + first,
-        HEADERS,
-        flags,
-        opened.stream,
-    ));
-    if let Some(fields) = opened.priority {
-        emit.extend(&fields);
-    }
-    emit.extend(&block[..first]);
-    while !rest.is_empty() {
-        let n = rest.len().min(MAX_FRAME);
-        let flags = if n == rest.len() { END_HEADERS } else { 0 };
-        emit.extend(&frame_head(n, CONTINUATION, flags, opened.stream));
+    let mut prefix = opened.priority.as_ref().map_or(&[][..], |p| p);
+    let mut head = Head {
+        len: 0,
+        kind: HEADERS,
+        flags: if opened.end_stream { END_STREAM } else { 0 }
+            | if prefix.is_empty() { 0 } else { PRIORITY },
+        stream: opened.stream,
+    };
+    let mut rest = block;
+    loop {
+        let n = rest.len().min(MAX_FRAME - prefix.len());
+        if n == rest.len() {
+            head.flags |= END_HEADERS;
+        }
+        head.len = prefix.len() + n;
+        emit.extend(&head.encode());
+        emit.extend(prefix);
         emit.extend(&rest[..n]);
         rest = &rest[n..];
+        if rest.is_empty() {
+            return;
+        }
+        (head.kind, head.flags, prefix) = (CONTINUATION, 0, &[]);
     }
-}
-
-/// A frame header.
-fn frame_head(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; HEAD_LEN] {
-    Head {
-        len,
-        kind,
-        flags,
-        stream,
-    }
-    .encode()
 }
 
 #[cfg(test)]

@@ -93,10 +93,9 @@ impl Connection {
 
     /// Logs the first refusal on this connection.
     fn log_refusal(&mut self, reason: impl std::fmt::Display) {
-        if self.logged {
+        if std::mem::replace(&mut self.logged, true) {
             return;
         }
-        self.logged = true;
         // A number, as in every line with a peer_uid (absent if unknown).
         let peer_uid = self.info.peer_cred.map(|cred| cred.uid());
         tracing::warn!(peer_uid, %reason, "refused an HTTP/2 request on the socket");
@@ -105,9 +104,6 @@ impl Connection {
     /// Follows what was written: the first `n` bytes of `bufs`.
     fn follow_written(&mut self, bufs: &[IoSlice<'_>], mut n: usize) {
         for buf in bufs {
-            if n == 0 {
-                break;
-            }
             let part = &buf[..buf.len().min(n)];
             n -= part.len();
             let mut refusal = None;
@@ -149,33 +145,6 @@ impl Connection {
             }
         }
         self.activity.expired(Instant::now())
-    }
-
-    /// Runs the non-blocking write `op`, waiting for writability only if
-    /// the socket is full.
-    fn poll_write_with(
-        &mut self,
-        cx: &mut Context<'_>,
-        op: impl Fn(&OwnedFd) -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            if let Some(write) = &self.write {
-                let mut guard = ready!(write.poll_write_ready(cx))?;
-                if let Ok(result) = guard.try_io(|fd| op(fd.get_ref())) {
-                    // Room again: back to plain writes.
-                    self.write = None;
-                    return Poll::Ready(result);
-                }
-                continue;
-            }
-            match op(self.read.get_ref()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let dup = self.read.get_ref().as_fd().try_clone_to_owned()?;
-                    self.write = Some(register(dup, Interest::WRITABLE)?);
-                }
-                result => return Poll::Ready(result),
-            }
-        }
     }
 }
 
@@ -225,18 +194,12 @@ impl AsyncRead for Connection {
                 // h2 has a block it refuses; it needs nothing more.
                 return Poll::Ready(Ok(()));
             }
-            let n = {
-                let mut guard = ready!(this.read.poll_read_ready(cx))?;
-                let unfilled = buf.initialize_unfilled();
-                let result = guard.try_io(|fd| {
-                    nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from)
-                });
-                match result {
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => return Poll::Ready(Err(e)),
-                    Err(_would_block) => continue,
-                }
-            };
+            let mut guard = ready!(this.read.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let read = guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref(), unfilled)?));
+            // Err: it would block.
+            let Ok(n) = read else { continue };
+            let n = n?;
             if n == 0 {
                 return Poll::Ready(Ok(()));
             }
@@ -245,9 +208,8 @@ impl AsyncRead for Connection {
             let read = &buf.initialize_unfilled()[..n];
             this.activity.client_sent(Instant::now());
             let activity = &mut this.activity;
-            let direct = this.normalizer.feed(read, &mut this.pending, |head| {
-                activity.client_frame(head);
-            });
+            let direct =
+                (this.normalizer).feed(read, &mut this.pending, |h| activity.client_frame(h));
             if let Some(reason) = this.normalizer.take_refusal() {
                 this.log_refusal(reason);
             }
@@ -276,12 +238,31 @@ impl AsyncWrite for Connection {
         let this = self.get_mut();
         // The kernel takes at most IOV_MAX slices at once.
         let bufs = &bufs[..bufs.len().min(IOV_MAX)];
-        let written = ready!(this.poll_write_with(cx, |fd| {
-            // MSG_NOSIGNAL: a client that hung up is an error here, not a
-            // SIGPIPE.
+        // MSG_NOSIGNAL: a client that hung up is an error here, not a
+        // SIGPIPE.
+        let send = |fd: &OwnedFd| {
             socket::sendmsg::<()>(fd.as_raw_fd(), bufs, &[], MsgFlags::MSG_NOSIGNAL, None)
                 .map_err(io::Error::from)
-        }))?;
+        };
+        // Waits for writability only if the socket is full.
+        let written = loop {
+            if let Some(write) = &this.write {
+                let mut guard = ready!(write.poll_write_ready(cx))?;
+                if let Ok(result) = guard.try_io(|fd| send(fd.get_ref())) {
+                    // Room again: back to plain writes.
+                    this.write = None;
+                    break result?;
+                }
+                continue;
+            }
+            match send(this.read.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let dup = this.read.get_ref().as_fd().try_clone_to_owned()?;
+                    this.write = Some(register(dup, Interest::WRITABLE)?);
+                }
+                result => break result?,
+            }
+        };
         this.follow_written(bufs, written);
         Poll::Ready(Ok(written))
     }

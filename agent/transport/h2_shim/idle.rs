@@ -111,11 +111,8 @@ impl Activity {
     /// Follows a frame the agent wrote (its bytes followed by the
     /// connection). Returns whether the last open stream just closed.
     pub fn agent_wrote(&mut self, head: Head) -> bool {
-        let ends = match head.kind {
-            DATA | HEADERS => head.flags & END_STREAM != 0,
-            RST_STREAM => true,
-            _ => false,
-        };
+        let end_stream = matches!(head.kind, DATA | HEADERS) && head.flags & END_STREAM != 0;
+        let ends = end_stream || head.kind == RST_STREAM;
         let was_open = !self.open.is_empty();
         if ends {
             self.open.retain(|&s| s != head.stream);
@@ -131,12 +128,9 @@ impl Activity {
     /// while a stream is open.
     pub fn deadline(&self) -> Option<Instant> {
         if !self.handshaken {
-            Some(self.accepted + HANDSHAKE_DEADLINE)
-        } else if self.open.is_empty() {
-            Some(self.last + self.idle_timeout)
-        } else {
-            None
+            return Some(self.accepted + HANDSHAKE_DEADLINE);
         }
+        self.open.is_empty().then(|| self.last + self.idle_timeout)
     }
 
     /// Why the connection ends, if its deadline has passed at `now`.

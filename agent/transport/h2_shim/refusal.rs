@@ -17,11 +17,6 @@ use std::fmt;
 
 use super::frame::{Frame, GOAWAY, RST_STREAM};
 
-/// Error codes that are not refusals: NO_ERROR (a response ended before
-/// its request body) and CANCEL (a response dropped).
-const NO_ERROR: u32 = 0x0;
-const CANCEL: u32 = 0x8;
-
 /// An RST_STREAM or GOAWAY frame with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
@@ -45,11 +40,10 @@ impl Refusal {
             RST_STREAM => (false, frame.head.stream, word(0)?),
             _ => return None,
         };
-        let refused = match code {
-            NO_ERROR => false,
-            CANCEL => goaway,
-            _ => true,
-        };
+        // Not refusals: NO_ERROR (a response ended before its request
+        // body), and on a stream CANCEL (a response dropped).
+        let reason = h2::Reason::from(code);
+        let refused = reason != h2::Reason::NO_ERROR && (reason != h2::Reason::CANCEL || goaway);
         refused.then_some(Refusal {
             stream,
             goaway,
@@ -62,17 +56,11 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // h2's names (PROTOCOL_ERROR, …), `Reason(0x…)` for an unknown code.
         let code = h2::Reason::from(self.code);
+        f.write_str("the agent's HTTP/2 layer ")?;
         if self.goaway {
-            write!(
-                f,
-                "the agent's HTTP/2 layer closed the connection with GOAWAY {code:?}"
-            )
+            write!(f, "closed the connection with GOAWAY {code:?}")
         } else {
-            write!(
-                f,
-                "the agent's HTTP/2 layer reset stream {} with {code:?}",
-                self.stream
-            )
+            write!(f, "reset stream {} with {code:?}", self.stream)
         }
     }
 }

@@ -118,7 +118,13 @@ fn blocks_and_others(frames: &[RawFrame]) -> (Vec<Block>, Vec<RawFrame>) {
 }
 
 fn head(len: usize, kind: u8, flags: u8, stream: u32) -> Vec<u8> {
-    frame_head(len, kind, flags, stream).to_vec()
+    let head = Head {
+        len,
+        kind,
+        flags,
+        stream,
+    };
+    head.encode().to_vec()
 }
 
 /// SETTINGS with no entries, as every client sends after the preface.
