@@ -159,10 +159,10 @@ impl Rules {
                 let about_a_value = ["invalid ", "unknown variant"]
                     .iter()
                     .any(|p| message.starts_with(p));
-                if let Some(key) = key_at(toml, span.start).filter(|_| about_a_value) {
-                    if !message.contains(key) {
-                        message = format!("`{key}`: {message}");
-                    }
+                let key =
+                    key_at(toml, span.start).filter(|k| about_a_value && !message.contains(k));
+                if let Some(key) = key {
+                    message = format!("`{key}`: {message}");
                 }
                 position(toml, span.start)
             });
@@ -173,15 +173,13 @@ impl Rules {
             }
         })?;
 
-        if let Some(value) = &doc.poll_interval_ms {
-            if *value.get_ref() < 0 {
-                let (line, column) = position(toml, value.span().start);
-                return Err(RulesError::NegativePollInterval {
-                    value: *value.get_ref(),
-                    line,
-                    column,
-                });
-            }
+        if let Some(value) = doc.poll_interval_ms.filter(|v| *v.get_ref() < 0) {
+            let (line, column) = position(toml, value.span().start);
+            return Err(RulesError::NegativePollInterval {
+                value: value.into_inner(),
+                line,
+                column,
+            });
         }
 
         let mut rules = Rules {
