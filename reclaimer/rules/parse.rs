@@ -122,11 +122,8 @@ impl RulesError {
 
 /// "line L, column C: " or nothing, for [`RulesError::Parse`]'s message.
 fn at(line: Option<usize>, column: Option<usize>) -> String {
-    match (line, column) {
-        (Some(l), Some(c)) => format!("line {l}, column {c}: "),
-        (Some(l), None) => format!("line {l}: "),
-        _ => String::new(),
-    }
+    line.zip(column)
+        .map_or(String::new(), |(l, c)| format!("line {l}, column {c}: "))
 }
 /// The document as written, with positions for the validation errors.
 #[derive(Deserialize)]
