@@ -20,9 +20,6 @@ mod parse;
 mod selector;
 pub mod source;
 
-#[cfg(test)]
-use parse::RulesError;
-
 /// The rules the README's demo uses when no `--rules-file` is given.
 ///
 /// `bash -c 'exec -a execwatch-demo sleep 30'` matches them on any Linux
