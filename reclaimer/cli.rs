@@ -119,47 +119,36 @@ pub enum Command {
     },
 }
 
-/// Longest DNS subdomain name (Node and ConfigMap names).
-const MAX_SUBDOMAIN: usize = 253;
-/// Longest DNS label (namespace names).
-const MAX_LABEL: usize = 63;
-
 /// A Kubernetes object name (RFC 1123 subdomain): at most 253 characters,
 /// lowercase letters, digits, '-' and '.', starting and ending with a
 /// letter or digit.
 pub fn dns_subdomain(s: &str) -> Result<String, String> {
-    dns_name(
-        s,
-        MAX_SUBDOMAIN,
-        true,
-        "a Kubernetes name (RFC 1123 subdomain)",
-    )
+    let allowed = "lowercase letters, digits, '-' and '.'";
+    dns_name(s, 253, "a Kubernetes name (RFC 1123 subdomain)", allowed)
 }
 
 /// A namespace name (RFC 1123 label): at most 63 characters, lowercase
 /// letters, digits and '-', starting and ending with a letter or digit.
 fn dns_label(s: &str) -> Result<String, String> {
-    dns_name(s, MAX_LABEL, false, "a namespace name (RFC 1123 label)")
+    let allowed = "lowercase letters, digits and '-'";
+    dns_name(s, 63, "a namespace name (RFC 1123 label)", allowed)
 }
 
-fn dns_name(s: &str, max: usize, dots: bool, what: &str) -> Result<String, String> {
-    let allowed = if dots {
-        "lowercase letters, digits, '-' and '.'"
-    } else {
-        "lowercase letters, digits and '-'"
-    };
-    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+/// `s` if it is `what`: 1 to `max` of the characters `allowed` names (a
+/// '.' only if it names one), starting and ending with a letter or digit.
+fn dns_name(s: &str, max: usize, what: &str, allowed: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > max {
         return Err(format!(
             "{what} is 1 to {max} characters long; this one has {}",
             s.len()
         ));
     }
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let dots = allowed.contains("'.'");
     let ok_chars = s
         .chars()
         .all(|c| alnum(c) || c == '-' || (dots && c == '.'));
-    let ok_ends = s.starts_with(alnum) && s.ends_with(alnum);
-    if !ok_chars || !ok_ends {
+    if !ok_chars || !s.starts_with(alnum) || !s.ends_with(alnum) {
         return Err(format!(
             "{s:?} is not {what}: use {allowed}, starting and ending with a letter or digit"
         ));

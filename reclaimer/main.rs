@@ -76,6 +76,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut metrics = metrics::Metrics::new();
     metrics.register_agent(Box::new(agent_stats.clone()));
     let metrics = Arc::new(metrics);
+    // The rules ConfigMap's name, refused here if invalid, not by the API
+    // server over and over: `--configmap`, or `reclaim-agent-<node>`, which
+    // a long node name can push past the 253 characters of a name.
+    let configmap = match (&cli.rules_file, &cli.node_name, &cli.configmap) {
+        (None, Some(_), Some(name)) if !cli.dry_run => Some(name.clone()),
+        (None, Some(node), None) if !cli.dry_run => {
+            let name = cli::dns_subdomain(&format!("reclaim-agent-{node}"));
+            Some(name.map_err(|e| anyhow::anyhow!("the rules ConfigMap name for --node-name {node} is invalid: {e}; set --configmap"))?)
+        }
+        _ => None,
+    };
     let writer: Box<dyn NodeWriter> = if cli.dry_run {
         tracing::info!("dry-run: decisions are logged, the Kubernetes API is never contacted");
         let node = cli
@@ -87,10 +98,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let Some(node) = cli.node_name.clone() else {
             bail!("--node-name (or NODE_NAME) is required unless --dry-run");
         };
-        if cli.rules_file.is_none() {
-            // Refused here, not by the API server over and over.
-            configmap_name(&cli, &node)?;
-        }
         let host = if cli.skip_host_id_check {
             tracing::warn!("--skip-host-id-check is ON: the Node's machine-id is NOT compared with this host's; only for sandboxes");
             HostId::Skip
@@ -119,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // a file or the demo holds now (the source hands the same to the
     // decision loop in a moment, so no re-subscription follows); a
     // ConfigMap's are not known yet, so no process until they arrive.
-    let (source, first_rules) = match (&cli.rules_file, &cli.node_name) {
+    let (source, first_rules) = match (&cli.rules_file, configmap) {
         // A bad file at start is a configuration error; later edits are
         // ridden out with the last good rules.
         (Some(path), _) => {
@@ -129,17 +136,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("the rules file {} is invalid", path.display()))?;
             (RulesSource::File(path.clone()), rules)
         }
-        (None, Some(node)) if !cli.dry_run => {
+        (None, Some(name)) => {
             let source = RulesSource::ConfigMap {
                 client: kube::Client::try_from(kube_config(WATCH_READ_TIMEOUT).await?)
                     .context("cannot build the Kubernetes client")?,
                 namespace: cli.namespace.clone(),
-                name: configmap_name(&cli, node)?,
+                name,
             };
             (source, rules::Rules::inert())
         }
         // A dry-run without a rules file: the demo rules.
-        (None, _) => {
+        (None, None) => {
             let rules = rules::Rules::parse(rules::DEFAULT_RULES).context("the embedded rules")?;
             (RulesSource::Embedded(rules.clone()), rules)
         }
@@ -178,19 +185,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The rules ConfigMap's name: `--configmap`, or `reclaim-agent-<node>`,
-/// which a long node name can push past the 253 characters of a name.
-fn configmap_name(cli: &Cli, node: &str) -> anyhow::Result<String> {
-    match &cli.configmap {
-        Some(name) => Ok(name.clone()),
-        None => cli::dns_subdomain(&format!("reclaim-agent-{node}")).map_err(|e| {
-            anyhow::anyhow!(
-                "the rules ConfigMap name for --node-name {node} is invalid: {e}; set --configmap"
-            )
-        }),
-    }
 }
 
 /// Read timeout of the Node requests: short, so that a hung API server is

@@ -9,7 +9,7 @@ use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Metric, Registry, Unit};
+use prometheus_client::registry::{Registry, Unit};
 
 pub mod endpoint;
 
@@ -17,88 +17,65 @@ pub mod endpoint;
 pub const PATCH_LATENCY_BUCKETS: [f64; 10] =
     [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
-/// Everything the reclaimer counts. The fields are handles into
-/// [`Metrics::registry`]: updating one is what a scrape shows.
-#[derive(Debug)]
-pub struct Metrics {
-    /// Stream items received (execs, snapshot entries, exits, markers).
-    pub events: Counter,
-    /// Processes the rules matched (each firing decision).
-    pub matches: Counter,
-    /// Node patches written.
-    pub patches: Counter,
-    /// Failed patch attempts (each retry counts).
-    pub patch_errors: Counter,
-    /// Seconds from the process being observed to the patch being accepted.
-    pub patch_latency: Histogram,
-    /// Times the agent stream was lost and reconnected.
-    pub reconnects: Counter,
-    /// `lost` markers received.
-    pub lost_markers: Counter,
-    /// Rule sets loaded (inert ones included; a missing document is none).
-    pub rule_reloads: Counter,
-    /// `match_exe_paths` entries warned about as links (once each).
-    pub exe_path_warnings: Counter,
-    /// Rule documents rejected (the last good rules stay in force).
-    pub rule_errors: Counter,
-    /// 1 while the current rules document is invalid.
-    pub rules_invalid: Gauge,
-    /// 1 while the rules are inert.
-    pub rules_inert: Gauge,
-    /// 1 while the rules source has no document (the node is then disarmed,
-    /// or keeps its last rules with `--keep-rules-when-missing`).
-    pub rules_missing: Gauge,
-    registry: Registry,
+/// Declares [`Metrics`] with one field per metric of the reclaimer's own,
+/// named after the field, its help text also its doc, registered in order.
+macro_rules! metrics {
+    ($($field:ident: $kind:ident, $help:literal;)*) => {
+        /// Everything the reclaimer counts. The fields are handles into
+        /// [`Metrics::registry`]: updating one is what a scrape shows.
+        #[derive(Debug)]
+        pub struct Metrics {
+            /// Seconds from the process being observed to the patch being
+            /// accepted.
+            pub patch_latency: Histogram,
+            $(#[doc = $help] pub $field: $kind,)*
+            registry: Registry,
+        }
+
+        impl Metrics {
+            /// Every counter at zero and `rules_inert` at 1 (the reclaimer
+            /// starts without rules), registered.
+            pub fn new() -> Self {
+                let mut registry = Registry::default();
+                let own = registry.sub_registry_with_prefix("execwatch_reclaimer");
+                // prometheus-client appends `_total` to counters and a final
+                // period to help texts.
+                let up = Gauge::<i64>::default();
+                own.register("up", "Always 1 while the reclaimer runs", up.clone());
+                up.set(1);
+                let patch_latency = Histogram::new(PATCH_LATENCY_BUCKETS);
+                own.register_with_unit(
+                    "patch_latency",
+                    "From the agent observing the process to the Node patch being accepted",
+                    Unit::Seconds,
+                    patch_latency.clone(),
+                );
+                $(let $field = $kind::default();
+                own.register(stringify!($field), $help, $field.clone());)*
+                let m = Metrics { patch_latency, $($field,)* registry };
+                m.rules_inert.set(1);
+                m
+            }
+        }
+    };
+}
+
+metrics! {
+    events: Counter, "Stream items received from the agent (execs, snapshot entries, exits, markers)";
+    matches: Counter, "Processes matched by the rules (each firing decision)";
+    patches: Counter, "Reclaim annotations written to the Node";
+    patch_errors: Counter, "Failed Node patch attempts (each retry counts, 409s included)";
+    reconnects: Counter, "Agent stream reconnects";
+    lost_markers: Counter, "Lost markers received from the agent";
+    rule_reloads: Counter, "Rule sets loaded (inert ones included)";
+    rule_errors: Counter, "Rule documents rejected";
+    exe_path_warnings: Counter, "match_exe_paths entries that are most likely links and never match (each warned once)";
+    rules_invalid: Gauge, "1 while the current rules document is invalid (the last good rules are in force)";
+    rules_inert: Gauge, "1 while the loaded rules never fire";
+    rules_missing: Gauge, "1 while the rules source has no document (the node is disarmed unless --keep-rules-when-missing)";
 }
 
 impl Metrics {
-    /// Every counter at zero and `rules_inert` at 1 (the reclaimer starts
-    /// without rules), registered.
-    pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let own = registry.sub_registry_with_prefix("execwatch_reclaimer");
-        // prometheus-client appends `_total` to counters and a final period
-        // to help texts.
-        registered::<Gauge>(own, "up", "Always 1 while the reclaimer runs").set(1);
-        let patch_latency = Histogram::new(PATCH_LATENCY_BUCKETS);
-        own.register_with_unit(
-            "patch_latency",
-            "From the agent observing the process to the Node patch being accepted",
-            Unit::Seconds,
-            patch_latency.clone(),
-        );
-        let m = Metrics {
-            events: registered(
-                own,
-                "events",
-                "Stream items received from the agent (execs, snapshot entries, exits, markers)",
-            ),
-            matches: registered(
-                own,
-                "matches",
-                "Processes matched by the rules (each firing decision)",
-            ),
-            patches: registered(own, "patches", "Reclaim annotations written to the Node"),
-            patch_errors: registered(
-                own,
-                "patch_errors",
-                "Failed Node patch attempts (each retry counts, 409s included)",
-            ),
-            reconnects: registered(own, "reconnects", "Agent stream reconnects"),
-            lost_markers: registered(own, "lost_markers", "Lost markers received from the agent"),
-            rule_reloads: registered(own, "rule_reloads", "Rule sets loaded (inert ones included)"),
-            rule_errors: registered(own, "rule_errors", "Rule documents rejected"),
-            exe_path_warnings: registered(own, "exe_path_warnings", "match_exe_paths entries that are most likely links and never match (each warned once)"),
-            rules_invalid: registered(own, "rules_invalid", "1 while the current rules document is invalid (the last good rules are in force)"),
-            rules_inert: registered(own, "rules_inert", "1 while the loaded rules never fire"),
-            rules_missing: registered(own, "rules_missing", "1 while the rules source has no document (the node is disarmed unless --keep-rules-when-missing)"),
-            patch_latency,
-            registry,
-        };
-        m.rules_inert.set(1);
-        m
-    }
-
     /// Registers `agent`, the collector of the agent's counters as last
     /// read from its socket, under `execwatch_agent_`.
     pub fn register_agent(&mut self, agent: Box<dyn Collector>) {
@@ -117,13 +94,6 @@ impl Metrics {
         };
         out
     }
-}
-
-/// A new metric of type `M`, registered in `registry` as `name`.
-fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
-    let metric = M::default();
-    registry.register(name, help, metric.clone());
-    metric
 }
 
 /// The two exposition formats a scraper may ask for.

@@ -61,9 +61,6 @@ impl ProcessTable {
 
     /// The earliest-started running process the rules match, if any.
     pub fn first_match(&self, rules: &Rules) -> Option<(&Process, Match)> {
-        if rules.is_inert() {
-            return None;
-        }
         self.procs
             .values()
             .filter_map(|p| rules.matches(p).map(|m| (p, m)))

@@ -6,7 +6,7 @@
 //! plus a few optional keys that are off by default. Its keys, how each one
 //! matches, its limits and its errors are described once, for the operators
 //! who write it, in [docs/rules.md](../docs/rules.md). This module is pure:
-//! it parses and validates the document ([`RulesError::line`] says where an
+//! it parses and validates the document ([`parse::RulesError::line`] says where an
 //! error is) and answers "does this process match?" ([`Rules::matches`]),
 //! and does no I/O and no logging.
 
@@ -19,8 +19,6 @@ mod matching;
 mod parse;
 mod selector;
 pub mod source;
-
-pub use parse::RulesError;
 
 /// The rules the README's demo uses when no `--rules-file` is given.
 ///

@@ -58,14 +58,13 @@ pub async fn connect(path: impl AsRef<Path>) -> Result<Channel, ConnectError> {
         return Err(ConnectError::NotUtf8 { path });
     };
     // `unix://` then the path as it is: tonic strips exactly that prefix.
-    let connected = match Endpoint::from_shared(format!("unix://{text}")) {
-        Ok(endpoint) => {
-            let origin = Uri::from_static("http://localhost");
-            endpoint.origin(origin).connect().await
-        }
+    let endpoint = Endpoint::from_shared(format!("unix://{text}"));
+    let origin = Uri::from_static("http://localhost");
+    match endpoint {
+        Ok(endpoint) => endpoint.origin(origin).connect().await,
         Err(error) => Err(error),
-    };
-    connected.map_err(|error| ConnectError::Connect { path, error })
+    }
+    .map_err(|error| ConnectError::Connect { path, error })
 }
 
 /// Shorthand for a typed `ExecEvents` client on the socket `path`.

@@ -14,10 +14,10 @@
 //! While connected it also reads the agent's `GetStats` every
 //! [`agent_metrics::POLL`] on the same connection, for the metrics.
 
+use std::convert::Infallible;
 use std::path::PathBuf;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use execwatch::proto::exec_events_client::ExecEventsClient;
 use execwatch::proto::{watch_event::Kind, StatsRequest, WatchEvent, WatchRequest};
@@ -64,33 +64,10 @@ pub async fn run(
                 stats.spawn(poll_stats(client.clone(), agent_stats.clone()));
                 backoff.reset();
                 failures = 0;
-                if tx.send(LinkEvent::Connected).await.is_err() {
+                let Err(why) = follow(client, stream, &tx, &mut selectors).await;
+                if let LinkError::Gone(_) = why {
                     return;
                 }
-                let mut current = Current {
-                    stream,
-                    expected: 1,
-                };
-                let why = loop {
-                    tokio::select! {
-                        msg = current.stream.message() => match current.accept(msg) {
-                            Ok(ev) => {
-                                if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(why) => break why,
-                        },
-                        Ok(()) = selectors.changed() => {
-                            let req = request(&mut selectors);
-                            match switch(client.clone(), req, &mut current, &tx).await {
-                                Ok(true) => {}
-                                Ok(false) => return,
-                                Err(why) => break why,
-                            }
-                        }
-                    }
-                };
                 // Aborted, the poller is never polled again (the reclaimer's
                 // runtime has one thread): nothing sets the agent's counters
                 // after they are forgotten here.
@@ -116,6 +93,31 @@ pub async fn run(
     }
 }
 
+/// Feeds the decision loop from a new connection's `stream`, re-subscribing
+/// on `client` when the selector changes, until the stream fails.
+async fn follow(
+    client: Client,
+    stream: Stream,
+    tx: &mpsc::Sender<LinkEvent>,
+    selectors: &mut watch::Receiver<WatchRequest>,
+) -> Result<Infallible, LinkError> {
+    tx.send(LinkEvent::Connected).await?;
+    let mut current = Current {
+        stream,
+        expected: 1,
+    };
+    loop {
+        tokio::select! {
+            msg = current.stream.message() => {
+                tx.send(LinkEvent::Event(Box::new(current.accept(msg)?))).await?;
+            }
+            Ok(()) = selectors.changed() => {
+                switch(client.clone(), request(selectors), &mut current, tx).await?;
+            }
+        }
+    }
+}
+
 /// Why the link lost, or could not open, its stream; the link then
 /// reconnects after a backoff.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +127,7 @@ pub enum LinkError {
     Connect(#[from] execwatch::client::ConnectError),
     /// The agent refused the `Watch`.
     #[error("{0}")]
-    Refused(tonic::Status),
+    Refused(#[from] tonic::Status),
     /// An item's `seq` was not the next one: the stream cannot be trusted.
     #[error("sequence jumped from {after} to {got}")]
     SequenceJump {
@@ -144,6 +146,9 @@ pub enum LinkError {
     /// its first item.
     #[error("re-subscribing failed: {0}")]
     Resubscribe(Box<LinkError>),
+    /// The decision loop is gone (the reclaimer is stopping): the link ends.
+    #[error("the decision loop is gone")]
+    Gone(#[from] mpsc::error::SendError<LinkEvent>),
 }
 
 type Client = ExecEventsClient<Channel>;
@@ -163,7 +168,7 @@ async fn connect(
     req: WatchRequest,
 ) -> Result<(Client, Stream), LinkError> {
     let mut client = execwatch::client::exec_events(socket).await?;
-    let stream = watch(&mut client, req).await.map_err(LinkError::Refused)?;
+    let stream = watch(&mut client, req).await?;
     Ok((client, stream))
 }
 
@@ -171,7 +176,7 @@ async fn connect(
 /// thinks valid and the agent does not) must not leave the reclaimer
 /// blind: it subscribes to every process instead, which the rules then
 /// sift as before selectors.
-async fn watch(client: &mut Client, req: WatchRequest) -> Result<Stream, tonic::Status> {
+async fn watch(client: &mut Client, req: WatchRequest) -> Result<Stream, LinkError> {
     match client.watch(req.clone()).await {
         Err(status) if status.code() == tonic::Code::InvalidArgument => {
             tracing::warn!(
@@ -241,23 +246,24 @@ const CATCH_UP_MAX: Duration = Duration::from_secs(2);
 ///    with that first item: a snapshot of every running process the new
 ///    rules could match.
 ///
-/// `Ok(false)` if the decision loop is gone; `Err` if the new stream could
-/// not be opened (the link then reconnects, with the latest selector).
+/// `Err` if the new stream could not be opened (the link then reconnects,
+/// with the latest selector) or the decision loop is gone.
 async fn switch(
     mut client: Client,
     req: WatchRequest,
     current: &mut Current,
     tx: &mpsc::Sender<LinkEvent>,
-) -> Result<bool, LinkError> {
+) -> Result<(), LinkError> {
     tracing::info!("the rules changed: re-subscribing with their selector");
     // The new stream, opened and with its first item.
     let opening = async move {
-        let mut next = watch(&mut client, req).await.map_err(LinkError::Refused)?;
-        match next.message().await {
-            Ok(Some(first)) => Ok((next, first)),
-            Ok(None) => Err(LinkError::Closed),
-            Err(status) => Err(LinkError::Failed(status)),
-        }
+        let mut next = Current {
+            stream: watch(&mut client, req).await?,
+            expected: 1,
+        };
+        let msg = next.stream.message().await;
+        let first = next.accept(msg)?;
+        Ok::<_, LinkError>((next, first))
     };
     tokio::pin!(opening);
     let mut old_open = true;
@@ -265,11 +271,7 @@ async fn switch(
         tokio::select! {
             opened = &mut opening => break opened.map_err(|e| LinkError::Resubscribe(Box::new(e)))?,
             msg = current.stream.message(), if old_open => match current.accept(msg) {
-                Ok(ev) => {
-                    if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
-                        return Ok(false);
-                    }
-                }
+                Ok(ev) => tx.send(LinkEvent::Event(Box::new(ev))).await?,
                 Err(_) => old_open = false,
             },
         }
@@ -291,23 +293,15 @@ async fn switch(
             // say nothing.
             let live = matches!(ev.kind, Some(Kind::Exec(_) | Kind::Exit(_)));
             let caught_up = live && observed(&ev).zip(mark).is_some_and(|(at, mark)| at >= mark);
-            if tx.send(LinkEvent::Event(Box::new(ev))).await.is_err() {
-                return Ok(false);
-            }
+            tx.send(LinkEvent::Event(Box::new(ev))).await?;
             if caught_up {
                 break;
             }
         }
     }
-    *current = Current {
-        stream: next,
-        expected: 1,
-    };
-    if tx.send(LinkEvent::Connected).await.is_err() {
-        return Ok(false);
-    }
-    let first = current.accept(Ok(Some(first)))?;
-    Ok(tx.send(LinkEvent::Event(Box::new(first))).await.is_ok())
+    *current = next;
+    tx.send(LinkEvent::Connected).await?;
+    Ok(tx.send(LinkEvent::Event(Box::new(first))).await?)
 }
 
 /// When the agent observed the process an item reports, if it reports one.

@@ -66,7 +66,11 @@ impl MetricsServer {
             .map_err(|source| ServeError { addr, source })?;
         Ok(Self {
             listener,
-            app: router(metrics),
+            // `/metrics` only; axum answers 404 elsewhere, 405 (with `Allow`)
+            // for other methods, and `HEAD` like `GET` without the body.
+            app: Router::new()
+                .route("/metrics", get(scrape))
+                .with_state(metrics),
             timeouts: Timeouts {
                 header_read: HEADER_READ_TIMEOUT,
                 connection: CONNECTION_TIMEOUT,
@@ -132,20 +136,11 @@ async fn serve_connection(stream: TcpStream, app: Router, timeouts: Timeouts) {
     }
 }
 
-/// `/metrics` only; axum answers 404 elsewhere, 405 (with `Allow`) for
-/// other methods, and `HEAD` like `GET` without the body.
-fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state(metrics)
-}
-
 async fn scrape(
     State(metrics): State<Arc<Metrics>>,
     headers: HeaderMap,
 ) -> ([(header::HeaderName, &'static str); 1], String) {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let format = Format::negotiate(accept);
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     (
         [(header::CONTENT_TYPE, format.content_type())],
         metrics.encode(format),

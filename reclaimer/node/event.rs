@@ -30,10 +30,7 @@ const MAX_NAME: usize = 253;
 pub fn event_name(node: &str, unix_ns: u64) -> String {
     let suffix = format!(".reclaim.{unix_ns:x}");
     let room = MAX_NAME - suffix.len();
-    let mut head = &node[..node.len().min(room)];
-    while let Some(cut) = head.strip_suffix(['.', '-']) {
-        head = cut;
-    }
+    let head = node[..node.len().min(room)].trim_end_matches(['.', '-']);
     format!("{head}{suffix}")
 }
 

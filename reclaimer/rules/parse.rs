@@ -122,11 +122,8 @@ impl RulesError {
 
 /// "line L, column C: " or nothing, for [`RulesError::Parse`]'s message.
 fn at(line: Option<usize>, column: Option<usize>) -> String {
-    match (line, column) {
-        (Some(l), Some(c)) => format!("line {l}, column {c}: "),
-        (Some(l), None) => format!("line {l}: "),
-        _ => String::new(),
-    }
+    line.zip(column)
+        .map_or(String::new(), |(l, c)| format!("line {l}, column {c}: "))
 }
 /// The document as written, with positions for the validation errors.
 #[derive(Deserialize)]
@@ -159,10 +156,10 @@ impl Rules {
                 let about_a_value = ["invalid ", "unknown variant"]
                     .iter()
                     .any(|p| message.starts_with(p));
-                if let Some(key) = key_at(toml, span.start).filter(|_| about_a_value) {
-                    if !message.contains(key) {
-                        message = format!("`{key}`: {message}");
-                    }
+                let key =
+                    key_at(toml, span.start).filter(|k| about_a_value && !message.contains(k));
+                if let Some(key) = key {
+                    message = format!("`{key}`: {message}");
                 }
                 position(toml, span.start)
             });
@@ -173,15 +170,13 @@ impl Rules {
             }
         })?;
 
-        if let Some(value) = &doc.poll_interval_ms {
-            if *value.get_ref() < 0 {
-                let (line, column) = position(toml, value.span().start);
-                return Err(RulesError::NegativePollInterval {
-                    value: *value.get_ref(),
-                    line,
-                    column,
-                });
-            }
+        if let Some(value) = doc.poll_interval_ms.filter(|v| *v.get_ref() < 0) {
+            let (line, column) = position(toml, value.span().start);
+            return Err(RulesError::NegativePollInterval {
+                value: value.into_inner(),
+                line,
+                column,
+            });
         }
 
         let mut rules = Rules {

@@ -31,45 +31,33 @@ impl Rules {
     /// The `WatchRequest` selector fields for these rules (`include_exits`
     /// and `skip_snapshot` are the link's to set).
     pub fn selector(&self) -> WatchRequest {
-        let omit_fields = OMITTED.iter().map(|f| f.to_string()).collect();
-        if self.is_inert() {
-            return WatchRequest {
-                no_processes: true,
-                omit_fields,
-                ..Default::default()
-            };
+        let mut req = WatchRequest {
+            omit_fields: OMITTED.map(String::from).to_vec(),
+            no_processes: self.is_inert(),
+            ..Default::default()
+        };
+        // A multi-byte character cut at byte 15 reads as U+FFFD, longer than
+        // the 15 bytes the agent accepts: such a key cannot be sent, so the
+        // stream stays unfiltered rather than miss its process.
+        if self.is_inert() || self.commands.keys().any(|c| c.len() > COMM_MAX_BYTES) {
+            return req;
         }
-        let mut comms: Vec<String> = self.commands.keys().cloned().collect();
-        if comms.iter().any(|c| c.len() > COMM_MAX_BYTES) {
-            // A multi-byte character cut at byte 15 reads as U+FFFD, longer
-            // than the 15 bytes the agent accepts: this key cannot be sent,
-            // so the stream stays unfiltered rather than miss its process.
-            return WatchRequest {
-                omit_fields,
-                ..Default::default()
-            };
-        }
-        comms.sort();
-        let mut exe_paths: Vec<String> = self.exe_paths.iter().cloned().collect();
-        exe_paths.sort();
+        req.comms = self.commands.keys().cloned().collect();
+        req.comms.sort();
+        req.argv_substrings = self.argv_substrings.clone();
+        req.exe_paths = self.exe_paths.iter().cloned().collect();
+        req.exe_paths.sort();
         // (uid_t) -1 is no process's uid and the agent refuses it; without
         // it the list is the same or, left empty, wider.
-        let mut uids: Vec<u32> = self
+        req.uids = self
             .uids
             .iter()
             .copied()
             .filter(|&u| u != u32::MAX)
             .collect();
-        uids.sort();
-        WatchRequest {
-            comms,
-            argv_substrings: self.argv_substrings.clone(),
-            exe_paths,
-            uids,
-            outside_pods: self.scope == Scope::Host,
-            omit_fields,
-            ..Default::default()
-        }
+        req.uids.sort();
+        req.outside_pods = self.scope == Scope::Host;
+        req
     }
 }
 

@@ -141,7 +141,10 @@ impl Feed {
             }
             Some(text) => match Rules::parse(text) {
                 Ok(rules) => self.good(what, rules).await,
-                Err(e) => self.bad(what, &e),
+                Err(e) => self.refused(
+                    e.line(),
+                    format_args!("rules in {what} rejected, keeping the last good rules: {e}"),
+                ),
             },
         }
     }
@@ -211,23 +214,14 @@ impl Feed {
         let _ = self.tx.send(rules).await;
     }
 
-    /// `what` exists but is not a file the reclaimer reads (a FIFO, a
-    /// device, a directory): the last good rules stay, as for a bad document.
-    fn refused(&mut self, what: &str, why: &str) {
+    /// A document that does not parse (`line` says where), or a rules file
+    /// that is not one the reclaimer reads (a FIFO, a device, a directory,
+    /// too large): the last good rules stay.
+    fn refused(&mut self, line: Option<usize>, message: std::fmt::Arguments<'_>) {
         self.metrics.rule_errors.inc();
         self.metrics.rules_invalid.set(1);
         self.metrics.rules_missing.set(0);
-        tracing::error!("{what} refused, keeping the last good rules: {why}");
-    }
-
-    fn bad(&mut self, what: &str, e: &crate::rules::RulesError) {
-        self.metrics.rule_errors.inc();
-        self.metrics.rules_invalid.set(1);
-        self.metrics.rules_missing.set(0);
-        tracing::error!(
-            line = e.line(),
-            "rules in {what} rejected, keeping the last good rules: {e}"
-        );
+        tracing::error!(line, "{message}");
     }
 }
 
@@ -274,15 +268,16 @@ pub fn read_capped(path: &std::path::Path) -> Result<String, ReadError> {
         return Err(ReadError::TooLarge(meta.len()));
     }
     if !kind.is_file() {
-        return Err(ReadError::NotAFile(if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_dir() {
-            "a directory"
-        } else if kind.is_socket() {
-            "a socket"
-        } else {
-            "a device"
-        }));
+        let kinds = [
+            (kind.is_fifo(), "a FIFO"),
+            (kind.is_dir(), "a directory"),
+            (kind.is_socket(), "a socket"),
+        ];
+        let name = kinds
+            .iter()
+            .find(|(is, _)| *is)
+            .map_or("a device", |(_, name)| name);
+        return Err(ReadError::NotAFile(name));
     }
     let mut bytes = Vec::new();
     file.take(MAX_DOCUMENT_BYTES as u64 + 1)
@@ -306,10 +301,8 @@ async fn watch_file(path: PathBuf, mut feed: Feed) {
                     last = Some(stamp);
                     match read_capped(&path) {
                         Ok(text) => feed.document(&what, Some(&text)).await,
-                        Err(ReadError::NotAFile(kind)) => {
-                            feed.refused(&what, &format!("it is {kind}, not a regular file"))
-                        }
-                        Err(e @ ReadError::TooLarge(_)) => feed.refused(&what, &e.to_string()),
+                        Err(ReadError::NotAFile(kind)) => feed.refused(None, format_args!("{what} refused, keeping the last good rules: it is {kind}, not a regular file")),
+                        Err(e @ ReadError::TooLarge(_)) => feed.refused(None, format_args!("{what} refused, keeping the last good rules: {e}")),
                         Err(e) => feed.missing(&what, &format!("cannot be read ({e})")).await,
                     }
                 }

@@ -2,7 +2,7 @@
 //! × process fixtures → matches.
 
 use super::matching::{comm_key, comm_prefix};
-use super::parse::{key_at, position};
+use super::parse::{key_at, position, RulesError};
 use super::*;
 use execwatch::proto::{Cgroup, Credentials, Process};
 

@@ -29,12 +29,11 @@ pub fn find_in<'a>(p: &Process, substrings: &'a [String]) -> Option<&'a String> 
         argv => JOINED.with(|buf| {
             let mut joined = buf.borrow_mut();
             joined.clear();
-            for (i, arg) in argv.iter().enumerate() {
-                if i > 0 {
-                    joined.push(' ');
-                }
+            for arg in argv {
                 joined.push_str(arg);
+                joined.push(' ');
             }
+            joined.pop();
             find(&joined)
         }),
     }

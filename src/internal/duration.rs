@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+/// The units, largest first, in milliseconds; a bare number is milliseconds.
+/// A count too large saturates, and is then out of any flag's range.
+const UNITS: [(&str, u64); 3] = [("m", 60_000), ("s", 1000), ("ms", 1)];
+
 /// Parses a positive duration; the error says what is wrong and what is
 /// expected.
 pub fn parse(s: &str) -> Result<Duration, String> {
@@ -17,12 +21,11 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             format!("{s:?} is far too long")
         }
     })?;
-    let d = match unit {
-        "" | "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s or m")),
+    let unit = if unit.is_empty() { "ms" } else { unit };
+    let Some((_, ms)) = UNITS.into_iter().find(|&(u, _)| u == unit) else {
+        return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s or m"));
     };
+    let d = Duration::from_millis(n.saturating_mul(ms));
     if d.is_zero() {
         return Err("the duration must be greater than zero".into());
     }
@@ -47,13 +50,11 @@ pub fn parse_within(s: &str, min: Duration, max: Duration) -> Result<Duration, S
 /// Writes `d` the way [`parse`] reads it, in the largest exact unit.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
+    let (unit, n) = UNITS
+        .into_iter()
+        .find(|&(_, n)| ms.is_multiple_of(n.into()))
+        .unwrap_or(("ms", 1));
+    format!("{}{unit}", ms / u128::from(n))
 }
 
 #[cfg(test)]
