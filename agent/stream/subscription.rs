@@ -353,10 +353,7 @@ impl Snapshot {
         let deadline = *self.deadline.get_or_insert_with(|| {
             shared.stats.add_snapshots(1);
             self.delay = Duration::from_millis(50);
-            if filter
-                .as_ref()
-                .is_some_and(|f| f.selector.selects_nothing())
-            {
+            if filter.as_ref().is_some_and(|f| f.selector.nothing) {
                 // Nothing to list: no need to read /proc.
                 self.pending = Some(Vec::new());
             }
@@ -397,7 +394,7 @@ impl Snapshot {
                 continue;
             }
             let (pids, shared) = (std::mem::take(pending), shared.clone());
-            let argv = filter.as_ref().map(|f| f.selector.argv().clone());
+            let argv = filter.as_ref().map(|f| f.selector.argv.clone());
             // Its own task takes the read permit and gives it back, and
             // keeps the read's deadline: this stream is polled only while
             // its client has room, and a permit handed to a stream that is
