@@ -227,7 +227,7 @@ impl Watcher {
         if overflows.len() > MAX_OVERFLOWS {
             self.shared.stats.add_subscribers_cut_off(1);
             let err = RpcError::CutOff {
-                queue_len: fanout.queue_len(),
+                queue_len: fanout.queue_len,
                 overflows: overflows.len(),
                 window_secs: OVERFLOW_WINDOW.as_secs(),
             };
@@ -238,7 +238,7 @@ impl Watcher {
         let (next, missed) = fanout.resubscribe(&self.sub, self.choice.include_exits, filter);
         self.sub = next;
         self.snapshot = Some(Snapshot::new(SnapshotCause::Resync));
-        Ok(overflow_lost(fanout.queue_len(), missed))
+        Ok(overflow_lost(fanout.queue_len, missed))
     }
 }
 
