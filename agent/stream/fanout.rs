@@ -383,14 +383,7 @@ impl Fanout {
             }
             let filter = s.filter.as_deref();
             let wanted = match item {
-                Item::Exec(p) => {
-                    let mut ledger = lock(&s.queue.ledger);
-                    // A rename goes only to a subscriber not sent the process.
-                    let wanted =
-                        !(p.renamed && ledger.sent(p)) && filter.is_none_or(|f| f.offer_process(p));
-                    ledger.note(p, wanted, round);
-                    wanted
-                }
+                Item::Exec(p) => lock(&s.queue.ledger).offer(p, filter, round),
                 Item::Exit(e) => s.include_exits && filter.is_none_or(|f| f.offer_exit(e.pid)),
                 // The resync snapshot after this loss begins here.
                 Item::DetectorLost(_) => {

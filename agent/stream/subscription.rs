@@ -409,11 +409,8 @@ impl Snapshot {
                 .map_err(|e| End(RpcError::SnapshotFailed(e).into(), "snapshot failed"))?;
             *pending = rest;
             let (mut ledger, round) = (sub.ledger(), sub.round());
-            let wanted = chunk.records.into_iter().filter(|p| {
-                let wanted = filter.as_ref().is_none_or(|f| f.offer_process(p));
-                ledger.note(p, wanted, round);
-                wanted
-            });
+            let wanted =
+                (chunk.records.into_iter()).filter(|p| ledger.offer(p, filter.as_deref(), round));
             for mut p in wanted {
                 self.count += 1;
                 choice.omit.apply(&mut p);
