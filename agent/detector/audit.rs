@@ -193,7 +193,7 @@ impl Audit {
         for (sub, filter, ledger, pids) in suspects {
             let mut found = 0;
             // The subscriber's own substrings, as its snapshots search them.
-            let argv = filter.as_ref().map(|f| f.selector.argv().clone());
+            let argv = filter.as_ref().map(|f| f.selector.argv.clone());
             let argv = argv.unwrap_or_default();
             for pid in pids {
                 let id = live[&pid];

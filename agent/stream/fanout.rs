@@ -47,18 +47,6 @@ pub enum Item {
     DetectorLost(Arc<DetectorLoss>),
 }
 
-impl Item {
-    /// What the item weighs in a queue: its encoded size (a record shared
-    /// by several queues counts in each).
-    pub fn bytes(&self) -> usize {
-        match self {
-            Item::Exec(p) => p.encoded_len(),
-            Item::Exit(e) => e.encoded_len(),
-            Item::DetectorLost(l) => l.reason.len() + 32,
-        }
-    }
-}
-
 /// Events lost before they reached the fan-out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetectorLoss {
@@ -109,12 +97,13 @@ struct Queue {
     ledger: Arc<Mutex<Ledger>>,
 }
 
-/// The fan-out's running totals at one point, to subtract from later ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The fan-out's running totals of what it published; a copy taken at one
+/// point is subtracted from later ones.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Mark {
-    /// Events of the subscriber's kinds published.
-    events: u64,
-    /// Detector losses published.
+    execs: u64,
+    exits: u64,
+    /// Detector losses.
     losses: u64,
     /// How many of those had no count.
     uncounted: u64,
@@ -138,7 +127,8 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // At once, not at the next publish: the subscriber count is read
         // from the registry.
-        self.fanout.unhook(self.id);
+        let (fanout, id) = (&self.fanout, self.id);
+        fanout.retain(&mut lock(&fanout.inner), |s| s.id != id);
     }
 }
 
@@ -189,25 +179,9 @@ struct Subscriber {
 struct Inner {
     subscribers: Vec<Subscriber>,
     next_id: u64,
-    execs: u64,
-    exits: u64,
+    published: Mark,
     overflows: u64,
-    losses: u64,
-    uncounted: u64,
-    counted: u64,
     last_loss: Option<Arc<DetectorLoss>>,
-}
-
-impl Inner {
-    /// The totals now, as a subscriber of these kinds counts them.
-    fn mark(&self, include_exits: bool) -> Mark {
-        Mark {
-            events: self.execs + if include_exits { self.exits } else { 0 },
-            losses: self.losses,
-            uncounted: self.uncounted,
-            counted: self.counted,
-        }
-    }
 }
 
 /// The subscriber registry shared by the detector and the gRPC service.
@@ -216,7 +190,8 @@ pub struct Fanout {
     /// What the subscribers in `inner` could want, written only under
     /// `inner`'s lock; the detector reads it without that lock.
     interest: RwLock<Arc<Interest>>,
-    queue_len: usize,
+    /// How many items each subscriber's queue holds at most.
+    pub queue_len: usize,
     queue_bytes: usize,
     /// Audit rounds begun ([`Ledger::prune`]).
     round: AtomicU64,
@@ -271,12 +246,7 @@ impl Fanout {
     /// would have been. A subscriber unhooked meanwhile is told of it in
     /// its `lost` count like of any other exec.
     pub fn skip_exec(&self) {
-        lock(&self.inner).execs += 1;
-    }
-
-    /// How many items each subscriber's queue holds at most.
-    pub fn queue_len(&self) -> usize {
-        self.queue_len
+        lock(&self.inner).published.execs += 1;
     }
 
     /// What was published and who is hooked, now: the fan-out's fields of
@@ -287,8 +257,8 @@ impl Fanout {
     pub fn counts(&self) -> proto::Stats {
         let inner = lock(&self.inner);
         proto::Stats {
-            execs: inner.execs,
-            exits: inner.exits,
+            execs: inner.published.execs,
+            exits: inner.published.exits,
             subscribers: inner.subscribers.len() as u64,
             subscriber_overflows: inner.overflows,
             ..proto::Stats::default()
@@ -352,7 +322,7 @@ impl Fanout {
         // The resync snapshot that follows begins here, in order with the
         // items the new subscription is offered.
         let sub = self.hook(&mut inner, include_exits, filter, true);
-        let now = inner.mark(include_exits);
+        let now = inner.published;
         let missed = lock(&old.queue.overflow).take().map(|at| {
             let upstream = (now.losses > at.losses).then(|| {
                 let last = inner.last_loss.as_deref().cloned();
@@ -362,8 +332,9 @@ impl Fanout {
                     ..last
                 }
             });
+            let exits = include_exits.then_some(now.exits - at.exits);
             Missed {
-                events: now.events - at.events,
+                events: now.execs - at.execs + exits.unwrap_or(0),
                 upstream,
             }
         });
@@ -378,13 +349,13 @@ impl Fanout {
         // starts with it.
         self.deliver(&mut inner, &item, None);
         match &item {
-            Item::Exec(_) => inner.execs += 1,
-            Item::Exit(_) => inner.exits += 1,
+            Item::Exec(_) => inner.published.execs += 1,
+            Item::Exit(_) => inner.published.exits += 1,
             Item::DetectorLost(loss) => {
-                inner.losses += 1;
+                inner.published.losses += 1;
                 match loss.count {
-                    Some(n) => inner.counted += n,
-                    None => inner.uncounted += 1,
+                    Some(n) => inner.published.counted += n,
+                    None => inner.published.uncounted += 1,
                 }
                 inner.last_loss = Some(loss.clone());
             }
@@ -393,11 +364,18 @@ impl Fanout {
 
     /// Offers `item` to every hooked subscriber (to subscriber `only`, if
     /// given) that wants it, before it is counted. A full queue unhooks its
-    /// subscriber.
+    /// subscriber, marked as overflowed where the totals stood before the
+    /// item.
     fn deliver(&self, inner: &mut Inner, item: &Item, only: Option<u64>) {
-        let before = (inner.mark(false), inner.mark(true));
+        let before = inner.published;
         let round = self.round.load(Ordering::Relaxed);
-        let bytes = item.bytes();
+        // What the item weighs in a queue: its encoded size (a record
+        // shared by several queues counts in each).
+        let bytes = match item {
+            Item::Exec(p) => p.encoded_len(),
+            Item::Exit(e) => e.encoded_len(),
+            Item::DetectorLost(l) => l.reason.len() + 32,
+        };
         let mut unhooked = 0;
         self.retain(inner, |s| {
             if only.is_some_and(|id| s.id != id) {
@@ -405,28 +383,47 @@ impl Fanout {
             }
             let filter = s.filter.as_deref();
             let wanted = match item {
-                Item::Exec(p) => {
-                    let mut ledger = lock(&s.queue.ledger);
-                    // A rename goes only to a subscriber not sent the process.
-                    let wanted =
-                        !(p.renamed && ledger.sent(p)) && filter.is_none_or(|f| f.offer_process(p));
-                    ledger.note(p, wanted, round);
-                    wanted
-                }
+                Item::Exec(p) => lock(&s.queue.ledger).offer(p, filter, round),
                 Item::Exit(e) => s.include_exits && filter.is_none_or(|f| f.offer_exit(e.pid)),
                 // The resync snapshot after this loss begins here.
                 Item::DetectorLost(_) => {
-                    snapshot_begin(s);
+                    if let Some(f) = filter {
+                        f.snapshot_begin();
+                    }
+                    lock(&s.queue.ledger).snapshots += 1;
                     true
                 }
             };
             if !wanted {
                 return true;
             }
-            let at = if s.include_exits { before.1 } else { before.0 };
-            let sent = self.send(s, item, bytes, at);
-            unhooked += u64::from(sent == Sent::Overflowed);
-            sent == Sent::Queued
+            // Counted before the send: the subscriber may take the item (and
+            // subtract it) before this line would run after it.
+            let queued = s.queue.bytes.fetch_add(bytes, Ordering::Relaxed);
+            let sent = if queued > 0 && queued + bytes > self.queue_bytes {
+                Err(TrySendError::Full(()))
+            } else {
+                // Reserved before the item is cloned: a full queue costs no
+                // clone.
+                s.tx.try_reserve()
+                    .map(|permit| permit.send((item.clone(), bytes)))
+            };
+            // A closed queue's stream ended (its subscription unhooks it
+            // too), and its queue and filter with it: nothing to give back.
+            if let Err(TrySendError::Full(())) = sent {
+                s.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
+                if let Item::DetectorLost(_) = item {
+                    // Not queued: no snapshot follows it.
+                    snapshot_end(filter, &mut lock(&s.queue.ledger));
+                }
+                *lock(&s.queue.overflow) = Some(before);
+                tracing::warn!(
+                    subscriber = s.id,
+                    "subscriber queue full; it will get a lost marker and a resync"
+                );
+                unhooked += 1;
+            }
+            sent.is_ok()
         });
         inner.overflows += unhooked;
     }
@@ -464,71 +461,12 @@ impl Fanout {
     /// found was never sent some running process it selects. A full queue
     /// unhooks it as [`Fanout::publish`] does, and it resyncs all the same.
     pub fn resync(&self, id: u64, loss: Arc<DetectorLoss>) {
-        let item = Item::DetectorLost(loss);
-        self.deliver(&mut lock(&self.inner), &item, Some(id));
+        self.deliver(&mut lock(&self.inner), &Item::DetectorLost(loss), Some(id));
     }
-
-    /// Queues `item` to `s`. If its queue is full, `s` is marked as
-    /// overflowed at `at` (the totals before the item); the caller unhooks
-    /// it unless the item was queued.
-    fn send(&self, s: &Subscriber, item: &Item, bytes: usize, at: Mark) -> Sent {
-        // Counted before the send: the subscriber may take the item (and
-        // subtract it) before this line would run after it.
-        let queued = s.queue.bytes.fetch_add(bytes, Ordering::Relaxed);
-        let sent = if queued > 0 && queued + bytes > self.queue_bytes {
-            Err(TrySendError::Full(()))
-        } else {
-            // Reserved before the item is cloned: a full queue costs no
-            // clone.
-            s.tx.try_reserve()
-                .map(|permit| permit.send((item.clone(), bytes)))
-        };
-        match sent {
-            Ok(()) => Sent::Queued,
-            Err(TrySendError::Full(())) => {
-                s.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
-                if let Item::DetectorLost(_) = item {
-                    // Not queued: no snapshot follows it.
-                    snapshot_end(s.filter.as_deref(), &mut lock(&s.queue.ledger));
-                }
-                *lock(&s.queue.overflow) = Some(at);
-                tracing::warn!(
-                    subscriber = s.id,
-                    "subscriber queue full; it will get a lost marker and a resync"
-                );
-                Sent::Overflowed
-            }
-            // The stream ended (its subscription unhooks it too), and its
-            // queue and filter with it: nothing to give back.
-            Err(TrySendError::Closed(())) => Sent::Closed,
-        }
-    }
-
-    /// Forgets subscriber `id` if it is still hooked.
-    fn unhook(&self, id: u64) {
-        self.retain(&mut lock(&self.inner), |s| s.id != id);
-    }
-}
-
-/// What became of an item offered to one subscriber's queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sent {
-    Queued,
-    Overflowed,
-    /// Its stream ended.
-    Closed,
-}
-
-/// A resync snapshot will follow an item queued to `s`.
-fn snapshot_begin(s: &Subscriber) {
-    if let Some(filter) = &s.filter {
-        filter.snapshot_begin();
-    }
-    lock(&s.queue.ledger).snapshots += 1;
 }
 
 /// A snapshot of a subscriber with `filter` and `ledger` is complete, or
-/// one [`snapshot_begin`] announced will not come after all.
+/// one announced (when a loss is queued) will not come after all.
 pub fn snapshot_end(filter: Option<&Filter>, ledger: &mut Ledger) {
     if let Some(filter) = filter {
         filter.snapshot_end();

@@ -14,6 +14,7 @@ use execwatch::internal::clock;
 use execwatch::proto::Process;
 
 use crate::procfs::reader::Identity;
+use crate::stream::selector::Filter;
 
 /// One subscriber's ledger.
 #[derive(Debug, Default)]
@@ -63,15 +64,22 @@ impl Ledger {
     /// Notes that `p` was offered in audit round `round`, and `sent` if
     /// the subscriber was sent it (a process sent once stays sent).
     pub fn note(&mut self, p: &Process, sent: bool, round: u64) {
-        let sent = sent || self.sent(p);
-        let (start_ticks, comm) = (p.start_ticks, padded(p.comm.as_bytes()));
         let offered = Offered {
-            start_ticks,
-            comm,
-            sent,
+            start_ticks: p.start_ticks,
+            comm: padded(p.comm.as_bytes()),
+            sent: sent || self.sent(p),
             round,
         };
         self.offered.insert(p.pid, offered);
+    }
+
+    /// Whether to send `p` (live or in a snapshot) to this subscriber, whose
+    /// selector is `filter`, noted in audit round `round`. A rename goes
+    /// only to a subscriber not sent the process.
+    pub fn offer(&mut self, p: &Process, filter: Option<&Filter>, round: u64) -> bool {
+        let wanted = !(p.renamed && self.sent(p)) && filter.is_none_or(|f| f.offer_process(p));
+        self.note(p, wanted, round);
+        wanted
     }
 
     /// Whether the subscriber was sent the process of `p` (pid and start

@@ -84,11 +84,14 @@ impl Choice {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selector {
     comms: HashSet<String>,
-    argv: ArgvPatterns,
+    /// The argv substrings, for reads that search whole command lines.
+    pub argv: ArgvPatterns,
     exe_paths: HashSet<String>,
     uids: HashSet<u32>,
     outside_pods: bool,
-    nothing: bool,
+    /// True if no process passes (`no_processes`): a snapshot need not even
+    /// read `/proc`.
+    pub nothing: bool,
 }
 
 impl Selector {
@@ -117,32 +120,18 @@ impl Selector {
             outside_pods: req.outside_pods,
             nothing: req.no_processes,
         };
-        if selector.nothing && selector.selects_by_field() {
+        let by_field = selector.has_matchers() || !req.uids.is_empty() || req.outside_pods;
+        if selector.nothing && by_field {
             return Err(invalid(
                 "no_processes",
                 "set together with comms, argv_substrings, exe_paths, uids or outside_pods; it selects nothing, so it is set alone",
             ));
         }
-        Ok((selector.nothing || selector.selects_by_field()).then_some(selector))
-    }
-
-    fn selects_by_field(&self) -> bool {
-        self.has_matchers() || !self.uids.is_empty() || self.outside_pods
+        Ok((selector.nothing || by_field).then_some(selector))
     }
 
     fn has_matchers(&self) -> bool {
         !self.comms.is_empty() || !self.argv.patterns().is_empty() || !self.exe_paths.is_empty()
-    }
-
-    /// The argv substrings, for reads that search whole command lines.
-    pub fn argv(&self) -> &ArgvPatterns {
-        &self.argv
-    }
-
-    /// True if no process passes (`no_processes`): a snapshot need not even
-    /// read `/proc`.
-    pub fn selects_nothing(&self) -> bool {
-        self.nothing
     }
 
     /// The comms, if they are the only matchers: then [`Selector::wants`]
@@ -207,7 +196,7 @@ impl Interest {
                 all = true;
                 continue;
             };
-            if selector.selects_nothing() {
+            if selector.nothing {
                 continue;
             }
             argv.extend_from_slice(selector.argv.patterns());
@@ -376,24 +365,21 @@ impl Filter {
         if !wanted || !self.exits {
             return wanted;
         }
-        let mut sent = lock(&self.sent);
-        if sent.every_exit {
-            return true;
-        }
+        let sent = &mut *lock(&self.sent);
         if sent.pids.len() >= MAX_TRACKED && !sent.pids.contains_key(&p.pid) {
             sent.every_exit = true;
             sent.pids = HashMap::new();
-            return true;
         }
-        let generation = sent.generation;
-        sent.pids.insert(p.pid, generation);
+        if !sent.every_exit {
+            sent.pids.insert(p.pid, sent.generation);
+        }
         true
     }
 
     /// Whether to send the exit of `pid`.
     pub fn offer_exit(&self, pid: i32) -> bool {
         // Not even while a snapshot is taken: that snapshot lists nothing.
-        if self.selector.selects_nothing() {
+        if self.selector.nothing {
             return false;
         }
         let mut sent = lock(&self.sent);
@@ -535,7 +521,7 @@ mod tests {
             no_processes: true,
             ..Default::default()
         });
-        assert!(s.selects_nothing());
+        assert!(s.nothing);
         assert!(!s.wants(&process("java", &[], None)));
         let both = WatchRequest {
             no_processes: true,

@@ -227,7 +227,7 @@ impl Watcher {
         if overflows.len() > MAX_OVERFLOWS {
             self.shared.stats.add_subscribers_cut_off(1);
             let err = RpcError::CutOff {
-                queue_len: fanout.queue_len(),
+                queue_len: fanout.queue_len,
                 overflows: overflows.len(),
                 window_secs: OVERFLOW_WINDOW.as_secs(),
             };
@@ -238,7 +238,7 @@ impl Watcher {
         let (next, missed) = fanout.resubscribe(&self.sub, self.choice.include_exits, filter);
         self.sub = next;
         self.snapshot = Some(Snapshot::new(SnapshotCause::Resync));
-        Ok(overflow_lost(fanout.queue_len(), missed))
+        Ok(overflow_lost(fanout.queue_len, missed))
     }
 }
 
@@ -353,10 +353,7 @@ impl Snapshot {
         let deadline = *self.deadline.get_or_insert_with(|| {
             shared.stats.add_snapshots(1);
             self.delay = Duration::from_millis(50);
-            if filter
-                .as_ref()
-                .is_some_and(|f| f.selector.selects_nothing())
-            {
+            if filter.as_ref().is_some_and(|f| f.selector.nothing) {
                 // Nothing to list: no need to read /proc.
                 self.pending = Some(Vec::new());
             }
@@ -397,7 +394,7 @@ impl Snapshot {
                 continue;
             }
             let (pids, shared) = (std::mem::take(pending), shared.clone());
-            let argv = filter.as_ref().map(|f| f.selector.argv().clone());
+            let argv = filter.as_ref().map(|f| f.selector.argv.clone());
             // Its own task takes the read permit and gives it back, and
             // keeps the read's deadline: this stream is polled only while
             // its client has room, and a permit handed to a stream that is
@@ -412,11 +409,8 @@ impl Snapshot {
                 .map_err(|e| End(RpcError::SnapshotFailed(e).into(), "snapshot failed"))?;
             *pending = rest;
             let (mut ledger, round) = (sub.ledger(), sub.round());
-            let wanted = chunk.records.into_iter().filter(|p| {
-                let wanted = filter.as_ref().is_none_or(|f| f.offer_process(p));
-                ledger.note(p, wanted, round);
-                wanted
-            });
+            let wanted =
+                (chunk.records.into_iter()).filter(|p| ledger.offer(p, filter.as_deref(), round));
             for mut p in wanted {
                 self.count += 1;
                 choice.omit.apply(&mut p);

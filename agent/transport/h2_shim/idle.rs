@@ -112,9 +112,8 @@ impl Activity {
     /// connection). Returns whether the last open stream just closed.
     pub fn agent_wrote(&mut self, head: Head) -> bool {
         let end_stream = matches!(head.kind, DATA | HEADERS) && head.flags & END_STREAM != 0;
-        let ends = end_stream || head.kind == RST_STREAM;
         let was_open = !self.open.is_empty();
-        if ends {
+        if end_stream || head.kind == RST_STREAM {
             self.open.retain(|&s| s != head.stream);
         }
         let now_idle = was_open && self.open.is_empty();
