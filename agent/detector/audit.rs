@@ -102,7 +102,6 @@ impl Barrier {
 
 /// The audit's thread and what it works with.
 struct Audit {
-    interval: Duration,
     procfs: Arc<ProcMount>,
     fanout: Arc<Fanout>,
     stats: Arc<Totals>,
@@ -111,34 +110,34 @@ struct Audit {
     records: Worker,
 }
 
-/// Starts the audit on a thread of its own, every `interval`.
+/// Starts the audit on a thread of its own, every `interval`. Returns the
+/// [`Barrier`] the reader reports the audit's markers to.
 pub fn start(
     interval: Duration,
     procfs: Arc<ProcMount>,
     fanout: Arc<Fanout>,
     stats: Arc<Totals>,
-    barrier: Arc<Barrier>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Arc<Barrier>> {
+    let barrier = Arc::new(Barrier::default());
     let mut audit = Audit {
-        interval,
         records: Worker::new(procfs.clone()),
         procfs,
         fanout,
         stats,
-        barrier,
+        barrier: barrier.clone(),
     };
     std::thread::Builder::new()
         .name(MARKER.to_string_lossy().into())
-        .spawn(move || audit.run())
-        .map(drop)
+        .spawn(move || audit.run(interval))
+        .map(|_| barrier)
 }
 
 impl Audit {
-    fn run(&mut self) {
+    fn run(&mut self, interval: Duration) {
         let tid = nix::unistd::gettid().as_raw();
         self.barrier.tid.store(tid, Ordering::Relaxed);
         loop {
-            std::thread::sleep(self.interval);
+            std::thread::sleep(interval);
             let started = Instant::now();
             match self.once() {
                 Ok(found) => {

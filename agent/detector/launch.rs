@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::detector::audit::{self, Barrier};
+use crate::detector::audit;
 use crate::detector::netlink::{self, NetlinkDetector};
 use crate::detector::poll::Poller;
 use crate::detector::receiver::{self, Pace};
@@ -62,19 +62,11 @@ impl Detection {
                     receive_buffer_bytes = receive_buffer,
                     "netlink detector subscribed and confirmed by a probe exec"
                 );
-                let barrier = Arc::new(Barrier::default());
                 let (procfs2, fanout2, stats2) = (procfs.clone(), fanout.clone(), stats.clone());
-                receiver::start(
-                    detector,
-                    pace,
-                    procfs2,
-                    fanout2,
-                    stats2,
-                    barrier.clone(),
-                    failed_tx,
-                )
-                .and_then(|()| audit::start(interval, procfs, fanout, stats, barrier))
-                .map_err(LaunchError::Thread)?;
+                let barrier = audit::start(interval, procfs2, fanout2, stats2)
+                    .map_err(LaunchError::Thread)?;
+                receiver::start(detector, pace, procfs, fanout, stats, barrier, failed_tx)
+                    .map_err(LaunchError::Thread)?;
             }
             Self::Poll(interval) => {
                 stats.set_detector("poll", "", 0);

@@ -68,10 +68,8 @@ impl NetlinkDetector {
     /// Blocks for at most four probe timeouts.
     pub fn start(receive_buffer: usize, kernel_filter: bool) -> Result<Self, StartError> {
         if kernel_filter {
-            let (execs, granted) = NetlinkSocket::open(receive_buffer)?;
-            execs.subscribe(McastOp::Listen, Some(EXEC_MASK))?;
-            let (exits, _) = NetlinkSocket::open(receive_buffer)?;
-            exits.subscribe(McastOp::Listen, Some(event_mask::EXIT))?;
+            let (execs, granted) = NetlinkSocket::open(receive_buffer, Some(EXEC_MASK))?;
+            let (exits, _) = NetlinkSocket::open(receive_buffer, Some(event_mask::EXIT))?;
             let ((exec, foreign), target) = probe(&execs)?;
             if exec && !foreign {
                 let (exit, foreign) = wait_for(&exits, target, event_mask::EXIT, PROBE_TIMEOUT)?;
@@ -93,8 +91,7 @@ impl NetlinkDetector {
             }
             tracing::info!("kernel-filtered subscription produced no event (kernel older than 6.6?); retrying unfiltered");
         }
-        let (execs, granted) = NetlinkSocket::open(receive_buffer)?;
-        execs.subscribe(McastOp::Listen, None)?;
+        let (execs, granted) = NetlinkSocket::open(receive_buffer, None)?;
         let ((exec, _), _) = probe(&execs)?;
         if !exec {
             return Err(StartError::Silent(PROBE_TIMEOUT));
@@ -122,8 +119,7 @@ impl NetlinkDetector {
 /// `execs` and reaps it. What the socket showed ([`wait_for`]), and the
 /// probe's pid.
 fn probe(execs: &NetlinkSocket) -> Result<((bool, bool), i32), StartError> {
-    let mut command = Command::new("/proc/self/exe");
-    let mut child = command
+    let mut child = Command::new("/proc/self/exe")
         .env(PROBE_ENV, "1")
         .spawn()
         .map_err(StartError::Probe)?;

@@ -59,12 +59,11 @@ pub fn hint(errno: Errno) -> &'static str {
 /// `deadline` (`false`). A signal that interrupts the wait only shortens it.
 pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, poll_timeout(Some(deadline))) {
             // POLLIN, POLLERR, POLLHUP or POLLNVAL: a read answers now.
             Ok(ready) => return Ok(ready > 0),
-            Err(Errno::EINTR) if !left.is_zero() => continue,
+            Err(Errno::EINTR) if Instant::now() < deadline => continue,
             Err(Errno::EINTR) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
@@ -91,9 +90,10 @@ impl AsFd for NetlinkSocket {
 }
 
 impl NetlinkSocket {
-    /// Opens the socket, joins the proc group and asks for a receive
-    /// buffer of `rcvbuf` bytes. Returns the socket and the size granted.
-    pub fn open(rcvbuf: usize) -> Result<(Self, usize), NetlinkError> {
+    /// Opens the socket, joins the proc group, asks for a receive buffer of
+    /// `rcvbuf` bytes and listens with `filter` (see
+    /// [`NetlinkSocket::subscribe`]). Returns the socket and the size granted.
+    pub fn open(rcvbuf: usize, filter: Option<u32>) -> Result<(Self, usize), NetlinkError> {
         use libc::{AF_NETLINK, NETLINK_CONNECTOR, SOCK_CLOEXEC, SOCK_DGRAM};
         // nix names no NETLINK_CONNECTOR protocol (its SockProtocol is a
         // closed enum), so this one call is libc's.
@@ -112,6 +112,7 @@ impl NetlinkSocket {
             let _ = socket::setsockopt(&sock, sockopt::RcvBuf, &val);
         }
         let granted = socket::getsockopt(&sock, sockopt::RcvBuf).unwrap_or(0);
+        sock.subscribe(McastOp::Listen, filter)?;
         Ok((sock, granted))
     }
 

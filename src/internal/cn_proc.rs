@@ -200,10 +200,11 @@ pub fn subscribe_message(op: McastOp, filter: Option<u32>, seq: u32, pid: u32) -
 }
 
 /// nlmsghdr (NLMSG_DONE, flags 0) + cn_msg (proc id, ack 0) + `payload`.
-/// Payloads here are at most 40 bytes, so the narrowing casts cannot truncate.
+/// Payloads here are 4, 8 or 40 bytes: the narrowing casts cannot truncate,
+/// and the datagram needs no padding to [`NLMSG_ALIGNTO`].
 fn connector_datagram(seq: u32, pid: u32, payload: &[u8]) -> Vec<u8> {
     let total = NLMSG_HDR_LEN + CN_MSG_HDR_LEN + payload.len();
-    let mut out = Vec::with_capacity(nlmsg_align(total));
+    let mut out = Vec::with_capacity(total);
     // struct nlmsghdr
     out.extend_from_slice(&(total as u32).to_ne_bytes());
     out.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
@@ -218,8 +219,6 @@ fn connector_datagram(seq: u32, pid: u32, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&(payload.len() as u16).to_ne_bytes());
     out.extend_from_slice(&0u16.to_ne_bytes());
     out.extend_from_slice(payload);
-    // Pad to NLMSG_ALIGNTO like NLMSG_SPACE; a no-op for the sizes built here.
-    out.resize(nlmsg_align(total), 0);
     out
 }
 
@@ -616,14 +615,13 @@ fn parse_connector(p: &[u8]) -> Result<Message, ParseError> {
         return Ok(Message::Foreign { idx, val });
     }
     let len = usize::from(u16::from_ne_bytes(field(p, cn_msg::LEN)));
-    let available = p.len() - CN_MSG_HDR_LEN;
     let data = p
         .get(CN_MSG_HDR_LEN..CN_MSG_HDR_LEN + len)
         .ok_or(ParseError::BadLength {
             at: "cn_msg.len",
             declared: len,
             min: 0,
-            max: available,
+            max: p.len() - CN_MSG_HDR_LEN,
         })?;
     ProcEvent::parse(data).map(Message::Event)
 }
