@@ -202,11 +202,11 @@ pub fn settle(
             return Err(PrivilegeError::StillPrivileged { uid, gid, thread });
         }
     }
-    let main = threads
-        .iter()
-        .find(|t| t.tid == std::process::id() as i32)
-        .or(threads.first());
-    let (uid, gid) = main.map_or((0, 0), |t| (t.uid[1], t.gid[1]));
+    // Called on the main thread: its effective ids.
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
     let capabilities = threads.iter().fold(0, |all, t| all | t.capabilities);
     let subscribed_with = if subscribed_with_net_admin {
         "CAP_NET_ADMIN"
