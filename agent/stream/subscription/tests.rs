@@ -14,7 +14,7 @@ fn agent(queue_len: usize) -> (watch::Sender<bool>, Arc<Shared>) {
     let (stop_tx, stop) = watch::channel(false);
     let shared = Arc::new(Shared {
         fanout: Arc::new(Fanout::new(queue_len, usize::MAX)),
-        stats: Arc::default(),
+        stats: Arc::new(Totals::new(Default::default())),
         procfs: Arc::new(
             ProcMount::open("/proc", 4096, None, Bounds::new(Duration::from_secs(5), 8)).unwrap(),
         ),
