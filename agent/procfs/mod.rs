@@ -7,7 +7,6 @@ pub mod cmdline;
 pub mod mount;
 pub mod reader;
 pub mod redaction;
-pub mod snapshot;
 pub mod stat_line;
 pub mod watchdog;
 pub mod worker;

@@ -150,6 +150,26 @@ impl Worker {
     }
 }
 
+/// Reads the records of running processes among `pids` (popped from the
+/// end), one [`Chunk`], on a fresh [`Worker`] off the runtime thread (for a
+/// snapshot): never waits for a client, nor longer than the deadline for
+/// one process, so a read that hangs holds neither the snapshot nor its
+/// permit; long command lines are searched for `argv`. Returns the chunk
+/// and the pids it did not get to.
+pub async fn read_chunk(
+    mount: Arc<ProcMount>,
+    mut pids: Vec<i32>,
+    argv: ArgvPatterns,
+) -> Result<(Chunk, Vec<i32>), String> {
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Worker::new(mount).read(&mut pids, Source::Snapshot, &argv);
+        chunk.records.retain(|p| !p.exited_before_inspection);
+        (chunk, pids)
+    })
+    .await
+    .map_err(|e| format!("snapshot task failed: {e}"))
+}
+
 /// A worker thread: reads each job it is handed to the end. Ends when the
 /// caller drops its end, or once left behind.
 fn work(watched: &Watched<Job>, mut reader: ProcReader, generation: u64, jobs: Receiver<()>) {

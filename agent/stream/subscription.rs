@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::procfs::mount::ProcMount;
-use crate::procfs::snapshot::read_chunk;
+use crate::procfs::worker::read_chunk;
 use crate::stream::fanout::{self, Fanout, Item, Missed, Subscription};
 use crate::stream::selector::Choice;
 use crate::totals::Totals;
