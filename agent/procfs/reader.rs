@@ -216,14 +216,14 @@ impl ProcReader {
     ) -> Result<Outcome, Stop> {
         let gone_at_once = |sink: &mut _, e| {
             let e = own(e)?;
-            put(sink, |p| gone(p, "all", e), None).map(|()| Outcome::Read)
+            Sink::put(sink, |p| gone(p, "all", e), None).map(|()| Outcome::Read)
         };
         let name = pid.to_string();
         let dir = match openat(&self.proc_dir, name.as_str(), DIR, Mode::empty()) {
             Ok(dir) => dir,
             Err(e) => return gone_at_once(sink, e),
         };
-        put(sink, |_| {}, Some(Field::Comm))?;
+        sink.put(|_| {}, Some(Field::Comm))?;
 
         match read_at(&dir, "stat", &mut self.buf, 4096).map(|_| StatLine::parse(&self.buf)) {
             Ok(Some(stat)) => {
@@ -247,7 +247,7 @@ impl ProcReader {
                         unavailable(p, "argv", why.into());
                     }
                 };
-                put(sink, set, next)?;
+                sink.put(set, next)?;
                 if unwanted {
                     return Ok(Outcome::Unwanted);
                 }
@@ -258,7 +258,7 @@ impl ProcReader {
             Ok(None) => {
                 let why = "unparsable /proc/<pid>/stat";
                 let set = |p: &mut Process| unavailable(p, "comm", why.into());
-                put(sink, set, Some(Field::Credentials))?;
+                sink.put(set, Some(Field::Credentials))?;
             }
             Err(e) => return gone_at_once(sink, e),
         }
@@ -272,7 +272,7 @@ impl ProcReader {
         let read = open_at(&dir, "cmdline").and_then(|fd| {
             read_fd(&fd, buf, limit + 1)?;
             let cut = buf.len() > limit;
-            let go_on = || sink.put(|_| {}, Some(Field::Argv));
+            let go_on = || sink.put(|_| {}, Some(Field::Argv)).is_ok();
             Ok(cut.then(|| argv.search(buf, &fd, chunk, go_on)))
         });
         let set = |p: &mut Process, found: Option<Vec<String>>| {
@@ -307,15 +307,6 @@ impl From<Exhausted> for Stop {
     }
 }
 
-/// [`Sink::put`], stopping the read if the sink refuses.
-fn put(
-    sink: &mut impl Sink,
-    f: impl FnOnce(&mut Process),
-    next: Option<Field>,
-) -> Result<(), Stop> {
-    sink.put(f, next).then_some(()).ok_or(Stop::Abandoned)
-}
-
 /// Puts one field's read into `sink` (the value `set` stores, or why the
 /// field is missing) and notes that the next field is being read. A failure
 /// of the agent's own stops the whole read instead, as does a sink that
@@ -333,7 +324,7 @@ fn fill<T>(
         Ok(value) => set(p, value),
         Err(e) => missing(p, field.name(), e),
     };
-    put(sink, put_read, field.next())
+    sink.put(put_read, field.next())
 }
 
 /// What [`ProcReader::comm_wanted`] found.
@@ -437,10 +428,10 @@ impl Field {
 /// Where [`ProcReader::read_into`] puts a record as it reads it.
 pub trait Sink {
     /// Applies `f` (what was just read) to the record, then notes that
-    /// `next` is being read (`None`: the read is over). Returns `false` if
-    /// the read was given up meanwhile: the reader stops at once and must
+    /// `next` is being read (`None`: the read is over). [`Stop::Abandoned`]
+    /// if the read was given up meanwhile: the reader stops at once and must
     /// not touch the record again.
-    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool;
+    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> Result<(), Stop>;
 }
 
 /// Reads at most `limit` bytes of `name` under `dir` into `buf`.

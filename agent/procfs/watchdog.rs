@@ -265,17 +265,15 @@ impl<T> Slot<T> {
 struct Tracker<'a, T>(&'a Watched<T>, u64);
 
 impl<T: Default> Sink for Tracker<'_, T> {
-    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool {
+    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> Result<(), Stop> {
         let mut slot = self.0.lock();
         if slot.generation != self.1 {
-            return false;
+            return Err(Stop::Abandoned);
         }
-        let Some(current) = slot.current.as_mut() else {
-            return false;
-        };
+        let current = slot.current.as_mut().ok_or(Stop::Abandoned)?;
         f(&mut current.record);
         current.reading = next;
-        true
+        Ok(())
     }
 }
 
@@ -300,8 +298,10 @@ mod tests {
         let bounds = watched.mount.bounds();
         watched.begin(blank(42, 42, Source::Netlink));
         let mut tracker = Tracker(&watched, 0);
-        assert!(tracker.put(|p| p.comm = "x".into(), Some(Field::Credentials)));
-        assert!(tracker.put(|_| {}, Some(Field::Argv)));
+        assert!(tracker
+            .put(|p| p.comm = "x".into(), Some(Field::Credentials))
+            .is_ok());
+        assert!(tracker.put(|_| {}, Some(Field::Argv)).is_ok());
         let mut slot = watched.lock();
         assert!(slot.give_up(bounds, Instant::now()).is_none(), "not due");
         let p = slot
@@ -312,7 +312,11 @@ mod tests {
         let fields: Vec<_> = p.unavailable.iter().map(|u| u.field.as_str()).collect();
         assert_eq!(fields, ["argv", "cgroup", "exe", "cwd"]);
         assert!(p.unavailable[0].reason.contains("/proc/42/cmdline"));
-        assert!(!tracker.put(|p| p.comm = "late".into(), None), "stale");
+        assert_eq!(
+            tracker.put(|p| p.comm = "late".into(), None),
+            Err(Stop::Abandoned),
+            "stale"
+        );
         let admit = |pid| {
             let mut p = blank(pid, pid, Source::Netlink);
             bounds.admit(&mut p).map(|go| (go, p))
@@ -332,7 +336,7 @@ mod tests {
         let watched = watched(Duration::from_millis(1), 1);
         watched.begin(blank(1, 1, Source::Netlink));
         let mut tracker = Tracker(&watched, 0);
-        assert!(tracker.put(|_| {}, None));
+        assert!(tracker.put(|_| {}, None).is_ok());
         let later = Instant::now() + Duration::from_secs(1);
         assert!(watched
             .lock()
