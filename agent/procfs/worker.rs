@@ -198,7 +198,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::procfs::bounds::Bounds;
+    use crate::procfs::watchdog::Bounds;
 
     fn worker() -> Worker {
         let bounds = Bounds::new(Duration::from_secs(5), 2);
