@@ -148,7 +148,8 @@ pub struct Slot<T> {
 /// Reads of one mount by one thread at a time, with their watchdog: a
 /// [`Slot`] behind its mutex, and the watchdog's wake-up.
 pub struct Watched<T> {
-    mount: Arc<ProcMount>,
+    /// The mount read.
+    pub mount: Arc<ProcMount>,
     slot: Mutex<Slot<T>>,
     wake: Condvar,
 }
@@ -161,11 +162,6 @@ impl<T: Default> Watched<T> {
             slot: Mutex::default(),
             wake: Condvar::new(),
         }
-    }
-
-    /// The mount read.
-    pub fn mount(&self) -> &Arc<ProcMount> {
-        &self.mount
     }
 
     /// Locks the slot.
@@ -193,7 +189,7 @@ impl<T: Default> Watched<T> {
         wanted: impl FnOnce(&[u8]) -> bool,
         argv: &ArgvPatterns,
     ) -> Result<Read, Exhausted> {
-        let bounds = self.mount.bounds();
+        let bounds = &self.mount.bounds;
         if !bounds.admit(&mut record)? {
             return Ok(Read::Unread(self.mount.finish(record)));
         }
@@ -243,11 +239,11 @@ impl<T: Default> Watched<T> {
         done: impl Fn(&T) -> bool,
         mut given_up: impl FnMut(&mut Slot<T>, Process),
     ) -> MutexGuard<'a, Slot<T>> {
-        let deadline = self.mount.bounds().deadline;
+        let deadline = self.mount.bounds.deadline;
         let mut seen = slot.reads;
         while !done(&slot.state) {
             let now = Instant::now();
-            if let Some(p) = slot.give_up(self.mount.bounds(), now) {
+            if let Some(p) = slot.give_up(&self.mount.bounds, now) {
                 given_up(&mut slot, self.mount.finish(p));
                 continue;
             }
@@ -361,7 +357,7 @@ mod tests {
     #[test]
     fn an_overdue_read_is_given_up_with_the_rest_named() {
         let watched = watched(Duration::from_millis(10), 2);
-        let bounds = watched.mount.bounds();
+        let bounds = &watched.mount.bounds;
         watched.begin(blank(42, 42, Source::Netlink));
         let mut tracker = Tracker(&watched, 0);
         assert!(tracker
@@ -406,7 +402,7 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(1);
         assert!(watched
             .lock()
-            .give_up(watched.mount.bounds(), later)
+            .give_up(&watched.mount.bounds, later)
             .is_none());
         assert!(watched.lock().current.take().is_some());
     }

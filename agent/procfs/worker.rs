@@ -130,7 +130,7 @@ impl Worker {
         // The job waits in the channel until the thread takes it.
         let _ = jobs.send(());
         let (watched, generation) = (self.watched.clone(), slot.generation());
-        let started = self.watched.mount().reader().and_then(|reader| {
+        let started = self.watched.mount.reader().and_then(|reader| {
             std::thread::Builder::new()
                 .name("proc-worker".into())
                 .spawn(move || work(&watched, reader, generation, jobs_rx))

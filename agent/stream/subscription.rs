@@ -373,7 +373,7 @@ impl Snapshot {
                     let reader = procfs.reader().map_err(|e| e.to_string())?;
                     reader
                         .pids()
-                        .map_err(|e| format!("cannot list {}: {e}", procfs.root()))
+                        .map_err(|e| format!("cannot list {}: {e}", procfs.root))
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")));
