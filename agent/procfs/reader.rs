@@ -150,12 +150,9 @@ impl ProcReader {
         if stat.flags & PF_KTHREAD != 0 || stat.exited() {
             return Ok(None);
         }
-        let mut comm = [0u8; 16];
-        let n = stat.comm.len().min(comm.len());
-        comm[..n].copy_from_slice(&stat.comm[..n]);
         Ok(Some(Identity {
             start_ticks: stat.start_ticks,
-            comm,
+            comm: std::array::from_fn(|i| stat.comm.get(i).copied().unwrap_or(0)),
         }))
     }
 
@@ -293,18 +290,14 @@ impl ProcReader {
 }
 
 /// Why [`ProcReader::read_into`] stopped before the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Stop {
     /// The sink refused to take more: the read was given up meanwhile.
+    #[error("the read was given up meanwhile")]
     Abandoned,
     /// The agent's own exhaustion.
-    Exhausted(Exhausted),
-}
-
-impl From<Exhausted> for Stop {
-    fn from(e: Exhausted) -> Self {
-        Stop::Exhausted(e)
-    }
+    #[error(transparent)]
+    Exhausted(#[from] Exhausted),
 }
 
 /// Puts one field's read into `sink` (the value `set` stores, or why the
@@ -387,16 +380,15 @@ pub enum Field {
 
 impl Field {
     /// Every field in reading order (each one's index is its discriminant),
-    /// with the name `unavailable` gives it and the file under `/proc/<pid>`
-    /// it comes from.
+    /// with the name `unavailable` gives it and its path after `/proc/<pid>`.
     const TABLE: [(Field, &'static str, &'static str); 7] = [
         (Field::All, "all", ""),
-        (Field::Comm, "comm", "stat"),
-        (Field::Credentials, "credentials", "status"),
-        (Field::Argv, "argv", "cmdline"),
-        (Field::Cgroup, "cgroup", "cgroup"),
-        (Field::Exe, "exe", "exe"),
-        (Field::Cwd, "cwd", "cwd"),
+        (Field::Comm, "comm", "/stat"),
+        (Field::Credentials, "credentials", "/status"),
+        (Field::Argv, "argv", "/cmdline"),
+        (Field::Cgroup, "cgroup", "/cgroup"),
+        (Field::Exe, "exe", "/exe"),
+        (Field::Cwd, "cwd", "/cwd"),
     ];
 
     /// The name `unavailable` gives it.
@@ -404,7 +396,7 @@ impl Field {
         Self::TABLE[self as usize].1
     }
 
-    /// The file under `/proc/<pid>` it comes from.
+    /// Its path after `/proc/<pid>` (`/stat`; empty for [`Field::All`]).
     pub fn file(self) -> &'static str {
         Self::TABLE[self as usize].2
     }

@@ -299,10 +299,7 @@ impl<T> Slot<T> {
         self.generation += 1;
         let mut p = current.record;
         let stuck = bounds.left_behind(p.pid);
-        let path = match reading {
-            Field::All => format!("/proc/{}", p.pid),
-            field => format!("/proc/{}/{}", p.pid, field.file()),
-        };
+        let path = format!("/proc/{}{}", p.pid, reading.file());
         let deadline = bounds.deadline;
         let why = format!("timed out after {deadline:?} reading {path}");
         unavailable(&mut p, reading.name(), why);
