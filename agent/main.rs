@@ -27,15 +27,12 @@ use crate::transport::grpc::StopReason;
 use crate::transport::quota::Quota;
 
 fn main() -> std::process::ExitCode {
-    match try_main() {
-        Ok(code) => code,
-        Err(e) => {
-            // One line, each cause once (anyhow's own report repeats the
-            // causes our errors already quote).
-            eprintln!("Error: {}", execwatch::client::error_chain(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    try_main().unwrap_or_else(|e| {
+        // One line, each cause once (anyhow's own report repeats the
+        // causes our errors already quote).
+        eprintln!("Error: {}", execwatch::client::error_chain(e.as_ref()));
+        std::process::ExitCode::FAILURE
+    })
 }
 
 fn try_main() -> anyhow::Result<std::process::ExitCode> {
