@@ -138,8 +138,7 @@ impl ProcReader {
     /// What one read of `pid`'s `stat` says about its identity: start time
     /// and comm. `None` if it is gone or a kernel thread.
     pub fn identity(&mut self, pid: i32) -> Result<Option<Identity>, Exhausted> {
-        let path = format!("{pid}/stat");
-        if let Err(e) = read_at(&self.proc_dir, &path, &mut self.buf, 4096) {
+        if let Err(e) = read_at(&self.proc_dir, &format!("{pid}/stat"), &mut self.buf, 4096) {
             own(e)?;
             return Ok(None);
         }
@@ -171,16 +170,15 @@ impl ProcReader {
         let mut at = &mut path[..];
         write!(at, "{pid}/comm").expect("an i32 and /comm fit 24 bytes");
         let len = 24 - at.len();
-        let fd = match open_at(&self.proc_dir, &path[..len]) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT | Errno::ESRCH) => return CommCheck::Gone,
-            Err(_) => return CommCheck::Unknown,
-        };
         // TASK_COMM_LEN is 16; the kernel adds a newline.
         let mut buf = [0u8; 64];
-        let n = match nix::unistd::read(&fd, &mut buf) {
+        let read =
+            open_at(&self.proc_dir, &path[..len]).and_then(|fd| nix::unistd::read(&fd, &mut buf));
+        // The open fails with ENOENT once the process is reaped; the read,
+        // with ESRCH.
+        let n = match read {
             Ok(n) => n,
-            Err(Errno::ESRCH) => return CommCheck::Gone,
+            Err(Errno::ENOENT | Errno::ESRCH) => return CommCheck::Gone,
             Err(_) => return CommCheck::Unknown,
         };
         match buf[..n].strip_suffix(b"\n") {
