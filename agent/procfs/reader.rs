@@ -119,10 +119,8 @@ impl ProcReader {
     /// Whether the agent can open a file under `/proc` right now (after an
     /// [`Exhausted`] read: have descriptors come back?).
     pub fn probe(&mut self) -> Result<(), Exhausted> {
-        if let Err(e) = read_at(&self.proc_dir, "self/stat", &mut self.buf, 4096) {
-            own(e)?;
-        }
-        Ok(())
+        let read = read_at(&self.proc_dir, "self/stat", &mut self.buf, 4096);
+        read.err().map_or(Ok(()), |e| own(e).map(drop))
     }
 
     /// The pids currently listed in `/proc` (thread-group leaders only).

@@ -49,12 +49,6 @@ struct Job {
 }
 
 impl Job {
-    /// The next pid to read, unless the chunk is full.
-    fn next(&mut self) -> Option<i32> {
-        let full = self.chunk.records.len() >= CHUNK || self.bytes >= CHUNK_BYTES;
-        (!full).then(|| self.pids.pop()).flatten()
-    }
-
     /// Takes one read of `pid`.
     fn put(&mut self, pid: i32, read: Result<Read, Exhausted>) {
         match read {
@@ -176,13 +170,16 @@ fn work(watched: &Watched<Job>, mut reader: ProcReader, generation: u64, jobs: R
     for () in jobs {
         loop {
             let mut slot = watched.lock();
-            let Some(pid) = slot.state.next() else {
-                slot.state.done = true;
+            let job = &mut slot.state;
+            // The next pid, unless the chunk is full.
+            let full = job.chunk.records.len() >= CHUNK || job.bytes >= CHUNK_BYTES;
+            let Some(pid) = (!full).then(|| job.pids.pop()).flatten() else {
+                job.done = true;
                 watched.wake();
                 break;
             };
-            let record = blank(pid, pid, slot.state.source);
-            let argv = slot.state.argv.clone();
+            let record = blank(pid, pid, job.source);
+            let argv = job.argv.clone();
             drop(slot);
             let read = watched.read(Ok(&mut reader), generation, record, |_| true, &argv);
             if matches!(read, Ok(Read::LeftBehind)) {
