@@ -27,15 +27,12 @@ use crate::transport::grpc::StopReason;
 use crate::transport::quota::Quota;
 
 fn main() -> std::process::ExitCode {
-    match try_main() {
-        Ok(code) => code,
-        Err(e) => {
-            // One line, each cause once (anyhow's own report repeats the
-            // causes our errors already quote).
-            eprintln!("Error: {}", execwatch::client::error_chain(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    try_main().unwrap_or_else(|e| {
+        // One line, each cause once (anyhow's own report repeats the
+        // causes our errors already quote).
+        eprintln!("Error: {}", execwatch::client::error_chain(e.as_ref()));
+        std::process::ExitCode::FAILURE
+    })
 }
 
 fn try_main() -> anyhow::Result<std::process::ExitCode> {
@@ -102,7 +99,6 @@ fn try_main() -> anyhow::Result<std::process::ExitCode> {
 /// uid and gid to switch to once subscribed; `started`, when `main` began.
 async fn run(cli: Cli, run_as: Option<(u32, u32)>, started: Instant) -> anyhow::Result<StopReason> {
     let (socket, args) = (cli.socket, cli.run);
-    let stats = Arc::new(Totals::default());
     let fanout = Arc::new(Fanout::new(
         args.queue_len as usize,
         args.queue_bytes as usize,
@@ -116,7 +112,7 @@ async fn run(cli: Cli, run_as: Option<(u32, u32)>, started: Instant) -> anyhow::
     // Nothing from here on needs a privilege: the switch comes before any
     // other thread, the socket and the first client.
     let settled = privilege::settle(run_as, net_admin && detection.is_netlink(), started)?;
-    stats.set_privilege(settled);
+    let stats = Arc::new(Totals::new(settled));
     let failed = detection.start(procfs.clone(), fanout.clone(), stats.clone())?;
     let stop = transport::grpc::stop_on(failed);
     let seats = Quota::new(

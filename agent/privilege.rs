@@ -17,6 +17,7 @@ use std::io;
 use std::time::Instant;
 
 use execwatch::proto;
+use nix::unistd::{getegid, geteuid};
 
 use crate::procfs::reader::status_ids;
 
@@ -190,10 +191,10 @@ pub fn settle(
     subscribed_with_net_admin: bool,
     started: Instant,
 ) -> Result<proto::Privilege, PrivilegeError> {
-    let switched = match run_as {
-        Some((uid, gid)) => switch(uid, gid)?,
-        None => false,
-    };
+    let switched = run_as
+        .map(|(uid, gid)| switch(uid, gid))
+        .transpose()?
+        .unwrap_or(false);
     let privileged_micros = switched.then(|| started.elapsed().as_micros());
     let threads = threads()?;
     if let Some((uid, gid)) = run_as {
@@ -202,11 +203,8 @@ pub fn settle(
             return Err(PrivilegeError::StillPrivileged { uid, gid, thread });
         }
     }
-    let main = threads
-        .iter()
-        .find(|t| t.tid == std::process::id() as i32)
-        .or(threads.first());
-    let (uid, gid) = main.map_or((0, 0), |t| (t.uid[1], t.gid[1]));
+    // Called on the main thread: its effective ids.
+    let (uid, gid) = (geteuid().as_raw(), getegid().as_raw());
     let capabilities = threads.iter().fold(0, |all, t| all | t.capabilities);
     let subscribed_with = if subscribed_with_net_admin {
         "CAP_NET_ADMIN"

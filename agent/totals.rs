@@ -17,7 +17,7 @@ use execwatch::internal::lock::lock;
 pub struct Totals {
     started: Instant,
     detector: Mutex<(String, String, u64)>,
-    privilege: std::sync::OnceLock<proto::Privilege>,
+    privilege: proto::Privilege,
     counts: Counts,
 }
 
@@ -69,27 +69,21 @@ counters! {
     add_audit_found => audit_found;
 }
 
-impl Default for Totals {
-    fn default() -> Self {
+impl Totals {
+    /// Zero counters, for an agent that runs as `privilege`, settled once
+    /// at start ([`crate::privilege::settle`]).
+    pub fn new(privilege: proto::Privilege) -> Self {
         Self {
             started: Instant::now(),
             detector: Mutex::default(),
-            privilege: std::sync::OnceLock::new(),
+            privilege,
             counts: Counts::default(),
         }
     }
-}
 
-impl Totals {
     /// Records which detector runs, its subscription mode and buffer size.
     pub fn set_detector(&self, name: &str, mode: &str, receive_buffer_bytes: u64) {
         *lock(&self.detector) = (name.to_string(), mode.to_string(), receive_buffer_bytes);
-    }
-
-    /// Records who the agent runs as, settled once at start
-    /// ([`crate::privilege::settle`]).
-    pub fn set_privilege(&self, privilege: proto::Privilege) {
-        let _ = self.privilege.set(privilege);
     }
 
     /// The counters as the wire contract carries them, added to the
@@ -100,7 +94,7 @@ impl Totals {
             detector,
             subscription_mode,
             receive_buffer_bytes,
-            privilege: self.privilege.get().cloned(),
+            privilege: Some(self.privilege),
             uptime_seconds: self.started.elapsed().as_secs(),
             ..published
         };

@@ -70,7 +70,7 @@ impl Detection {
             }
             Self::Poll(interval) => {
                 stats.set_detector("poll", "", 0);
-                let root = procfs.root().to_string();
+                let root = procfs.root.clone();
                 let poller = Poller::start(procfs).map_err(|e| LaunchError::Scan(root, e))?;
                 tracing::info!(
                     interval_ms = interval.as_millis() as u64,

@@ -204,7 +204,7 @@ pub fn start(
 
 /// Starts the reading thread of `generation`.
 fn spawn_reader(ctx: Arc<Context>, generation: u64) -> std::io::Result<()> {
-    let reader = ctx.watched.mount().reader();
+    let reader = ctx.watched.mount.reader();
     std::thread::Builder::new()
         .name(format!("netlink-{generation}"))
         .spawn(move || {
@@ -481,7 +481,7 @@ impl ReaderThread {
             return Ok(());
         }
         if self.reader.is_err() {
-            self.reader = ctx.watched.mount().reader();
+            self.reader = ctx.watched.mount.reader();
         }
         let checked = self.checked.take() == Some((pid, timestamp_ns)) || renamed;
         if let (Interest::Comms(_), Ok(reader), false) = (&*interest, &mut self.reader, checked) {
@@ -573,10 +573,10 @@ impl ReaderThread {
             return;
         };
         let works = match error {
-            Exhausted::Stuck(_) => !self.ctx.watched.mount().bounds().full(),
+            Exhausted::Stuck(_) => !self.ctx.watched.mount.bounds.full(),
             Exhausted::Resources(_) => {
                 if self.reader.is_err() {
-                    self.reader = self.ctx.watched.mount().reader();
+                    self.reader = self.ctx.watched.mount.reader();
                 }
                 self.reader.as_mut().is_ok_and(|r| r.probe().is_ok())
             }

@@ -6,17 +6,19 @@
 
 use execwatch::proto::Process;
 
-use crate::procfs::bounds::Bounds;
 use crate::procfs::reader::{Exhausted, ProcReader};
 use crate::procfs::redaction::Redactor;
+use crate::procfs::watchdog::Bounds;
 
 /// Where and how processes are read.
 pub struct ProcMount {
-    root: String,
+    /// The mount's path, for messages.
+    pub root: String,
     /// Never read with: each reader is a copy with its own buffer.
     template: ProcReader,
     redactor: Option<Redactor>,
-    bounds: Bounds,
+    /// How long one process's read may take, and what is stuck.
+    pub bounds: Bounds,
 }
 
 impl ProcMount {
@@ -36,19 +38,9 @@ impl ProcMount {
         })
     }
 
-    /// The mount's path, for messages.
-    pub fn root(&self) -> &str {
-        &self.root
-    }
-
     /// A reader for one thread (a copy of the mount's descriptor).
     pub fn reader(&self) -> Result<ProcReader, Exhausted> {
         self.template.try_clone()
-    }
-
-    /// How long one process's read may take, and what is stuck.
-    pub fn bounds(&self) -> &Bounds {
-        &self.bounds
     }
 
     /// Makes a record fit to leave the agent: with redaction configured,

@@ -119,10 +119,8 @@ impl ProcReader {
     /// Whether the agent can open a file under `/proc` right now (after an
     /// [`Exhausted`] read: have descriptors come back?).
     pub fn probe(&mut self) -> Result<(), Exhausted> {
-        if let Err(e) = read_at(&self.proc_dir, "self/stat", &mut self.buf, 4096) {
-            own(e)?;
-        }
-        Ok(())
+        let read = read_at(&self.proc_dir, "self/stat", &mut self.buf, 4096);
+        read.err().map_or(Ok(()), |e| own(e).map(drop))
     }
 
     /// The pids currently listed in `/proc` (thread-group leaders only).
@@ -138,8 +136,7 @@ impl ProcReader {
     /// What one read of `pid`'s `stat` says about its identity: start time
     /// and comm. `None` if it is gone or a kernel thread.
     pub fn identity(&mut self, pid: i32) -> Result<Option<Identity>, Exhausted> {
-        let path = format!("{pid}/stat");
-        if let Err(e) = read_at(&self.proc_dir, &path, &mut self.buf, 4096) {
+        if let Err(e) = read_at(&self.proc_dir, &format!("{pid}/stat"), &mut self.buf, 4096) {
             own(e)?;
             return Ok(None);
         }
@@ -150,12 +147,9 @@ impl ProcReader {
         if stat.flags & PF_KTHREAD != 0 || stat.exited() {
             return Ok(None);
         }
-        let mut comm = [0u8; 16];
-        let n = stat.comm.len().min(comm.len());
-        comm[..n].copy_from_slice(&stat.comm[..n]);
         Ok(Some(Identity {
             start_ticks: stat.start_ticks,
-            comm,
+            comm: std::array::from_fn(|i| stat.comm.get(i).copied().unwrap_or(0)),
         }))
     }
 
@@ -174,16 +168,15 @@ impl ProcReader {
         let mut at = &mut path[..];
         write!(at, "{pid}/comm").expect("an i32 and /comm fit 24 bytes");
         let len = 24 - at.len();
-        let fd = match open_at(&self.proc_dir, &path[..len]) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT | Errno::ESRCH) => return CommCheck::Gone,
-            Err(_) => return CommCheck::Unknown,
-        };
         // TASK_COMM_LEN is 16; the kernel adds a newline.
         let mut buf = [0u8; 64];
-        let n = match nix::unistd::read(&fd, &mut buf) {
+        let read =
+            open_at(&self.proc_dir, &path[..len]).and_then(|fd| nix::unistd::read(&fd, &mut buf));
+        // The open fails with ENOENT once the process is reaped; the read,
+        // with ESRCH.
+        let n = match read {
             Ok(n) => n,
-            Err(Errno::ESRCH) => return CommCheck::Gone,
+            Err(Errno::ENOENT | Errno::ESRCH) => return CommCheck::Gone,
             Err(_) => return CommCheck::Unknown,
         };
         match buf[..n].strip_suffix(b"\n") {
@@ -216,14 +209,14 @@ impl ProcReader {
     ) -> Result<Outcome, Stop> {
         let gone_at_once = |sink: &mut _, e| {
             let e = own(e)?;
-            put(sink, |p| gone(p, "all", e), None).map(|()| Outcome::Read)
+            Sink::put(sink, |p| gone(p, "all", e), None).map(|()| Outcome::Read)
         };
         let name = pid.to_string();
         let dir = match openat(&self.proc_dir, name.as_str(), DIR, Mode::empty()) {
             Ok(dir) => dir,
             Err(e) => return gone_at_once(sink, e),
         };
-        put(sink, |_| {}, Some(Field::Comm))?;
+        sink.put(|_| {}, Some(Field::Comm))?;
 
         match read_at(&dir, "stat", &mut self.buf, 4096).map(|_| StatLine::parse(&self.buf)) {
             Ok(Some(stat)) => {
@@ -247,7 +240,7 @@ impl ProcReader {
                         unavailable(p, "argv", why.into());
                     }
                 };
-                put(sink, set, next)?;
+                sink.put(set, next)?;
                 if unwanted {
                     return Ok(Outcome::Unwanted);
                 }
@@ -258,7 +251,7 @@ impl ProcReader {
             Ok(None) => {
                 let why = "unparsable /proc/<pid>/stat";
                 let set = |p: &mut Process| unavailable(p, "comm", why.into());
-                put(sink, set, Some(Field::Credentials))?;
+                sink.put(set, Some(Field::Credentials))?;
             }
             Err(e) => return gone_at_once(sink, e),
         }
@@ -272,7 +265,7 @@ impl ProcReader {
         let read = open_at(&dir, "cmdline").and_then(|fd| {
             read_fd(&fd, buf, limit + 1)?;
             let cut = buf.len() > limit;
-            let go_on = || sink.put(|_| {}, Some(Field::Argv));
+            let go_on = || sink.put(|_| {}, Some(Field::Argv)).is_ok();
             Ok(cut.then(|| argv.search(buf, &fd, chunk, go_on)))
         });
         let set = |p: &mut Process, found: Option<Vec<String>>| {
@@ -293,27 +286,14 @@ impl ProcReader {
 }
 
 /// Why [`ProcReader::read_into`] stopped before the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Stop {
     /// The sink refused to take more: the read was given up meanwhile.
+    #[error("the read was given up meanwhile")]
     Abandoned,
     /// The agent's own exhaustion.
-    Exhausted(Exhausted),
-}
-
-impl From<Exhausted> for Stop {
-    fn from(e: Exhausted) -> Self {
-        Stop::Exhausted(e)
-    }
-}
-
-/// [`Sink::put`], stopping the read if the sink refuses.
-fn put(
-    sink: &mut impl Sink,
-    f: impl FnOnce(&mut Process),
-    next: Option<Field>,
-) -> Result<(), Stop> {
-    sink.put(f, next).then_some(()).ok_or(Stop::Abandoned)
+    #[error(transparent)]
+    Exhausted(#[from] Exhausted),
 }
 
 /// Puts one field's read into `sink` (the value `set` stores, or why the
@@ -333,7 +313,7 @@ fn fill<T>(
         Ok(value) => set(p, value),
         Err(e) => missing(p, field.name(), e),
     };
-    put(sink, put_read, field.next())
+    sink.put(put_read, field.next())
 }
 
 /// What [`ProcReader::comm_wanted`] found.
@@ -396,16 +376,15 @@ pub enum Field {
 
 impl Field {
     /// Every field in reading order (each one's index is its discriminant),
-    /// with the name `unavailable` gives it and the file under `/proc/<pid>`
-    /// it comes from.
+    /// with the name `unavailable` gives it and its path after `/proc/<pid>`.
     const TABLE: [(Field, &'static str, &'static str); 7] = [
         (Field::All, "all", ""),
-        (Field::Comm, "comm", "stat"),
-        (Field::Credentials, "credentials", "status"),
-        (Field::Argv, "argv", "cmdline"),
-        (Field::Cgroup, "cgroup", "cgroup"),
-        (Field::Exe, "exe", "exe"),
-        (Field::Cwd, "cwd", "cwd"),
+        (Field::Comm, "comm", "/stat"),
+        (Field::Credentials, "credentials", "/status"),
+        (Field::Argv, "argv", "/cmdline"),
+        (Field::Cgroup, "cgroup", "/cgroup"),
+        (Field::Exe, "exe", "/exe"),
+        (Field::Cwd, "cwd", "/cwd"),
     ];
 
     /// The name `unavailable` gives it.
@@ -413,7 +392,7 @@ impl Field {
         Self::TABLE[self as usize].1
     }
 
-    /// The file under `/proc/<pid>` it comes from.
+    /// Its path after `/proc/<pid>` (`/stat`; empty for [`Field::All`]).
     pub fn file(self) -> &'static str {
         Self::TABLE[self as usize].2
     }
@@ -437,10 +416,10 @@ impl Field {
 /// Where [`ProcReader::read_into`] puts a record as it reads it.
 pub trait Sink {
     /// Applies `f` (what was just read) to the record, then notes that
-    /// `next` is being read (`None`: the read is over). Returns `false` if
-    /// the read was given up meanwhile: the reader stops at once and must
+    /// `next` is being read (`None`: the read is over). [`Stop::Abandoned`]
+    /// if the read was given up meanwhile: the reader stops at once and must
     /// not touch the record again.
-    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool;
+    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> Result<(), Stop>;
 }
 
 /// Reads at most `limit` bytes of `name` under `dir` into `buf`.

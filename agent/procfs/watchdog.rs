@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use execwatch::internal::lock::lock;
 use execwatch::proto::Process;
 
-use crate::procfs::bounds::Bounds;
 use crate::procfs::cmdline::ArgvPatterns;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{unavailable, Exhausted, Field, Outcome, ProcReader, Sink, Stop};
@@ -55,6 +54,73 @@ pub enum Read {
     /// The read was given up at its deadline and the watchdog has the
     /// record: the calling thread is left behind and must stop.
     LeftBehind,
+}
+
+/// How long a read may take and how many may be left behind: one per
+/// mount, shared by every thread that reads it.
+#[derive(Debug)]
+pub struct Bounds {
+    pub(super) deadline: Duration,
+    pub(super) max_stuck: usize,
+    /// The pid of each read left behind and not back yet.
+    stuck: Mutex<Vec<i32>>,
+}
+
+impl Bounds {
+    /// Reads take at most `deadline`; at most `max_stuck` are left behind.
+    pub fn new(deadline: Duration, max_stuck: usize) -> Self {
+        Self {
+            deadline,
+            max_stuck: max_stuck.max(1),
+            stuck: Mutex::default(),
+        }
+    }
+
+    /// Whether a read of `record`'s process may start now: `false` if an
+    /// earlier read of it is stuck, and `record` now says so. An error when
+    /// as many reads are stuck as allowed: do not read, report loss.
+    pub(super) fn admit(&self, record: &mut Process) -> Result<bool, Exhausted> {
+        let stuck = lock(&self.stuck);
+        let pid = record.pid;
+        if stuck.contains(&pid) {
+            let why = format!(
+                "an earlier read of /proc/{pid} timed out after {:?} and has not returned; not read again until it does",
+                self.deadline
+            );
+            unavailable(record, Field::All.name(), why);
+            return Ok(false);
+        }
+        if stuck.len() >= self.max_stuck {
+            return Err(Exhausted::Stuck(stuck.len()));
+        }
+        Ok(true)
+    }
+
+    /// Whether no more reads may be left behind.
+    pub fn full(&self) -> bool {
+        lock(&self.stuck).len() >= self.max_stuck
+    }
+
+    /// A read of `pid` was given up; its thread is left behind. Returns how
+    /// many are now.
+    pub(super) fn left_behind(&self, pid: i32) -> usize {
+        let mut stuck = lock(&self.stuck);
+        stuck.push(pid);
+        stuck.len()
+    }
+
+    /// A read of `pid` that was left behind has returned.
+    pub(super) fn returned(&self, pid: i32) {
+        let mut stuck = lock(&self.stuck);
+        if let Some(i) = stuck.iter().position(|&p| p == pid) {
+            stuck.swap_remove(i);
+        }
+        tracing::info!(
+            pid,
+            still_stuck = stuck.len(),
+            "a /proc read given up earlier has returned"
+        );
+    }
 }
 
 /// The read under way.
@@ -82,7 +148,8 @@ pub struct Slot<T> {
 /// Reads of one mount by one thread at a time, with their watchdog: a
 /// [`Slot`] behind its mutex, and the watchdog's wake-up.
 pub struct Watched<T> {
-    mount: Arc<ProcMount>,
+    /// The mount read.
+    pub mount: Arc<ProcMount>,
     slot: Mutex<Slot<T>>,
     wake: Condvar,
 }
@@ -95,11 +162,6 @@ impl<T: Default> Watched<T> {
             slot: Mutex::default(),
             wake: Condvar::new(),
         }
-    }
-
-    /// The mount read.
-    pub fn mount(&self) -> &Arc<ProcMount> {
-        &self.mount
     }
 
     /// Locks the slot.
@@ -127,7 +189,7 @@ impl<T: Default> Watched<T> {
         wanted: impl FnOnce(&[u8]) -> bool,
         argv: &ArgvPatterns,
     ) -> Result<Read, Exhausted> {
-        let bounds = self.mount.bounds();
+        let bounds = &self.mount.bounds;
         if !bounds.admit(&mut record)? {
             return Ok(Read::Unread(self.mount.finish(record)));
         }
@@ -177,11 +239,11 @@ impl<T: Default> Watched<T> {
         done: impl Fn(&T) -> bool,
         mut given_up: impl FnMut(&mut Slot<T>, Process),
     ) -> MutexGuard<'a, Slot<T>> {
-        let deadline = self.mount.bounds().deadline;
+        let deadline = self.mount.bounds.deadline;
         let mut seen = slot.reads;
         while !done(&slot.state) {
             let now = Instant::now();
-            if let Some(p) = slot.give_up(self.mount.bounds(), now) {
+            if let Some(p) = slot.give_up(&self.mount.bounds, now) {
                 given_up(&mut slot, self.mount.finish(p));
                 continue;
             }
@@ -237,10 +299,7 @@ impl<T> Slot<T> {
         self.generation += 1;
         let mut p = current.record;
         let stuck = bounds.left_behind(p.pid);
-        let path = match reading {
-            Field::All => format!("/proc/{}", p.pid),
-            field => format!("/proc/{}/{}", p.pid, field.file()),
-        };
+        let path = format!("/proc/{}{}", p.pid, reading.file());
         let deadline = bounds.deadline;
         let why = format!("timed out after {deadline:?} reading {path}");
         unavailable(&mut p, reading.name(), why);
@@ -265,17 +324,15 @@ impl<T> Slot<T> {
 struct Tracker<'a, T>(&'a Watched<T>, u64);
 
 impl<T: Default> Sink for Tracker<'_, T> {
-    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool {
+    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> Result<(), Stop> {
         let mut slot = self.0.lock();
         if slot.generation != self.1 {
-            return false;
+            return Err(Stop::Abandoned);
         }
-        let Some(current) = slot.current.as_mut() else {
-            return false;
-        };
+        let current = slot.current.as_mut().ok_or(Stop::Abandoned)?;
         f(&mut current.record);
         current.reading = next;
-        true
+        Ok(())
     }
 }
 
@@ -297,11 +354,13 @@ mod tests {
     #[test]
     fn an_overdue_read_is_given_up_with_the_rest_named() {
         let watched = watched(Duration::from_millis(10), 2);
-        let bounds = watched.mount.bounds();
+        let bounds = &watched.mount.bounds;
         watched.begin(blank(42, 42, Source::Netlink));
         let mut tracker = Tracker(&watched, 0);
-        assert!(tracker.put(|p| p.comm = "x".into(), Some(Field::Credentials)));
-        assert!(tracker.put(|_| {}, Some(Field::Argv)));
+        assert!(tracker
+            .put(|p| p.comm = "x".into(), Some(Field::Credentials))
+            .is_ok());
+        assert!(tracker.put(|_| {}, Some(Field::Argv)).is_ok());
         let mut slot = watched.lock();
         assert!(slot.give_up(bounds, Instant::now()).is_none(), "not due");
         let p = slot
@@ -312,7 +371,11 @@ mod tests {
         let fields: Vec<_> = p.unavailable.iter().map(|u| u.field.as_str()).collect();
         assert_eq!(fields, ["argv", "cgroup", "exe", "cwd"]);
         assert!(p.unavailable[0].reason.contains("/proc/42/cmdline"));
-        assert!(!tracker.put(|p| p.comm = "late".into(), None), "stale");
+        assert_eq!(
+            tracker.put(|p| p.comm = "late".into(), None),
+            Err(Stop::Abandoned),
+            "stale"
+        );
         let admit = |pid| {
             let mut p = blank(pid, pid, Source::Netlink);
             bounds.admit(&mut p).map(|go| (go, p))
@@ -332,11 +395,11 @@ mod tests {
         let watched = watched(Duration::from_millis(1), 1);
         watched.begin(blank(1, 1, Source::Netlink));
         let mut tracker = Tracker(&watched, 0);
-        assert!(tracker.put(|_| {}, None));
+        assert!(tracker.put(|_| {}, None).is_ok());
         let later = Instant::now() + Duration::from_secs(1);
         assert!(watched
             .lock()
-            .give_up(watched.mount.bounds(), later)
+            .give_up(&watched.mount.bounds, later)
             .is_none());
         assert!(watched.lock().current.take().is_some());
     }

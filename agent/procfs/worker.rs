@@ -49,12 +49,6 @@ struct Job {
 }
 
 impl Job {
-    /// The next pid to read, unless the chunk is full.
-    fn next(&mut self) -> Option<i32> {
-        let full = self.chunk.records.len() >= CHUNK || self.bytes >= CHUNK_BYTES;
-        (!full).then(|| self.pids.pop()).flatten()
-    }
-
     /// Takes one read of `pid`.
     fn put(&mut self, pid: i32, read: Result<Read, Exhausted>) {
         match read {
@@ -130,7 +124,7 @@ impl Worker {
         // The job waits in the channel until the thread takes it.
         let _ = jobs.send(());
         let (watched, generation) = (self.watched.clone(), slot.generation());
-        let started = self.watched.mount().reader().and_then(|reader| {
+        let started = self.watched.mount.reader().and_then(|reader| {
             std::thread::Builder::new()
                 .name("proc-worker".into())
                 .spawn(move || work(&watched, reader, generation, jobs_rx))
@@ -150,19 +144,42 @@ impl Worker {
     }
 }
 
+/// Reads the records of running processes among `pids` (popped from the
+/// end), one [`Chunk`], on a fresh [`Worker`] off the runtime thread (for a
+/// snapshot): never waits for a client, nor longer than the deadline for
+/// one process, so a read that hangs holds neither the snapshot nor its
+/// permit; long command lines are searched for `argv`. Returns the chunk
+/// and the pids it did not get to.
+pub async fn read_chunk(
+    mount: Arc<ProcMount>,
+    mut pids: Vec<i32>,
+    argv: ArgvPatterns,
+) -> Result<(Chunk, Vec<i32>), String> {
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Worker::new(mount).read(&mut pids, Source::Snapshot, &argv);
+        chunk.records.retain(|p| !p.exited_before_inspection);
+        (chunk, pids)
+    })
+    .await
+    .map_err(|e| format!("snapshot task failed: {e}"))
+}
+
 /// A worker thread: reads each job it is handed to the end. Ends when the
 /// caller drops its end, or once left behind.
 fn work(watched: &Watched<Job>, mut reader: ProcReader, generation: u64, jobs: Receiver<()>) {
     for () in jobs {
         loop {
             let mut slot = watched.lock();
-            let Some(pid) = slot.state.next() else {
-                slot.state.done = true;
+            let job = &mut slot.state;
+            // The next pid, unless the chunk is full.
+            let full = job.chunk.records.len() >= CHUNK || job.bytes >= CHUNK_BYTES;
+            let Some(pid) = (!full).then(|| job.pids.pop()).flatten() else {
+                job.done = true;
                 watched.wake();
                 break;
             };
-            let record = blank(pid, pid, slot.state.source);
-            let argv = slot.state.argv.clone();
+            let record = blank(pid, pid, job.source);
+            let argv = job.argv.clone();
             drop(slot);
             let read = watched.read(Ok(&mut reader), generation, record, |_| true, &argv);
             if matches!(read, Ok(Read::LeftBehind)) {
@@ -178,7 +195,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::procfs::bounds::Bounds;
+    use crate::procfs::watchdog::Bounds;
 
     fn worker() -> Worker {
         let bounds = Bounds::new(Duration::from_secs(5), 2);

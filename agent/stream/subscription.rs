@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::procfs::mount::ProcMount;
-use crate::procfs::snapshot::read_chunk;
+use crate::procfs::worker::read_chunk;
 use crate::stream::fanout::{self, Fanout, Item, Missed, Subscription};
 use crate::stream::selector::Choice;
 use crate::totals::Totals;
@@ -370,7 +370,7 @@ impl Snapshot {
                     let reader = procfs.reader().map_err(|e| e.to_string())?;
                     reader
                         .pids()
-                        .map_err(|e| format!("cannot list {}: {e}", procfs.root()))
+                        .map_err(|e| format!("cannot list {}: {e}", procfs.root))
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")));

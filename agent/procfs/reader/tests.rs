@@ -37,9 +37,9 @@ impl ProcReader {
 
 /// A record read without a bound fills itself.
 impl Sink for Process {
-    fn put(&mut self, f: impl FnOnce(&mut Process), _next: Option<Field>) -> bool {
+    fn put(&mut self, f: impl FnOnce(&mut Process), _next: Option<Field>) -> Result<(), Stop> {
         f(self);
-        true
+        Ok(())
     }
 }
 
@@ -235,10 +235,10 @@ struct Steps {
 }
 
 impl Sink for Steps {
-    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> bool {
+    fn put(&mut self, f: impl FnOnce(&mut Process), next: Option<Field>) -> Result<(), Stop> {
         f(&mut self.record);
         self.next.push(next);
-        true
+        Ok(())
     }
 }
 

@@ -2,7 +2,7 @@
 //! and resync after an overflow, the cut-off, and the end on shutdown.
 
 use super::*;
-use crate::procfs::bounds::Bounds;
+use crate::procfs::watchdog::Bounds;
 use crate::transport::quota::Quota;
 use execwatch::proto::{Process, WatchRequest};
 use futures::StreamExt;
@@ -14,7 +14,7 @@ fn agent(queue_len: usize) -> (watch::Sender<bool>, Arc<Shared>) {
     let (stop_tx, stop) = watch::channel(false);
     let shared = Arc::new(Shared {
         fanout: Arc::new(Fanout::new(queue_len, usize::MAX)),
-        stats: Arc::default(),
+        stats: Arc::new(Totals::new(Default::default())),
         procfs: Arc::new(
             ProcMount::open("/proc", 4096, None, Bounds::new(Duration::from_secs(5), 8)).unwrap(),
         ),
