@@ -616,14 +616,13 @@ fn parse_connector(p: &[u8]) -> Result<Message, ParseError> {
         return Ok(Message::Foreign { idx, val });
     }
     let len = usize::from(u16::from_ne_bytes(field(p, cn_msg::LEN)));
-    let available = p.len() - CN_MSG_HDR_LEN;
     let data = p
         .get(CN_MSG_HDR_LEN..CN_MSG_HDR_LEN + len)
         .ok_or(ParseError::BadLength {
             at: "cn_msg.len",
             declared: len,
             min: 0,
-            max: available,
+            max: p.len() - CN_MSG_HDR_LEN,
         })?;
     ProcEvent::parse(data).map(Message::Event)
 }
