@@ -89,10 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let writer: Box<dyn NodeWriter> = if cli.dry_run {
         tracing::info!("dry-run: decisions are logged, the Kubernetes API is never contacted");
-        let node = cli
-            .node_name
-            .clone()
-            .unwrap_or_else(|| "<this node>".into());
+        let node = cli.node_name.as_deref().unwrap_or("<this node>").into();
         Box::new(DryRun { node })
     } else {
         let Some(node) = cli.node_name.clone() else {

@@ -170,10 +170,9 @@ impl Rules {
     /// `commands=3 argv_substrings=1 exe_paths=0 uids=any scope=host`
     /// (counts of distinct patterns), or `inert (...)`.
     pub fn summary(&self) -> String {
-        let uids = if self.uids.is_empty() {
-            "any".to_owned()
-        } else {
-            self.uids.len().to_string()
+        let uids = match self.uids.len() {
+            0 => "any".to_owned(),
+            n => n.to_string(),
         };
         let counts = format!(
             "commands={} argv_substrings={} exe_paths={} uids={uids} scope={}",

@@ -55,7 +55,12 @@ pub async fn run(
     let mut failures = 0u64;
     loop {
         let req = request(&mut selectors);
-        match connect(&socket, req).await {
+        let opened = async {
+            let mut client = execwatch::client::exec_events(&socket).await?;
+            let stream = watch(&mut client, req).await?;
+            Ok::<_, LinkError>((client, stream))
+        };
+        match opened.await {
             Ok((client, stream)) => {
                 tracing::info!(socket = %socket.display(), "connected to the agent");
                 // The stats poller of this connection: a JoinSet aborts it
@@ -161,15 +166,6 @@ fn request(selectors: &mut watch::Receiver<WatchRequest>) -> WatchRequest {
         skip_snapshot: false,
         ..selectors.borrow_and_update().clone()
     }
-}
-
-async fn connect(
-    socket: &std::path::Path,
-    req: WatchRequest,
-) -> Result<(Client, Stream), LinkError> {
-    let mut client = execwatch::client::exec_events(socket).await?;
-    let stream = watch(&mut client, req).await?;
-    Ok((client, stream))
 }
 
 /// Opens a stream for `req`. A selector the agent refuses (one this build
