@@ -26,7 +26,6 @@ use std::time::Duration;
 use execwatch::proto::{Exit, LossSite, Source};
 use nix::errno::Errno;
 
-use crate::detector::receiver::publish_loss;
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{own, Exhausted, Identity, ProcReader};
 use crate::procfs::worker::Worker;
@@ -75,7 +74,7 @@ impl Poller {
                     if !std::mem::replace(&mut failing, true) {
                         let reason = format!("a /proc scan failed: {exhausted}; processes started or ended meanwhile may have been missed");
                         tracing::warn!("{reason}; subscribers will resync");
-                        publish_loss(&fanout, LossSite::Detector, reason, None);
+                        fanout.publish_loss(LossSite::Detector, reason, None);
                     }
                 }
                 Err(e) => return e,

@@ -85,7 +85,7 @@ use crate::detector::socket::{poll_timeout, Batch, NetlinkError, NetlinkSocket};
 use crate::procfs::mount::ProcMount;
 use crate::procfs::reader::{blank, CommCheck, Exhausted, ProcReader};
 use crate::procfs::watchdog::{Read, Slot, Watched};
-use crate::stream::fanout::{DetectorLoss, Fanout, Item};
+use crate::stream::fanout::{Fanout, Item};
 use crate::stream::selector::Interest;
 use crate::totals::Totals;
 
@@ -420,7 +420,7 @@ impl ReaderThread {
                     ctx.net.receive_buffer
                 );
                 tracing::warn!("{reason}; subscribers will resync");
-                publish_loss(&ctx.fanout, LossSite::Kernel, reason, None);
+                ctx.fanout.publish_loss(LossSite::Kernel, reason, None);
                 return Ok(true);
             };
             match ev.kind {
@@ -600,18 +600,8 @@ fn recovered(ctx: &Context, backlog: &mut Backlog) {
         unread.count, unread.error
     );
     tracing::warn!("{reason}");
-    publish_loss(&ctx.fanout, LossSite::Detector, reason, Some(unread.count));
-}
-
-/// Publishes a loss of the detector's own, which every subscriber resyncs
-/// after.
-pub fn publish_loss(fanout: &Fanout, site: LossSite, reason: String, count: Option<u64>) {
-    let loss = DetectorLoss {
-        site,
-        reason,
-        count,
-    };
-    fanout.publish(Item::DetectorLost(Arc::new(loss)));
+    ctx.fanout
+        .publish_loss(LossSite::Detector, reason, Some(unread.count));
 }
 
 /// Appends every event queued on `sock` to `events`, up to an overflow

@@ -2,6 +2,7 @@
 //! [`watchdog::Watched::read`] (directly, or a list at a time through a
 //! [`worker::Worker`]), which bounds it in time and redacts it.
 
+pub mod bounds;
 pub mod cmdline;
 pub mod mount;
 pub mod reader;

@@ -6,9 +6,9 @@
 
 use execwatch::proto::Process;
 
+use crate::procfs::bounds::Bounds;
 use crate::procfs::reader::{Exhausted, ProcReader};
 use crate::procfs::redaction::Redactor;
-use crate::procfs::watchdog::Bounds;
 
 /// Where and how processes are read.
 pub struct ProcMount {

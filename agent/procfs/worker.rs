@@ -195,7 +195,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::procfs::watchdog::Bounds;
+    use crate::procfs::bounds::Bounds;
 
     fn worker() -> Worker {
         let bounds = Bounds::new(Duration::from_secs(5), 2);

@@ -341,6 +341,17 @@ impl Fanout {
         (sub, missed)
     }
 
+    /// Publishes a loss of the detector's own, which every subscriber
+    /// resyncs after.
+    pub fn publish_loss(&self, site: LossSite, reason: String, count: Option<u64>) {
+        let loss = DetectorLoss {
+            site,
+            reason,
+            count,
+        };
+        self.publish(Item::DetectorLost(Arc::new(loss)));
+    }
+
     /// Delivers `item` to every subscriber that wants it. Never blocks on a
     /// subscriber: a full queue unhooks that subscriber.
     pub fn publish(&self, item: Item) {

@@ -2,7 +2,7 @@
 //! and resync after an overflow, the cut-off, and the end on shutdown.
 
 use super::*;
-use crate::procfs::watchdog::Bounds;
+use crate::procfs::bounds::Bounds;
 use crate::transport::quota::Quota;
 use execwatch::proto::{Process, WatchRequest};
 use futures::StreamExt;
