@@ -31,7 +31,7 @@ pub struct Ledger {
 }
 
 /// The process offered under a pid.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Offered {
     start_ticks: u64,
     /// Its comm when it was last offered, NUL-padded.
@@ -64,13 +64,14 @@ impl Ledger {
     /// Notes that `p` was offered in audit round `round`, and `sent` if
     /// the subscriber was sent it (a process sent once stays sent).
     pub fn note(&mut self, p: &Process, sent: bool, round: u64) {
-        let offered = Offered {
+        // One hash lookup: this runs for every exec and every subscriber.
+        let e = self.offered.entry(p.pid).or_default();
+        *e = Offered {
             start_ticks: p.start_ticks,
             comm: padded(p.comm.as_bytes()),
-            sent: sent || self.sent(p),
+            sent: sent || (e.sent && e.start_ticks == p.start_ticks),
             round,
         };
-        self.offered.insert(p.pid, offered);
     }
 
     /// Whether to send `p` (live or in a snapshot) to this subscriber, whose
