@@ -53,13 +53,14 @@ node_name="$(hostname | tr '[:upper:]' '[:lower:]')"
 # Debian packages, each for what runs it:
 #   python3-venv           the virtual environment for the PyPI tools below
 #   gcc libc6-dev binutils rustc's linker, static glibc for the image, readelf
+#   g++                    libFuzzer's C++, built by the fuzz targets' check
 #   prometheus             promtool lints a real metrics scrape (reclaimer_dry_run.rs)
 #   openjdk-17-jre-headless  a real java, the program the rules match
 #   etcd-server openssl curl ca-certificates   the test API server (start-apiserver.sh)
 #   containerd runc containernetworking-plugins socat skopeo   the test node
 #                          (start-node.sh) and the image packer's test (image_pack.rs)
 #   procps iproute2 util-linux mount   pgrep, sysctl, ss, setpriv, prlimit, flock, mount
-debian_pkgs="python3-venv gcc libc6-dev binutils prometheus openjdk-17-jre-headless
+debian_pkgs="python3-venv gcc g++ libc6-dev binutils prometheus openjdk-17-jre-headless
     etcd-server openssl curl ca-certificates containerd runc containernetworking-plugins socat skopeo
     procps iproute2 util-linux mount"
 missing=$(for p in $debian_pkgs; do
