@@ -256,9 +256,14 @@ fn publish_exec(ctx: &Context, p: Process) {
     if fail::eval("drop-exec", |comm| comm.as_deref() == Some(&p.comm)) == Some(true) {
         return;
     }
-    ctx.stats
-        .add_exited_before_inspection(p.exited_before_inspection.into());
-    ctx.stats.add_renames(p.renamed.into());
+    // Only when set: an atomic add of 0 is still a locked read-modify-write
+    // on every exec.
+    if p.exited_before_inspection {
+        ctx.stats.add_exited_before_inspection(1);
+    }
+    if p.renamed {
+        ctx.stats.add_renames(1);
+    }
     ctx.fanout.publish(Item::Exec(Arc::new(p)));
 }
 
