@@ -62,8 +62,7 @@ impl Detection {
                     receive_buffer_bytes = receive_buffer,
                     "netlink detector subscribed and confirmed by a probe exec"
                 );
-                let (procfs2, fanout2, stats2) = (procfs.clone(), fanout.clone(), stats.clone());
-                let barrier = audit::start(interval, procfs2, fanout2, stats2)
+                let barrier = audit::start(interval, procfs.clone(), fanout.clone(), stats.clone())
                     .map_err(LaunchError::Thread)?;
                 receiver::start(detector, pace, procfs, fanout, stats, barrier, failed_tx)
                     .map_err(LaunchError::Thread)?;

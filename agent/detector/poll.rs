@@ -85,8 +85,7 @@ impl Poller {
     /// One scan. The outer error stops the detector; the inner one leaves
     /// what it knows unchanged and is tried again next interval.
     fn scan(&mut self, fanout: &Fanout) -> std::io::Result<Result<(), Exhausted>> {
-        let reader = &mut self.reader;
-        let pids = match reader.pids() {
+        let pids = match self.reader.pids() {
             Ok(pids) => pids,
             Err(e) => match e.raw_os_error().map(|raw| own(Errno::from_raw(raw))) {
                 Some(Err(exhausted)) => return Ok(Err(exhausted)),
@@ -95,7 +94,7 @@ impl Poller {
         };
         let mut alive = HashMap::with_capacity(pids.len());
         for pid in pids {
-            let id = match reader.identity(pid) {
+            let id = match self.reader.identity(pid) {
                 Ok(Some(id)) => id,
                 Ok(None) => continue,
                 Err(e) => {
