@@ -506,29 +506,25 @@ fn set_argv(p: &mut Process, cmdline: &[u8], limit: usize) {
     }
     // The kernel ends every argument with NUL; drop the last one only.
     let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
-    let args: Vec<&[u8]> = bytes.split(|&b| b == 0).collect();
     p.argv_lossy = std::str::from_utf8(bytes).is_err();
-    if !p.argv_lossy {
-        p.argv = args
-            .iter()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        return;
-    }
+    // Only a lossy command line can outweigh the room: UTF-8 weighs two per
+    // byte, and `bytes` holds at most `limit`.
     let mut room = 2 * limit;
-    for arg in args {
-        let weight = String::from_utf8_lossy(arg).len() + arg.len();
-        // The first argument that does not fit is cut: a byte weighs at most
-        // four (itself and a three-byte U+FFFD), so a quarter of the room
-        // always fits.
-        let cut = (room / 4).min(arg.len());
-        let kept = if weight <= room { arg } else { &arg[..cut] };
-        p.argv.push(String::from_utf8_lossy(kept).into_owned());
-        p.argv_raw.push(kept.to_vec());
+    for arg in bytes.split(|&b| b == 0) {
+        let text = String::from_utf8_lossy(arg);
+        let weight = text.len() + arg.len();
         if weight > room {
+            // The first argument that does not fit is cut: a byte weighs at
+            // most four (itself and a three-byte U+FFFD), so a quarter of the
+            // room always fits.
+            let kept = &arg[..(room / 4).min(arg.len())];
+            p.argv.push(String::from_utf8_lossy(kept).into_owned());
+            p.argv_raw.push(kept.to_vec());
             p.argv_truncated = true;
             break;
         }
+        p.argv.push(text.into_owned());
+        p.argv_raw.extend(p.argv_lossy.then(|| arg.to_vec()));
         room -= weight;
     }
 }
