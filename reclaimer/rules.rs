@@ -70,19 +70,13 @@ pub enum Scope {
     All,
 }
 
-impl Scope {
-    /// The TOML spelling: `"host"` or `"all"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Host => "host",
-            Scope::All => "all",
-        }
-    }
-}
-
+/// The TOML spelling: `"host"` or `"all"`.
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(match self {
+            Scope::Host => "host",
+            Scope::All => "all",
+        })
     }
 }
 
@@ -97,20 +91,14 @@ pub enum MatcherKind {
     ExePath,
 }
 
-impl MatcherKind {
-    /// The TOML key of this matcher, e.g. `"match_commands"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
+/// The TOML key of the matcher, e.g. `"match_commands"`.
+impl fmt::Display for MatcherKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
             MatcherKind::Command => "match_commands",
             MatcherKind::ArgvSubstring => "match_argv_substrings",
             MatcherKind::ExePath => "match_exe_paths",
-        }
-    }
-}
-
-impl fmt::Display for MatcherKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        })
     }
 }
 
