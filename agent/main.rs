@@ -27,12 +27,7 @@ use crate::transport::grpc::StopReason;
 use crate::transport::quota::Quota;
 
 fn main() -> std::process::ExitCode {
-    try_main().unwrap_or_else(|e| {
-        // One line, each cause once (anyhow's own report repeats the
-        // causes our errors already quote).
-        eprintln!("Error: {}", execwatch::client::error_chain(e.as_ref()));
-        std::process::ExitCode::FAILURE
-    })
+    execwatch::internal::logging::exit_code(try_main())
 }
 
 fn try_main() -> anyhow::Result<std::process::ExitCode> {

@@ -149,13 +149,9 @@ impl Decider {
             LinkEvent::Event(ev) => {
                 self.metrics.events.inc();
                 match ev.kind {
-                    Some(Kind::Exec(p)) => {
+                    Some(Kind::Exec(p) | Kind::Existing(p)) => {
                         self.consider(&p);
-                        self.table.exec(p);
-                    }
-                    Some(Kind::Existing(p)) => {
-                        self.consider(&p);
-                        self.table.existing(p);
+                        self.table.insert(p);
                     }
                     Some(Kind::SnapshotComplete(c)) => {
                         self.table.snapshot_complete();

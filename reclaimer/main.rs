@@ -27,15 +27,8 @@ use crate::node::writer::{DryRun, NodeWriter};
 use crate::rules::source::RulesSource;
 
 fn main() -> std::process::ExitCode {
-    match try_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // One line, each cause once (anyhow's own report repeats the
-            // causes our errors already quote).
-            eprintln!("Error: {}", execwatch::client::error_chain(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let run = try_main().map(|()| std::process::ExitCode::SUCCESS);
+    execwatch::internal::logging::exit_code(run)
 }
 
 fn try_main() -> anyhow::Result<()> {

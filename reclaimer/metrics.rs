@@ -123,14 +123,12 @@ impl Format {
             let mut parts = range.split(';').map(str::trim);
             let media = parts.next().unwrap_or_default().to_ascii_lowercase();
             let (mut q, mut version) = (1.0f32, None);
-            for param in parts {
-                if let Some((k, v)) = param.split_once('=') {
-                    let v = v.trim().trim_matches('"');
-                    match k.trim().to_ascii_lowercase().as_str() {
-                        "q" => q = v.parse().unwrap_or(0.0),
-                        "version" => version = Some(v.to_owned()),
-                        _ => {}
-                    }
+            for (k, v) in parts.filter_map(|param| param.split_once('=')) {
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.parse().unwrap_or(0.0),
+                    "version" => version = Some(v.to_owned()),
+                    _ => {}
                 }
             }
             let format = match (media.as_str(), version.as_deref()) {

@@ -23,13 +23,10 @@ pub struct ProcessTable {
 }
 
 impl ProcessTable {
-    /// A process executed (replaces whatever ran under that pid).
-    pub fn exec(&mut self, p: Process) {
-        self.procs.insert(p.pid, p);
-    }
-
-    /// A snapshot entry.
-    pub fn existing(&mut self, p: Process) {
+    /// A process runs, executed or listed by a snapshot: it replaces
+    /// whatever ran under that pid, and a snapshot in progress counts it as
+    /// listed.
+    pub fn insert(&mut self, p: Process) {
         if let Some(seen) = &mut self.resync {
             seen.insert(p.pid);
         }
@@ -86,16 +83,16 @@ mod tests {
     fn exec_exit_and_sweep() {
         let rules = Rules::parse(r#"match_commands = ["java"]"#).unwrap();
         let mut t = ProcessTable::default();
-        t.exec(proc(10, "java", 5));
-        t.exec(proc(11, "bash", 6));
+        t.insert(proc(10, "java", 5));
+        t.insert(proc(11, "bash", 6));
         assert_eq!(t.first_match(&rules).unwrap().0.pid, 10);
         t.exit(10);
         assert!(t.first_match(&rules).is_none());
 
         // A resync that no longer lists 11 but lists a new java.
         t.snapshot_begin();
-        t.existing(proc(12, "java", 9));
-        t.existing(proc(13, "java", 7));
+        t.insert(proc(12, "java", 9));
+        t.insert(proc(13, "java", 7));
         t.snapshot_complete();
         assert_eq!(t.len(), 2);
         let (p, m) = t.first_match(&rules).unwrap();

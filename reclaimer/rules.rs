@@ -10,7 +10,7 @@
 //! error is) and answers "does this process match?" ([`Rules::matches`]),
 //! and does no I/O and no logging.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Deserialize;
@@ -70,19 +70,13 @@ pub enum Scope {
     All,
 }
 
-impl Scope {
-    /// The TOML spelling: `"host"` or `"all"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Host => "host",
-            Scope::All => "all",
-        }
-    }
-}
-
+/// The TOML spelling: `"host"` or `"all"`.
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(match self {
+            Scope::Host => "host",
+            Scope::All => "all",
+        })
     }
 }
 
@@ -97,20 +91,14 @@ pub enum MatcherKind {
     ExePath,
 }
 
-impl MatcherKind {
-    /// The TOML key of this matcher, e.g. `"match_commands"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
+/// The TOML key of the matcher, e.g. `"match_commands"`.
+impl fmt::Display for MatcherKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
             MatcherKind::Command => "match_commands",
             MatcherKind::ArgvSubstring => "match_argv_substrings",
             MatcherKind::ExePath => "match_exe_paths",
-        }
-    }
-}
-
-impl fmt::Display for MatcherKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        })
     }
 }
 
@@ -133,18 +121,19 @@ impl Match {
 }
 
 /// A validated rule set. Cheap to query from any thread; see the module docs
-/// for the format and semantics.
+/// for the format and semantics. The sets are ordered, so the selector and
+/// the warnings list them in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
     /// Command name as the kernel would keep it (first 15 bytes) → the
     /// configured command (the first written, if several share a key).
-    commands: HashMap<String, String>,
+    commands: BTreeMap<String, String>,
     /// Substrings in document order, without duplicates.
     argv_substrings: Vec<String>,
     /// Exact executable paths.
-    exe_paths: HashSet<String>,
+    exe_paths: BTreeSet<String>,
     /// Real uids allowed to match; empty means any.
-    uids: HashSet<u32>,
+    uids: BTreeSet<u32>,
     /// Which processes are considered.
     scope: Scope,
 }

@@ -16,7 +16,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::MetricType::{self, Counter, Gauge};
 
 /// How often the agent is asked for its counters while connected.
 pub const POLL: Duration = Duration::from_secs(5);
@@ -37,14 +37,6 @@ impl AgentStats {
     }
 }
 
-/// The rows of [`AgentStats`]' metrics: `Kind "name" "help" => value;`,
-/// a value of `None` not exported.
-macro_rules! metric_rows {
-    ($($kind:ident $name:literal $help:literal => $value:expr;)*) => {
-        [$((MetricType::$kind, $name, $help, $value)),*]
-    };
-}
-
 impl Collector for AgentStats {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(s) = lock(&self.0).clone() else {
@@ -55,31 +47,33 @@ impl Collector for AgentStats {
         // connected now (one name cannot be both). Who the agent runs as is
         // unknown (and not exported) for an agent that predates the field.
         let p = s.privilege.as_ref();
-        let rows = metric_rows! {
-            Counter "execs" "Exec events the agent's detector produced" => Some(s.execs);
-            Counter "exits" "Exit events the agent's detector produced" => Some(s.exits);
-            Counter "ignored_kernel_events" "Kernel events the agent read but did not want" => Some(s.ignored_kernel_events);
-            Counter "kernel_overruns" "Times the kernel reported ENOBUFS to the agent (events lost before it saw them)" => Some(s.kernel_overruns);
-            Counter "exited_before_inspection" "Exec events whose process was gone before the agent could read /proc" => Some(s.exited_before_inspection);
-            Counter "subscribers_accepted" "Subscribers the agent accepted since it started" => Some(s.subscribers_total);
-            Counter "subscriber_overflows" "Times a subscriber's queue overflowed (each produced a lost marker)" => Some(s.subscriber_overflows);
-            Counter "subscribers_cut_off" "Subscribers cut off for falling behind repeatedly" => Some(s.subscribers_cut_off);
-            Counter "snapshots" "Snapshots the agent sent (stream starts and resyncs)" => Some(s.snapshots);
-            Counter "peers_denied" "Peers the agent refused by its uid allow-list" => Some(s.peers_denied);
-            Counter "parse_errors" "Malformed kernel messages the agent skipped" => Some(s.parse_errors);
-            Counter "unreadable_execs" "Exec events whose /proc record the agent could not read for want of descriptors or memory (reported as lost)" => Some(s.unreadable_execs);
-            Gauge "subscribers" "Subscribers connected to the agent now" => Some(s.subscribers);
-            Gauge "uptime_seconds" "Seconds since the agent started" => Some(s.uptime_seconds);
-            Gauge "receive_buffer_bytes" "The agent's kernel receive buffer as granted (0 for the poll detector)" => Some(s.receive_buffer_bytes);
-            Gauge "uid" "The effective uid the agent runs as" => p.map(|p| u64::from(p.uid));
-            Gauge "capabilities" "The capabilities any agent thread holds, as the bit mask of /proc/<pid>/status (0: none)" => p.map(|p| p.capabilities);
-            Gauge "subscribed_with_net_admin" "1 if the agent held CAP_NET_ADMIN when it subscribed to the kernel" => p.map(|p| u64::from(p.subscribed_with_net_admin));
-        };
+        // Kind, name, help and value; a value of `None` is not exported.
+        #[rustfmt::skip]
+        let rows = [
+            (Counter, "execs", "Exec events the agent's detector produced", Some(s.execs)),
+            (Counter, "exits", "Exit events the agent's detector produced", Some(s.exits)),
+            (Counter, "ignored_kernel_events", "Kernel events the agent read but did not want", Some(s.ignored_kernel_events)),
+            (Counter, "kernel_overruns", "Times the kernel reported ENOBUFS to the agent (events lost before it saw them)", Some(s.kernel_overruns)),
+            (Counter, "exited_before_inspection", "Exec events whose process was gone before the agent could read /proc", Some(s.exited_before_inspection)),
+            (Counter, "subscribers_accepted", "Subscribers the agent accepted since it started", Some(s.subscribers_total)),
+            (Counter, "subscriber_overflows", "Times a subscriber's queue overflowed (each produced a lost marker)", Some(s.subscriber_overflows)),
+            (Counter, "subscribers_cut_off", "Subscribers cut off for falling behind repeatedly", Some(s.subscribers_cut_off)),
+            (Counter, "snapshots", "Snapshots the agent sent (stream starts and resyncs)", Some(s.snapshots)),
+            (Counter, "peers_denied", "Peers the agent refused by its uid allow-list", Some(s.peers_denied)),
+            (Counter, "parse_errors", "Malformed kernel messages the agent skipped", Some(s.parse_errors)),
+            (Counter, "unreadable_execs", "Exec events whose /proc record the agent could not read for want of descriptors or memory (reported as lost)", Some(s.unreadable_execs)),
+            (Gauge, "subscribers", "Subscribers connected to the agent now", Some(s.subscribers)),
+            (Gauge, "uptime_seconds", "Seconds since the agent started", Some(s.uptime_seconds)),
+            (Gauge, "receive_buffer_bytes", "The agent's kernel receive buffer as granted (0 for the poll detector)", Some(s.receive_buffer_bytes)),
+            (Gauge, "uid", "The effective uid the agent runs as", p.map(|p| u64::from(p.uid))),
+            (Gauge, "capabilities", "The capabilities any agent thread holds, as the bit mask of /proc/<pid>/status (0: none)", p.map(|p| p.capabilities)),
+            (Gauge, "subscribed_with_net_admin", "1 if the agent held CAP_NET_ADMIN when it subscribed to the kernel", p.map(|p| u64::from(p.subscribed_with_net_admin))),
+        ];
         for (kind, name, help, value) in rows {
             let Some(value) = value else { continue };
             let metric = encoder.encode_descriptor(name, help, None, kind)?;
             match kind {
-                MetricType::Counter => ConstCounter::new(value).encode(metric)?,
+                Counter => ConstCounter::new(value).encode(metric)?,
                 _ => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric)?,
             }
         }

@@ -317,16 +317,14 @@ async fn poll_stats(mut client: Client, stats: Arc<AgentStats>) {
     loop {
         tick.tick().await;
         match tokio::time::timeout(STATS_TIMEOUT, client.get_stats(StatsRequest {})).await {
-            Ok(Ok(reply)) => stats.set(reply.into_inner()),
-            Ok(Err(status)) => {
-                tracing::debug!("GetStats failed: {status}");
-                stats.clear();
+            Ok(Ok(reply)) => {
+                stats.set(reply.into_inner());
+                continue;
             }
-            Err(_) => {
-                tracing::debug!("GetStats took longer than {STATS_TIMEOUT:?}");
-                stats.clear();
-            }
+            Ok(Err(status)) => tracing::debug!("GetStats failed: {status}"),
+            Err(_) => tracing::debug!("GetStats took longer than {STATS_TIMEOUT:?}"),
         }
+        stats.clear();
     }
 }
 

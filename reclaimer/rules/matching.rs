@@ -73,13 +73,10 @@ impl Rules {
                 None
             }
         };
-        let mut hints: Vec<_> = self
-            .exe_paths
+        self.exe_paths
             .iter()
             .filter_map(|p| Some((p.as_str(), why(p)?)))
-            .collect();
-        hints.sort_unstable();
-        hints
+            .collect()
     }
 }
 

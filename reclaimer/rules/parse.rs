@@ -203,7 +203,7 @@ impl Rules {
         }
 
         if let Some(list) = doc.match_uids {
-            check_count(toml, "match_uids", list.get_ref().len(), list.span())?;
+            check_count(toml, "match_uids", &list)?;
             rules.uids = list.into_inner().into_iter().collect();
         }
 
@@ -221,7 +221,7 @@ fn patterns(
     let Some(list) = list else {
         return Ok(Vec::new());
     };
-    check_count(src, key, list.get_ref().len(), list.span())?;
+    check_count(src, key, &list)?;
     let mut out = Vec::with_capacity(list.get_ref().len());
     for pattern in list.into_inner() {
         let span = pattern.span();
@@ -246,16 +246,12 @@ fn patterns(
 }
 
 /// Refuses a list longer than [`MAX_PATTERNS`].
-fn check_count(
-    src: &str,
-    key: &'static str,
-    count: usize,
-    span: Range<usize>,
-) -> Result<(), RulesError> {
+fn check_count<T>(src: &str, key: &'static str, list: &Spanned<Vec<T>>) -> Result<(), RulesError> {
+    let count = list.get_ref().len();
     if count <= MAX_PATTERNS {
         return Ok(());
     }
-    let (line, column) = position(src, span.start);
+    let (line, column) = position(src, list.span().start);
     Err(RulesError::TooManyPatterns {
         key,
         count,

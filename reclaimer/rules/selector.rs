@@ -43,19 +43,11 @@ impl Rules {
             return req;
         }
         req.comms = self.commands.keys().cloned().collect();
-        req.comms.sort();
         req.argv_substrings = self.argv_substrings.clone();
         req.exe_paths = self.exe_paths.iter().cloned().collect();
-        req.exe_paths.sort();
         // (uid_t) -1 is no process's uid and the agent refuses it; without
         // it the list is the same or, left empty, wider.
-        req.uids = self
-            .uids
-            .iter()
-            .copied()
-            .filter(|&u| u != u32::MAX)
-            .collect();
-        req.uids.sort();
+        req.uids = self.uids.range(..u32::MAX).copied().collect();
         req.outside_pods = self.scope == Scope::Host;
         req
     }

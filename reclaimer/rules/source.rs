@@ -297,8 +297,7 @@ async fn watch_file(path: PathBuf, mut feed: Feed) {
         match std::fs::metadata(&path) {
             Ok(meta) => {
                 let stamp = (meta.modified().ok(), meta.len());
-                if last != Some(stamp) {
-                    last = Some(stamp);
+                if last.replace(stamp) != Some(stamp) {
                     match read_capped(&path) {
                         Ok(text) => feed.document(&what, Some(&text)).await,
                         Err(ReadError::NotAFile(kind)) => feed.refused(None, format_args!("{what} refused, keeping the last good rules: it is {kind}, not a regular file")),
@@ -307,9 +306,8 @@ async fn watch_file(path: PathBuf, mut feed: Feed) {
                     }
                 }
             }
-            Err(e) if last.is_some() => {
-                last = None;
-                feed.missing(&what, &format!("cannot be read ({e})")).await;
+            Err(e) if last.take().is_some() => {
+                feed.missing(&what, &format!("cannot be read ({e})")).await
             }
             Err(_) => {}
         }

@@ -933,10 +933,10 @@ fn match_reason_is_the_annotation_value() {
     };
     assert_eq!(m.reason(), "process-match: java");
     assert_eq!(Command.to_string(), "match_commands");
-    assert_eq!(ArgvSubstring.as_str(), "match_argv_substrings");
-    assert_eq!(ExePath.as_str(), "match_exe_paths");
+    assert_eq!(ArgvSubstring.to_string(), "match_argv_substrings");
+    assert_eq!(ExePath.to_string(), "match_exe_paths");
     assert_eq!(Scope::Host.to_string(), "host");
-    assert_eq!(Scope::All.as_str(), "all");
+    assert_eq!(Scope::All.to_string(), "all");
 }
 
 #[test]

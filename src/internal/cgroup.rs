@@ -71,15 +71,10 @@ pub fn classify_path(path: &str) -> proto::Cgroup {
 
 /// The pod UID named by a segment (`pod<uid>` or `kubepods-…-pod<uid_>.slice`).
 fn pod_uid(segment: &str) -> Option<String> {
-    let candidate = if let Some(rest) = segment.strip_prefix("pod") {
-        rest
-    } else if segment.starts_with("kubepods") {
-        let slice = segment.strip_suffix(".slice")?;
-        let at = slice.rfind("-pod")?;
-        &slice[at + 4..]
-    } else {
-        return None;
-    };
+    let candidate = segment.strip_prefix("pod").or_else(|| {
+        let slice = segment.strip_prefix("kubepods")?.strip_suffix(".slice")?;
+        Some(&slice[slice.rfind("-pod")? + 4..])
+    })?;
     // systemd escapes '-' in unit names, so the kubelet writes '_' instead.
     let uid = candidate.replace('_', "-");
     is_uuid(&uid).then_some(uid)

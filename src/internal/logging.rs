@@ -1,4 +1,6 @@
-//! The log set-up both binaries share.
+//! The log set-up both binaries share, and their report of a fatal error.
+
+use std::process::ExitCode;
 
 /// Log output format (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,4 +31,14 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// The exit status of a binary's run; a failed run first prints its error on
+/// one line, each cause once (anyhow's own report repeats the causes our
+/// errors already quote).
+pub fn exit_code(run: anyhow::Result<ExitCode>) -> ExitCode {
+    run.unwrap_or_else(|e| {
+        eprintln!("Error: {}", crate::client::error_chain(e.as_ref()));
+        ExitCode::FAILURE
+    })
 }
