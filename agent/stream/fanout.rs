@@ -33,7 +33,7 @@ use prost::Message;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::stream::ledger::Ledger;
-use crate::stream::selector::{Filter, Interest};
+use crate::stream::selector::{Choice, Filter, Interest};
 use execwatch::internal::lock::lock;
 
 /// One item a detector publishes.
@@ -266,28 +266,18 @@ impl Fanout {
     }
 
     /// Hooks up a new subscriber; items published from now on reach it (of
-    /// those with a process, the ones `filter` passes). `snapshot` if its
-    /// stream starts with one, which begins here for its filter and ledger.
-    pub fn subscribe(
-        self: &Arc<Self>,
-        include_exits: bool,
-        filter: Option<Arc<Filter>>,
-        snapshot: bool,
-    ) -> Subscription {
-        self.hook(&mut lock(&self.inner), include_exits, filter, snapshot)
+    /// those with a process, the ones its filter passes). Its stream starts
+    /// with a snapshot unless it skips it, which begins here for its filter
+    /// and ledger.
+    pub fn subscribe(self: &Arc<Self>, choice: &Choice) -> Subscription {
+        self.hook(&mut lock(&self.inner), choice, !choice.skip_snapshot)
     }
 
-    fn hook(
-        self: &Arc<Self>,
-        inner: &mut Inner,
-        include_exits: bool,
-        filter: Option<Arc<Filter>>,
-        snapshot: bool,
-    ) -> Subscription {
+    fn hook(self: &Arc<Self>, inner: &mut Inner, choice: &Choice, snapshot: bool) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let queue = Arc::new(Queue::default());
         *lock(&queue.ledger) = Ledger::new(snapshot);
-        if let Some(f) = filter.as_ref().filter(|_| snapshot) {
+        if let Some(f) = choice.filter.as_ref().filter(|_| snapshot) {
             f.snapshot_begin();
         }
         inner.next_id += 1;
@@ -295,8 +285,8 @@ impl Fanout {
         inner.subscribers.push(Subscriber {
             id,
             tx,
-            include_exits,
-            filter,
+            include_exits: choice.include_exits,
+            filter: choice.filter.clone(),
             queue: queue.clone(),
         });
         // Before anything is published to it: see `Fanout::interest`.
@@ -314,14 +304,13 @@ impl Fanout {
     pub fn resubscribe(
         self: &Arc<Self>,
         old: &Subscription,
-        include_exits: bool,
-        filter: Option<Arc<Filter>>,
+        choice: &Choice,
     ) -> (Subscription, Option<Missed>) {
         // One critical section: no event can slip between counting and hooking.
         let mut inner = lock(&self.inner);
         // The resync snapshot that follows begins here, in order with the
         // items the new subscription is offered.
-        let sub = self.hook(&mut inner, include_exits, filter, true);
+        let sub = self.hook(&mut inner, choice, true);
         let now = inner.published;
         let missed = lock(&old.queue.overflow).take().map(|at| {
             let upstream = (now.losses > at.losses).then(|| {
@@ -332,7 +321,7 @@ impl Fanout {
                     ..last
                 }
             });
-            let exits = include_exits.then_some(now.exits - at.exits);
+            let exits = choice.include_exits.then_some(now.exits - at.exits);
             Missed {
                 events: now.execs - at.execs + exits.unwrap_or(0),
                 upstream,
