@@ -152,11 +152,13 @@ pub async fn serve<S: ExecEvents>(
     // The mode in octal, as chmod and ls write it: JSON has no octal
     // numbers, and 432 would be read as a mode by nobody. The uids as the
     // flag takes them: tracing records scalars only, not lists.
+    let listed = &limits.peers.listed;
+    let allow_uid: Vec<String> = listed.iter().map(u32::to_string).collect();
     tracing::info!(
         socket = %path.display(),
         mode = format!("{:04o}", limits.mode),
-        allow_uid = limits.peers.listed(),
-        peer_check = limits.peers.checks(),
+        allow_uid = allow_uid.join(","),
+        peer_check = !listed.is_empty(),
         "serving"
     );
     let (health, health_service) = tonic_health::server::health_reporter();
