@@ -26,7 +26,7 @@
 //! its site, and with a count only if every missed loss had one.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use execwatch::proto::{self, Exit, LossSite, Process};
 use prost::Message;
@@ -189,7 +189,7 @@ pub struct Fanout {
     inner: Mutex<Inner>,
     /// What the subscribers in `inner` could want, written only under
     /// `inner`'s lock; the detector reads it without that lock.
-    interest: RwLock<Arc<Interest>>,
+    interest: Mutex<Arc<Interest>>,
     /// How many items each subscriber's queue holds at most.
     pub queue_len: usize,
     queue_bytes: usize,
@@ -205,7 +205,7 @@ impl Fanout {
     pub fn new(queue_len: usize, queue_bytes: usize) -> Self {
         Self {
             inner: Mutex::default(),
-            interest: RwLock::default(),
+            interest: Mutex::default(),
             queue_len: queue_len.max(1),
             queue_bytes,
             round: AtomicU64::new(0),
@@ -213,7 +213,7 @@ impl Fanout {
     }
 
     /// What the hooked subscribers could want of a new process, now. Cheap
-    /// (a read lock and a reference count), read once per exec, after the
+    /// (a lock held for a reference count), read once per exec, after the
     /// exec was received.
     ///
     /// It is worked out again only when a subscriber is hooked or unhooked,
@@ -224,10 +224,7 @@ impl Fanout {
     /// process (if it still runs), exactly as when it was published just
     /// before the hook.
     pub fn interest(&self) -> Arc<Interest> {
-        self.interest
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.interest).clone()
     }
 
     /// Sets the interest to the union of `inner`'s subscribers' selectors
@@ -235,7 +232,7 @@ impl Fanout {
     fn set_interest(&self, inner: &Inner) {
         let filters = inner.subscribers.iter().map(|s| s.filter.as_deref());
         let interest = Interest::of(filters.map(|f| f.map(|f| &f.selector)));
-        let mut current = self.interest.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = lock(&self.interest);
         if **current != interest {
             *current = Arc::new(interest);
         }
