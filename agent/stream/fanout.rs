@@ -156,14 +156,6 @@ impl Subscription {
     pub fn round(&self) -> u64 {
         self.fanout.round.load(Ordering::Relaxed)
     }
-
-    /// The next item if one is queued.
-    #[cfg(test)]
-    pub fn try_recv(&mut self) -> Result<Item, mpsc::error::TryRecvError> {
-        let (item, bytes) = self.rx.try_recv()?;
-        self.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        Ok(item)
-    }
 }
 
 struct Subscriber {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::procfs::cmdline::ArgvPatterns;
+use futures::FutureExt;
 
 /// What a subscriber chose: exits or not, a selector, and a snapshot or
 /// not.
@@ -46,11 +47,11 @@ fn every_subscriber_gets_what_it_asked_for() {
     fanout.publish(exec(1));
     fanout.publish(exit(1));
     fanout.publish(exec(2));
-    let got: Vec<i32> = std::iter::from_fn(|| execs_only.try_recv().ok())
+    let got: Vec<i32> = std::iter::from_fn(|| execs_only.recv().now_or_never().flatten())
         .map(|i| pid_of(&i))
         .collect();
     assert_eq!(got, vec![1, 2]);
-    let got: Vec<_> = std::iter::from_fn(|| with_exits.try_recv().ok()).collect();
+    let got: Vec<_> = std::iter::from_fn(|| with_exits.recv().now_or_never().flatten()).collect();
     assert_eq!(got.len(), 3);
     assert!(matches!(got[1], Item::Exit(_)));
 }
@@ -63,16 +64,13 @@ fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
     for pid in 1..=5 {
         fanout.publish(exec(pid));
         // The fast one keeps up.
-        assert_eq!(pid_of(&fast.try_recv().unwrap()), pid);
+        assert_eq!(pid_of(&fast.recv().now_or_never().flatten().unwrap()), pid);
     }
     // Queue of 2: pids 1 and 2 fit, 3 overflowed, 4 and 5 were never offered.
     assert!(slow.overflowed());
-    assert_eq!(pid_of(&slow.try_recv().unwrap()), 1);
-    assert_eq!(pid_of(&slow.try_recv().unwrap()), 2);
-    assert!(matches!(
-        slow.try_recv(),
-        Err(mpsc::error::TryRecvError::Disconnected)
-    ));
+    assert_eq!(pid_of(&slow.recv().now_or_never().flatten().unwrap()), 1);
+    assert_eq!(pid_of(&slow.recv().now_or_never().flatten().unwrap()), 2);
+    assert!(matches!(slow.recv().now_or_never(), Some(None)));
     let (mut again, missed) = fanout.resubscribe(&slow, &choice(false, None, true));
     assert_eq!(
         missed,
@@ -83,7 +81,7 @@ fn a_full_subscriber_is_unhooked_and_told_exactly_what_it_missed() {
     );
     assert!(!slow.overflowed());
     fanout.publish(exec(6));
-    assert_eq!(pid_of(&again.try_recv().unwrap()), 6);
+    assert_eq!(pid_of(&again.recv().now_or_never().flatten().unwrap()), 6);
     assert_eq!(fanout.counts().subscriber_overflows, 1);
     assert_eq!(fanout.counts().subscribers, 2);
 }
@@ -109,7 +107,7 @@ fn detector_loss_reaches_everyone_and_closed_streams_are_forgotten() {
     drop(b);
     fanout.publish(loss(LossSite::Kernel, None));
     assert!(matches!(
-        a.try_recv().unwrap(),
+        a.recv().now_or_never().flatten().unwrap(),
         Item::DetectorLost(l) if l.site == LossSite::Kernel
     ));
     assert_eq!(fanout.counts().subscribers, 1);
@@ -209,11 +207,14 @@ fn a_filtered_subscriber_gets_its_processes_and_their_exits_only() {
     fanout.publish(named(2, "sh"));
     fanout.publish(exit(2));
     fanout.publish(exit(1));
-    let got: Vec<_> = std::iter::from_fn(|| filtered.try_recv().ok()).collect();
+    let got: Vec<_> = std::iter::from_fn(|| filtered.recv().now_or_never().flatten()).collect();
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(matches!(&got[0], Item::Exec(p) if p.pid == 1));
     assert!(matches!(&got[1], Item::Exit(e) if e.pid == 1));
-    assert_eq!(std::iter::from_fn(|| all.try_recv().ok()).count(), 4);
+    assert_eq!(
+        std::iter::from_fn(|| all.recv().now_or_never().flatten()).count(),
+        4
+    );
 }
 
 #[test]
@@ -280,7 +281,10 @@ fn a_skipped_exec_counts_as_one_published_to_nobody() {
     assert!(slow.overflowed());
     fanout.skip_exec();
     fanout.publish(exit(2));
-    assert!(java.try_recv().is_err(), "a skipped exec is sent to nobody");
+    assert!(
+        java.recv().now_or_never().flatten().is_none(),
+        "a skipped exec is sent to nobody"
+    );
     assert_eq!(fanout.counts().execs, 3);
     let (_again, missed) = fanout.resubscribe(&slow, &choice(true, None, true));
     // The exec that did not fit, the skipped one and the exit: as many as
@@ -305,19 +309,24 @@ fn a_rename_reaches_only_the_subscribers_not_sent_the_process() {
     let mut all = fanout.subscribe(&choice(false, None, false));
     let mut java = fanout.subscribe(&choice(false, Some(comms_filter(&["java"])), false));
     fanout.publish(named(7, "launcher", 100, false));
-    assert_eq!(pid_of(&all.try_recv().unwrap()), 7);
-    assert!(java.try_recv().is_err());
+    assert_eq!(pid_of(&all.recv().now_or_never().flatten().unwrap()), 7);
+    assert!(java.recv().now_or_never().flatten().is_none());
     // The same process (pid and start) renames itself java.
     fanout.publish(named(7, "java", 100, true));
-    assert!(all.try_recv().is_err(), "already sent the process");
-    assert!(matches!(java.try_recv(), Ok(Item::Exec(p)) if p.renamed && p.comm == "java"));
+    assert!(
+        all.recv().now_or_never().flatten().is_none(),
+        "already sent the process"
+    );
+    assert!(
+        matches!(java.recv().now_or_never(), Some(Some(Item::Exec(p))) if p.renamed && p.comm == "java")
+    );
     // Renamed again: java was sent it now.
     fanout.publish(named(7, "java", 100, true));
-    assert!(java.try_recv().is_err());
+    assert!(java.recv().now_or_never().flatten().is_none());
     // Another process under the same pid is another process.
     fanout.publish(named(7, "java", 200, true));
-    assert!(all.try_recv().is_ok());
-    assert!(java.try_recv().is_ok());
+    assert!(all.recv().now_or_never().flatten().is_some());
+    assert!(java.recv().now_or_never().flatten().is_some());
 }
 
 #[test]
@@ -332,13 +341,15 @@ fn an_audit_resync_goes_to_its_subscriber_alone() {
         count: Some(2),
     };
     fanout.resync(id, Arc::new(loss.clone()));
-    assert!(matches!(missed.try_recv(), Ok(Item::DetectorLost(l)) if *l == loss));
+    assert!(
+        matches!(missed.recv().now_or_never(), Some(Some(Item::DetectorLost(l))) if *l == loss)
+    );
     assert_eq!(missed.ledger().snapshots, 1, "a snapshot follows");
-    assert!(other.try_recv().is_err());
+    assert!(other.recv().now_or_never().flatten().is_none());
     assert_eq!(fanout.counts().subscriber_overflows, 0);
     // A full queue: unhooked, it resyncs as after any overflow.
     fanout.publish(exec(1));
-    assert!(other.try_recv().is_ok());
+    assert!(other.recv().now_or_never().flatten().is_some());
     let id = fanout.ledgers()[0].id;
     fanout.resync(id, Arc::new(loss));
     assert!(missed.overflowed());
