@@ -137,9 +137,10 @@ pub enum StopReason {
 
 /// Installs the signal handlers, binds `path` (see [`bind`]) and serves
 /// `exec_events` and the other services on it until SIGTERM or SIGINT, or
-/// the detector's failure (`failed`), then stops at once: health says NOT_SERVING, the socket is removed, every
-/// open `Watch` ends with UNAVAILABLE, and connections get [`STOP_GRACE`]
-/// to close (a second signal cuts even that short).
+/// the detector's failure (`failed`), then stops at once: health says
+/// NOT_SERVING, the socket is removed, every open `Watch` ends with
+/// UNAVAILABLE, and connections get [`STOP_GRACE`] to close (a second
+/// signal cuts even that short).
 pub async fn serve<S: ExecEvents>(
     path: &Path,
     exec_events: S,
@@ -147,6 +148,7 @@ pub async fn serve<S: ExecEvents>(
     failed: oneshot::Receiver<String>,
     streams_end: watch::Sender<bool>,
 ) -> Result<StopReason, ServeError> {
+    // Before bind: no client finds the socket before SIGTERM is handled.
     let signal = execwatch::internal::shutdown::shutdown_signal();
     let listener = bind(path, limits.mode)?;
     // The mode in octal, as chmod and ls write it: JSON has no octal
