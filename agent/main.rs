@@ -109,14 +109,13 @@ async fn run(cli: Cli, run_as: Option<(u32, u32)>, started: Instant) -> anyhow::
     let settled = privilege::settle(run_as, net_admin && detection.is_netlink(), started)?;
     let stats = Arc::new(Totals::new(settled));
     let failed = detection.start(procfs.clone(), fanout.clone(), stats.clone())?;
-    let stop = transport::grpc::stop_on(failed);
     let seats = Quota::new(
         args.max_subscribers as usize,
         args.max_subscribers_per_uid as usize,
     );
     let (exec_events, streams_end) = ExecEventsService::new(fanout, stats.clone(), procfs, seats);
     let limits = args.limits(stats);
-    let stopped = transport::grpc::serve(&socket, exec_events, limits, stop, streams_end).await?;
+    let stopped = transport::grpc::serve(&socket, exec_events, limits, failed, streams_end).await?;
     tracing::info!("stopped; socket removed");
     Ok(stopped)
 }

@@ -26,14 +26,14 @@
 //! its site, and with a count only if every missed loss had one.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use execwatch::proto::{self, Exit, LossSite, Process};
 use prost::Message;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::stream::ledger::Ledger;
-use crate::stream::selector::{Filter, Interest};
+use crate::stream::selector::{Choice, Filter, Interest};
 use execwatch::internal::lock::lock;
 
 /// One item a detector publishes.
@@ -156,14 +156,6 @@ impl Subscription {
     pub fn round(&self) -> u64 {
         self.fanout.round.load(Ordering::Relaxed)
     }
-
-    /// The next item if one is queued.
-    #[cfg(test)]
-    pub fn try_recv(&mut self) -> Result<Item, mpsc::error::TryRecvError> {
-        let (item, bytes) = self.rx.try_recv()?;
-        self.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        Ok(item)
-    }
 }
 
 struct Subscriber {
@@ -189,7 +181,7 @@ pub struct Fanout {
     inner: Mutex<Inner>,
     /// What the subscribers in `inner` could want, written only under
     /// `inner`'s lock; the detector reads it without that lock.
-    interest: RwLock<Arc<Interest>>,
+    interest: Mutex<Arc<Interest>>,
     /// How many items each subscriber's queue holds at most.
     pub queue_len: usize,
     queue_bytes: usize,
@@ -205,7 +197,7 @@ impl Fanout {
     pub fn new(queue_len: usize, queue_bytes: usize) -> Self {
         Self {
             inner: Mutex::default(),
-            interest: RwLock::default(),
+            interest: Mutex::default(),
             queue_len: queue_len.max(1),
             queue_bytes,
             round: AtomicU64::new(0),
@@ -213,7 +205,7 @@ impl Fanout {
     }
 
     /// What the hooked subscribers could want of a new process, now. Cheap
-    /// (a read lock and a reference count), read once per exec, after the
+    /// (a lock held for a reference count), read once per exec, after the
     /// exec was received.
     ///
     /// It is worked out again only when a subscriber is hooked or unhooked,
@@ -224,10 +216,7 @@ impl Fanout {
     /// process (if it still runs), exactly as when it was published just
     /// before the hook.
     pub fn interest(&self) -> Arc<Interest> {
-        self.interest
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.interest).clone()
     }
 
     /// Sets the interest to the union of `inner`'s subscribers' selectors
@@ -235,7 +224,7 @@ impl Fanout {
     fn set_interest(&self, inner: &Inner) {
         let filters = inner.subscribers.iter().map(|s| s.filter.as_deref());
         let interest = Interest::of(filters.map(|f| f.map(|f| &f.selector)));
-        let mut current = self.interest.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = lock(&self.interest);
         if **current != interest {
             *current = Arc::new(interest);
         }
@@ -266,28 +255,18 @@ impl Fanout {
     }
 
     /// Hooks up a new subscriber; items published from now on reach it (of
-    /// those with a process, the ones `filter` passes). `snapshot` if its
-    /// stream starts with one, which begins here for its filter and ledger.
-    pub fn subscribe(
-        self: &Arc<Self>,
-        include_exits: bool,
-        filter: Option<Arc<Filter>>,
-        snapshot: bool,
-    ) -> Subscription {
-        self.hook(&mut lock(&self.inner), include_exits, filter, snapshot)
+    /// those with a process, the ones its filter passes). Its stream starts
+    /// with a snapshot unless it skips it, which begins here for its filter
+    /// and ledger.
+    pub fn subscribe(self: &Arc<Self>, choice: &Choice) -> Subscription {
+        self.hook(&mut lock(&self.inner), choice, !choice.skip_snapshot)
     }
 
-    fn hook(
-        self: &Arc<Self>,
-        inner: &mut Inner,
-        include_exits: bool,
-        filter: Option<Arc<Filter>>,
-        snapshot: bool,
-    ) -> Subscription {
+    fn hook(self: &Arc<Self>, inner: &mut Inner, choice: &Choice, snapshot: bool) -> Subscription {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let queue = Arc::new(Queue::default());
         *lock(&queue.ledger) = Ledger::new(snapshot);
-        if let Some(f) = filter.as_ref().filter(|_| snapshot) {
+        if let Some(f) = choice.filter.as_ref().filter(|_| snapshot) {
             f.snapshot_begin();
         }
         inner.next_id += 1;
@@ -295,8 +274,8 @@ impl Fanout {
         inner.subscribers.push(Subscriber {
             id,
             tx,
-            include_exits,
-            filter,
+            include_exits: choice.include_exits,
+            filter: choice.filter.clone(),
             queue: queue.clone(),
         });
         // Before anything is published to it: see `Fanout::interest`.
@@ -314,14 +293,13 @@ impl Fanout {
     pub fn resubscribe(
         self: &Arc<Self>,
         old: &Subscription,
-        include_exits: bool,
-        filter: Option<Arc<Filter>>,
+        choice: &Choice,
     ) -> (Subscription, Option<Missed>) {
         // One critical section: no event can slip between counting and hooking.
         let mut inner = lock(&self.inner);
         // The resync snapshot that follows begins here, in order with the
         // items the new subscription is offered.
-        let sub = self.hook(&mut inner, include_exits, filter, true);
+        let sub = self.hook(&mut inner, choice, true);
         let now = inner.published;
         let missed = lock(&old.queue.overflow).take().map(|at| {
             let upstream = (now.losses > at.losses).then(|| {
@@ -332,7 +310,7 @@ impl Fanout {
                     ..last
                 }
             });
-            let exits = include_exits.then_some(now.exits - at.exits);
+            let exits = choice.include_exits.then_some(now.exits - at.exits);
             Missed {
                 events: now.execs - at.execs + exits.unwrap_or(0),
                 upstream,

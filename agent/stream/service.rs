@@ -14,7 +14,7 @@ use crate::stream::selector::Choice;
 use crate::stream::subscription::{self, Shared, WatchStream};
 use crate::totals::Totals;
 use crate::transport::peer::peer_cred;
-use crate::transport::quota::Quota;
+use crate::transport::quota::{Over, Quota};
 use crate::transport::rpc_error::RpcError;
 
 /// Serves `Watch` and `GetStats`.
@@ -65,7 +65,10 @@ impl ExecEvents for ExecEventsService {
             .map_err(|e| RpcError::BadSelector(e.to_string()))?;
         let seat = self.seats.take(uid).map_err(|over| {
             tracing::warn!(peer_uid = uid, "refused a subscriber: {over:?}");
-            RpcError::NoSeat { over, uid }
+            match over {
+                Over::Total(n) => RpcError::NoSeat(n),
+                Over::PerUid(n) => RpcError::NoSeatForUid(uid, n),
+            }
         })?;
         let stream = subscription::watch(self.shared.clone(), uid, choice, seat);
         Ok(Response::new(stream))

@@ -90,11 +90,7 @@ pub fn watch(
         filtered = choice.filter.is_some(),
         "subscriber connected"
     );
-    let sub = shared.fanout.subscribe(
-        choice.include_exits,
-        choice.filter.clone(),
-        !choice.skip_snapshot,
-    );
+    let sub = shared.fanout.subscribe(&choice);
     let mut stop = shared.stop.clone();
     let watcher = Watcher {
         sub,
@@ -234,8 +230,7 @@ impl Watcher {
             tracing::warn!("{err}");
             return Err(End(err.into(), "cut off"));
         }
-        let filter = self.choice.filter.clone();
-        let (next, missed) = fanout.resubscribe(&self.sub, self.choice.include_exits, filter);
+        let (next, missed) = fanout.resubscribe(&self.sub, &self.choice);
         self.sub = next;
         self.snapshot = Some(Snapshot::new(SnapshotCause::Resync));
         Ok(overflow_lost(fanout.queue_len, missed))

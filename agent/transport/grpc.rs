@@ -3,7 +3,6 @@
 //! peer check.
 
 use std::fs;
-use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -87,10 +86,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
                 path: existing.into(),
             });
         }
-        fs::create_dir_all(dir).map_err(io_step(format!(
-            "create the socket directory {}",
-            dir.display()
-        )))?;
+        fs::create_dir_all(dir).map_err(io_step("create the socket directory", dir))?;
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -99,10 +95,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(ServeError::InUse(path.into()));
             }
-            fs::remove_file(path).map_err(io_step(format!(
-                "remove the stale socket {}",
-                path.display()
-            )))?
+            fs::remove_file(path).map_err(io_step("remove the stale socket", path))?
         }
         Ok(_) => return Err(ServeError::NotASocket(path.into())),
         Err(_) => {}
@@ -116,15 +109,16 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
                 source,
             }
         }
-        _ => io_step(format!("listen on {}", path.display()))(source),
+        _ => io_step("listen on", path)(source),
     })?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io_step(format!("set mode {mode:o} on {}", path.display())))?;
+        .map_err(io_step(format!("set mode {mode:o} on"), path))?;
     Ok(listener)
 }
 
-/// The error of file-system `step` (see [`ServeError::Io`]).
-fn io_step(step: String) -> impl FnOnce(io::Error) -> ServeError {
+/// The error of file-system `step` on `path` (see [`ServeError::Io`]).
+fn io_step(step: impl std::fmt::Display, path: &Path) -> impl FnOnce(io::Error) -> ServeError {
+    let step = format!("{step} {}", path.display());
     |source| ServeError::Io { step, source }
 }
 
@@ -141,39 +135,32 @@ pub enum StopReason {
     DetectorFailed(String),
 }
 
-/// Installs the signal handlers now and returns the future that says why
-/// to stop: a signal, or the detector's failure (`failed`).
-pub fn stop_on(failed: oneshot::Receiver<String>) -> impl Future<Output = StopReason> {
-    let signal = execwatch::internal::shutdown::shutdown_signal();
-    async move {
-        tokio::select! {
-            _ = signal => StopReason::Signal,
-            Ok(why) = failed => StopReason::DetectorFailed(why),
-        }
-    }
-}
-
-/// Binds `path` (see [`bind`]) and serves `exec_events` and the other
-/// services on it until `stop` says why to stop, then
-/// stops at once: health says NOT_SERVING, the socket is removed, every
-/// open `Watch` ends with UNAVAILABLE, and connections get [`STOP_GRACE`]
-/// to close (a second signal cuts even that short).
+/// Installs the signal handlers, binds `path` (see [`bind`]) and serves
+/// `exec_events` and the other services on it until SIGTERM or SIGINT, or
+/// the detector's failure (`failed`), then stops at once: health says
+/// NOT_SERVING, the socket is removed, every open `Watch` ends with
+/// UNAVAILABLE, and connections get [`STOP_GRACE`] to close (a second
+/// signal cuts even that short).
 pub async fn serve<S: ExecEvents>(
     path: &Path,
     exec_events: S,
     limits: Limits,
-    stop: impl Future<Output = StopReason>,
+    failed: oneshot::Receiver<String>,
     streams_end: watch::Sender<bool>,
 ) -> Result<StopReason, ServeError> {
+    // Before bind: no client finds the socket before SIGTERM is handled.
+    let signal = execwatch::internal::shutdown::shutdown_signal();
     let listener = bind(path, limits.mode)?;
     // The mode in octal, as chmod and ls write it: JSON has no octal
     // numbers, and 432 would be read as a mode by nobody. The uids as the
     // flag takes them: tracing records scalars only, not lists.
+    let listed = &limits.peers.listed;
+    let allow_uid: Vec<String> = listed.iter().map(u32::to_string).collect();
     tracing::info!(
         socket = %path.display(),
         mode = format!("{:04o}", limits.mode),
-        allow_uid = limits.peers.listed(),
-        peer_check = limits.peers.checks(),
+        allow_uid = allow_uid.join(","),
+        peer_check = !listed.is_empty(),
         "serving"
     );
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -205,7 +192,8 @@ pub async fn serve<S: ExecEvents>(
             // The server never ends on its own without an error.
             return Err(ServeError::Ended);
         }
-        why = stop => why,
+        _ = signal => StopReason::Signal,
+        Ok(why) = failed => StopReason::DetectorFailed(why),
     };
     match &why {
         StopReason::Signal => tracing::info!("stopping: ending every stream"),

@@ -31,8 +31,9 @@ pub fn peer_cred<T>(req: &Request<T>) -> Option<UCred> {
 /// how many refusals went unlogged since the last.
 #[derive(Clone)]
 pub struct PeerCheck {
-    /// `--allow-uid` as given; empty: every peer is admitted.
-    listed: Arc<[u32]>,
+    /// `--allow-uid` as given: the uids admitted besides the agent's own;
+    /// empty: every peer is admitted.
+    pub listed: Arc<[u32]>,
     own_uid: u32,
     stats: Arc<Totals>,
     refused: Arc<Mutex<Refused>>,
@@ -81,24 +82,13 @@ impl PeerCheck {
         }
     }
 
-    /// The uids admitted besides the agent's own, as the flag lists them.
-    pub fn listed(&self) -> String {
-        let uids: Vec<String> = self.listed.iter().map(u32::to_string).collect();
-        uids.join(",")
-    }
-
-    /// Whether peers are checked at all.
-    pub fn checks(&self) -> bool {
-        !self.listed.is_empty()
-    }
-
     /// Whether a peer with `uid` (process `pid`) may use the socket; a
     /// refusal is counted and logged (see [`PeerCheck`]). Called when a
     /// connection is accepted (a refused peer's connection is closed at
     /// once) and again on every request.
     pub fn admits(&self, uid: Option<u32>, pid: Option<i32>) -> bool {
         let admitted = |uid| uid == self.own_uid || self.listed.contains(&uid);
-        if !self.checks() || uid.is_some_and(admitted) {
+        if self.listed.is_empty() || uid.is_some_and(admitted) {
             return true;
         }
         let (new_peer, log) = lock(&self.refused).refuse((uid, pid), Instant::now());

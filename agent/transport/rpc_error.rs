@@ -3,8 +3,6 @@
 
 use tonic::{Code, Status};
 
-use crate::transport::quota::Over;
-
 /// Why an RPC is refused or a stream ends early. Each message is what the
 /// client reads: short, and saying what to do.
 #[derive(Debug, thiserror::Error)]
@@ -16,14 +14,12 @@ pub enum RpcError {
     /// field).
     #[error("{0}")]
     BadSelector(String),
-    /// No subscriber seat is free for this peer.
-    #[error("{}", no_seat(*.over, *.uid))]
-    NoSeat {
-        /// The bound a new subscriber would break.
-        over: Over,
-        /// The peer's uid, if known.
-        uid: Option<u32>,
-    },
+    /// Every subscriber seat is taken: this many.
+    #[error("the agent already serves {0} subscribers (--max-subscribers); try again later")]
+    NoSeat(usize),
+    /// The peer's uid (if known) holds its share of seats: this many.
+    #[error("uid {} already has {} subscribers (--max-subscribers-per-uid); close one first", .0.map_or("unknown".into(), |u| u.to_string()), .1)]
+    NoSeatForUid(Option<u32>, usize),
     /// The subscriber overflowed its queue too often.
     #[error("subscriber cut off: its queue of {queue_len} events overflowed {overflows} times within {window_secs}s; read faster or reconnect")]
     CutOff {
@@ -55,23 +51,12 @@ impl From<RpcError> for Status {
         let code = match e {
             RpcError::PeerDenied => Code::PermissionDenied,
             RpcError::BadSelector(_) => Code::InvalidArgument,
-            RpcError::NoSeat { .. } | RpcError::CutOff { .. } => Code::ResourceExhausted,
+            RpcError::NoSeat(_) | RpcError::NoSeatForUid(..) | RpcError::CutOff { .. } => {
+                Code::ResourceExhausted
+            }
             RpcError::SnapshotIncomplete { .. } | RpcError::ShuttingDown => Code::Unavailable,
             RpcError::SnapshotFailed(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
-    }
-}
-
-/// What a subscriber refused for want of a seat is told.
-fn no_seat(over: Over, uid: Option<u32>) -> String {
-    match over {
-        Over::Total(n) => {
-            format!("the agent already serves {n} subscribers (--max-subscribers); try again later")
-        }
-        Over::PerUid(n) => {
-            let peer = uid.map_or("unknown".into(), |u| u.to_string());
-            format!("uid {peer} already has {n} subscribers (--max-subscribers-per-uid); close one first")
-        }
     }
 }

@@ -91,7 +91,8 @@ pub struct Normalizer {
     block: Vec<u8>,
     /// The HEADERS frame that opened the block.
     opened: Option<Opened>,
-    /// Why the connection will be refused, once, for the log.
+    /// Why the connection will be refused, for the log: the first reason
+    /// found, taken once.
     refusal: Option<String>,
     /// The last request decoded: stream, method and path, for the log.
     last_request: Option<(u32, String)>,
@@ -212,9 +213,7 @@ impl Normalizer {
                         self.step = Step::Hold(left - n);
                     }
                 }
-                Step::Closed => {
-                    at = input.len();
-                }
+                Step::Closed => at = input.len(),
             }
         }
         emit.direct
@@ -257,7 +256,7 @@ impl Normalizer {
                 // from a client (whose header block the normalizer would
                 // have to follow), or a frame over its limit, and the
                 // connection with it.
-                self.refuse(format!(
+                self.refusal.get_or_insert(format!(
                     "frame type {kind:#x} of {len} bytes out of place or over the {MAX_FRAME}-byte limit"
                 ));
                 self.step = VERBATIM;
@@ -347,7 +346,7 @@ impl Normalizer {
                 return write_block(opened, &encoded, emit);
             }
         };
-        self.refuse(refusal);
+        self.refusal.get_or_insert(refusal);
         // Sends h2 a block it refuses, ending the connection, and nothing
         // more: the client's table may be unknown now. Index 0 is never
         // valid (RFC 7541 §6.1); h2 answers any invalid block with GOAWAY
@@ -364,16 +363,12 @@ impl Normalizer {
     /// Passes on the held frames as the client sent them, and everything
     /// after them: h2 refuses the connection on them.
     fn give_up(&mut self, emit: &mut Emit<'_>, why: &str) {
-        self.refuse(why.to_string());
+        self.refusal.get_or_insert(why.to_string());
         emit.extend(&self.held);
         self.held.clear();
         self.block.clear();
         self.opened = None;
         self.step = VERBATIM;
-    }
-
-    fn refuse(&mut self, why: String) {
-        self.refusal.get_or_insert(why);
     }
 }
 

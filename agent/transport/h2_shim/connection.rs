@@ -288,8 +288,7 @@ const IOV_MAX: usize = 1024;
 fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd neither closes nor replaces its descriptor while
     // the AsyncFd holds it.
-    unsafe { AsyncFd::register_with_interest(fd, interest) }
-        .map_err(|e| io::Error::other(e.to_string()))
+    Ok(unsafe { AsyncFd::register_with_interest(fd, interest) }?)
 }
 
 #[cfg(test)]
