@@ -228,7 +228,11 @@ async fn subscribers_hanging_up_mid_storm_do_not_disturb_the_others() {
 
     // 20 quitters read part of the storm, then hang up: the even ones drop
     // only their stream (their connection stays open: a stream reset), the
-    // odd ones their whole client (the connection closes).
+    // odd ones their whole client (the connection closes). They start
+    // reading once all 21 are counted: every exec on the host reaches them,
+    // so on a busy one the first quitters would otherwise have read their
+    // share and gone before the last had connected.
+    let (go, ready) = tokio::sync::watch::channel(false);
     let mut kept_clients = Vec::new();
     let mut quitters = Vec::new();
     for i in 0..20usize {
@@ -239,13 +243,16 @@ async fn subscribers_hanging_up_mid_storm_do_not_disturb_the_others() {
         } else {
             drop(client);
         }
+        let mut ready = ready.clone();
         quitters.push(tokio::spawn(async move {
+            ready.wait_for(|go| *go).await.expect("the test goes on");
             for _ in 0..(10 + 40 * i) {
                 next(&mut stream, WAIT).await;
             }
         }));
     }
     subscribers(&agent, 21).await;
+    go.send(true).expect("the quitters wait");
 
     // The survivor reads the whole storm, up to a last program after it.
     const RUNS: usize = 1500;
