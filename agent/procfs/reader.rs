@@ -19,7 +19,6 @@
 //! record at all but an [`Exhausted`] error: such a record would describe
 //! the agent's trouble, not the process, so callers report it as loss.
 
-use std::io::Write as _;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use execwatch::internal::cgroup;
@@ -163,11 +162,12 @@ impl ProcReader {
     /// of the process's memory and touches no file system of its, so it
     /// needs no time bound.
     pub fn comm_wanted(&mut self, pid: i32, wanted: impl Fn(&[u8]) -> bool) -> CommCheck {
-        // Formatted on the stack: no allocation for an exec nobody wants.
-        let mut path = [0u8; 24];
-        let mut at = &mut path[..];
-        write!(at, "{pid}/comm").expect("an i32 and /comm fit 24 bytes");
-        let len = 24 - at.len();
+        // On the stack: no allocation for an exec nobody wants.
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(pid).as_bytes();
+        let (mut path, len) = ([0u8; 16], digits.len() + b"/comm".len());
+        path[..digits.len()].copy_from_slice(digits);
+        path[digits.len()..len].copy_from_slice(b"/comm");
         // TASK_COMM_LEN is 16; the kernel adds a newline.
         let mut buf = [0u8; 64];
         let read =
@@ -211,8 +211,8 @@ impl ProcReader {
             let e = own(e)?;
             Sink::put(sink, |p| gone(p, "all", e), None).map(|()| Outcome::Read)
         };
-        let name = pid.to_string();
-        let dir = match openat(&self.proc_dir, name.as_str(), DIR, Mode::empty()) {
+        let mut name = itoa::Buffer::new();
+        let dir = match openat(&self.proc_dir, name.format(pid), DIR, Mode::empty()) {
             Ok(dir) => dir,
             Err(e) => return gone_at_once(sink, e),
         };
