@@ -373,7 +373,10 @@ impl Fanout {
             let filter = s.filter.as_deref();
             let wanted = match item {
                 Item::Exec(p) => lock(&s.queue.ledger).offer(p, filter, round),
-                Item::Exit(e) => s.include_exits && filter.is_none_or(|f| f.offer_exit(e.pid)),
+                Item::Exit(e) => {
+                    lock(&s.queue.ledger).forget(e.pid);
+                    s.include_exits && filter.is_none_or(|f| f.offer_exit(e.pid))
+                }
                 // The resync snapshot after this loss begins here.
                 Item::DetectorLost(_) => {
                     if let Some(f) = filter {

@@ -5,8 +5,10 @@
 //! A process is known by pid and start time. Every record offered to the
 //! subscriber, live or in a snapshot, is noted with its comm and whether
 //! the subscriber's selector passed it (then it was sent). The ledger holds
-//! one entry per pid and is bounded by the running processes: each audit
-//! forgets the pids its scan found gone or reused ([`Ledger::prune`]).
+//! one entry per pid and is bounded by the running processes, however many
+//! execs come between two audits: an exit forgets its pid
+//! ([`Ledger::forget`]), and each audit forgets the pids its scan found gone
+//! or reused, whose exits the kernel dropped ([`Ledger::prune`]).
 
 use std::collections::HashMap;
 
@@ -111,6 +113,11 @@ impl Ledger {
         let parent = self.offered.get(&p.ppid);
         parent
             .is_some_and(|e| e.comm == padded(p.comm.as_bytes()) && e.start_ticks <= p.start_ticks)
+    }
+
+    /// Forgets the process of `pid`, which exited.
+    pub fn forget(&mut self, pid: i32) {
+        self.offered.remove(&pid);
     }
 
     /// Forgets the processes that a scan begun in round `round` found gone

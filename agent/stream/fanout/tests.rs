@@ -355,3 +355,23 @@ fn an_audit_resync_goes_to_its_subscriber_alone() {
     assert!(missed.overflowed());
     assert_eq!(fanout.counts().subscribers, 1);
 }
+
+#[test]
+fn an_exit_forgets_its_process_in_every_ledger() {
+    let fanout = Arc::new(Fanout::new(8, usize::MAX));
+    let execs_only = fanout.subscribe(&choice(false, None, false));
+    let with_exits = fanout.subscribe(&choice(true, None, false));
+    let sent = |pid| Process {
+        pid,
+        tgid: pid,
+        ..Default::default()
+    };
+    fanout.publish(exec(1));
+    fanout.publish(exec(2));
+    fanout.publish(exit(1));
+    for sub in [&execs_only, &with_exits] {
+        let ledger = sub.ledger();
+        assert!(!ledger.sent(&sent(1)), "exited: forgotten");
+        assert!(ledger.sent(&sent(2)), "still running");
+    }
+}
