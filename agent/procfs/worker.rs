@@ -145,20 +145,24 @@ impl Worker {
 }
 
 /// Reads the records of running processes among `pids` (popped from the
-/// end), one [`Chunk`], on a fresh [`Worker`] off the runtime thread (for a
-/// snapshot): never waits for a client, nor longer than the deadline for
-/// one process, so a read that hangs holds neither the snapshot nor its
-/// permit; long command lines are searched for `argv`. Returns the chunk
-/// and the pids it did not get to.
+/// end), one [`Chunk`], on `worker` (a fresh one if `None`) off the runtime
+/// thread (for a snapshot): never waits for a client, nor longer than the
+/// deadline for one process, so a read that hangs holds neither the
+/// snapshot nor its permit; long command lines are searched for `argv`.
+/// Returns the worker for the next chunk, the chunk and the pids it did not
+/// get to.
 pub async fn read_chunk(
+    worker: Option<Worker>,
     mount: Arc<ProcMount>,
     mut pids: Vec<i32>,
     argv: ArgvPatterns,
-) -> Result<(Chunk, Vec<i32>), String> {
+) -> Result<(Worker, Chunk, Vec<i32>), String> {
     tokio::task::spawn_blocking(move || {
-        let mut chunk = Worker::new(mount).read(&mut pids, Source::Snapshot, &argv);
+        // One worker, and its thread, for a whole snapshot.
+        let mut worker = worker.unwrap_or_else(|| Worker::new(mount));
+        let mut chunk = worker.read(&mut pids, Source::Snapshot, &argv);
         chunk.records.retain(|p| !p.exited_before_inspection);
-        (chunk, pids)
+        (worker, chunk, pids)
     })
     .await
     .map_err(|e| format!("snapshot task failed: {e}"))

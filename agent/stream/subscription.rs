@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::procfs::mount::ProcMount;
-use crate::procfs::worker::read_chunk;
+use crate::procfs::worker::{read_chunk, Worker};
 use crate::stream::fanout::{self, Fanout, Item, Missed, Subscription};
 use crate::stream::selector::Choice;
 use crate::totals::Totals;
@@ -326,6 +326,8 @@ struct Snapshot {
     why: Option<String>,
     /// Records sent.
     count: u64,
+    /// Reads the chunks, one after the other.
+    worker: Option<Worker>,
 }
 
 impl Snapshot {
@@ -377,6 +379,7 @@ impl Snapshot {
                 continue;
             };
             if pending.is_empty() {
+                self.worker = None;
                 let Some(why) = self.why.take() else {
                     return Ok(Kind::SnapshotComplete(SnapshotComplete {
                         processes: self.count,
@@ -388,7 +391,8 @@ impl Snapshot {
                 self.pending = Some(self.failed.drain(..).rev().collect());
                 continue;
             }
-            let (pids, shared) = (std::mem::take(pending), shared.clone());
+            let (pids, shared, worker) =
+                (std::mem::take(pending), shared.clone(), self.worker.take());
             let argv = filter.as_ref().map(|f| f.selector.argv.clone());
             // Its own task takes the read permit and gives it back, and
             // keeps the read's deadline: this stream is polled only while
@@ -396,13 +400,15 @@ impl Snapshot {
             // not polled would never return.
             let read = tokio::spawn(async move {
                 let _permit = shared.snapshot_reads.acquire().await;
-                read_chunk(shared.procfs.clone(), pids, argv.unwrap_or_default()).await
+                let argv = argv.unwrap_or_default();
+                read_chunk(worker, shared.procfs.clone(), pids, argv).await
             });
-            let (chunk, rest) = read
+            let (worker, chunk, rest) = read
                 .await
                 .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
                 .map_err(|e| End(RpcError::SnapshotFailed(e).into(), "snapshot failed"))?;
             *pending = rest;
+            self.worker = Some(worker);
             let (mut ledger, round) = (sub.ledger(), sub.round());
             let wanted =
                 (chunk.records.into_iter()).filter(|p| ledger.offer(p, filter.as_deref(), round));
