@@ -135,7 +135,8 @@ impl ProcReader {
     /// What one read of `pid`'s `stat` says about its identity: start time
     /// and comm. `None` if it is gone or a kernel thread.
     pub fn identity(&mut self, pid: i32) -> Result<Option<Identity>, Exhausted> {
-        if let Err(e) = read_at(&self.proc_dir, &format!("{pid}/stat"), &mut self.buf, 4096) {
+        let (path, len) = pid_path(pid, b"stat");
+        if let Err(e) = read_at(&self.proc_dir, &path[..len], &mut self.buf, 4096) {
             own(e)?;
             return Ok(None);
         }
@@ -162,12 +163,7 @@ impl ProcReader {
     /// of the process's memory and touches no file system of its, so it
     /// needs no time bound.
     pub fn comm_wanted(&mut self, pid: i32, wanted: impl Fn(&[u8]) -> bool) -> CommCheck {
-        // On the stack: no allocation for an exec nobody wants.
-        let mut digits = itoa::Buffer::new();
-        let digits = digits.format(pid).as_bytes();
-        let (mut path, len) = ([0u8; 16], digits.len() + b"/comm".len());
-        path[..digits.len()].copy_from_slice(digits);
-        path[digits.len()..len].copy_from_slice(b"/comm");
+        let (path, len) = pid_path(pid, b"comm");
         // TASK_COMM_LEN is 16; the kernel adds a newline.
         let mut buf = [0u8; 64];
         let read =
@@ -428,8 +424,26 @@ pub trait Sink {
 /// and `cgroup` are single-record seq files, and `cmdline` copies as much of
 /// the argument area as is asked for), so a read that leaves room in the
 /// buffer has reached the end: no second read just to see end-of-file.
-fn read_at(dir: &OwnedFd, name: &str, buf: &mut Vec<u8>, limit: usize) -> Result<usize, Errno> {
+fn read_at<P: nix::NixPath + ?Sized>(
+    dir: &OwnedFd,
+    name: &P,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> Result<usize, Errno> {
     read_fd(&open_at(dir, name)?, buf, limit)
+}
+
+/// `<pid>/<file>` (`file` at most 16 bytes) and its length, on the stack:
+/// built for every exec a comm selector sees and for every process a scan
+/// lists, so without an allocation or `fmt`.
+fn pid_path(pid: i32, file: &[u8]) -> ([u8; 32], usize) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(pid).as_bytes();
+    let (mut path, at) = ([0u8; 32], digits.len() + 1);
+    path[..digits.len()].copy_from_slice(digits);
+    path[digits.len()] = b'/';
+    path[at..at + file.len()].copy_from_slice(file);
+    (path, at + file.len())
 }
 
 /// Opens `name` under `dir` for reading.
